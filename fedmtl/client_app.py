@@ -1,0 +1,154 @@
+"""The Flower ClientApp: one silo's local training and evaluation on its own tasks.
+
+Thin wiring: the silo comes from the node config (``partition-id``), data and model from
+:func:`fedmtl.experiment.cached_experiment` (built once per process), training from
+:mod:`fedmtl.training`, the message format from :mod:`fedmtl.records`. Per-node state lives in
+``context.state`` (the rounds this node has trained).
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmtl import records
+from fedmtl.experiment import Experiment, cached_experiment, config_json_from
+from fedmtl.models import MultiTaskModel
+from fedmtl.records import SiloInfo
+from fedmtl.training import LocalData, evaluate, local_view, train_local
+
+PARTITION_ID = "partition-id"
+NODE_STATE = "fedmtl.node"
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_model(config_json: str, device: str) -> MultiTaskModel:
+    """One model object per process and device, reused by every virtual client (weights are loaded
+    from each message before use)."""
+    return cached_experiment(config_json).new_model().to(device)
+
+
+@functools.lru_cache(maxsize=256)
+def _silo_data(config_json: str, silo_id: int, split: str, device: str) -> LocalData:
+    experiment = cached_experiment(config_json)
+    silo = experiment.partition.silos[silo_id]
+    indices = silo.train_indices if split == "train" else silo.test_indices
+    return local_view(experiment.dataset, indices, silo.tasks).to(torch.device(device))
+
+
+def _device(experiment: Experiment) -> str:
+    """CUDA when this client was given a GPU (runtime num_gpus > 0) and one is visible."""
+    wants_gpu = getattr(experiment.config.runtime.params, "num_gpus", 0) > 0
+    return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
+
+
+def _silo_id(context: Context, experiment: Experiment) -> int:
+    value = context.node_config.get(PARTITION_ID)
+    num_silos = len(experiment.partition.silos)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_silos:
+        raise ValueError(
+            f"node config '{PARTITION_ID}' must be a silo id in [0, {num_silos}), got {value!r}"
+        )
+    return value
+
+
+def silo_info(experiment: Experiment, silo_id: int) -> SiloInfo:
+    silo = experiment.partition.silos[silo_id]
+    return SiloInfo(
+        silo_id=silo_id,
+        tasks=silo.tasks,
+        num_train=silo.num_train,
+        num_test=silo.num_test,
+        train_per_task=silo.labelled_counts(experiment.dataset, "train"),
+        test_per_task=silo.labelled_counts(experiment.dataset, "test"),
+    )
+
+
+def _batch_generator(seed: int, silo_id: int, server_round: int) -> torch.Generator:
+    """Mini-batch order that depends only on (seed, silo, round), not on scheduling."""
+    generator = torch.Generator()
+    generator.manual_seed(zlib.crc32(f"{seed}/{silo_id}/{server_round}".encode()))
+    return generator
+
+
+def make_client_app(default_config_json: str | None = None) -> ClientApp:
+    """The ClientApp; the experiment config comes from the run config, else ``default_config_json``."""
+    app = ClientApp()
+
+    def setup(context: Context) -> tuple[str, Experiment, int, str]:
+        config_json = config_json_from(context.run_config, default_config_json)
+        experiment = cached_experiment(config_json)
+        return config_json, experiment, _silo_id(context, experiment), _device(experiment)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        _, experiment, silo_id, _ = setup(context)
+        info = silo_info(experiment, silo_id)
+        return Message(RecordDict({records.SILO: info.to_record()}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        config_json, experiment, silo_id, device = setup(context)
+        received = records.from_array_record(msg.content.array_records[records.ARRAYS])
+        config = msg.content.config_records[records.CONFIG]
+        server_round = int(config[records.SERVER_ROUND])
+        model = _shared_model(config_json, device)
+        records.load_arrays(model, received)
+        data = _silo_data(config_json, silo_id, "train", device)
+        result = train_local(
+            model,
+            data,
+            records.train_config_from_record(config),
+            _batch_generator(experiment.config.seed, silo_id, server_round),
+        )
+        trained = records.state_arrays(model, list(received))
+        deltas = {k: trained[k] - received[k] for k in received}
+        metrics: dict[str, int | float] = {
+            records.NUM_EXAMPLES: data.num_samples,
+            records.STEPS: result.steps,
+        }
+        for task, count in data.labelled_counts().items():
+            metrics[records.task_key(task, records.NUM_EXAMPLES)] = count
+        for task, loss in result.mean_loss.items():
+            metrics[records.task_key(task, "train-loss")] = loss
+        _remember_round(context, server_round)
+        content = RecordDict(
+            {
+                records.UPDATE: records.to_array_record(deltas),
+                records.METRICS: MetricRecord(metrics),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate_(msg: Message, context: Context) -> Message:
+        config_json, _, silo_id, device = setup(context)
+        model = _shared_model(config_json, device)
+        records.load_arrays(
+            model, records.from_array_record(msg.content.array_records[records.ARRAYS])
+        )
+        stats = evaluate(model, _silo_data(config_json, silo_id, "test", device))
+        metrics = {
+            records.task_key(task, stat): value
+            for task, task_stats in stats.items()
+            for stat, value in task_stats.items()
+        }
+        return Message(RecordDict({records.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+def _remember_round(context: Context, server_round: int) -> None:
+    """Per-node state: how many rounds this node trained, and the last one."""
+    state = context.state.config_records.get(NODE_STATE) or ConfigRecord({"rounds-trained": 0})
+    state["rounds-trained"] = int(state["rounds-trained"]) + 1
+    state["last-round"] = server_round
+    context.state.config_records[NODE_STATE] = state
+
+
+app = make_client_app()
+"""The ClientApp for deployment (``flwr run``): the config comes from the run config."""

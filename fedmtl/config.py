@@ -1,0 +1,228 @@
+"""The typed experiment configuration and its validation.
+
+Hydra composes ``configs/`` into a plain mapping; :func:`parse` turns it into an
+:class:`ExperimentConfig` of frozen dataclasses, checking every value. Plug-in groups (dataset, model,
+partition assignment and split, strategy, runtime) are ``{name, ...params}``: the params are checked
+against the dataclass that the plug-in registered. Every error is a :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fedmtl.errors import ConfigError
+from fedmtl.registry import Registry, build_dataclass
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """A registered plug-in chosen by ``name`` with its validated parameter dataclass."""
+
+    name: str
+    params: Any
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    params: Any
+    tasks: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Trunk plug-in plus the head shape shared by all trunks."""
+
+    name: str
+    params: Any
+    head_hidden: int = 0
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How the dataset is spread over silos: which tasks each labels, and which samples it holds."""
+
+    num_silos: int
+    test_fraction: float
+    min_train_per_task: int
+    assignment: PluginConfig
+    split: PluginConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training of a silo in one round (sent by the server in each round's ConfigRecord)."""
+
+    local_epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 32
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "local_epochs", "batch_size", "lr")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(
+                "max_steps", "must be >= 1 or null.", "set a positive number of steps."
+            )
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError("momentum", "must be in [0, 1).", "use e.g. 0.9, or 0 for none.")
+        if self.weight_decay < 0:
+            raise ConfigError("weight_decay", "must be >= 0.", "use 0 for none.")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where results go besides the run directory."""
+
+    wandb: bool = True
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "fedmtl"
+    progress: bool = True
+    plots: bool = True
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole validated experiment."""
+
+    seed: int
+    num_rounds: int
+    dataset: DatasetConfig
+    model: ModelConfig
+    partition: PartitionConfig
+    strategy: PluginConfig
+    runtime: PluginConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output_dir: str = "."
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_json(self) -> str:
+        """The raw mapping this config was parsed from, as JSON (travels to ClientApps)."""
+        return json.dumps(self.raw, sort_keys=True)
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            raise ConfigError(
+                name, f"must be > 0, got {getattr(obj, name)}.", "set a positive value."
+            )
+
+
+def _plugin(registry: Registry[Any], values: Any, key: str, extra: tuple[str, ...] = ()) -> tuple:
+    if not isinstance(values, Mapping) or "name" not in values:
+        raise ConfigError(f"{key}.name", "is missing.", f"choose one of {registry.names()}.")
+    name = values["name"]
+    params = {k: v for k, v in values.items() if k != "name" and k not in extra}
+    return name, registry.parse(name, params, key)
+
+
+def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
+    """Validate a composed config mapping and build the typed :class:`ExperimentConfig`."""
+    # Imports here: the registries import this module's dataclasses.
+    from fedmtl.data import DATASETS
+    from fedmtl.models import TRUNKS
+    from fedmtl.runtime import RUNTIMES
+    from partitions import ASSIGNMENTS, SPLITS
+    from strategies import STRATEGIES
+
+    raw = json.loads(json.dumps(raw))  # plain JSON types only, detached from the caller
+    known = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"raw"}
+    for key in raw:
+        if key not in known and key != "experiment":
+            raise ConfigError(key, "is not a config key.", f"use one of {sorted(known)}.")
+    for key in ("seed", "num_rounds", "dataset", "model", "partition", "strategy", "runtime"):
+        if key not in raw:
+            raise ConfigError(key, "is required but missing.", "set it in the config.")
+    for key in ("seed", "num_rounds"):
+        if isinstance(raw[key], bool) or not isinstance(raw[key], int):
+            raise ConfigError(key, f"expected an integer, got {raw[key]!r}.")
+    if raw["num_rounds"] < 1:
+        raise ConfigError(
+            "num_rounds", f"must be >= 1, got {raw['num_rounds']}.", "set num_rounds=10."
+        )
+
+    dataset_raw = raw["dataset"]
+    name, params = _plugin(DATASETS, dataset_raw, "dataset", extra=("tasks",))
+    tasks = dataset_raw.get("tasks")
+    if tasks is not None and (
+        not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks)
+    ):
+        raise ConfigError("dataset.tasks", f"expected a list of task names, got {tasks!r}.")
+    dataset = DatasetConfig(name=name, params=params, tasks=tasks)
+
+    model_raw = raw["model"]
+    name, params = _plugin(TRUNKS, model_raw, "model", extra=("head_hidden",))
+    head_hidden = model_raw.get("head_hidden", 0)
+    if isinstance(head_hidden, bool) or not isinstance(head_hidden, int) or head_hidden < 0:
+        raise ConfigError("model.head_hidden", f"must be an integer >= 0, got {head_hidden!r}.")
+    model = ModelConfig(name=name, params=params, head_hidden=head_hidden)
+
+    partition = _parse_partition(raw["partition"], ASSIGNMENTS, SPLITS)
+    strategy = PluginConfig(*_plugin(STRATEGIES, raw["strategy"], "strategy"))
+    runtime = PluginConfig(*_plugin(RUNTIMES, raw["runtime"], "runtime"))
+    train = build_dataclass(TrainConfig, raw.get("train", {}), "train")
+    tracking = build_dataclass(TrackingConfig, raw.get("tracking", {}), "tracking")
+    output_dir = raw.get("output_dir", ".")
+    if not isinstance(output_dir, str):
+        raise ConfigError("output_dir", f"expected a path, got {output_dir!r}.")
+    return ExperimentConfig(
+        seed=raw["seed"],
+        num_rounds=raw["num_rounds"],
+        dataset=dataset,
+        model=model,
+        partition=partition,
+        strategy=strategy,
+        runtime=runtime,
+        train=train,
+        tracking=tracking,
+        output_dir=output_dir,
+        raw=raw,
+    )
+
+
+def _parse_partition(
+    values: Any, assignments: Registry[Any], splits: Registry[Any]
+) -> PartitionConfig:
+    if not isinstance(values, Mapping):
+        raise ConfigError("partition", f"expected a mapping, got {values!r}.")
+    allowed = {"num_silos", "test_fraction", "min_train_per_task", "assignment", "split"}
+    for key in values:
+        if key not in allowed:
+            raise ConfigError(
+                f"partition.{key}", "is not a partition key.", f"use one of {sorted(allowed)}."
+            )
+    num_silos = values.get("num_silos")
+    if isinstance(num_silos, bool) or not isinstance(num_silos, int) or num_silos < 1:
+        raise ConfigError("partition.num_silos", f"must be an integer >= 1, got {num_silos!r}.")
+    test_fraction = values.get("test_fraction", 0.2)
+    if (
+        isinstance(test_fraction, bool)
+        or not isinstance(test_fraction, (int, float))
+        or not (0.0 < test_fraction < 1.0)
+    ):
+        raise ConfigError(
+            "partition.test_fraction", f"must be in (0, 1), got {test_fraction!r}.", "use e.g. 0.2."
+        )
+    min_train = values.get("min_train_per_task", 1)
+    if isinstance(min_train, bool) or not isinstance(min_train, int) or min_train < 1:
+        raise ConfigError(
+            "partition.min_train_per_task", f"must be an integer >= 1, got {min_train!r}."
+        )
+    return PartitionConfig(
+        num_silos=num_silos,
+        test_fraction=float(test_fraction),
+        min_train_per_task=min_train,
+        assignment=PluginConfig(
+            *_plugin(assignments, values.get("assignment"), "partition.assignment")
+        ),
+        split=PluginConfig(*_plugin(splits, values.get("split"), "partition.split")),
+    )

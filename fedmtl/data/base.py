@@ -1,0 +1,88 @@
+"""The multi-task dataset every data module returns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedmtl.tasks import TaskSpec
+
+
+@dataclass
+class MultiTaskDataset:
+    """Inputs with one label column per task and a per-sample task-label mask.
+
+    ``inputs``: (N, *input_shape) float32. ``targets[task]``: (N,) long (multiclass) or float32
+    (binary, regression); the value of an unlabelled entry is arbitrary. ``mask``: (N, T) bool,
+    ``mask[i, t]`` is True when sample i carries a label for task ``tasks[t]``. ``info`` holds metadata
+    written to the run summary (for ``synthetic``: ``planted_groups``). ``natural_ids`` maps an id
+    column (writer, school, ...) to an (N,) array, for natural-id partitions.
+    """
+
+    name: str
+    inputs: torch.Tensor
+    tasks: tuple[TaskSpec, ...]
+    targets: dict[str, torch.Tensor]
+    mask: torch.Tensor
+    info: dict[str, Any] = field(default_factory=dict)
+    natural_ids: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.inputs.shape[0]
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset {self.name!r}: duplicate task names {names}")
+        if set(self.targets) != set(names):
+            raise ValueError(
+                f"dataset {self.name!r}: targets {sorted(self.targets)} != tasks {names}"
+            )
+        for task in self.tasks:
+            column = self.targets[task.name]
+            if column.shape != (n,) or column.dtype != task.target_dtype:
+                raise ValueError(
+                    f"dataset {self.name!r}: targets[{task.name!r}] must be ({n},) {task.target_dtype}"
+                )
+        if self.mask.shape != (n, len(self.tasks)) or self.mask.dtype != torch.bool:
+            raise ValueError(f"dataset {self.name!r}: mask must be ({n}, {len(self.tasks)}) bool")
+        for column, ids in self.natural_ids.items():
+            if len(ids) != n:
+                raise ValueError(f"dataset {self.name!r}: natural id {column!r} must have {n} rows")
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.inputs.shape[1:])
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task(self, name: str) -> TaskSpec:
+        return self.tasks[self.task_names.index(name)]
+
+    def select_tasks(self, names: Sequence[str]) -> MultiTaskDataset:
+        """The same samples with only the tasks ``names``, in that order."""
+        positions = [self.task_names.index(n) for n in names]
+        return MultiTaskDataset(
+            name=self.name,
+            inputs=self.inputs,
+            tasks=tuple(self.tasks[p] for p in positions),
+            targets={n: self.targets[n] for n in names},
+            mask=self.mask[:, positions],
+            info=self.info,
+            natural_ids=self.natural_ids,
+        )
+
+    def chance_levels(self) -> dict[str, float]:
+        """Per task, the primary metric of the best constant predictor over the labelled samples."""
+        return {
+            task.name: task.chance_level(self.targets[task.name][self.mask[:, t]])
+            for t, task in enumerate(self.tasks)
+        }

@@ -1,0 +1,148 @@
+"""The message protocol between ServerApp and ClientApp: record names and (de)serialisation.
+
+Every record name and metric key of the protocol is defined here and nowhere else.
+
+Server -> client
+  ``query``:    empty content; the reply describes the silo (:class:`SiloInfo`).
+  ``train``:    ``ARRAYS`` (the trunk and the heads of the silo's tasks only) and ``CONFIG``
+                (server round and local training settings, :func:`train_config_record`).
+  ``evaluate``: ``ARRAYS`` as for train and ``CONFIG`` (server round).
+Client -> server
+  ``query``:    ``SILO`` (ConfigRecord: silo id, tasks, example counts).
+  ``train``:    ``UPDATE`` (ArrayRecord of deltas, trained minus received, for every array received)
+                and ``METRICS`` (``num-examples``, per task ``<task>/num-examples`` and
+                ``<task>/train-loss``, ``steps``).
+  ``evaluate``: ``METRICS`` with per task additive statistics ``<task>/<stat>``
+                (see :meth:`fedmtl.tasks.TaskSpec.metric_sums`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+
+from fedmtl.config import TrainConfig
+
+ARRAYS = "fedmtl.arrays"
+CONFIG = "fedmtl.config"
+UPDATE = "fedmtl.update"
+METRICS = "fedmtl.metrics"
+SILO = "fedmtl.silo"
+
+SERVER_ROUND = "server-round"
+NUM_EXAMPLES = "num-examples"
+STEPS = "steps"
+
+
+def task_key(task: str, stat: str) -> str:
+    """Metric key for one task's statistic, e.g. ``digit/num-examples``."""
+    return f"{task}/{stat}"
+
+
+def split_task_key(key: str) -> tuple[str, str] | None:
+    """``(task, stat)`` for a key made by :func:`task_key`, else None."""
+    task, sep, stat = key.partition("/")
+    return (task, stat) if sep else None
+
+
+def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def state_arrays(model: torch.nn.Module, keys: list[str]) -> dict[str, np.ndarray]:
+    """The model's parameters ``keys`` as numpy copies."""
+    state = model.state_dict()
+    return {k: state[k].detach().cpu().numpy().copy() for k in keys}
+
+
+def load_arrays(model: torch.nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Copy ``arrays`` into the model's parameters of the same names (the others are untouched)."""
+    state = model.state_dict()
+    with torch.no_grad():
+        for key, value in arrays.items():
+            if key not in state:
+                raise KeyError(f"the model has no parameter {key!r}")
+            target = state[key]
+            if tuple(target.shape) != tuple(value.shape):
+                raise ValueError(f"{key}: shape {value.shape} != model's {tuple(target.shape)}")
+            target.copy_(torch.from_numpy(np.asarray(value)).to(target.dtype))
+
+
+def train_config_record(server_round: int, train: TrainConfig) -> ConfigRecord:
+    """The ConfigRecord of a train message: the round and local training settings."""
+    return ConfigRecord(
+        {
+            SERVER_ROUND: server_round,
+            "local-epochs": train.local_epochs,
+            "max-steps": -1 if train.max_steps is None else train.max_steps,
+            "batch-size": train.batch_size,
+            "optimizer": train.optimizer,
+            "lr": train.lr,
+            "momentum": train.momentum,
+            "weight-decay": train.weight_decay,
+        }
+    )
+
+
+def train_config_from_record(record: ConfigRecord) -> TrainConfig:
+    max_steps = int(record["max-steps"])
+    return TrainConfig(
+        local_epochs=int(record["local-epochs"]),
+        max_steps=None if max_steps < 0 else max_steps,
+        batch_size=int(record["batch-size"]),
+        optimizer=str(record["optimizer"]),  # type: ignore[arg-type]
+        lr=float(record["lr"]),
+        momentum=float(record["momentum"]),
+        weight_decay=float(record["weight-decay"]),
+    )
+
+
+@dataclass(frozen=True)
+class SiloInfo:
+    """What a node says of its silo in reply to ``query``: its tasks and labelled example counts."""
+
+    silo_id: int
+    tasks: tuple[str, ...]
+    num_train: int
+    num_test: int
+    train_per_task: dict[str, int]
+    test_per_task: dict[str, int]
+
+    def to_record(self) -> ConfigRecord:
+        record = ConfigRecord(
+            {
+                "silo-id": self.silo_id,
+                "tasks": list(self.tasks),
+                "num-train": self.num_train,
+                "num-test": self.num_test,
+            }
+        )
+        for task in self.tasks:
+            record[task_key(task, "num-train")] = self.train_per_task[task]
+            record[task_key(task, "num-test")] = self.test_per_task[task]
+        return record
+
+    @classmethod
+    def from_record(cls, record: ConfigRecord) -> SiloInfo:
+        """Parse a ``SILO`` record; a malformed one raises ValueError or KeyError."""
+        tasks = tuple(str(t) for t in record["tasks"])  # type: ignore[union-attr]
+        return cls(
+            silo_id=int(record["silo-id"]),  # type: ignore[arg-type]
+            tasks=tasks,
+            num_train=int(record["num-train"]),  # type: ignore[arg-type]
+            num_test=int(record["num-test"]),  # type: ignore[arg-type]
+            train_per_task={t: int(record[task_key(t, "num-train")]) for t in tasks},  # type: ignore[arg-type]
+            test_per_task={t: int(record[task_key(t, "num-test")]) for t in tasks},  # type: ignore[arg-type]
+        )
+
+
+def metric_record(values: Mapping[str, float | int]) -> MetricRecord:
+    return MetricRecord(dict(values))

@@ -1,0 +1,240 @@
+"""Runtimes: where the ServerApp and the ClientApps of a run execute.
+
+- ``inprocess``: every silo's ClientApp is called directly in this process through an
+  :class:`InProcessGrid` (a Flower ``Grid``). No Ray, no sockets: for tests and tiny runs.
+- ``simulation``: Flower's simulation engine on Ray, one virtual SuperNode per silo, with client
+  resources (CPUs, GPU fraction) from the config; ``ray_address`` joins an existing Ray cluster.
+
+Both run the same ServerApp and ClientApp (:mod:`fedmtl.server_app`, :mod:`fedmtl.client_app`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.serverapp import Grid
+
+from fedmtl.errors import ConfigError
+from fedmtl.registry import NoParams, Registry
+
+log = logging.getLogger("fedmtl")
+
+RUNTIMES: Registry = Registry("runtime")
+
+OFFLINE_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def set_offline_env() -> None:
+    """Offline-safe defaults; a value the user already set is kept."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+@dataclass(frozen=True)
+class SimulationParams:
+    """Flower simulation engine (Ray) settings.
+
+    ``num_cpus`` / ``num_gpus``: resources of one ClientApp (a GPU fraction such as 0.25 packs four
+    clients on a GPU). ``ray_num_cpus``: CPUs the local Ray instance may use (null: all).
+    ``ray_address``: address of an existing Ray cluster (``auto`` or ``host:port``); null starts a
+    local one.
+    """
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    ray_num_cpus: int | None = None
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_cpus <= 0:
+            raise ConfigError("num_cpus", f"must be > 0, got {self.num_cpus}.", "use e.g. 1.")
+        if self.num_gpus < 0:
+            raise ConfigError(
+                "num_gpus", f"must be >= 0, got {self.num_gpus}.", "use 0 for CPU only."
+            )
+        if self.ray_num_cpus is not None and self.ray_num_cpus < 1:
+            raise ConfigError("ray_num_cpus", f"must be >= 1 or null, got {self.ray_num_cpus}.")
+
+
+def check_resources(params: SimulationParams) -> None:
+    """Refuse requests that would leave Ray's actor pool waiting forever (local Ray only)."""
+    if params.ray_address is not None:
+        return
+    if params.num_gpus > 0 and not torch.cuda.is_available():
+        raise ConfigError(
+            "runtime.num_gpus",
+            f"asks for {params.num_gpus} GPU per client but no CUDA GPU is visible here.",
+            "set runtime.num_gpus=0 to train on CPUs.",
+        )
+    available = params.ray_num_cpus or os.cpu_count() or 1
+    if params.num_cpus > available:
+        raise ConfigError(
+            "runtime.num_cpus",
+            f"asks for {params.num_cpus} CPUs per client but Ray has {available}.",
+            f"set runtime.num_cpus to at most {available}.",
+        )
+
+
+class InProcessGrid(Grid):
+    """A Flower ``Grid`` that delivers each message by calling the ClientApp in this process.
+
+    Node ``i`` (id ``NODE_ID_BASE + i``) holds silo ``i``; each node keeps its own ``Context``, so
+    ``context.state`` persists across rounds exactly as on a SuperNode. A ClientApp exception comes
+    back as an error reply, as it would from a real node.
+    """
+
+    NODE_ID_BASE = 1000
+
+    def __init__(self, client_app: Any, num_nodes: int, run_config: dict[str, Any]) -> None:
+        self.client_app = client_app
+        self.contexts = {
+            self.NODE_ID_BASE + i: Context(
+                run_id=0,
+                node_id=self.NODE_ID_BASE + i,
+                node_config={"partition-id": i, "num-partitions": num_nodes},
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
+            for i in range(num_nodes)
+        }
+        self._run: Any = None
+        self._replies: dict[str, Message] = {}
+        _set_server_identity()
+
+    def set_run(self, run: Any) -> None:
+        self._run = run
+
+    @property
+    def run(self) -> Any:
+        return self._run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(
+            content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl
+        )
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def _deliver(self, message: Message) -> Message:
+        context = self.contexts.get(message.metadata.dst_node_id)
+        if context is None:
+            return Message(Error(ErrorCode.NODE_UNAVAILABLE, "no such node"), reply_to=message)
+        try:
+            return self.client_app(message, context)
+        except Exception as err:  # a failing client must not kill the run
+            log.warning("node %s raised %s: %s", context.node_id, type(err).__name__, err)
+            reason = f"{type(err).__name__}: {err}"
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for i, message in enumerate(messages):
+            key = f"{len(self._replies)}-{i}"
+            self._replies[key] = self._deliver(message)
+            ids.append(key)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return [self._deliver(message) for message in messages]
+
+
+def _set_server_identity() -> None:
+    """Flower >= 1.42 stamps new messages with the process's task identity; set the server's, as
+    Flower's own in-memory runtime does (older versions have no such identity)."""
+    try:
+        from flwr.supercore.task_identity import TaskIdentity
+    except ImportError:
+        return
+    TaskIdentity.run_id = 0
+    TaskIdentity.task_id = 1
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+
+
+def _run_inprocess(config_json: str, params: NoParams, num_silos: int) -> None:
+    from fedmtl.client_app import make_client_app
+    from fedmtl.experiment import cached_experiment
+    from fedmtl.server_app import run_server
+
+    grid = InProcessGrid(make_client_app(config_json), num_silos, run_config={})
+    run_server(grid, cached_experiment(config_json))
+
+
+def _run_simulation(config_json: str, params: SimulationParams, num_silos: int) -> None:
+    from flwr.simulation import run_simulation
+
+    from fedmtl.client_app import make_client_app
+    from fedmtl.server_app import make_server_app
+
+    check_resources(params)
+    init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": True}
+    if params.ray_address is not None:
+        init_args["address"] = params.ray_address
+    elif params.ray_num_cpus is not None:
+        init_args["num_cpus"] = params.ray_num_cpus
+    backend_config = {
+        "client_resources": {"num_cpus": params.num_cpus, "num_gpus": params.num_gpus},
+        "init_args": init_args,
+    }
+    run_simulation(
+        server_app=make_server_app(config_json),
+        client_app=make_client_app(config_json),
+        num_supernodes=num_silos,
+        backend_config=backend_config,
+    )
+
+
+RUNTIMES.register("inprocess", params=NoParams)(_run_inprocess)
+RUNTIMES.register("simulation", params=SimulationParams)(_run_simulation)
+
+
+def run(config: Any) -> dict[str, Any]:
+    """Run a parsed experiment on its runtime and return its summary.
+
+    Validates everything first (dataset, partition, model, resources), so a bad config fails
+    before Ray starts or any training happens.
+    """
+    from fedmtl.experiment import cached_experiment
+    from fedmtl.tracking import SUMMARY_FILE
+
+    set_offline_env()
+    config_json = config.to_json()
+    experiment = cached_experiment(config_json)
+    if config.runtime.name == "simulation":
+        check_resources(config.runtime.params)
+    runner = RUNTIMES.get(config.runtime.name, key="runtime.name").factory
+    runner(config_json, config.runtime.params, len(experiment.partition.silos))
+    summary_path = Path(config.output_dir) / SUMMARY_FILE
+    if not summary_path.exists():
+        raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
+    return json.loads(summary_path.read_text())

@@ -1,0 +1,198 @@
+"""Results of a run: ``metrics.jsonl``, ``summary.json``, a learning-curve PNG, wandb and a progress bar.
+
+``metrics.jsonl`` has one JSON object per line, each with ``round`` and ``split``:
+- ``split: "train"``: ``metrics`` = task -> {"loss"} (silo train losses, example-weighted), plus
+  ``num_sampled``, ``num_updates``, ``num_rejected``, ``bytes_up``, ``bytes_down``, ``seconds``.
+- ``split: "personal"``: ``metrics`` = task -> metric -> value, pooled over the silos' own test splits.
+- ``split: "silo"``: the same for one silo (``silo`` = its id), on its own tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from fedmtl.config import TrackingConfig
+from fedmtl.tasks import TaskSpec
+from strategies.base import RoundRecord
+
+log = logging.getLogger("fedmtl")
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+PARTITION_FILE = "partition.json"
+CURVES_FILE = "learning_curves.png"
+
+
+class Tracker:
+    """Round observer that writes the result files, logs to wandb and drives the progress bar."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        cfg: TrackingConfig,
+        tasks: list[TaskSpec],
+        num_rounds: int,
+        run_config: dict[str, Any],
+        run_name: str,
+    ) -> None:
+        self.output_dir = output_dir
+        self.cfg = cfg
+        self.tasks = tasks
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = output_dir / METRICS_FILE
+        self.metrics_path.write_text("")
+        self.progress = tqdm(
+            total=num_rounds, desc="rounds", unit="round", disable=not cfg.progress
+        )
+        self.wandb_run = self._start_wandb(run_config, run_name) if cfg.wandb else None
+
+    def _start_wandb(self, run_config: dict[str, Any], run_name: str) -> Any:
+        mode = self.cfg.wandb_mode
+        if mode == "disabled":
+            return None
+        try:
+            import wandb
+
+            return wandb.init(
+                project=self.cfg.wandb_project,
+                name=run_name,
+                mode=mode,
+                dir=str(self.output_dir),
+                config=run_config,
+                reinit="finish_previous",
+            )
+        except Exception as err:  # wandb must never kill a run
+            log.warning("wandb disabled for this run: %s", err)
+            return None
+
+    def on_round(self, record: RoundRecord) -> None:
+        lines: list[dict[str, Any]] = [
+            {
+                "round": record.server_round,
+                "split": "train",
+                "metrics": {task: {"loss": loss} for task, loss in record.train_loss.items()},
+                "num_sampled": record.num_sampled,
+                "num_updates": record.num_updates,
+                "num_rejected": len(record.rejected),
+                "bytes_up": record.bytes_up,
+                "bytes_down": record.bytes_down,
+                "seconds": record.seconds,
+            }
+        ]
+        if record.personal is not None:
+            lines.append(
+                {"round": record.server_round, "split": "personal", "metrics": record.personal}
+            )
+            for silo, metrics in sorted(record.per_silo.items()):
+                lines.append(
+                    {
+                        "round": record.server_round,
+                        "split": "silo",
+                        "silo": silo,
+                        "metrics": metrics,
+                    }
+                )
+        with self.metrics_path.open("a") as handle:
+            for line in lines:
+                handle.write(json.dumps(line) + "\n")
+        if self.wandb_run is not None:
+            flat = {f"train/{t}/loss": v for t, v in record.train_loss.items()}
+            for task, metrics in (record.personal or {}).items():
+                flat.update({f"personal/{task}/{k}": v for k, v in metrics.items()})
+            flat.update({"bytes_up": record.bytes_up, "bytes_down": record.bytes_down})
+            self.wandb_run.log(flat, step=record.server_round)
+        self.progress.update(1)
+        if record.personal:
+            self.progress.set_postfix(
+                {
+                    t.name: f"{record.personal[t.name][t.primary_metric.name]:.3f}"
+                    for t in self.tasks
+                    if t.name in record.personal
+                },
+                refresh=False,
+            )
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Write ``summary.json`` and the plot; close wandb and the progress bar."""
+        self.progress.close()
+        (self.output_dir / SUMMARY_FILE).write_text(
+            json.dumps(summary, indent=2, default=_json_default)
+        )
+        if self.cfg.plots:
+            plot_learning_curves(self.metrics_path, self.tasks, self.output_dir / CURVES_FILE)
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update(
+                {
+                    f"final/{t}/{k}": v
+                    for t, m in summary.get("final", {}).items()
+                    for k, v in m.items()
+                }
+            )
+            self.wandb_run.finish()
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_learning_curves(metrics_path: Path, tasks: list[TaskSpec], out: Path) -> Path:
+    """One panel per task: primary metric on the personal split and train loss against rounds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    cols = min(3, len(tasks))
+    nrows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        metric = task.primary_metric.name
+        personal = [
+            (r["round"], r["metrics"][task.name][metric])
+            for r in rows
+            if r["split"] == "personal" and task.name in r["metrics"]
+        ]
+        train = [
+            (r["round"], r["metrics"][task.name]["loss"])
+            for r in rows
+            if r["split"] == "train" and task.name in r["metrics"]
+        ]
+        if personal:
+            rounds, values = zip(*personal, strict=True)
+            ax.plot(rounds, values, marker="o", color="tab:blue", label=f"test {metric}")
+        ax.set_title(f"{task.name} ({task.kind})")
+        ax.set_xlabel("round")
+        ax.set_ylabel(f"test {metric}", color="tab:blue")
+        if train:
+            twin = ax.twinx()
+            rounds, losses = zip(*train, strict=True)
+            twin.plot(rounds, losses, color="tab:orange", alpha=0.7, label="train loss")
+            twin.set_ylabel("train loss", color="tab:orange")
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    fig.suptitle("Per-task learning curves (personal test split)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def disable_wandb_console() -> None:
+    """Keep wandb quiet and offline unless the user asked otherwise."""
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")

@@ -1,0 +1,183 @@
+"""Partitions: spread a multi-task dataset over silos.
+
+A partition is a task assignment (which tasks each silo labels, :data:`ASSIGNMENTS`) crossed with
+a sample split (which samples each silo holds, :data:`SPLITS`), then a per-silo train/test split.
+:func:`build` makes one from a :class:`~fedmtl.config.PartitionConfig`; :func:`load` reads a saved
+manifest back and checks it against the dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from fedmtl.errors import ConfigError
+from partitions.assignment import ASSIGNMENTS
+from partitions.base import SCHEMA_VERSION, Partition, Silo
+from partitions.split import SPLITS
+
+if TYPE_CHECKING:
+    from fedmtl.config import PartitionConfig
+    from fedmtl.data.base import MultiTaskDataset
+
+_FEWER_SILOS = (
+    "use fewer silos (partition.num_silos), a smaller partition.test_fraction, or a lower "
+    "partition.min_train_per_task."
+)
+
+
+def build(dataset: MultiTaskDataset, cfg: PartitionConfig, seed: int) -> Partition:
+    """Partition ``dataset`` over ``cfg.num_silos`` silos; deterministic for ``seed``.
+
+    Guarantees: silo ``i`` holds the tasks the assignment gave it (in dataset order) and the samples
+    the split gave it, divided into train and test by ``cfg.test_fraction`` (a seeded shuffle; at
+    least one test and one train sample when the silo has two or more); silos share no sample;
+    every task is held by some silo; every silo has at least ``cfg.min_train_per_task`` labelled
+    training examples of each of its tasks. Any violation is a :class:`ConfigError`.
+    """
+    _check_config(cfg, seed)
+    assign_seed, holdout_seed = np.random.SeedSequence(seed).spawn(2)
+    task_names = dataset.task_names
+    assign = ASSIGNMENTS.get(cfg.assignment.name, "partition.assignment.name").factory
+    tasks_per_silo = assign(
+        list(task_names), cfg.num_silos, cfg.assignment.params, np.random.default_rng(assign_seed)
+    )
+    _check_assignment(tasks_per_silo, task_names, cfg.num_silos)
+    split = SPLITS.get(cfg.split.name, "partition.split.name").factory
+    samples = split(dataset, cfg.num_silos, cfg.split.params, seed)
+    _check_split(samples, cfg.num_silos)
+    holdout_rng = np.random.default_rng(holdout_seed)
+    silos = tuple(
+        _make_silo(i, tasks, indices, cfg.test_fraction, holdout_rng)
+        for i, (tasks, indices) in enumerate(zip(tasks_per_silo, samples, strict=True))
+    )
+    partition = Partition(dataset.name, seed, tuple(task_names), silos, config_to_dict(cfg))
+    partition.validate_against(dataset, key="partition.split")
+    _check_min_train(partition, dataset, cfg.min_train_per_task)
+    return partition
+
+
+def load(path: str | os.PathLike[str], dataset: MultiTaskDataset) -> Partition:
+    """Read the manifest at ``path`` and check it against ``dataset``.
+
+    Errors (an unreadable or invalid manifest, an unknown schema version, another dataset, tasks the
+    dataset lacks, indices out of range or shared) are :class:`ConfigError` on ``partition.path``.
+    """
+    partition = Partition.load(path)
+    partition.validate_against(dataset, key="partition.path")
+    return partition
+
+
+def config_to_dict(cfg: PartitionConfig) -> dict[str, Any]:
+    """``cfg`` as plain JSON types: ``{num_silos, test_fraction, min_train_per_task, assignment:
+    {name, params}, split: {name, params}}``."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def split_train_test(
+    indices: np.ndarray, test_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shuffle ``indices`` and cut off ``round(n * test_fraction)`` of them for testing.
+
+    With two or more samples, both parts get at least one; a single sample goes to train.
+    """
+    n = len(indices)
+    num_test = min(max(round(n * test_fraction), 1), n - 1) if n >= 2 else 0
+    shuffled = rng.permutation(np.asarray(indices, dtype=np.int64))
+    return np.sort(shuffled[num_test:]), np.sort(shuffled[:num_test])
+
+
+def _make_silo(
+    silo_id: int,
+    tasks: Sequence[str],
+    indices: np.ndarray,
+    test_fraction: float,
+    rng: np.random.Generator,
+) -> Silo:
+    train, test = split_train_test(indices, test_fraction, rng)
+    return Silo(id=silo_id, tasks=tuple(tasks), train_indices=train, test_indices=test)
+
+
+def _check_config(cfg: PartitionConfig, seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError("seed", f"must be an integer >= 0, got {seed!r}.", "use e.g. seed=0.")
+    if cfg.num_silos < 1:
+        raise ConfigError("partition.num_silos", f"must be >= 1, got {cfg.num_silos}.")
+    if not 0.0 < cfg.test_fraction < 1.0:
+        raise ConfigError(
+            "partition.test_fraction", f"must be in (0, 1), got {cfg.test_fraction}.", "use 0.2."
+        )
+    if cfg.min_train_per_task < 1:
+        raise ConfigError(
+            "partition.min_train_per_task", f"must be >= 1, got {cfg.min_train_per_task}."
+        )
+
+
+def _check_assignment(
+    tasks_per_silo: list[list[str]], task_names: Sequence[str], num_silos: int
+) -> None:
+    """Plug-in bugs are ValueError; a silo without tasks or a task without silo is a ConfigError."""
+    if len(tasks_per_silo) != num_silos:
+        raise ValueError(f"the assignment gave {len(tasks_per_silo)} silos, not {num_silos}")
+    for silo_id, tasks in enumerate(tasks_per_silo):
+        if [t for t in task_names if t in tasks] != list(tasks):
+            raise ValueError(
+                f"the assignment gave silo {silo_id} tasks {tasks}: unknown, repeated "
+                f"or out of dataset order {list(task_names)}"
+            )
+        if not tasks:
+            raise ConfigError(
+                "partition.assignment",
+                f"silo {silo_id} would hold no task.",
+                "choose an assignment that gives every silo a task, or use fewer silos.",
+            )
+    held = {t for tasks in tasks_per_silo for t in tasks}
+    orphans = [t for t in task_names if t not in held]
+    if orphans:
+        raise ConfigError(
+            "partition.assignment",
+            f"no silo holds tasks {orphans}.",
+            "use more silos, more tasks per silo, or the assignment 'all'.",
+        )
+
+
+def _check_split(samples: list[np.ndarray], num_silos: int) -> None:
+    if len(samples) != num_silos:
+        raise ValueError(f"the split gave {len(samples)} silos, not {num_silos}")
+    for silo_id, indices in enumerate(samples):
+        if len(indices) == 0:
+            raise ConfigError(
+                "partition.num_silos",
+                f"silo {silo_id} would hold no sample.",
+                "use fewer silos or another split.",
+            )
+
+
+def _check_min_train(partition: Partition, dataset: MultiTaskDataset, minimum: int) -> None:
+    for silo in partition.silos:
+        for task, count in silo.labelled_counts(dataset, "train").items():
+            if count < minimum:
+                raise ConfigError(
+                    "partition.min_train_per_task",
+                    f"silo {silo.id} has {count} labelled training examples of task '{task}', "
+                    f"fewer than {minimum}.",
+                    _FEWER_SILOS,
+                )
+
+
+__all__ = [
+    "ASSIGNMENTS",
+    "SCHEMA_VERSION",
+    "SPLITS",
+    "Partition",
+    "Silo",
+    "build",
+    "config_to_dict",
+    "load",
+    "split_train_test",
+]

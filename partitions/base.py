@@ -1,0 +1,342 @@
+"""Silos and partitions, and the partition manifest (``partition.json``).
+
+A :class:`Partition` says, for one dataset and seed, which tasks each silo labels and which samples
+it holds for training and for testing. It is saved as a JSON manifest, a contract read by other
+tools; its shape (``schema_version`` 1)::
+
+    {"schema_version": 1, "seed": int, "dataset": str, "tasks": [str, ...], "config": {...},
+     "silos": [{"id": int, "tasks": [str, ...], "num_train": int, "num_test": int,
+                "train_indices": [int, ...], "test_indices": [int, ...]}, ...]}
+
+Indices are plain JSON integers, sorted ascending; silo ``i`` has ``id`` ``i``; a silo's tasks are
+in dataset order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
+
+import numpy as np
+import torch
+
+from fedmtl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedmtl.data.base import MultiTaskDataset
+
+SCHEMA_VERSION = 1
+_MANIFEST_FIELDS = ("schema_version", "seed", "dataset", "tasks", "config", "silos")
+_SILO_FIELDS = ("id", "tasks", "num_train", "num_test", "train_indices", "test_indices")
+
+
+def _index_array(values: Any, what: str) -> np.ndarray:
+    """``values`` as a read-only, sorted, 1-D int64 array of distinct non-negative indices."""
+    array = np.asarray(values)
+    if array.size == 0:
+        array = array.reshape(0).astype(np.int64)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{what} must be a 1-D array of integers, got {array.dtype} {array.shape}")
+    array = np.sort(array.astype(np.int64))
+    if array.size and array[0] < 0:
+        raise ValueError(f"{what} holds a negative index {int(array[0])}")
+    if np.any(array[1:] == array[:-1]):
+        raise ValueError(f"{what} lists an index twice")
+    array.setflags(write=False)
+    return array
+
+
+@dataclass(frozen=True, eq=False)
+class Silo:
+    """One silo: the tasks it labels and the samples it holds.
+
+    Guarantees (checked on construction): ``tasks`` are distinct; ``train_indices`` and
+    ``test_indices`` are read-only, sorted, 1-D int64 arrays of distinct non-negative indices.
+    """
+
+    id: int
+    tasks: tuple[str, ...]
+    train_indices: np.ndarray
+    test_indices: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"silo {self.id}: a task is listed twice in {list(self.tasks)}")
+        for name in ("train_indices", "test_indices"):
+            array = _index_array(getattr(self, name), f"silo {self.id} {name}")
+            object.__setattr__(self, name, array)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Silo):
+            return NotImplemented
+        return (
+            self.id == other.id
+            and self.tasks == other.tasks
+            and np.array_equal(self.train_indices, other.train_indices)
+            and np.array_equal(self.test_indices, other.test_indices)
+        )
+
+    def __hash__(self) -> int:
+        return hash(
+            (self.id, self.tasks, self.train_indices.tobytes(), self.test_indices.tobytes())
+        )
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_indices.size)
+
+    @property
+    def num_test(self) -> int:
+        return int(self.test_indices.size)
+
+    def indices(self, split: Literal["train", "test"] = "train") -> np.ndarray:
+        """The sample indices of ``split`` ("train" or "test")."""
+        if split == "train":
+            return self.train_indices
+        if split == "test":
+            return self.test_indices
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+    def labelled_counts(
+        self, dataset: MultiTaskDataset, split: Literal["train", "test"] = "train"
+    ) -> dict[str, int]:
+        """Per task of this silo (in its order), the number of ``split`` samples labelled for it."""
+        rows = dataset.mask[torch.from_numpy(self.indices(split).copy())]
+        names = dataset.task_names
+        return {task: int(rows[:, names.index(task)].sum()) for task in self.tasks}
+
+    def to_manifest(self) -> dict[str, Any]:
+        """This silo's entry of the manifest's ``silos`` list."""
+        return {
+            "id": self.id,
+            "tasks": list(self.tasks),
+            "num_train": self.num_train,
+            "num_test": self.num_test,
+            "train_indices": self.train_indices.tolist(),
+            "test_indices": self.test_indices.tolist(),
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Partition:
+    """Which tasks and samples each silo of a federation holds.
+
+    Guarantees (checked on construction): silo ``i`` has ``id == i``; every silo's tasks are among
+    ``task_names`` and in their order. :meth:`validate_against` checks the rest against a dataset.
+    """
+
+    dataset: str
+    seed: int
+    task_names: tuple[str, ...]
+    silos: tuple[Silo, ...]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task_names", tuple(self.task_names))
+        object.__setattr__(self, "silos", tuple(self.silos))
+        object.__setattr__(self, "config", dict(self.config))
+        if len(set(self.task_names)) != len(self.task_names):
+            raise ValueError(f"partition: a task is listed twice in {list(self.task_names)}")
+        for position, silo in enumerate(self.silos):
+            if silo.id != position:
+                raise ValueError(f"partition: silo at position {position} has id {silo.id}")
+            unknown = [t for t in silo.tasks if t not in self.task_names]
+            if unknown:
+                raise ValueError(f"partition: silo {silo.id} holds unknown tasks {unknown}")
+            if list(silo.tasks) != [t for t in self.task_names if t in silo.tasks]:
+                raise ValueError(f"partition: silo {silo.id} tasks are not in dataset order")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Partition):
+            return NotImplemented
+        return (
+            self.dataset == other.dataset
+            and self.seed == other.seed
+            and self.task_names == other.task_names
+            and self.silos == other.silos
+            and self.config == other.config
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.dataset, self.seed, self.task_names, self.silos))
+
+    @property
+    def num_silos(self) -> int:
+        return len(self.silos)
+
+    def holders(self, task: str) -> list[int]:
+        """Ids of the silos that hold ``task``, ascending (empty when none does)."""
+        if task not in self.task_names:
+            raise ValueError(f"unknown task {task!r}; the partition's tasks are {self.task_names}")
+        return [silo.id for silo in self.silos if task in silo.tasks]
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The JSON-ready manifest (see the module docstring for its schema)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "seed": self.seed,
+            "dataset": self.dataset,
+            "tasks": list(self.task_names),
+            "config": json.loads(json.dumps(self.config)),
+            "silos": [silo.to_manifest() for silo in self.silos],
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the manifest to ``path`` (parents made, replaced atomically); return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_manifest())
+        with tempfile.NamedTemporaryFile(
+            "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        ) as handle:
+            handle.write(text)
+        os.replace(handle.name, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Partition:
+        """Read a manifest written by :meth:`save`.
+
+        A missing file, invalid JSON, an unknown ``schema_version``, a missing field or an
+        inconsistent entry raises :class:`ConfigError` on ``partition.path``.
+        """
+        path = Path(path)
+        try:
+            manifest = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                "partition.path", f"no manifest at {path}.", "give the path of a partition.json."
+            ) from None
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(
+                "partition.path", f"cannot read {path} as JSON ({err}).", "give a partition.json."
+            ) from None
+        try:
+            return cls.from_manifest(manifest)
+        except ConfigError as err:
+            raise ConfigError(err.key, f"{path}: {err.problem}", err.fix) from None
+
+    @classmethod
+    def from_manifest(cls, manifest: Any) -> Partition:
+        """The partition described by a manifest mapping; errors as in :meth:`load`."""
+        if not isinstance(manifest, Mapping):
+            _bad_manifest(f"expected a JSON object, got {type(manifest).__name__}")
+        _require(manifest, _MANIFEST_FIELDS, "")
+        version = manifest["schema_version"]
+        if version != SCHEMA_VERSION:
+            raise ConfigError(
+                "partition.path",
+                f"unsupported manifest schema_version {version!r} (this version reads "
+                f"{SCHEMA_VERSION}).",
+                "rebuild the partition with this version of fedmtl.",
+            )
+        if not isinstance(manifest["silos"], list):
+            _bad_manifest("'silos' must be a list")
+        if not isinstance(manifest["config"], Mapping):
+            _bad_manifest("'config' must be an object")
+        dataset = _typed(manifest["dataset"], str, "dataset")
+        seed = _typed(manifest["seed"], int, "seed")
+        task_names = tuple(_string_list(manifest["tasks"], "tasks"))
+        silos = tuple(_silo_from_manifest(entry, i) for i, entry in enumerate(manifest["silos"]))
+        try:
+            return cls(dataset, seed, task_names, silos, dict(manifest["config"]))
+        except ValueError as err:
+            _bad_manifest(str(err))
+
+    def validate_against(self, dataset: MultiTaskDataset, key: str = "partition.path") -> None:
+        """Check this partition against ``dataset``; a mismatch is a ConfigError on ``key``.
+
+        Checked: the dataset name; every silo's tasks exist in the dataset; indices lie in
+        ``[0, num_samples)``; no sample is in two silos; no sample is both train and test in a silo.
+        """
+        fix = "rebuild the partition for this dataset, or point to the matching partition.json."
+        if self.dataset != dataset.name:
+            raise ConfigError(
+                key, f"the partition is for dataset '{self.dataset}', not '{dataset.name}'.", fix
+            )
+        for silo in self.silos:
+            missing = [t for t in silo.tasks if t not in dataset.task_names]
+            if missing:
+                raise ConfigError(
+                    key,
+                    f"silo {silo.id} holds tasks {missing} that dataset '{dataset.name}' does not "
+                    f"have (it has {dataset.task_names}).",
+                    fix,
+                )
+            for split in ("train", "test"):
+                indices = silo.indices(split)
+                if indices.size and indices[-1] >= dataset.num_samples:
+                    raise ConfigError(
+                        key,
+                        f"silo {silo.id} {split} index {int(indices[-1])} is out of range for "
+                        f"{dataset.num_samples} samples.",
+                        fix,
+                    )
+            if np.intersect1d(silo.train_indices, silo.test_indices).size:
+                raise ConfigError(key, f"silo {silo.id} has samples in both train and test.", fix)
+        owner = np.full(dataset.num_samples, -1, dtype=np.int64)
+        for silo in self.silos:
+            for indices in (silo.train_indices, silo.test_indices):
+                taken = owner[indices]
+                clash = taken[(taken >= 0) & (taken != silo.id)]
+                if clash.size:
+                    raise ConfigError(
+                        key, f"silos {int(clash[0])} and {silo.id} share samples.", fix
+                    )
+                owner[indices] = silo.id
+
+
+def _bad_manifest(problem: str) -> NoReturn:
+    raise ConfigError(
+        "partition.path", f"invalid partition manifest: {problem}.", "rebuild the partition."
+    )
+
+
+def _require(entry: Mapping[str, Any], names: Sequence[str], where: str) -> None:
+    missing = [n for n in names if n not in entry]
+    if missing:
+        _bad_manifest(f"missing field '{where}{missing[0]}'")
+
+
+def _typed(value: Any, kind: type, where: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        _bad_manifest(f"'{where}' must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _string_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        _bad_manifest(f"'{where}' must be a list of strings")
+    return list(value)
+
+
+def _int_list(value: Any, where: str) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        _bad_manifest(f"'{where}' must be a list of integers")
+    return list(value)
+
+
+def _silo_from_manifest(entry: Any, position: int) -> Silo:
+    where = f"silos[{position}]"
+    if not isinstance(entry, Mapping):
+        _bad_manifest(f"'{where}' must be an object")
+    _require(entry, _SILO_FIELDS, f"{where}.")
+    train = _int_list(entry["train_indices"], f"{where}.train_indices")
+    test = _int_list(entry["test_indices"], f"{where}.test_indices")
+    for name, indices in (("num_train", train), ("num_test", test)):
+        if entry[name] != len(indices):
+            _bad_manifest(f"'{where}.{name}' is {entry[name]!r} but lists {len(indices)} indices")
+    silo_id = _typed(entry["id"], int, f"{where}.id")
+    tasks = tuple(_string_list(entry["tasks"], f"{where}.tasks"))
+    try:
+        return Silo(silo_id, tasks, np.asarray(train, np.int64), np.asarray(test, np.int64))
+    except ValueError as err:
+        _bad_manifest(str(err))

@@ -1,0 +1,482 @@
+"""``TaskAwareStrategy``: the base of every fedmtl server strategy (a Flower ``Strategy``).
+
+What it does for every subclass:
+- **Silo discovery.** Before round 1 (and for nodes that join later) it asks each node which silo it
+  holds (``query`` message): its tasks and labelled example counts (:class:`fedmtl.records.SiloInfo`).
+- **Sampling.** Each round it samples ``max(ceil(fraction * N), min_nodes)`` of the N known nodes with
+  a seeded generator, and sends each sampled silo the trunk and the heads of *its own* tasks only.
+- **Reply checks.** A reply with an error, missing records, unexpected keys or shapes, a non-finite
+  value or a bad example count is rejected, logged and counted; the round goes on with the others and
+  the global model is never touched by a rejected reply.
+- **Per-task head aggregation.** With n_{s,t} the labelled training examples of task t on silo s and
+  Delta h_{s,t} its head update:  h_t <- h_t + sum_{s holds t} n_{s,t} Delta h_{s,t} / sum_s n_{s,t}.
+  A task no sampled silo holds keeps its head.
+- **Trunk aggregation** is the subclass's job: :meth:`aggregate_trunk`.
+- **Evaluation** on each sampled silo's own test split ("personal"), pooled per task exactly by
+  summing the silos' additive statistics.
+- Bytes of model arrays sent down and up are counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from fedmtl import records
+from fedmtl.config import TrainConfig
+from fedmtl.errors import ConfigError
+from fedmtl.models.multitask import head_task, is_trunk_key
+from fedmtl.records import SiloInfo
+from fedmtl.tasks import TaskSpec
+
+log = logging.getLogger("fedmtl")
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Client sampling and timing, shared by every strategy.
+
+    ``fraction_*``: share of known nodes sampled each round; ``min_*_nodes``: at least this many (all
+    when fewer exist). ``min_available_nodes``: nodes to wait for before round 1, at most
+    ``wait_for_nodes_s`` seconds. ``evaluate_every``: evaluate every k rounds (and after the last).
+    ``reply_timeout_s``: how long a round waits for replies.
+    """
+
+    fraction_train: float = 1.0
+    min_train_nodes: int = 2
+    fraction_evaluate: float = 1.0
+    min_evaluate_nodes: int = 2
+    min_available_nodes: int = 2
+    evaluate_every: int = 1
+    wait_for_nodes_s: float = 120.0
+    reply_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for name in ("fraction_train", "fraction_evaluate"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(name, f"must be in (0, 1], got {value}.", "use e.g. 0.5 or 1.0.")
+        for name in (
+            "min_train_nodes",
+            "min_evaluate_nodes",
+            "min_available_nodes",
+            "evaluate_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}.")
+        for name in ("wait_for_nodes_s", "reply_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name, f"must be > 0, got {getattr(self, name)}.")
+
+
+@dataclass
+class ClientUpdate:
+    """A checked training reply: the silo, its array deltas and its reported metrics."""
+
+    node_id: int
+    silo: SiloInfo
+    deltas: Arrays
+    num_examples: int
+    task_examples: dict[str, int]
+    train_loss: dict[str, float]
+
+
+@dataclass
+class RoundRecord:
+    """What one round produced; passed to observers (progress, result files, wandb)."""
+
+    server_round: int
+    num_sampled: int
+    num_updates: int
+    rejected: list[dict[str, Any]]
+    train_loss: dict[str, float]
+    personal: dict[str, dict[str, float]] | None = None
+    per_silo: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    seconds: float = 0.0
+
+
+class RoundObserver(Protocol):
+    def on_round(self, record: RoundRecord) -> None: ...
+
+
+class TaskAwareStrategy(Strategy):
+    """Flower strategy that knows which silo holds which tasks. Subclasses define the trunk update."""
+
+    def __init__(
+        self,
+        params: SamplingParams,
+        tasks: Iterable[TaskSpec],
+        train: TrainConfig,
+        seed: int = 0,
+        observers: Iterable[RoundObserver] = (),
+    ) -> None:
+        self.params = params
+        self.tasks = {task.name: task for task in tasks}
+        self.train = train
+        self.rng = random.Random(seed)
+        self.observers = list(observers)
+        self.silos: dict[int, SiloInfo] = {}
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.rejections: list[dict[str, Any]] = []
+        self.history: list[RoundRecord] = []
+        self._round_arrays: Arrays = {}
+        self._round_rejections: list[dict[str, Any]] = []
+        self._last_train_loss: dict[str, float] = {}
+        self._last_per_silo: dict[int, dict[str, dict[str, float]]] = {}
+
+    # ------------------------------------------------------------------ subclass hook
+    @abstractmethod
+    def aggregate_trunk(
+        self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
+    ) -> Arrays:
+        """New trunk arrays from the current ``trunk`` and the round's checked ``updates``.
+
+        Each update's ``deltas`` holds the trunk keys (``trunk.*``) of the silo's local update.
+        """
+
+    # ------------------------------------------------------------------ discovery and sampling
+    def discover(self, grid: Grid) -> None:
+        """Query nodes not yet known for their silo; wait for ``min_available_nodes`` first."""
+        deadline = time.monotonic() + self.params.wait_for_nodes_s
+        while len(list(grid.get_node_ids())) < self.params.min_available_nodes:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"only {len(list(grid.get_node_ids()))} nodes connected after "
+                    f"{self.params.wait_for_nodes_s}s, {self.params.min_available_nodes} required "
+                    "(strategy.min_available_nodes)"
+                )
+            time.sleep(0.5)
+        unknown = [n for n in grid.get_node_ids() if n not in self.silos]
+        if not unknown:
+            return
+        messages = [
+            Message(
+                RecordDict({records.CONFIG: ConfigRecord()}),
+                dst_node_id=n,
+                message_type=MessageType.QUERY,
+            )
+            for n in unknown
+        ]
+        for reply in grid.send_and_receive(messages, timeout=self.params.reply_timeout_s):
+            node = reply.metadata.src_node_id
+            try:
+                if reply.has_error():
+                    raise ValueError(reply.error.reason)
+                info = SiloInfo.from_record(reply.content.config_records[records.SILO])
+                unknown_tasks = [t for t in info.tasks if t not in self.tasks]
+                if unknown_tasks:
+                    raise ValueError(f"unknown tasks {unknown_tasks}")
+            except (KeyError, ValueError, TypeError) as err:
+                log.warning("node %s ignored: its silo description is unusable (%s)", node, err)
+                continue
+            self.silos[node] = info
+        held = {t for info in self.silos.values() for t in info.tasks}
+        missing = [t for t in self.tasks if t not in held]
+        if missing:
+            log.warning("no connected silo holds tasks %s: their heads stay untrained", missing)
+
+    def sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
+        """Seeded sample of known nodes: max(ceil(fraction * N), minimum), at most N."""
+        self.discover(grid)
+        nodes = sorted((n for n in grid.get_node_ids() if n in self.silos), key=self._silo_order)
+        size = min(len(nodes), max(math.ceil(fraction * len(nodes)), minimum))
+        return sorted(self.rng.sample(nodes, size), key=self._silo_order)
+
+    def _reply_order(self, reply: Message) -> int:
+        silo = self.silos.get(reply.metadata.src_node_id)
+        return silo.silo_id if silo else -1
+
+    def _silo_order(self, node: int) -> int:
+        """Nodes ordered by silo id: sampling and aggregation order do not depend on node ids or
+        on the order replies arrive, so every runtime gives the same result for a seed."""
+        return self.silos[node].silo_id
+
+    def arrays_for(self, arrays: Arrays, silo: SiloInfo) -> Arrays:
+        """The trunk and the heads of the silo's tasks: all that a silo receives."""
+        return {k: v for k, v in arrays.items() if is_trunk_key(k) or head_task(k) in silo.tasks}
+
+    def _messages(
+        self,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        nodes: list[int],
+        message_type: str,
+        server_round: int,
+    ) -> list[Message]:
+        self._round_arrays = records.from_array_record(arrays)
+        messages = []
+        for node in nodes:
+            payload = records.to_array_record(self.arrays_for(self._round_arrays, self.silos[node]))
+            self.bytes_down += payload.count_bytes()
+            content = RecordDict(
+                {records.ARRAYS: payload, records.CONFIG: ConfigRecord(dict(config))}
+            )
+            messages.append(
+                Message(
+                    content, dst_node_id=node, message_type=message_type, group_id=str(server_round)
+                )
+            )
+        return messages
+
+    # ------------------------------------------------------------------ Flower Strategy API
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        nodes = self.sample(grid, self.params.fraction_train, self.params.min_train_nodes)
+        config = records.train_config_record(server_round, self.train)
+        return self._messages(arrays, config, nodes, MessageType.TRAIN, server_round)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        self._round_rejections = []
+        updates = []
+        for reply in replies:
+            update = self._check_train_reply(server_round, reply)
+            if update is not None:
+                updates.append(update)
+        updates.sort(key=lambda u: u.silo.silo_id)
+        arrays = dict(self._round_arrays)
+        if updates:
+            trunk = {k: v for k, v in arrays.items() if is_trunk_key(k)}
+            arrays.update(self.aggregate_trunk(server_round, trunk, updates))
+            arrays.update(self.aggregate_heads(arrays, updates))
+        else:
+            log.warning(
+                "round %d: no usable training reply; the global model is unchanged", server_round
+            )
+        self._last_train_loss = self._mean_train_loss(updates)
+        metrics = {"num-updates": len(updates), "num-rejected": len(self._round_rejections)}
+        metrics.update(
+            {records.task_key(t, "train-loss"): v for t, v in self._last_train_loss.items()}
+        )
+        return records.to_array_record(arrays), MetricRecord(metrics)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        nodes = self.sample(grid, self.params.fraction_evaluate, self.params.min_evaluate_nodes)
+        config = ConfigRecord({records.SERVER_ROUND: server_round})
+        return self._messages(arrays, config, nodes, MessageType.EVALUATE, server_round)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Pool each task's statistics over the silos that evaluated it, then finalize metrics."""
+        pooled: dict[str, dict[str, float]] = {}
+        self._last_per_silo = {}
+        for reply in sorted(replies, key=self._reply_order):
+            node = reply.metadata.src_node_id
+            try:
+                silo, stats = self._parse_evaluate_reply(reply)
+            except (KeyError, ValueError, TypeError) as err:
+                self._reject(server_round, node, f"evaluate reply rejected: {err}")
+                continue
+            per_task = {}
+            for task, task_stats in stats.items():
+                per_task[task] = self.tasks[task].finalize_metrics(task_stats)
+                target = pooled.setdefault(task, {})
+                for key, value in task_stats.items():
+                    target[key] = target.get(key, 0.0) + value
+            self._last_per_silo[silo.silo_id] = per_task
+        if not pooled:
+            return None
+        metrics = {}
+        for task, stats in pooled.items():
+            for name, value in self.tasks[task].finalize_metrics(stats).items():
+                metrics[records.task_key(task, name)] = value
+        return MetricRecord(metrics)
+
+    def summary(self) -> None:
+        log.info(
+            "%s over tasks %s, sampling %s", type(self).__name__, list(self.tasks), self.params
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Run ``num_rounds`` of training, evaluating every ``evaluate_every`` rounds and at the end.
+
+        Unlike Flower's default loop it discovers silos first, evaluates on a schedule and reports
+        each round to the observers.
+        """
+        self.summary()
+        self.discover(grid)
+        result = Result(arrays=initial_arrays)
+        arrays = initial_arrays
+        for server_round in range(1, num_rounds + 1):
+            started = time.perf_counter()
+            down, up = self.bytes_down, self.bytes_up
+            messages = list(
+                self.configure_train(server_round, arrays, train_config or ConfigRecord(), grid)
+            )
+            replies = grid.send_and_receive(messages, timeout=timeout)
+            new_arrays, train_metrics = self.aggregate_train(server_round, replies)
+            if new_arrays is not None:
+                arrays = result.arrays = new_arrays
+            if train_metrics is not None:
+                result.train_metrics_clientapp[server_round] = train_metrics
+            record = RoundRecord(
+                server_round=server_round,
+                num_sampled=len(messages),
+                num_updates=int(train_metrics["num-updates"]) if train_metrics else 0,
+                rejected=list(self._round_rejections),
+                train_loss=dict(self._last_train_loss),
+            )
+            if server_round % self.params.evaluate_every == 0 or server_round == num_rounds:
+                eval_messages = self.configure_evaluate(
+                    server_round, arrays, evaluate_config or ConfigRecord(), grid
+                )
+                evaluated = self.aggregate_evaluate(
+                    server_round, grid.send_and_receive(eval_messages, timeout=timeout)
+                )
+                record.rejected += self._round_rejections[len(record.rejected) :]
+                if evaluated is not None:
+                    result.evaluate_metrics_clientapp[server_round] = evaluated
+                    record.personal = self._nested(evaluated)
+                    record.per_silo = dict(self._last_per_silo)
+            if evaluate_fn is not None:
+                server_metrics = evaluate_fn(server_round, arrays)
+                if server_metrics is not None:
+                    result.evaluate_metrics_serverapp[server_round] = server_metrics
+            record.bytes_down, record.bytes_up = self.bytes_down - down, self.bytes_up - up
+            record.seconds = time.perf_counter() - started
+            self.history.append(record)
+            for observer in self.observers:
+                observer.on_round(record)
+        return result
+
+    # ------------------------------------------------------------------ helpers
+    def aggregate_heads(self, arrays: Arrays, updates: list[ClientUpdate]) -> Arrays:
+        """h_t + sum_s n_{s,t} Delta h_{s,t} / sum_s n_{s,t} over the updates whose silo holds t."""
+        new: Arrays = {}
+        for task in self.tasks:
+            holders = [
+                u for u in updates if task in u.silo.tasks and u.task_examples.get(task, 0) > 0
+            ]
+            if not holders:
+                continue
+            total = float(sum(u.task_examples[task] for u in holders))
+            for key in (k for k in arrays if head_task(k) == task):
+                delta = sum(u.task_examples[task] / total * u.deltas[key] for u in holders)
+                new[key] = (arrays[key] + delta).astype(arrays[key].dtype)
+        return new
+
+    def _check_train_reply(self, server_round: int, reply: Message) -> ClientUpdate | None:
+        node = reply.metadata.src_node_id
+        try:
+            if reply.has_error():
+                raise ValueError(f"client error: {reply.error.reason}")
+            silo = self.silos[node]
+            content = reply.content
+            update_record = content.array_records[records.UPDATE]
+            self.bytes_up += update_record.count_bytes()  # counted whether accepted or not
+            deltas = records.from_array_record(update_record)
+            metrics = content.metric_records[records.METRICS]
+            expected = self.arrays_for(self._round_arrays, silo)
+            if set(deltas) != set(expected):
+                raise ValueError(
+                    f"update keys differ from the arrays sent ({len(deltas)} vs {len(expected)})"
+                )
+            for key, delta in deltas.items():
+                if delta.shape != expected[key].shape:
+                    raise ValueError(f"{key}: shape {delta.shape} != {expected[key].shape}")
+                if not np.issubdtype(delta.dtype, np.floating) or not np.isfinite(delta).all():
+                    raise ValueError(f"{key}: non-finite or non-float values")
+            num_examples = _count(metrics, records.NUM_EXAMPLES)
+            task_examples = {
+                t: _count(metrics, records.task_key(t, records.NUM_EXAMPLES)) for t in silo.tasks
+            }
+            train_loss = {
+                t: float(metrics[k])
+                for t in silo.tasks
+                if (k := records.task_key(t, "train-loss")) in metrics
+                and math.isfinite(float(metrics[k]))
+            }
+        except (KeyError, ValueError, TypeError) as err:
+            self._reject(server_round, node, f"train reply rejected: {err}")
+            return None
+        return ClientUpdate(node, silo, deltas, num_examples, task_examples, train_loss)
+
+    def _parse_evaluate_reply(self, reply: Message) -> tuple[SiloInfo, dict[str, dict[str, float]]]:
+        if reply.has_error():
+            raise ValueError(f"client error: {reply.error.reason}")
+        silo = self.silos[reply.metadata.src_node_id]
+        metrics = reply.content.metric_records[records.METRICS]
+        stats: dict[str, dict[str, float]] = {}
+        for key, value in metrics.items():
+            parsed = records.split_task_key(key)
+            if parsed is None or parsed[0] not in silo.tasks:
+                raise ValueError(f"unexpected metric {key!r}")
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{key} is not a finite number")
+            stats.setdefault(parsed[0], {})[parsed[1]] = float(value)
+        return silo, stats
+
+    def _reject(self, server_round: int, node: int, reason: str) -> None:
+        silo = self.silos.get(node)
+        entry = {
+            "round": server_round,
+            "node": node,
+            "silo": silo.silo_id if silo else None,
+            "reason": reason,
+        }
+        log.warning("round %d, node %s: %s", server_round, node, reason)
+        self._round_rejections.append(entry)
+        self.rejections.append(entry)
+
+    def _mean_train_loss(self, updates: list[ClientUpdate]) -> dict[str, float]:
+        """Per task, the train loss averaged over silos weighted by their labelled examples."""
+        result = {}
+        for task in self.tasks:
+            pairs = [
+                (u.task_examples[task], u.train_loss[task]) for u in updates if task in u.train_loss
+            ]
+            total = sum(n for n, _ in pairs)
+            if total > 0:
+                result[task] = sum(n * loss for n, loss in pairs) / total
+        return result
+
+    @staticmethod
+    def _nested(metrics: MetricRecord) -> dict[str, dict[str, float]]:
+        nested: dict[str, dict[str, float]] = {}
+        for key, value in metrics.items():
+            task, name = records.split_task_key(key) or (key, "value")
+            nested.setdefault(task, {})[name] = float(value)  # type: ignore[arg-type]
+        return nested
+
+
+def _count(metrics: MetricRecord, key: str) -> int:
+    value = metrics[key]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{key} must be a finite count >= 0, got {value!r}")
+    return int(value)

@@ -1,0 +1,373 @@
+"""Datasets: the generic contract every registered dataset meets, then each dataset's own checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fedmtl.data import DATASETS, MultiTaskDataset, build_dataset
+from fedmtl.data.digits import DigitsPairParams, DigitsParams, load_raw
+from fedmtl.data.synthetic import SyntheticParams
+from fedmtl.errors import ConfigError
+from fedmtl.registry import build_dataclass
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dataset"
+
+
+@cache
+def built(name: str, seed: int = 0, **overrides: Any) -> MultiTaskDataset:
+    """Dataset ``name`` with default parameters but ``overrides`` (cached: tests only read it)."""
+    params = dataclasses.replace(DATASETS.get(name).params(), **overrides)
+    return DATASETS.get(name).factory(params, seed)
+
+
+def target_matrix(dataset: MultiTaskDataset) -> np.ndarray:
+    """Targets as a (T, N) float array (class labels as numbers)."""
+    return np.stack([dataset.targets[t].double().numpy() for t in dataset.task_names])
+
+
+def group_correlations(dataset: MultiTaskDataset) -> dict[str, list[float]]:
+    """Target correlations of task pairs: in a group, across conflicting and unrelated groups."""
+    groups = dataset.info["planted_groups"]
+    group_of = {task: g for g, tasks in enumerate(groups) for task in tasks}
+    conflicting = {tuple(sorted(pair)) for pair in dataset.info["conflicting_pairs"]}
+    corr = np.corrcoef(target_matrix(dataset))
+    result: dict[str, list[float]] = {"same": [], "conflicting": [], "unrelated": []}
+    for a, b in itertools.combinations(range(len(dataset.tasks)), 2):
+        ga, gb = sorted((group_of[dataset.task_names[a]], group_of[dataset.task_names[b]]))
+        kind = "same" if ga == gb else "conflicting" if (ga, gb) in conflicting else "unrelated"
+        result[kind].append(float(corr[a, b]))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract of every registered dataset (a new dataset is tested the day it is registered).
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_dataset_contract(name: str) -> None:
+    dataset = built(name)
+    n = dataset.num_samples
+    assert dataset.name == name
+    assert n >= 1 and dataset.tasks
+    assert dataset.inputs.dtype == torch.float32
+    assert torch.isfinite(dataset.inputs).all()
+    assert dataset.mask.shape == (n, len(dataset.tasks)) and dataset.mask.dtype == torch.bool
+    for t, task in enumerate(dataset.tasks):
+        labelled = dataset.targets[task.name][dataset.mask[:, t]]
+        assert labelled.shape[0] > 0, f"{task.name} has no labelled sample"
+        assert labelled.dtype == task.target_dtype
+        if task.kind == "multiclass":
+            assert int(labelled.min()) >= 0 and int(labelled.max()) < (task.num_classes or 0)
+        elif task.kind == "binary":
+            assert set(labelled.unique().tolist()) <= {0.0, 1.0}
+        else:
+            assert torch.isfinite(labelled).all()
+        if task.kind != "regression":
+            assert len(labelled.unique()) > 1, f"{task.name} uses a single class"
+    assert all(0.0 <= level <= 1.0 for level in dataset.chance_levels().values())
+    json.dumps(dataset.info)  # goes into summary.json
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_dataset_is_deterministic_for_a_seed(name: str) -> None:
+    params = DATASETS.get(name).params()
+    first = DATASETS.get(name).factory(params, 7)
+    second = DATASETS.get(name).factory(params, 7)
+    assert torch.equal(first.inputs, second.inputs)
+    assert torch.equal(first.mask, second.mask)
+    for task in first.task_names:
+        assert torch.equal(first.targets[task], second.targets[task])
+    assert first.info == second.info
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_build_dataset_selects_and_orders_tasks(name: str) -> None:
+    full = built(name)
+    chosen = list(reversed(full.task_names))[:2]
+    dataset = build_dataset(name, DATASETS.get(name).params(), 0, tasks=chosen)
+    assert dataset.task_names == chosen
+    assert dataset.mask.shape == (full.num_samples, len(chosen))
+    for task in chosen:
+        assert torch.equal(dataset.targets[task], full.targets[task])
+    with pytest.raises(ConfigError) as err:
+        build_dataset(name, DATASETS.get(name).params(), 0, tasks=[chosen[0], "no_such_task"])
+    assert err.value.key == "dataset.tasks"
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_preset_lists_every_parameter_with_its_default(name: str) -> None:
+    values = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    assert values.pop("name") == name
+    assert "tasks" in values and values.pop("tasks") is None
+    params = DATASETS.get(name).params
+    assert set(values) == {f.name for f in dataclasses.fields(params)}
+    assert build_dataclass(params, values, "dataset") == params()
+
+
+@pytest.mark.parametrize("name", DATASETS.names())
+def test_unknown_parameter_is_a_config_error(name: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        DATASETS.parse(name, {"no_such_parameter": 1}, "dataset")
+    assert err.value.key == "dataset.no_such_parameter"
+
+
+@pytest.mark.parametrize(
+    ("params", "values", "field"),
+    [
+        (SyntheticParams, {"num_groups": 0}, "num_groups"),
+        (SyntheticParams, {"num_tasks": 2, "num_groups": 3}, "num_groups"),
+        (SyntheticParams, {"num_tasks": 0, "num_groups": 1}, "num_tasks"),
+        (SyntheticParams, {"num_samples": 1}, "num_samples"),
+        (SyntheticParams, {"input_dim": 0}, "input_dim"),
+        (SyntheticParams, {"latent_dim": 0}, "latent_dim"),
+        (SyntheticParams, {"task_noise": -0.1}, "task_noise"),
+        (SyntheticParams, {"label_noise": float("nan")}, "label_noise"),
+        (SyntheticParams, {"num_classes": 1}, "num_classes"),
+        (SyntheticParams, {"kinds": "images"}, "kinds"),
+        (SyntheticParams, {"conflicting": "yes"}, "conflicting"),
+        (DigitsParams, {"as_image": "no"}, "as_image"),
+        (DigitsParams, {"normalize": 1}, "normalize"),
+        (DigitsPairParams, {"num_samples": 0}, "num_samples"),
+        (DigitsPairParams, {"num_samples": 2.5}, "num_samples"),
+    ],
+)
+def test_invalid_parameters_name_the_field(params: type, values: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_dataclass(params, values, "dataset")
+    assert err.value.key == f"dataset.{field}"
+
+
+def test_direct_construction_is_validated_too() -> None:
+    with pytest.raises(ConfigError) as err:
+        SyntheticParams(kinds="images")  # type: ignore[arg-type]
+    assert err.value.key == "kinds"
+    with pytest.raises(ConfigError) as err:
+        DigitsParams(normalize="yes")  # type: ignore[arg-type]
+    assert err.value.key == "normalize"
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    num_tasks=st.integers(1, 9),
+    data=st.data(),
+    kinds=st.sampled_from(["mixed", "classification", "regression"]),
+    num_classes=st.integers(2, 5),
+    conflicting=st.booleans(),
+    input_dim=st.integers(1, 12),
+    latent_dim=st.integers(1, 6),
+    seed=st.integers(0, 2**31),
+)
+def test_synthetic_structure(
+    num_tasks: int,
+    data: st.DataObject,
+    kinds: str,
+    num_classes: int,
+    conflicting: bool,
+    input_dim: int,
+    latent_dim: int,
+    seed: int,
+) -> None:
+    num_groups = data.draw(st.integers(1, num_tasks), label="num_groups")
+    params = SyntheticParams(
+        num_samples=200,
+        num_tasks=num_tasks,
+        num_groups=num_groups,
+        input_dim=input_dim,
+        latent_dim=latent_dim,
+        kinds=kinds,  # type: ignore[arg-type]
+        num_classes=num_classes,
+        conflicting=conflicting,
+    )
+    dataset = DATASETS.get("synthetic").factory(params, seed)
+    groups = dataset.info["planted_groups"]
+
+    assert dataset.task_names == [f"t{t}" for t in range(num_tasks)]
+    assert dataset.input_shape == (input_dim,)
+    assert bool(dataset.mask.all())
+    assert len(groups) == num_groups
+    assert [task for group in groups for task in group] == dataset.task_names  # contiguous, once
+    sizes = [len(group) for group in groups]
+    assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    expected_pairs = [[g - 1, g] for g in range(1, num_groups, 2)] if conflicting else []
+    assert dataset.info["conflicting_pairs"] == expected_pairs
+
+    for task in dataset.tasks:
+        target = dataset.targets[task.name]
+        if task.kind == "regression":
+            assert abs(float(target.mean())) < 1e-4 and abs(float(target.std(False)) - 1) < 1e-4
+        else:
+            counts = torch.bincount(target.long(), minlength=task.num_classes or 2)
+            assert len(counts) == task.num_classes and counts.min() >= 0.1 * len(target)
+    kinds_of = [{dataset.task(t).kind == "regression" for t in group} for group in groups]
+    if kinds == "mixed":
+        assert all(
+            len(k) == 2 for k, group in zip(kinds_of, groups, strict=True) if len(group) >= 2
+        )
+    else:
+        assert all(k == {kinds == "regression"} for k in kinds_of)
+
+
+def test_synthetic_mixed_default_kinds() -> None:
+    kinds = [task.kind for task in built("synthetic").tasks]
+    assert kinds == ["multiclass", "regression", "binary", "regression", "multiclass", "regression"]
+    assert built("synthetic").task("t0").num_classes == 3
+
+
+@pytest.mark.parametrize(
+    ("seed", "overrides"),
+    [(0, {}), (1, {}), (2, {"num_tasks": 8, "num_groups": 4}), (3, {"kinds": "regression"})],
+)
+def test_synthetic_planted_relatedness(seed: int, overrides: dict) -> None:
+    """Same group: strongly positively related; conflicting groups: negatively; others: not."""
+    correlations = group_correlations(built("synthetic", seed, **overrides))
+    assert correlations["same"] and correlations["conflicting"] and correlations["unrelated"]
+    assert min(correlations["same"]) > 0.6
+    assert max(correlations["conflicting"]) < -0.6
+    assert max(abs(c) for c in correlations["unrelated"]) < 0.1
+
+
+def test_synthetic_without_conflicts_has_only_unrelated_groups() -> None:
+    dataset = built("synthetic", 0, conflicting=False)
+    correlations = group_correlations(dataset)
+    assert dataset.info["conflicting_pairs"] == [] and not correlations["conflicting"]
+    assert max(abs(c) for c in correlations["unrelated"]) < 0.1
+
+
+def test_synthetic_task_noise_loosens_groups() -> None:
+    """Mean within-group correlation falls as tasks inside a group drift apart."""
+    means = [
+        np.mean(
+            group_correlations(built("synthetic", 0, task_noise=noise, kinds="regression"))["same"]
+        )
+        for noise in (0.0, 0.5, 2.0)
+    ]
+    assert means[0] > 0.99 and means[0] > means[1] > means[2]
+    assert means[2] < 0.6
+
+
+def test_synthetic_targets_are_learnable_but_not_linear() -> None:
+    """A linear probe on x explains most, not all, of each regression target (tanh feature map)."""
+    dataset = built("synthetic", 0, kinds="regression")
+    x = np.c_[dataset.inputs.double().numpy(), np.ones(dataset.num_samples)]
+    for task in dataset.task_names:
+        y = dataset.targets[task].double().numpy()
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        r2 = 1.0 - np.mean((x @ coef - y) ** 2) / np.var(y)
+        assert 0.6 < r2 < 0.95, (task, r2)
+
+
+def test_synthetic_seed_changes_the_data() -> None:
+    first, second = built("synthetic", 0), built("synthetic", 1)
+    assert not torch.equal(first.inputs, second.inputs)
+    assert not torch.equal(first.targets["t1"], second.targets["t1"])
+
+
+# ---------------------------------------------------------------------------------------------
+# digits
+
+# digit -> (parity, magnitude, loops), written out by hand.
+KNOWN_DIGITS = {
+    0: (0, 0, 1),
+    1: (1, 0, 0),
+    2: (0, 0, 0),
+    3: (1, 0, 0),
+    4: (0, 0, 1),
+    5: (1, 1, 0),
+    6: (0, 1, 1),
+    7: (1, 1, 0),
+    8: (0, 1, 2),
+    9: (1, 1, 1),
+}
+
+
+def test_digits_derived_labels() -> None:
+    dataset = built("digits")
+    digit = dataset.targets["digit"]
+    assert dataset.num_samples == dataset.info["num_samples"] == 1797
+    assert dataset.info["source"] == "sklearn.datasets.load_digits"
+    assert set(digit.tolist()) == set(range(10))
+    for value, (parity, magnitude, loops) in KNOWN_DIGITS.items():
+        rows = digit == value
+        assert (dataset.targets["parity"][rows] == parity).all()
+        assert (dataset.targets["magnitude"][rows] == magnitude).all()
+        assert (dataset.targets["loops"][rows] == loops).all()
+
+
+def test_digits_ink_is_standardised_mean_intensity() -> None:
+    dataset = built("digits", normalize=False, as_image=False)
+    ink = dataset.targets["ink"].double()
+    mean_pixel = dataset.inputs.double().mean(dim=1)
+    assert abs(float(ink.mean())) < 1e-5 and abs(float(ink.std(False)) - 1) < 1e-5
+    assert float(torch.corrcoef(torch.stack([ink, mean_pixel]))[0, 1]) > 0.9999
+
+
+def test_digits_shapes_and_scaling() -> None:
+    image, flat = built("digits"), built("digits", as_image=False)
+    assert image.input_shape == (1, 8, 8) and flat.input_shape == (64,)
+    assert torch.equal(image.inputs.reshape(-1, 64), flat.inputs)
+    assert abs(float(image.inputs.mean())) < 1e-4 and abs(float(image.inputs.std()) - 1) < 1e-3
+    raw = built("digits", normalize=False)
+    assert float(raw.inputs.min()) == 0.0 and float(raw.inputs.max()) == 1.0
+    assert torch.allclose(raw.inputs * 16, (raw.inputs * 16).round())  # pixel / 16
+
+
+def test_digits_does_not_depend_on_the_seed() -> None:
+    first, second = built("digits", 0), built("digits", 5)
+    assert torch.equal(first.inputs, second.inputs)
+    assert all(torch.equal(first.targets[t], second.targets[t]) for t in first.task_names)
+
+
+# ---------------------------------------------------------------------------------------------
+# digits_pair
+
+
+def test_digits_pair_labels_are_consistent() -> None:
+    dataset = built("digits_pair")
+    left, right = dataset.targets["left"], dataset.targets["right"]
+    assert dataset.num_samples == 4000
+    assert torch.equal(dataset.targets["sum_parity"], ((left + right) % 2).float())
+    assert torch.equal(dataset.targets["left_larger"], (left > right).float())
+    assert 0.3 < float(dataset.targets["left_larger"].mean()) < 0.6  # P(l > r) = 0.45
+
+
+def test_digits_pair_halves_show_their_labels() -> None:
+    """The left and right 8x8 halves are bundled digit images of the labelled digits."""
+    images, labels = load_raw()
+    labels_of: dict[bytes, set[int]] = {}
+    for image, label in zip(images, labels, strict=True):
+        labels_of.setdefault(image.tobytes(), set()).add(int(label))
+    dataset = built("digits_pair", 3, num_samples=300, normalize=False)
+    pixels = dataset.inputs[:, 0].numpy()
+    for i in range(dataset.num_samples):
+        left_half = np.ascontiguousarray(pixels[i, :, :8]).tobytes()
+        right_half = np.ascontiguousarray(pixels[i, :, 8:]).tobytes()
+        assert int(dataset.targets["left"][i]) in labels_of[left_half]
+        assert int(dataset.targets["right"][i]) in labels_of[right_half]
+
+
+def test_digits_pair_shapes_and_seed() -> None:
+    image = built("digits_pair", 0, num_samples=500)
+    flat = built("digits_pair", 0, num_samples=500, as_image=False)
+    assert image.input_shape == (1, 8, 16) and flat.input_shape == (128,)
+    assert torch.equal(image.inputs.reshape(500, -1), flat.inputs)
+    assert abs(float(image.inputs.mean())) < 1e-4
+    other = built("digits_pair", 1, num_samples=500)
+    assert not torch.equal(image.targets["left"], other.targets["left"])
+    assert math.isclose(image.num_samples, 500)

@@ -1,0 +1,401 @@
+"""Partitions: task assignment x sample split, train/test holdout, and the manifest contract."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+
+import partitions
+from fedmtl.config import PartitionConfig, PluginConfig
+from fedmtl.data.base import MultiTaskDataset
+from fedmtl.errors import ConfigError
+from fedmtl.tasks import TaskSpec
+from partitions import ASSIGNMENTS, SPLITS, Partition, Silo, build
+from partitions.assignment import RandomKParams, assign_random_k
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "partition"
+PROPERTY_SETTINGS = settings(max_examples=40, deadline=None)
+
+
+def make_dataset(
+    num_samples: int = 200,
+    num_tasks: int = 5,
+    label_rate: float = 1.0,
+    seed: int = 0,
+    name: str = "tiny",
+) -> MultiTaskDataset:
+    """Even tasks multiclass (3 classes), odd tasks binary; ``label_rate`` of the mask is True."""
+    gen = torch.Generator().manual_seed(seed)
+    tasks = tuple(
+        TaskSpec.multiclass(f"t{i}", 3) if i % 2 == 0 else TaskSpec.binary(f"t{i}")
+        for i in range(num_tasks)
+    )
+    targets = {
+        task.name: torch.randint(0, task.num_classes or 2, (num_samples,), generator=gen).to(
+            task.target_dtype
+        )
+        for task in tasks
+    }
+    mask = torch.rand(num_samples, num_tasks, generator=gen) < label_rate
+    inputs = torch.randn(num_samples, 4, generator=gen)
+    return MultiTaskDataset(name=name, inputs=inputs, tasks=tasks, targets=targets, mask=mask)
+
+
+def make_config(
+    num_silos: int,
+    k: int | None = None,
+    test_fraction: float = 0.25,
+    min_train_per_task: int = 1,
+) -> PartitionConfig:
+    """``k=None``: every silo holds every task; else ``random_k`` with that ``k``. IID split."""
+    name, values = ("all", {}) if k is None else ("random_k", {"k": k})
+    return PartitionConfig(
+        num_silos=num_silos,
+        test_fraction=test_fraction,
+        min_train_per_task=min_train_per_task,
+        assignment=PluginConfig(name, ASSIGNMENTS.parse(name, values, "partition.assignment")),
+        split=PluginConfig("iid", SPLITS.parse("iid", {}, "partition.split")),
+    )
+
+
+def config_from_yaml(path: Path) -> PartitionConfig:
+    values = yaml.safe_load(path.read_text())
+
+    def plugin(registry: Any, raw: dict[str, Any], key: str) -> PluginConfig:
+        params = {k: v for k, v in raw.items() if k != "name"}
+        return PluginConfig(raw["name"], registry.parse(raw["name"], params, key))
+
+    return PartitionConfig(
+        num_silos=values["num_silos"],
+        test_fraction=values["test_fraction"],
+        min_train_per_task=values["min_train_per_task"],
+        assignment=plugin(ASSIGNMENTS, values["assignment"], "partition.assignment"),
+        split=plugin(SPLITS, values["split"], "partition.split"),
+    )
+
+
+@st.composite
+def federations(draw: st.DrawFn) -> dict[str, Any]:
+    """(num_tasks, k, num_silos, num_samples, seed, test_fraction) with num_silos * k >= T."""
+    num_tasks = draw(st.integers(1, 6))
+    k = draw(st.integers(1, num_tasks))
+    num_silos = draw(st.integers(math.ceil(num_tasks / k), 12))
+    return {
+        "num_tasks": num_tasks,
+        "k": k,
+        "num_silos": num_silos,
+        "num_samples": draw(st.integers(num_silos, 200)),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+        "test_fraction": draw(st.floats(0.05, 0.95)),
+    }
+
+
+def all_indices(partition: Partition) -> np.ndarray:
+    return np.concatenate(
+        [np.concatenate([s.train_indices, s.test_indices]) for s in partition.silos]
+    )
+
+
+# --- properties -------------------------------------------------------------------------------
+
+
+@PROPERTY_SETTINGS
+@given(federations())
+def test_build_properties(fed: dict[str, Any]) -> None:
+    dataset = make_dataset(fed["num_samples"], fed["num_tasks"])
+    cfg = make_config(fed["num_silos"], fed["k"], fed["test_fraction"])
+    partition = build(dataset, cfg, fed["seed"])
+
+    assert partition.num_silos == fed["num_silos"]
+    assert [s.id for s in partition.silos] == list(range(fed["num_silos"]))
+    # Every sample sits in exactly one silo, and in exactly one of its train and test parts.
+    np.testing.assert_array_equal(np.sort(all_indices(partition)), np.arange(fed["num_samples"]))
+    sizes = [s.num_train + s.num_test for s in partition.silos]
+    assert max(sizes) - min(sizes) <= 1  # iid: near-equal shards
+    for silo in partition.silos:
+        assert len(silo.tasks) == len(set(silo.tasks)) == fed["k"]
+        assert list(silo.tasks) == [t for t in dataset.task_names if t in silo.tasks]
+        assert silo.num_train >= 1
+        if silo.num_train + silo.num_test >= 2:
+            assert silo.num_test >= 1
+        assert min(silo.labelled_counts(dataset, "train").values()) >= cfg.min_train_per_task
+    for task in dataset.task_names:
+        assert partition.holders(task)
+    assert build(dataset, cfg, fed["seed"]) == partition  # deterministic for a seed
+
+
+@PROPERTY_SETTINGS
+@given(federations(), st.integers(1, 3), st.floats(0.3, 0.95))
+def test_min_train_per_task_is_enforced(fed: dict[str, Any], minimum: int, rate: float) -> None:
+    # Sample indices do not depend on the mask: a fully labelled twin gives the same silos.
+    sparse = make_dataset(fed["num_samples"], fed["num_tasks"], label_rate=rate)
+    full = make_dataset(fed["num_samples"], fed["num_tasks"])
+    reference = build(full, make_config(fed["num_silos"], fed["k"], fed["test_fraction"]), 0)
+    cfg = make_config(fed["num_silos"], fed["k"], fed["test_fraction"], minimum)
+    feasible = all(
+        min(silo.labelled_counts(sparse).values()) >= minimum for silo in reference.silos
+    )
+    event("feasible" if feasible else "infeasible")
+    if feasible:
+        partition = build(sparse, cfg, 0)
+        assert partition.silos == reference.silos
+    else:
+        with pytest.raises(ConfigError) as info:
+            build(sparse, cfg, 0)
+        assert info.value.key == "partition.min_train_per_task"
+        assert "silo" in info.value.problem
+        assert "fewer silos" in info.value.fix
+
+
+@PROPERTY_SETTINGS
+@given(federations())
+def test_different_seeds_differ(fed: dict[str, Any]) -> None:
+    dataset = make_dataset(max(fed["num_samples"], 40), fed["num_tasks"])
+    cfg = make_config(fed["num_silos"], fed["k"], fed["test_fraction"])
+    assert build(dataset, cfg, fed["seed"]) != build(dataset, cfg, fed["seed"] + 1)
+
+
+def test_all_gives_every_silo_every_task() -> None:
+    dataset = make_dataset()
+    partition = build(dataset, make_config(7), seed=3)
+    assert all(s.tasks == tuple(dataset.task_names) for s in partition.silos)
+    assert partition.holders("t2") == list(range(7))
+
+
+# --- generic contract of every registered plug-in ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS.names())
+@pytest.mark.parametrize(("num_tasks", "num_silos"), [(1, 1), (4, 6), (6, 3)])
+def test_assignment_contract(name: str, num_tasks: int, num_silos: int) -> None:
+    params = ASSIGNMENTS.parse(name, {}, "partition.assignment")
+    task_names = [f"t{i}" for i in range(num_tasks)]
+    factory = ASSIGNMENTS.get(name).factory
+    if name == "random_k" and num_tasks < params.k:
+        params = RandomKParams(k=num_tasks)
+    result = factory(list(task_names), num_silos, params, np.random.default_rng(5))
+    assert len(result) == num_silos
+    for tasks in result:
+        assert tasks and tasks == [t for t in task_names if t in tasks]
+    assert {t for tasks in result for t in tasks} == set(task_names)
+    assert factory(list(task_names), num_silos, params, np.random.default_rng(5)) == result
+
+
+@pytest.mark.parametrize("name", SPLITS.names())
+@pytest.mark.parametrize(("num_samples", "num_silos"), [(1, 1), (10, 10), (97, 8)])
+def test_split_contract(name: str, num_samples: int, num_silos: int) -> None:
+    dataset = make_dataset(num_samples, 3)
+    params = SPLITS.parse(name, {}, "partition.split")
+    factory = SPLITS.get(name).factory
+    result = factory(dataset, num_silos, params, 11)
+    assert len(result) == num_silos
+    joined = np.concatenate(result)
+    assert all(len(r) > 0 for r in result)
+    assert len(np.unique(joined)) == len(joined)
+    assert joined.min() >= 0 and joined.max() < num_samples
+    again = factory(dataset, num_silos, params, 11)
+    assert all(np.array_equal(a, b) for a, b in zip(result, again, strict=True))
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def test_k_larger_than_the_number_of_tasks() -> None:
+    with pytest.raises(ConfigError) as info:
+        build(make_dataset(num_tasks=4), make_config(6, k=5), seed=0)
+    assert info.value.key == "partition.assignment.k"
+    assert "4" in info.value.fix
+
+
+def test_k_zero() -> None:
+    with pytest.raises(ConfigError) as info:
+        ASSIGNMENTS.parse("random_k", {"k": 0}, "partition.assignment")
+    assert info.value.key == "partition.assignment.k"
+
+
+def test_too_few_silos_for_the_tasks() -> None:
+    with pytest.raises(ConfigError) as info:
+        build(make_dataset(num_tasks=5), make_config(2, k=2), seed=0)
+    assert info.value.key == "partition.num_silos"
+    assert "no silo" in info.value.problem
+    assert "num_silos >= 3" in info.value.fix
+
+
+def test_assignment_errors_come_before_any_draw() -> None:
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    with pytest.raises(ConfigError):
+        assign_random_k(["a", "b", "c"], 1, RandomKParams(k=2), rng)
+    assert rng.bit_generator.state == state
+
+
+def test_more_silos_than_samples() -> None:
+    with pytest.raises(ConfigError) as info:
+        build(make_dataset(num_samples=5), make_config(6), seed=0)
+    assert info.value.key == "partition.num_silos"
+
+
+def test_min_train_per_task_impossible() -> None:
+    dataset = make_dataset(num_samples=200, num_tasks=4)
+    dataset.mask[:, 3] = False
+    dataset.mask[:3, 3] = True  # task t3 has 3 labels for 10 silos
+    with pytest.raises(ConfigError) as info:
+        build(dataset, make_config(10), seed=0)
+    err = info.value
+    assert err.key == "partition.min_train_per_task"
+    assert "'t3'" in err.problem and "silo " in err.problem
+    assert "fewer silos" in err.fix
+
+
+def test_unknown_plugin_name() -> None:
+    with pytest.raises(ConfigError) as info:
+        ASSIGNMENTS.parse("nope", {}, "partition.assignment")
+    assert info.value.key == "partition.assignment.name"
+
+
+# --- manifest -----------------------------------------------------------------------------------
+
+
+def test_manifest_round_trip(tmp_path: Path) -> None:
+    dataset = make_dataset(label_rate=0.9)
+    partition = build(dataset, make_config(6, k=2), seed=42)
+    path = partition.save(tmp_path / "run" / "partition.json")
+    loaded = partitions.load(path, dataset)
+    assert loaded == partition
+    for a, b in zip(loaded.silos, partition.silos, strict=True):
+        assert a.tasks == b.tasks
+        np.testing.assert_array_equal(a.train_indices, b.train_indices)
+        np.testing.assert_array_equal(a.test_indices, b.test_indices)
+
+    manifest = json.loads(path.read_text())
+    assert set(manifest) == {"schema_version", "seed", "dataset", "tasks", "config", "silos"}
+    assert manifest["schema_version"] == 1
+    assert (manifest["seed"], manifest["dataset"]) == (42, "tiny")
+    assert manifest["tasks"] == dataset.task_names
+    assert manifest["config"]["num_silos"] == 6
+    assert manifest["config"]["assignment"] == {"name": "random_k", "params": {"k": 2}}
+    assert manifest["config"]["split"] == {"name": "iid", "params": {}}
+    for entry in manifest["silos"]:
+        assert set(entry) == {
+            "id",
+            "tasks",
+            "num_train",
+            "num_test",
+            "train_indices",
+            "test_indices",
+        }
+        for part in ("train", "test"):
+            indices = entry[f"{part}_indices"]
+            assert all(type(i) is int for i in indices)
+            assert indices == sorted(indices)
+            assert entry[f"num_{part}"] == len(indices)
+
+
+def rewrite(path: Path, change: Any) -> Path:
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> tuple[MultiTaskDataset, Path]:
+    dataset = make_dataset()
+    return dataset, build(dataset, make_config(4, k=2), seed=1).save(tmp_path / "partition.json")
+
+
+def test_load_rejects_an_unknown_schema_version(saved: tuple[MultiTaskDataset, Path]) -> None:
+    dataset, path = saved
+    rewrite(path, lambda m: m.update(schema_version=2))
+    with pytest.raises(ConfigError) as info:
+        partitions.load(path, dataset)
+    assert info.value.key == "partition.path"
+    assert "schema_version" in info.value.problem
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda m: m.pop("silos"), "silos"),
+        (lambda m: m.pop("seed"), "seed"),
+        (lambda m: m["silos"][1].pop("train_indices"), "silos[1].train_indices"),
+        (lambda m: m["silos"][0].update(num_test=10**6), "silos[0].num_test"),
+    ],
+)
+def test_load_rejects_a_broken_manifest(
+    saved: tuple[MultiTaskDataset, Path], change: Any, field: str
+) -> None:
+    dataset, path = saved
+    rewrite(path, change)
+    with pytest.raises(ConfigError) as info:
+        partitions.load(path, dataset)
+    assert info.value.key == "partition.path"
+    assert f"'{field}'" in info.value.problem
+
+
+def test_load_rejects_a_manifest_for_another_dataset(saved: tuple[MultiTaskDataset, Path]) -> None:
+    _, path = saved
+    with pytest.raises(ConfigError) as info:
+        partitions.load(path, make_dataset(name="other"))
+    assert info.value.key == "partition.path"
+    assert "'tiny'" in info.value.problem
+
+
+@pytest.mark.parametrize(
+    "dataset",
+    [make_dataset(num_samples=50), make_dataset(num_tasks=2)],
+    ids=["fewer-samples", "fewer-tasks"],
+)
+def test_load_rejects_a_mismatched_dataset(
+    saved: tuple[MultiTaskDataset, Path], dataset: MultiTaskDataset
+) -> None:
+    _, path = saved
+    with pytest.raises(ConfigError) as info:
+        partitions.load(path, dataset)
+    assert info.value.key == "partition.path"
+
+
+def test_load_rejects_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        partitions.load(tmp_path / "absent.json", make_dataset())
+    assert info.value.key == "partition.path"
+
+
+def test_validate_against_finds_shared_samples() -> None:
+    silos = (
+        Silo(0, ("t0",), np.array([0, 1, 2]), np.array([3])),
+        Silo(1, ("t1",), np.array([3, 4]), np.array([5])),
+    )
+    partition = Partition("tiny", 0, ("t0", "t1"), silos, {})
+    with pytest.raises(ConfigError, match="share samples") as info:
+        partition.validate_against(make_dataset(num_tasks=2))
+    assert info.value.key == "partition.path"
+
+
+def test_silo_arrays_are_sorted_and_read_only() -> None:
+    silo = Silo(0, ("t0",), np.array([5, 1, 3]), np.array([], dtype=np.int64))
+    np.testing.assert_array_equal(silo.train_indices, [1, 3, 5])
+    with pytest.raises(ValueError):
+        silo.train_indices[0] = 7
+    with pytest.raises(ValueError):
+        Silo(0, ("t0",), np.array([1, 1]), np.array([2]))
+
+
+# --- configs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("preset", "num_silos"), [("iid_random_k.yaml", 12), ("iid_all.yaml", 10)])
+def test_config_presets_build(preset: str, num_silos: int) -> None:
+    cfg = config_from_yaml(CONFIGS / preset)
+    partition = build(make_dataset(num_samples=600, num_tasks=6, label_rate=0.8), cfg, seed=0)
+    assert partition.num_silos == num_silos
+    assert partition.config == partitions.config_to_dict(cfg)
