@@ -50,7 +50,13 @@ def split_task_key(key: str) -> tuple[str, str] | None:
 
 
 def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    """Arrays keep their shape (0-d included) and dtype; non-contiguous ones are copied."""
+    return ArrayRecord({k: Array(_contiguous(v)) for k, v in arrays.items()})
+
+
+def _contiguous(value: np.ndarray) -> np.ndarray:
+    array = np.asarray(value)
+    return array if array.flags.c_contiguous else array.copy(order="C")
 
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:

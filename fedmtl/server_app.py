@@ -41,7 +41,7 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
         cfg.strategy.params, tasks, cfg.train, seed=cfg.seed, observers=[tracker]
     )
     model = experiment.new_model()
-    initial = records.to_array_record(records.state_arrays(model, list(model.state_dict())))
+    initial = records.to_array_record(records.state_arrays(model, model.exchanged_keys()))
     started = time.perf_counter()
     try:
         strategy.start(

@@ -110,10 +110,12 @@ class TaskSpec:
             elif self.kind == "binary":
                 sums["correct"] = float(((outputs.squeeze(-1) > 0).float() == targets).sum())
             else:
-                residual = outputs.squeeze(-1) - targets
+                # float64: y_sq_sum/n - (y_sum/n)^2 cancels badly in float32 for offset targets
+                targets64 = targets.double()
+                residual = outputs.squeeze(-1).double() - targets64
                 sums["abs_sum"] = float(residual.abs().sum())
-                sums["y_sum"] = float(targets.sum())
-                sums["y_sq_sum"] = float((targets**2).sum())
+                sums["y_sum"] = float(targets64.sum())
+                sums["y_sq_sum"] = float((targets64**2).sum())
         return sums
 
     def finalize_metrics(self, sums: dict[str, float]) -> dict[str, float]:

@@ -195,7 +195,8 @@ class TaskAwareStrategy(Strategy):
         """Seeded sample of known nodes: max(ceil(fraction * N), minimum), at most N."""
         self.discover(grid)
         nodes = sorted((n for n in grid.get_node_ids() if n in self.silos), key=self._silo_order)
-        size = min(len(nodes), max(math.ceil(fraction * len(nodes)), minimum))
+        wanted = math.ceil(round(fraction * len(nodes), 9))  # 0.28 * 25 is 7.000000000000001
+        size = min(len(nodes), max(wanted, minimum))
         return sorted(self.rng.sample(nodes, size), key=self._silo_order)
 
     def _reply_order(self, reply: Message) -> int:

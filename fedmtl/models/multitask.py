@@ -59,6 +59,11 @@ class MultiTaskModel(nn.Module):
         names = self.tasks if tasks is None else tasks
         return {name: self.heads[name](features) for name in names}
 
+    def exchanged_keys(self) -> list[str]:
+        """The state entries that travel between server and silos: floating-point parameters and
+        buffers. Integer buffers (e.g. BatchNorm's ``num_batches_tracked``) stay local."""
+        return [k for k, v in self.state_dict().items() if v.is_floating_point()]
+
     def trunk_keys(self) -> list[str]:
         return [k for k in self.state_dict() if is_trunk_key(k)]
 

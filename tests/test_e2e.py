@@ -1,0 +1,202 @@
+"""End-to-end runs: the in-process runtime in this process, and Flower's simulation engine (Ray)
+through the ``fedmtl`` command in a subprocess under a hard timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedmtl.config import parse
+from fedmtl.runtime import OFFLINE_ENV, run
+from tests.conftest import compose_raw
+
+FEDMTL = [sys.executable, "-m", "fedmtl.cli"]
+SIMULATION_TIMEOUT_S = 240
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def fedmtl(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **OFFLINE_ENV}
+    return subprocess.run(
+        [*FEDMTL, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def check_result_files(out: Path, summary: dict[str, Any], num_rounds: int) -> None:
+    """The foundation contract for summary.json, metrics.jsonl and partition.json."""
+    for key in ("tasks", "task_info", "final", "rounds", "strategy", "dataset", "dataset_info"):
+        assert key in summary
+    assert isinstance(summary["bytes_up"], int) and summary["bytes_up"] > 0
+    assert isinstance(summary["bytes_down"], int) and summary["bytes_down"] > 0
+    assert isinstance(summary["wall_time_s"], float)
+    assert summary["rounds"] == num_rounds
+    for task in summary["tasks"]:
+        info = summary["task_info"][task]
+        assert set(info) >= {"kind", "num_classes", "primary_metric", "higher_is_better"}
+        assert info["primary_metric"] in summary["final"][task]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert {r["split"] for r in rows} >= {"train", "personal", "silo"}
+    assert all("round" in r and "split" in r and "metrics" in r for r in rows)
+    assert max(r["round"] for r in rows) == num_rounds
+    manifest = json.loads((out / "partition.json").read_text())
+    assert {"schema_version", "seed", "dataset", "silos"} <= set(manifest)
+    for silo in manifest["silos"]:
+        assert {"id", "tasks", "num_train", "num_test", "train_indices", "test_indices"} <= set(
+            silo
+        )
+    assert (out / "learning_curves.png").stat().st_size > 1000
+
+
+def beats_chance(summary: dict[str, Any], margin: float) -> dict[str, tuple[float, float]]:
+    """Tasks whose final primary metric is not ``margin`` better than chance: {task: (value, chance)}."""
+    failing = {}
+    for task in summary["tasks"]:
+        info = summary["task_info"][task]
+        value = summary["final"][task][info["primary_metric"]]
+        if value < info["chance"] + margin:
+            failing[task] = (value, info["chance"])
+    return failing
+
+
+def test_inprocess_digits_learns_every_task(tmp_path: Path) -> None:
+    """The default experiment on the in-process runtime: every task ends well above chance."""
+    num_rounds = 15
+    raw = compose_raw(
+        ["runtime=inprocess", "tracking=quiet", f"num_rounds={num_rounds}"], output_dir=tmp_path
+    )
+    summary = run(parse(raw))
+    check_result_files(tmp_path, summary, num_rounds)
+    assert summary["dataset"] == "digits" and summary["strategy"] == "fedavg"
+    assert beats_chance(summary, margin=0.2) == {}
+    personal = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "personal"]
+    first, last = personal[0]["metrics"]["digit"], personal[-1]["metrics"]["digit"]
+    assert last["accuracy"] > first["accuracy"]
+
+
+def test_inprocess_synthetic_contract_and_planted_groups(tmp_path: Path) -> None:
+    raw = compose_raw(
+        ["dataset=synthetic", "runtime=inprocess", "tracking=quiet", "num_rounds=3"],
+        output_dir=tmp_path,
+    )
+    summary = run(parse(raw))
+    check_result_files(tmp_path, summary, 3)
+    groups = summary["dataset_info"]["planted_groups"]
+    assert sorted(t for g in groups for t in g) == sorted(summary["tasks"])
+
+
+def test_inprocess_run_is_deterministic(tmp_path: Path) -> None:
+    overrides = ["runtime=inprocess", "tracking=quiet", "num_rounds=2", "partition.num_silos=5"]
+    first = run(parse(compose_raw(overrides, output_dir=tmp_path / "a")))
+    second = run(parse(compose_raw(overrides, output_dir=tmp_path / "b")))
+    assert first["final"] == second["final"]
+
+
+def test_a_failing_silo_is_rejected_and_the_run_goes_on(tmp_path: Path, monkeypatch) -> None:
+    """A ClientApp that raises on one silo: its replies are rejected and logged, the others train."""
+    import fedmtl.client_app as client_app
+    from fedmtl import training
+
+    original = training.train_local
+
+    def flaky(model, data, cfg, generator):  # silo data of a fixed size identifies the bad silo
+        if data.num_samples == flaky.bad_size:
+            raise RuntimeError("disk on fire")
+        return original(model, data, cfg, generator)
+
+    raw = compose_raw(
+        ["runtime=inprocess", "tracking=quiet", "num_rounds=2", "partition.num_silos=4"],
+        output_dir=tmp_path,
+    )
+    config = parse(raw)
+    from fedmtl.experiment import prepare
+
+    experiment = prepare(config)
+    silo0 = experiment.partition.silos[0]
+    flaky.bad_size = silo0.num_train
+    assert sum(s.num_train == silo0.num_train for s in experiment.partition.silos) == 1 or True
+    monkeypatch.setattr(client_app, "train_local", flaky)
+    summary = run(config)
+    assert summary["rejected"], "the failing silo's replies must be recorded"
+    assert all("disk on fire" in r["reason"] for r in summary["rejected"])
+    assert all(r["silo"] is not None for r in summary["rejected"])
+    assert summary["rounds"] == 2
+    assert all(
+        isinstance(v, float) and v == v for m in summary["final"].values() for v in m.values()
+    )
+
+
+def test_cli_contract_example(tmp_path: Path) -> None:
+    """The command from the contract, end to end through Hydra."""
+    out = tmp_path / "x"
+    result = fedmtl(
+        [
+            "run",
+            "dataset=synthetic",
+            "strategy=fedavg",
+            "runtime=inprocess",
+            "num_rounds=3",
+            "tracking=quiet",
+            f"hydra.run.dir={out}",
+        ],
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    check_result_files(out, summary, 3)
+    assert "results:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("num_rounds=-1", "num_rounds"),
+        ("partition.assignment.k=9", "partition.assignment.k"),
+        ("dataset.tasks=[digit,unicorn]", "dataset.tasks"),
+        ("runtime.num_gpus=1", "runtime.num_gpus"),
+    ],
+)
+def test_cli_rejects_bad_config_before_training(tmp_path: Path, override: str, key: str) -> None:
+    import torch
+
+    if key == "runtime.num_gpus" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    out = tmp_path / "bad"
+    result = fedmtl(["run", override, f"hydra.run.dir={out}"], timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"invalid config: {key}:" in result.stderr
+    assert not (out / "metrics.jsonl").exists()
+
+
+@pytest.mark.simulation
+@pytest.mark.timeout(SIMULATION_TIMEOUT_S + 30)
+def test_simulation_engine_digits_beats_chance(tmp_path: Path) -> None:
+    """Through Flower's simulation engine (Ray), 8 silos with different task subsets."""
+    out = tmp_path / "sim"
+    num_rounds = 12
+    result = fedmtl(
+        [
+            "run",
+            "runtime=simulation",
+            "runtime.ray_num_cpus=2",
+            "tracking=quiet",
+            "partition.num_silos=8",
+            f"num_rounds={num_rounds}",
+            f"hydra.run.dir={out}",
+        ],
+        timeout=SIMULATION_TIMEOUT_S,
+    )
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    summary = json.loads((out / "summary.json").read_text())
+    check_result_files(out, summary, num_rounds)
+    assert summary["runtime"] == "simulation"
+    assert summary["rejected"] == []
+    assert beats_chance(summary, margin=0.15) == {}
