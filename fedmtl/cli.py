@@ -43,6 +43,9 @@ def _hydra_command(name: str, task: Callable[[Any], None], overrides: list[str])
         assert isinstance(raw, dict)
         raw.pop("experiment", None)
         raw["output_dir"] = HydraConfig.get().runtime.output_dir
+        logging.getLogger("flwr").setLevel(
+            logging.INFO
+        )  # Flower's DEBUG lines drown the progress bar
         try:
             task(parse(raw))
         except ConfigError as err:

@@ -19,6 +19,7 @@ from fedmtl import records
 from fedmtl.experiment import Experiment, cached_experiment, config_json_from
 from fedmtl.models import MultiTaskModel
 from fedmtl.records import SiloInfo
+from fedmtl.runtime import client_device
 from fedmtl.training import LocalData, evaluate, local_view, train_local
 
 PARTITION_ID = "partition-id"
@@ -41,9 +42,8 @@ def _silo_data(config_json: str, silo_id: int, split: str, device: str) -> Local
 
 
 def _device(experiment: Experiment) -> str:
-    """CUDA when this client was given a GPU (runtime num_gpus > 0) and one is visible."""
-    wants_gpu = getattr(experiment.config.runtime.params, "num_gpus", 0) > 0
-    return "cuda" if wants_gpu and torch.cuda.is_available() else "cpu"
+    runtime = experiment.config.runtime
+    return client_device(runtime.name, runtime.params)
 
 
 def _silo_id(context: Context, experiment: Experiment) -> int:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from fedmtl.checks import int_at_least, non_negative, positive
 from fedmtl.errors import ConfigError
 from fedmtl.registry import Registry, build_dataclass
 
@@ -66,15 +67,16 @@ class TrainConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
-        _positive(self, "local_epochs", "batch_size", "lr")
+        int_at_least(self, "local_epochs", 1)
+        int_at_least(self, "batch_size", 1)
+        positive(self, "lr")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(
                 "max_steps", "must be >= 1 or null.", "set a positive number of steps."
             )
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError("momentum", "must be in [0, 1).", "use e.g. 0.9, or 0 for none.")
-        if self.weight_decay < 0:
-            raise ConfigError("weight_decay", "must be >= 0.", "use 0 for none.")
+        non_negative(self, "weight_decay")
 
 
 @dataclass(frozen=True)
@@ -107,14 +109,6 @@ class ExperimentConfig:
     def to_json(self) -> str:
         """The raw mapping this config was parsed from, as JSON (travels to ClientApps)."""
         return json.dumps(self.raw, sort_keys=True)
-
-
-def _positive(obj: Any, *names: str) -> None:
-    for name in names:
-        if getattr(obj, name) <= 0:
-            raise ConfigError(
-                name, f"must be > 0, got {getattr(obj, name)}.", "set a positive value."
-            )
 
 
 def _plugin(registry: Registry[Any], values: Any, key: str, extra: tuple[str, ...] = ()) -> tuple:

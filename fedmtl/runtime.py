@@ -16,15 +16,16 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 
+from fedmtl.checks import int_at_least, non_negative, positive
 from fedmtl.errors import ConfigError
-from fedmtl.registry import NoParams, Registry
+from fedmtl.registry import Registry
 
 log = logging.getLogger("fedmtl")
 
@@ -64,14 +65,38 @@ class SimulationParams:
     ray_address: str | None = None
 
     def __post_init__(self) -> None:
-        if self.num_cpus <= 0:
-            raise ConfigError("num_cpus", f"must be > 0, got {self.num_cpus}.", "use e.g. 1.")
-        if self.num_gpus < 0:
-            raise ConfigError(
-                "num_gpus", f"must be >= 0, got {self.num_gpus}.", "use 0 for CPU only."
-            )
-        if self.ray_num_cpus is not None and self.ray_num_cpus < 1:
-            raise ConfigError("ray_num_cpus", f"must be >= 1 or null, got {self.ray_num_cpus}.")
+        positive(self, "num_cpus")
+        non_negative(self, "num_gpus")
+        if self.ray_num_cpus is not None:
+            int_at_least(self, "ray_num_cpus", 1)
+
+
+@dataclass(frozen=True)
+class InProcessParams:
+    """``device``: where the silos train: ``auto`` (CUDA when visible), ``cpu`` or ``cuda``."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+def client_device(runtime_name: str, params: Any) -> str:
+    """The torch device a ClientApp trains on: CUDA only when this client was given a GPU.
+
+    simulation: ``num_gpus > 0`` (Ray then makes the GPU visible to the client's actor);
+    inprocess: ``device`` (``auto`` picks CUDA when visible).
+    """
+    cuda = torch.cuda.is_available()
+    if runtime_name == "simulation":
+        return "cuda" if params.num_gpus > 0 and cuda else "cpu"
+    if isinstance(params, InProcessParams) and params.device != "auto":
+        return params.device
+    return "cuda" if cuda else "cpu"
+
+
+def check_device(params: InProcessParams) -> None:
+    if params.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "runtime.device", "is cuda but no CUDA GPU is visible here.", "use auto or cpu."
+        )
 
 
 def check_resources(params: SimulationParams) -> None:
@@ -181,7 +206,7 @@ def _set_server_identity() -> None:
     TaskIdentity.node_id = SUPERLINK_NODE_ID
 
 
-def _run_inprocess(config_json: str, params: NoParams, num_silos: int) -> None:
+def _run_inprocess(config_json: str, params: InProcessParams, num_silos: int) -> None:
     from fedmtl.client_app import make_client_app
     from fedmtl.experiment import cached_experiment
     from fedmtl.server_app import run_server
@@ -214,7 +239,7 @@ def _run_simulation(config_json: str, params: SimulationParams, num_silos: int) 
     )
 
 
-RUNTIMES.register("inprocess", params=NoParams)(_run_inprocess)
+RUNTIMES.register("inprocess", params=InProcessParams)(_run_inprocess)
 RUNTIMES.register("simulation", params=SimulationParams)(_run_simulation)
 
 
@@ -232,6 +257,8 @@ def run(config: Any) -> dict[str, Any]:
     experiment = cached_experiment(config_json)
     if config.runtime.name == "simulation":
         check_resources(config.runtime.params)
+    else:
+        check_device(config.runtime.params)
     runner = RUNTIMES.get(config.runtime.name, key="runtime.name").factory
     runner(config_json, config.runtime.params, len(experiment.partition.silos))
     summary_path = Path(config.output_dir) / SUMMARY_FILE

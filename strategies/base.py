@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedmtl import records
+from fedmtl.checks import int_at_least, positive
 from fedmtl.config import TrainConfig
 from fedmtl.errors import ConfigError
 from fedmtl.models.multitask import head_task, is_trunk_key
@@ -75,11 +76,8 @@ class SamplingParams:
             "min_available_nodes",
             "evaluate_every",
         ):
-            if getattr(self, name) < 1:
-                raise ConfigError(name, f"must be >= 1, got {getattr(self, name)}.")
-        for name in ("wait_for_nodes_s", "reply_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(name, f"must be > 0, got {getattr(self, name)}.")
+            int_at_least(self, name, 1)
+        positive(self, "wait_for_nodes_s", "reply_timeout_s")
 
 
 @dataclass

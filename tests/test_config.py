@@ -10,7 +10,13 @@ from fedmtl.cli import config_dir
 from fedmtl.config import ExperimentConfig, parse
 from fedmtl.errors import ConfigError
 from fedmtl.experiment import prepare
-from fedmtl.runtime import SimulationParams, check_resources
+from fedmtl.runtime import (
+    InProcessParams,
+    SimulationParams,
+    check_device,
+    check_resources,
+    client_device,
+)
 from tests.conftest import compose_raw
 
 GROUPS = ["dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment"]
@@ -143,6 +149,29 @@ def test_gpu_request_without_gpu_is_refused_not_hung() -> None:
     with pytest.raises(ConfigError) as info:
         check_resources(SimulationParams(num_gpus=0.5))
     assert info.value.key == "runtime.num_gpus"
+
+
+def test_inprocess_cuda_without_gpu_is_refused() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(ConfigError) as info:
+        check_device(InProcessParams(device="cuda"))
+    assert info.value.key == "runtime.device"
+
+
+def test_clients_train_on_cuda_only_when_given_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert client_device("simulation", SimulationParams(num_gpus=0.0)) == "cpu"
+    assert client_device("simulation", SimulationParams(num_gpus=0.5)) == "cuda"
+    assert client_device("inprocess", InProcessParams()) == "cuda"
+    assert client_device("inprocess", InProcessParams(device="cpu")) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert client_device("simulation", SimulationParams(num_gpus=0.5)) == "cpu"
+    assert client_device("inprocess", InProcessParams()) == "cpu"
 
 
 def test_more_cpus_per_client_than_ray_has_is_refused() -> None:

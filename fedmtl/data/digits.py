@@ -34,9 +34,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from fedmtl.checks import booleans, int_at_least
 from fedmtl.data import DATASETS
 from fedmtl.data.base import MultiTaskDataset
-from fedmtl.errors import ConfigError
 from fedmtl.tasks import TaskSpec
 
 SOURCE = "sklearn.datasets.load_digits"
@@ -51,7 +51,7 @@ class DigitsParams:
     as_image: bool = True
 
     def __post_init__(self) -> None:
-        _check_bools(self, "normalize", "as_image")
+        booleans(self, "normalize", "as_image")
 
 
 @dataclass(frozen=True)
@@ -63,19 +63,8 @@ class DigitsPairParams:
     as_image: bool = True
 
     def __post_init__(self) -> None:
-        value = self.num_samples
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(
-                "num_samples", f"must be an integer >= 1, got {value!r}.", "use e.g. 4000."
-            )
-        _check_bools(self, "normalize", "as_image")
-
-
-def _check_bools(params: object, *names: str) -> None:
-    for name in names:
-        value = getattr(params, name)
-        if not isinstance(value, bool):
-            raise ConfigError(name, f"expected true or false, got {value!r}.")
+        int_at_least(self, "num_samples", 1)
+        booleans(self, "normalize", "as_image")
 
 
 @lru_cache(maxsize=1)

@@ -48,6 +48,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from fedmtl.checks import int_at_least, non_negative
 from fedmtl.data import DATASETS
 from fedmtl.data.base import MultiTaskDataset
 from fedmtl.errors import ConfigError
@@ -73,34 +74,21 @@ class SyntheticParams:
     conflicting: bool = True
 
     def __post_init__(self) -> None:
-        _at_least(self, "num_samples", 2)
-        _at_least(self, "num_tasks", 1)
-        _at_least(self, "num_groups", 1)
+        int_at_least(self, "num_samples", 2)
+        int_at_least(self, "num_tasks", 1)
+        int_at_least(self, "num_groups", 1)
         if self.num_groups > self.num_tasks:
             raise ConfigError(
                 "num_groups",
                 f"must be <= num_tasks ({self.num_tasks}), got {self.num_groups}.",
                 "use fewer groups or more tasks.",
             )
-        _at_least(self, "input_dim", 1)
-        _at_least(self, "latent_dim", 1)
-        _at_least(self, "num_classes", 2)
-        for name in ("task_noise", "label_noise"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ConfigError(
-                    name, f"must be a finite number >= 0, got {value}.", "use e.g. 0.1."
-                )
+        int_at_least(self, "input_dim", 1)
+        int_at_least(self, "latent_dim", 1)
+        int_at_least(self, "num_classes", 2)
+        non_negative(self, "task_noise", "label_noise")
         if self.kinds not in KINDS:
             raise ConfigError("kinds", f"{self.kinds!r} is not allowed.", f"choose one of {KINDS}.")
-
-
-def _at_least(params: object, name: str, low: int) -> None:
-    value = getattr(params, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(
-            name, f"must be an integer >= {low}, got {value!r}.", f"use {low} or more."
-        )
 
 
 def group_sizes(num_tasks: int, num_groups: int) -> list[int]:
