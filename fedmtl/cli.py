@@ -43,9 +43,7 @@ def _hydra_command(name: str, task: Callable[[Any], None], overrides: list[str])
         assert isinstance(raw, dict)
         raw.pop("experiment", None)
         raw["output_dir"] = HydraConfig.get().runtime.output_dir
-        logging.getLogger("flwr").setLevel(
-            logging.INFO
-        )  # Flower's DEBUG lines drown the progress bar
+        quiet_third_party_logs()
         try:
             task(parse(raw))
         except ConfigError as err:
@@ -54,6 +52,23 @@ def _hydra_command(name: str, task: Callable[[Any], None], overrides: list[str])
 
     sys.argv = [f"fedmtl {name}", *overrides]
     _main()
+
+
+class _DropRunSimulationDeprecation(logging.Filter):
+    """fedmtl starts simulations through ``flwr.simulation.run_simulation`` on purpose (the apps are
+    built in this process from the composed config); Flower's notice that it prefers ``flwr run``
+    is not for fedmtl's users."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
+def quiet_third_party_logs() -> None:
+    """Keep the console to fedmtl's progress and results: Flower at INFO, no plugin chatter."""
+    flwr_logger = logging.getLogger("flwr")
+    flwr_logger.setLevel(logging.INFO)
+    flwr_logger.addFilter(_DropRunSimulationDeprecation())
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def _run(config: Any) -> None:

@@ -50,18 +50,15 @@ def prepare(config: ExperimentConfig) -> Experiment:
     partition = build_partition(dataset, config.partition, config.seed)
     experiment = Experiment(config=config, dataset=dataset, partition=partition)
     experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
-    min_train = _strategy_param(config, "min_train_nodes")
-    if min_train is not None and min_train > config.partition.num_silos:
+    # Simulated runtimes start one node per silo: waiting for more would only time out.
+    min_available = config.strategy.params.min_available_nodes
+    if min_available > config.partition.num_silos:
         raise ConfigError(
-            "strategy.min_train_nodes",
-            f"is {min_train} but there are only {config.partition.num_silos} silos.",
+            "strategy.min_available_nodes",
+            f"is {min_available} but the partition has only {config.partition.num_silos} silos.",
             "lower it or raise partition.num_silos.",
         )
     return experiment
-
-
-def _strategy_param(config: ExperimentConfig, name: str) -> Any:
-    return getattr(config.strategy.params, name, None)
 
 
 @functools.lru_cache(maxsize=4)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,6 +232,8 @@ def _run_simulation(config_json: str, params: SimulationParams, num_silos: int) 
         "client_resources": {"num_cpus": params.num_cpus, "num_gpus": params.num_gpus},
         "init_args": init_args,
     }
+    # Ray warns about a future change to GPU visibility for num_gpus=0 actors; nothing to act on.
+    warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
     run_simulation(
         server_app=make_server_app(config_json),
         client_app=make_client_app(config_json),

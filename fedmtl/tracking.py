@@ -126,7 +126,10 @@ class Tracker:
             json.dumps(summary, indent=2, default=_json_default)
         )
         if self.cfg.plots:
-            plot_learning_curves(self.metrics_path, self.tasks, self.output_dir / CURVES_FILE)
+            chance = {t: info["chance"] for t, info in summary.get("task_info", {}).items()}
+            plot_learning_curves(
+                self.metrics_path, self.tasks, self.output_dir / CURVES_FILE, chance=chance
+            )
         if self.wandb_run is not None:
             self.wandb_run.summary.update(
                 {
@@ -148,8 +151,11 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_learning_curves(metrics_path: Path, tasks: list[TaskSpec], out: Path) -> Path:
-    """One panel per task: primary metric on the personal split and train loss against rounds."""
+def plot_learning_curves(
+    metrics_path: Path, tasks: list[TaskSpec], out: Path, chance: dict[str, float] | None = None
+) -> Path:
+    """One panel per task: primary metric on the personal split (with its chance level, dashed)
+    and train loss against rounds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,6 +180,10 @@ def plot_learning_curves(metrics_path: Path, tasks: list[TaskSpec], out: Path) -
         if personal:
             rounds, values = zip(*personal, strict=True)
             ax.plot(rounds, values, marker="o", color="tab:blue", label=f"test {metric}")
+        if chance and task.name in chance:
+            ax.axhline(
+                chance[task.name], color="tab:blue", linestyle="--", alpha=0.5, label="chance"
+            )
         ax.set_title(f"{task.name} ({task.kind})")
         ax.set_xlabel("round")
         ax.set_ylabel(f"test {metric}", color="tab:blue")

@@ -297,8 +297,8 @@ class TaskAwareStrategy(Strategy):
         if not pooled:
             return None
         metrics = {}
-        for task, stats in pooled.items():
-            for name, value in self.tasks[task].finalize_metrics(stats).items():
+        for task in (t for t in self.tasks if t in pooled):  # in the dataset's task order
+            for name, value in self.tasks[task].finalize_metrics(pooled[task]).items():
                 metrics[records.task_key(task, name)] = value
         return MetricRecord(metrics)
 

@@ -121,7 +121,7 @@ def test_bad_values_name_the_key(overrides: list[str], key: str) -> None:
         (["dataset.tasks=[]"], "dataset.tasks"),
         (["partition.num_silos=2", "partition.assignment.k=1"], "partition.num_silos"),
         (["partition.num_silos=5000"], "partition.num_silos"),
-        (["strategy.min_train_nodes=50"], "strategy.min_train_nodes"),
+        (["partition=iid_all", "partition.num_silos=1"], "strategy.min_available_nodes"),
         (["model=cnn", "dataset.as_image=false"], "model.name"),
     ],
 )
