@@ -3,6 +3,8 @@
 What it does for every subclass:
 - **Silo discovery.** Before round 1 (and for nodes that join later) it asks each node which silo it
   holds (``query`` message): its tasks and labelled example counts (:class:`fedmtl.records.SiloInfo`).
+  A node whose answer is unusable (an error, a missing field, an unknown task, a silo id another
+  node already holds) is ignored for the rest of the run.
 - **Sampling.** Each round it samples ``max(ceil(fraction * N), min_nodes)`` of the N known nodes with
   a seeded generator, and sends each sampled silo the trunk and the heads of *its own* tasks only.
 - **Reply checks.** A reply with an error, missing records, unexpected keys or shapes, a non-finite
@@ -129,6 +131,7 @@ class TaskAwareStrategy(Strategy):
         self.rng = random.Random(seed)
         self.observers = list(observers)
         self.silos: dict[int, SiloInfo] = {}
+        self.ignored: set[int] = set()  # nodes whose silo description was unusable
         self.bytes_up = 0
         self.bytes_down = 0
         self.rejections: list[dict[str, Any]] = []
@@ -160,7 +163,7 @@ class TaskAwareStrategy(Strategy):
                     "(strategy.min_available_nodes)"
                 )
             time.sleep(0.5)
-        unknown = [n for n in grid.get_node_ids() if n not in self.silos]
+        unknown = [n for n in grid.get_node_ids() if n not in self.silos and n not in self.ignored]
         if not unknown:
             return
         messages = [
@@ -180,8 +183,14 @@ class TaskAwareStrategy(Strategy):
                 unknown_tasks = [t for t in info.tasks if t not in self.tasks]
                 if unknown_tasks:
                     raise ValueError(f"unknown tasks {unknown_tasks}")
+                claimed = {known.silo_id for known in self.silos.values()}
+                if info.silo_id in claimed:
+                    raise ValueError(f"silo {info.silo_id} is already held by another node")
             except (KeyError, ValueError, TypeError) as err:
-                log.warning("node %s ignored: its silo description is unusable (%s)", node, err)
+                log.warning(
+                    "node %s ignored for this run: unusable silo description (%s)", node, err
+                )
+                self.ignored.add(node)
                 continue
             self.silos[node] = info
         held = {t for info in self.silos.values() for t in info.tasks}

@@ -788,6 +788,17 @@ def test_malformed_silo_description_is_ignored(
     )
     assert [m.metadata.dst_node_id for m in messages] == [1000, 1002, 1003]
     assert 1001 not in {node for _, node, _, _ in fed.received}
+    assert fed.queries.count(1001) == 1, "an ignored node is not asked again every round"
+
+
+def test_two_nodes_claiming_one_silo_keep_the_first() -> None:
+    """A misconfigured deployment (two nodes with the same data) must not count a silo twice."""
+    fed = Federation([FakeSilo(("a",), 10, {"a": 10}, 1.0) for _ in range(3)])
+    fed.grid.contexts[1002].node_config["partition-id"] = 0  # node 1002 also says "silo 0"
+    strategy = make_fedavg()
+    strategy.discover(fed.grid)
+    assert set(strategy.silos) == {1000, 1001}
+    assert strategy.ignored == {1002}
 
 
 def test_discovery_queries_each_valid_node_once() -> None:
