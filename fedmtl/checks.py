@@ -41,6 +41,15 @@ def _numbers(
             raise ConfigError(name, f"must be {what}, got {value!r}.", fix)
 
 
+def fraction(params: object, name: str, allow_one: bool) -> None:
+    """``params.name`` lies in (0, 1), or in (0, 1] when ``allow_one``."""
+    value = getattr(params, name)
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (is_number and value > 0.0 and (value <= 1.0 if allow_one else value < 1.0)):
+        interval = "(0, 1]" if allow_one else "(0, 1)"
+        raise ConfigError(name, f"must be in {interval}, got {value!r}.", "use e.g. 0.2 or 0.5.")
+
+
 def booleans(params: object, *names: str) -> None:
     """Each ``params.name`` is true or false."""
     for name in names:

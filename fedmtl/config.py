@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fedmtl.checks import int_at_least, non_negative, positive
+from fedmtl.checks import fraction, int_at_least, non_negative, positive
 from fedmtl.errors import ConfigError
 from fedmtl.registry import Registry, build_dataclass
 
@@ -48,10 +48,15 @@ class PartitionConfig:
     """How the dataset is spread over silos: which tasks each labels, and which samples it holds."""
 
     num_silos: int
-    test_fraction: float
-    min_train_per_task: int
     assignment: PluginConfig
     split: PluginConfig
+    test_fraction: float = 0.2
+    min_train_per_task: int = 1
+
+    def __post_init__(self) -> None:
+        int_at_least(self, "num_silos", 1)
+        fraction(self, "test_fraction", allow_one=False)
+        int_at_least(self, "min_train_per_task", 1)
 
 
 @dataclass(frozen=True)
@@ -194,29 +199,16 @@ def _parse_partition(
             raise ConfigError(
                 f"partition.{key}", "is not a partition key.", f"use one of {sorted(allowed)}."
             )
-    num_silos = values.get("num_silos")
-    if isinstance(num_silos, bool) or not isinstance(num_silos, int) or num_silos < 1:
-        raise ConfigError("partition.num_silos", f"must be an integer >= 1, got {num_silos!r}.")
-    test_fraction = values.get("test_fraction", 0.2)
-    if (
-        isinstance(test_fraction, bool)
-        or not isinstance(test_fraction, (int, float))
-        or not (0.0 < test_fraction < 1.0)
-    ):
-        raise ConfigError(
-            "partition.test_fraction", f"must be in (0, 1), got {test_fraction!r}.", "use e.g. 0.2."
+    scalars = {k: v for k, v in values.items() if k not in ("assignment", "split")}
+    if "num_silos" not in scalars:
+        raise ConfigError("partition.num_silos", "is required but missing.", "set e.g. 10.")
+    try:
+        return PartitionConfig(
+            assignment=PluginConfig(
+                *_plugin(assignments, values.get("assignment"), "partition.assignment")
+            ),
+            split=PluginConfig(*_plugin(splits, values.get("split"), "partition.split")),
+            **scalars,
         )
-    min_train = values.get("min_train_per_task", 1)
-    if isinstance(min_train, bool) or not isinstance(min_train, int) or min_train < 1:
-        raise ConfigError(
-            "partition.min_train_per_task", f"must be an integer >= 1, got {min_train!r}."
-        )
-    return PartitionConfig(
-        num_silos=num_silos,
-        test_fraction=float(test_fraction),
-        min_train_per_task=min_train,
-        assignment=PluginConfig(
-            *_plugin(assignments, values.get("assignment"), "partition.assignment")
-        ),
-        split=PluginConfig(*_plugin(splits, values.get("split"), "partition.split")),
-    )
+    except ConfigError as err:
+        raise err if err.key.startswith("partition.") else err.with_prefix("partition") from None

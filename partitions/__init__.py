@@ -40,7 +40,7 @@ def build(dataset: MultiTaskDataset, cfg: PartitionConfig, seed: int) -> Partiti
     every task is held by some silo; every silo has at least ``cfg.min_train_per_task`` labelled
     training examples of each of its tasks. Any violation is a :class:`ConfigError`.
     """
-    _check_config(cfg, seed)
+    _check_seed(seed)  # the config's own fields are checked by PartitionConfig itself
     assign_seed, holdout_seed = np.random.SeedSequence(seed).spawn(2)
     task_names = dataset.task_names
     assign = ASSIGNMENTS.get(cfg.assignment.name, "partition.assignment.name").factory
@@ -103,19 +103,9 @@ def _make_silo(
     return Silo(id=silo_id, tasks=tuple(tasks), train_indices=train, test_indices=test)
 
 
-def _check_config(cfg: PartitionConfig, seed: int) -> None:
+def _check_seed(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError("seed", f"must be an integer >= 0, got {seed!r}.", "use e.g. seed=0.")
-    if cfg.num_silos < 1:
-        raise ConfigError("partition.num_silos", f"must be >= 1, got {cfg.num_silos}.")
-    if not 0.0 < cfg.test_fraction < 1.0:
-        raise ConfigError(
-            "partition.test_fraction", f"must be in (0, 1), got {cfg.test_fraction}.", "use 0.2."
-        )
-    if cfg.min_train_per_task < 1:
-        raise ConfigError(
-            "partition.min_train_per_task", f"must be >= 1, got {cfg.min_train_per_task}."
-        )
 
 
 def _check_assignment(

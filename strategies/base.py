@@ -36,9 +36,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedmtl import records
-from fedmtl.checks import int_at_least, positive
+from fedmtl.checks import fraction, int_at_least, positive
 from fedmtl.config import TrainConfig
-from fedmtl.errors import ConfigError
 from fedmtl.models.multitask import head_task, is_trunk_key
 from fedmtl.records import SiloInfo
 from fedmtl.tasks import TaskSpec
@@ -68,10 +67,8 @@ class SamplingParams:
     reply_timeout_s: float = 3600.0
 
     def __post_init__(self) -> None:
-        for name in ("fraction_train", "fraction_evaluate"):
-            value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
-                raise ConfigError(name, f"must be in (0, 1], got {value}.", "use e.g. 0.5 or 1.0.")
+        fraction(self, "fraction_train", allow_one=True)
+        fraction(self, "fraction_evaluate", allow_one=True)
         for name in (
             "min_train_nodes",
             "min_evaluate_nodes",
