@@ -35,7 +35,9 @@ def measure(runtime: str, num_silos: int, num_rounds: int, workdir: Path) -> dic
         f"runtime={runtime}", "tracking=quiet", f"num_rounds={num_rounds}",
         f"partition.num_silos={num_silos}", f"hydra.run.dir={out}",
     ]  # fmt: skip
-    subprocess.run(command, check=True, capture_output=True, timeout=1800)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     seconds = [r["seconds"] for r in rows if r["split"] == "train"]
