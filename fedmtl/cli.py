@@ -39,8 +39,9 @@ def _hydra_command(name: str, task: Callable[[Any], None], overrides: list[str])
 
     @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
-        raw = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(raw, dict)
+        container = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(container, dict)
+        raw = {str(key): value for key, value in container.items()}
         raw.pop("experiment", None)
         raw["output_dir"] = HydraConfig.get().runtime.output_dir
         quiet_third_party_logs()

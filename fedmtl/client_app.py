@@ -12,7 +12,7 @@ import functools
 import zlib
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmtl import records
@@ -95,7 +95,7 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
         config_json, experiment, silo_id, device = setup(context)
         received = records.from_array_record(msg.content.array_records[records.ARRAYS])
         config = msg.content.config_records[records.CONFIG]
-        server_round = int(config[records.SERVER_ROUND])
+        server_round = records.integer(config, records.SERVER_ROUND)
         model = _shared_model(config_json, device)
         records.load_arrays(model, received)
         data = _silo_data(config_json, silo_id, "train", device)
@@ -107,7 +107,7 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
         )
         trained = records.state_arrays(model, list(received))
         deltas = {k: trained[k] - received[k] for k in received}
-        metrics: dict[str, int | float] = {
+        metrics: dict[str, MetricRecordValues] = {
             records.NUM_EXAMPLES: data.num_samples,
             records.STEPS: result.steps,
         }
@@ -132,7 +132,7 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
             model, records.from_array_record(msg.content.array_records[records.ARRAYS])
         )
         stats = evaluate(model, _silo_data(config_json, silo_id, "test", device))
-        metrics = {
+        metrics: dict[str, MetricRecordValues] = {
             records.task_key(task, stat): value
             for task, task_stats in stats.items()
             for stat, value in task_stats.items()
@@ -145,7 +145,7 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
 def _remember_round(context: Context, server_round: int) -> None:
     """Per-node state: how many rounds this node trained, and the last one."""
     state = context.state.config_records.get(NODE_STATE) or ConfigRecord({"rounds-trained": 0})
-    state["rounds-trained"] = int(state["rounds-trained"]) + 1
+    state["rounds-trained"] = records.integer(state, "rounds-trained") + 1
     state["last-round"] = server_round
     context.state.config_records[NODE_STATE] = state
 

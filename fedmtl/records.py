@@ -18,12 +18,14 @@ Client -> server
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 
 from fedmtl.config import TrainConfig
 
@@ -47,6 +49,29 @@ def split_task_key(key: str) -> tuple[str, str] | None:
     """``(task, stat)`` for a key made by :func:`task_key`, else None."""
     task, sep, stat = key.partition("/")
     return (task, stat) if sep else None
+
+
+def number(record: Mapping[str, Any], key: str) -> float:
+    """The finite scalar number ``record[key]``; KeyError when missing, ValueError otherwise."""
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def integer(record: Mapping[str, Any], key: str) -> int:
+    """The integer ``record[key]`` (a float with an integral value is accepted)."""
+    value = number(record, key)
+    if not value.is_integer():
+        raise ValueError(f"{key} must be an integer, got {record[key]!r}")
+    return int(value)
+
+
+def text(record: Mapping[str, Any], key: str) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, got {value!r}")
+    return value
 
 
 def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -99,15 +124,18 @@ def train_config_record(server_round: int, train: TrainConfig) -> ConfigRecord:
 
 
 def train_config_from_record(record: ConfigRecord) -> TrainConfig:
-    max_steps = int(record["max-steps"])
+    max_steps = integer(record, "max-steps")
+    optimizer = text(record, "optimizer")
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"unknown optimizer {optimizer!r}")
     return TrainConfig(
-        local_epochs=int(record["local-epochs"]),
+        local_epochs=integer(record, "local-epochs"),
         max_steps=None if max_steps < 0 else max_steps,
-        batch_size=int(record["batch-size"]),
-        optimizer=str(record["optimizer"]),  # type: ignore[arg-type]
-        lr=float(record["lr"]),
-        momentum=float(record["momentum"]),
-        weight_decay=float(record["weight-decay"]),
+        batch_size=integer(record, "batch-size"),
+        optimizer=optimizer,  # type: ignore[arg-type]
+        lr=number(record, "lr"),
+        momentum=number(record, "momentum"),
+        weight_decay=number(record, "weight-decay"),
     )
 
 
@@ -139,16 +167,15 @@ class SiloInfo:
     @classmethod
     def from_record(cls, record: ConfigRecord) -> SiloInfo:
         """Parse a ``SILO`` record; a malformed one raises ValueError or KeyError."""
-        tasks = tuple(str(t) for t in record["tasks"])  # type: ignore[union-attr]
+        tasks = record["tasks"]
+        if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+            raise ValueError(f"tasks must be a list of names, got {tasks!r}")
+        names = [str(t) for t in tasks]
         return cls(
-            silo_id=int(record["silo-id"]),  # type: ignore[arg-type]
-            tasks=tasks,
-            num_train=int(record["num-train"]),  # type: ignore[arg-type]
-            num_test=int(record["num-test"]),  # type: ignore[arg-type]
-            train_per_task={t: int(record[task_key(t, "num-train")]) for t in tasks},  # type: ignore[arg-type]
-            test_per_task={t: int(record[task_key(t, "num-test")]) for t in tasks},  # type: ignore[arg-type]
+            silo_id=integer(record, "silo-id"),
+            tasks=tuple(names),
+            num_train=integer(record, "num-train"),
+            num_test=integer(record, "num-test"),
+            train_per_task={t: integer(record, task_key(t, "num-train")) for t in names},
+            test_per_task={t: integer(record, task_key(t, "num-test")) for t in names},
         )
-
-
-def metric_record(values: Mapping[str, float | int]) -> MetricRecord:
-    return MetricRecord(dict(values))

@@ -165,7 +165,7 @@ def convert(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(key, f"expected a string, got {value!r}.")
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
             raise ConfigError(key, f"expected a mapping, got {value!r}.")
         return build_dataclass(annotation, value, key)

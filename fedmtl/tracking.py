@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +102,9 @@ class Tracker:
             for line in lines:
                 handle.write(json.dumps(line) + "\n")
         if self.wandb_run is not None:
-            flat = {f"train/{t}/loss": v for t, v in record.train_loss.items()}
-            for task, metrics in (record.personal or {}).items():
-                flat.update({f"personal/{task}/{k}": v for k, v in metrics.items()})
+            flat: dict[str, float] = {f"train/{t}/loss": v for t, v in record.train_loss.items()}
+            for task, task_metrics in (record.personal or {}).items():
+                flat.update({f"personal/{task}/{k}": v for k, v in task_metrics.items()})
             flat.update({"bytes_up": record.bytes_up, "bytes_down": record.bytes_down})
             self.wandb_run.log(flat, step=record.server_round)
         self.progress.update(1)
@@ -199,10 +198,3 @@ def plot_learning_curves(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-def disable_wandb_console() -> None:
-    """Keep wandb quiet and offline unless the user asked otherwise."""
-    os.environ.setdefault("WANDB_MODE", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")

@@ -31,7 +31,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    MetricRecordValues,
+    RecordDict,
+)
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
@@ -267,7 +275,10 @@ class TaskAwareStrategy(Strategy):
                 "round %d: no usable training reply; the global model is unchanged", server_round
             )
         self._last_train_loss = self._mean_train_loss(updates)
-        metrics = {"num-updates": len(updates), "num-rejected": len(self._round_rejections)}
+        metrics: dict[str, MetricRecordValues] = {
+            "num-updates": len(updates),
+            "num-rejected": len(self._round_rejections),
+        }
         metrics.update(
             {records.task_key(t, "train-loss"): v for t, v in self._last_train_loss.items()}
         )
@@ -302,7 +313,7 @@ class TaskAwareStrategy(Strategy):
             self._last_per_silo[silo.silo_id] = per_task
         if not pooled:
             return None
-        metrics = {}
+        metrics: dict[str, MetricRecordValues] = {}
         for task in (t for t in self.tasks if t in pooled):  # in the dataset's task order
             for name, value in self.tasks[task].finalize_metrics(pooled[task]).items():
                 metrics[records.task_key(task, name)] = value
@@ -348,7 +359,7 @@ class TaskAwareStrategy(Strategy):
             record = RoundRecord(
                 server_round=server_round,
                 num_sampled=len(messages),
-                num_updates=int(train_metrics["num-updates"]) if train_metrics else 0,
+                num_updates=records.integer(train_metrics, "num-updates") if train_metrics else 0,
                 rejected=list(self._round_rejections),
                 train_loss=dict(self._last_train_loss),
             )
@@ -387,7 +398,10 @@ class TaskAwareStrategy(Strategy):
                 continue
             total = float(sum(u.task_examples[task] for u in holders))
             for key in (k for k in arrays if head_task(k) == task):
-                delta = sum(u.task_examples[task] / total * u.deltas[key] for u in holders)
+                delta = sum(
+                    (u.task_examples[task] / total * u.deltas[key] for u in holders),
+                    start=np.zeros_like(arrays[key]),
+                )
                 new[key] = (arrays[key] + delta).astype(arrays[key].dtype)
         return new
 
@@ -417,10 +431,9 @@ class TaskAwareStrategy(Strategy):
                 t: _count(metrics, records.task_key(t, records.NUM_EXAMPLES)) for t in silo.tasks
             }
             train_loss = {
-                t: float(metrics[k])
+                t: records.number(metrics, key)
                 for t in silo.tasks
-                if (k := records.task_key(t, "train-loss")) in metrics
-                and math.isfinite(float(metrics[k]))
+                if (key := records.task_key(t, "train-loss")) in metrics
             }
         except (KeyError, ValueError, TypeError) as err:
             self._reject(server_round, node, f"train reply rejected: {err}")
@@ -469,19 +482,15 @@ class TaskAwareStrategy(Strategy):
     @staticmethod
     def _nested(metrics: MetricRecord) -> dict[str, dict[str, float]]:
         nested: dict[str, dict[str, float]] = {}
-        for key, value in metrics.items():
+        for key in metrics:
             task, name = records.split_task_key(key) or (key, "value")
-            nested.setdefault(task, {})[name] = float(value)  # type: ignore[arg-type]
+            nested.setdefault(task, {})[name] = records.number(metrics, key)
         return nested
 
 
 def _count(metrics: MetricRecord, key: str) -> int:
-    value = metrics[key]
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{key} must be a finite count >= 0, got {value!r}")
+    """A reported example count: a finite number >= 0."""
+    value = records.number(metrics, key)
+    if value < 0:
+        raise ValueError(f"{key} must be a count >= 0, got {value!r}")
     return int(value)

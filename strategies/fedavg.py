@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+
 from strategies.base import Arrays, ClientUpdate, SamplingParams, TaskAwareStrategy, log
 
 
@@ -29,7 +31,11 @@ def weighted_mean_delta(
     if total <= 0:
         return None
     return {
-        k: sum(w / total * u.deltas[k] for u, w in zip(updates, weights, strict=True)) for k in keys
+        k: sum(
+            (w / total * u.deltas[k] for u, w in zip(updates, weights, strict=True)),
+            start=np.zeros_like(updates[0].deltas[k]),
+        )
+        for k in keys
     }
 
 

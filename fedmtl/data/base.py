@@ -48,9 +48,11 @@ class MultiTaskDataset:
                 )
         if self.mask.shape != (n, len(self.tasks)) or self.mask.dtype != torch.bool:
             raise ValueError(f"dataset {self.name!r}: mask must be ({n}, {len(self.tasks)}) bool")
-        for column, ids in self.natural_ids.items():
+        for id_column, ids in self.natural_ids.items():
             if len(ids) != n:
-                raise ValueError(f"dataset {self.name!r}: natural id {column!r} must have {n} rows")
+                raise ValueError(
+                    f"dataset {self.name!r}: natural id {id_column!r} must have {n} rows"
+                )
 
     @property
     def num_samples(self) -> int:
