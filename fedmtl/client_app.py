@@ -16,11 +16,12 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, MetricRecordV
 from flwr.clientapp import ClientApp
 
 from fedmtl import records
+from fedmtl.config import TrainConfig
 from fedmtl.experiment import Experiment, cached_experiment, config_json_from
 from fedmtl.models import MultiTaskModel
 from fedmtl.records import SiloInfo
 from fedmtl.runtime import client_device
-from fedmtl.training import LocalData, evaluate, local_view, train_local
+from fedmtl.training import LocalData, TrainResult, evaluate, local_view, train_local
 
 PARTITION_ID = "partition-id"
 NODE_STATE = "fedmtl.node"
@@ -68,11 +69,20 @@ def silo_info(experiment: Experiment, silo_id: int) -> SiloInfo:
     )
 
 
-def _batch_generator(seed: int, silo_id: int, server_round: int) -> torch.Generator:
-    """Mini-batch order that depends only on (seed, silo, round), not on scheduling."""
-    generator = torch.Generator()
-    generator.manual_seed(zlib.crc32(f"{seed}/{silo_id}/{server_round}".encode()))
-    return generator
+def _round_seed(seed: int, silo_id: int, server_round: int) -> int:
+    """A seed that depends only on (experiment seed, silo, round), not on scheduling or runtime."""
+    return zlib.crc32(f"{seed}/{silo_id}/{server_round}".encode())
+
+
+def _train_seeded(
+    model: MultiTaskModel, data: LocalData, cfg: TrainConfig, seed: int, device: str
+) -> TrainResult:
+    """Train with the batch order and torch's global RNG (dropout) both set by ``seed``; the
+    caller's global RNG state is restored afterwards."""
+    devices = [torch.cuda.current_device()] if device == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return train_local(model, data, cfg, torch.Generator().manual_seed(seed))
 
 
 def make_client_app(default_config_json: str | None = None) -> ClientApp:
@@ -99,11 +109,12 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
         model = _shared_model(config_json, device)
         records.load_arrays(model, received)
         data = _silo_data(config_json, silo_id, "train", device)
-        result = train_local(
+        result = _train_seeded(
             model,
             data,
             records.train_config_from_record(config),
-            _batch_generator(experiment.config.seed, silo_id, server_round),
+            _round_seed(experiment.config.seed, silo_id, server_round),
+            device,
         )
         trained = records.state_arrays(model, list(received))
         deltas = {k: trained[k] - received[k] for k in received}

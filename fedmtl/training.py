@@ -93,7 +93,8 @@ def train_local(
     """Train the trunk and the heads of ``data.tasks`` for ``cfg.local_epochs`` (or ``max_steps``).
 
     Mini-batches are drawn without replacement each epoch in an order set by ``generator``. Heads
-    of other tasks are neither used nor changed.
+    of other tasks are neither used nor changed. The optimizer is created afresh on each call, so
+    momentum or Adam moments do not carry over from one round to the next (as in FedAvg).
     """
     params = list(model.trunk.parameters())
     for task in data.tasks:

@@ -94,8 +94,16 @@ def test_inprocess_synthetic_contract_and_planted_groups(tmp_path: Path) -> None
     assert sorted(t for g in groups for t in g) == sorted(summary["tasks"])
 
 
-def test_inprocess_run_is_deterministic(tmp_path: Path) -> None:
-    overrides = ["runtime=inprocess", "tracking=quiet", "num_rounds=2", "partition.num_silos=5"]
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_inprocess_run_is_deterministic(tmp_path: Path, dropout: float) -> None:
+    """Batch order and dropout masks are seeded per (seed, silo, round): a seed fixes the result."""
+    overrides = [
+        "runtime=inprocess",
+        "tracking=quiet",
+        "num_rounds=2",
+        "partition.num_silos=5",
+        f"model.dropout={dropout}",
+    ]
     first = run(parse(compose_raw(overrides, output_dir=tmp_path / "a")))
     second = run(parse(compose_raw(overrides, output_dir=tmp_path / "b")))
     assert first["final"] == second["final"]
