@@ -235,7 +235,9 @@ class TaskAwareStrategy(Strategy):
         self._round_arrays = records.from_array_record(arrays)
         messages = []
         for node in nodes:
-            payload = records.to_array_record(self.arrays_for(self._round_arrays, self.silos[node]))
+            # The global record's Array objects are shared, not serialised again for every silo.
+            keys = self.arrays_for(self._round_arrays, self.silos[node])
+            payload = ArrayRecord({key: arrays[key] for key in keys})
             self.bytes_down += payload.count_bytes()
             content = RecordDict(
                 {records.ARRAYS: payload, records.CONFIG: ConfigRecord(dict(config))}
