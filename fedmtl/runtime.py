@@ -143,6 +143,7 @@ class InProcessGrid(Grid):
         }
         self._run: Any = None
         self._replies: dict[str, Message] = {}
+        self._pushed = 0
         _set_server_identity()
 
     def set_run(self, run: Any) -> None:
@@ -180,8 +181,9 @@ class InProcessGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
-        for i, message in enumerate(messages):
-            key = f"{len(self._replies)}-{i}"
+        for message in messages:
+            self._pushed += 1
+            key = str(self._pushed)  # unique for the grid's lifetime, whatever was pulled
             self._replies[key] = self._deliver(message)
             ids.append(key)
         return ids

@@ -859,3 +859,20 @@ def test_strategy_contract(name: str) -> None:
     assert strategy.rejections == []
     assert all(r.num_updates == r.num_sampled > 0 for r in strategy.history)
     assert strategy.bytes_down > 0 and strategy.bytes_up > 0
+
+
+def test_in_process_grid_push_and_pull_keep_every_reply() -> None:
+    """Message ids stay unique after a partial pull, so no reply is overwritten."""
+    fed = Federation(six_silos())
+
+    def query(node: int) -> Message:
+        content = RecordDict({records.CONFIG: ConfigRecord()})
+        return Message(content, dst_node_id=node, message_type="query")
+
+    first = list(fed.grid.push_messages([query(1000)]))
+    second = list(fed.grid.push_messages([query(1001), query(1002)]))
+    assert len(list(fed.grid.pull_messages([first[0], second[0]]))) == 2
+    third = list(fed.grid.push_messages([query(1003), query(1004)]))  # one reply still unpulled
+    assert len(set(first + second + third)) == 5
+    pulled = list(fed.grid.pull_messages([second[1], *third]))
+    assert [m.metadata.src_node_id for m in pulled] == [1002, 1003, 1004]
