@@ -17,9 +17,10 @@ Rules every weighting keeps (each is tested in ``tests/test_balancing.py``):
 - **Single task** (T = 1): w = [1], d = J's row, for every method.
 - **All-zero J** (trace G = 0): for the Gramian methods w = 1/T (the mean weights) and d = 0; the
   loss-based methods' weights do not depend on J (their d is 0 too). No NaN.
-- **Scale.** The scale-invariant methods receive G / trace(G), so their weights are unchanged by a
-  positive scale of J, and they never see tiny or huge Gramians. Nash-MTL (norm clip) and FairGrad
-  (weight magnitude) receive G itself; their classes document how they depend on scale.
+- **Scale.** Every Gramian solver runs on G / trace(G), so it never sees the tiny or huge Gramians
+  of federated updates, and the weights are unchanged by a positive scale of J. Nash-MTL and
+  FairGrad map their solution back to G's scale exactly (their weights shrink as J grows); their
+  classes say how.
 - **Never NaN or Inf.** A method whose solver still returns a non-finite weight falls back to the
   mean weights for that call, with a warning in the ``fedmtl`` log.
 - **Randomness** (PCGrad's and GradVac's projection order, RLW's draw) comes from a seed derived
@@ -171,11 +172,11 @@ class Weighting(ABC):
 class GramianWeighting(Weighting):
     """A weighting computed from the Gramian G = J J^T (T x T) alone.
 
-    Handles the single-task and all-zero rules, then calls :meth:`_from_gramian` with
-    G / trace(G) (``scale_invariant``) or with G itself.
+    Handles the single-task and all-zero rules, then calls :meth:`_from_gramian` with the
+    trace-normalised G / trace(G): every solver sees a well-scaled problem and the weights are
+    unchanged by a positive scale of J. A method whose weights do depend on scale maps them back
+    in :meth:`_rescale`.
     """
-
-    scale_invariant: ClassVar[bool] = True
 
     def _compute(
         self, rows: int, G: Tensor | None, losses: Tensor | None, tasks: list[int]
@@ -188,8 +189,12 @@ class GramianWeighting(Weighting):
             raise ValueError("the Gramian of J is not finite; J's entries are too large.")
         if trace <= 0.0:
             return mean_weights(rows)
-        return self._from_gramian(G / trace if self.scale_invariant else G, tasks)
+        return self._rescale(self._from_gramian(G / trace, tasks), G, trace)
 
     @abstractmethod
     def _from_gramian(self, G: Tensor, tasks: list[int]) -> Tensor:
-        """Float64 weights from the (trace-normalised when ``scale_invariant``) Gramian."""
+        """Float64 weights from the trace-normalised Gramian G (trace 1)."""
+
+    def _rescale(self, w: Tensor, G: Tensor, trace: float) -> Tensor:
+        """Weights for the Gramian ``G`` (of trace ``trace``) from those of G / trace: unchanged."""
+        return w

@@ -39,13 +39,14 @@ class FairGrad(GramianWeighting):
     """
 
     name = "fairgrad"
-    scale_invariant = False
 
     def __init__(self, params: FairGradParams, seed: int = 0) -> None:
         super().__init__(params, seed)
         self._solver = FairGradWeighting(alpha=params.alpha, max_iters=params.max_iters)
 
     def _from_gramian(self, G: Tensor, tasks: list[int]) -> Tensor:
-        trace = float(G.trace())
+        return self._solver(G)
+
+    def _rescale(self, w: Tensor, G: Tensor, trace: float) -> Tensor:
         alpha = self.params.alpha
-        return self._solver(G / trace) * trace ** (-alpha / (alpha + 1.0))
+        return w * trace ** (-alpha / (alpha + 1.0))

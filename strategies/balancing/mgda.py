@@ -31,6 +31,8 @@ class MGDA(GramianWeighting):
     Frank-Wolfe (the paper's Algorithm 2, torchjd's ``MGDAWeighting``), which for two tasks lands
     on the closed form w_1 = clip((g_2.g_2 - g_1.g_2) / |g_1 - g_2|^2, 0, 1) in one step.
     Scale invariant. A zero row is the minimum-norm point: MGDA puts all weight on it and d = 0.
+    Frank-Wolfe without away steps converges sublinearly for T > 2: at the default 250 steps
+    |d|^2 can sit a few % above the exact minimum (raise ``max_iters`` / lower ``tol`` to tighten).
     With identical rows the minimiser is not unique (Frank-Wolfe picks one; d is the row).
     """
 

@@ -30,21 +30,24 @@ class NashMTLParams:
 class NashMTL(GramianWeighting):
     """Nash-MTL (Navon et al. 2022, "Multi-Task Learning as a Bargaining Game"), Algorithm 1.
 
-    alpha > 0 with (G_n alpha)_i = 1 / alpha_i, G_n = G / ||G||_F, by a sequence of convex
-    problems (cvxpy/ECOS, torchjd's ``NashMTL`` weighting adapted from the official code, up to
-    ``iterations`` of them); w = alpha, then w <- w max_norm / |d| when |d| = sqrt(w^T G w) >
-    max_norm. torchjd's version only takes J; it is given a T x T factor M of G (M M^T = G), which
-    has the same Gramian, so J is never copied.
+    alpha > 0 with (G alpha)_i = 1 / alpha_i, by a sequence of convex problems (cvxpy/ECOS,
+    torchjd's ``NashMTL`` weighting adapted from the official code, at most ``iterations`` of
+    them); w = alpha, then w <- w max_norm / |d| when |d| = sqrt(w^T G w) > max_norm.
 
-    Scale: the solve sees G_n, so without the clip w is unchanged by a positive scale of J and
-    |d| = sqrt(T ||G||_F) grows with it; once |d| > max_norm, |d| = max_norm and w shrinks as 1/s.
-    State (warm start): the last alpha of each global task id (1 for a task not seen yet) starts
-    the next solve of a round that includes it.
+    torchjd's version takes J; it is given a T x T factor M of G_n = G / trace G (M M^T = G_n), so
+    J is never copied and the solver always sees a well-scaled problem (ECOS fails on the tiny
+    Gramians of federated updates). The solution maps back exactly: alpha(G) = alpha(G_n) /
+    sqrt(trace G).
+
+    Scale: J -> s J gives w -> w / s and leaves d unchanged. At the exact solution
+    |d|^2 = alpha^T G alpha = T, so before the clip |d| = sqrt(T) whatever the size of the updates,
+    and with the default max_norm = 1 every step has |d| = 1: choose the server learning rate
+    with that in mind. State (warm start): the last alpha(G_n) of each global task id (1 for a
+    task not seen yet) starts the next solve of a round that includes it.
     """
 
     name = "nash_mtl"
     stateful = True
-    scale_invariant = False
 
     def __init__(self, params: NashMTLParams, seed: int = 0) -> None:
         super().__init__(params, seed)
@@ -55,21 +58,30 @@ class NashMTL(GramianWeighting):
         if rows not in self._solvers:
             self._solvers[rows] = _NashMTLWeighting(
                 n_tasks=rows,
-                max_norm=self.params.max_norm,
+                max_norm=0.0,
                 update_weights_every=1,
                 optim_niter=self.params.iterations,
             )
         return self._solvers[rows]
 
+    def _rescale(self, w: Tensor, G: Tensor, trace: float) -> Tensor:
+        w = w / trace**0.5
+        norm = float(w @ G @ w) ** 0.5
+        if self.params.max_norm > 0 and norm > self.params.max_norm:
+            w = w * (self.params.max_norm / norm)
+        return w
+
     def _from_gramian(self, G: Tensor, tasks: list[int]) -> Tensor:
         solver = self._solver(len(tasks))
         solver.prvs_alpha = np.array([self._alpha.get(t, 1.0) for t in tasks], dtype=np.float64)
-        with warnings.catch_warnings():  # torchjd's problem is not DPP: cvxpy says so each solve
+        # cvxpy warns at every solve that torchjd's problem is not DPP, and divides by zero on the
+        # degenerate Gramians that have no Nash solution (a zero row, rows g and -g).
+        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
             warnings.filterwarnings("ignore", message=".*not DPP.*", category=UserWarning)
-            w = solver(square_factor(G))
-        for t, a in zip(tasks, np.asarray(solver.prvs_alpha, dtype=np.float64), strict=True):
+            alpha = solver(square_factor(G))
+        for t, a in zip(tasks, alpha.tolist(), strict=True):
             self._alpha[t] = float(a)
-        return w
+        return alpha
 
     def state_dict(self) -> dict[str, Any]:
         return {"alpha": {str(t): a for t, a in sorted(self._alpha.items())}}
