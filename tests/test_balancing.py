@@ -385,6 +385,28 @@ def test_state_is_keyed_by_global_task_ids(name: str) -> None:
     assert a.stateful
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_state_round_trips_through_json(name: str) -> None:
+    """A weighting restored from a JSON checkpoint continues exactly like the original."""
+    J = random_j(3, 6, seed=31)
+    original = build_weighting(name, seed=2)
+    for step in range(3):
+        call(original, J * (1 + step), losses=torch.tensor([1.0, 2.0, 3.0]) * 0.7**step)
+    restored = build_weighting(name, seed=2)
+    restored.load_state_dict(json.loads(json.dumps(original.state_dict())))
+    assert restored.state_dict() == original.state_dict()
+    losses = torch.tensor([0.2, 1.1, 2.0])
+    for _ in range(2):
+        torch.testing.assert_close(
+            call(restored, J, losses=losses), call(original, J, losses=losses)
+        )
+
+
+def test_stateless_weighting_rejects_a_state() -> None:
+    with pytest.raises(ValueError, match="keeps no state"):
+        build_weighting("mgda").load_state_dict({"alpha": {}})
+
+
 def test_gradvac_targets_move_towards_observed_cosines() -> None:
     weighting = build_weighting("gradvac", {"beta": 0.5})
     J = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
@@ -474,5 +496,8 @@ def test_registry_names_and_flags() -> None:
     assert set(LOSS_BASED) == {"dwa", "famo"}
     stateful = {n for n in NAMES if WEIGHTINGS.get(n).factory.stateful}
     assert stateful == {"gradvac", "nash_mtl", "dwa", "famo"}
-    for n in set(NAMES) - stateful:
+    randomised = {n for n in NAMES if WEIGHTINGS.get(n).factory.randomised}
+    assert randomised == set(RANDOMISED)
+    for n in set(NAMES) - stateful - randomised:
         assert build_weighting(n).state_dict() == {}
+    assert build_weighting("pcgrad").state_dict() == {"calls": 0}

@@ -26,3 +26,25 @@ def test_round_time_writes_csv_and_json(tmp_path: Path) -> None:
     assert all(float(r["wall_time_s"]) > 0 and int(r["bytes_up"]) > 0 for r in rows)
     report = json.loads((tmp_path / "round_time.json").read_text())
     assert len(report["rows"]) == 2 and report["machine"]["cpus"]
+
+
+def test_balancing_time_writes_csv_and_json(tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(BENCHMARKS / "balancing_time.py"), "--methods", "mean", "mgda", "famo",
+        "--tasks", "2", "3", "--dims", "100", "2e3", "--repeats", "1", "--max-gb", "2e-5",
+        "--out", str(tmp_path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=300, env={**os.environ, **OFFLINE_ENV})
+    with (tmp_path / "balancing_time.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    # 3 x 2e3 float32 = 24 kB > 2e-5 GB: that cell is skipped
+    cells = [(r["method"], r["tasks"], r["dim"]) for r in rows]
+    assert cells == [
+        (m, t, d) for d, ts in (("100", ("2", "3")), ("2000", ("2",))) for t in ts
+        for m in ("mean", "mgda", "famo")
+    ]  # fmt: skip
+    assert all(float(r["call_s"]) > 0 for r in rows)
+    assert float(rows[1]["gramian_s"]) > 0 and float(rows[0]["gramian_s"]) == 0
+    report = json.loads((tmp_path / "balancing_time.json").read_text())
+    assert len(report["rows"]) == 9 and report["machine"]["cpus"] and report["machine"]["torch"]
+    assert report["skipped"] == [{"tasks": 3, "dim": 2000}]

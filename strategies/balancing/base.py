@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -94,6 +94,16 @@ def mean_weights(rows: int) -> Tensor:
     return torch.full((rows,), 1.0 / rows, dtype=F64)
 
 
+def by_task(values: Mapping[int, Any]) -> dict[str, Any]:
+    """``{task id: value}`` with JSON keys (strings), sorted by id."""
+    return {str(t): v for t, v in sorted(values.items())}
+
+
+def from_task_keys(values: Mapping[str, Any]) -> dict[int, Any]:
+    """The inverse of :func:`by_task`."""
+    return {int(t): v for t, v in values.items()}
+
+
 class Weighting(ABC):
     """Weights w (T,) for the rows of J and the direction d = J^T w; see the module docstring.
 
@@ -105,6 +115,7 @@ class Weighting(ABC):
     needs_losses: ClassVar[bool] = False
     stateful: ClassVar[bool] = False
     uses_gramian: ClassVar[bool] = True
+    randomised: ClassVar[bool] = False  # draws from (seed, calls): ``calls`` is then its state
 
     def __init__(self, params: Any, seed: int = 0) -> None:
         self.params = params
@@ -143,8 +154,19 @@ class Weighting(ABC):
         return w @ J, w
 
     def state_dict(self) -> dict[str, Any]:
-        """JSON-able state kept across calls (stateful methods); ``{}`` otherwise."""
-        return {}
+        """JSON-able state kept across calls, for logs and checkpoints.
+
+        Stateful methods: their state and ``calls``; randomised ones: ``{"calls": n}`` (their
+        random stream's position); ``{}`` otherwise.
+        """
+        return {"calls": self.calls} if self.randomised else {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (to resume a run from a checkpoint)."""
+        if self.randomised:
+            self.calls = int(state["calls"])
+        elif state:
+            raise ValueError(f"weighting '{self.name}' keeps no state, got keys {sorted(state)}.")
 
     def _weigh(
         self, rows: int, G: Tensor | None, losses: Tensor | None, tasks: Sequence[int] | None

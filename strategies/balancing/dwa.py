@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from fedmtl.checks import positive
-from strategies.balancing.base import F64, Weighting
+from strategies.balancing.base import F64, Weighting, by_task, from_task_keys
 
 
 @dataclass(frozen=True)
@@ -57,4 +58,10 @@ class DWA(Weighting):
         return w
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": {str(t): h for t, h in sorted(self._history.items())}}
+        return {"calls": self.calls, "history": by_task(self._history)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.calls = int(state["calls"])
+        self._history = {
+            t: [float(v) for v in h] for t, h in from_task_keys(state["history"]).items()
+        }

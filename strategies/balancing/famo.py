@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from fedmtl.checks import non_negative, positive
-from strategies.balancing.base import F64, Weighting
+from strategies.balancing.base import F64, Weighting, by_task, from_task_keys
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,14 @@ class FAMO(Weighting):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "logits": {str(t): v for t, v in sorted(self._logits.items())},
-            "previous_losses": {str(t): v for t, v in sorted(self._previous.items())},
-            "z": {str(t): v for t, v in sorted(self._weights.items())},
+            "calls": self.calls,
+            "logits": by_task(self._logits),
+            "previous_losses": by_task(self._previous),
+            "z": by_task(self._weights),
         }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.calls = int(state["calls"])
+        self._logits = from_task_keys(state["logits"])
+        self._previous = from_task_keys(state["previous_losses"])
+        self._weights = from_task_keys(state["z"])

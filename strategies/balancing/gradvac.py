@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -45,6 +46,7 @@ class GradVac(GramianWeighting):
 
     name = "gradvac"
     stateful = True
+    randomised = True
 
     def __init__(self, params: GradVacParams, seed: int = 0) -> None:
         super().__init__(params, seed)
@@ -69,4 +71,9 @@ class GradVac(GramianWeighting):
         return w
 
     def state_dict(self) -> dict[str, Any]:
-        return {"targets": [[i, j, phi] for (i, j), phi in sorted(self._targets.items())]}
+        targets = [[i, j, phi] for (i, j), phi in sorted(self._targets.items())]
+        return {"calls": self.calls, "targets": targets}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.calls = int(state["calls"])
+        self._targets = {(int(i), int(j)): float(phi) for i, j, phi in state["targets"]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ from torch import Tensor
 from torchjd.aggregation._nash_mtl import _NashMTLWeighting
 
 from fedmtl.checks import int_at_least, non_negative
-from strategies.balancing.base import GramianWeighting
+from strategies.balancing.base import GramianWeighting, by_task, from_task_keys
 from strategies.balancing.linalg import square_factor
 
 
@@ -43,7 +44,8 @@ class NashMTL(GramianWeighting):
     |d|^2 = alpha^T G alpha = T, so before the clip |d| = sqrt(T) whatever the size of the updates,
     and with the default max_norm = 1 every step has |d| = 1: choose the server learning rate
     with that in mind. State (warm start): the last alpha(G_n) of each global task id (1 for a
-    task not seen yet) starts the next solve of a round that includes it.
+    task not seen yet) starts the next solve of a round that includes it. When G has no Nash
+    solution (a zero row, rows g and -g) ECOS fails and the warm start is kept (then clipped).
     """
 
     name = "nash_mtl"
@@ -84,4 +86,8 @@ class NashMTL(GramianWeighting):
         return alpha
 
     def state_dict(self) -> dict[str, Any]:
-        return {"alpha": {str(t): a for t, a in sorted(self._alpha.items())}}
+        return {"calls": self.calls, "alpha": by_task(self._alpha)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.calls = int(state["calls"])
+        self._alpha = from_task_keys(state["alpha"])

@@ -20,6 +20,7 @@ class PCGrad(GramianWeighting):
     """
 
     name = "pcgrad"
+    randomised = True
 
     def __init__(self, params: object, seed: int = 0) -> None:
         super().__init__(params, seed)

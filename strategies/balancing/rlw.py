@@ -18,6 +18,7 @@ class RLW(Weighting):
     """
 
     name = "rlw"
+    randomised = True
     uses_gramian = False
 
     def __init__(self, params: object, seed: int = 0) -> None:
