@@ -7,12 +7,14 @@ over FedAvg on the same seed (REFERENCES.md, with FedAvg as the reference B):
 
     Delta_vs_fedavg = (1/T) sum_t s_t (M_t - B_t) / |B_t|  in percent, s_t = +1 (higher is better)
 
-plus the bytes sent up and the wall time. Writes ``compare_balancing.csv`` / ``.json`` (one row per
-strategy, server learning rate and seed) and ``compare_balancing.png`` (mean gain and its spread).
+plus the bytes sent up and the wall time. Writes ``<name>.csv`` / ``.json`` (one row per strategy,
+server learning rate and seed; ``--name`` defaults to ``compare_balancing``) and ``<name>.png``
+(mean gain and its spread over seeds).
 
     python benchmarks/compare_balancing.py                               # every strategy, 3 seeds
     python benchmarks/compare_balancing.py --strategies fedavg mgda upgrad --seeds 0 --rounds 5
     python benchmarks/compare_balancing.py --server-lrs 1 3              # also with server lr 3
+    python benchmarks/compare_balancing.py --overrides "model.hidden=[32,4]" --name compare_narrow
 
 A weighting whose weights sum to one (mean, MGDA, CAGrad, ...) steps by about one task's update,
 while FedAvg's silo updates sum their tasks; ``--server-lrs`` shows how much of a gap is step size.
@@ -34,7 +36,7 @@ BASELINE = "fedavg"
 
 
 def run_one(
-    strategy: str, seed: int, rounds: int, server_lr: float, workdir: Path
+    strategy: str, seed: int, rounds: int, server_lr: float, extra: list[str], workdir: Path
 ) -> dict[str, Any]:
     """One in-process run; returns its final metrics, bytes and wall time."""
     from fedmtl.cli import compose
@@ -50,6 +52,7 @@ def run_one(
         "tracking=quiet",
         f"num_rounds={rounds}",
         f"seed={seed}",
+        *extra,
     ]
     started = time.perf_counter()
     summary = run(parse(compose(overrides, out)))
@@ -111,6 +114,13 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--server-lrs", nargs="+", type=float, default=[1.0])
+    parser.add_argument(
+        "--overrides",
+        nargs="*",
+        default=[],
+        help="extra config overrides, e.g. model.hidden=[32,4]",
+    )
+    parser.add_argument("--name", default="compare_balancing", help="stem of the result files")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     set_offline_env()
@@ -119,13 +129,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for seed in args.seeds:
-            baseline = run_one(BASELINE, seed, args.rounds, 1.0, workdir)
+            baseline = run_one(BASELINE, seed, args.rounds, 1.0, args.overrides, workdir)
             for strategy in args.strategies:
                 for server_lr in args.server_lrs:
                     if strategy == BASELINE and server_lr == 1.0:
                         result = baseline
                     else:
-                        result = run_one(strategy, seed, args.rounds, server_lr, workdir)
+                        result = run_one(
+                            strategy, seed, args.rounds, server_lr, args.overrides, workdir
+                        )
                     row = {
                         "strategy": strategy,
                         "server_lr": server_lr,
@@ -137,13 +149,14 @@ def main() -> None:
                     }
                     print(row, flush=True)
                     rows.append(row)
-    write_results(
-        args.out,
-        "compare_balancing",
-        rows,
-        setting={"experiment": "synthetic_groups", "rounds": args.rounds, "seeds": args.seeds},
-    )
-    plot(rows, args.out / "compare_balancing.png")
+    setting = {
+        "experiment": "synthetic_groups",
+        "rounds": args.rounds,
+        "seeds": args.seeds,
+        "overrides": args.overrides,
+    }
+    write_results(args.out, args.name, rows, setting=setting)
+    plot(rows, args.out / f"{args.name}.png")
 
 
 if __name__ == "__main__":

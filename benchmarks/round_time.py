@@ -13,16 +13,15 @@ and the bytes sent each way.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from _common import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -71,20 +70,7 @@ def main() -> None:
                 row = measure(runtime, num_silos, args.rounds, Path(workdir))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "round_time.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    machine = {
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-    }
-    (args.out / "round_time.json").write_text(
-        json.dumps({"machine": machine, "rows": rows}, indent=2)
-    )
-    print(f"wrote {args.out / 'round_time.csv'}")
+    write_results(args.out, "round_time", rows)
 
 
 if __name__ == "__main__":

@@ -48,3 +48,23 @@ def test_balancing_time_writes_csv_and_json(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "balancing_time.json").read_text())
     assert len(report["rows"]) == 9 and report["machine"]["cpus"] and report["machine"]["torch"]
     assert report["skipped"] == [{"tasks": 3, "dim": 2000}]
+
+
+def test_compare_balancing_writes_rows_and_plot(tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(BENCHMARKS / "compare_balancing.py"), "--strategies", "fedavg", "mgda",
+        "--seeds", "0", "--rounds", "1", "--server-lrs", "1", "2", "--out", str(tmp_path),
+        "--overrides", "dataset.num_samples=600", "partition.num_silos=4",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=300, env={**os.environ, **OFFLINE_ENV})
+    with (tmp_path / "compare_balancing.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["strategy"], r["server_lr"]) for r in rows] == [
+        ("fedavg", "1.0"), ("fedavg", "2.0"), ("mgda", "1.0"), ("mgda", "2.0")
+    ]  # fmt: skip
+    assert float(rows[0]["gain_vs_fedavg_pct"]) == 0.0  # fedavg against itself
+    assert all(0.0 <= float(r["final_t0"]) <= 1.0 for r in rows)
+    assert int(rows[2]["bytes_up"]) > int(rows[0]["bytes_up"])  # per-task uploads cost more
+    report = json.loads((tmp_path / "compare_balancing.json").read_text())
+    assert report["setting"]["overrides"] == ["dataset.num_samples=600", "partition.num_silos=4"]
+    assert (tmp_path / "compare_balancing.png").stat().st_size > 1000
