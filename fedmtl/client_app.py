@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import zlib
+from typing import Literal
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict
@@ -21,7 +22,8 @@ from fedmtl.experiment import Experiment, cached_experiment, config_json_from
 from fedmtl.models import MultiTaskModel
 from fedmtl.records import SiloInfo
 from fedmtl.runtime import client_device
-from fedmtl.training import LocalData, TrainResult, evaluate, local_view, train_local
+from fedmtl.training import LocalData, TrainResult, evaluate, train_local
+from partitions.views import silo_data
 
 PARTITION_ID = "partition-id"
 NODE_STATE = "fedmtl.node"
@@ -35,11 +37,12 @@ def _shared_model(config_json: str, device: str) -> MultiTaskModel:
 
 
 @functools.lru_cache(maxsize=256)
-def _silo_data(config_json: str, silo_id: int, split: str, device: str) -> LocalData:
+def _silo_data(
+    config_json: str, silo_id: int, split: Literal["train", "test"], device: str
+) -> LocalData:
     experiment = cached_experiment(config_json)
-    silo = experiment.partition.silos[silo_id]
-    indices = silo.train_indices if split == "train" else silo.test_indices
-    return local_view(experiment.dataset, indices, silo.tasks).to(torch.device(device))
+    data = silo_data(experiment.dataset, experiment.partition, silo_id, split)
+    return data.to(torch.device(device))
 
 
 def _device(experiment: Experiment) -> str:
