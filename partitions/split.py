@@ -124,6 +124,23 @@ def label_column(dataset: MultiTaskDataset, pool: np.ndarray, task: str | None) 
     return np.where(labelled, labels, UNLABELLED)
 
 
+def split_by_label(
+    dataset: MultiTaskDataset,
+    pool: np.ndarray,
+    num_silos: int,
+    task: str | None,
+    make_partitioner: Callable[[np.ndarray], Any],
+    key: str,
+    fix: str,
+) -> list[np.ndarray]:
+    """Run ``make_partitioner(labels)`` (a flwr-datasets partitioner by the column ``label``) on
+    the pool with the labels of ``task`` (:func:`label_column`)."""
+    check_enough_samples(len(pool), num_silos)
+    labels = label_column(dataset, pool, task)
+    columns = {"index": np.asarray(pool, dtype=np.int64), "label": labels}
+    return run_partitioner(make_partitioner(labels), columns, num_silos, key, fix)
+
+
 @dataclass(frozen=True)
 class DirichletParams:
     """``task``: the task whose labels are skewed (null: first classification task); ``alpha``:
@@ -153,20 +170,19 @@ def split_dirichlet(
     class c's samples are cut in those proportions (flwr-datasets' ``DirichletPartitioner``)."""
     from flwr_datasets.partitioner import DirichletPartitioner
 
-    check_enough_samples(len(pool), num_silos)
-    labels = label_column(dataset, pool, params.task)
-    partitioner = DirichletPartitioner(
-        num_partitions=num_silos,
-        partition_by="label",
-        alpha=params.alpha,
-        min_partition_size=params.min_size,
-        self_balancing=params.self_balancing,
-        seed=seed,
-    )
-    return run_partitioner(
-        partitioner,
-        {"index": np.asarray(pool, dtype=np.int64), "label": labels},
+    return split_by_label(
+        dataset,
+        pool,
         num_silos,
+        params.task,
+        lambda labels: DirichletPartitioner(
+            num_partitions=num_silos,
+            partition_by="label",
+            alpha=params.alpha,
+            min_partition_size=params.min_size,
+            self_balancing=params.self_balancing,
+            seed=seed,
+        ),
         "partition.split.alpha",
         f"no draw in 10 gave every silo {params.min_size} samples: raise alpha, lower "
         "partition.split.min_size, or use fewer silos.",
@@ -199,26 +215,28 @@ def split_pathological(
     (flwr-datasets' ``PathologicalPartitioner``)."""
     from flwr_datasets.partitioner import PathologicalPartitioner
 
-    check_enough_samples(len(pool), num_silos)
-    labels = label_column(dataset, pool, params.task)
-    num_classes = len(np.unique(labels))
-    if params.classes_per_silo > num_classes:
-        raise ConfigError(
-            "partition.split.classes_per_silo",
-            f"is {params.classes_per_silo} but the task has {num_classes} classes in the pool.",
-            f"use at most {num_classes}.",
+    def make(labels: np.ndarray) -> PathologicalPartitioner:
+        num_classes = len(np.unique(labels))
+        if params.classes_per_silo > num_classes:
+            raise ConfigError(
+                "partition.split.classes_per_silo",
+                f"is {params.classes_per_silo} but the task has {num_classes} classes in the pool.",
+                f"use at most {num_classes}.",
+            )
+        return PathologicalPartitioner(
+            num_partitions=num_silos,
+            partition_by="label",
+            num_classes_per_partition=params.classes_per_silo,
+            class_assignment_mode=params.assignment,
+            seed=seed,
         )
-    partitioner = PathologicalPartitioner(
-        num_partitions=num_silos,
-        partition_by="label",
-        num_classes_per_partition=params.classes_per_silo,
-        class_assignment_mode=params.assignment,
-        seed=seed,
-    )
-    return run_partitioner(
-        partitioner,
-        {"index": np.asarray(pool, dtype=np.int64), "label": labels},
+
+    return split_by_label(
+        dataset,
+        pool,
         num_silos,
+        params.task,
+        make,
         "partition.split.classes_per_silo",
         "use fewer silos or more classes per silo.",
     )
@@ -248,19 +266,18 @@ def split_shards(
     flwr-datasets' ``ShardPartitioner``). An incomplete last shard is left out."""
     from flwr_datasets.partitioner import ShardPartitioner
 
-    check_enough_samples(len(pool), num_silos)
-    labels = label_column(dataset, pool, params.task)
-    partitioner = ShardPartitioner(
-        num_partitions=num_silos,
-        partition_by="label",
-        num_shards_per_partition=params.shards_per_silo,
-        shard_size=params.shard_size,
-        seed=seed,
-    )
-    return run_partitioner(
-        partitioner,
-        {"index": np.asarray(pool, dtype=np.int64), "label": labels},
+    return split_by_label(
+        dataset,
+        pool,
         num_silos,
+        params.task,
+        lambda labels: ShardPartitioner(
+            num_partitions=num_silos,
+            partition_by="label",
+            num_shards_per_partition=params.shards_per_silo,
+            shard_size=params.shard_size,
+            seed=seed,
+        ),
         "partition.split.shards_per_silo",
         "use fewer silos, fewer shards per silo or a smaller shard_size.",
     )

@@ -78,10 +78,6 @@ def split_values(draw: st.DrawFn, name: str, num_silos: int) -> dict:
     return {}
 
 
-def skew_values(name: str) -> dict:
-    return {}  # every feature skew has working defaults
-
-
 @st.composite
 def schemes(draw: st.DrawFn) -> dict[str, Any]:
     """A partition config over the tiny dataset, with its seed and label rate."""
@@ -103,7 +99,7 @@ def schemes(draw: st.DrawFn) -> dict[str, Any]:
             "partition.assignment",
         ),
         split=plugin(SPLITS, split, split_values(draw, split, num_silos), "partition.split"),
-        feature_skew=plugin(FEATURE_SKEWS, skew, skew_values(skew), "partition.feature_skew"),
+        feature_skew=plugin(FEATURE_SKEWS, skew, {}, "partition.feature_skew"),
         missing_labels=MissingLabelsConfig(rate=rate, per_task={"t1": rate / 2}),
     )
     return {"cfg": cfg, "seed": draw(st.integers(0, 2**32 - 1))}

@@ -418,3 +418,17 @@ def test_config_presets_build(preset: str, num_silos: int) -> None:
     partition = build(make_dataset(num_samples=600, num_tasks=6, label_rate=0.8), cfg, seed=0)
     assert partition.num_silos == num_silos
     assert partition.config == partitions.config_to_dict(cfg)
+
+
+def test_every_registered_scheme_has_a_preset() -> None:
+    """configs/partition/ mirrors the three registries: each plug-in is chosen by some preset."""
+    used: dict[str, set[str]] = {"assignment": set(), "split": set(), "feature_skew": set()}
+    for path in CONFIGS.glob("*.yaml"):
+        values = yaml.safe_load(path.read_text())
+        if "path" in values:  # from_file: no scheme of its own
+            continue
+        for key, names in used.items():
+            names.add(values.get(key, {"name": "none"})["name"])
+    assert used["assignment"] == set(ASSIGNMENTS.names())
+    assert used["split"] == set(SPLITS.names())
+    assert used["feature_skew"] == set(partitions.FEATURE_SKEWS.names())
