@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Callable
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 USAGE = """usage: fedmtl COMMAND [key=value ...]
@@ -28,6 +29,24 @@ commands:
 def config_dir() -> str:
     """Absolute path of the installed ``configs`` package."""
     return str(files("configs"))
+
+
+def compose(overrides: list[str], output_dir: str | Path = ".") -> dict[str, Any]:
+    """The raw config mapping that ``fedmtl run [overrides]`` builds, without running anything
+    (for scripts and tests; ``hydra.*`` overrides other than those of the config are ignored)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=overrides)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    raw = {str(key): value for key, value in container.items()}
+    raw.pop("hydra", None)
+    raw.pop("experiment", None)
+    raw["output_dir"] = str(output_dir)
+    return raw
 
 
 def _hydra_command(name: str, task: Callable[[Any], None], overrides: list[str]) -> None:

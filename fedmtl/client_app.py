@@ -17,13 +17,20 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, MetricRecordV
 from flwr.clientapp import ClientApp
 
 from fedmtl import records
-from fedmtl.config import TrainConfig
 from fedmtl.experiment import Experiment, cached_experiment, config_json_from
 from fedmtl.models import MultiTaskModel
-from fedmtl.records import SiloInfo
+from fedmtl.models.multitask import is_trunk_key
+from fedmtl.records import SiloInfo, TrainRequest
 from fedmtl.runtime import client_device
-from fedmtl.training import LocalData, TrainResult, evaluate, train_local
+from fedmtl.training import (
+    LocalData,
+    TrainResult,
+    evaluate,
+    mean_task_losses,
+    train_local,
+)
 from partitions.views import silo_data
+from strategies.balancing import build_weighting
 
 PARTITION_ID = "partition-id"
 NODE_STATE = "fedmtl.node"
@@ -78,14 +85,26 @@ def _round_seed(seed: int, silo_id: int, server_round: int) -> int:
 
 
 def _train_seeded(
-    model: MultiTaskModel, data: LocalData, cfg: TrainConfig, seed: int, device: str
+    model: MultiTaskModel, data: LocalData, request: TrainRequest, seed: int, device: str
 ) -> TrainResult:
-    """Train with the batch order and torch's global RNG (dropout) both set by ``seed``; the
-    caller's global RNG state is restored afterwards."""
+    """Train with the batch order, torch's global RNG (dropout) and the step weighting all set
+    by ``seed``; the caller's global RNG state is restored afterwards. A stateful weighting is
+    built afresh each round: its state lives for the round's local steps."""
+    weighting = None
+    if request.weighting is not None:
+        name, params = request.weighting
+        weighting = build_weighting(name, params, seed=seed, key="weighting-params").weights
     devices = [torch.cuda.current_device()] if device == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        return train_local(model, data, cfg, torch.Generator().manual_seed(seed))
+        return train_local(
+            model,
+            data,
+            request.train,
+            torch.Generator().manual_seed(seed),
+            update_mode=request.update_mode,
+            weighting=weighting,
+        )
 
 
 def make_client_app(default_config_json: str | None = None) -> ClientApp:
@@ -109,18 +128,25 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
         received = records.from_array_record(msg.content.array_records[records.ARRAYS])
         config = msg.content.config_records[records.CONFIG]
         server_round = records.integer(config, records.SERVER_ROUND)
+        request = records.train_request_from_record(config)
         model = _shared_model(config_json, device)
         records.load_arrays(model, received)
         data = _silo_data(config_json, silo_id, "train", device)
+        loss_before = mean_task_losses(model, data)
         result = _train_seeded(
             model,
             data,
-            records.train_config_from_record(config),
+            request,
             _round_seed(experiment.config.seed, silo_id, server_round),
             device,
         )
         trained = records.state_arrays(model, list(received))
         deltas = {k: trained[k] - received[k] for k in received}
+        if result.task_trunk_deltas is not None:  # per_task mode: each task's share of the trunk
+            deltas = {k: v for k, v in deltas.items() if not is_trunk_key(k)}
+            for task, shares in result.task_trunk_deltas.items():
+                for key, share in shares.items():
+                    deltas[records.task_update_key(task, key)] = share.detach().cpu().numpy()
         metrics: dict[str, MetricRecordValues] = {
             records.NUM_EXAMPLES: data.num_samples,
             records.STEPS: result.steps,
@@ -128,7 +154,9 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
         for task, count in data.labelled_counts().items():
             metrics[records.task_key(task, records.NUM_EXAMPLES)] = count
         for task, loss in result.mean_loss.items():
-            metrics[records.task_key(task, "train-loss")] = loss
+            metrics[records.task_key(task, records.TRAIN_LOSS)] = loss
+        for task, loss in loss_before.items():
+            metrics[records.task_key(task, records.LOSS_BEFORE)] = loss
         _remember_round(context, server_round)
         content = RecordDict(
             {

@@ -5,23 +5,28 @@ Every record name and metric key of the protocol is defined here and nowhere els
 Server -> client
   ``query``:    empty content; the reply describes the silo (:class:`SiloInfo`).
   ``train``:    ``ARRAYS`` (the trunk and the heads of the silo's tasks only) and ``CONFIG``
-                (server round and local training settings, :func:`train_config_record`).
+                (server round, local training settings, the update mode and the weighting the
+                silo applies at each local step, :func:`train_config_record`).
   ``evaluate``: ``ARRAYS`` as for train and ``CONFIG`` (server round).
 Client -> server
   ``query``:    ``SILO`` (ConfigRecord: silo id, tasks, example counts).
-  ``train``:    ``UPDATE`` (ArrayRecord of deltas, trained minus received, for every array received)
-                and ``METRICS`` (``num-examples``, per task ``<task>/num-examples`` and
-                ``<task>/train-loss``, ``steps``).
+  ``train``:    ``UPDATE`` (ArrayRecord of deltas, trained minus received: one per head received
+                and, for the trunk, one per trunk array in ``joint`` mode or one per trunk array
+                and task in ``per_task`` mode, keyed :func:`task_update_key`) and ``METRICS``
+                (``num-examples``, ``steps``, per task ``<task>/num-examples``,
+                ``<task>/train-loss`` (mean over local steps) and ``<task>/loss-before`` (mean
+                over the silo's training rows, of the received model)).
   ``evaluate``: ``METRICS`` with per task additive statistics ``<task>/<stat>``
                 (see :meth:`fedmtl.tasks.TaskSpec.metric_sums`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -38,6 +43,19 @@ SILO = "fedmtl.silo"
 SERVER_ROUND = "server-round"
 NUM_EXAMPLES = "num-examples"
 STEPS = "steps"
+TRAIN_LOSS = "train-loss"
+LOSS_BEFORE = "loss-before"
+
+UpdateMode = Literal["joint", "per_task"]
+"""``joint``: one trunk update per silo; ``per_task``: one per task the silo holds (they sum to
+the joint one; see :func:`fedmtl.training.train_local`)."""
+
+_TASK_UPDATE = "per-task"
+
+
+def task_update_key(task: str, key: str) -> str:
+    """UPDATE key of task ``task``'s share of the trunk array ``key`` in ``per_task`` mode."""
+    return f"{_TASK_UPDATE}/{task}/{key}"
 
 
 def task_key(task: str, stat: str) -> str:
@@ -107,8 +125,24 @@ def load_arrays(model: torch.nn.Module, arrays: Mapping[str, np.ndarray]) -> Non
             target.copy_(torch.from_numpy(np.asarray(value)).to(target.dtype))
 
 
-def train_config_record(server_round: int, train: TrainConfig) -> ConfigRecord:
-    """The ConfigRecord of a train message: the round and local training settings."""
+@dataclass(frozen=True)
+class TrainRequest:
+    """What a train message asks of a silo: local training settings, the trunk update mode, and
+    the weighting (registered name and parameters) to combine its tasks' gradients at each local
+    step, or None for the plain sum of its task losses."""
+
+    train: TrainConfig
+    update_mode: UpdateMode = "joint"
+    weighting: tuple[str, dict[str, Any]] | None = None
+
+
+def train_config_record(
+    server_round: int,
+    train: TrainConfig,
+    update_mode: UpdateMode = "joint",
+    weighting: tuple[str, dict[str, Any]] | None = None,
+) -> ConfigRecord:
+    """The ConfigRecord of a train message (see :class:`TrainRequest`)."""
     return ConfigRecord(
         {
             SERVER_ROUND: server_round,
@@ -119,16 +153,27 @@ def train_config_record(server_round: int, train: TrainConfig) -> ConfigRecord:
             "lr": train.lr,
             "momentum": train.momentum,
             "weight-decay": train.weight_decay,
+            "update-mode": update_mode,
+            "weighting": "" if weighting is None else weighting[0],
+            "weighting-params": json.dumps({} if weighting is None else weighting[1]),
         }
     )
 
 
-def train_config_from_record(record: ConfigRecord) -> TrainConfig:
+def train_request_from_record(record: ConfigRecord) -> TrainRequest:
+    """Parse a train message's ConfigRecord; a malformed one raises ValueError or KeyError."""
     max_steps = integer(record, "max-steps")
     optimizer = text(record, "optimizer")
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"unknown optimizer {optimizer!r}")
-    return TrainConfig(
+    update_mode = text(record, "update-mode")
+    if update_mode not in get_args(UpdateMode):
+        raise ValueError(f"unknown update mode {update_mode!r}")
+    weighting_name = text(record, "weighting")
+    weighting_params = json.loads(text(record, "weighting-params"))
+    if not isinstance(weighting_params, dict):
+        raise ValueError(f"weighting-params must be a JSON object, got {weighting_params!r}")
+    train = TrainConfig(
         local_epochs=integer(record, "local-epochs"),
         max_steps=None if max_steps < 0 else max_steps,
         batch_size=integer(record, "batch-size"),
@@ -136,6 +181,11 @@ def train_config_from_record(record: ConfigRecord) -> TrainConfig:
         lr=number(record, "lr"),
         momentum=number(record, "momentum"),
         weight_decay=number(record, "weight-decay"),
+    )
+    return TrainRequest(
+        train=train,
+        update_mode=update_mode,  # type: ignore[arg-type]
+        weighting=(weighting_name, weighting_params) if weighting_name else None,
     )
 
 

@@ -1,7 +1,8 @@
 """Results of a run: ``metrics.jsonl``, ``summary.json``, a learning-curve PNG, wandb and a progress bar.
 
 ``metrics.jsonl`` has one JSON object per line, each with ``round`` and ``split``:
-- ``split: "train"``: ``metrics`` = task -> {"loss"} (silo train losses, example-weighted), plus
+- ``split: "train"``: ``metrics`` = task -> {"loss"} (silo train losses, example-weighted; plus
+  "weight", the task's weight w_t in the trunk update, for the balancing strategies), plus
   ``num_sampled``, ``num_updates``, ``num_rejected``, ``bytes_up``, ``bytes_down``, ``seconds``.
 - ``split: "personal"``: ``metrics`` = task -> metric -> value, pooled over the silos' own test splits.
 - ``split: "silo"``: the same for one silo (``silo`` = its id), on its own tasks.
@@ -75,6 +76,15 @@ class Tracker:
             log.warning("wandb disabled for this run: %s", err)
             return None
 
+    @staticmethod
+    def _train_metrics(record: RoundRecord) -> dict[str, dict[str, float]]:
+        metrics: dict[str, dict[str, float]] = {}
+        for task, loss in record.train_loss.items():
+            metrics.setdefault(task, {})["loss"] = loss
+        for task, weight in record.task_weights.items():
+            metrics.setdefault(task, {})["weight"] = weight
+        return metrics
+
     def record_global(self, server_round: int, metrics: dict[str, dict[str, float]]) -> None:
         """Global test metrics of ``server_round``, written with that round's other lines."""
         self._global[server_round] = metrics
@@ -84,7 +94,7 @@ class Tracker:
             {
                 "round": record.server_round,
                 "split": "train",
-                "metrics": {task: {"loss": loss} for task, loss in record.train_loss.items()},
+                "metrics": self._train_metrics(record),
                 "num_sampled": record.num_sampled,
                 "num_updates": record.num_updates,
                 "num_rejected": len(record.rejected),
@@ -115,7 +125,11 @@ class Tracker:
             for line in lines:
                 handle.write(json.dumps(line) + "\n")
         if self.wandb_run is not None:
-            flat: dict[str, float] = {f"train/{t}/loss": v for t, v in record.train_loss.items()}
+            flat: dict[str, float] = {
+                f"train/{t}/{k}": v
+                for t, values in self._train_metrics(record).items()
+                for k, v in values.items()
+            }
             for split, split_metrics in (("personal", record.personal), ("global", global_metrics)):
                 for task, task_metrics in (split_metrics or {}).items():
                     flat.update({f"{split}/{task}/{k}": v for k, v in task_metrics.items()})

@@ -6,7 +6,7 @@ labelled for that task:  L(theta) = sum_{t in T_s} mean_{i in B, mask[i,t]} l_t(
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +15,7 @@ import torch
 from fedmtl.config import TrainConfig
 from fedmtl.data.base import MultiTaskDataset
 from fedmtl.models.multitask import MultiTaskModel
+from fedmtl.records import UpdateMode
 from fedmtl.tasks import TaskSpec
 
 
@@ -55,16 +56,40 @@ def local_view(dataset: MultiTaskDataset, indices: np.ndarray, tasks: Sequence[s
     )
 
 
+StepWeighting = Callable[[torch.Tensor, torch.Tensor, Sequence[int]], torch.Tensor]
+"""Client-side balancing: ``(J, losses, tasks) -> w``. J (k x p) stacks the trunk gradients of the
+k tasks labelled in the batch, ``losses`` their batch losses, ``tasks`` their positions in the
+silo's task list; the trunk then steps along sum_t w_t g_t (a :class:`strategies.balancing.Weighting`'s
+``weights`` method fits)."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
+    """``task_trunk_deltas[t][key]``: task t's share of the trunk update (``per_task`` mode only)."""
+
     steps: int
     mean_loss: dict[str, float]
+    task_trunk_deltas: dict[str, dict[str, torch.Tensor]] | None = None
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def task_losses(
+    model: MultiTaskModel, data: LocalData, rows: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per task labelled in the batch ``rows``, its mean loss over those labelled rows."""
+    outputs = model(data.inputs[rows], [t.name for t in data.tasks])
+    losses: dict[str, torch.Tensor] = {}
+    for position, task in enumerate(data.tasks):
+        labelled = data.mask[rows, position]
+        if bool(labelled.any()):
+            targets = data.targets[task.name][rows][labelled]
+            losses[task.name] = task.loss(outputs[task.name][labelled], targets)
+    return losses
 
 
 def batch_loss(
@@ -74,54 +99,184 @@ def batch_loss(
 
     Returns None as the loss when no row of the batch is labelled for any task.
     """
-    outputs = model(data.inputs[rows], [t.name for t in data.tasks])
-    total: torch.Tensor | None = None
-    losses: dict[str, float] = {}
-    for position, task in enumerate(data.tasks):
-        labelled = data.mask[rows, position]
-        if not bool(labelled.any()):
-            continue
-        loss = task.loss(outputs[task.name][labelled], data.targets[task.name][rows][labelled])
-        losses[task.name] = float(loss.detach())
-        total = loss if total is None else total + loss
-    return total, losses
+    losses = task_losses(model, data, rows)
+    total = sum(losses.values()) if losses else None
+    return total, {name: float(loss.detach()) for name, loss in losses.items()}  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def mean_task_losses(
+    model: MultiTaskModel, data: LocalData, batch_size: int = 512
+) -> dict[str, float]:
+    """Per task, the mean loss over all the rows labelled for it (eval mode, no update)."""
+    model.eval()
+    positions = {t.name: i for i, t in enumerate(data.tasks)}
+    sums = dict.fromkeys(positions, 0.0)
+    for start in range(0, data.num_samples, batch_size):
+        end = min(start + batch_size, data.num_samples)
+        rows = torch.arange(start, end, device=data.inputs.device)
+        for name, loss in task_losses(model, data, rows).items():
+            sums[name] += float(loss) * int(data.mask[rows, positions[name]].sum())
+    counts = data.labelled_counts()
+    return {name: sums[name] / counts[name] for name in sums if counts[name] > 0}
+
+
+class TrunkAttribution:
+    """Splits each optimizer step of the trunk into per-task shares that sum to the step.
+
+    At step k let c_{t,k} = w_t g_{t,k} + (lambda / |T_s|) theta_k be task t's part of the trunk
+    gradient (its weighted gradient plus an equal part of the weight-decay term), so that
+    sum_t c_{t,k} is the gradient the optimizer sees.
+    - SGD with momentum mu: the buffer b_k = mu b_{k-1} + g_k is linear in the gradients, so
+      b_{t,k} = mu b_{t,k-1} + c_{t,k} and the step -eta b_k = sum_t -eta b_{t,k} exactly. For
+      plain SGD (mu = 0, lambda = 0) task t's share is -eta sum_k w_t g_{t,k}: its own gradients.
+    - Adam: the first moment is linear too, m_{t,k} = beta1 m_{t,k-1} + (1 - beta1) c_{t,k}, but the
+      second moment is not; task t's share is -eta m_{t,k} / ((1 - beta1^k)(sqrt(v_hat_k) + eps)),
+      with the joint v_hat_k: the joint preconditioner applied to the task's part of the momentum.
+    The shares sum to the joint update up to floating-point rounding.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        params: list[torch.nn.Parameter],
+        tasks: list[str],
+        cfg: TrainConfig,
+    ) -> None:
+        self.optimizer = optimizer
+        self.params = params
+        self.tasks = tasks
+        self.cfg = cfg
+        self.buffers = {t: [torch.zeros_like(p) for p in params] for t in tasks}
+        self.deltas = {t: [torch.zeros_like(p) for p in params] for t in tasks}
+        self.steps = 0
+
+    def record(self, shares: dict[str, list[torch.Tensor]]) -> None:
+        """Call after ``optimizer.step()`` with each task's weighted trunk gradients ``shares``
+        (missing tasks contributed nothing) and the parameters as they were before the step."""
+        self.steps += 1
+        cfg = self.cfg
+        for task in self.tasks:
+            grads = shares.get(task)
+            for i, param in enumerate(self.params):
+                part = torch.zeros_like(param) if grads is None else grads[i]
+                if cfg.weight_decay:
+                    part = part + cfg.weight_decay / len(self.tasks) * self._before[i]
+                buffer = self.buffers[task][i]
+                if cfg.optimizer == "adam":
+                    group = self.optimizer.param_groups[0]
+                    beta1, beta2 = group["betas"]
+                    buffer.mul_(beta1).add_(part, alpha=1 - beta1)
+                    state = self.optimizer.state[param]
+                    step = float(state["step"])
+                    denom = (state["exp_avg_sq"] / (1 - beta2**step)).sqrt().add_(group["eps"])
+                    self.deltas[task][i] -= cfg.lr / (1 - beta1**step) * buffer / denom
+                else:
+                    if self.steps == 1 or not cfg.momentum:
+                        buffer.copy_(part)
+                    else:
+                        buffer.mul_(cfg.momentum).add_(part)
+                    self.deltas[task][i] -= cfg.lr * buffer
+
+    def snapshot(self) -> None:
+        """Call before ``optimizer.step()``: keeps theta_k for the weight-decay parts."""
+        self._before = [p.detach().clone() for p in self.params] if self.cfg.weight_decay else []
 
 
 def train_local(
-    model: MultiTaskModel, data: LocalData, cfg: TrainConfig, generator: torch.Generator
+    model: MultiTaskModel,
+    data: LocalData,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    update_mode: UpdateMode = "joint",
+    weighting: StepWeighting | None = None,
 ) -> TrainResult:
     """Train the trunk and the heads of ``data.tasks`` for ``cfg.local_epochs`` (or ``max_steps``).
 
     Mini-batches are drawn without replacement each epoch in an order set by ``generator``. Heads
     of other tasks are neither used nor changed. The optimizer is created afresh on each call, so
     momentum or Adam moments do not carry over from one round to the next (as in FedAvg).
+
+    Without ``weighting`` the step follows the gradient of the summed task losses. With it, each
+    step computes every batch task's trunk gradient g_t, asks ``weighting`` for w and gives the
+    trunk sum_t w_t g_t (each head still gets its own task's gradient). In ``per_task`` mode the
+    result also holds each task's share of the trunk update (:class:`TrunkAttribution`).
     """
-    params = list(model.trunk.parameters())
-    for task in data.tasks:
-        params += list(model.heads[task.name].parameters())
-    optimizer = make_optimizer(params, cfg)
+    trunk = list(model.trunk.parameters())
+    heads = {t.name: list(model.heads[t.name].parameters()) for t in data.tasks}
+    optimizer = make_optimizer(trunk + [p for ps in heads.values() for p in ps], cfg)
+    names = [t.name for t in data.tasks]
+    attribution = (
+        TrunkAttribution(optimizer, trunk, names, cfg) if update_mode == "per_task" else None
+    )
+    separate = attribution is not None or weighting is not None
     model.train()
     device = data.inputs.device
     steps = 0
-    loss_sums = {t.name: 0.0 for t in data.tasks}
-    loss_counts = {t.name: 0 for t in data.tasks}
+    loss_sums = {name: 0.0 for name in names}
+    loss_counts = {name: 0 for name in names}
     for _ in range(cfg.local_epochs):
         order = torch.randperm(data.num_samples, generator=generator).to(device)
         for start in range(0, data.num_samples, cfg.batch_size):
             if cfg.max_steps is not None and steps >= cfg.max_steps:
                 break
-            loss, losses = batch_loss(model, data, order[start : start + cfg.batch_size])
-            if loss is None:
+            losses = task_losses(model, data, order[start : start + cfg.batch_size])
+            if not losses:
                 continue
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if separate:
+                shares = _set_balanced_gradients(losses, trunk, heads, weighting, names)
+            else:
+                sum(losses.values()).backward()  # type: ignore[union-attr]
+            if attribution is not None:
+                attribution.snapshot()
             optimizer.step()
+            if attribution is not None:
+                attribution.record(shares)
             steps += 1
-            for name, value in losses.items():
-                loss_sums[name] += value
+            for name, loss in losses.items():
+                loss_sums[name] += float(loss.detach())
                 loss_counts[name] += 1
     mean_loss = {k: loss_sums[k] / loss_counts[k] for k in loss_sums if loss_counts[k]}
-    return TrainResult(steps=steps, mean_loss=mean_loss)
+    task_deltas = None
+    if attribution is not None:
+        keys = [f"trunk.{name}" for name, _ in model.trunk.named_parameters()]
+        task_deltas = {t: dict(zip(keys, attribution.deltas[t], strict=True)) for t in names}
+    return TrainResult(steps=steps, mean_loss=mean_loss, task_trunk_deltas=task_deltas)
+
+
+def _set_balanced_gradients(
+    losses: dict[str, torch.Tensor],
+    trunk: list[torch.nn.Parameter],
+    heads: dict[str, list[torch.nn.Parameter]],
+    weighting: StepWeighting | None,
+    names: list[str],
+) -> dict[str, list[torch.Tensor]]:
+    """Set ``.grad``: heads get their own task's gradient, the trunk sum_t w_t g_t (w = 1 without
+    a weighting). Returns each task's weighted trunk gradients w_t g_t."""
+    gradients: dict[str, list[torch.Tensor]] = {}
+    for name, loss in losses.items():
+        grads = torch.autograd.grad(loss, trunk + heads[name], retain_graph=True, allow_unused=True)
+        filled = [
+            torch.zeros_like(p) if g is None else g
+            for p, g in zip(trunk + heads[name], grads, strict=True)
+        ]
+        gradients[name] = filled[: len(trunk)]
+        for param, grad in zip(heads[name], filled[len(trunk) :], strict=True):
+            param.grad = grad
+    present = list(gradients)
+    if weighting is None:
+        weights = torch.ones(len(present))
+    else:
+        matrix = torch.stack([torch.cat([g.reshape(-1) for g in gradients[n]]) for n in present])
+        values = torch.stack([losses[n].detach() for n in present])
+        weights = weighting(matrix, values, [names.index(n) for n in present]).detach()
+    shares = {
+        n: [float(w) * g for g in gradients[n]] for n, w in zip(present, weights, strict=True)
+    }
+    for i, param in enumerate(trunk):
+        param.grad = sum((shares[n][i] for n in present), start=torch.zeros_like(param))
+    return shares
 
 
 @torch.no_grad()

@@ -13,7 +13,11 @@ What it does for every subclass:
 - **Per-task head aggregation.** With n_{s,t} the labelled training examples of task t on silo s and
   Delta h_{s,t} its head update:  h_t <- h_t + sum_{s holds t} n_{s,t} Delta h_{s,t} / sum_s n_{s,t}.
   A task no sampled silo holds keeps its head.
-- **Trunk aggregation** is the subclass's job: :meth:`aggregate_trunk`.
+- **Trunk aggregation**: the subclass combines the round's updates into one trunk update Delta
+  (:meth:`trunk_update`); a FedOpt server optimizer (:mod:`strategies.server_opt`) applies it.
+- **Update modes.** A silo sends its trunk update either ``joint`` (one delta) or ``per_task`` (one
+  delta per task it holds, which sum to the joint delta; see :mod:`fedmtl.training`), as the
+  strategy asks (:meth:`update_mode`); the base checks both and always fills the joint delta.
 - **Evaluation** on each sampled silo's own test split ("personal"), pooled per task exactly by
   summing the silos' additive statistics.
 - Bytes of model arrays sent down and up are counted.
@@ -47,8 +51,9 @@ from fedmtl import records
 from fedmtl.checks import fraction, int_at_least, positive
 from fedmtl.config import TrainConfig
 from fedmtl.models.multitask import head_task, is_trunk_key
-from fedmtl.records import SiloInfo
+from fedmtl.records import SiloInfo, UpdateMode
 from fedmtl.tasks import TaskSpec
+from strategies.server_opt import ServerOptimizer, ServerOptParams
 
 log = logging.getLogger("fedmtl")
 
@@ -56,13 +61,14 @@ Arrays = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """Client sampling and timing, shared by every strategy.
+class StrategyParams:
+    """Client sampling, timing and the server optimizer, shared by every strategy.
 
     ``fraction_*``: share of known nodes sampled each round; ``min_*_nodes``: at least this many (all
     when fewer exist). ``min_available_nodes``: nodes to wait for before round 1, at most
     ``wait_for_nodes_s`` seconds. ``evaluate_every``: evaluate every k rounds (and after the last).
-    ``reply_timeout_s``: how long a round waits for replies.
+    ``reply_timeout_s``: how long a round waits for replies. ``server_optimizer``: the FedOpt rule
+    that applies the combined trunk update (default: plain averaging, ``sgd`` with lr 1).
     """
 
     fraction_train: float = 1.0
@@ -73,6 +79,7 @@ class SamplingParams:
     evaluate_every: int = 1
     wait_for_nodes_s: float = 120.0
     reply_timeout_s: float = 3600.0
+    server_optimizer: ServerOptParams = field(default_factory=ServerOptParams)
 
     def __post_init__(self) -> None:
         fraction(self, "fraction_train", allow_one=True)
@@ -89,7 +96,12 @@ class SamplingParams:
 
 @dataclass
 class ClientUpdate:
-    """A checked training reply: the silo, its array deltas and its reported metrics."""
+    """A checked training reply: the silo, its array deltas and its reported metrics.
+
+    ``deltas`` holds the joint trunk update and the silo's head updates; in ``per_task`` mode
+    ``task_deltas[t]`` holds task t's share of the trunk update (the joint one is their sum).
+    ``loss_before[t]``: task t's mean training loss of the received model, before local training.
+    """
 
     node_id: int
     silo: SiloInfo
@@ -97,6 +109,8 @@ class ClientUpdate:
     num_examples: int
     task_examples: dict[str, int]
     train_loss: dict[str, float]
+    loss_before: dict[str, float] = field(default_factory=dict)
+    task_deltas: dict[str, Arrays] | None = None
 
 
 @dataclass
@@ -113,6 +127,7 @@ class RoundRecord:
     bytes_up: int = 0
     bytes_down: int = 0
     seconds: float = 0.0
+    task_weights: dict[str, float] = field(default_factory=dict)
 
 
 class RoundObserver(Protocol):
@@ -124,7 +139,7 @@ class TaskAwareStrategy(Strategy):
 
     def __init__(
         self,
-        params: SamplingParams,
+        params: StrategyParams,
         tasks: Iterable[TaskSpec],
         train: TrainConfig,
         seed: int = 0,
@@ -141,20 +156,32 @@ class TaskAwareStrategy(Strategy):
         self.bytes_down = 0
         self.rejections: list[dict[str, Any]] = []
         self.history: list[RoundRecord] = []
+        self.server_optimizer = ServerOptimizer(params.server_optimizer)
+        self.round_task_weights: dict[str, float] = {}  # set by balancing strategies each round
         self._round_arrays: Arrays = {}
         self._round_rejections: list[dict[str, Any]] = []
         self._last_train_loss: dict[str, float] = {}
         self._last_per_silo: dict[int, dict[str, dict[str, float]]] = {}
 
-    # ------------------------------------------------------------------ subclass hook
+    # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
-    def aggregate_trunk(
+    def trunk_update(
         self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
-    ) -> Arrays:
-        """New trunk arrays from the current ``trunk`` and the round's checked ``updates``.
+    ) -> Arrays | None:
+        """The round's combined trunk update Delta (same keys as ``trunk``), or None to keep it.
 
-        Each update's ``deltas`` holds the trunk keys (``trunk.*``) of the silo's local update.
+        Each update's ``deltas`` holds the joint trunk update (``trunk.*`` keys) of the silo, and
+        ``task_deltas`` the per-task ones in ``per_task`` mode. The server optimizer applies Delta.
         """
+
+    def update_mode(self) -> UpdateMode:
+        """What silos send for the trunk: ``joint`` (default) or ``per_task``."""
+        return "joint"
+
+    def client_weighting(self) -> tuple[str, dict[str, Any]] | None:
+        """The weighting (name, params) silos apply to their tasks' gradients at every local
+        step, or None for the plain sum of task losses (default)."""
+        return None
 
     # ------------------------------------------------------------------ discovery and sampling
     def discover(self, grid: Grid) -> None:
@@ -254,13 +281,16 @@ class TaskAwareStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         nodes = self.sample(grid, self.params.fraction_train, self.params.min_train_nodes)
-        config = records.train_config_record(server_round, self.train)
+        config = records.train_config_record(
+            server_round, self.train, self.update_mode(), self.client_weighting()
+        )
         return self._messages(arrays, config, nodes, MessageType.TRAIN, server_round)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._round_rejections = []
+        self.round_task_weights = {}
         updates = []
         for reply in replies:
             update = self._check_train_reply(server_round, reply)
@@ -270,7 +300,11 @@ class TaskAwareStrategy(Strategy):
         arrays = dict(self._round_arrays)
         if updates:
             trunk = {k: v for k, v in arrays.items() if is_trunk_key(k)}
-            arrays.update(self.aggregate_trunk(server_round, trunk, updates))
+            trunk_delta = self.trunk_update(server_round, trunk, updates)
+            if trunk_delta is None:
+                log.warning("round %d: no trunk update; the trunk is unchanged", server_round)
+            else:
+                arrays.update(self.server_optimizer.step(trunk, trunk_delta))
             arrays.update(self.aggregate_heads(arrays, updates))
         else:
             log.warning(
@@ -282,7 +316,7 @@ class TaskAwareStrategy(Strategy):
             "num-rejected": len(self._round_rejections),
         }
         metrics.update(
-            {records.task_key(t, "train-loss"): v for t, v in self._last_train_loss.items()}
+            {records.task_key(t, records.TRAIN_LOSS): v for t, v in self._last_train_loss.items()}
         )
         return records.to_array_record(arrays), MetricRecord(metrics)
 
@@ -364,6 +398,7 @@ class TaskAwareStrategy(Strategy):
                 num_updates=records.integer(train_metrics, "num-updates") if train_metrics else 0,
                 rejected=list(self._round_rejections),
                 train_loss=dict(self._last_train_loss),
+                task_weights=dict(self.round_task_weights),
             )
             if server_round % self.params.evaluate_every == 0 or server_round == num_rounds:
                 eval_messages = self.configure_evaluate(
@@ -416,31 +451,76 @@ class TaskAwareStrategy(Strategy):
             content = reply.content
             update_record = content.array_records[records.UPDATE]
             self.bytes_up += update_record.count_bytes()  # counted whether accepted or not
-            deltas = records.from_array_record(update_record)
+            received = records.from_array_record(update_record)
             metrics = content.metric_records[records.METRICS]
-            expected = self.arrays_for(self._round_arrays, silo)
-            if set(deltas) != set(expected):
+            sent = self.arrays_for(self._round_arrays, silo)
+            expected = self._expected_update_shapes(sent, silo)
+            if set(received) != set(expected):
                 raise ValueError(
-                    f"update keys differ from the arrays sent ({len(deltas)} vs {len(expected)})"
+                    f"update keys differ from those expected in {self.update_mode()} mode "
+                    f"({len(received)} vs {len(expected)})"
                 )
-            for key, delta in deltas.items():
-                if delta.shape != expected[key].shape:
-                    raise ValueError(f"{key}: shape {delta.shape} != {expected[key].shape}")
+            for key, delta in received.items():
+                if delta.shape != expected[key]:
+                    raise ValueError(f"{key}: shape {delta.shape} != {expected[key]}")
                 if not np.issubdtype(delta.dtype, np.floating) or not np.isfinite(delta).all():
                     raise ValueError(f"{key}: non-finite or non-float values")
             num_examples = _count(metrics, records.NUM_EXAMPLES)
             task_examples = {
                 t: _count(metrics, records.task_key(t, records.NUM_EXAMPLES)) for t in silo.tasks
             }
-            train_loss = {
-                t: records.number(metrics, key)
-                for t in silo.tasks
-                if (key := records.task_key(t, "train-loss")) in metrics
-            }
+            train_loss = self._task_numbers(metrics, silo, records.TRAIN_LOSS)
+            loss_before = self._task_numbers(metrics, silo, records.LOSS_BEFORE)
         except (KeyError, ValueError, TypeError) as err:
             self._reject(server_round, node, f"train reply rejected: {err}")
             return None
-        return ClientUpdate(node, silo, deltas, num_examples, task_examples, train_loss)
+        deltas, task_deltas = self._split_update(received, sent, silo)
+        return ClientUpdate(
+            node, silo, deltas, num_examples, task_examples, train_loss, loss_before, task_deltas
+        )
+
+    def _expected_update_shapes(self, sent: Arrays, silo: SiloInfo) -> dict[str, tuple[int, ...]]:
+        """Key -> shape of the update a silo must send for the arrays it was ``sent``."""
+        if self.update_mode() == "joint":
+            return {k: v.shape for k, v in sent.items()}
+        shapes = {k: v.shape for k, v in sent.items() if not is_trunk_key(k)}
+        for task in silo.tasks:
+            shapes.update(
+                {
+                    records.task_update_key(task, k): v.shape
+                    for k, v in sent.items()
+                    if is_trunk_key(k)
+                }
+            )
+        return shapes
+
+    def _split_update(
+        self, received: Arrays, sent: Arrays, silo: SiloInfo
+    ) -> tuple[Arrays, dict[str, Arrays] | None]:
+        """The joint deltas (trunk and heads) and, in ``per_task`` mode, each task's trunk share;
+        the joint trunk delta of a per-task reply is the sum of its tasks' shares."""
+        if self.update_mode() == "joint":
+            return received, None
+        task_deltas = {
+            task: {k: received[records.task_update_key(task, k)] for k in sent if is_trunk_key(k)}
+            for task in silo.tasks
+        }
+        deltas = {k: v for k, v in received.items() if k in sent}
+        for key in (k for k in sent if is_trunk_key(k)):
+            deltas[key] = sum(
+                (shares[key] for shares in task_deltas.values()), start=np.zeros_like(sent[key])
+            )
+        return deltas, task_deltas
+
+    @staticmethod
+    def _task_numbers(metrics: MetricRecord, silo: SiloInfo, stat: str) -> dict[str, float]:
+        """``<task>/<stat>`` for the silo's tasks that reported it (a task with no labelled
+        example reports none)."""
+        return {
+            t: records.number(metrics, key)
+            for t in silo.tasks
+            if (key := records.task_key(t, stat)) in metrics
+        }
 
     def _parse_evaluate_reply(self, reply: Message) -> tuple[SiloInfo, dict[str, dict[str, float]]]:
         if reply.has_error():

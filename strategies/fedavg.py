@@ -1,8 +1,9 @@
 """Task-aware FedAvg (McMahan et al., 2017, "Communication-Efficient Learning of Deep Networks from
 Decentralized Data"), with heads averaged per task.
 
-Trunk:  theta <- theta + sum_s w_s Delta theta_s / sum_s w_s,  w_s = n_s (the silo's training
-examples, ``weighting: examples``) or w_s = 1 (``weighting: uniform``, FMTL-Bench's unweighted mean).
+Trunk:  Delta = sum_s w_s Delta theta_s / sum_s w_s,  w_s = n_s (the silo's training examples,
+``weighting: examples``) or w_s = 1 (``weighting: uniform``, FMTL-Bench's unweighted mean); the
+server optimizer applies Delta (plain: theta <- theta + Delta; FedAvgM, FedAdam, FedYogi otherwise).
 Heads:  per task over the silos that hold it, weighted by that task's examples (see the base class).
 """
 
@@ -13,12 +14,12 @@ from typing import Literal
 
 import numpy as np
 
-from strategies.base import Arrays, ClientUpdate, SamplingParams, TaskAwareStrategy, log
+from strategies.base import Arrays, ClientUpdate, StrategyParams, TaskAwareStrategy
 
 
 @dataclass(frozen=True)
-class FedAvgParams(SamplingParams):
-    """Sampling parameters plus how silos are weighted in the trunk average."""
+class FedAvgParams(StrategyParams):
+    """The common strategy parameters plus how silos are weighted in the trunk average."""
 
     weighting: Literal["examples", "uniform"] = "examples"
 
@@ -44,15 +45,11 @@ class FedAvg(TaskAwareStrategy):
 
     params: FedAvgParams
 
-    def aggregate_trunk(
+    def trunk_update(
         self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
-    ) -> Arrays:
+    ) -> Arrays | None:
         if self.params.weighting == "uniform":
             weights = [1.0] * len(updates)
         else:
             weights = [float(u.num_examples) for u in updates]
-        mean = weighted_mean_delta(updates, list(trunk), weights)
-        if mean is None:
-            log.warning("round %d: trunk weights sum to zero; trunk unchanged", server_round)
-            return trunk
-        return {k: (trunk[k] + mean[k]).astype(trunk[k].dtype) for k in trunk}
+        return weighted_mean_delta(updates, list(trunk), weights)

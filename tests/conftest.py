@@ -22,16 +22,6 @@ if os.environ.get("CI"):
 
 def compose_raw(overrides: list[str], output_dir: Path | None = None) -> dict[str, Any]:
     """The composed config mapping for ``overrides``, as ``fedmtl run`` would build it."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from fedmtl.cli import compose
 
-    from fedmtl.cli import config_dir
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    raw = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(raw, dict)
-    raw.pop("hydra", None)
-    raw.pop("experiment", None)
-    raw["output_dir"] = str(output_dir) if output_dir else "."
-    return raw
+    return compose(overrides, output_dir or ".")

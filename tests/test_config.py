@@ -23,7 +23,9 @@ GROUPS = ["dataset", "model", "partition", "strategy", "runtime", "tracking", "e
 
 
 def presets(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(config_dir()) / group).glob("*.yaml"))
+    """The selectable presets of ``group`` (files starting with ``_`` are shared includes)."""
+    files = (Path(config_dir()) / group).glob("*.yaml")
+    return sorted(p.stem for p in files if not p.stem.startswith("_"))
 
 
 def test_every_group_has_presets() -> None:

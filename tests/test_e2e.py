@@ -15,6 +15,8 @@ import pytest
 
 from fedmtl.config import parse
 from fedmtl.runtime import OFFLINE_ENV, client_device, run
+from strategies import STRATEGIES
+from strategies.balancing import WEIGHTINGS
 from tests.conftest import compose_raw
 
 FEDMTL = [sys.executable, "-m", "fedmtl.cli"]
@@ -94,6 +96,34 @@ def test_inprocess_synthetic_contract_and_planted_groups(tmp_path: Path) -> None
     assert sorted(t for g in groups for t in g) == sorted(summary["tasks"])
 
 
+SMALL_SYNTHETIC = [
+    "dataset=synthetic",
+    "dataset.num_samples=600",
+    "partition.num_silos=4",
+    "runtime=inprocess",
+    "tracking=quiet",
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [(name, []) for name in STRATEGIES.names()]
+    + [("pcgrad", ["strategy.balancing=local"]), ("mgda", ["strategy.balancing=both"])],
+)
+def test_every_strategy_runs_end_to_end(tmp_path: Path, name: str, extra: list[str]) -> None:
+    """``fedmtl run strategy=<name>``, in process: result files, finite metrics, task weights."""
+    raw = compose_raw([*SMALL_SYNTHETIC, f"strategy={name}", "num_rounds=2", *extra], tmp_path)
+    summary = run(parse(raw))
+    check_result_files(tmp_path, summary, 2)
+    assert summary["strategy"] == name and summary["rejected"] == []
+    assert all(math.isfinite(v) for m in summary["final"].values() for v in m.values())
+    train_rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    weighted = name in WEIGHTINGS and "strategy.balancing=local" not in extra
+    for row in train_rows:
+        weights = [m["weight"] for m in row["metrics"].values() if "weight" in m]
+        assert len(weights) == (len(summary["tasks"]) if weighted else 0)
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_inprocess_run_is_deterministic(tmp_path: Path, dropout: float) -> None:
     """Batch order and dropout masks are seeded per (seed, silo, round): a seed fixes the result."""
@@ -123,10 +153,10 @@ def test_a_failing_silo_is_rejected_and_the_run_goes_on(tmp_path: Path, monkeypa
     bad_data = client_app._silo_data(config.to_json(), 1, "train", device)
     original = client_app.train_local
 
-    def flaky(model, data, cfg, generator):
+    def flaky(model, data, cfg, generator, **kwargs):
         if data is bad_data:
             raise RuntimeError("disk on fire")
-        return original(model, data, cfg, generator)
+        return original(model, data, cfg, generator, **kwargs)
 
     monkeypatch.setattr(client_app, "train_local", flaky)
     summary = run(config)
@@ -239,6 +269,37 @@ def test_simulation_engine_digits_beats_chance(tmp_path: Path) -> None:
         output_dir=tmp_path / "inprocess",
     )
     inprocess = run(parse(raw))
+    for task, metrics in summary["final"].items():
+        for name, value in metrics.items():
+            assert value == pytest.approx(inprocess["final"][task][name], abs=0.03), (task, name)
+
+
+@pytest.mark.simulation
+@pytest.mark.timeout(SIMULATION_TIMEOUT_S + 60)
+def test_simulation_engine_carries_per_task_updates_and_client_weighting(tmp_path: Path) -> None:
+    """Per-task trunk updates and a silo-side weighting through Ray: same result as in process."""
+    overrides = [
+        "dataset=synthetic",
+        "dataset.num_samples=600",
+        "partition.num_silos=4",
+        "strategy=upgrad",
+        "strategy.balancing=both",
+        "tracking=quiet",
+        "num_rounds=3",
+    ]
+    out = tmp_path / "sim"
+    result = fedmtl(
+        ["run", *overrides, "runtime=simulation", "runtime.ray_num_cpus=2", f"hydra.run.dir={out}"],
+        timeout=SIMULATION_TIMEOUT_S,
+    )
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    summary = json.loads((out / "summary.json").read_text())
+    check_result_files(out, summary, 3)
+    assert summary["rejected"] == []
+    train_rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["split"] == "train"]
+    assert all(len(r["metrics"]) == 6 for r in train_rows)
+    assert all("weight" in m for r in train_rows for m in r["metrics"].values())
+    inprocess = run(parse(compose_raw([*overrides, "runtime=inprocess"], tmp_path / "inprocess")))
     for task, metrics in summary["final"].items():
         for name, value in metrics.items():
             assert value == pytest.approx(inprocess["final"][task][name], abs=0.03), (task, name)

@@ -228,12 +228,33 @@ def test_train_config_round_trip(train: TrainConfig) -> None:
     record = records.train_config_record(5, train)
     assert record[records.SERVER_ROUND] == 5
     assert record["max-steps"] == (-1 if train.max_steps is None else train.max_steps)
-    back = records.train_config_from_record(record)
-    assert back == train
-    assert back.max_steps == train.max_steps
+    back = records.train_request_from_record(record)
+    assert back == records.TrainRequest(train)
+    assert back.train.max_steps == train.max_steps
 
 
 def test_train_config_none_max_steps_round_trips_to_none() -> None:
-    back = records.train_config_from_record(records.train_config_record(1, TrainConfig()))
+    back = records.train_request_from_record(records.train_config_record(1, TrainConfig()))
     assert TrainConfig().max_steps is None
-    assert back.max_steps is None
+    assert back.train.max_steps is None
+
+
+def test_train_request_carries_update_mode_and_weighting() -> None:
+    record = records.train_config_record(2, TrainConfig(), "per_task", ("cagrad", {"c": 0.4}))
+    back = records.train_request_from_record(record)
+    assert back == records.TrainRequest(TrainConfig(), "per_task", ("cagrad", {"c": 0.4}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("update-mode", "diagonal", "unknown update mode"),
+        ("optimizer", "lbfgs", "unknown optimizer"),
+        ("weighting-params", "[1, 2]", "JSON object"),
+    ],
+)
+def test_malformed_train_request_is_rejected(key: str, value: str, message: str) -> None:
+    record = records.train_config_record(1, TrainConfig())
+    record[key] = value
+    with pytest.raises(ValueError, match=message):
+        records.train_request_from_record(record)

@@ -70,7 +70,8 @@ class FakeSilo:
     """One fake silo: what it says in ``query`` and how it replies to ``train`` and ``evaluate``.
 
     Its delta for key k is ``value * pattern(k)`` with value ``trunk`` for trunk keys and
-    ``heads[t]`` for the heads of task t.
+    ``heads[t]`` for the heads of task t. Asked for ``per_task`` updates, it sends task t's trunk
+    share as ``task_trunk[t] * pattern(k)`` (default: ``trunk`` split evenly over its tasks).
     """
 
     tasks: tuple[str, ...]
@@ -83,6 +84,8 @@ class FakeSilo:
     train_defect: str | None = None
     eval_defect: str | None = None
     query_defect: str | None = None
+    task_trunk: dict[str, float] = field(default_factory=dict)
+    loss_before: dict[str, float] = field(default_factory=dict)
 
     def info(self, silo_id: int) -> SiloInfo:
         return SiloInfo(
@@ -101,6 +104,14 @@ class FakeSilo:
             out[key] = (np.float32(value) * pattern(key)).astype(np.float32)
         return out
 
+    def per_task_deltas(self, received: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {k: v for k, v in self.deltas(received).items() if k not in TRUNK_KEYS}
+        for task in self.tasks:
+            value = self.task_trunk.get(task, self.trunk / len(self.tasks))
+            for key in TRUNK_KEYS:
+                out[records.task_update_key(task, key)] = np.float32(value) * pattern(key)
+        return out
+
 
 def apply_train_defect(
     defect: str | None, deltas: dict[str, np.ndarray], metrics: dict[str, Any]
@@ -108,7 +119,14 @@ def apply_train_defect(
     """The train reply content, spoiled in one way (or not)."""
     if defect == "raise":
         raise RuntimeError("disk on fire")
-    if defect == "nan-delta":
+    if defect == "nan-share":
+        deltas[records.task_update_key("b", "trunk.w")][0, 0] = np.nan
+    elif defect == "missing-share":
+        del deltas[records.task_update_key("c", "trunk.b")]
+    elif defect == "joint-instead":
+        for key in TRUNK_KEYS:
+            deltas[key] = sum(deltas.pop(k) for k in list(deltas) if k.endswith("/" + key))
+    elif defect == "nan-delta":
         deltas["trunk.w"][0, 1] = np.nan
     elif defect == "inf-delta":
         deltas["heads.a.b"][2] = -np.inf
@@ -183,8 +201,13 @@ class Federation:
                     task, 10
                 )
                 if task in silo.train_loss:
-                    metrics[records.task_key(task, "train-loss")] = silo.train_loss[task]
-            content = apply_train_defect(silo.train_defect, silo.deltas(received), metrics)
+                    metrics[records.task_key(task, records.TRAIN_LOSS)] = silo.train_loss[task]
+                metrics[records.task_key(task, records.LOSS_BEFORE)] = silo.loss_before.get(
+                    task, 1.0
+                )
+            per_task = msg.content.config_records[records.CONFIG]["update-mode"] == "per_task"
+            deltas = silo.per_task_deltas(received) if per_task else silo.deltas(received)
+            content = apply_train_defect(silo.train_defect, deltas, metrics)
             return Message(content, reply_to=msg)
 
         @app.evaluate()
@@ -372,7 +395,7 @@ def test_silo_receives_only_trunk_and_heads_of_its_tasks() -> None:
         assert message.metadata.message_type == "train"
         config = message.content.config_records[records.CONFIG]
         assert config[records.SERVER_ROUND] == 3
-        assert records.train_config_from_record(config) == TrainConfig()
+        assert records.train_request_from_record(config) == records.TrainRequest(TrainConfig())
     for arrays in sent.values():
         for key, value in arrays.items():
             np.testing.assert_array_equal(value, start[key])

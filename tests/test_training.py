@@ -331,3 +331,98 @@ def test_evaluate_does_not_change_the_model() -> None:
 def test_train_config_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().lr = 1.0  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------------------------------------
+# per-task decomposition of the trunk update and client-side weighting
+def trunk_delta(before: dict[str, torch.Tensor], model: MultiTaskModel) -> dict[str, torch.Tensor]:
+    after = model.state_dict()
+    return {k: after[k] - before[k] for k in before if k.startswith("trunk.")}
+
+
+def train_both_modes(cfg: TrainConfig, tasks: tuple[str, ...] = ("t0", "t1")):
+    data = synthetic_view(tasks)
+    results = {}
+    for mode in ("joint", "per_task"):
+        model = small_model(data.inputs.shape[1:], synthetic().tasks, seed=3)
+        start = state_of(model)
+        torch.manual_seed(0)
+        result = train_local(model, data, cfg, torch.Generator().manual_seed(1), update_mode=mode)
+        results[mode] = (result, trunk_delta(start, model), state_of(model))
+    return results
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TrainConfig(lr=0.05, momentum=0.0, max_steps=6),
+        TrainConfig(lr=0.05, momentum=0.9, max_steps=6),
+        TrainConfig(lr=0.05, momentum=0.9, weight_decay=0.01, max_steps=6),
+        TrainConfig(optimizer="adam", lr=0.01, max_steps=6),
+        TrainConfig(optimizer="adam", lr=0.01, weight_decay=0.01, max_steps=6),
+    ],
+    ids=["sgd", "momentum", "momentum-wd", "adam", "adam-wd"],
+)
+def test_per_task_shares_sum_to_the_joint_update(cfg: TrainConfig) -> None:
+    results = train_both_modes(cfg)
+    joint_result, joint_delta, joint_state = results["joint"]
+    task_result, task_delta, task_state = results["per_task"]
+    assert joint_result.task_trunk_deltas is None
+    shares = task_result.task_trunk_deltas
+    assert shares is not None and set(shares) == {"t0", "t1"}
+    for key, delta in task_delta.items():
+        summed = shares["t0"][key] + shares["t1"][key]
+        torch.testing.assert_close(summed, delta, rtol=1e-4, atol=1e-6)
+        # per_task mode steps exactly like joint mode (same gradient sum, same optimizer)
+        torch.testing.assert_close(delta, joint_delta[key], rtol=1e-5, atol=1e-6)
+    for key in joint_state:
+        torch.testing.assert_close(task_state[key], joint_state[key], rtol=1e-5, atol=1e-6)
+
+
+def test_plain_sgd_share_is_minus_lr_times_the_tasks_own_gradient() -> None:
+    """One full-batch step of plain SGD: D_t = -eta g_t, with g_t computed independently."""
+    data = synthetic_view()
+    cfg = TrainConfig(lr=0.1, momentum=0.0, batch_size=data.num_samples, max_steps=1)
+    model = small_model(data.inputs.shape[1:], synthetic().tasks, seed=5)
+    reference = small_model(data.inputs.shape[1:], synthetic().tasks, seed=5)
+    result = train_local(model, data, cfg, torch.Generator().manual_seed(0), update_mode="per_task")
+    assert result.task_trunk_deltas is not None
+    rows = torch.arange(data.num_samples)
+    reference.train()
+    for position, task in enumerate(data.tasks):
+        loss = task.loss(reference(data.inputs, [task.name])[task.name], data.targets[task.name])
+        assert bool(data.mask[rows, position].all())
+        grads = torch.autograd.grad(loss, list(reference.trunk.parameters()))
+        for (name, _), grad in zip(reference.trunk.named_parameters(), grads, strict=True):
+            torch.testing.assert_close(
+                result.task_trunk_deltas[task.name][f"trunk.{name}"], -0.1 * grad
+            )
+
+
+def test_client_weighting_sets_the_trunk_direction() -> None:
+    """A weighting that keeps only task t0 moves the trunk exactly as training on t0 alone,
+    while both heads still train on their own losses."""
+    data = synthetic_view()
+    cfg = TrainConfig(lr=0.05, momentum=0.0, max_steps=4)
+    calls: list[tuple[int, list[int]]] = []
+
+    def only_first(matrix: torch.Tensor, losses: torch.Tensor, tasks) -> torch.Tensor:
+        calls.append((matrix.shape[0], list(tasks)))
+        assert losses.shape == (matrix.shape[0],) and bool((losses > 0).all())
+        return torch.tensor([1.0 if t == 0 else 0.0 for t in tasks])
+
+    weighted = small_model(data.inputs.shape[1:], synthetic().tasks, seed=2)
+    start = state_of(weighted)
+    result = train_local(
+        weighted, data, cfg, torch.Generator().manual_seed(4), "per_task", only_first
+    )
+    single = small_model(data.inputs.shape[1:], synthetic().tasks, seed=2)
+    train_local(single, synthetic_view(("t0",)), cfg, torch.Generator().manual_seed(4))
+    assert calls == [(2, [0, 1])] * 4
+    for key, delta in trunk_delta(start, weighted).items():
+        torch.testing.assert_close(delta, trunk_delta(start, single)[key], rtol=1e-5, atol=1e-7)
+    assert result.task_trunk_deltas is not None
+    for value in result.task_trunk_deltas["t1"].values():
+        assert float(value.abs().max()) == 0.0  # t1's share of the trunk is w_1 g_1 = 0
+    head_keys = [k for k in start if k.startswith("heads.t1.")]
+    assert any(not torch.equal(weighted.state_dict()[k], start[k]) for k in head_keys)

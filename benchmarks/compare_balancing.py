@@ -1,0 +1,150 @@
+"""Strategies compared on synthetic tasks with planted, conflicting groups (in process).
+
+Setting: ``experiment=synthetic_groups`` (6 tasks in 3 planted groups, groups 0 and 1 conflicting;
+12 silos holding 3 random tasks each), ``--rounds`` rounds, each seed in ``--seeds``. For every
+strategy and seed it records each task's final personal primary metric M_t and the multi-task gain
+over FedAvg on the same seed (REFERENCES.md, with FedAvg as the reference B):
+
+    Delta_vs_fedavg = (1/T) sum_t s_t (M_t - B_t) / |B_t|  in percent, s_t = +1 (higher is better)
+
+plus the bytes sent up and the wall time. Writes ``compare_balancing.csv`` / ``.json`` (one row per
+strategy, server learning rate and seed) and ``compare_balancing.png`` (mean gain and its spread).
+
+    python benchmarks/compare_balancing.py                               # every strategy, 3 seeds
+    python benchmarks/compare_balancing.py --strategies fedavg mgda upgrad --seeds 0 --rounds 5
+    python benchmarks/compare_balancing.py --server-lrs 1 3              # also with server lr 3
+
+A weighting whose weights sum to one (mean, MGDA, CAGrad, ...) steps by about one task's update,
+while FedAvg's silo updates sum their tasks; ``--server-lrs`` shows how much of a gap is step size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import write_results
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BASELINE = "fedavg"
+
+
+def run_one(
+    strategy: str, seed: int, rounds: int, server_lr: float, workdir: Path
+) -> dict[str, Any]:
+    """One in-process run; returns its final metrics, bytes and wall time."""
+    from fedmtl.cli import compose
+    from fedmtl.config import parse
+    from fedmtl.runtime import run
+
+    out = workdir / f"{strategy}-{server_lr}-{seed}"
+    overrides = [
+        "experiment=synthetic_groups",
+        f"strategy={strategy}",
+        f"strategy.server_optimizer.lr={server_lr}",
+        "runtime=inprocess",
+        "tracking=quiet",
+        f"num_rounds={rounds}",
+        f"seed={seed}",
+    ]
+    started = time.perf_counter()
+    summary = run(parse(compose(overrides, out)))
+    metrics = {
+        task: summary["final"][task][summary["task_info"][task]["primary_metric"]]
+        for task in summary["tasks"]
+    }
+    return {
+        "metrics": metrics,
+        "higher_is_better": {t: summary["task_info"][t]["higher_is_better"] for t in metrics},
+        "bytes_up": summary["bytes_up"],
+        "wall_time_s": time.perf_counter() - started,
+    }
+
+
+def gain_percent(result: dict[str, Any], baseline: dict[str, Any]) -> float:
+    """(1/T) sum_t s_t (M_t - B_t) / |B_t| in percent (tasks with B_t = 0 are skipped)."""
+    gains = []
+    for task, value in result["metrics"].items():
+        reference = baseline["metrics"][task]
+        if reference == 0:
+            continue
+        sign = 1.0 if result["higher_is_better"][task] else -1.0
+        gains.append(sign * (value - reference) / abs(reference))
+    return 100.0 * statistics.fmean(gains)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({(r["strategy"], r["server_lr"]) for r in rows})
+    means, spreads = [], []
+    for key in keys:
+        gains = [r["gain_vs_fedavg_pct"] for r in rows if (r["strategy"], r["server_lr"]) == key]
+        means.append(statistics.fmean(gains))
+        spreads.append(statistics.pstdev(gains))
+    labels = [f"{s} (lr {lr:g})" for s, lr in keys]
+    figure, axis = plt.subplots(figsize=(8, 0.35 * len(keys) + 1.5))
+    axis.barh(
+        labels, means, xerr=spreads, color=["tab:blue" if m >= 0 else "tab:red" for m in means]
+    )
+    axis.axvline(0.0, color="black", linewidth=0.8)
+    axis.set_xlabel("mean relative gain over FedAvg (%), +/- std over seeds")
+    axis.invert_yaxis()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    from fedmtl.runtime import set_offline_env
+    from strategies import STRATEGIES
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strategies", nargs="+", default=STRATEGIES.names())
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--server-lrs", nargs="+", type=float, default=[1.0])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    set_offline_env()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for seed in args.seeds:
+            baseline = run_one(BASELINE, seed, args.rounds, 1.0, workdir)
+            for strategy in args.strategies:
+                for server_lr in args.server_lrs:
+                    if strategy == BASELINE and server_lr == 1.0:
+                        result = baseline
+                    else:
+                        result = run_one(strategy, seed, args.rounds, server_lr, workdir)
+                    row = {
+                        "strategy": strategy,
+                        "server_lr": server_lr,
+                        "seed": seed,
+                        "gain_vs_fedavg_pct": round(gain_percent(result, baseline), 3),
+                        **{f"final_{t}": round(v, 4) for t, v in result["metrics"].items()},
+                        "bytes_up": result["bytes_up"],
+                        "wall_time_s": round(result["wall_time_s"], 2),
+                    }
+                    print(row, flush=True)
+                    rows.append(row)
+    write_results(
+        args.out,
+        "compare_balancing",
+        rows,
+        setting={"experiment": "synthetic_groups", "rounds": args.rounds, "seeds": args.seeds},
+    )
+    plot(rows, args.out / "compare_balancing.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""FMTL-Bench's server-side conflict-averse baselines (FMTL-Bench, arXiv 2402.12876): PCGrad and
+CAGrad applied to the silos' *joint* trunk updates, one row per silo, not per task.
+
+With Delta_s the trunk update of silo s (S silos this round), J = [Delta_1; ...; Delta_S]:
+- ``fmtlbench_pcgrad``: each Delta_s projected off every Delta_r it conflicts with (PCGrad, Yu et
+  al. 2020), then the *mean* of the projected rows, so that without conflicts the step equals
+  FMTL-Bench's unweighted FedAvg.
+- ``fmtlbench_cagrad``: CAGrad (Liu et al. 2021) over the rows with c = 0.4 and the 1/(1 + c^2)
+  rescale, as FMTL-Bench and FedHCA2 use; its g0 is already the mean of the rows.
+Silos send joint updates (no extra upload); heads are averaged per task (base class).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from fedmtl.checks import non_negative
+from fedmtl.config import TrainConfig
+from fedmtl.tasks import TaskSpec
+from strategies.balanced import flatten, unflatten
+from strategies.balancing import build_weighting
+from strategies.base import Arrays, ClientUpdate, RoundObserver, StrategyParams, TaskAwareStrategy
+
+
+@dataclass(frozen=True)
+class FmtlBenchCAGradParams(StrategyParams):
+    """The common strategy parameters plus CAGrad's conflict-aversion radius ``c``."""
+
+    c: float = 0.4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        non_negative(self, "c")
+
+
+class ClientRowsBalancing(TaskAwareStrategy):
+    """Trunk: a weighting over the silos' joint updates (rows = silos)."""
+
+    weighting_name: ClassVar[str]
+    mean_of_rows: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        params: StrategyParams,
+        tasks: Iterable[TaskSpec],
+        train: TrainConfig,
+        seed: int = 0,
+        observers: Iterable[RoundObserver] = (),
+    ) -> None:
+        super().__init__(params, tasks, train, seed, observers)
+        self.weighting = build_weighting(
+            self.weighting_name, self.own_weighting_params(), seed=seed, key="strategy.params"
+        )
+
+    def own_weighting_params(self) -> dict[str, object]:
+        return {}
+
+    def trunk_update(
+        self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
+    ) -> Arrays | None:
+        keys = list(trunk)
+        rows = torch.stack([flatten(u.deltas, keys).to(torch.float64) for u in updates])
+        direction, _ = self.weighting(rows, None, [u.silo.silo_id for u in updates])
+        if self.mean_of_rows:
+            direction = direction / len(updates)
+        return unflatten(direction, trunk)
+
+
+class FmtlBenchPCGrad(ClientRowsBalancing):
+    """PCGrad over the silos' joint trunk updates, averaged (see the module docstring)."""
+
+    weighting_name = "pcgrad"
+    mean_of_rows = True
+
+
+class FmtlBenchCAGrad(ClientRowsBalancing):
+    """CAGrad (c, 1/(1+c^2) rescale) over the silos' joint trunk updates."""
+
+    weighting_name = "cagrad"
+    params: FmtlBenchCAGradParams
+
+    def own_weighting_params(self) -> dict[str, object]:
+        return {"c": self.params.c, "rescale": True}
