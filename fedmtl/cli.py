@@ -116,8 +116,6 @@ def _run(config: Any) -> None:
 
 
 def _partition(config: Any) -> None:
-    from pathlib import Path
-
     from fedmtl.experiment import build_data
     from fedmtl.tracking import PARTITION_FILE
     from partitions.stats import print_table, write_report
