@@ -1,8 +1,10 @@
 """The ``fedmtl`` command.
 
 ``fedmtl run [key=value ...]`` composes ``configs/`` with Hydra, validates it and runs the
-experiment; ``hydra.run.dir=DIR`` chooses the run directory. A bad value stops the command before any
-training with a message naming the key (exit status 2).
+experiment; ``fedmtl partition [key=value ...]`` builds only the partition of the same config and
+writes ``partition.json``, ``partition_stats.csv`` and its plots. ``hydra.run.dir=DIR`` chooses the
+output directory. A bad value stops either command before any work with a message naming the key
+(exit status 2).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Any
 USAGE = """usage: fedmtl COMMAND [key=value ...]
 
 commands:
-  run     train an experiment (Hydra overrides, e.g. dataset=synthetic num_rounds=5
-          runtime=inprocess hydra.run.dir=/tmp/x); `fedmtl run --help` lists config groups
+  run        train an experiment (Hydra overrides, e.g. dataset=synthetic num_rounds=5
+             runtime=inprocess hydra.run.dir=/tmp/x); `fedmtl run --help` lists config groups
+  partition  build the partition only (e.g. partition=dirichlet_0.1 hydra.run.dir=/tmp/p) and
+             write partition.json, partition_stats.csv and PNGs; prints the stats table
 """
 
 
@@ -98,14 +102,34 @@ def _run(config: Any) -> None:
     summary = run(config)
     log.info("results in %s", config.output_dir)
     lines = [f"results: {config.output_dir}"]
-    for task, metrics in summary["final"].items():
-        primary = summary["task_info"][task]["primary_metric"]
-        chance = summary["task_info"][task]["chance"]
-        lines.append(f"  {task:<14} {primary} {metrics[primary]:.4f}   (chance {chance:.4f})")
+    sections = [("personal test splits", summary["final"])]
+    if summary.get("global"):
+        held_out = summary["global"]
+        sections.append((f"global test set ({held_out['num_samples']})", held_out["final"]))
+    for title, final in sections:
+        lines.append(f" {title}:")
+        for task, metrics in final.items():
+            primary = summary["task_info"][task]["primary_metric"]
+            chance = summary["task_info"][task]["chance"]
+            lines.append(f"  {task:<14} {primary} {metrics[primary]:.4f}   (chance {chance:.4f})")
     print("\n".join(lines))
 
 
-COMMANDS: dict[str, Callable[[Any], None]] = {"run": _run}
+def _partition(config: Any) -> None:
+    from fedmtl.experiment import build_data
+    from fedmtl.tracking import PARTITION_FILE
+    from partitions.stats import print_table, write_report
+
+    dataset, partition = build_data(config)
+    out = Path(config.output_dir)
+    partition.save(out / PARTITION_FILE)
+    rows = write_report(dataset, partition, out)
+    held_out = len(partition.global_test_indices)
+    print_table(rows, f"{dataset.name}: {partition.num_silos} silos, global test set {held_out}")
+    print(f"partition: {out}")
+
+
+COMMANDS: dict[str, Callable[[Any], None]] = {"run": _run, "partition": _partition}
 
 
 def main(argv: list[str] | None = None) -> None:

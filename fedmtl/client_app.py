@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import zlib
+from typing import Literal
 
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict
@@ -25,10 +26,10 @@ from fedmtl.training import (
     LocalData,
     TrainResult,
     evaluate,
-    local_view,
     mean_task_losses,
     train_local,
 )
+from partitions.views import silo_data
 from strategies.balancing import build_weighting
 
 PARTITION_ID = "partition-id"
@@ -43,11 +44,12 @@ def _shared_model(config_json: str, device: str) -> MultiTaskModel:
 
 
 @functools.lru_cache(maxsize=256)
-def _silo_data(config_json: str, silo_id: int, split: str, device: str) -> LocalData:
+def _silo_data(
+    config_json: str, silo_id: int, split: Literal["train", "test"], device: str
+) -> LocalData:
     experiment = cached_experiment(config_json)
-    silo = experiment.partition.silos[silo_id]
-    indices = silo.train_indices if split == "train" else silo.test_indices
-    return local_view(experiment.dataset, indices, silo.tasks).to(torch.device(device))
+    data = silo_data(experiment.dataset, experiment.partition, silo_id, split)
+    return data.to(torch.device(device))
 
 
 def _device(experiment: Experiment) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from fedmtl.checks import fraction, int_at_least, non_negative, positive
 from fedmtl.errors import ConfigError
-from fedmtl.registry import Registry, build_dataclass
+from fedmtl.registry import NoParams, Registry, build_dataclass
 
 
 @dataclass(frozen=True)
@@ -44,19 +44,59 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class MissingLabelsConfig:
+    """Training labels withheld at random inside silos: ``rate`` for every task, ``per_task``
+    overrides it for named tasks (each rate in [0, 1))."""
+
+    rate: float = 0.0
+    per_task: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        rates = {"rate": self.rate, **{f"per_task.{t}": r for t, r in self.per_task.items()}}
+        for key, rate in rates.items():
+            is_number = isinstance(rate, (int, float)) and not isinstance(rate, bool)
+            if not (is_number and 0.0 <= rate < 1.0):
+                raise ConfigError(key, f"must be in [0, 1), got {rate!r}.", "use e.g. 0.3.")
+
+
+def _no_feature_skew() -> PluginConfig:
+    return PluginConfig("none", NoParams())
+
+
+@dataclass(frozen=True)
 class PartitionConfig:
-    """How the dataset is spread over silos: which tasks each labels, and which samples it holds."""
+    """How the dataset is spread over silos: which tasks each labels, which samples it holds,
+    which of its labels are missing, how its inputs are skewed, and the global test set."""
 
     num_silos: int
     assignment: PluginConfig
     split: PluginConfig
     test_fraction: float = 0.2
     min_train_per_task: int = 1
+    global_test_fraction: float = 0.0
+    feature_skew: PluginConfig = field(default_factory=_no_feature_skew)
+    missing_labels: MissingLabelsConfig = field(default_factory=MissingLabelsConfig)
 
     def __post_init__(self) -> None:
         int_at_least(self, "num_silos", 1)
         fraction(self, "test_fraction", allow_one=False)
         int_at_least(self, "min_train_per_task", 1)
+        if not (
+            isinstance(self.global_test_fraction, (int, float))
+            and 0.0 <= self.global_test_fraction < 1.0
+        ):
+            raise ConfigError(
+                "global_test_fraction",
+                f"must be in [0, 1), got {self.global_test_fraction!r}.",
+                "use 0 for none or e.g. 0.1.",
+            )
+
+
+@dataclass(frozen=True)
+class PartitionFile:
+    """A partition read back from a manifest (``partition=from_file partition.path=...``)."""
+
+    path: str
 
 
 @dataclass(frozen=True)
@@ -103,7 +143,7 @@ class ExperimentConfig:
     num_rounds: int
     dataset: DatasetConfig
     model: ModelConfig
-    partition: PartitionConfig
+    partition: PartitionConfig | PartitionFile
     strategy: PluginConfig
     runtime: PluginConfig
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -130,7 +170,6 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     from fedmtl.data import DATASETS
     from fedmtl.models import TRUNKS
     from fedmtl.runtime import RUNTIMES
-    from partitions import ASSIGNMENTS, SPLITS
     from strategies import STRATEGIES
 
     raw = json.loads(json.dumps(raw))  # plain JSON types only, detached from the caller
@@ -165,7 +204,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
         raise ConfigError("model.head_hidden", f"must be an integer >= 0, got {head_hidden!r}.")
     model = ModelConfig(name=name, params=params, head_hidden=head_hidden)
 
-    partition = _parse_partition(raw["partition"], ASSIGNMENTS, SPLITS)
+    partition = parse_partition(raw["partition"])
     strategy = PluginConfig(*_plugin(STRATEGIES, raw["strategy"], "strategy"))
     runtime = PluginConfig(*_plugin(RUNTIMES, raw["runtime"], "runtime"))
     train = build_dataclass(TrainConfig, raw.get("train", {}), "train")
@@ -188,27 +227,58 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     )
 
 
-def _parse_partition(
-    values: Any, assignments: Registry[Any], splits: Registry[Any]
-) -> PartitionConfig:
+def parse_partition(values: Any) -> PartitionConfig | PartitionFile:
+    """The ``partition`` group: a :class:`PartitionFile` when it sets ``path``, else a
+    :class:`PartitionConfig` with its plug-ins checked against their registries."""
+    from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS  # they import this module
+
     if not isinstance(values, Mapping):
         raise ConfigError("partition", f"expected a mapping, got {values!r}.")
-    allowed = {"num_silos", "test_fraction", "min_train_per_task", "assignment", "split"}
+    if "path" in values:
+        return _parse_partition_file(values)
+    plugins: dict[str, Registry[Any]] = {
+        "assignment": ASSIGNMENTS,
+        "split": SPLITS,
+        "feature_skew": FEATURE_SKEWS,
+    }
+    allowed = {"num_silos", "test_fraction", "min_train_per_task", "global_test_fraction"}
+    allowed |= {"missing_labels", *plugins}
     for key in values:
         if key not in allowed:
             raise ConfigError(
                 f"partition.{key}", "is not a partition key.", f"use one of {sorted(allowed)}."
             )
-    scalars = {k: v for k, v in values.items() if k not in ("assignment", "split")}
-    if "num_silos" not in scalars:
+    if "num_silos" not in values:
         raise ConfigError("partition.num_silos", "is required but missing.", "set e.g. 10.")
+    scalars = {k: v for k, v in values.items() if k not in plugins and k != "missing_labels"}
+    chosen: dict[str, Any] = {
+        key: PluginConfig(*_plugin(registry, values.get(key), f"partition.{key}"))
+        for key, registry in plugins.items()
+        if key in values or key != "feature_skew"
+    }
+    missing = build_dataclass(
+        MissingLabelsConfig, values.get("missing_labels", {}), "partition.missing_labels"
+    )
     try:
-        return PartitionConfig(
-            assignment=PluginConfig(
-                *_plugin(assignments, values.get("assignment"), "partition.assignment")
-            ),
-            split=PluginConfig(*_plugin(splits, values.get("split"), "partition.split")),
-            **scalars,
-        )
+        return PartitionConfig(**chosen, **scalars, missing_labels=missing)
     except ConfigError as err:
         raise err if err.key.startswith("partition.") else err.with_prefix("partition") from None
+
+
+def _parse_partition_file(values: Mapping[str, Any]) -> PartitionFile:
+    """``{path}`` only: everything else comes from the manifest."""
+    extra = sorted(set(values) - {"path"})
+    if extra:
+        raise ConfigError(
+            f"partition.{extra[0]}",
+            "cannot be set with partition.path: the manifest fixes the whole partition.",
+            "drop it, or build a new partition without partition.path.",
+        )
+    path = values["path"]
+    if not isinstance(path, str) or not path or path == "???":
+        raise ConfigError(
+            "partition.path",
+            f"must be the path of a partition.json, got {path!r}.",
+            "set partition.path=DIR/partition.json (written by `fedmtl run` or `fedmtl partition`).",
+        )
+    return PartitionFile(path=path)

@@ -18,7 +18,7 @@ from fedmtl.data import MultiTaskDataset, build_dataset
 from fedmtl.errors import ConfigError
 from fedmtl.models import MultiTaskModel, build_model
 from partitions import Partition
-from partitions import build as build_partition
+from partitions import make as make_partition
 
 CONFIG_KEY = "fedmtl-config"
 """The run-config key that carries the composed experiment config (JSON) to both apps."""
@@ -39,23 +39,29 @@ class Experiment:
         )
 
 
+def build_data(config: ExperimentConfig) -> tuple[MultiTaskDataset, Partition]:
+    """The dataset and its partition (built, or read from ``partition.path``); ConfigErrors only."""
+    dataset = build_dataset(
+        config.dataset.name, config.dataset.params, config.seed, config.dataset.tasks
+    )
+    return dataset, make_partition(dataset, config.partition, config.seed)
+
+
 def prepare(config: ExperimentConfig) -> Experiment:
     """Build and cross-check the dataset, partition and model; every error is a ConfigError.
 
     Called before any training starts, so that a bad config fails in seconds.
     """
-    dataset = build_dataset(
-        config.dataset.name, config.dataset.params, config.seed, config.dataset.tasks
-    )
-    partition = build_partition(dataset, config.partition, config.seed)
+    dataset, partition = build_data(config)
     experiment = Experiment(config=config, dataset=dataset, partition=partition)
     experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
     # Simulated runtimes start one node per silo: waiting for more would only time out.
     min_available = config.strategy.params.min_available_nodes
-    if min_available > config.partition.num_silos:
+    num_silos = partition.num_silos
+    if min_available > num_silos:
         raise ConfigError(
             "strategy.min_available_nodes",
-            f"is {min_available} but the partition has only {config.partition.num_silos} silos.",
+            f"is {min_available} but the partition has only {num_silos} silos.",
             "lower it or raise partition.num_silos.",
         )
     return experiment

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context
+from flwr.app import ArrayRecord, Context, MetricRecord, MetricRecordValues
 from flwr.serverapp import Grid, ServerApp
 
 from fedmtl import records
 from fedmtl.experiment import Experiment, cached_experiment, config_json_from
+from fedmtl.tasks import TaskSpec
 from fedmtl.tracking import PARTITION_FILE, Tracker
+from fedmtl.training import evaluate
+from partitions.views import global_test_data
 from strategies import STRATEGIES, TaskAwareStrategy
 
 log = logging.getLogger("fedmtl")
@@ -42,15 +46,72 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
     )
     model = experiment.new_model()
     initial = records.to_array_record(records.state_arrays(model, model.exchanged_keys()))
+    global_eval = GlobalEvaluator(experiment, tracker, strategy.params.evaluate_every)
     started = time.perf_counter()
     try:
         strategy.start(
-            grid, initial, num_rounds=cfg.num_rounds, timeout=strategy.params.reply_timeout_s
+            grid,
+            initial,
+            num_rounds=cfg.num_rounds,
+            timeout=strategy.params.reply_timeout_s,
+            evaluate_fn=global_eval if global_eval.num_samples else None,
         )
     finally:
         summary = build_summary(experiment, strategy, time.perf_counter() - started)
+        summary["global"] = global_eval.summary(experiment.dataset.tasks)
         tracker.finish(summary)
     return summary
+
+
+class GlobalEvaluator:
+    """Server-side evaluation of the global model on the partition's global held-out test set.
+
+    Called by the strategy after every round (Flower's ``evaluate_fn``); it evaluates on the
+    strategy's schedule (every ``evaluate_every`` rounds and the last), each task over the rows
+    of the set labelled for it, with every task's head; it hands the metrics to the tracker
+    (split ``global``) and keeps their history for the summary.
+    """
+
+    def __init__(self, experiment: Experiment, tracker: Tracker, evaluate_every: int) -> None:
+        self.data = global_test_data(experiment.dataset, experiment.partition)
+        self.num_samples = self.data.num_samples
+        self.model = experiment.new_model()
+        self.tracker = tracker
+        self.evaluate_every = evaluate_every
+        self.num_rounds = experiment.config.num_rounds
+        self.tasks = {t.name: t for t in experiment.dataset.tasks}
+        self.history: list[tuple[int, dict[str, dict[str, float]]]] = []
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round % self.evaluate_every and server_round != self.num_rounds:
+            return None
+        records.load_arrays(self.model, records.from_array_record(arrays))
+        sums = evaluate(self.model, self.data)
+        metrics = {
+            task: self.tasks[task].finalize_metrics(task_sums)
+            for task, task_sums in sums.items()
+            if task_sums.get("n", 0) > 0
+        }
+        self.history.append((server_round, metrics))
+        self.tracker.record_global(server_round, metrics)
+        flat: dict[str, MetricRecordValues] = {
+            records.task_key(task, name): value
+            for task, task_metrics in metrics.items()
+            for name, value in task_metrics.items()
+        }
+        return MetricRecord(flat)
+
+    def summary(self, tasks: Sequence[TaskSpec]) -> dict[str, Any] | None:
+        """``summary.json``'s ``global``: ``num_samples``, ``final``, ``final_round``, ``best``
+        (None without a global test set)."""
+        if not self.num_samples:
+            return None
+        return {
+            "num_samples": self.num_samples,
+            "final": self.history[-1][1] if self.history else {},
+            "final_round": self.history[-1][0] if self.history else None,
+            "best": best_per_task([m for _, m in self.history], tasks),
+        }
 
 
 def build_summary(
@@ -73,7 +134,7 @@ def build_summary(
         "task_info": task_info,
         "final": final,
         "final_round": evaluated[-1].server_round if evaluated else None,
-        "best": _best(strategy, dataset.tasks),
+        "best": best_per_task([r.personal for r in evaluated if r.personal], dataset.tasks),
         "bytes_up": int(strategy.bytes_up),
         "bytes_down": int(strategy.bytes_down),
         "wall_time_s": float(wall_time_s),
@@ -85,16 +146,14 @@ def build_summary(
     }
 
 
-def _best(strategy: TaskAwareStrategy, tasks: Any) -> dict[str, float]:
-    """Per task, the best primary metric over the evaluated rounds."""
+def best_per_task(
+    history: Sequence[dict[str, dict[str, float]]], tasks: Sequence[TaskSpec]
+) -> dict[str, float]:
+    """Per task, the best primary metric over the evaluated rounds' metrics in ``history``."""
     best: dict[str, float] = {}
     for task in tasks:
         metric = task.primary_metric
-        values = [
-            r.personal[task.name][metric.name]
-            for r in strategy.history
-            if r.personal and task.name in r.personal
-        ]
+        values = [m[task.name][metric.name] for m in history if task.name in m]
         if values:
             best[task.name] = max(values) if metric.higher_is_better else min(values)
     return best

@@ -6,6 +6,9 @@
   ``num_sampled``, ``num_updates``, ``num_rejected``, ``bytes_up``, ``bytes_down``, ``seconds``.
 - ``split: "personal"``: ``metrics`` = task -> metric -> value, pooled over the silos' own test splits.
 - ``split: "silo"``: the same for one silo (``silo`` = its id), on its own tasks.
+- ``split: "global"``: task -> metric -> value of the global model on the partition's global
+  held-out test set (only when ``partition.global_test_fraction > 0``), every task over the rows
+  labelled for it.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Tracker:
             total=num_rounds, desc="rounds", unit="round", disable=not cfg.progress
         )
         self.wandb_run = self._start_wandb(run_config, run_name) if cfg.wandb else None
+        self._global: dict[int, dict[str, dict[str, float]]] = {}
 
     def _start_wandb(self, run_config: dict[str, Any], run_name: str) -> Any:
         mode = self.cfg.wandb_mode
@@ -81,6 +85,10 @@ class Tracker:
             metrics.setdefault(task, {})["weight"] = weight
         return metrics
 
+    def record_global(self, server_round: int, metrics: dict[str, dict[str, float]]) -> None:
+        """Global test metrics of ``server_round``, written with that round's other lines."""
+        self._global[server_round] = metrics
+
     def on_round(self, record: RoundRecord) -> None:
         lines: list[dict[str, Any]] = [
             {
@@ -108,6 +116,11 @@ class Tracker:
                         "metrics": metrics,
                     }
                 )
+        global_metrics = self._global.pop(record.server_round, None)
+        if global_metrics is not None:
+            lines.append(
+                {"round": record.server_round, "split": "global", "metrics": global_metrics}
+            )
         with self.metrics_path.open("a") as handle:
             for line in lines:
                 handle.write(json.dumps(line) + "\n")
@@ -117,8 +130,9 @@ class Tracker:
                 for t, values in self._train_metrics(record).items()
                 for k, v in values.items()
             }
-            for task, task_metrics in (record.personal or {}).items():
-                flat.update({f"personal/{task}/{k}": v for k, v in task_metrics.items()})
+            for split, split_metrics in (("personal", record.personal), ("global", global_metrics)):
+                for task, task_metrics in (split_metrics or {}).items():
+                    flat.update({f"{split}/{task}/{k}": v for k, v in task_metrics.items()})
             flat.update({"bytes_up": record.bytes_up, "bytes_down": record.bytes_down})
             self.wandb_run.log(flat, step=record.server_round)
         self.progress.update(1)
@@ -167,8 +181,8 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def plot_learning_curves(
     metrics_path: Path, tasks: list[TaskSpec], out: Path, chance: dict[str, float] | None = None
 ) -> Path:
-    """One panel per task: primary metric on the personal split (with its chance level, dashed)
-    and train loss against rounds."""
+    """One panel per task: primary metric on the personal split and, when there is one, on the
+    global test set (with the chance level, dashed), and train loss against rounds."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,11 +194,14 @@ def plot_learning_curves(
     fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
     for ax, task in zip(axes.flat, tasks, strict=False):
         metric = task.primary_metric.name
-        personal = [
-            (r["round"], r["metrics"][task.name][metric])
-            for r in rows
-            if r["split"] == "personal" and task.name in r["metrics"]
-        ]
+        personal, global_ = (
+            [
+                (r["round"], r["metrics"][task.name][metric])
+                for r in rows
+                if r["split"] == split and task.name in r["metrics"]
+            ]
+            for split in ("personal", "global")
+        )
         train = [
             (r["round"], r["metrics"][task.name]["loss"])
             for r in rows
@@ -193,6 +210,10 @@ def plot_learning_curves(
         if personal:
             rounds, values = zip(*personal, strict=True)
             ax.plot(rounds, values, marker="o", color="tab:blue", label=f"test {metric}")
+        if global_:
+            rounds, values = zip(*global_, strict=True)
+            ax.plot(rounds, values, marker="s", color="tab:green", label=f"global {metric}")
+            ax.legend(loc="lower right", fontsize=7)
         if chance and task.name in chance:
             ax.axhline(
                 chance[task.name], color="tab:blue", linestyle="--", alpha=0.5, label="chance"
@@ -207,7 +228,7 @@ def plot_learning_curves(
             twin.set_ylabel("train loss", color="tab:orange")
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
-    fig.suptitle("Per-task learning curves (personal test split)")
+    fig.suptitle("Per-task learning curves (personal test split; global test set in green)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -1,9 +1,11 @@
 """Partitions: spread a multi-task dataset over silos.
 
 A partition is a task assignment (which tasks each silo labels, :data:`ASSIGNMENTS`) crossed with
-a sample split (which samples each silo holds, :data:`SPLITS`), then a per-silo train/test split.
-:func:`build` makes one from a :class:`~fedmtl.config.PartitionConfig`; :func:`load` reads a saved
-manifest back and checks it against the dataset.
+a sample split (which samples each silo holds, :data:`SPLITS`), then a per-silo train/test split,
+labels missing at random (:mod:`partitions.missing_labels`) and a per-silo feature skew
+(:data:`FEATURE_SKEWS`); a global test set can be held out before the split. :func:`build` makes
+one from a :class:`~fedmtl.config.PartitionConfig`; :func:`load` reads a saved manifest back and
+checks it against the dataset; :func:`make` does whichever the config asks for.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedmtl.config import PartitionFile
 from fedmtl.errors import ConfigError
 from partitions.assignment import ASSIGNMENTS
 from partitions.base import SCHEMA_VERSION, Partition, Silo
+from partitions.feature_skew import FEATURE_SKEWS
+from partitions.missing_labels import hide_labels
 from partitions.split import SPLITS
 
 if TYPE_CHECKING:
@@ -26,40 +31,93 @@ if TYPE_CHECKING:
     from fedmtl.data.base import MultiTaskDataset
 
 _FEWER_SILOS = (
-    "use fewer silos (partition.num_silos), a smaller partition.test_fraction, or a lower "
-    "partition.min_train_per_task."
+    "use fewer silos (partition.num_silos), a smaller partition.test_fraction, a lower "
+    "partition.missing_labels rate, or a lower partition.min_train_per_task."
 )
+
+
+def make(dataset: MultiTaskDataset, cfg: PartitionConfig | PartitionFile, seed: int) -> Partition:
+    """The partition ``cfg`` asks for: read from ``cfg.path`` or built for ``seed``."""
+    if isinstance(cfg, PartitionFile):
+        return load(cfg.path, dataset)
+    return build(dataset, cfg, seed)
 
 
 def build(dataset: MultiTaskDataset, cfg: PartitionConfig, seed: int) -> Partition:
     """Partition ``dataset`` over ``cfg.num_silos`` silos; deterministic for ``seed``.
 
-    Guarantees: silo ``i`` holds the tasks the assignment gave it (in dataset order) and the samples
-    the split gave it, divided into train and test by ``cfg.test_fraction`` (a seeded shuffle; at
-    least one test and one train sample when the silo has two or more); silos share no sample;
-    every task is held by some silo; every silo has at least ``cfg.min_train_per_task`` labelled
-    training examples of each of its tasks. Any violation is a :class:`ConfigError`.
+    Steps, each with its own child of ``SeedSequence(seed)``: the global test set
+    (``round(N * cfg.global_test_fraction)`` samples drawn uniformly) is held out first; the
+    assignment gives silo ``i`` its tasks (in dataset order) and the split its samples from the
+    rest; each silo's samples are divided into train and test by ``cfg.test_fraction`` (a seeded
+    shuffle; at least one test and one train sample when the silo has two or more); training
+    labels are hidden at the missing-label rates; the feature skew draws each silo's parameters.
+
+    Guarantees: silos share no sample, and none holds a global test sample; every task is held by
+    some silo; every silo has at least ``cfg.min_train_per_task`` labelled (not hidden) training
+    examples of each of its tasks. Any violation is a :class:`ConfigError`.
     """
     _check_seed(seed)  # the config's own fields are checked by PartitionConfig itself
-    assign_seed, holdout_seed = np.random.SeedSequence(seed).spawn(2)
+    assign_seed, holdout_seed, global_seed, hide_seed, skew_seed = np.random.SeedSequence(
+        seed
+    ).spawn(5)
     task_names = dataset.task_names
+    skew = FEATURE_SKEWS.get(cfg.feature_skew.name, "partition.feature_skew.name").factory
+    skew_params = skew.draw(
+        cfg.feature_skew.params,
+        cfg.num_silos,
+        dataset.input_shape,
+        np.random.default_rng(skew_seed),
+    )
+    global_test, pool = _hold_out(dataset.num_samples, cfg.global_test_fraction, global_seed)
     assign = ASSIGNMENTS.get(cfg.assignment.name, "partition.assignment.name").factory
     tasks_per_silo = assign(
         list(task_names), cfg.num_silos, cfg.assignment.params, np.random.default_rng(assign_seed)
     )
     _check_assignment(tasks_per_silo, task_names, cfg.num_silos)
     split = SPLITS.get(cfg.split.name, "partition.split.name").factory
-    samples = split(dataset, cfg.num_silos, cfg.split.params, seed)
+    samples = split(dataset, pool, cfg.num_silos, cfg.split.params, seed)
     _check_split(samples, cfg.num_silos)
     holdout_rng = np.random.default_rng(holdout_seed)
-    silos = tuple(
+    silos = [
         _make_silo(i, tasks, indices, cfg.test_fraction, holdout_rng)
         for i, (tasks, indices) in enumerate(zip(tasks_per_silo, samples, strict=True))
+    ]
+    silos = hide_labels(dataset, silos, cfg.missing_labels, np.random.default_rng(hide_seed))
+    silos = [
+        dataclasses.replace(silo, feature_skew=params)
+        for silo, params in zip(silos, skew_params, strict=True)
+    ]
+    partition = Partition(
+        dataset.name,
+        seed,
+        tuple(task_names),
+        tuple(silos),
+        config_to_dict(cfg),
+        global_test_indices=global_test,
+        feature_skew=cfg.feature_skew.name,
     )
-    partition = Partition(dataset.name, seed, tuple(task_names), silos, config_to_dict(cfg))
     partition.validate_against(dataset, key="partition.split")
     _check_min_train(partition, dataset, cfg.min_train_per_task)
     return partition
+
+
+def _hold_out(
+    num_samples: int, fraction: float, seed: np.random.SeedSequence
+) -> tuple[np.ndarray, np.ndarray]:
+    """(global test indices, the rest), both sorted: ``round(num_samples * fraction)`` samples
+    drawn uniformly without replacement."""
+    count = round(num_samples * fraction)
+    if fraction > 0 and not 1 <= count < num_samples:
+        raise ConfigError(
+            "partition.global_test_fraction",
+            f"is {fraction}: {count} of {num_samples} samples would form the global test set.",
+            "choose a fraction that keeps at least one sample on each side, or 0 for none.",
+        )
+    held = np.random.default_rng(seed).choice(num_samples, size=count, replace=False)
+    mask = np.zeros(num_samples, dtype=bool)
+    mask[held] = True
+    return np.flatnonzero(mask), np.flatnonzero(~mask)
 
 
 def load(path: str | os.PathLike[str], dataset: MultiTaskDataset) -> Partition:
@@ -74,8 +132,9 @@ def load(path: str | os.PathLike[str], dataset: MultiTaskDataset) -> Partition:
 
 
 def config_to_dict(cfg: PartitionConfig) -> dict[str, Any]:
-    """``cfg`` as plain JSON types: ``{num_silos, test_fraction, min_train_per_task, assignment:
-    {name, params}, split: {name, params}}``."""
+    """``cfg`` as plain JSON types: ``{num_silos, test_fraction, min_train_per_task,
+    global_test_fraction, assignment: {name, params}, split: {name, params}, feature_skew:
+    {name, params}, missing_labels: {rate, per_task}}``."""
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
@@ -162,6 +221,7 @@ def _check_min_train(partition: Partition, dataset: MultiTaskDataset, minimum: i
 
 __all__ = [
     "ASSIGNMENTS",
+    "FEATURE_SKEWS",
     "SCHEMA_VERSION",
     "SPLITS",
     "Partition",
@@ -169,5 +229,6 @@ __all__ = [
     "build",
     "config_to_dict",
     "load",
+    "make",
     "split_train_test",
 ]

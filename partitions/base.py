@@ -1,15 +1,22 @@
 """Silos and partitions, and the partition manifest (``partition.json``).
 
 A :class:`Partition` says, for one dataset and seed, which tasks each silo labels and which samples
-it holds for training and for testing. It is saved as a JSON manifest, a contract read by other
-tools; its shape (``schema_version`` 1)::
+it holds for training and for testing, which of its training labels are withheld, how its inputs
+are transformed, and which samples form the global held-out test set. It is saved as a JSON
+manifest, a contract read by other tools; its shape (``schema_version`` 2)::
 
-    {"schema_version": 1, "seed": int, "dataset": str, "tasks": [str, ...], "config": {...},
+    {"schema_version": 2, "seed": int, "dataset": str, "tasks": [str, ...], "config": {...},
+     "global_test_indices": [int, ...], "feature_skew": str,
      "silos": [{"id": int, "tasks": [str, ...], "num_train": int, "num_test": int,
-                "train_indices": [int, ...], "test_indices": [int, ...]}, ...]}
+                "train_indices": [int, ...], "test_indices": [int, ...],
+                "hidden_labels": {task: [int, ...]}, "feature_skew": {...}}, ...]}
 
 Indices are plain JSON integers, sorted ascending; silo ``i`` has ``id`` ``i``; a silo's tasks are
-in dataset order.
+in dataset order. ``hidden_labels[task]`` lists training samples of the silo whose label for
+``task`` is withheld (missing at random); ``feature_skew`` names the input transformation
+(:data:`partitions.feature_skew.FEATURE_SKEWS`) and each silo's entry holds its drawn parameters.
+Version 1 manifests (without the last three fields) are still read: no global test set, no hidden
+labels, no feature skew.
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ from fedmtl.errors import ConfigError
 if TYPE_CHECKING:
     from fedmtl.data.base import MultiTaskDataset
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _MANIFEST_FIELDS = ("schema_version", "seed", "dataset", "tasks", "config", "silos")
 _SILO_FIELDS = ("id", "tasks", "num_train", "num_test", "train_indices", "test_indices")
+NO_SKEW = "none"
 
 
 def _index_array(values: Any, what: str) -> np.ndarray:
@@ -56,13 +65,18 @@ class Silo:
     """One silo: the tasks it labels and the samples it holds.
 
     Guarantees (checked on construction): ``tasks`` are distinct; ``train_indices`` and
-    ``test_indices`` are read-only, sorted, 1-D int64 arrays of distinct non-negative indices.
+    ``test_indices`` are read-only, sorted, 1-D int64 arrays of distinct non-negative indices;
+    ``hidden`` maps some of the silo's tasks to training indices whose label for that task is
+    withheld (sorted, read-only, a subset of ``train_indices``); ``feature_skew`` holds the
+    silo's drawn input-transformation parameters (JSON values).
     """
 
     id: int
     tasks: tuple[str, ...]
     train_indices: np.ndarray
     test_indices: np.ndarray
+    hidden: Mapping[str, np.ndarray] = field(default_factory=dict)
+    feature_skew: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -71,6 +85,19 @@ class Silo:
         for name in ("train_indices", "test_indices"):
             array = _index_array(getattr(self, name), f"silo {self.id} {name}")
             object.__setattr__(self, name, array)
+        hidden = {}
+        for task, indices in self.hidden.items():
+            if task not in self.tasks:
+                raise ValueError(f"silo {self.id}: hidden labels of task {task!r} it does not hold")
+            array = _index_array(indices, f"silo {self.id} hidden_labels[{task!r}]")
+            if np.setdiff1d(array, self.train_indices).size:
+                raise ValueError(
+                    f"silo {self.id}: hidden_labels[{task!r}] lists samples outside its train split"
+                )
+            if array.size:
+                hidden[task] = array
+        object.__setattr__(self, "hidden", hidden)
+        object.__setattr__(self, "feature_skew", json.loads(json.dumps(dict(self.feature_skew))))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Silo):
@@ -80,12 +107,30 @@ class Silo:
             and self.tasks == other.tasks
             and np.array_equal(self.train_indices, other.train_indices)
             and np.array_equal(self.test_indices, other.test_indices)
+            and self.hidden.keys() == other.hidden.keys()
+            and all(np.array_equal(v, other.hidden[k]) for k, v in self.hidden.items())
+            and self.feature_skew == other.feature_skew
         )
 
     def __hash__(self) -> int:
         return hash(
             (self.id, self.tasks, self.train_indices.tobytes(), self.test_indices.tobytes())
         )
+
+    def label_mask(
+        self, dataset: MultiTaskDataset, split: Literal["train", "test"] = "train"
+    ) -> torch.Tensor:
+        """(rows of ``split``, tasks of this silo) bool: the dataset's mask for this silo's tasks,
+        with the hidden training labels switched off."""
+        indices = self.indices(split)
+        positions = [dataset.task_names.index(t) for t in self.tasks]
+        mask = dataset.mask[torch.from_numpy(indices.copy())][:, positions].clone()
+        if split == "train":
+            for column, task in enumerate(self.tasks):
+                if task in self.hidden:
+                    rows = np.searchsorted(indices, self.hidden[task])
+                    mask[torch.from_numpy(rows), column] = False
+        return mask
 
     @property
     def num_train(self) -> int:
@@ -106,10 +151,10 @@ class Silo:
     def labelled_counts(
         self, dataset: MultiTaskDataset, split: Literal["train", "test"] = "train"
     ) -> dict[str, int]:
-        """Per task of this silo (in its order), the number of ``split`` samples labelled for it."""
-        rows = dataset.mask[torch.from_numpy(self.indices(split).copy())]
-        names = dataset.task_names
-        return {task: int(rows[:, names.index(task)].sum()) for task in self.tasks}
+        """Per task of this silo (in its order), the number of ``split`` samples labelled for it
+        (hidden training labels do not count)."""
+        counts = self.label_mask(dataset, split).sum(dim=0).tolist()
+        return dict(zip(self.tasks, (int(c) for c in counts), strict=True))
 
     def to_manifest(self) -> dict[str, Any]:
         """This silo's entry of the manifest's ``silos`` list."""
@@ -120,6 +165,8 @@ class Silo:
             "num_test": self.num_test,
             "train_indices": self.train_indices.tolist(),
             "test_indices": self.test_indices.tolist(),
+            "hidden_labels": {task: indices.tolist() for task, indices in self.hidden.items()},
+            "feature_skew": dict(self.feature_skew),
         }
 
 
@@ -128,7 +175,8 @@ class Partition:
     """Which tasks and samples each silo of a federation holds.
 
     Guarantees (checked on construction): silo ``i`` has ``id == i``; every silo's tasks are among
-    ``task_names`` and in their order. :meth:`validate_against` checks the rest against a dataset.
+    ``task_names`` and in their order; ``global_test_indices`` (the global held-out test set) is a
+    read-only sorted index array. :meth:`validate_against` checks the rest against a dataset.
     """
 
     dataset: str
@@ -136,11 +184,16 @@ class Partition:
     task_names: tuple[str, ...]
     silos: tuple[Silo, ...]
     config: dict[str, Any] = field(default_factory=dict)
+    global_test_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    feature_skew: str = NO_SKEW
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_names", tuple(self.task_names))
         object.__setattr__(self, "silos", tuple(self.silos))
         object.__setattr__(self, "config", dict(self.config))
+        object.__setattr__(
+            self, "global_test_indices", _index_array(self.global_test_indices, "global test set")
+        )
         if len(set(self.task_names)) != len(self.task_names):
             raise ValueError(f"partition: a task is listed twice in {list(self.task_names)}")
         for position, silo in enumerate(self.silos):
@@ -161,6 +214,8 @@ class Partition:
             and self.task_names == other.task_names
             and self.silos == other.silos
             and self.config == other.config
+            and np.array_equal(self.global_test_indices, other.global_test_indices)
+            and self.feature_skew == other.feature_skew
         )
 
     def __hash__(self) -> int:
@@ -184,6 +239,8 @@ class Partition:
             "dataset": self.dataset,
             "tasks": list(self.task_names),
             "config": json.loads(json.dumps(self.config)),
+            "global_test_indices": self.global_test_indices.tolist(),
+            "feature_skew": self.feature_skew,
             "silos": [silo.to_manifest() for silo in self.silos],
         }
 
@@ -229,11 +286,11 @@ class Partition:
             _bad_manifest(f"expected a JSON object, got {type(manifest).__name__}")
         _require(manifest, _MANIFEST_FIELDS, "")
         version = manifest["schema_version"]
-        if version != SCHEMA_VERSION:
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:
             raise ConfigError(
                 "partition.path",
                 f"unsupported manifest schema_version {version!r} (this version reads "
-                f"{SCHEMA_VERSION}).",
+                f"{list(READABLE_VERSIONS)}).",
                 "rebuild the partition with this version of fedmtl.",
             )
         if not isinstance(manifest["silos"], list):
@@ -244,8 +301,18 @@ class Partition:
         seed = _typed(manifest["seed"], int, "seed")
         task_names = tuple(_string_list(manifest["tasks"], "tasks"))
         silos = tuple(_silo_from_manifest(entry, i) for i, entry in enumerate(manifest["silos"]))
+        global_test = _int_list(manifest.get("global_test_indices", []), "global_test_indices")
+        skew = _typed(manifest.get("feature_skew", NO_SKEW), str, "feature_skew")
         try:
-            return cls(dataset, seed, task_names, silos, dict(manifest["config"]))
+            return cls(
+                dataset,
+                seed,
+                task_names,
+                silos,
+                dict(manifest["config"]),
+                np.asarray(global_test, np.int64),
+                skew,
+            )
         except ValueError as err:
             _bad_manifest(str(err))
 
@@ -253,7 +320,8 @@ class Partition:
         """Check this partition against ``dataset``; a mismatch is a ConfigError on ``key``.
 
         Checked: the dataset name; every silo's tasks exist in the dataset; indices lie in
-        ``[0, num_samples)``; no sample is in two silos; no sample is both train and test in a silo.
+        ``[0, num_samples)``; no sample is in two silos, or in a silo and the global test set; no
+        sample is both train and test in a silo.
         """
         fix = "rebuild the partition for this dataset, or point to the matching partition.json."
         if self.dataset != dataset.name:
@@ -290,6 +358,12 @@ class Partition:
                         key, f"silos {int(clash[0])} and {silo.id} share samples.", fix
                     )
                 owner[indices] = silo.id
+        held_out = self.global_test_indices
+        if held_out.size and held_out[-1] >= dataset.num_samples:
+            raise ConfigError(key, f"global test index {int(held_out[-1])} is out of range.", fix)
+        if held_out.size and np.any(owner[held_out] >= 0):
+            silo_id = int(owner[held_out][owner[held_out] >= 0][0])
+            raise ConfigError(key, f"silo {silo_id} holds samples of the global test set.", fix)
 
 
 def _bad_manifest(problem: str) -> NoReturn:
@@ -336,7 +410,24 @@ def _silo_from_manifest(entry: Any, position: int) -> Silo:
             _bad_manifest(f"'{where}.{name}' is {entry[name]!r} but lists {len(indices)} indices")
     silo_id = _typed(entry["id"], int, f"{where}.id")
     tasks = tuple(_string_list(entry["tasks"], f"{where}.tasks"))
+    hidden_raw = entry.get("hidden_labels", {})
+    if not isinstance(hidden_raw, Mapping):
+        _bad_manifest(f"'{where}.hidden_labels' must be an object")
+    hidden = {
+        task: np.asarray(_int_list(values, f"{where}.hidden_labels.{task}"), np.int64)
+        for task, values in hidden_raw.items()
+    }
+    skew = entry.get("feature_skew", {})
+    if not isinstance(skew, Mapping):
+        _bad_manifest(f"'{where}.feature_skew' must be an object")
     try:
-        return Silo(silo_id, tasks, np.asarray(train, np.int64), np.asarray(test, np.int64))
+        return Silo(
+            silo_id,
+            tasks,
+            np.asarray(train, np.int64),
+            np.asarray(test, np.int64),
+            hidden=hidden,
+            feature_skew=skew,
+        )
     except ValueError as err:
         _bad_manifest(str(err))

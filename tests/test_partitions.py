@@ -15,7 +15,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import partitions
-from fedmtl.config import PartitionConfig, PluginConfig
+from fedmtl.config import PartitionConfig, PluginConfig, parse_partition
 from fedmtl.data.base import MultiTaskDataset
 from fedmtl.errors import ConfigError
 from fedmtl.tasks import TaskSpec
@@ -47,7 +47,15 @@ def make_dataset(
     }
     mask = torch.rand(num_samples, num_tasks, generator=gen) < label_rate
     inputs = torch.randn(num_samples, 4, generator=gen)
-    return MultiTaskDataset(name=name, inputs=inputs, tasks=tasks, targets=targets, mask=mask)
+    sites = np.arange(num_samples) % 12  # a natural-id column with 12 ids
+    return MultiTaskDataset(
+        name=name,
+        inputs=inputs,
+        tasks=tasks,
+        targets=targets,
+        mask=mask,
+        natural_ids={"site": sites},
+    )
 
 
 def make_config(
@@ -68,19 +76,9 @@ def make_config(
 
 
 def config_from_yaml(path: Path) -> PartitionConfig:
-    values = yaml.safe_load(path.read_text())
-
-    def plugin(registry: Any, raw: dict[str, Any], key: str) -> PluginConfig:
-        params = {k: v for k, v in raw.items() if k != "name"}
-        return PluginConfig(raw["name"], registry.parse(raw["name"], params, key))
-
-    return PartitionConfig(
-        num_silos=values["num_silos"],
-        test_fraction=values["test_fraction"],
-        min_train_per_task=values["min_train_per_task"],
-        assignment=plugin(ASSIGNMENTS, values["assignment"], "partition.assignment"),
-        split=plugin(SPLITS, values["split"], "partition.split"),
-    )
+    cfg = parse_partition(yaml.safe_load(path.read_text()))
+    assert isinstance(cfg, PartitionConfig)
+    return cfg
 
 
 @st.composite
@@ -174,14 +172,31 @@ def test_all_gives_every_silo_every_task() -> None:
 # --- generic contract of every registered plug-in ----------------------------------------------
 
 
+def assignment_params(name: str, task_names: list[str], num_silos: int) -> Any:
+    """Default parameters of assignment ``name``, made feasible for this federation."""
+    values: dict[str, Any] = {}
+    if name == "random_k":
+        values = {"k": min(2, len(task_names))}
+    if name == "explicit":  # silo i labels task i mod T and every task j with j mod S = i
+        values = {
+            "tasks": [
+                [
+                    t
+                    for j, t in enumerate(task_names)
+                    if j % num_silos == i or j == i % len(task_names)
+                ]
+                for i in range(num_silos)
+            ]
+        }
+    return ASSIGNMENTS.parse(name, values, "partition.assignment")
+
+
 @pytest.mark.parametrize("name", ASSIGNMENTS.names())
-@pytest.mark.parametrize(("num_tasks", "num_silos"), [(1, 1), (4, 6), (6, 3)])
+@pytest.mark.parametrize(("num_tasks", "num_silos"), [(1, 1), (4, 6), (6, 3), (5, 12)])
 def test_assignment_contract(name: str, num_tasks: int, num_silos: int) -> None:
-    params = ASSIGNMENTS.parse(name, {}, "partition.assignment")
     task_names = [f"t{i}" for i in range(num_tasks)]
+    params = assignment_params(name, task_names, num_silos)
     factory = ASSIGNMENTS.get(name).factory
-    if name == "random_k" and num_tasks < params.k:
-        params = RandomKParams(k=num_tasks)
     result = factory(list(task_names), num_silos, params, np.random.default_rng(5))
     assert len(result) == num_silos
     for tasks in result:
@@ -191,18 +206,19 @@ def test_assignment_contract(name: str, num_tasks: int, num_silos: int) -> None:
 
 
 @pytest.mark.parametrize("name", SPLITS.names())
-@pytest.mark.parametrize(("num_samples", "num_silos"), [(1, 1), (10, 10), (97, 8)])
+@pytest.mark.parametrize(("num_samples", "num_silos"), [(40, 1), (97, 8), (300, 12)])
 def test_split_contract(name: str, num_samples: int, num_silos: int) -> None:
     dataset = make_dataset(num_samples, 3)
+    pool = np.arange(num_samples)[np.arange(num_samples) % 7 != 3]  # some samples held out
     params = SPLITS.parse(name, {}, "partition.split")
     factory = SPLITS.get(name).factory
-    result = factory(dataset, num_silos, params, 11)
+    result = factory(dataset, pool, num_silos, params, 11)
     assert len(result) == num_silos
     joined = np.concatenate(result)
     assert all(len(r) > 0 for r in result)
     assert len(np.unique(joined)) == len(joined)
-    assert joined.min() >= 0 and joined.max() < num_samples
-    again = factory(dataset, num_silos, params, 11)
+    assert np.isin(joined, pool).all()
+    again = factory(dataset, pool, num_silos, params, 11)
     assert all(np.array_equal(a, b) for a, b in zip(result, again, strict=True))
 
 
@@ -277,8 +293,9 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.test_indices, b.test_indices)
 
     manifest = json.loads(path.read_text())
-    assert set(manifest) == {"schema_version", "seed", "dataset", "tasks", "config", "silos"}
-    assert manifest["schema_version"] == 1
+    foundation = {"schema_version", "seed", "dataset", "tasks", "config", "silos"}
+    assert set(manifest) == foundation | {"global_test_indices", "feature_skew"}
+    assert manifest["schema_version"] == partitions.SCHEMA_VERSION == 2
     assert (manifest["seed"], manifest["dataset"]) == (42, "tiny")
     assert manifest["tasks"] == dataset.task_names
     assert manifest["config"]["num_silos"] == 6
@@ -292,6 +309,8 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
             "num_test",
             "train_indices",
             "test_indices",
+            "hidden_labels",
+            "feature_skew",
         }
         for part in ("train", "test"):
             indices = entry[f"{part}_indices"]
@@ -315,7 +334,7 @@ def saved(tmp_path: Path) -> tuple[MultiTaskDataset, Path]:
 
 def test_load_rejects_an_unknown_schema_version(saved: tuple[MultiTaskDataset, Path]) -> None:
     dataset, path = saved
-    rewrite(path, lambda m: m.update(schema_version=2))
+    rewrite(path, lambda m: m.update(schema_version=99))
     with pytest.raises(ConfigError) as info:
         partitions.load(path, dataset)
     assert info.value.key == "partition.path"
@@ -399,3 +418,17 @@ def test_config_presets_build(preset: str, num_silos: int) -> None:
     partition = build(make_dataset(num_samples=600, num_tasks=6, label_rate=0.8), cfg, seed=0)
     assert partition.num_silos == num_silos
     assert partition.config == partitions.config_to_dict(cfg)
+
+
+def test_every_registered_scheme_has_a_preset() -> None:
+    """configs/partition/ mirrors the three registries: each plug-in is chosen by some preset."""
+    used: dict[str, set[str]] = {"assignment": set(), "split": set(), "feature_skew": set()}
+    for path in CONFIGS.glob("*.yaml"):
+        values = yaml.safe_load(path.read_text())
+        if "path" in values:  # from_file: no scheme of its own
+            continue
+        for key, names in used.items():
+            names.add(values.get(key, {"name": "none"})["name"])
+    assert used["assignment"] == set(ASSIGNMENTS.names())
+    assert used["split"] == set(SPLITS.names())
+    assert used["feature_skew"] == set(partitions.FEATURE_SKEWS.names())

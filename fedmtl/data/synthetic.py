@@ -34,9 +34,16 @@ classification tasks alternate multiclass (``num_classes``) and binary in task o
 dataset. The default (6 tasks, 3 groups) gives t0 multiclass, t1 regression, t2 binary,
 t3 regression, t4 multiclass, t5 regression.
 
+Sites (``num_sites`` K > 0, default 0 = none): a natural-id column ``site`` for natural-id
+partitions. Sample i gets a site :math:`k_i` uniform in ``0 .. K-1`` and its input is shifted by
+its site's offset, :math:`x_i = z_i + m_{k_i}` with :math:`z_i \sim \mathcal N(0, I_d)` and
+:math:`m_k \sim \mathcal N(0, \sigma_{site}^2 I_d)` (``site_shift``); the targets are computed
+from the shifted :math:`x_i`, so sites differ in P(x) (covariate shift), not in P(y | x).
+
 Randomness comes from a numpy Generator seeded from ``seed``: the structure (maps, directions,
-perturbations) and the samples come from two independent child streams, so changing
-``num_samples`` keeps the planted structure of a seed.
+perturbations), the samples and the sites come from three independent child streams, so changing
+``num_samples`` keeps the planted structure of a seed, and ``num_sites = 0`` gives the same data
+as before sites existed.
 """
 
 from __future__ import annotations
@@ -72,6 +79,8 @@ class SyntheticParams:
     kinds: Literal["mixed", "classification", "regression"] = "mixed"
     num_classes: int = 3
     conflicting: bool = True
+    num_sites: int = 0
+    site_shift: float = 0.5
 
     def __post_init__(self) -> None:
         int_at_least(self, "num_samples", 2)
@@ -86,7 +95,8 @@ class SyntheticParams:
         int_at_least(self, "input_dim", 1)
         int_at_least(self, "latent_dim", 1)
         int_at_least(self, "num_classes", 2)
-        non_negative(self, "task_noise", "label_noise")
+        non_negative(self, "task_noise", "label_noise", "site_shift")
+        int_at_least(self, "num_sites", 0)
         if self.kinds not in KINDS:
             raise ConfigError("kinds", f"{self.kinds!r} is not allowed.", f"choose one of {KINDS}.")
 
@@ -154,8 +164,8 @@ def _target(spec: TaskSpec, noisy_score: np.ndarray) -> torch.Tensor:
 @DATASETS.register("synthetic", params=SyntheticParams)
 def build_synthetic(params: SyntheticParams, seed: int) -> MultiTaskDataset:
     """Sample the planted-group dataset of the module docstring for ``seed``."""
-    structure_rng, sample_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed % 2**64).spawn(2)
+    structure_rng, sample_rng, site_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed % 2**64).spawn(3)
     )
     sizes = group_sizes(params.num_tasks, params.num_groups)
     specs = task_kinds(sizes, params.kinds, params.num_classes)
@@ -169,6 +179,12 @@ def build_synthetic(params: SyntheticParams, seed: int) -> MultiTaskDataset:
     perturbations /= math.sqrt(params.latent_dim)
 
     x = sample_rng.standard_normal((params.num_samples, params.input_dim))
+    natural_ids = {}
+    if params.num_sites > 0:
+        sites = site_rng.integers(0, params.num_sites, size=params.num_samples)
+        offsets = site_rng.normal(0.0, params.site_shift, (params.num_sites, params.input_dim))
+        x = x + offsets[sites]
+        natural_ids["site"] = sites
     features = {g: np.tanh(FEATURE_GAIN * (x @ maps[g])) for g in own}
     noise = sample_rng.standard_normal((params.num_samples, params.num_tasks))
     targets = {}
@@ -186,6 +202,7 @@ def build_synthetic(params: SyntheticParams, seed: int) -> MultiTaskDataset:
         tasks=tuple(specs),
         targets=targets,
         mask=torch.ones((params.num_samples, params.num_tasks), dtype=torch.bool),
+        natural_ids=natural_ids,
         info={
             "planted_groups": [names[bounds[g] : bounds[g + 1]] for g in range(params.num_groups)],
             "conflicting_pairs": [[s, g] for g, (s, _) in enumerate(sources) if s != g],
