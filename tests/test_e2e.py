@@ -124,6 +124,29 @@ def test_every_strategy_runs_end_to_end(tmp_path: Path, name: str, extra: list[s
         assert len(weights) == (len(summary["tasks"]) if weighted else 0)
 
 
+@pytest.mark.parametrize("name", ["mgda", "upgrad", "famo"])
+def test_balancing_learns_conflicting_synthetic_tasks(tmp_path: Path, name: str) -> None:
+    """Planted conflicting groups, silos holding 3 of 6 tasks: each method learns every task.
+
+    The weights sum to one, so the server learning rate is 3 (k = 3 tasks per silo) to take steps
+    as long as FedAvg's (docs/balancing.md, "Step size"). Only learning is asserted; how the
+    methods compare is measured by ``benchmarks/compare_balancing.py``, not tuned into this test.
+    """
+    overrides = [
+        "experiment=synthetic_groups",
+        "dataset.num_samples=1200",
+        f"strategy={name}",
+        "strategy.server_optimizer.lr=3.0",
+        "strategy.evaluate_every=4",
+        "runtime=inprocess",
+        "tracking=quiet",
+        "num_rounds=8",
+    ]
+    summary = run(parse(compose_raw(overrides, tmp_path)))
+    assert summary["dataset_info"]["conflicting_pairs"]
+    assert beats_chance(summary, margin=0.15) == {}
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 def test_inprocess_run_is_deterministic(tmp_path: Path, dropout: float) -> None:
     """Batch order and dropout masks are seeded per (seed, silo, round): a seed fixes the result."""
