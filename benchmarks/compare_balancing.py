@@ -33,6 +33,7 @@ from _common import write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASELINE = "fedavg"
+FLOOR = -100.0  # gains below this (a diverged run) are drawn at the floor and labelled
 
 
 def run_one(
@@ -92,13 +93,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         gains = [r["gain_vs_fedavg_pct"] for r in rows if (r["strategy"], r["server_lr"]) == key]
         means.append(statistics.fmean(gains))
         spreads.append(statistics.pstdev(gains))
-    labels = [f"{s} (lr {lr:g})" for s, lr in keys]
-    figure, axis = plt.subplots(figsize=(8, 0.35 * len(keys) + 1.5))
-    axis.barh(
-        labels, means, xerr=spreads, color=["tab:blue" if m >= 0 else "tab:red" for m in means]
-    )
+    labels = [
+        f"{s} (lr {lr:g})" + (" diverged" if m < FLOOR else "")
+        for (s, lr), m in zip(keys, means, strict=True)
+    ]
+    shown = [max(m, FLOOR) for m in means]
+    errors = [0.0 if m < FLOOR else e for m, e in zip(means, spreads, strict=True)]
+    colors = ["tab:blue" if m >= 0 else "tab:red" for m in means]
+    figure, axis = plt.subplots(figsize=(8, 0.3 * len(keys) + 1.5))
+    axis.barh(labels, shown, xerr=errors, color=colors)
     axis.axvline(0.0, color="black", linewidth=0.8)
-    axis.set_xlabel("mean relative gain over FedAvg (%), +/- std over seeds")
+    axis.set_xlabel(f"mean relative gain over FedAvg (%), +/- std over seeds (cut at {FLOOR:g}%)")
     axis.invert_yaxis()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
