@@ -92,18 +92,6 @@ def task_losses(
     return losses
 
 
-def batch_loss(
-    model: MultiTaskModel, data: LocalData, rows: torch.Tensor
-) -> tuple[torch.Tensor | None, dict[str, float]]:
-    """Sum over tasks of the mean loss over the batch rows labelled for each task.
-
-    Returns None as the loss when no row of the batch is labelled for any task.
-    """
-    losses = task_losses(model, data, rows)
-    total = sum(losses.values()) if losses else None
-    return total, {name: float(loss.detach()) for name, loss in losses.items()}  # type: ignore[return-value]
-
-
 @torch.no_grad()
 def mean_task_losses(
     model: MultiTaskModel, data: LocalData, batch_size: int = 512
@@ -152,8 +140,8 @@ class TrunkAttribution:
         self.steps = 0
 
     def record(self, shares: dict[str, list[torch.Tensor]]) -> None:
-        """Call after ``optimizer.step()`` with each task's weighted trunk gradients ``shares``
-        (missing tasks contributed nothing) and the parameters as they were before the step."""
+        """Call after ``optimizer.step()`` (and :meth:`snapshot` before it) with each task's
+        weighted trunk gradients ``shares`` of this step (a missing task contributed nothing)."""
         self.steps += 1
         cfg = self.cfg
         for task in self.tasks:

@@ -16,7 +16,7 @@ from fedmtl.data.synthetic import SyntheticParams
 from fedmtl.models import MultiTaskModel, build_model
 from fedmtl.models.trunks import MLPParams
 from fedmtl.tasks import TaskSpec
-from fedmtl.training import LocalData, batch_loss, evaluate, local_view, train_local
+from fedmtl.training import LocalData, evaluate, local_view, task_losses, train_local
 
 TINY_TASKS = (TaskSpec.multiclass("a", 3), TaskSpec.binary("b"), TaskSpec.regression("c"))
 # Rows 0..7; row 6 is labelled for no task.
@@ -114,7 +114,7 @@ def test_local_view_accepts_lists_and_empty_rows() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# batch_loss
+# task_losses: the silo objective is their sum
 
 
 def hand_loss(model: MultiTaskModel, data: LocalData, rows: torch.Tensor) -> torch.Tensor:
@@ -136,18 +136,16 @@ def hand_loss(model: MultiTaskModel, data: LocalData, rows: torch.Tensor) -> tor
 
 
 @pytest.mark.parametrize("rows", [[0, 1, 2, 3, 4, 5, 6, 7], [6, 2, 4], [1, 3], [7]])
-def test_batch_loss_is_sum_of_masked_means(rows: list[int]) -> None:
+def test_task_losses_are_masked_means(rows: list[int]) -> None:
     dataset = tiny_dataset()
     data = local_view(dataset, np.arange(8), ["a", "b", "c"])
     model = small_model((5,), TINY_TASKS)
     model.eval()
     index = torch.tensor(rows)
-    loss, losses = batch_loss(model, data, index)
-    assert loss is not None
-    torch.testing.assert_close(loss, hand_loss(model, data, index))
+    losses = task_losses(model, data, index)
     labelled = {t.name for i, t in enumerate(data.tasks) if bool(data.mask[index, i].any())}
     assert set(losses) == labelled
-    assert sum(losses.values()) == pytest.approx(float(loss.detach()), rel=1e-5)
+    torch.testing.assert_close(sum(losses.values()), hand_loss(model, data, index))
 
 
 def test_unlabelled_entries_do_not_contribute() -> None:
@@ -156,8 +154,7 @@ def test_unlabelled_entries_do_not_contribute() -> None:
     model.eval()
     rows = torch.arange(8)
     base = local_view(dataset, np.arange(8), ["a", "b", "c"])
-    loss, _ = batch_loss(model, base, rows)
-    assert loss is not None
+    loss = task_losses(model, base, rows)
     changed = tiny_dataset()
     # Unlabelled targets: a at row 2, b at row 1, c at row 3; row 6 is unlabelled for all.
     changed.targets["a"][2] = (changed.targets["a"][2] + 1) % 3
@@ -166,34 +163,30 @@ def test_unlabelled_entries_do_not_contribute() -> None:
     changed.targets["c"][3] = changed.targets["c"][3] + 100.0
     changed.targets["c"][6] = -50.0
     changed.inputs[6] = changed.inputs[6] * 10 + 3  # a row labelled for no task
-    other, _ = batch_loss(model, local_view(changed, np.arange(8), ["a", "b", "c"]), rows)
-    assert other is not None
-    assert torch.equal(loss, other)
+    other = task_losses(model, local_view(changed, np.arange(8), ["a", "b", "c"]), rows)
+    assert loss.keys() == other.keys() and all(torch.equal(loss[t], other[t]) for t in loss)
     # A labelled target does change it.
     changed.targets["c"][0] = changed.targets["c"][0] + 1.0
-    moved, _ = batch_loss(model, local_view(changed, np.arange(8), ["a", "b", "c"]), rows)
-    assert moved is not None and not torch.equal(loss, moved)
+    moved = task_losses(model, local_view(changed, np.arange(8), ["a", "b", "c"]), rows)
+    assert not torch.equal(loss["c"], moved["c"])
 
 
-def test_batch_without_labels_returns_none() -> None:
+def test_batch_without_labels_has_no_task_loss() -> None:
     dataset = tiny_dataset()
     data = local_view(dataset, np.arange(8), ["a", "b", "c"])
     model = small_model((5,), TINY_TASKS)
-    loss, losses = batch_loss(model, data, torch.tensor([6]))
-    assert loss is None and losses == {}
+    assert task_losses(model, data, torch.tensor([6])) == {}
     # Row 4 is labelled only for c: a view without c sees no labels there.
     view = local_view(dataset, np.arange(8), ["a", "b"])
-    loss, losses = batch_loss(model, view, torch.tensor([4, 6]))
-    assert loss is None and losses == {}
+    assert task_losses(model, view, torch.tensor([4, 6])) == {}
 
 
-def test_batch_loss_gradient_reaches_only_the_view_heads() -> None:
+def test_task_loss_gradient_reaches_only_the_view_heads() -> None:
     dataset = tiny_dataset()
     model = small_model((5,), TINY_TASKS)
     view = local_view(dataset, np.arange(8), ["a", "c"])
-    loss, _ = batch_loss(model, view, torch.arange(8))
-    assert loss is not None
-    loss.backward()
+    losses = task_losses(model, view, torch.arange(8))
+    sum(losses.values()).backward()
     assert all(p.grad is not None for p in model.trunk.parameters())
     assert all(p.grad is not None for p in model.heads["a"].parameters())
     assert all(p.grad is not None for p in model.heads["c"].parameters())
