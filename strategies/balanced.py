@@ -28,20 +28,18 @@ Replies with NaN/Inf are rejected before aggregation (base class), so J is alway
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import typing
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
-from fedmtl.config import TrainConfig
 from fedmtl.records import UpdateMode
-from fedmtl.tasks import TaskSpec
 from strategies.balancing import WEIGHTINGS, Weighting, build_weighting
-from strategies.base import Arrays, ClientUpdate, RoundObserver, StrategyParams, TaskAwareStrategy
+from strategies.base import Arrays, ClientUpdate, StrategyParams, TaskAwareStrategy
 from strategies.fedavg import weighted_mean_delta
 
 log = logging.getLogger("fedmtl")
@@ -77,21 +75,17 @@ class Balanced(TaskAwareStrategy):
     weighting_name: ClassVar[str]
     params: BalancedParams
 
-    def __init__(
-        self,
-        params: BalancedParams,
-        tasks: Iterable[TaskSpec],
-        train: TrainConfig,
-        seed: int = 0,
-        observers: Iterable[RoundObserver] = (),
-    ) -> None:
-        super().__init__(params, tasks, train, seed, observers)
-        self.weighting_params = weighting_params(params, self.weighting_name)
-        self.weighting: Weighting | None = None
-        if params.balancing != "local":
-            self.weighting = build_weighting(
-                self.weighting_name, self.weighting_params, seed=seed, key="strategy.params"
-            )
+    @functools.cached_property
+    def weighting_params(self) -> dict[str, Any]:
+        """The weighting's own parameters (checked when the config was parsed)."""
+        return weighting_params(self.params, self.weighting_name)
+
+    @functools.cached_property
+    def weighting(self) -> Weighting:
+        """The server's weighting, built once: its state lives across rounds."""
+        return build_weighting(
+            self.weighting_name, self.weighting_params, seed=self.seed, key="strategy.params"
+        )
 
     def update_mode(self) -> UpdateMode:
         return "joint" if self.params.balancing == "local" else "per_task"
@@ -104,7 +98,7 @@ class Balanced(TaskAwareStrategy):
     def trunk_update(
         self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
     ) -> Arrays | None:
-        if self.weighting is None:  # balancing: local
+        if self.params.balancing == "local":
             return weighted_mean_delta(
                 updates, list(trunk), [float(u.num_examples) for u in updates]
             )

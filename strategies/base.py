@@ -148,6 +148,7 @@ class TaskAwareStrategy(Strategy):
         self.params = params
         self.tasks = {task.name: task for task in tasks}
         self.train = train
+        self.seed = seed
         self.rng = random.Random(seed)
         self.observers = list(observers)
         self.silos: dict[int, SiloInfo] = {}

@@ -12,18 +12,16 @@ Silos send joint updates (no extra upload); heads are averaged per task (base cl
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from fedmtl.checks import non_negative
-from fedmtl.config import TrainConfig
-from fedmtl.tasks import TaskSpec
 from strategies.balanced import flatten, unflatten
-from strategies.balancing import build_weighting
-from strategies.base import Arrays, ClientUpdate, RoundObserver, StrategyParams, TaskAwareStrategy
+from strategies.balancing import Weighting, build_weighting
+from strategies.base import Arrays, ClientUpdate, StrategyParams, TaskAwareStrategy
 
 
 @dataclass(frozen=True)
@@ -43,17 +41,11 @@ class ClientRowsBalancing(TaskAwareStrategy):
     weighting_name: ClassVar[str]
     mean_of_rows: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        params: StrategyParams,
-        tasks: Iterable[TaskSpec],
-        train: TrainConfig,
-        seed: int = 0,
-        observers: Iterable[RoundObserver] = (),
-    ) -> None:
-        super().__init__(params, tasks, train, seed, observers)
-        self.weighting = build_weighting(
-            self.weighting_name, self.own_weighting_params(), seed=seed, key="strategy.params"
+    @functools.cached_property
+    def weighting(self) -> Weighting:
+        """Built once, on first use: its state (if any) lives across rounds."""
+        return build_weighting(
+            self.weighting_name, self.own_weighting_params(), seed=self.seed, key="strategy.params"
         )
 
     def own_weighting_params(self) -> dict[str, object]:
