@@ -39,7 +39,7 @@ FLOOR = -100.0  # gains below this (a diverged run) are drawn at the floor and l
 def run_one(
     strategy: str, seed: int, rounds: int, server_lr: float, extra: list[str], workdir: Path
 ) -> dict[str, Any]:
-    """One in-process run; returns its final metrics, bytes and wall time."""
+    """One in-process run; returns its final metrics, bytes, wall time and summary."""
     from fedmtl.cli import compose
     from fedmtl.config import parse
     from fedmtl.runtime import run
@@ -66,6 +66,7 @@ def run_one(
         "higher_is_better": {t: summary["task_info"][t]["higher_is_better"] for t in metrics},
         "bytes_up": summary["bytes_up"],
         "wall_time_s": time.perf_counter() - started,
+        "summary": summary,
     }
 
 

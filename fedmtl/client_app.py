@@ -9,6 +9,7 @@ Thin wiring: the silo comes from the node config (``partition-id``), data and mo
 from __future__ import annotations
 
 import functools
+import json
 import zlib
 from typing import Literal
 
@@ -31,16 +32,24 @@ from fedmtl.training import (
 )
 from partitions.views import silo_data
 from strategies.balancing import build_weighting
+from strategies.grouping.affinity import SiloProbe, silo_probe
 
 PARTITION_ID = "partition-id"
 NODE_STATE = "fedmtl.node"
 
 
-@functools.lru_cache(maxsize=4)
-def _shared_model(config_json: str, device: str) -> MultiTaskModel:
-    """One model object per process and device, reused by every virtual client (weights are loaded
-    from each message before use)."""
-    return cached_experiment(config_json).new_model().to(device)
+@functools.lru_cache(maxsize=8)
+def _shared_model(config_json: str, device: str, groups_json: str = "") -> MultiTaskModel:
+    """One model object per process, device and task grouping, reused by every virtual client
+    (weights are loaded from each message before use)."""
+    groups = json.loads(groups_json) if groups_json else None
+    return cached_experiment(config_json).new_model(groups).to(device)
+
+
+def _message_model(config_json: str, device: str, config: ConfigRecord) -> MultiTaskModel:
+    """The shared model whose structure fits a message: one trunk, or one per task group."""
+    groups = records.groups_from_config(config)
+    return _shared_model(config_json, device, json.dumps(groups, sort_keys=True) if groups else "")
 
 
 @functools.lru_cache(maxsize=256)
@@ -85,11 +94,17 @@ def _round_seed(seed: int, silo_id: int, server_round: int) -> int:
 
 
 def _train_seeded(
-    model: MultiTaskModel, data: LocalData, request: TrainRequest, seed: int, device: str
+    model: MultiTaskModel,
+    data: LocalData,
+    request: TrainRequest,
+    seed: int,
+    device: str,
+    probe: SiloProbe | None = None,
 ) -> TrainResult:
     """Train with the batch order, torch's global RNG (dropout) and the step weighting all set
     by ``seed``; the caller's global RNG state is restored afterwards. A stateful weighting is
-    built afresh each round: its state lives for the round's local steps."""
+    built afresh each round: its state lives for the round's local steps. ``probe`` measures
+    task affinity along the way."""
     weighting = None
     if request.weighting is not None:
         name, params = request.weighting
@@ -104,6 +119,7 @@ def _train_seeded(
             torch.Generator().manual_seed(seed),
             update_mode=request.update_mode,
             weighting=weighting,
+            probe=probe,
         )
 
 
@@ -129,24 +145,29 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
         config = msg.content.config_records[records.CONFIG]
         server_round = records.integer(config, records.SERVER_ROUND)
         request = records.train_request_from_record(config)
-        model = _shared_model(config_json, device)
+        model = _message_model(config_json, device, config)
         records.load_arrays(model, received)
         data = _silo_data(config_json, silo_id, "train", device)
         loss_before = mean_task_losses(model, data)
+        probe = None
+        if request.affinity is not None:
+            probe = silo_probe(request.affinity.name, model, data, request.affinity.every)
         result = _train_seeded(
             model,
             data,
             request,
             _round_seed(experiment.config.seed, silo_id, server_round),
             device,
+            probe,
         )
         trained = records.state_arrays(model, list(received))
         deltas = {k: trained[k] - received[k] for k in received}
-        if result.task_trunk_deltas is not None:  # per_task mode: each task's share of the trunk
+        if result.task_trunk_deltas is not None:  # per_task mode: each task's share of its trunk
             deltas = {k: v for k, v in deltas.items() if not is_trunk_key(k)}
             for task, shares in result.task_trunk_deltas.items():
-                for key, share in shares.items():
-                    deltas[records.task_update_key(task, key)] = share.detach().cpu().numpy()
+                own = model.shared_parameters([task])
+                for key in (k for k in shares if k in own):
+                    deltas[records.task_update_key(task, key)] = shares[key].detach().cpu().numpy()
         metrics: dict[str, MetricRecordValues] = {
             records.NUM_EXAMPLES: data.num_samples,
             records.STEPS: result.steps,
@@ -157,6 +178,8 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
             metrics[records.task_key(task, records.TRAIN_LOSS)] = loss
         for task, loss in loss_before.items():
             metrics[records.task_key(task, records.LOSS_BEFORE)] = loss
+        for (source, target), value in ({} if probe is None else probe.means()).items():
+            metrics[records.affinity_key(source, target)] = value
         _remember_round(context, server_round)
         content = RecordDict(
             {
@@ -169,7 +192,7 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
     @app.evaluate()
     def evaluate_(msg: Message, context: Context) -> Message:
         config_json, _, silo_id, device = setup(context)
-        model = _shared_model(config_json, device)
+        model = _message_model(config_json, device, msg.content.config_records[records.CONFIG])
         records.load_arrays(
             model, records.from_array_record(msg.content.array_records[records.ARRAYS])
         )

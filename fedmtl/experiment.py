@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +32,15 @@ class Experiment:
     dataset: MultiTaskDataset
     partition: Partition
 
-    def new_model(self) -> MultiTaskModel:
-        """A fresh model initialised from the seed: identical in every process."""
+    def new_model(self, groups: Mapping[str, Sequence[str]] | None = None) -> MultiTaskModel:
+        """A fresh model initialised from the seed: identical in every process. With ``groups``
+        (group -> tasks) it has one trunk per group (see :class:`MultiTaskModel`)."""
         return build_model(
-            self.config.model, self.dataset.input_shape, self.dataset.tasks, self.config.seed
+            self.config.model,
+            self.dataset.input_shape,
+            self.dataset.tasks,
+            self.config.seed,
+            groups=groups,
         )
 
 
@@ -55,6 +60,7 @@ def prepare(config: ExperimentConfig) -> Experiment:
     dataset, partition = build_data(config)
     experiment = Experiment(config=config, dataset=dataset, partition=partition)
     experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
+    config.strategy.params.check_experiment(dataset.task_names, config.num_rounds)
     # Simulated runtimes start one node per silo: waiting for more would only time out.
     min_available = config.strategy.params.min_available_nodes
     num_silos = partition.num_silos

@@ -5,9 +5,13 @@ Every record name and metric key of the protocol is defined here and nowhere els
 Server -> client
   ``query``:    empty content; the reply describes the silo (:class:`SiloInfo`).
   ``train``:    ``ARRAYS`` (the trunk and the heads of the silo's tasks only) and ``CONFIG``
-                (server round, local training settings, the update mode and the weighting the
-                silo applies at each local step, :func:`train_config_record`).
+                (server round, local training settings, the update mode, the weighting the
+                silo applies at each local step and the task affinity it measures,
+                :func:`train_config_record`).
   ``evaluate``: ``ARRAYS`` as for train and ``CONFIG`` (server round).
+  Both carry ``GROUPS`` in ``CONFIG`` when the model has one trunk per task group: the JSON
+  object {group: [tasks]} (:func:`groups_entry`); ``ARRAYS`` then holds ``trunks.<group>.*`` for
+  the groups of the silo's tasks instead of ``trunk.*``.
 Client -> server
   ``query``:    ``SILO`` (ConfigRecord: silo id, tasks, example counts).
   ``train``:    ``UPDATE`` (ArrayRecord of deltas, trained minus received: one per head received
@@ -15,7 +19,9 @@ Client -> server
                 and task in ``per_task`` mode, keyed :func:`task_update_key`) and ``METRICS``
                 (``num-examples``, ``steps``, per task ``<task>/num-examples``,
                 ``<task>/train-loss`` (mean over local steps) and ``<task>/loss-before`` (mean
-                over the silo's training rows, of the received model)).
+                over the silo's training rows, of the received model)) and, when an affinity
+                was requested, ``affinity/<source>/<target>`` per ordered pair of the silo's
+                tasks (:func:`affinity_key`; the mean of the silo's measurements).
   ``evaluate``: ``METRICS`` with per task additive statistics ``<task>/<stat>``
                 (see :meth:`fedmtl.tasks.TaskSpec.metric_sums`).
 """
@@ -46,6 +52,9 @@ STEPS = "steps"
 TRAIN_LOSS = "train-loss"
 LOSS_BEFORE = "loss-before"
 
+GROUPS = "groups"
+AFFINITY = "affinity"
+
 UpdateMode = Literal["joint", "per_task"]
 """``joint``: one trunk update per silo; ``per_task``: one per task the silo holds (they sum to
 the joint one; see :func:`fedmtl.training.train_local`)."""
@@ -56,6 +65,34 @@ _TASK_UPDATE = "per-task"
 def task_update_key(task: str, key: str) -> str:
     """UPDATE key of task ``task``'s share of the trunk array ``key`` in ``per_task`` mode."""
     return f"{_TASK_UPDATE}/{task}/{key}"
+
+
+def affinity_key(source: str, target: str) -> str:
+    """METRICS key of the affinity of ``target`` to a step on ``source`` (S_{source->target})."""
+    return f"{AFFINITY}/{source}/{target}"
+
+
+def split_affinity_key(key: str) -> tuple[str, str] | None:
+    """``(source, target)`` for a key made by :func:`affinity_key`, else None."""
+    parts = key.split("/")
+    return (parts[1], parts[2]) if len(parts) == 3 and parts[0] == AFFINITY else None
+
+
+def groups_entry(groups: Mapping[str, tuple[str, ...]] | None) -> dict[str, str]:
+    """The ``CONFIG`` entry that tells a silo the model's task groups (empty without groups)."""
+    return {} if groups is None else {GROUPS: json.dumps({g: list(ts) for g, ts in groups.items()})}
+
+
+def groups_from_config(record: ConfigRecord) -> dict[str, tuple[str, ...]] | None:
+    """The task groups a message's ``CONFIG`` names, or None (one shared trunk)."""
+    if GROUPS not in record:
+        return None
+    value = json.loads(text(record, GROUPS))
+    if not isinstance(value, dict) or not all(
+        isinstance(ts, list) and all(isinstance(t, str) for t in ts) for ts in value.values()
+    ):
+        raise ValueError(f"{GROUPS} must be a JSON object of task lists, got {value!r}")
+    return {str(g): tuple(ts) for g, ts in value.items()}
 
 
 def task_key(task: str, stat: str) -> str:
@@ -126,14 +163,24 @@ def load_arrays(model: torch.nn.Module, arrays: Mapping[str, np.ndarray]) -> Non
 
 
 @dataclass(frozen=True)
+class AffinityRequest:
+    """Ask a silo to measure task affinity during local training: estimator ``name`` (registered
+    in :data:`strategies.grouping.AFFINITIES`) on the batch of every ``every``-th local step."""
+
+    name: str
+    every: int = 1
+
+
+@dataclass(frozen=True)
 class TrainRequest:
     """What a train message asks of a silo: local training settings, the trunk update mode, and
     the weighting (registered name and parameters) to combine its tasks' gradients at each local
-    step, or None for the plain sum of its task losses."""
+    step, or None for the plain sum of its task losses, and the affinity to measure, if any."""
 
     train: TrainConfig
     update_mode: UpdateMode = "joint"
     weighting: tuple[str, dict[str, Any]] | None = None
+    affinity: AffinityRequest | None = None
 
 
 def train_config_record(
@@ -141,6 +188,7 @@ def train_config_record(
     train: TrainConfig,
     update_mode: UpdateMode = "joint",
     weighting: tuple[str, dict[str, Any]] | None = None,
+    affinity: AffinityRequest | None = None,
 ) -> ConfigRecord:
     """The ConfigRecord of a train message (see :class:`TrainRequest`)."""
     return ConfigRecord(
@@ -156,6 +204,8 @@ def train_config_record(
             "update-mode": update_mode,
             "weighting": "" if weighting is None else weighting[0],
             "weighting-params": json.dumps({} if weighting is None else weighting[1]),
+            AFFINITY: "" if affinity is None else affinity.name,
+            "affinity-every": 1 if affinity is None else affinity.every,
         }
     )
 
@@ -173,6 +223,10 @@ def train_request_from_record(record: ConfigRecord) -> TrainRequest:
     weighting_params = json.loads(text(record, "weighting-params"))
     if not isinstance(weighting_params, dict):
         raise ValueError(f"weighting-params must be a JSON object, got {weighting_params!r}")
+    affinity_name = text(record, AFFINITY)
+    affinity_every = integer(record, "affinity-every")
+    if affinity_every < 1:
+        raise ValueError(f"affinity-every must be >= 1, got {affinity_every}")
     train = TrainConfig(
         local_epochs=integer(record, "local-epochs"),
         max_steps=None if max_steps < 0 else max_steps,
@@ -186,6 +240,7 @@ def train_request_from_record(record: ConfigRecord) -> TrainRequest:
         train=train,
         update_mode=update_mode,  # type: ignore[arg-type]
         weighting=(weighting_name, weighting_params) if weighting_name else None,
+        affinity=AffinityRequest(affinity_name, affinity_every) if affinity_name else None,
     )
 
 

@@ -46,7 +46,7 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
     )
     model = experiment.new_model()
     initial = records.to_array_record(records.state_arrays(model, model.exchanged_keys()))
-    global_eval = GlobalEvaluator(experiment, tracker, strategy.params.evaluate_every)
+    global_eval = GlobalEvaluator(experiment, tracker, strategy)
     started = time.perf_counter()
     try:
         strategy.start(
@@ -59,6 +59,7 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
     finally:
         summary = build_summary(experiment, strategy, time.perf_counter() - started)
         summary["global"] = global_eval.summary(experiment.dataset.tasks)
+        strategy.write_artifacts(output_dir, plots=cfg.tracking.plots)
         tracker.finish(summary)
     return summary
 
@@ -68,16 +69,20 @@ class GlobalEvaluator:
 
     Called by the strategy after every round (Flower's ``evaluate_fn``); it evaluates on the
     strategy's schedule (every ``evaluate_every`` rounds and the last), each task over the rows
-    of the set labelled for it, with every task's head; it hands the metrics to the tracker
-    (split ``global``) and keeps their history for the summary.
+    of the set labelled for it, with every task's head (on its group's trunk when the strategy's
+    model has one trunk per task group); it hands the metrics to the tracker (split ``global``)
+    and keeps their history for the summary.
     """
 
-    def __init__(self, experiment: Experiment, tracker: Tracker, evaluate_every: int) -> None:
+    def __init__(
+        self, experiment: Experiment, tracker: Tracker, strategy: TaskAwareStrategy
+    ) -> None:
+        self.experiment = experiment
         self.data = global_test_data(experiment.dataset, experiment.partition)
         self.num_samples = self.data.num_samples
-        self.model = experiment.new_model()
+        self.strategy = strategy
         self.tracker = tracker
-        self.evaluate_every = evaluate_every
+        self.evaluate_every = strategy.params.evaluate_every
         self.num_rounds = experiment.config.num_rounds
         self.tasks = {t.name: t for t in experiment.dataset.tasks}
         self.history: list[tuple[int, dict[str, dict[str, float]]]] = []
@@ -85,8 +90,9 @@ class GlobalEvaluator:
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round % self.evaluate_every and server_round != self.num_rounds:
             return None
-        records.load_arrays(self.model, records.from_array_record(arrays))
-        sums = evaluate(self.model, self.data)
+        model = self.experiment.new_model(self.strategy.model_groups)
+        records.load_arrays(model, records.from_array_record(arrays))
+        sums = evaluate(model, self.data)
         metrics = {
             task: self.tasks[task].finalize_metrics(task_sums)
             for task, task_sums in sums.items()
@@ -141,6 +147,7 @@ def build_summary(
         "num_silos": len(experiment.partition.silos),
         "holders": {t: experiment.partition.holders(t) for t in dataset.task_names},
         "rejected": strategy.rejections,
+        **strategy.results(),
         "dataset_info": dataset.info,
         "config": dict(cfg.raw),
     }

@@ -63,6 +63,12 @@ silo's task list; the trunk then steps along sum_t w_t g_t (a :class:`strategies
 ``weights`` method fits)."""
 
 
+StepProbe = Callable[[torch.Tensor, torch.optim.Optimizer], None]
+"""Called before every local step with the step's batch rows and the optimizer (e.g. to measure
+task affinity with a lookahead step, :mod:`strategies.grouping.affinity`); it must leave the model,
+the optimizer and the gradients as it found them."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """``task_trunk_deltas[t][key]``: task t's share of the trunk update (``per_task`` mode only)."""
@@ -178,6 +184,7 @@ def train_local(
     generator: torch.Generator,
     update_mode: UpdateMode = "joint",
     weighting: StepWeighting | None = None,
+    probe: StepProbe | None = None,
 ) -> TrainResult:
     """Train the trunk and the heads of ``data.tasks`` for ``cfg.local_epochs`` (or ``max_steps``).
 
@@ -189,11 +196,13 @@ def train_local(
     step computes every batch task's trunk gradient g_t, asks ``weighting`` for w and gives the
     trunk sum_t w_t g_t (each head still gets its own task's gradient). In ``per_task`` mode the
     result also holds each task's share of the trunk update (:class:`TrunkAttribution`).
+    ``probe`` sees every step's batch before the step.
     """
-    trunk = list(model.trunk.parameters())
+    names = [t.name for t in data.tasks]
+    shared = model.shared_parameters(names)
+    trunk = list(shared.values())
     heads = {t.name: list(model.heads[t.name].parameters()) for t in data.tasks}
     optimizer = make_optimizer(trunk + [p for ps in heads.values() for p in ps], cfg)
-    names = [t.name for t in data.tasks]
     attribution = (
         TrunkAttribution(optimizer, trunk, names, cfg) if update_mode == "per_task" else None
     )
@@ -208,7 +217,10 @@ def train_local(
         for start in range(0, data.num_samples, cfg.batch_size):
             if cfg.max_steps is not None and steps >= cfg.max_steps:
                 break
-            losses = task_losses(model, data, order[start : start + cfg.batch_size])
+            rows = order[start : start + cfg.batch_size]
+            if probe is not None:
+                probe(rows, optimizer)
+            losses = task_losses(model, data, rows)
             if not losses:
                 continue
             optimizer.zero_grad(set_to_none=True)
@@ -228,8 +240,7 @@ def train_local(
     mean_loss = {k: loss_sums[k] / loss_counts[k] for k in loss_sums if loss_counts[k]}
     task_deltas = None
     if attribution is not None:
-        keys = [f"trunk.{name}" for name, _ in model.trunk.named_parameters()]
-        task_deltas = {t: dict(zip(keys, attribution.deltas[t], strict=True)) for t in names}
+        task_deltas = {t: dict(zip(shared, attribution.deltas[t], strict=True)) for t in names}
     return TrainResult(steps=steps, mean_loss=mean_loss, task_trunk_deltas=task_deltas)
 
 

@@ -8,6 +8,7 @@ A strategy is registered with its parameter dataclass (a :class:`StrategyParams`
   per-task trunk updates combined by that weighting (:mod:`strategies.balanced`).
 - ``fmtlbench_pcgrad``, ``fmtlbench_cagrad``: FMTL-Bench's baselines over per-silo updates
   (:mod:`strategies.fmtlbench`).
+- ``grouping``: federated task grouping, one trunk per group (:mod:`strategies.grouping`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from strategies.base import (
 )
 from strategies.fedavg import FedAvg, FedAvgParams
 from strategies.fmtlbench import FmtlBenchCAGrad, FmtlBenchCAGradParams, FmtlBenchPCGrad
+from strategies.grouping import Grouping, GroupingParams
 
 STRATEGIES: Registry[type[TaskAwareStrategy]] = Registry("strategy")
 STRATEGIES.register("fedavg", params=FedAvgParams)(FedAvg)
@@ -31,6 +33,7 @@ for _name in WEIGHTINGS.names():
     STRATEGIES.register(_name, params=strategy_params_class(_name))(strategy_class(_name))
 STRATEGIES.register("fmtlbench_pcgrad", params=StrategyParams)(FmtlBenchPCGrad)
 STRATEGIES.register("fmtlbench_cagrad", params=FmtlBenchCAGradParams)(FmtlBenchCAGrad)
+STRATEGIES.register("grouping", params=GroupingParams)(Grouping)
 
 __all__ = [
     "STRATEGIES",

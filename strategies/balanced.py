@@ -102,21 +102,36 @@ class Balanced(TaskAwareStrategy):
             return weighted_mean_delta(
                 updates, list(trunk), [float(u.num_examples) for u in updates]
             )
-        present, rows, losses = per_task_rows(list(self.tasks), updates, list(trunk))
-        if not rows:
-            return None
-        loss_tensor = None
-        if self.weighting.needs_losses:
-            loss_tensor = torch.tensor(losses, dtype=torch.float64)
-            if not torch.isfinite(loss_tensor).all():
-                log.warning("round %d: a task has no reported loss; trunk unchanged", server_round)
-                return None
-        direction, weights = self.weighting(torch.stack(rows), loss_tensor, present)
-        names = list(self.tasks)
-        self.round_task_weights = {
-            names[i]: float(w) for i, w in zip(present, weights, strict=True)
-        }
-        return unflatten(direction, trunk)
+        direction, self.round_task_weights = balanced_update(
+            self.weighting, list(self.tasks), list(self.tasks), updates, trunk, server_round
+        )
+        return direction
+
+
+def balanced_update(
+    weighting: Weighting,
+    tasks: list[str],
+    all_tasks: list[str],
+    updates: list[ClientUpdate],
+    trunk: Arrays,
+    server_round: int,
+) -> tuple[Arrays | None, dict[str, float]]:
+    """Delta = J^T w for the trunk arrays ``trunk`` over ``tasks`` (J from :func:`per_task_rows`,
+    w from ``weighting``, whose state is keyed by each task's position in ``all_tasks``), and the
+    task weights; None (and no weights) when no task has a holder or a needed loss is missing."""
+    present, rows, losses = per_task_rows(tasks, updates, list(trunk))
+    if not rows:
+        return None, {}
+    loss_tensor = None
+    if weighting.needs_losses:
+        loss_tensor = torch.tensor(losses, dtype=torch.float64)
+        if not torch.isfinite(loss_tensor).all():
+            log.warning("round %d: a task has no reported loss; trunk unchanged", server_round)
+            return None, {}
+    ids = [all_tasks.index(tasks[i]) for i in present]
+    direction, weights = weighting(torch.stack(rows), loss_tensor, ids)
+    task_weights = {tasks[i]: float(w) for i, w in zip(present, weights, strict=True)}
+    return unflatten(direction, trunk), task_weights
 
 
 def per_task_rows(

@@ -21,6 +21,10 @@ What it does for every subclass:
 - **Evaluation** on each sampled silo's own test split ("personal"), pooled per task exactly by
   summing the silos' additive statistics.
 - Bytes of model arrays sent down and up are counted.
+- **One trunk per task group.** When :attr:`TaskAwareStrategy.model_groups` is set (task grouping,
+  :mod:`strategies.grouping`) the model holds ``trunks.<group>.*`` instead of ``trunk.*``; a silo
+  receives only the trunks of its tasks' groups, and in ``per_task`` mode each task's share covers
+  its own group's trunk only.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ import math
 import random
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -50,7 +55,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from fedmtl import records
 from fedmtl.checks import fraction, int_at_least, positive
 from fedmtl.config import TrainConfig
-from fedmtl.models.multitask import head_task, is_trunk_key
+from fedmtl.models.multitask import head_task, is_trunk_key, trunk_group
 from fedmtl.records import SiloInfo, UpdateMode
 from fedmtl.tasks import TaskSpec
 from strategies.server_opt import ServerOptimizer, ServerOptParams
@@ -93,6 +98,10 @@ class StrategyParams:
             int_at_least(self, name, 1)
         positive(self, "wait_for_nodes_s", "reply_timeout_s")
 
+    def check_experiment(self, task_names: Sequence[str], num_rounds: int) -> None:
+        """Cross-check these parameters against the experiment before any training (raise
+        :class:`fedmtl.errors.ConfigError`); the default has nothing to check."""
+
 
 @dataclass
 class ClientUpdate:
@@ -101,6 +110,7 @@ class ClientUpdate:
     ``deltas`` holds the joint trunk update and the silo's head updates; in ``per_task`` mode
     ``task_deltas[t]`` holds task t's share of the trunk update (the joint one is their sum).
     ``loss_before[t]``: task t's mean training loss of the received model, before local training.
+    ``affinity[(i, j)]``: the silo's measured affinity S_{i->j}, when the strategy asked for one.
     """
 
     node_id: int
@@ -111,6 +121,7 @@ class ClientUpdate:
     train_loss: dict[str, float]
     loss_before: dict[str, float] = field(default_factory=dict)
     task_deltas: dict[str, Arrays] | None = None
+    affinity: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 @dataclass
@@ -159,6 +170,9 @@ class TaskAwareStrategy(Strategy):
         self.history: list[RoundRecord] = []
         self.server_optimizer = ServerOptimizer(params.server_optimizer)
         self.round_task_weights: dict[str, float] = {}  # set by balancing strategies each round
+        self.model_groups: dict[str, tuple[str, ...]] | None = (
+            None  # group -> tasks, one trunk each
+        )
         self._round_arrays: Arrays = {}
         self._round_rejections: list[dict[str, Any]] = []
         self._last_train_loss: dict[str, float] = {}
@@ -183,6 +197,18 @@ class TaskAwareStrategy(Strategy):
         """The weighting (name, params) silos apply to their tasks' gradients at every local
         step, or None for the plain sum of task losses (default)."""
         return None
+
+    def affinity_request(self, server_round: int) -> records.AffinityRequest | None:
+        """The task affinity silos measure during this round's local training (default none)."""
+        return None
+
+    def results(self) -> dict[str, Any]:
+        """Extra ``summary.json`` fields of this strategy (default none)."""
+        return {}
+
+    def write_artifacts(self, output_dir: Path, plots: bool = True) -> None:
+        """Write this strategy's own result files (and plots when ``plots``) into ``output_dir``
+        (default none)."""
 
     # ------------------------------------------------------------------ discovery and sampling
     def discover(self, grid: Grid) -> None:
@@ -249,8 +275,20 @@ class TaskAwareStrategy(Strategy):
         return self.silos[node].silo_id
 
     def arrays_for(self, arrays: Arrays, silo: SiloInfo) -> Arrays:
-        """The trunk and the heads of the silo's tasks: all that a silo receives."""
-        return {k: v for k, v in arrays.items() if is_trunk_key(k) or head_task(k) in silo.tasks}
+        """The trunk (or the trunks of its tasks' groups) and the heads of the silo's tasks: all
+        that a silo receives."""
+        return {
+            k: v
+            for k, v in arrays.items()
+            if head_task(k) in silo.tasks or any(self.serves(k, t) for t in silo.tasks)
+        }
+
+    def serves(self, key: str, task: str) -> bool:
+        """Whether array ``key`` is (part of) the trunk that task ``task`` uses."""
+        group = trunk_group(key)
+        if group is None:
+            return is_trunk_key(key)
+        return self.model_groups is not None and task in self.model_groups.get(group, ())
 
     def _messages(
         self,
@@ -267,9 +305,8 @@ class TaskAwareStrategy(Strategy):
             keys = self.arrays_for(self._round_arrays, self.silos[node])
             payload = ArrayRecord({key: arrays[key] for key in keys})
             self.bytes_down += payload.count_bytes()
-            content = RecordDict(
-                {records.ARRAYS: payload, records.CONFIG: ConfigRecord(dict(config))}
-            )
+            node_config = ConfigRecord({**config, **records.groups_entry(self.model_groups)})
+            content = RecordDict({records.ARRAYS: payload, records.CONFIG: node_config})
             messages.append(
                 Message(
                     content, dst_node_id=node, message_type=message_type, group_id=str(server_round)
@@ -283,7 +320,11 @@ class TaskAwareStrategy(Strategy):
     ) -> Iterable[Message]:
         nodes = self.sample(grid, self.params.fraction_train, self.params.min_train_nodes)
         config = records.train_config_record(
-            server_round, self.train, self.update_mode(), self.client_weighting()
+            server_round,
+            self.train,
+            self.update_mode(),
+            self.client_weighting(),
+            self.affinity_request(server_round),
         )
         return self._messages(arrays, config, nodes, MessageType.TRAIN, server_round)
 
@@ -472,12 +513,21 @@ class TaskAwareStrategy(Strategy):
             }
             train_loss = self._task_numbers(metrics, silo, records.TRAIN_LOSS)
             loss_before = self._task_numbers(metrics, silo, records.LOSS_BEFORE)
+            affinity = self._affinity(metrics, silo)
         except (KeyError, ValueError, TypeError) as err:
             self._reject(server_round, node, f"train reply rejected: {err}")
             return None
         deltas, task_deltas = self._split_update(received, sent, silo)
         return ClientUpdate(
-            node, silo, deltas, num_examples, task_examples, train_loss, loss_before, task_deltas
+            node,
+            silo,
+            deltas,
+            num_examples,
+            task_examples,
+            train_loss,
+            loss_before,
+            task_deltas,
+            affinity,
         )
 
     def _expected_update_shapes(self, sent: Arrays, silo: SiloInfo) -> dict[str, tuple[int, ...]]:
@@ -490,7 +540,7 @@ class TaskAwareStrategy(Strategy):
                 {
                     records.task_update_key(task, k): v.shape
                     for k, v in sent.items()
-                    if is_trunk_key(k)
+                    if self.serves(k, task)
                 }
             )
         return shapes
@@ -503,13 +553,16 @@ class TaskAwareStrategy(Strategy):
         if self.update_mode() == "joint":
             return received, None
         task_deltas = {
-            task: {k: received[records.task_update_key(task, k)] for k in sent if is_trunk_key(k)}
+            task: {
+                k: received[records.task_update_key(task, k)] for k in sent if self.serves(k, task)
+            }
             for task in silo.tasks
         }
         deltas = {k: v for k, v in received.items() if k in sent}
         for key in (k for k in sent if is_trunk_key(k)):
             deltas[key] = sum(
-                (shares[key] for shares in task_deltas.values()), start=np.zeros_like(sent[key])
+                (shares[key] for shares in task_deltas.values() if key in shares),
+                start=np.zeros_like(sent[key]),
             )
         return deltas, task_deltas
 
@@ -522,6 +575,19 @@ class TaskAwareStrategy(Strategy):
             for t in silo.tasks
             if (key := records.task_key(t, stat)) in metrics
         }
+
+    @staticmethod
+    def _affinity(metrics: MetricRecord, silo: SiloInfo) -> dict[tuple[str, str], float]:
+        """The silo's ``affinity/<source>/<target>`` reports, each between two of its tasks."""
+        affinity = {}
+        for key in metrics:
+            pair = records.split_affinity_key(key)
+            if pair is None:
+                continue
+            if pair[0] not in silo.tasks or pair[1] not in silo.tasks or pair[0] == pair[1]:
+                raise ValueError(f"{key}: affinity between tasks the silo does not hold")
+            affinity[pair] = records.number(metrics, key)
+        return affinity
 
     def _parse_evaluate_reply(self, reply: Message) -> tuple[SiloInfo, dict[str, dict[str, float]]]:
         if reply.has_error():

@@ -17,6 +17,7 @@ uses 1e-3 as default). The state is kept across rounds and is serialisable (:met
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -82,6 +83,15 @@ class ServerOptimizer:
             self.m[key] = m
             new[key] = (current[key] + step).astype(current[key].dtype)
         return new
+
+    def split_state(self, mapping: Mapping[str, Sequence[str]]) -> None:
+        """Give each of ``mapping[key]`` a copy of ``key``'s moments and drop ``key``'s (used when
+        one trunk becomes one trunk per task group: each copy keeps the trunk's momentum)."""
+        for state in (self.m, self.v):
+            for key, copies in mapping.items():
+                if key in state:
+                    moment = state.pop(key)
+                    state.update({new: moment.copy() for new in copies})
 
     def state_dict(self) -> dict[str, Arrays]:
         return {"m": dict(self.m), "v": dict(self.v)}

@@ -68,3 +68,42 @@ def test_compare_balancing_writes_rows_and_plot(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "compare_balancing.json").read_text())
     assert report["setting"]["overrides"] == ["dataset.num_samples=600", "partition.num_silos=4"]
     assert (tmp_path / "compare_balancing.png").stat().st_size > 1000
+
+
+def test_grouping_time_writes_rows_and_plot(tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(BENCHMARKS / "grouping_time.py"), "--tasks", "4", "6",
+        "--methods", "milp", "tag", "--settings", "free", "size", "--repeats", "1",
+        "--time-limit", "30", "--out", str(tmp_path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=300, env={**os.environ, **OFFLINE_ENV})
+    with (tmp_path / "grouping_time.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["tasks"], r["method"], r["setting"]) for r in rows] == [
+        (t, m, s) for t in ("4", "6") for m in ("milp", "tag") for s in ("free", "size")
+    ]
+    assert all(float(r["seconds"]) > 0 and r["optimal"] == "True" for r in rows)
+    # the MILP finds the planted blocks (+1 inside, -0.5 across, small noise)
+    assert all(r["recovered"] == "True" for r in rows if r["method"] == "milp")
+    report = json.loads((tmp_path / "grouping_time.json").read_text())
+    assert len(report["rows"]) == 8 and report["skipped"] == [] and report["time_limit_s"] == 30
+    assert (tmp_path / "grouping_time.png").stat().st_size > 1000
+
+
+def test_compare_grouping_writes_groups_ari_and_plot(tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(BENCHMARKS / "compare_grouping.py"), "--affinities", "tag",
+        "--seeds", "0", "--rounds", "2", "--warmup", "1", "--out", str(tmp_path),
+        "--overrides", "dataset.num_samples=600", "partition.num_silos=4",
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=300, env={**os.environ, **OFFLINE_ENV})
+    with (tmp_path / "compare_grouping.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["strategy"], r["affinity"]) for r in rows] == [
+        ("fedavg", "all_in_one"), ("grouping", "tag")
+    ]  # fmt: skip
+    assert float(rows[0]["gain_vs_all_in_one_pct"]) == 0.0 and float(rows[0]["ari"]) == 0.0
+    found = [g.split(",") for g in rows[1]["groups"].split(" | ")]
+    assert sorted(t for g in found for t in g) == [f"t{i}" for i in range(6)]
+    assert -1.0 <= float(rows[1]["ari"]) <= 1.0
+    assert (tmp_path / "compare_grouping.png").stat().st_size > 1000

@@ -107,7 +107,10 @@ SMALL_SYNTHETIC = [
 
 @pytest.mark.parametrize(
     ("name", "extra"),
-    [(name, []) for name in STRATEGIES.names()]
+    [
+        (name, ["strategy.warmup_rounds=1"] if name == "grouping" else [])
+        for name in STRATEGIES.names()
+    ]
     + [("pcgrad", ["strategy.balancing=local"]), ("mgda", ["strategy.balancing=both"])],
 )
 def test_every_strategy_runs_end_to_end(tmp_path: Path, name: str, extra: list[str]) -> None:
@@ -297,6 +300,28 @@ def test_simulation_engine_digits_beats_chance(tmp_path: Path) -> None:
             assert value == pytest.approx(inprocess["final"][task][name], abs=0.03), (task, name)
 
 
+def simulate_and_compare(
+    tmp_path: Path, overrides: list[str], num_rounds: int
+) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """Run ``overrides`` through Ray (``fedmtl run`` in a subprocess) and in process; check the
+    result files and that the final metrics agree. Returns (Ray run dir, its summary, in-process
+    summary)."""
+    out = tmp_path / "sim"
+    result = fedmtl(
+        ["run", *overrides, "runtime=simulation", "runtime.ray_num_cpus=2", f"hydra.run.dir={out}"],
+        timeout=SIMULATION_TIMEOUT_S,
+    )
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    summary = json.loads((out / "summary.json").read_text())
+    check_result_files(out, summary, num_rounds)
+    assert summary["rejected"] == []
+    inprocess = run(parse(compose_raw([*overrides, "runtime=inprocess"], tmp_path / "inprocess")))
+    for task, metrics in summary["final"].items():
+        for name, value in metrics.items():
+            assert value == pytest.approx(inprocess["final"][task][name], abs=0.03), (task, name)
+    return out, summary, inprocess
+
+
 @pytest.mark.simulation
 @pytest.mark.timeout(SIMULATION_TIMEOUT_S + 60)
 def test_simulation_engine_carries_per_task_updates_and_client_weighting(tmp_path: Path) -> None:
@@ -310,19 +335,26 @@ def test_simulation_engine_carries_per_task_updates_and_client_weighting(tmp_pat
         "tracking=quiet",
         "num_rounds=3",
     ]
-    out = tmp_path / "sim"
-    result = fedmtl(
-        ["run", *overrides, "runtime=simulation", "runtime.ray_num_cpus=2", f"hydra.run.dir={out}"],
-        timeout=SIMULATION_TIMEOUT_S,
-    )
-    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
-    summary = json.loads((out / "summary.json").read_text())
-    check_result_files(out, summary, 3)
-    assert summary["rejected"] == []
+    out, _, _ = simulate_and_compare(tmp_path, overrides, 3)
     train_rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["split"] == "train"]
     assert all(len(r["metrics"]) == 6 for r in train_rows)
     assert all("weight" in m for r in train_rows for m in r["metrics"].values())
-    inprocess = run(parse(compose_raw([*overrides, "runtime=inprocess"], tmp_path / "inprocess")))
-    for task, metrics in summary["final"].items():
-        for name, value in metrics.items():
-            assert value == pytest.approx(inprocess["final"][task][name], abs=0.03), (task, name)
+
+
+@pytest.mark.simulation
+@pytest.mark.timeout(SIMULATION_TIMEOUT_S + 60)
+def test_simulation_engine_runs_task_grouping(tmp_path: Path) -> None:
+    """Affinity measured on Ray workers, then one trunk per group: same groups and metrics as in
+    process, ``groups`` in summary.json, ``affinity.json`` next to it."""
+    overrides = [
+        "dataset=synthetic",
+        "dataset.num_samples=600",
+        "partition.num_silos=4",
+        "strategy=grouping",
+        "strategy.warmup_rounds=2",
+        "tracking=quiet",
+        "num_rounds=3",
+    ]
+    out, summary, inprocess = simulate_and_compare(tmp_path, overrides, 3)
+    assert summary["grouping"]["round"] == 2 and summary["groups"] == inprocess["groups"]
+    assert json.loads((out / "affinity.json").read_text())["groups"] == summary["groups"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -13,13 +13,18 @@ from fedmtl.tasks import TaskSpec
 
 
 def build_model(
-    cfg: ModelConfig, input_shape: tuple[int, ...], tasks: Iterable[TaskSpec], seed: int
+    cfg: ModelConfig,
+    input_shape: tuple[int, ...],
+    tasks: Iterable[TaskSpec],
+    seed: int,
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> MultiTaskModel:
-    """The model for ``cfg``, initialised from ``seed`` (the same on the server and every silo)."""
+    """The model for ``cfg``, initialised from ``seed`` (the same on the server and every silo);
+    with ``groups`` (group -> tasks), one trunk per group (``trunks.<group>.*``)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         trunk = TRUNKS.get(cfg.name, key="model.name").factory(input_shape, cfg.params)
-        return MultiTaskModel(trunk, tasks, head_hidden=cfg.head_hidden)
+        return MultiTaskModel(trunk, tasks, head_hidden=cfg.head_hidden, groups=groups)
 
 
 __all__ = ["TRUNKS", "MultiTaskModel", "build_model", "head_task", "is_trunk_key"]

@@ -1,12 +1,17 @@
-"""Hard parameter sharing: one shared trunk, one head per task.
+"""Hard parameter sharing: shared trunk(s), one head per task.
 
-Parameter names say what is shared: ``trunk.*`` is shared by every task, ``heads.<task>.*`` belongs to
-one task. Strategies rely on these prefixes (see :func:`is_trunk_key` and :func:`head_task`).
+Parameter names say what is shared (strategies rely on these prefixes, see :func:`is_trunk_key`,
+:func:`trunk_group` and :func:`head_task`):
+- ``trunk.*``: the one trunk every task shares (the default model);
+- ``trunks.<group>.*``: the trunk of one task group (a grouped model, see :class:`MultiTaskModel`'s
+  ``groups``), shared by that group's tasks only;
+- ``heads.<task>.*``: one task's head, attached to the trunk of the task's group.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -15,11 +20,27 @@ from fedmtl.models.trunks import Trunk
 from fedmtl.tasks import TaskSpec
 
 TRUNK_PREFIX = "trunk."
+GROUP_TRUNKS_PREFIX = "trunks."
 HEADS_PREFIX = "heads."
 
 
 def is_trunk_key(key: str) -> bool:
-    return key.startswith(TRUNK_PREFIX)
+    """Whether ``key`` belongs to a shared trunk: the single trunk or a group's trunk."""
+    return key.startswith((TRUNK_PREFIX, GROUP_TRUNKS_PREFIX))
+
+
+def trunk_group(key: str) -> str | None:
+    """The group whose trunk holds ``trunks.<group>.*``, else None."""
+    if not key.startswith(GROUP_TRUNKS_PREFIX):
+        return None
+    return key[len(GROUP_TRUNKS_PREFIX) :].split(".", 1)[0]
+
+
+def group_trunk_key(group: str, trunk_key: str) -> str:
+    """``trunk.<param>`` of the single trunk -> ``trunks.<group>.<param>`` of a group's copy."""
+    if not trunk_key.startswith(TRUNK_PREFIX):
+        raise ValueError(f"{trunk_key!r} is not a key of the single trunk")
+    return f"{GROUP_TRUNKS_PREFIX}{group}.{trunk_key[len(TRUNK_PREFIX) :]}"
 
 
 def head_task(key: str) -> str | None:
@@ -39,12 +60,29 @@ def make_head(in_features: int, task: TaskSpec, hidden: int = 0) -> nn.Module:
 
 
 class MultiTaskModel(nn.Module):
-    """``heads[t](trunk(x))`` for each task t; the trunk runs once per batch."""
+    """``heads[t](trunk_of(t)(x))`` for each task t; each trunk runs once per batch.
 
-    def __init__(self, trunk: Trunk, tasks: Iterable[TaskSpec], head_hidden: int = 0) -> None:
+    Without ``groups`` every task shares ``trunk``. With ``groups`` (group name -> its tasks, a
+    partition of the tasks) each group gets its own copy of ``trunk`` (``trunks.<group>``), and a
+    task's head reads the features of its group's trunk.
+    """
+
+    def __init__(
+        self,
+        trunk: Trunk,
+        tasks: Iterable[TaskSpec],
+        head_hidden: int = 0,
+        groups: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         super().__init__()
-        self.trunk = trunk
         self.tasks = {task.name: task for task in tasks}
+        self.groups = None if groups is None else {g: tuple(ts) for g, ts in groups.items()}
+        self.task_group: dict[str, str] = {}
+        if self.groups is None:
+            self.trunk = trunk
+        else:
+            self.task_group = _task_groups(self.groups, list(self.tasks))
+            self.trunks = nn.ModuleDict({g: copy.deepcopy(trunk) for g in self.groups})
         self.heads = nn.ModuleDict(
             {
                 name: make_head(trunk.out_features, task, head_hidden)
@@ -55,9 +93,23 @@ class MultiTaskModel(nn.Module):
     def forward(
         self, x: torch.Tensor, tasks: Iterable[str] | None = None
     ) -> dict[str, torch.Tensor]:
-        features = self.trunk(x)
-        names = self.tasks if tasks is None else tasks
-        return {name: self.heads[name](features) for name in names}
+        names = list(self.tasks if tasks is None else tasks)
+        if self.groups is None:
+            features = self.trunk(x)
+            return {name: self.heads[name](features) for name in names}
+        by_group = {g: self.trunks[g](x) for g in dict.fromkeys(self.task_group[n] for n in names)}
+        return {name: self.heads[name](by_group[self.task_group[name]]) for name in names}
+
+    def shared_parameters(self, tasks: Iterable[str]) -> dict[str, nn.Parameter]:
+        """State key -> parameter of the trunk(s) that ``tasks`` use (the shared parameters)."""
+        if self.groups is None:
+            return {f"trunk.{n}": p for n, p in self.trunk.named_parameters()}
+        used = dict.fromkeys(self.task_group[t] for t in tasks)
+        return {
+            f"{GROUP_TRUNKS_PREFIX}{g}.{n}": p
+            for g in used
+            for n, p in self.trunks[g].named_parameters()
+        }
 
     def exchanged_keys(self) -> list[str]:
         """The state entries that travel between server and silos: floating-point parameters and
@@ -69,3 +121,23 @@ class MultiTaskModel(nn.Module):
 
     def head_keys(self, task: str) -> list[str]:
         return [k for k in self.state_dict() if head_task(k) == task]
+
+
+def _task_groups(groups: Mapping[str, Sequence[str]], tasks: list[str]) -> dict[str, str]:
+    """Task -> its group; ``groups`` must partition ``tasks`` (ValueError otherwise)."""
+    owner: dict[str, str] = {}
+    for group, members in groups.items():
+        if not members:
+            raise ValueError(f"group {group!r} is empty")
+        if "." in group:
+            raise ValueError(f"group name {group!r} must not contain '.'")
+        for task in members:
+            if task not in tasks:
+                raise ValueError(f"group {group!r} holds unknown task {task!r}")
+            if task in owner:
+                raise ValueError(f"task {task!r} is in groups {owner[task]!r} and {group!r}")
+            owner[task] = group
+    missing = [t for t in tasks if t not in owner]
+    if missing:
+        raise ValueError(f"tasks {missing} are in no group")
+    return owner

@@ -1,0 +1,335 @@
+"""Federated task grouping: measure affinity during a warm-up, solve for groups, one trunk per group.
+
+Pipeline (strategy ``grouping``):
+
+1. **Warm-up** (rounds 1..W, ``warmup_rounds``): one shared trunk. Silos measure the affinity
+   estimator (:mod:`strategies.grouping.affinity`) among the tasks they hold during local training
+   (``transfer_gain``, ``tag``), or the server computes it from the per-task updates
+   (``update_similarity``). The server combines the reports over silos (weighted by examples) and
+   rounds (:class:`AffinityAccumulator`), and fills pairs no silo covered by the ``uncovered`` rule.
+2. **Grouping** (end of round W): the groups maximise the grouping program under the resource
+   limits (:func:`strategies.grouping.solvers.solve_grouping`: ``solver``, ``num_groups``,
+   ``max_groups``, ``max_group_size``, ``budget``, ``costs``, ``time_limit_s``). Groups partition
+   the tasks (a task is trained in exactly one group).
+3. **Grouped training** (rounds W+1..): the model gets one trunk per group, ``trunks.<group>.*``,
+   each a copy of the warmed-up shared trunk (with its server-optimizer moments); each task's head
+   attaches to its group's trunk. A silo receives only the trunks of its tasks' groups (and its
+   tasks' heads). Each group's trunk update is computed from the silos holding one of its tasks:
+
+   - ``weighting: null``: Delta_g = sum_s m_{s,g} Delta_{s,g} / sum_s m_{s,g}, the silos' joint
+     updates of trunk g weighted by m_{s,g} = sum_{t in g} n_{s,t} (their labelled examples of the
+     group's tasks): FedAvg inside the group;
+   - ``weighting: <name>`` (any of :data:`strategies.balancing.WEIGHTINGS`, parameters in
+     ``weighting_params``): silos send per-task updates and, per group, Delta_g = J_g^T w_g with
+     J_g the aggregated per-task updates D_t of the group's tasks and w_g from the weighting (one
+     instance, with its own state, per group; see :mod:`strategies.balanced`).
+
+   The same rule combines the single trunk during the warm-up (all tasks in one group).
+
+If the solver stops at its time limit without any feasible grouping, the run goes on with every
+task in one group and says so in the log and in ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+from fedmtl import records
+from fedmtl.checks import int_at_least, positive
+from fedmtl.errors import ConfigError
+from fedmtl.models.multitask import group_trunk_key, is_trunk_key, trunk_group
+from fedmtl.records import AffinityRequest, UpdateMode
+from strategies.balanced import balanced_update, per_task_rows
+from strategies.balancing import WEIGHTINGS, Weighting, build_weighting
+from strategies.base import Arrays, ClientUpdate, StrategyParams, TaskAwareStrategy
+from strategies.fedavg import weighted_mean_delta
+from strategies.grouping.affinity import (
+    AFFINITIES,
+    Affinity,
+    AffinityAccumulator,
+    UncoveredRule,
+    cosine_pairs,
+)
+from strategies.grouping.report import matrix_json, plot_affinity, write_affinity
+from strategies.grouping.solvers import GroupingSolution, solve_grouping
+
+log = logging.getLogger("fedmtl")
+
+_LIMITS = ("num_groups", "max_groups", "max_group_size", "budget", "costs")
+
+
+@dataclass(frozen=True)
+class GroupingParams(StrategyParams):
+    """``strategy=grouping``: the affinity estimator, the warm-up, the grouping program's limits
+    and the trunk update inside each group (see the module docstring)."""
+
+    affinity: str = "transfer_gain"
+    affinity_every: int = 5
+    warmup_rounds: int = 5
+    uncovered: UncoveredRule = "zero"
+    solver: Literal["milp", "enumerate", "tag"] = "milp"
+    num_groups: int | None = None
+    max_groups: int | None = None
+    max_group_size: int | None = None
+    budget: float | None = None
+    costs: float | list[float] | None = None
+    time_limit_s: float = 60.0
+    weighting: str | None = None
+    weighting_params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        AFFINITIES.get(self.affinity, key="affinity")
+        int_at_least(self, "affinity_every", 1)
+        int_at_least(self, "warmup_rounds", 1)
+        positive(self, "time_limit_s")
+        for name in ("num_groups", "max_groups", "max_group_size"):
+            if getattr(self, name) is not None:
+                int_at_least(self, name, 1)
+        if self.budget is not None:
+            positive(self, "budget")
+        if self.weighting is not None:
+            WEIGHTINGS.get(self.weighting, key="weighting")
+            build_weighting(self.weighting, self.weighting_params, key="weighting_params")
+        elif self.weighting_params:
+            raise ConfigError(
+                "weighting_params", "is set but no weighting is.", "set weighting or drop it."
+            )
+
+    def check_experiment(self, task_names: Sequence[str], num_rounds: int) -> None:
+        if self.warmup_rounds >= num_rounds:
+            raise ConfigError(
+                "strategy.warmup_rounds",
+                f"is {self.warmup_rounds}, but the run has {num_rounds} rounds: the groups would "
+                "never be trained.",
+                "lower warmup_rounds or raise num_rounds.",
+            )
+        try:  # the limits' feasibility does not depend on the affinity values
+            self.solve(np.zeros((len(task_names), len(task_names))))
+        except (ValueError, TimeoutError) as err:
+            named = [n for n in _LIMITS if n in str(err)]
+            raise ConfigError(
+                f"strategy.{named[0]}" if named else "strategy",
+                f"the grouping limits cannot be met for {len(task_names)} tasks: {err}",
+                "relax num_groups, max_groups, max_group_size or budget.",
+            ) from None
+
+    def solve(self, affinity: np.ndarray) -> GroupingSolution:
+        """The grouping program on ``affinity`` under these limits (always a partition)."""
+        return solve_grouping(
+            affinity,
+            num_groups=self.num_groups,
+            max_groups=self.max_groups,
+            max_group_size=self.max_group_size,
+            overlap=False,
+            budget=self.budget,
+            costs=self.costs,
+            method=self.solver,
+            time_limit=self.time_limit_s,
+        )
+
+
+class Grouping(TaskAwareStrategy):
+    """Affinity warm-up, then one trunk per task group (see the module docstring)."""
+
+    params: GroupingParams
+    solution: GroupingSolution | None = None
+    grouped_at: int | None = None
+    fallback: str | None = None
+
+    @functools.cached_property
+    def estimator(self) -> Affinity:
+        return AFFINITIES.get(self.params.affinity).factory()
+
+    @functools.cached_property
+    def accumulator(self) -> AffinityAccumulator:
+        return AffinityAccumulator(list(self.tasks))
+
+    @functools.cached_property
+    def weightings(self) -> dict[str, Weighting]:
+        """One weighting per group (``""``: the shared trunk of the warm-up), built on first use."""
+        return {}
+
+    @property
+    def warming_up(self) -> bool:
+        return self.model_groups is None
+
+    def update_mode(self) -> UpdateMode:
+        per_task = self.params.weighting is not None or (
+            self.warming_up and self.estimator.needs_per_task
+        )
+        return "per_task" if per_task else "joint"
+
+    def affinity_request(self, server_round: int) -> AffinityRequest | None:
+        if self.warming_up and self.estimator.on_silos:
+            return AffinityRequest(self.params.affinity, self.params.affinity_every)
+        return None
+
+    # ------------------------------------------------------------------ aggregation
+    def trunk_update(
+        self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
+    ) -> Arrays | None:
+        if self.model_groups is None:
+            self._observe(updates, list(trunk))
+            return self._group_update(server_round, "", list(self.tasks), trunk, updates)
+        delta: Arrays = {}
+        for group, members in self.model_groups.items():
+            group_trunk = {k: v for k, v in trunk.items() if trunk_group(k) == group}
+            part = self._group_update(server_round, group, list(members), group_trunk, updates)
+            delta.update(part or {})
+        return delta or None
+
+    def _group_update(
+        self,
+        server_round: int,
+        group: str,
+        members: list[str],
+        trunk: Arrays,
+        updates: list[ClientUpdate],
+    ) -> Arrays | None:
+        """The update of one trunk shared by ``members`` (module docstring, step 3)."""
+        examples = [sum(u.task_examples.get(t, 0) for t in members) for u in updates]
+        holders = [u for u, n in zip(updates, examples, strict=True) if n > 0]
+        if not holders:
+            return None
+        if self.params.weighting is None:
+            weights = [float(n) for n in examples if n > 0]
+            return weighted_mean_delta(holders, list(trunk), weights)
+        weighting = self.weightings.get(group)
+        if weighting is None:
+            weighting = self.weightings[group] = build_weighting(
+                str(self.params.weighting),
+                self.params.weighting_params,
+                seed=self.seed,
+                key="strategy.weighting_params",
+            )
+        delta, task_weights = balanced_update(
+            weighting, members, list(self.tasks), holders, trunk, server_round
+        )
+        self.round_task_weights.update(task_weights)
+        return delta
+
+    def _observe(self, updates: list[ClientUpdate], trunk_keys: list[str]) -> None:
+        """Add the round's affinity reports (silos' measurements, or update similarity)."""
+        for update in updates:
+            for (source, target), value in update.affinity.items():
+                weight = min(
+                    update.task_examples.get(source, 0), update.task_examples.get(target, 0)
+                )
+                self.accumulator.add(source, target, value, float(weight))
+        if self.estimator.needs_per_task:
+            names = list(self.tasks)
+            present, rows, _ = per_task_rows(names, updates, trunk_keys)
+            for (a, b), cosine in cosine_pairs(rows).items():
+                self.accumulator.add(names[present[a]], names[present[b]], cosine, 1.0)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is not None and server_round == self.params.warmup_rounds:
+            grouped = self.form_groups(server_round, records.from_array_record(arrays))
+            arrays = records.to_array_record(grouped)
+        return arrays, metrics
+
+    # ------------------------------------------------------------------ grouping
+    def form_groups(self, server_round: int, arrays: Arrays) -> Arrays:
+        """Solve for the groups on the combined affinity and give each group a copy of the trunk."""
+        names = list(self.tasks)
+        uncovered = self.accumulator.uncovered()
+        if uncovered:
+            log.warning(
+                "no silo measured task pairs %s during the warm-up (never held together: %s); "
+                "rule %r fills them",
+                uncovered,
+                self.never_together(),
+                self.params.uncovered,
+            )
+        try:
+            self.solution = self.params.solve(self.accumulator.filled(self.params.uncovered))
+            groups = self.solution.groups
+        except TimeoutError as err:
+            self.fallback = f"{err}; every task trains in one group"
+            log.error("task grouping failed: %s", self.fallback)
+            groups = [list(range(len(names)))]
+        self.model_groups = {
+            f"g{n}": tuple(names[t] for t in group) for n, group in enumerate(groups)
+        }
+        self.grouped_at = server_round
+        trunk_keys = [k for k in arrays if is_trunk_key(k)]
+        copies = {k: [group_trunk_key(g, k) for g in self.model_groups] for k in trunk_keys}
+        grouped = {k: v for k, v in arrays.items() if not is_trunk_key(k)}
+        for key, new_keys in copies.items():
+            grouped.update({new: arrays[key].copy() for new in new_keys})
+        self.server_optimizer.split_state(copies)
+        if self.solution is not None:
+            log.info(
+                "round %d: task groups %s (objective %.4g, %s, %.2fs%s)",
+                server_round,
+                list(self.model_groups.values()),
+                self.solution.objective,
+                self.params.solver,
+                self.solution.seconds,
+                "" if self.solution.optimal else ", NOT proven optimal",
+            )
+        return grouped
+
+    def never_together(self) -> list[tuple[str, str]]:
+        """Pairs of tasks that no known silo holds together (no silo can measure them)."""
+        return [
+            (a, b)
+            for a, b in itertools.combinations(self.tasks, 2)
+            if not any(a in s.tasks and b in s.tasks for s in self.silos.values())
+        ]
+
+    # ------------------------------------------------------------------ results
+    def results(self) -> dict[str, Any]:
+        solution = self.solution
+        return {
+            "groups": None
+            if self.model_groups is None
+            else [list(members) for members in self.model_groups.values()],
+            "grouping": {
+                "round": self.grouped_at,
+                "affinity": self.params.affinity,
+                "solver": self.params.solver,
+                "objective": None if solution is None else solution.objective,
+                "solver_seconds": None if solution is None else solution.seconds,
+                "optimal": None if solution is None else solution.optimal,
+                "message": self.fallback or (None if solution is None else solution.message),
+                "uncovered_rule": self.params.uncovered,
+                "uncovered_pairs": [list(p) for p in self.accumulator.uncovered()],
+                "never_held_together": [list(p) for p in self.never_together()],
+            },
+        }
+
+    def write_artifacts(self, output_dir: Path, plots: bool = True) -> None:
+        names = list(self.tasks)
+        estimate = self.accumulator.estimate()
+        groups = None
+        if self.model_groups is not None:
+            groups = [[names.index(t) for t in ts] for ts in self.model_groups.values()]
+        report = {
+            "tasks": names,
+            "convention": "matrix[i][j] = S_{i->j}: effect on target task j (column) of "
+            "training with source task i (row); null = no measurement",
+            **self.results()["grouping"],
+            "groups": None if groups is None else [[names[t] for t in g] for g in groups],
+            "estimate": matrix_json(estimate),
+            "solved_on": matrix_json(self.accumulator.filled(self.params.uncovered)),
+            "weights": self.accumulator.weights.tolist(),
+            "reports": self.accumulator.reports.tolist(),
+        }
+        write_affinity(output_dir, report)
+        if plots:
+            title = f"{self.params.affinity} affinity S_(i->j), warm-up of {self.grouped_at} rounds"
+            plot_affinity(estimate, names, groups, output_dir / "affinity.png", title)
