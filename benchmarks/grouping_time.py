@@ -1,22 +1,29 @@
 """Solve time of the task-grouping program (MILP with HiGHS, TAG's selection) against tasks T.
 
-For each T one affinity with planted blocks is drawn: the tasks, shuffled, fall into ceil(T / 4)
-blocks of about 4; A[i, k] = +1 inside a block and -0.5 across, plus N(0, 0.3^2) noise. Each method
-of ``--methods`` solves it under each setting of ``--settings``:
+For each T one affinity is drawn (``--structure``): ``planted`` (default): the tasks, shuffled, fall
+into ceil(T / 4) blocks of about 4; A[i, k] = +1 inside a block and -0.5 across, plus N(0, 0.3^2)
+noise; ``random``: i.i.d. N(0, 1) entries, no structure (the hard case for the MILP, whose LP
+relaxation is then weak). Each method of ``--methods`` solves it under each setting of
+``--settings``:
 
 - ``free``: no limit; ``groups``: num_groups = ceil(T / 4) (the number of blocks);
 - ``size``: max_group_size = 4.
 
-Per (method, setting, T) it records the median wall time of ``--repeats`` solves
-(``GroupingSolution.seconds``, model building included; a run stopped by ``--time-limit`` is not
-repeated), the method's objective, whether HiGHS proved optimality (``optimal``) and found a
-grouping at all (``found``), the number of groups and whether the planted blocks came back exactly.
+``--formulations`` picks the MILP's formulations (``auto``, ``columns``, ``slots``; see
+:func:`strategies.grouping.solvers.solve_grouping`). Per (method, formulation, setting, T) it
+records the median wall time of ``--repeats`` solves (``GroupingSolution.seconds``, model building
+included; a run stopped by ``--time-limit`` is not repeated), the method's objective, whether HiGHS
+proved optimality (``optimal``) and found a grouping at all (``found``), the number of groups and
+whether the planted blocks came back exactly (empty for ``random``).
 TAG runs only where it has at most ``TAG_MAX_CANDIDATES`` candidate groups; the other cells are
-listed as skipped. Writes ``grouping_time.csv`` / ``.json`` and ``grouping_time.png`` (seconds
-against T on a log scale, time-limited runs marked).
+listed as skipped. Writes ``<name>.csv`` / ``.json`` and ``<name>.png`` (seconds against T on a log
+scale, time-limited runs marked; ``--name`` defaults to ``grouping_time``).
 
     python benchmarks/grouping_time.py                                   # the full grid
     python benchmarks/grouping_time.py --tasks 4 8 --methods milp --settings free --repeats 3
+    python benchmarks/grouping_time.py --structure random --tasks 6 8 10 12 14 16 --methods milp \
+        --formulations columns slots --settings free groups --repeats 1 --time-limit 30 \
+        --name grouping_time_random
 """
 
 from __future__ import annotations
@@ -32,7 +39,12 @@ from typing import Any
 import numpy as np
 from _common import write_results
 
-from strategies.grouping.solvers import TAG_MAX_CANDIDATES, solve_grouping
+from strategies.grouping.solvers import (
+    COLUMNS_MAX_CANDIDATES,
+    FORMULATIONS,
+    TAG_MAX_CANDIDATES,
+    solve_grouping,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BLOCK = 4  # planted block size
@@ -43,9 +55,11 @@ SETTINGS: dict[str, Callable[[int], dict[str, Any]]] = {
 }
 
 
-def planted(tasks: int, seed: int) -> tuple[np.ndarray, list[list[int]]]:
-    """The affinity (T x T) and its planted blocks (sorted)."""
+def draw(structure: str, tasks: int, seed: int) -> tuple[np.ndarray, list[list[int]] | None]:
+    """The affinity (T x T) and its planted blocks (sorted; None for ``random``)."""
     rng = np.random.default_rng([seed, tasks])
+    if structure == "random":
+        return rng.normal(size=(tasks, tasks)), None
     blocks = np.array_split(rng.permutation(tasks), math.ceil(tasks / BLOCK))
     label = np.zeros(tasks, dtype=int)
     for index, block in enumerate(blocks):
@@ -61,20 +75,42 @@ def candidates(tasks: int, limits: dict[str, Any]) -> int:
     return sum(math.comb(tasks, s) for s in range(1, largest + 1))
 
 
+def used_formulation(method: str, formulation: str, tasks: int, limits: dict[str, Any]) -> str:
+    """The MILP formulation that ran (``auto`` resolved as the solver resolves it); "" for TAG."""
+    if method != "milp":
+        return ""
+    if formulation != "auto":
+        return formulation
+    return "columns" if candidates(tasks, limits) <= COLUMNS_MAX_CANDIDATES else "slots"
+
+
 def measure(
-    method: str, setting: str, tasks: int, seed: int, repeats: int, time_limit: float
+    method: str,
+    formulation: str,
+    setting: str,
+    structure: str,
+    tasks: int,
+    seed: int,
+    repeats: int,
+    time_limit: float,
 ) -> dict[str, Any]:
-    affinity, blocks = planted(tasks, seed)
+    affinity, blocks = draw(structure, tasks, seed)
     limits = SETTINGS[setting](tasks)
     seconds: list[float] = []
     result: dict[str, Any] = {}
     for _ in range(repeats):
         try:
-            solution = solve_grouping(affinity, method=method, time_limit=time_limit, **limits)
+            solution = solve_grouping(
+                affinity,
+                method=method,
+                time_limit=time_limit,
+                formulation=formulation,
+                **limits,
+            )
         except TimeoutError:  # no grouping at all within the time limit
             seconds.append(time_limit)
             result = {"objective": None, "optimal": False, "found": False, "groups": 0}
-            result["recovered"] = False
+            result["recovered"] = None if blocks is None else False
             break
         seconds.append(solution.seconds)
         result = {
@@ -82,13 +118,15 @@ def measure(
             "optimal": solution.optimal,
             "found": True,
             "groups": len(solution.groups),
-            "recovered": solution.groups == blocks,
+            "recovered": None if blocks is None else solution.groups == blocks,
         }
         if not solution.optimal:
             break
     return {
         "method": method,
+        "formulation": used_formulation(method, formulation, tasks, limits),
         "setting": setting,
+        "structure": structure,
         "tasks": tasks,
         "repeats": len(seconds),
         "seconds": round(statistics.median(seconds), 4),
@@ -96,7 +134,7 @@ def measure(
     }
 
 
-def plot(rows: list[dict[str, Any]], time_limit: float, path: Path) -> None:
+def plot(rows: list[dict[str, Any]], time_limit: float, structure: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,15 +142,21 @@ def plot(rows: list[dict[str, Any]], time_limit: float, path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     limited_label = "time limit hit"
-    for method, setting in sorted({(r["method"], r["setting"]) for r in rows}):
-        cells = [r for r in rows if (r["method"], r["setting"]) == (method, setting)]
+    for method, formulation, setting in sorted(
+        {(r["method"], r["formulation"], r["setting"]) for r in rows}
+    ):
+        cells = [
+            r
+            for r in rows
+            if (r["method"], r["formulation"], r["setting"]) == (method, formulation, setting)
+        ]
         style = "-" if method == "milp" else "--"
         line = axis.plot(
             [r["tasks"] for r in cells],
             [r["seconds"] for r in cells],
             style,
             marker="o",
-            label=f"{method}, {setting}",
+            label=f"{method} {formulation}, {setting}".replace("  ", " "),
         )
         limited = [r for r in cells if not r["optimal"]]
         if limited:
@@ -130,7 +174,8 @@ def plot(rows: list[dict[str, Any]], time_limit: float, path: Path) -> None:
     axis.set_yscale("log")
     axis.set_xlabel("tasks T")
     axis.set_ylabel("solve time (s), median over repeats")
-    axis.set_title(f"Task grouping on planted blocks (time limit {time_limit:g} s, dotted)")
+    what = "planted blocks" if structure == "planted" else "random affinities"
+    axis.set_title(f"Task grouping on {what} (time limit {time_limit:g} s, dotted)")
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -144,7 +189,16 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per solve")
+    parser.add_argument(
+        "--formulations",
+        nargs="+",
+        choices=list(FORMULATIONS),
+        default=["auto"],
+        help="MILP formulations to time (auto: columns up to COLUMNS_MAX_CANDIDATES, else slots)",
+    )
+    parser.add_argument("--structure", choices=["planted", "random"], default="planted")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="grouping_time", help="stem of the result files")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -152,25 +206,36 @@ def main() -> None:
     skipped = []
     for tasks in args.tasks:
         for method in args.methods:
-            for setting in args.settings:
-                count = candidates(tasks, SETTINGS[setting](tasks))
-                if method == "tag" and count > TAG_MAX_CANDIDATES:
-                    skipped.append({"method": method, "setting": setting, "tasks": tasks})
-                    print(f"skip tag {setting} T={tasks}: {count:,} candidate groups", flush=True)
-                    continue
-                rows.append(
-                    measure(method, setting, tasks, args.seed, args.repeats, args.time_limit)
-                )
-                print(json.dumps(rows[-1]), flush=True)
+            for formulation in args.formulations if method == "milp" else ["auto"]:
+                for setting in args.settings:
+                    count = candidates(tasks, SETTINGS[setting](tasks))
+                    if method == "tag" and count > TAG_MAX_CANDIDATES:
+                        skipped.append({"method": method, "setting": setting, "tasks": tasks})
+                        print(f"skip tag {setting} T={tasks}: {count:,} candidates", flush=True)
+                        continue
+                    rows.append(
+                        measure(
+                            method,
+                            formulation,
+                            setting,
+                            args.structure,
+                            tasks,
+                            args.seed,
+                            args.repeats,
+                            args.time_limit,
+                        )
+                    )
+                    print(json.dumps(rows[-1]), flush=True)
     write_results(
         args.out,
-        "grouping_time",
+        args.name,
         rows,
         skipped=skipped,
         time_limit_s=args.time_limit,
         seed=args.seed,
+        structure=args.structure,
     )
-    plot(rows, args.time_limit, args.out / "grouping_time.png")
+    plot(rows, args.time_limit, args.structure, args.out / f"{args.name}.png")
 
 
 if __name__ == "__main__":

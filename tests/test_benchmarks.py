@@ -73,7 +73,8 @@ def test_compare_balancing_writes_rows_and_plot(tmp_path: Path) -> None:
 def test_grouping_time_writes_rows_and_plot(tmp_path: Path) -> None:
     command = [
         sys.executable, str(BENCHMARKS / "grouping_time.py"), "--tasks", "4", "6",
-        "--methods", "milp", "tag", "--settings", "free", "size", "--repeats", "1",
+        "--methods", "milp", "tag", "--formulations", "columns", "--settings", "free", "size",
+        "--repeats", "1",
         "--time-limit", "30", "--out", str(tmp_path),
     ]  # fmt: skip
     subprocess.run(command, check=True, timeout=300, env={**os.environ, **OFFLINE_ENV})
@@ -100,10 +101,11 @@ def test_compare_grouping_writes_groups_ari_and_plot(tmp_path: Path) -> None:
     with (tmp_path / "compare_grouping.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["strategy"], r["affinity"]) for r in rows] == [
-        ("fedavg", "all_in_one"), ("grouping", "tag")
+        ("fedavg", "all_in_one"), ("grouping", "planted"), ("grouping", "tag")
     ]  # fmt: skip
+    assert float(rows[1]["ari"]) == 1.0  # the planted groups, given
     assert float(rows[0]["gain_vs_all_in_one_pct"]) == 0.0 and float(rows[0]["ari"]) == 0.0
-    found = [g.split(",") for g in rows[1]["groups"].split(" | ")]
+    found = [g.split(",") for g in rows[2]["groups"].split(" | ")]
     assert sorted(t for g in found for t in g) == [f"t{i}" for i in range(6)]
-    assert -1.0 <= float(rows[1]["ari"]) <= 1.0
+    assert -1.0 <= float(rows[2]["ari"]) <= 1.0
     assert (tmp_path / "compare_grouping.png").stat().st_size > 1000

@@ -82,15 +82,16 @@ SETTINGS: dict[str, tuple[int, Callable[[int], dict[str, Any]]]] = {
 CASES = [(name, T) for name, (top, _) in SETTINGS.items() for T in range(2, top + 1)]
 
 
+@pytest.mark.parametrize("formulation", ["columns", "slots"])
 @pytest.mark.parametrize("draw", [random_affinity, planted_affinity], ids=["random", "planted"])
 @pytest.mark.parametrize(("setting", "tasks"), CASES, ids=[f"{s}-T{t}" for s, t in CASES])
 def test_milp_matches_the_enumeration_oracle(
-    setting: str, tasks: int, draw: Callable[[int, int], np.ndarray]
+    setting: str, tasks: int, draw: Callable[[int, int], np.ndarray], formulation: str
 ) -> None:
     limits = SETTINGS[setting][1](tasks)
     affinity = draw(tasks, 3)
     exact = solve_grouping(affinity, method="enumerate", **limits)
-    found = solve_grouping(affinity, method="milp", **limits)
+    found = solve_grouping(affinity, method="milp", formulation=formulation, **limits)
     assert found.objective == pytest.approx(exact.objective, abs=1e-6)
     assert found.optimal and exact.optimal
     assert found.objective == pytest.approx(grouping_objective(affinity, found.groups), abs=1e-12)
@@ -203,14 +204,16 @@ def test_tag_matches_brute_force(limits: dict[str, Any], seed: int) -> None:
 def test_time_limit_without_a_grouping_raises_timeout() -> None:
     # HiGHS is still in presolve after 0.02 s on a T = 30 partition (it needs > 0.5 s to find one)
     with pytest.raises(TimeoutError, match="time_limit"):
-        solve_grouping(random_affinity(30, seed=0), time_limit=0.02)
+        solve_grouping(random_affinity(30, seed=0), time_limit=0.02, formulation="slots")
 
 
 def test_time_limit_with_a_grouping_warns(caplog: pytest.LogCaptureFixture) -> None:
-    # Two groups of 16 random tasks: HiGHS finds a grouping within 0.3 s but needs > 30 s to prove
-    # it optimal, so a 3 s limit stops it in between.
+    # Two groups of 16 random tasks, slot formulation: HiGHS finds a grouping within 0.3 s but
+    # needs > 30 s to prove it optimal, so a 3 s limit stops it in between.
     with caplog.at_level(logging.WARNING, logger="fedmtl"):
-        found = solve_grouping(random_affinity(16, seed=16), num_groups=2, time_limit=3.0)
+        found = solve_grouping(
+            random_affinity(16, seed=16), num_groups=2, time_limit=3.0, formulation="slots"
+        )
     assert not found.optimal
     assert_meets(found.groups, 16, num_groups=2)
     assert "suboptimal" in caplog.text and "time_limit=3" in caplog.text
@@ -297,3 +300,19 @@ def test_solve_signature_is_the_contract() -> None:
         ("method", "milp"),
     ]
     assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters.values())
+
+
+def test_column_formulation_proves_what_slots_cannot_in_time() -> None:
+    """Random affinities, T = 12 in 2 groups: the candidate-group program (picked by ``auto``)
+    proves the optimum well within a limit that stops the slot program (about 15 s there)."""
+    affinity = random_affinity(12, seed=12)
+    auto = solve_grouping(affinity, num_groups=2, time_limit=20.0)
+    columns = solve_grouping(affinity, num_groups=2, time_limit=20.0, formulation="columns")
+    assert auto.optimal and auto.groups == columns.groups
+    slots = solve_grouping(affinity, num_groups=2, time_limit=1.0, formulation="slots")
+    assert slots.objective <= auto.objective + 1e-9
+
+
+def test_unknown_formulation_is_named() -> None:
+    with pytest.raises(ValueError, match="formulation"):
+        solve_grouping(np.zeros((3, 3)), formulation="rows")
