@@ -281,6 +281,7 @@ def test_forming_groups_copies_the_trunk_and_its_server_momentum() -> None:
             "strategy.weighting=cagrad +strategy.weighting_params.c=-1",
             "strategy.weighting_params.c",
         ),
+        ("strategy.groups=[[t0,t1],[t2]]", "strategy.groups"),
     ],
 )
 def test_bad_grouping_config_names_the_key(tmp_path: Path, override: str, key: str) -> None:
@@ -345,6 +346,7 @@ def test_grouping_pipeline_writes_groups_affinity_and_heatmap(
     assert report["tasks"] == summary["tasks"] and report["groups"] == groups
     size = len(summary["tasks"])
     assert np.array(report["solved_on"]).shape == (size, size)
+    assert [r["round"] for r in report["per_round"]] == [1, 2]
     assert (tmp_path / "affinity.png").stat().st_size > 1000
     assert summary["rejected"] == []
     assert all(math.isfinite(v) for m in summary["final"].values() for v in m.values())
@@ -390,3 +392,15 @@ def test_pairs_no_silo_holds_together_are_flagged_and_ruled(tmp_path: Path, rule
     assert report["estimate"][tasks.index("digit")][tasks.index("parity")] is not None
     if rule == "forbid":
         assert not any({"digit", "loops"} <= set(g) for g in summary["groups"])
+
+
+def test_given_groups_skip_measurement_and_train_one_trunk_each(tmp_path: Path) -> None:
+    overrides = [
+        *SMALL, "strategy=grouping", "strategy.groups=[[t0,t1],[t2,t3],[t4,t5]]",
+        "strategy.warmup_rounds=1", "num_rounds=2",
+    ]  # fmt: skip
+    summary = run(parse(compose_raw(overrides, tmp_path)))
+    assert summary["groups"] == [["t0", "t1"], ["t2", "t3"], ["t4", "t5"]]
+    assert summary["grouping"]["source"] == "given" and summary["grouping"]["objective"] is None
+    assert not (tmp_path / "affinity.json").exists()
+    assert all(math.isfinite(v) for m in summary["final"].values() for v in m.values())

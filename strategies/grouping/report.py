@@ -48,8 +48,7 @@ def plot_affinity(
     bound = float(np.abs(finite).max()) if finite.size else 1.0
     size = 1.2 + 0.55 * len(tasks)
     fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    cmap = matplotlib.colormaps["RdBu"].copy()
-    cmap.set_bad("lightgrey")
+    cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="lightgrey")
     image = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, vmin=-bound, vmax=bound)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     labels = [tasks[t] for t in order]

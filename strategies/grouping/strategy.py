@@ -85,6 +85,7 @@ class GroupingParams(StrategyParams):
     time_limit_s: float = 60.0
     weighting: str | None = None
     weighting_params: dict[str, Any] = field(default_factory=dict)
+    groups: list[list[str]] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -106,6 +107,15 @@ class GroupingParams(StrategyParams):
             )
 
     def check_experiment(self, task_names: Sequence[str], num_rounds: int) -> None:
+        if self.groups is not None:
+            given = [t for group in self.groups for t in group]
+            if sorted(given) != sorted(task_names) or not all(self.groups):
+                raise ConfigError(
+                    "strategy.groups",
+                    f"{self.groups} is not a partition of the tasks {list(task_names)} into "
+                    "non-empty groups.",
+                    "list every task in exactly one group, or set groups to null to solve for them.",
+                )
         if self.warmup_rounds >= num_rounds:
             raise ConfigError(
                 "strategy.warmup_rounds",
@@ -155,6 +165,11 @@ class Grouping(TaskAwareStrategy):
         return AffinityAccumulator(list(self.tasks))
 
     @functools.cached_property
+    def affinity_history(self) -> list[tuple[int, np.ndarray]]:
+        """Each warm-up round's own estimate (its reports only), for ``affinity.json``."""
+        return []
+
+    @functools.cached_property
     def weightings(self) -> dict[str, Weighting]:
         """One weighting per group (``""``: the shared trunk of the warm-up), built on first use."""
         return {}
@@ -163,14 +178,19 @@ class Grouping(TaskAwareStrategy):
     def warming_up(self) -> bool:
         return self.model_groups is None
 
+    @property
+    def measuring(self) -> bool:
+        """Whether affinity is measured this round: during the warm-up, unless groups are given."""
+        return self.warming_up and self.params.groups is None
+
     def update_mode(self) -> UpdateMode:
         per_task = self.params.weighting is not None or (
-            self.warming_up and self.estimator.needs_per_task
+            self.measuring and self.estimator.needs_per_task
         )
         return "per_task" if per_task else "joint"
 
     def affinity_request(self, server_round: int) -> AffinityRequest | None:
-        if self.warming_up and self.estimator.on_silos:
+        if self.measuring and self.estimator.on_silos:
             return AffinityRequest(self.params.affinity, self.params.affinity_every)
         return None
 
@@ -179,7 +199,8 @@ class Grouping(TaskAwareStrategy):
         self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
     ) -> Arrays | None:
         if self.model_groups is None:
-            self._observe(updates, list(trunk))
+            if self.measuring:
+                self._observe(server_round, updates, list(trunk))
             return self._group_update(server_round, "", list(self.tasks), trunk, updates)
         delta: Arrays = {}
         for group, members in self.model_groups.items():
@@ -218,19 +239,33 @@ class Grouping(TaskAwareStrategy):
         self.round_task_weights.update(task_weights)
         return delta
 
-    def _observe(self, updates: list[ClientUpdate], trunk_keys: list[str]) -> None:
-        """Add the round's affinity reports (silos' measurements, or update similarity)."""
-        for update in updates:
-            for (source, target), value in update.affinity.items():
-                weight = min(
-                    update.task_examples.get(source, 0), update.task_examples.get(target, 0)
-                )
-                self.accumulator.add(source, target, value, float(weight))
+    def _observe(
+        self, server_round: int, updates: list[ClientUpdate], trunk_keys: list[str]
+    ) -> None:
+        """Add the round's affinity reports (silos' measurements, or update similarity) to the
+        running estimate, and keep the round's own estimate in :attr:`affinity_history`."""
+        names = list(self.tasks)
+        reports: list[tuple[str, str, float, float]] = [
+            (
+                source,
+                target,
+                value,
+                float(min(u.task_examples.get(source, 0), u.task_examples.get(target, 0))),
+            )
+            for u in updates
+            for (source, target), value in u.affinity.items()
+        ]
         if self.estimator.needs_per_task:
-            names = list(self.tasks)
             present, rows, _ = per_task_rows(names, updates, trunk_keys)
-            for (a, b), cosine in cosine_pairs(rows).items():
-                self.accumulator.add(names[present[a]], names[present[b]], cosine, 1.0)
+            reports += [
+                (names[present[a]], names[present[b]], cosine, 1.0)
+                for (a, b), cosine in cosine_pairs(rows).items()
+            ]
+        this_round = AffinityAccumulator(names)
+        for report in reports:
+            self.accumulator.add(*report)
+            this_round.add(*report)
+        self.affinity_history.append((server_round, this_round.estimate()))
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -243,8 +278,26 @@ class Grouping(TaskAwareStrategy):
 
     # ------------------------------------------------------------------ grouping
     def form_groups(self, server_round: int, arrays: Arrays) -> Arrays:
-        """Solve for the groups on the combined affinity and give each group a copy of the trunk."""
+        """Choose the groups (given, or solved on the combined affinity) and give each group a
+        copy of the trunk and of its server-optimizer moments."""
         names = list(self.tasks)
+        self.model_groups = {
+            f"g{n}": tuple(names[t] for t in group)
+            for n, group in enumerate(self._choose_groups(names))
+        }
+        self.grouped_at = server_round
+        trunk_keys = [k for k in arrays if is_trunk_key(k)]
+        copies = {k: [group_trunk_key(g, k) for g in self.model_groups] for k in trunk_keys}
+        grouped = {k: v for k, v in arrays.items() if not is_trunk_key(k)}
+        for key, new_keys in copies.items():
+            grouped.update({new: arrays[key].copy() for new in new_keys})
+        self.server_optimizer.split_state(copies)
+        log.info("round %d: task groups %s", server_round, list(self.model_groups.values()))
+        return grouped
+
+    def _choose_groups(self, names: list[str]) -> list[list[int]]:
+        if self.params.groups is not None:
+            return [[names.index(t) for t in group] for group in self.params.groups]
         uncovered = self.accumulator.uncovered()
         if uncovered:
             log.warning(
@@ -256,32 +309,18 @@ class Grouping(TaskAwareStrategy):
             )
         try:
             self.solution = self.params.solve(self.accumulator.filled(self.params.uncovered))
-            groups = self.solution.groups
         except TimeoutError as err:
             self.fallback = f"{err}; every task trains in one group"
             log.error("task grouping failed: %s", self.fallback)
-            groups = [list(range(len(names)))]
-        self.model_groups = {
-            f"g{n}": tuple(names[t] for t in group) for n, group in enumerate(groups)
-        }
-        self.grouped_at = server_round
-        trunk_keys = [k for k in arrays if is_trunk_key(k)]
-        copies = {k: [group_trunk_key(g, k) for g in self.model_groups] for k in trunk_keys}
-        grouped = {k: v for k, v in arrays.items() if not is_trunk_key(k)}
-        for key, new_keys in copies.items():
-            grouped.update({new: arrays[key].copy() for new in new_keys})
-        self.server_optimizer.split_state(copies)
-        if self.solution is not None:
-            log.info(
-                "round %d: task groups %s (objective %.4g, %s, %.2fs%s)",
-                server_round,
-                list(self.model_groups.values()),
-                self.solution.objective,
-                self.params.solver,
-                self.solution.seconds,
-                "" if self.solution.optimal else ", NOT proven optimal",
-            )
-        return grouped
+            return [list(range(len(names)))]
+        log.info(
+            "grouping objective %.4g (%s, %.2fs%s)",
+            self.solution.objective,
+            self.params.solver,
+            self.solution.seconds,
+            "" if self.solution.optimal else ", NOT proven optimal",
+        )
+        return self.solution.groups
 
     def never_together(self) -> list[tuple[str, str]]:
         """Pairs of tasks that no known silo holds together (no silo can measure them)."""
@@ -300,6 +339,7 @@ class Grouping(TaskAwareStrategy):
             else [list(members) for members in self.model_groups.values()],
             "grouping": {
                 "round": self.grouped_at,
+                "source": self._source(),
                 "affinity": self.params.affinity,
                 "solver": self.params.solver,
                 "objective": None if solution is None else solution.objective,
@@ -312,7 +352,17 @@ class Grouping(TaskAwareStrategy):
             },
         }
 
+    def _source(self) -> str | None:
+        """Where the groups came from: ``given`` (``groups``), ``solver`` or ``fallback``."""
+        if self.model_groups is None:
+            return None
+        if self.params.groups is not None:
+            return "given"
+        return "fallback" if self.fallback else "solver"
+
     def write_artifacts(self, output_dir: Path, plots: bool = True) -> None:
+        if self.params.groups is not None:
+            return  # nothing was measured
         names = list(self.tasks)
         estimate = self.accumulator.estimate()
         groups = None
@@ -328,6 +378,9 @@ class Grouping(TaskAwareStrategy):
             "solved_on": matrix_json(self.accumulator.filled(self.params.uncovered)),
             "weights": self.accumulator.weights.tolist(),
             "reports": self.accumulator.reports.tolist(),
+            "per_round": [
+                {"round": r, "estimate": matrix_json(m)} for r, m in self.affinity_history
+            ],
         }
         write_affinity(output_dir, report)
         if plots:
