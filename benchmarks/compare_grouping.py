@@ -7,6 +7,8 @@ trunk per group, ``--rounds`` in all) and records:
 
 - the groups found and their adjusted Rand index (ARI) against ``planted_groups`` (1: identical,
   about 0: no better than a random grouping of the same sizes);
+- as references, one shared trunk (``all_in_one``: ``fedavg``) and the planted groups given to the
+  strategy (``planted``: ``strategy.groups``, no measurement) after the same warm-up;
 - the multi-task gain over the all-in-one model (``fedavg``, one shared trunk) on the same seed,
   (1/T) sum_t s_t (M_t - B_t) / |B_t| in percent (as in ``compare_balancing.py``);
 - bytes sent up and down, and the wall time.
@@ -90,13 +92,17 @@ def main() -> None:
         for seed in args.seeds:
             baseline = run_one("fedavg", seed, args.rounds, 1.0, args.overrides, workdir)
             planted = baseline["summary"]["dataset_info"]["planted_groups"]
-            for affinity in ["all_in_one", *args.affinities]:
+            given = ",".join("[" + ",".join(g) + "]" for g in planted)
+            for affinity in ["all_in_one", "planted", *args.affinities]:
                 if affinity == "all_in_one":
                     result, groups = baseline, [sorted(t for g in planted for t in g)]
                 else:
+                    chosen = (
+                        f"groups=[{given}]" if affinity == "planted" else f"affinity={affinity}"
+                    )
                     extra = [
                         *args.overrides,
-                        f"strategy.affinity={affinity}",
+                        f"strategy.{chosen}",
                         f"strategy.warmup_rounds={args.warmup}",
                         *args.grouping_overrides,
                     ]
