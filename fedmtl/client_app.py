@@ -165,9 +165,8 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
         if result.task_trunk_deltas is not None:  # per_task mode: each task's share of its trunk
             deltas = {k: v for k, v in deltas.items() if not is_trunk_key(k)}
             for task, shares in result.task_trunk_deltas.items():
-                own = model.shared_parameters([task])
-                for key in (k for k in shares if k in own):
-                    deltas[records.task_update_key(task, key)] = shares[key].detach().cpu().numpy()
+                for key, share in shares.items():
+                    deltas[records.task_update_key(task, key)] = share.detach().cpu().numpy()
         metrics: dict[str, MetricRecordValues] = {
             records.NUM_EXAMPLES: data.num_samples,
             records.STEPS: result.steps,

@@ -5,6 +5,7 @@ The same app runs on every runtime: in-process, Flower's simulation engine, or a
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmtl import records
 from fedmtl.experiment import Experiment, cached_experiment, config_json_from
+from fedmtl.models import MultiTaskModel
 from fedmtl.tasks import TaskSpec
 from fedmtl.tracking import PARTITION_FILE, Tracker
 from fedmtl.training import evaluate
@@ -83,6 +85,7 @@ class GlobalEvaluator:
         self.strategy = strategy
         self.tracker = tracker
         self.evaluate_every = strategy.params.evaluate_every
+        self._models: dict[str, MultiTaskModel] = {}  # one per task grouping the run has used
         self.num_rounds = experiment.config.num_rounds
         self.tasks = {t.name: t for t in experiment.dataset.tasks}
         self.history: list[tuple[int, dict[str, dict[str, float]]]] = []
@@ -90,7 +93,11 @@ class GlobalEvaluator:
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round % self.evaluate_every and server_round != self.num_rounds:
             return None
-        model = self.experiment.new_model(self.strategy.model_groups)
+        groups = self.strategy.model_groups
+        key = json.dumps(groups, sort_keys=True)
+        if key not in self._models:
+            self._models[key] = self.experiment.new_model(groups)
+        model = self._models[key]
         records.load_arrays(model, records.from_array_record(arrays))
         sums = evaluate(model, self.data)
         metrics = {

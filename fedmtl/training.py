@@ -6,7 +6,7 @@ labelled for that task:  L(theta) = sum_{t in T_s} mean_{i in B, mask[i,t]} l_t(
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,9 +118,11 @@ def mean_task_losses(
 class TrunkAttribution:
     """Splits each optimizer step of the trunk into per-task shares that sum to the step.
 
-    At step k let c_{t,k} = w_t g_{t,k} + (lambda / |T_s|) theta_k be task t's part of the trunk
-    gradient (its weighted gradient plus an equal part of the weight-decay term), so that
-    sum_t c_{t,k} is the gradient the optimizer sees.
+    At step k let c_{t,k} = w_t g_{t,k} + (lambda / |U|) theta_k be task t's part of the trunk
+    gradient (its weighted gradient plus an equal part of the weight-decay term, shared among the
+    set U of the silo's tasks that use that parameter: all of them with one trunk, the tasks of its
+    group with one trunk per group), so that sum_t c_{t,k} is the gradient the optimizer sees.
+    Each task's share covers the parameters it uses only (``uses``; default: all).
     - SGD with momentum mu: the buffer b_k = mu b_{k-1} + g_k is linear in the gradients, so
       b_{t,k} = mu b_{t,k-1} + c_{t,k} and the step -eta b_k = sum_t -eta b_{t,k} exactly. For
       plain SGD (mu = 0, lambda = 0) task t's share is -eta sum_k w_t g_{t,k}: its own gradients.
@@ -136,13 +138,17 @@ class TrunkAttribution:
         params: list[torch.nn.Parameter],
         tasks: list[str],
         cfg: TrainConfig,
+        uses: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self.optimizer = optimizer
         self.params = params
         self.tasks = tasks
         self.cfg = cfg
-        self.buffers = {t: [torch.zeros_like(p) for p in params] for t in tasks}
-        self.deltas = {t: [torch.zeros_like(p) for p in params] for t in tasks}
+        everything = range(len(params))
+        self.uses = {t: list(everything if uses is None else uses[t]) for t in tasks}
+        self.users = [sum(i in self.uses[t] for t in tasks) for i in everything]
+        self.buffers = {t: {i: torch.zeros_like(params[i]) for i in self.uses[t]} for t in tasks}
+        self.deltas = {t: {i: torch.zeros_like(params[i]) for i in self.uses[t]} for t in tasks}
         self.steps = 0
 
     def record(self, shares: dict[str, list[torch.Tensor]]) -> None:
@@ -152,10 +158,11 @@ class TrunkAttribution:
         cfg = self.cfg
         for task in self.tasks:
             grads = shares.get(task)
-            for i, param in enumerate(self.params):
+            for i in self.uses[task]:
+                param = self.params[i]
                 part = torch.zeros_like(param) if grads is None else grads[i]
                 if cfg.weight_decay:
-                    part = part + cfg.weight_decay / len(self.tasks) * self._before[i]
+                    part = part + cfg.weight_decay / self.users[i] * self._before[i]
                 buffer = self.buffers[task][i]
                 if cfg.optimizer == "adam":
                     group = self.optimizer.param_groups[0]
@@ -203,9 +210,11 @@ def train_local(
     trunk = list(shared.values())
     heads = {t.name: list(model.heads[t.name].parameters()) for t in data.tasks}
     optimizer = make_optimizer(trunk + [p for ps in heads.values() for p in ps], cfg)
-    attribution = (
-        TrunkAttribution(optimizer, trunk, names, cfg) if update_mode == "per_task" else None
-    )
+    attribution = None
+    if update_mode == "per_task":
+        keys = list(shared)
+        uses = {t: [keys.index(k) for k in model.shared_parameters([t])] for t in names}
+        attribution = TrunkAttribution(optimizer, trunk, names, cfg, uses)
     separate = attribution is not None or weighting is not None
     model.train()
     device = data.inputs.device
@@ -240,7 +249,10 @@ def train_local(
     mean_loss = {k: loss_sums[k] / loss_counts[k] for k in loss_sums if loss_counts[k]}
     task_deltas = None
     if attribution is not None:
-        task_deltas = {t: dict(zip(shared, attribution.deltas[t], strict=True)) for t in names}
+        keys = list(shared)
+        task_deltas = {
+            t: {keys[i]: delta for i, delta in attribution.deltas[t].items()} for t in names
+        }
     return TrainResult(steps=steps, mean_loss=mean_loss, task_trunk_deltas=task_deltas)
 
 

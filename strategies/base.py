@@ -170,9 +170,8 @@ class TaskAwareStrategy(Strategy):
         self.history: list[RoundRecord] = []
         self.server_optimizer = ServerOptimizer(params.server_optimizer)
         self.round_task_weights: dict[str, float] = {}  # set by balancing strategies each round
-        self.model_groups: dict[str, tuple[str, ...]] | None = (
-            None  # group -> tasks, one trunk each
-        )
+        # group -> its tasks when the model has one trunk per task group (strategies.grouping)
+        self.model_groups: dict[str, tuple[str, ...]] | None = None
         self._round_arrays: Arrays = {}
         self._round_rejections: list[dict[str, Any]] = []
         self._last_train_loss: dict[str, float] = {}

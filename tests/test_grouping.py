@@ -78,17 +78,27 @@ def test_grouped_model_rejects_groups_that_do_not_partition_the_tasks(
         MultiTaskModel(small_model((5,), TINY_TASKS).trunk, TINY_TASKS, groups=groups)
 
 
-def test_per_task_shares_of_a_grouped_model_stay_in_the_task_group() -> None:
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_per_task_shares_of_a_grouped_model_cover_their_group_and_sum_to_the_step(
+    optimizer: str,
+) -> None:
+    """Each task's share covers its own group's trunk only; with momentum (or Adam) and weight
+    decay the shares of a group's tasks still sum to that trunk's step (weight decay is split
+    among the tasks that use the parameter)."""
+    cfg = TrainConfig(batch_size=4, lr=0.05, momentum=0.9, weight_decay=0.01, optimizer=optimizer)
     model = grouped_model()
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     result = train_local(
-        model, tiny_data(), TrainConfig(batch_size=4, lr=0.1), torch.Generator().manual_seed(0),
-        update_mode="per_task",
-    )  # fmt: skip
+        model, tiny_data(), cfg, torch.Generator().manual_seed(0), update_mode="per_task"
+    )
     shares = result.task_trunk_deltas
     assert shares is not None
     for task, group in (("a", "g0"), ("b", "g1"), ("c", "g0")):
-        for key, delta in shares[task].items():
-            assert (trunk_group(key) == group) == bool(delta.abs().sum() > 0), (task, key)
+        assert shares[task] and {trunk_group(k) for k in shares[task]} == {group}
+    for key, value in model.state_dict().items():
+        if is_trunk_key(key):
+            summed = sum(shares[t][key] for t in shares if key in shares[t])
+            torch.testing.assert_close(summed, value - start[key], rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

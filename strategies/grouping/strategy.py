@@ -59,7 +59,7 @@ from strategies.grouping.affinity import (
     UncoveredRule,
     cosine_pairs,
 )
-from strategies.grouping.report import matrix_json, plot_affinity, write_affinity
+from strategies.grouping.report import HEATMAP_FILE, matrix_json, plot_affinity, write_affinity
 from strategies.grouping.solvers import GroupingSolution, solve_grouping
 
 log = logging.getLogger("fedmtl")
@@ -385,4 +385,4 @@ class Grouping(TaskAwareStrategy):
         write_affinity(output_dir, report)
         if plots:
             title = f"{self.params.affinity} affinity S_(i->j), warm-up of {self.grouped_at} rounds"
-            plot_affinity(estimate, names, groups, output_dir / "affinity.png", title)
+            plot_affinity(estimate, names, groups, output_dir / HEATMAP_FILE, title)
