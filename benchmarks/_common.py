@@ -9,18 +9,16 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def machine_info() -> dict[str, Any]:
-    """Python, architecture, CPU count and torch's version and threads (when torch is installed)."""
+    """Python, architecture, CPU count, and torch's version, threads and CUDA device."""
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
     }
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency of the project
-        return info
     info["torch"] = torch.__version__
     info["torch_threads"] = torch.get_num_threads()
     info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None

@@ -29,7 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 from _common import write_results
+
+from fedmtl.app.config import compose, parse
+from fedmtl.app.launch import run
+from fedmtl.app.runtime import set_offline_env
+from strategies import STRATEGIES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASELINE = "fedavg"
@@ -40,9 +47,6 @@ def run_one(
     strategy: str, seed: int, rounds: int, server_lr: float, extra: list[str], workdir: Path
 ) -> dict[str, Any]:
     """One in-process run; returns its final metrics, bytes, wall time and summary."""
-    from fedmtl.cli import compose
-    from fedmtl.config import parse
-    from fedmtl.runtime import run
 
     out = workdir / f"{strategy}-{server_lr}-{seed}"
     overrides = [
@@ -83,10 +87,8 @@ def gain_percent(result: dict[str, Any], baseline: dict[str, Any]) -> float:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     keys = sorted({(r["strategy"], r["server_lr"]) for r in rows})
     means, spreads = [], []
@@ -112,8 +114,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main() -> None:
-    from fedmtl.runtime import set_offline_env
-    from strategies import STRATEGIES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES.names())

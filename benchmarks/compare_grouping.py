@@ -29,15 +29,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 from _common import write_results
 from compare_balancing import gain_percent, run_one
+from sklearn.metrics import adjusted_rand_score
+
+from fedmtl.app.runtime import set_offline_env
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def adjusted_rand(found: list[list[str]], planted: list[list[str]]) -> float:
     """ARI between two partitions of the same tasks (scikit-learn's ``adjusted_rand_score``)."""
-    from sklearn.metrics import adjusted_rand_score
 
     tasks = sorted(t for group in planted for t in group)
     label = {t: g for g, group in enumerate(planted) for t in group}
@@ -46,10 +50,8 @@ def adjusted_rand(found: list[list[str]], planted: list[list[str]]) -> float:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     names = sorted({r["affinity"] for r in rows if r["strategy"] == "grouping"})
     figure, axes = plt.subplots(1, 2, figsize=(10, 0.5 * len(names) + 2))
@@ -70,7 +72,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main() -> None:
-    from fedmtl.runtime import set_offline_env
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

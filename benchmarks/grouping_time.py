@@ -36,6 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 from _common import write_results
 
@@ -135,10 +137,8 @@ def measure(
 
 
 def plot(rows: list[dict[str, Any]], time_limit: float, structure: str, path: Path) -> None:
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     limited_label = "time limit hit"

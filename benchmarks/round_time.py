@@ -30,7 +30,7 @@ def measure(runtime: str, num_silos: int, num_rounds: int, workdir: Path) -> dic
     """Run ``fedmtl run`` once in a fresh process and read its result files."""
     out = workdir / f"{runtime}-{num_silos}"
     command = [
-        sys.executable, "-m", "fedmtl.cli", "run",
+        sys.executable, "-m", "fedmtl.app.cli", "run",
         f"runtime={runtime}", "tracking=quiet", f"num_rounds={num_rounds}",
         f"partition.num_silos={num_silos}", f"hydra.run.dir={out}",
     ]  # fmt: skip

@@ -4,7 +4,7 @@ A partition is a task assignment (which tasks each silo labels, :data:`ASSIGNMEN
 a sample split (which samples each silo holds, :data:`SPLITS`), then a per-silo train/test split,
 labels missing at random (:mod:`partitions.missing_labels`) and a per-silo feature skew
 (:data:`FEATURE_SKEWS`); a global test set can be held out before the split. :func:`build` makes
-one from a :class:`~fedmtl.config.PartitionConfig`; :func:`load` reads a saved manifest back and
+one from a :class:`~fedmtl.core.schema.PartitionConfig`; :func:`load` reads a saved manifest back and
 checks it against the dataset; :func:`make` does whichever the config asks for.
 """
 
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedmtl.config import PartitionFile
-from fedmtl.errors import ConfigError
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.schema import PartitionFile
 from partitions.assignment import ASSIGNMENTS
 from partitions.base import SCHEMA_VERSION, Partition, Silo
 from partitions.feature_skew import FEATURE_SKEWS
@@ -27,8 +27,8 @@ from partitions.missing_labels import hide_labels
 from partitions.split import SPLITS
 
 if TYPE_CHECKING:
-    from fedmtl.config import PartitionConfig
-    from fedmtl.data.base import MultiTaskDataset
+    from fedmtl.core.data import MultiTaskDataset
+    from fedmtl.core.schema import PartitionConfig
 
 _FEWER_SILOS = (
     "use fewer silos (partition.num_silos), a smaller partition.test_fraction, a lower "

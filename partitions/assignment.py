@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from fedmtl.checks import fraction, int_at_least, positive
-from fedmtl.errors import ConfigError
-from fedmtl.registry import NoParams, Registry
+from fedmtl.core.checks import fraction, int_at_least, positive
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.registry import NoParams, Registry
 
 AssignmentFn = Callable[[list[str], int, Any, np.random.Generator], list[list[str]]]
 ASSIGNMENTS: Registry[AssignmentFn] = Registry("partition.assignment")

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 import numpy as np
 import torch
 
-from fedmtl.errors import ConfigError
+from fedmtl.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from fedmtl.data.base import MultiTaskDataset
+    from fedmtl.core.data import MultiTaskDataset
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)

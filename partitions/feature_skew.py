@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedmtl.checks import positive
-from fedmtl.errors import ConfigError
-from fedmtl.registry import NoParams, Registry
+from fedmtl.core.checks import positive
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.registry import NoParams, Registry
 
 FEATURE_SKEWS: Registry[Any] = Registry("partition.feature_skew")
 

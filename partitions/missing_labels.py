@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedmtl.errors import ConfigError
+from fedmtl.core.errors import ConfigError
 from partitions.base import Silo
 
 if TYPE_CHECKING:
-    from fedmtl.config import MissingLabelsConfig
-    from fedmtl.data.base import MultiTaskDataset
+    from fedmtl.core.data import MultiTaskDataset
+    from fedmtl.core.schema import MissingLabelsConfig
 
 
 def hide_labels(

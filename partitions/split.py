@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from fedmtl.checks import int_at_least, positive
-from fedmtl.errors import ConfigError
-from fedmtl.registry import NoParams, Registry
+from fedmtl.core.checks import int_at_least, positive
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.registry import NoParams, Registry
 
 if TYPE_CHECKING:
-    from fedmtl.data.base import MultiTaskDataset
+    from fedmtl.core.data import MultiTaskDataset
 
 SplitFn = Callable[["MultiTaskDataset", np.ndarray, int, Any, int], list[np.ndarray]]
 SPLITS: Registry[SplitFn] = Registry("partition.split")
@@ -59,7 +59,7 @@ def run_partitioner(
     on ``key`` with ``fix``; its retry warnings and progress bars are silenced (a failure is
     reported instead)."""
     # Imported here: flwr-datasets (and Hugging Face datasets) take seconds to import.
-    import datasets
+    import datasets  # noqa: PLC0415 - heavy (Hugging Face datasets), only when splitting
 
     partitioner.dataset = datasets.Dataset.from_dict({k: v.tolist() for k, v in columns.items()})
     try:
@@ -85,7 +85,7 @@ def split_iid(
     The pool is shuffled with ``seed`` and then sharded contiguously by flwr-datasets'
     ``IidPartitioner`` (which itself does not shuffle).
     """
-    from flwr_datasets.partitioner import IidPartitioner
+    from flwr_datasets.partitioner import IidPartitioner  # noqa: PLC0415 - heavy (Hugging Face datasets), only when splitting
 
     check_enough_samples(len(pool), num_silos)
     return run_partitioner(
@@ -168,7 +168,7 @@ def split_dirichlet(
 ) -> list[np.ndarray]:
     """Label skew: for each class c of the task, the silos' shares p_{c,.} ~ Dir(alpha 1_S) and
     class c's samples are cut in those proportions (flwr-datasets' ``DirichletPartitioner``)."""
-    from flwr_datasets.partitioner import DirichletPartitioner
+    from flwr_datasets.partitioner import DirichletPartitioner  # noqa: PLC0415 - heavy (Hugging Face datasets), only when splitting
 
     return split_by_label(
         dataset,
@@ -213,7 +213,7 @@ def split_pathological(
     """Each silo holds samples of exactly c classes of the task; a class's samples are divided
     evenly among the silos that hold it, and classes no silo holds are left out
     (flwr-datasets' ``PathologicalPartitioner``)."""
-    from flwr_datasets.partitioner import PathologicalPartitioner
+    from flwr_datasets.partitioner import PathologicalPartitioner  # noqa: PLC0415 - heavy (Hugging Face datasets), only when splitting
 
     def make(labels: np.ndarray) -> PathologicalPartitioner:
         num_classes = len(np.unique(labels))
@@ -264,7 +264,7 @@ def split_shards(
     """The pool sorted by the task's label is cut into shards of equal size and each silo gets
     ``shards_per_silo`` random shards (McMahan et al.'s pathological non-IID split;
     flwr-datasets' ``ShardPartitioner``). An incomplete last shard is left out."""
-    from flwr_datasets.partitioner import ShardPartitioner
+    from flwr_datasets.partitioner import ShardPartitioner  # noqa: PLC0415 - heavy (Hugging Face datasets), only when splitting
 
     return split_by_label(
         dataset,
@@ -312,7 +312,7 @@ def split_quantity(
     (i+1)^2; ``exponential``: e^(i+1) (flwr-datasets' Linear/Square/ExponentialPartitioner);
     ``power_law``: (i+1)^-exponent (:func:`quantity_sizes`, run by ``SizePartitioner``). All
     samples are used; a silo whose share rounds to no sample is a ConfigError."""
-    from flwr_datasets import partitioner as fp
+    from flwr_datasets import partitioner as fp  # noqa: PLC0415 - heavy (Hugging Face datasets), only when splitting
 
     check_enough_samples(len(pool), num_silos)
     partitioner: Any
@@ -360,7 +360,7 @@ def split_natural_id(
     there are as many ids as silos), and each group is one silo (flwr-datasets'
     ``NaturalIdPartitioner`` on the group column; its ``GroupedNaturalIdPartitioner`` cannot make
     exactly ``num_silos`` groups for every number of ids)."""
-    from flwr_datasets.partitioner import NaturalIdPartitioner
+    from flwr_datasets.partitioner import NaturalIdPartitioner  # noqa: PLC0415 - heavy (Hugging Face datasets), only when splitting
 
     key = "partition.split.column"
     if params.column not in dataset.natural_ids:

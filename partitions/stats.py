@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.table import Table
 from scipy.spatial.distance import jensenshannon
 
-from fedmtl.data.base import MultiTaskDataset
+from fedmtl.core.data import MultiTaskDataset
 from partitions.base import Partition
 
 STATS_FILE = "partition_stats.csv"
@@ -98,8 +100,6 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def print_table(rows: list[dict[str, Any]], title: str) -> None:
     """The rows as a rich table on the console (JS to three decimals), never truncated."""
-    from rich.console import Console
-    from rich.table import Table
 
     cells = [[_cell(v) for v in row.values()] for row in rows]
     table = Table(title=title)
@@ -195,9 +195,9 @@ def write_report(
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - heavy, only when plotting
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy, only when plotting
 
     return plt

@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from fedmtl.data.base import MultiTaskDataset
-from fedmtl.training import LocalData, local_view
+from fedmtl.core.data import LocalData, MultiTaskDataset, local_view
 from partitions.base import Partition
 from partitions.feature_skew import FEATURE_SKEWS
 

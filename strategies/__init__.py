@@ -4,33 +4,30 @@ A strategy is registered with its parameter dataclass (a :class:`StrategyParams`
 ``cls(params, tasks, train, seed, observers)``. ``configs/strategy/<name>.yaml`` mirrors each entry.
 
 - ``fedavg``: task-aware FedAvg (:mod:`strategies.fedavg`).
-- one strategy per weighting of :data:`strategies.balancing.WEIGHTINGS` (``mgda``, ``pcgrad``, ...):
-  per-task trunk updates combined by that weighting (:mod:`strategies.balanced`).
+- one strategy per balancing method of :data:`strategies.balancing.WEIGHTINGS` (``mgda``,
+  ``pcgrad``, ...): per-task trunk updates combined by that method (:mod:`strategies.balanced`).
 - ``fmtlbench_pcgrad``, ``fmtlbench_cagrad``: FMTL-Bench's baselines over per-silo updates
   (:mod:`strategies.fmtlbench`).
 - ``grouping``: federated task grouping, one trunk per group (:mod:`strategies.grouping`).
+
+Shared pieces: reply checks (:mod:`strategies.replies`), aggregation math
+(:mod:`strategies.aggregation`), server optimizers (:mod:`strategies.server_opt`).
 """
 
 from __future__ import annotations
 
-from fedmtl.registry import Registry
-from strategies.balanced import Balanced, BalancedParams, strategy_class, strategy_params_class
-from strategies.balancing import WEIGHTINGS
-from strategies.base import (
-    ClientUpdate,
-    RoundObserver,
-    RoundRecord,
-    StrategyParams,
-    TaskAwareStrategy,
-)
+from fedmtl.core.registry import Registry
+from strategies.balanced import BALANCED_STRATEGIES, Balanced, BalancedParams
+from strategies.base import StrategyParams, TaskAwareStrategy, TrunkStep
 from strategies.fedavg import FedAvg, FedAvgParams
 from strategies.fmtlbench import FmtlBenchCAGrad, FmtlBenchCAGradParams, FmtlBenchPCGrad
 from strategies.grouping import Grouping, GroupingParams
+from strategies.replies import ClientUpdate
 
 STRATEGIES: Registry[type[TaskAwareStrategy]] = Registry("strategy")
 STRATEGIES.register("fedavg", params=FedAvgParams)(FedAvg)
-for _name in WEIGHTINGS.names():
-    STRATEGIES.register(_name, params=strategy_params_class(_name))(strategy_class(_name))
+for _cls, _params in BALANCED_STRATEGIES:
+    STRATEGIES.register(_cls.weighting_name, params=_params)(_cls)
 STRATEGIES.register("fmtlbench_pcgrad", params=StrategyParams)(FmtlBenchPCGrad)
 STRATEGIES.register("fmtlbench_cagrad", params=FmtlBenchCAGradParams)(FmtlBenchCAGrad)
 STRATEGIES.register("grouping", params=GroupingParams)(Grouping)
@@ -41,8 +38,7 @@ __all__ = [
     "BalancedParams",
     "ClientUpdate",
     "FedAvg",
-    "RoundObserver",
-    "RoundRecord",
     "StrategyParams",
     "TaskAwareStrategy",
+    "TrunkStep",
 ]

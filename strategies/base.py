@@ -2,22 +2,24 @@
 
 What it does for every subclass:
 - **Silo discovery.** Before round 1 (and for nodes that join later) it asks each node which silo it
-  holds (``query`` message): its tasks and labelled example counts (:class:`fedmtl.records.SiloInfo`).
+  holds (``query`` message): its tasks and labelled example counts (:class:`fedmtl.core.records.SiloInfo`).
   A node whose answer is unusable (an error, a missing field, an unknown task, a silo id another
   node already holds) is ignored for the rest of the run.
 - **Sampling.** Each round it samples ``max(ceil(fraction * N), min_nodes)`` of the N known nodes with
   a seeded generator, and sends each sampled silo the trunk and the heads of *its own* tasks only.
-- **Reply checks.** A reply with an error, missing records, unexpected keys or shapes, a non-finite
-  value or a bad example count is rejected, logged and counted; the round goes on with the others and
-  the global model is never touched by a rejected reply.
+- **Reply checks** (:mod:`strategies.replies`). A reply with an error, missing records, unexpected
+  keys or shapes, a non-finite value or a bad example count is rejected, logged and counted; the
+  round goes on with the others and the global model is never touched by a rejected reply.
 - **Per-task head aggregation.** With n_{s,t} the labelled training examples of task t on silo s and
   Delta h_{s,t} its head update:  h_t <- h_t + sum_{s holds t} n_{s,t} Delta h_{s,t} / sum_s n_{s,t}.
   A task no sampled silo holds keeps its head.
 - **Trunk aggregation**: the subclass combines the round's updates into one trunk update Delta
-  (:meth:`trunk_update`); a FedOpt server optimizer (:mod:`strategies.server_opt`) applies it.
+  (:meth:`TaskAwareStrategy.trunk_update`); a FedOpt server optimizer
+  (:mod:`strategies.server_opt`) applies it.
 - **Update modes.** A silo sends its trunk update either ``joint`` (one delta) or ``per_task`` (one
-  delta per task it holds, which sum to the joint delta; see :mod:`fedmtl.training`), as the
-  strategy asks (:meth:`update_mode`); the base checks both and always fills the joint delta.
+  delta per task it holds, which sum to the joint delta; see :mod:`fedmtl.core.training`), as the
+  strategy asks (:meth:`TaskAwareStrategy.update_mode`); the base checks both and always fills the
+  joint delta.
 - **Evaluation** on each sampled silo's own test split ("personal"), pooled per task exactly by
   summing the silos' additive statistics.
 - Bytes of model arrays sent down and up are counted.
@@ -25,6 +27,13 @@ What it does for every subclass:
   :mod:`strategies.grouping`) the model holds ``trunks.<group>.*`` instead of ``trunk.*``; a silo
   receives only the trunks of its tasks' groups, and in ``per_task`` mode each task's share covers
   its own group's trunk only.
+
+The round's state is explicit: :meth:`TaskAwareStrategy.dispatch_train` returns a
+:class:`Dispatch` (the messages and what they carried), :meth:`TaskAwareStrategy.aggregate_updates`
+turns it and the replies into a :class:`TrainOutcome`, :meth:`TaskAwareStrategy.pool_evaluations`
+into an :class:`EvaluateOutcome`, and :meth:`TaskAwareStrategy.start` (the round loop) reads them.
+What persists across rounds is the run's: known silos, the server optimizer's moments, totals of
+bytes and rejections, the round history, and the state subclasses keep (balancing, grouping).
 """
 
 from __future__ import annotations
@@ -37,32 +46,43 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MessageType,
-    MetricRecord,
-    MetricRecordValues,
-    RecordDict,
-)
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from fedmtl import records
-from fedmtl.checks import fraction, int_at_least, positive
-from fedmtl.config import TrainConfig
-from fedmtl.models.multitask import head_task, is_trunk_key, trunk_group
-from fedmtl.records import SiloInfo, UpdateMode
-from fedmtl.tasks import TaskSpec
+from fedmtl.core import records
+from fedmtl.core.checks import fraction, int_at_least, positive
+from fedmtl.core.models import head_task, is_trunk_key, trunk_group
+from fedmtl.core.records import (
+    AffinityRequest,
+    Arrays,
+    EvaluateReply,
+    EvaluateRequest,
+    SiloInfo,
+    TrainReply,
+    TrainRequest,
+    WeightingSpec,
+)
+from fedmtl.core.rounds import RoundObserver, RoundRecord
+from fedmtl.core.schema import TrainConfig
+from fedmtl.core.tasks import TaskSpec
+from fedmtl.core.training import UpdateMode
+from strategies.aggregation import aggregate_heads, mean_train_loss
+from strategies.replies import (
+    ClientUpdate,
+    ReplyError,
+    check_evaluate_reply,
+    check_silo,
+    check_train_reply,
+)
 from strategies.server_opt import ServerOptimizer, ServerOptParams
 
 log = logging.getLogger("fedmtl")
 
-Arrays = dict[str, np.ndarray]
+REPLY_ERRORS = (KeyError, ValueError, TypeError)
+"""What parsing or checking a malformed reply raises (:class:`ReplyError` is a ValueError)."""
 
 
 @dataclass(frozen=True)
@@ -100,49 +120,52 @@ class StrategyParams:
 
     def check_experiment(self, task_names: Sequence[str], num_rounds: int) -> None:
         """Cross-check these parameters against the experiment before any training (raise
-        :class:`fedmtl.errors.ConfigError`); the default has nothing to check."""
+        :class:`fedmtl.core.errors.ConfigError`); the default has nothing to check."""
 
 
-@dataclass
-class ClientUpdate:
-    """A checked training reply: the silo, its array deltas and its reported metrics.
+@dataclass(frozen=True)
+class TrunkStep:
+    """A strategy's trunk update of one round: the combined update Delta (same keys as the trunk;
+    None keeps the trunk) and each task's weight w_t in it (balancing strategies)."""
 
-    ``deltas`` holds the joint trunk update and the silo's head updates; in ``per_task`` mode
-    ``task_deltas[t]`` holds task t's share of the trunk update (the joint one is their sum).
-    ``loss_before[t]``: task t's mean training loss of the received model, before local training.
-    ``affinity[(i, j)]``: the silo's measured affinity S_{i->j}, when the strategy asked for one.
-    """
-
-    node_id: int
-    silo: SiloInfo
-    deltas: Arrays
-    num_examples: int
-    task_examples: dict[str, int]
-    train_loss: dict[str, float]
-    loss_before: dict[str, float] = field(default_factory=dict)
-    task_deltas: dict[str, Arrays] | None = None
-    affinity: dict[tuple[str, str], float] = field(default_factory=dict)
-
-
-@dataclass
-class RoundRecord:
-    """What one round produced; passed to observers (progress, result files, wandb)."""
-
-    server_round: int
-    num_sampled: int
-    num_updates: int
-    rejected: list[dict[str, Any]]
-    train_loss: dict[str, float]
-    personal: dict[str, dict[str, float]] | None = None
-    per_silo: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
-    bytes_up: int = 0
-    bytes_down: int = 0
-    seconds: float = 0.0
+    delta: Arrays | None
     task_weights: dict[str, float] = field(default_factory=dict)
 
 
-class RoundObserver(Protocol):
-    def on_round(self, record: RoundRecord) -> None: ...
+@dataclass(frozen=True)
+class Dispatch:
+    """One round's messages of one kind (train or evaluate) and what they carried: the round's
+    global model, the array keys each node received and the bytes of model arrays sent."""
+
+    server_round: int
+    messages: list[Message]
+    arrays: Arrays
+    sent: dict[int, list[str]]
+    bytes_down: int
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """What aggregating one training round gave: the new global model (the round's own when
+    nothing could be aggregated), the number of updates used, the replies refused, the
+    example-weighted train loss and the balancing weight of each task, and the bytes received."""
+
+    arrays: Arrays
+    num_updates: int
+    rejected: list[dict[str, Any]]
+    train_loss: dict[str, float]
+    task_weights: dict[str, float]
+    bytes_up: int
+
+
+@dataclass(frozen=True)
+class EvaluateOutcome:
+    """Pooled personal metrics of one evaluation (None when no silo reported), each silo's own
+    metrics, and the replies refused."""
+
+    personal: dict[str, dict[str, float]] | None
+    per_silo: dict[int, dict[str, dict[str, float]]]
+    rejected: list[dict[str, Any]]
 
 
 class TaskAwareStrategy(Strategy):
@@ -169,37 +192,40 @@ class TaskAwareStrategy(Strategy):
         self.rejections: list[dict[str, Any]] = []
         self.history: list[RoundRecord] = []
         self.server_optimizer = ServerOptimizer(params.server_optimizer)
-        self.round_task_weights: dict[str, float] = {}  # set by balancing strategies each round
         # group -> its tasks when the model has one trunk per task group (strategies.grouping)
         self.model_groups: dict[str, tuple[str, ...]] | None = None
-        self._round_arrays: Arrays = {}
-        self._round_rejections: list[dict[str, Any]] = []
-        self._last_train_loss: dict[str, float] = {}
-        self._last_per_silo: dict[int, dict[str, dict[str, float]]] = {}
+        # Only for Flower's own round loop (configure_* then aggregate_*): :meth:`start` passes
+        # each Dispatch along itself.
+        self._in_flight: dict[tuple[str, int], Dispatch] = {}
 
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
     def trunk_update(
         self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
-    ) -> Arrays | None:
-        """The round's combined trunk update Delta (same keys as ``trunk``), or None to keep it.
+    ) -> TrunkStep:
+        """The round's combined trunk update (same keys as ``trunk``).
 
         Each update's ``deltas`` holds the joint trunk update (``trunk.*`` keys) of the silo, and
-        ``task_deltas`` the per-task ones in ``per_task`` mode. The server optimizer applies Delta.
+        ``task_deltas`` the per-task ones in ``per_task`` mode. The server optimizer applies it.
         """
 
     def update_mode(self) -> UpdateMode:
         """What silos send for the trunk: ``joint`` (default) or ``per_task``."""
         return "joint"
 
-    def client_weighting(self) -> tuple[str, dict[str, Any]] | None:
-        """The weighting (name, params) silos apply to their tasks' gradients at every local
-        step, or None for the plain sum of task losses (default)."""
+    def local_weighting(self) -> WeightingSpec | None:
+        """The balancing method silos apply to their tasks' gradients at every local step, or
+        None for the plain sum of task losses (default)."""
         return None
 
-    def affinity_request(self, server_round: int) -> records.AffinityRequest | None:
+    def affinity_request(self, server_round: int) -> AffinityRequest | None:
         """The task affinity silos measure during this round's local training (default none)."""
         return None
+
+    def end_round(self, server_round: int, arrays: Arrays) -> Arrays:
+        """The global model to carry into the next round, given the aggregated ``arrays`` (default:
+        unchanged; task grouping splits the trunk here)."""
+        return arrays
 
     def results(self) -> dict[str, Any]:
         """Extra ``summary.json`` fields of this strategy (default none)."""
@@ -225,26 +251,17 @@ class TaskAwareStrategy(Strategy):
         if not unknown:
             return
         messages = [
-            Message(
-                RecordDict({records.CONFIG: ConfigRecord()}),
-                dst_node_id=n,
-                message_type=MessageType.QUERY,
-            )
+            Message(records.query_content(), dst_node_id=n, message_type=MessageType.QUERY)
             for n in unknown
         ]
         for reply in grid.send_and_receive(messages, timeout=self.params.reply_timeout_s):
             node = reply.metadata.src_node_id
             try:
                 if reply.has_error():
-                    raise ValueError(reply.error.reason)
-                info = SiloInfo.from_record(reply.content.config_records[records.SILO])
-                unknown_tasks = [t for t in info.tasks if t not in self.tasks]
-                if unknown_tasks:
-                    raise ValueError(f"unknown tasks {unknown_tasks}")
-                claimed = {known.silo_id for known in self.silos.values()}
-                if info.silo_id in claimed:
-                    raise ValueError(f"silo {info.silo_id} is already held by another node")
-            except (KeyError, ValueError, TypeError) as err:
+                    raise ReplyError(reply.error.reason)
+                claimed = [known.silo_id for known in self.silos.values()]
+                info = check_silo(SiloInfo.from_content(reply.content), self.tasks, claimed)
+            except REPLY_ERRORS as err:
                 log.warning(
                     "node %s ignored for this run: unusable silo description (%s)", node, err
                 )
@@ -264,14 +281,14 @@ class TaskAwareStrategy(Strategy):
         size = min(len(nodes), max(wanted, minimum))
         return sorted(self.rng.sample(nodes, size), key=self._silo_order)
 
-    def _reply_order(self, reply: Message) -> int:
-        silo = self.silos.get(reply.metadata.src_node_id)
-        return silo.silo_id if silo else -1
-
     def _silo_order(self, node: int) -> int:
         """Nodes ordered by silo id: sampling and aggregation order do not depend on node ids or
         on the order replies arrive, so every runtime gives the same result for a seed."""
         return self.silos[node].silo_id
+
+    def _reply_order(self, reply: Message) -> int:
+        silo = self.silos.get(reply.metadata.src_node_id)
+        return silo.silo_id if silo else -1
 
     def arrays_for(self, arrays: Arrays, silo: SiloInfo) -> Arrays:
         """The trunk (or the trunks of its tasks' groups) and the heads of the silo's tasks: all
@@ -289,117 +306,151 @@ class TaskAwareStrategy(Strategy):
             return is_trunk_key(key)
         return self.model_groups is not None and task in self.model_groups.get(group, ())
 
-    def _messages(
+    # ------------------------------------------------------------------ one round, explicitly
+    def _dispatch(
         self,
-        arrays: ArrayRecord,
+        server_round: int,
+        record: ArrayRecord,
         config: ConfigRecord,
         nodes: list[int],
         message_type: str,
-        server_round: int,
-    ) -> list[Message]:
-        self._round_arrays = records.from_array_record(arrays)
-        messages = []
+    ) -> Dispatch:
+        """Messages carrying to each node the arrays it needs and ``config``."""
+        arrays = records.from_array_record(record)
+        messages, sent, size = [], {}, 0
         for node in nodes:
+            keys = list(self.arrays_for(arrays, self.silos[node]))
             # The global record's Array objects are shared, not serialised again for every silo.
-            keys = self.arrays_for(self._round_arrays, self.silos[node])
-            payload = ArrayRecord({key: arrays[key] for key in keys})
-            self.bytes_down += payload.count_bytes()
-            node_config = ConfigRecord({**config, **records.groups_entry(self.model_groups)})
-            content = RecordDict({records.ARRAYS: payload, records.CONFIG: node_config})
+            payload = ArrayRecord({key: record[key] for key in keys})
+            size += payload.count_bytes()
+            sent[node] = keys
             messages.append(
                 Message(
-                    content, dst_node_id=node, message_type=message_type, group_id=str(server_round)
+                    records.request_content(payload, config),
+                    dst_node_id=node,
+                    message_type=message_type,
+                    group_id=str(server_round),
                 )
             )
-        return messages
+        self.bytes_down += size
+        return Dispatch(server_round, messages, arrays, sent, size)
 
-    # ------------------------------------------------------------------ Flower Strategy API
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
+    def dispatch_train(
+        self, server_round: int, record: ArrayRecord, grid: Grid, extra: ConfigRecord | None = None
+    ) -> Dispatch:
+        """The round's train messages to the sampled silos (:class:`~fedmtl.core.records.TrainRequest`;
+        the keys of ``extra`` travel too, the protocol's own take precedence)."""
         nodes = self.sample(grid, self.params.fraction_train, self.params.min_train_nodes)
-        config = records.train_config_record(
-            server_round,
-            self.train,
-            self.update_mode(),
-            self.client_weighting(),
-            self.affinity_request(server_round),
+        request = TrainRequest(
+            server_round=server_round,
+            train=self.train,
+            update_mode=self.update_mode(),
+            local_weighting=self.local_weighting(),
+            affinity=self.affinity_request(server_round),
+            groups=self.model_groups,
         )
-        return self._messages(arrays, config, nodes, MessageType.TRAIN, server_round)
+        config = ConfigRecord({**(extra or {}), **request.to_config()})
+        return self._dispatch(server_round, record, config, nodes, MessageType.TRAIN)
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        self._round_rejections = []
-        self.round_task_weights = {}
-        updates = []
+    def dispatch_evaluate(
+        self, server_round: int, record: ArrayRecord, grid: Grid, extra: ConfigRecord | None = None
+    ) -> Dispatch:
+        """The round's evaluate messages to the sampled silos."""
+        nodes = self.sample(grid, self.params.fraction_evaluate, self.params.min_evaluate_nodes)
+        request = EvaluateRequest(server_round=server_round, groups=self.model_groups)
+        config = ConfigRecord({**(extra or {}), **request.to_config()})
+        return self._dispatch(server_round, record, config, nodes, MessageType.EVALUATE)
+
+    def aggregate_updates(self, dispatch: Dispatch, replies: Iterable[Message]) -> TrainOutcome:
+        """Check the replies to ``dispatch``, aggregate the valid ones (trunk by the subclass and
+        the server optimizer, heads per task over holders) and end the round (:meth:`end_round`)."""
+        server_round = dispatch.server_round
+        rejected: list[dict[str, Any]] = []
+        updates: list[ClientUpdate] = []
+        received = 0
         for reply in replies:
-            update = self._check_train_reply(server_round, reply)
-            if update is not None:
-                updates.append(update)
+            node = reply.metadata.src_node_id
+            if reply.has_content():
+                received += records.update_bytes(reply.content)  # counted, accepted or not
+            try:
+                if reply.has_error():
+                    raise ReplyError(f"client error: {reply.error.reason}")
+                silo = self.silos[node]
+                sent = {k: dispatch.arrays[k] for k in dispatch.sent[node]}
+                parsed = TrainReply.from_content(reply.content)
+                updates.append(
+                    check_train_reply(node, parsed, sent, silo, self.update_mode(), self.serves)
+                )
+            except REPLY_ERRORS as err:
+                rejected.append(self._reject(server_round, node, f"train reply rejected: {err}"))
+        self.bytes_up += received
         updates.sort(key=lambda u: u.silo.silo_id)
-        arrays = dict(self._round_arrays)
+        arrays = dict(dispatch.arrays)
+        task_weights: dict[str, float] = {}
         if updates:
             trunk = {k: v for k, v in arrays.items() if is_trunk_key(k)}
-            trunk_delta = self.trunk_update(server_round, trunk, updates)
-            if trunk_delta is None:
+            step = self.trunk_update(server_round, trunk, updates)
+            task_weights = dict(step.task_weights)
+            if step.delta is None:
                 log.warning("round %d: no trunk update; the trunk is unchanged", server_round)
             else:
-                arrays.update(self.server_optimizer.step(trunk, trunk_delta))
-            arrays.update(self.aggregate_heads(arrays, updates))
+                arrays.update(self.server_optimizer.step(trunk, step.delta))
+            arrays.update(aggregate_heads(arrays, updates, list(self.tasks)))
         else:
             log.warning(
                 "round %d: no usable training reply; the global model is unchanged", server_round
             )
-        self._last_train_loss = self._mean_train_loss(updates)
-        metrics: dict[str, MetricRecordValues] = {
-            "num-updates": len(updates),
-            "num-rejected": len(self._round_rejections),
-        }
-        metrics.update(
-            {records.task_key(t, records.TRAIN_LOSS): v for t, v in self._last_train_loss.items()}
+        return TrainOutcome(
+            arrays=self.end_round(server_round, arrays),
+            num_updates=len(updates),
+            rejected=rejected,
+            train_loss=mean_train_loss(updates, list(self.tasks)),
+            task_weights=task_weights,
+            bytes_up=received,
         )
-        return records.to_array_record(arrays), MetricRecord(metrics)
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        nodes = self.sample(grid, self.params.fraction_evaluate, self.params.min_evaluate_nodes)
-        config = ConfigRecord({records.SERVER_ROUND: server_round})
-        return self._messages(arrays, config, nodes, MessageType.EVALUATE, server_round)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
+    def pool_evaluations(self, dispatch: Dispatch, replies: Iterable[Message]) -> EvaluateOutcome:
         """Pool each task's statistics over the silos that evaluated it, then finalize metrics."""
         pooled: dict[str, dict[str, float]] = {}
-        self._last_per_silo = {}
+        per_silo: dict[int, dict[str, dict[str, float]]] = {}
+        rejected: list[dict[str, Any]] = []
         for reply in sorted(replies, key=self._reply_order):
             node = reply.metadata.src_node_id
             try:
-                silo, stats = self._parse_evaluate_reply(reply)
-            except (KeyError, ValueError, TypeError) as err:
-                self._reject(server_round, node, f"evaluate reply rejected: {err}")
+                if reply.has_error():
+                    raise ReplyError(f"client error: {reply.error.reason}")
+                silo = self.silos[node]
+                stats = check_evaluate_reply(EvaluateReply.from_content(reply.content), silo).stats
+            except REPLY_ERRORS as err:
+                reason = f"evaluate reply rejected: {err}"
+                rejected.append(self._reject(dispatch.server_round, node, reason))
                 continue
-            per_task = {}
+            per_silo[silo.silo_id] = {
+                task: self.tasks[task].finalize_metrics(task_stats)
+                for task, task_stats in stats.items()
+            }
             for task, task_stats in stats.items():
-                per_task[task] = self.tasks[task].finalize_metrics(task_stats)
                 target = pooled.setdefault(task, {})
                 for key, value in task_stats.items():
                     target[key] = target.get(key, 0.0) + value
-            self._last_per_silo[silo.silo_id] = per_task
-        if not pooled:
-            return None
-        metrics: dict[str, MetricRecordValues] = {}
-        for task in (t for t in self.tasks if t in pooled):  # in the dataset's task order
-            for name, value in self.tasks[task].finalize_metrics(pooled[task]).items():
-                metrics[records.task_key(task, name)] = value
-        return MetricRecord(metrics)
+        personal = {
+            task: self.tasks[task].finalize_metrics(pooled[task])
+            for task in self.tasks  # in the dataset's task order
+            if task in pooled
+        }
+        return EvaluateOutcome(personal or None, per_silo, rejected)
 
-    def summary(self) -> None:
-        log.info(
-            "%s over tasks %s, sampling %s", type(self).__name__, list(self.tasks), self.params
-        )
+    def _reject(self, server_round: int, node: int, reason: str) -> dict[str, Any]:
+        silo = self.silos.get(node)
+        entry = {
+            "round": server_round,
+            "node": node,
+            "silo": silo.silo_id if silo else None,
+            "reason": reason,
+        }
+        log.warning("round %d, node %s: %s", server_round, node, reason)
+        self.rejections.append(entry)
+        return entry
 
     # ------------------------------------------------------------------ the loop
     def start(
@@ -423,222 +474,80 @@ class TaskAwareStrategy(Strategy):
         arrays = initial_arrays
         for server_round in range(1, num_rounds + 1):
             started = time.perf_counter()
-            down, up = self.bytes_down, self.bytes_up
-            messages = list(
-                self.configure_train(server_round, arrays, train_config or ConfigRecord(), grid)
+            dispatch = self.dispatch_train(server_round, arrays, grid, train_config)
+            replies = grid.send_and_receive(dispatch.messages, timeout=timeout)
+            outcome = self.aggregate_updates(dispatch, replies)
+            arrays = result.arrays = records.to_array_record(outcome.arrays)
+            result.train_metrics_clientapp[server_round] = records.round_metrics(
+                outcome.num_updates, len(outcome.rejected), outcome.train_loss
             )
-            replies = grid.send_and_receive(messages, timeout=timeout)
-            new_arrays, train_metrics = self.aggregate_train(server_round, replies)
-            if new_arrays is not None:
-                arrays = result.arrays = new_arrays
-            if train_metrics is not None:
-                result.train_metrics_clientapp[server_round] = train_metrics
             record = RoundRecord(
                 server_round=server_round,
-                num_sampled=len(messages),
-                num_updates=records.integer(train_metrics, "num-updates") if train_metrics else 0,
-                rejected=list(self._round_rejections),
-                train_loss=dict(self._last_train_loss),
-                task_weights=dict(self.round_task_weights),
+                num_sampled=len(dispatch.messages),
+                num_updates=outcome.num_updates,
+                rejected=list(outcome.rejected),
+                train_loss=outcome.train_loss,
+                task_weights=outcome.task_weights,
+                bytes_up=outcome.bytes_up,
+                bytes_down=dispatch.bytes_down,
             )
             if server_round % self.params.evaluate_every == 0 or server_round == num_rounds:
-                eval_messages = self.configure_evaluate(
-                    server_round, arrays, evaluate_config or ConfigRecord(), grid
+                evaluation = self.dispatch_evaluate(server_round, arrays, grid, evaluate_config)
+                evaluated = self.pool_evaluations(
+                    evaluation, grid.send_and_receive(evaluation.messages, timeout=timeout)
                 )
-                evaluated = self.aggregate_evaluate(
-                    server_round, grid.send_and_receive(eval_messages, timeout=timeout)
-                )
-                record.rejected += self._round_rejections[len(record.rejected) :]
-                if evaluated is not None:
-                    result.evaluate_metrics_clientapp[server_round] = evaluated
-                    record.personal = self._nested(evaluated)
-                    record.per_silo = dict(self._last_per_silo)
+                record.bytes_down += evaluation.bytes_down
+                record.rejected += evaluated.rejected
+                record.personal = evaluated.personal
+                record.per_silo = evaluated.per_silo
+                if evaluated.personal is not None:
+                    flat = records.flat_task_metrics(evaluated.personal)
+                    result.evaluate_metrics_clientapp[server_round] = flat
             if evaluate_fn is not None:
                 server_metrics = evaluate_fn(server_round, arrays)
                 if server_metrics is not None:
                     result.evaluate_metrics_serverapp[server_round] = server_metrics
-            record.bytes_down, record.bytes_up = self.bytes_down - down, self.bytes_up - up
             record.seconds = time.perf_counter() - started
             self.history.append(record)
             for observer in self.observers:
                 observer.on_round(record)
         return result
 
-    # ------------------------------------------------------------------ helpers
-    def aggregate_heads(self, arrays: Arrays, updates: list[ClientUpdate]) -> Arrays:
-        """h_t + sum_s n_{s,t} Delta h_{s,t} / sum_s n_{s,t} over the updates whose silo holds t."""
-        new: Arrays = {}
-        for task in self.tasks:
-            holders = [
-                u for u in updates if task in u.silo.tasks and u.task_examples.get(task, 0) > 0
-            ]
-            if not holders:
-                continue
-            total = float(sum(u.task_examples[task] for u in holders))
-            for key in (k for k in arrays if head_task(k) == task):
-                delta = sum(
-                    (u.task_examples[task] / total * u.deltas[key] for u in holders),
-                    start=np.zeros_like(arrays[key]),
-                )
-                new[key] = (arrays[key] + delta).astype(arrays[key].dtype)
-        return new
+    # ------------------------------------------------------------------ Flower's Strategy API
+    # Flower's own loop calls configure_* and then aggregate_* with the replies; these adapters
+    # hand the Dispatch from one to the other. fedmtl's loop (:meth:`start`) does not use them.
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        dispatch = self.dispatch_train(server_round, arrays, grid, config)
+        self._in_flight[(MessageType.TRAIN, server_round)] = dispatch
+        return dispatch.messages
 
-    def _check_train_reply(self, server_round: int, reply: Message) -> ClientUpdate | None:
-        node = reply.metadata.src_node_id
-        try:
-            if reply.has_error():
-                raise ValueError(f"client error: {reply.error.reason}")
-            silo = self.silos[node]
-            content = reply.content
-            update_record = content.array_records[records.UPDATE]
-            self.bytes_up += update_record.count_bytes()  # counted whether accepted or not
-            received = records.from_array_record(update_record)
-            metrics = content.metric_records[records.METRICS]
-            sent = self.arrays_for(self._round_arrays, silo)
-            expected = self._expected_update_shapes(sent, silo)
-            if set(received) != set(expected):
-                raise ValueError(
-                    f"update keys differ from those expected in {self.update_mode()} mode "
-                    f"({len(received)} vs {len(expected)})"
-                )
-            for key, delta in received.items():
-                if delta.shape != expected[key]:
-                    raise ValueError(f"{key}: shape {delta.shape} != {expected[key]}")
-                if not np.issubdtype(delta.dtype, np.floating) or not np.isfinite(delta).all():
-                    raise ValueError(f"{key}: non-finite or non-float values")
-            num_examples = _count(metrics, records.NUM_EXAMPLES)
-            task_examples = {
-                t: _count(metrics, records.task_key(t, records.NUM_EXAMPLES)) for t in silo.tasks
-            }
-            train_loss = self._task_numbers(metrics, silo, records.TRAIN_LOSS)
-            loss_before = self._task_numbers(metrics, silo, records.LOSS_BEFORE)
-            affinity = self._affinity(metrics, silo)
-        except (KeyError, ValueError, TypeError) as err:
-            self._reject(server_round, node, f"train reply rejected: {err}")
-            return None
-        deltas, task_deltas = self._split_update(received, sent, silo)
-        return ClientUpdate(
-            node,
-            silo,
-            deltas,
-            num_examples,
-            task_examples,
-            train_loss,
-            loss_before,
-            task_deltas,
-            affinity,
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        dispatch = self._in_flight.pop((MessageType.TRAIN, server_round))
+        outcome = self.aggregate_updates(dispatch, replies)
+        metrics = records.round_metrics(
+            outcome.num_updates, len(outcome.rejected), outcome.train_loss
         )
+        return records.to_array_record(outcome.arrays), metrics
 
-    def _expected_update_shapes(self, sent: Arrays, silo: SiloInfo) -> dict[str, tuple[int, ...]]:
-        """Key -> shape of the update a silo must send for the arrays it was ``sent``."""
-        if self.update_mode() == "joint":
-            return {k: v.shape for k, v in sent.items()}
-        shapes = {k: v.shape for k, v in sent.items() if not is_trunk_key(k)}
-        for task in silo.tasks:
-            shapes.update(
-                {
-                    records.task_update_key(task, k): v.shape
-                    for k, v in sent.items()
-                    if self.serves(k, task)
-                }
-            )
-        return shapes
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        dispatch = self.dispatch_evaluate(server_round, arrays, grid, config)
+        self._in_flight[(MessageType.EVALUATE, server_round)] = dispatch
+        return dispatch.messages
 
-    def _split_update(
-        self, received: Arrays, sent: Arrays, silo: SiloInfo
-    ) -> tuple[Arrays, dict[str, Arrays] | None]:
-        """The joint deltas (trunk and heads) and, in ``per_task`` mode, each task's trunk share;
-        the joint trunk delta of a per-task reply is the sum of its tasks' shares."""
-        if self.update_mode() == "joint":
-            return received, None
-        task_deltas = {
-            task: {
-                k: received[records.task_update_key(task, k)] for k in sent if self.serves(k, task)
-            }
-            for task in silo.tasks
-        }
-        deltas = {k: v for k, v in received.items() if k in sent}
-        for key in (k for k in sent if is_trunk_key(k)):
-            deltas[key] = sum(
-                (shares[key] for shares in task_deltas.values() if key in shares),
-                start=np.zeros_like(sent[key]),
-            )
-        return deltas, task_deltas
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        dispatch = self._in_flight.pop((MessageType.EVALUATE, server_round))
+        personal = self.pool_evaluations(dispatch, replies).personal
+        return None if personal is None else records.flat_task_metrics(personal)
 
-    @staticmethod
-    def _task_numbers(metrics: MetricRecord, silo: SiloInfo, stat: str) -> dict[str, float]:
-        """``<task>/<stat>`` for the silo's tasks that reported it (a task with no labelled
-        example reports none)."""
-        return {
-            t: records.number(metrics, key)
-            for t in silo.tasks
-            if (key := records.task_key(t, stat)) in metrics
-        }
-
-    @staticmethod
-    def _affinity(metrics: MetricRecord, silo: SiloInfo) -> dict[tuple[str, str], float]:
-        """The silo's ``affinity/<source>/<target>`` reports, each between two of its tasks."""
-        affinity = {}
-        for key in metrics:
-            pair = records.split_affinity_key(key)
-            if pair is None:
-                continue
-            if pair[0] not in silo.tasks or pair[1] not in silo.tasks or pair[0] == pair[1]:
-                raise ValueError(f"{key}: affinity between tasks the silo does not hold")
-            affinity[pair] = records.number(metrics, key)
-        return affinity
-
-    def _parse_evaluate_reply(self, reply: Message) -> tuple[SiloInfo, dict[str, dict[str, float]]]:
-        if reply.has_error():
-            raise ValueError(f"client error: {reply.error.reason}")
-        silo = self.silos[reply.metadata.src_node_id]
-        metrics = reply.content.metric_records[records.METRICS]
-        stats: dict[str, dict[str, float]] = {}
-        for key, value in metrics.items():
-            parsed = records.split_task_key(key)
-            if parsed is None or parsed[0] not in silo.tasks:
-                raise ValueError(f"unexpected metric {key!r}")
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{key} is not a finite number")
-            stats.setdefault(parsed[0], {})[parsed[1]] = float(value)
-        return silo, stats
-
-    def _reject(self, server_round: int, node: int, reason: str) -> None:
-        silo = self.silos.get(node)
-        entry = {
-            "round": server_round,
-            "node": node,
-            "silo": silo.silo_id if silo else None,
-            "reason": reason,
-        }
-        log.warning("round %d, node %s: %s", server_round, node, reason)
-        self._round_rejections.append(entry)
-        self.rejections.append(entry)
-
-    def _mean_train_loss(self, updates: list[ClientUpdate]) -> dict[str, float]:
-        """Per task, the train loss averaged over silos weighted by their labelled examples."""
-        result = {}
-        for task in self.tasks:
-            pairs = [
-                (u.task_examples[task], u.train_loss[task]) for u in updates if task in u.train_loss
-            ]
-            total = sum(n for n, _ in pairs)
-            if total > 0:
-                result[task] = sum(n * loss for n, loss in pairs) / total
-        return result
-
-    @staticmethod
-    def _nested(metrics: MetricRecord) -> dict[str, dict[str, float]]:
-        nested: dict[str, dict[str, float]] = {}
-        for key in metrics:
-            task, name = records.split_task_key(key) or (key, "value")
-            nested.setdefault(task, {})[name] = records.number(metrics, key)
-        return nested
-
-
-def _count(metrics: MetricRecord, key: str) -> int:
-    """A reported example count: a finite number >= 0."""
-    value = records.number(metrics, key)
-    if value < 0:
-        raise ValueError(f"{key} must be a count >= 0, got {value!r}")
-    return int(value)
+    def summary(self) -> None:
+        log.info(
+            "%s over tasks %s, sampling %s", type(self).__name__, list(self.tasks), self.params
+        )

@@ -2,42 +2,30 @@
 Decentralized Data"), with heads averaged per task.
 
 Trunk:  Delta = sum_s w_s Delta theta_s / sum_s w_s,  w_s = n_s (the silo's training examples,
-``weighting: examples``) or w_s = 1 (``weighting: uniform``, FMTL-Bench's unweighted mean); the
-server optimizer applies Delta (plain: theta <- theta + Delta; FedAvgM, FedAdam, FedYogi otherwise).
-Heads:  per task over the silos that hold it, weighted by that task's examples (see the base class).
+``silo_weighting: examples``) or w_s = 1 (``silo_weighting: uniform``, FMTL-Bench's unweighted
+mean); the server optimizer applies Delta (plain: theta <- theta + Delta; FedAvgM, FedAdam, FedYogi
+otherwise). Heads: per task over the silos that hold it, weighted by that task's examples (see the
+base class).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
-import numpy as np
-
-from strategies.base import Arrays, ClientUpdate, StrategyParams, TaskAwareStrategy
+from fedmtl.core.records import Arrays
+from strategies.aggregation import weighted_mean_delta
+from strategies.base import StrategyParams, TaskAwareStrategy, TrunkStep
+from strategies.replies import ClientUpdate
 
 
 @dataclass(frozen=True)
 class FedAvgParams(StrategyParams):
     """The common strategy parameters plus how silos are weighted in the trunk average."""
 
-    weighting: Literal["examples", "uniform"] = "examples"
+    renamed_keys: ClassVar[dict[str, str]] = {"weighting": "silo_weighting"}
 
-
-def weighted_mean_delta(
-    updates: list[ClientUpdate], keys: list[str], weights: list[float]
-) -> Arrays | None:
-    """sum_s w_s Delta_s[k] / sum_s w_s for each key; None when the weights sum to zero."""
-    total = float(sum(weights))
-    if total <= 0:
-        return None
-    return {
-        k: sum(
-            (w / total * u.deltas[k] for u, w in zip(updates, weights, strict=True)),
-            start=np.zeros_like(updates[0].deltas[k]),
-        )
-        for k in keys
-    }
+    silo_weighting: Literal["examples", "uniform"] = "examples"
 
 
 class FedAvg(TaskAwareStrategy):
@@ -47,9 +35,9 @@ class FedAvg(TaskAwareStrategy):
 
     def trunk_update(
         self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
-    ) -> Arrays | None:
-        if self.params.weighting == "uniform":
+    ) -> TrunkStep:
+        if self.params.silo_weighting == "uniform":
             weights = [1.0] * len(updates)
         else:
             weights = [float(u.num_examples) for u in updates]
-        return weighted_mean_delta(updates, list(trunk), weights)
+        return TrunkStep(weighted_mean_delta(updates, list(trunk), weights))

@@ -18,10 +18,12 @@ from typing import ClassVar
 
 import torch
 
-from fedmtl.checks import non_negative
-from strategies.balanced import flatten, unflatten
+from fedmtl.core.checks import non_negative
+from fedmtl.core.records import Arrays
+from strategies.aggregation import flatten, unflatten
 from strategies.balancing import Weighting, build_weighting
-from strategies.base import Arrays, ClientUpdate, StrategyParams, TaskAwareStrategy
+from strategies.base import StrategyParams, TaskAwareStrategy, TrunkStep
+from strategies.replies import ClientUpdate
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class FmtlBenchCAGradParams(StrategyParams):
 
 
 class ClientRowsBalancing(TaskAwareStrategy):
-    """Trunk: a weighting over the silos' joint updates (rows = silos)."""
+    """Trunk: a balancing method over the silos' joint updates (rows = silos)."""
 
     weighting_name: ClassVar[str]
     mean_of_rows: ClassVar[bool] = False
@@ -45,21 +47,21 @@ class ClientRowsBalancing(TaskAwareStrategy):
     def weighting(self) -> Weighting:
         """Built once, on first use: its state (if any) lives across rounds."""
         return build_weighting(
-            self.weighting_name, self.own_weighting_params(), seed=self.seed, key="strategy.params"
+            self.weighting_name, self.method_params(), seed=self.seed, key="strategy"
         )
 
-    def own_weighting_params(self) -> dict[str, object]:
+    def method_params(self) -> dict[str, object]:
         return {}
 
     def trunk_update(
         self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
-    ) -> Arrays | None:
+    ) -> TrunkStep:
         keys = list(trunk)
         rows = torch.stack([flatten(u.deltas, keys).to(torch.float64) for u in updates])
         direction, _ = self.weighting(rows, None, [u.silo.silo_id for u in updates])
         if self.mean_of_rows:
             direction = direction / len(updates)
-        return unflatten(direction, trunk)
+        return TrunkStep(unflatten(direction, trunk))
 
 
 class FmtlBenchPCGrad(ClientRowsBalancing):
@@ -75,5 +77,5 @@ class FmtlBenchCAGrad(ClientRowsBalancing):
     weighting_name = "cagrad"
     params: FmtlBenchCAGradParams
 
-    def own_weighting_params(self) -> dict[str, object]:
+    def method_params(self) -> dict[str, object]:
         return {"c": self.params.c, "rescale": True}

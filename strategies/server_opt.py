@@ -23,8 +23,8 @@ from typing import Literal
 
 import numpy as np
 
-from fedmtl.checks import positive
-from fedmtl.errors import ConfigError
+from fedmtl.core.checks import positive
+from fedmtl.core.errors import ConfigError
 
 Arrays = dict[str, np.ndarray]
 

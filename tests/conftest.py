@@ -1,14 +1,19 @@
-"""Shared test set-up: offline environment and config composition through Hydra."""
+"""Shared test set-up: the offline environment, hypothesis profiles, and torch's global RNG reset
+before every test (helpers live in :mod:`tests.helpers`).
+
+pytest-randomly runs the tests in a random order and reseeds ``random`` and numpy before each
+test; the fixture below does the same for torch, so no test depends on what ran before it.
+"""
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Any
 
+import pytest
+import torch
 from hypothesis import settings
 
-from fedmtl.runtime import OFFLINE_ENV
+from fedmtl.app.runtime import OFFLINE_ENV
 
 for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)
@@ -20,8 +25,9 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
-def compose_raw(overrides: list[str], output_dir: Path | None = None) -> dict[str, Any]:
-    """The composed config mapping for ``overrides``, as ``fedmtl run`` would build it."""
-    from fedmtl.cli import compose
-
-    return compose(overrides, output_dir or ".")
+@pytest.fixture(autouse=True)
+def reset_torch_rng(request: pytest.FixtureRequest) -> None:
+    """Torch's global RNG starts every test from the session's seed (pytest-randomly's, when it
+    runs), whatever ran before."""
+    seed = request.config.getoption("randomly_seed", default=None)
+    torch.manual_seed(seed if isinstance(seed, int) else 0)

@@ -12,12 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from flwr.app import Message
 
-from fedmtl import records
-from fedmtl.config import TrainConfig
+from fedmtl.core import records
+from fedmtl.core.records import TrainRequest, WeightingSpec
+from fedmtl.core.schema import TrainConfig
 from strategies import STRATEGIES, Balanced
 from strategies.server_opt import ServerOptParams
-from tests.test_strategy import (
+from tests.helpers import (
     TASKS,
     TRUNK_KEYS,
     FakeSilo,
@@ -83,14 +85,16 @@ class Spy:
         return self.inner(J, losses, tasks)
 
 
+def request_of(message: Message) -> TrainRequest:
+    return TrainRequest.from_config(message.content.config_records[records.CONFIG])
+
+
 def test_rows_are_example_weighted_per_task_updates_and_losses() -> None:
     strategy = make("sum")
     spy = Spy(strategy.weighting)
     strategy.weighting = spy  # type: ignore[assignment]
-    new, _, messages = one_round(strategy, Federation(three_silos()))
-    assert all(
-        m.content.config_records[records.CONFIG]["update-mode"] == "per_task" for m in messages
-    )
+    new, outcome, messages = one_round(strategy, Federation(three_silos()))
+    assert all(request_of(m).update_mode == "per_task" for m in messages)
     ((J, losses, tasks),) = spy.calls
     assert tasks == [0, 1, 2]  # a, b, c; d has no holder this round and no row
     flat = np.concatenate([pattern(k).reshape(-1) for k in ["trunk.w", "trunk.b"]])
@@ -100,16 +104,16 @@ def test_rows_are_example_weighted_per_task_updates_and_losses() -> None:
     np.testing.assert_allclose(losses.numpy(), LOSSES)
     for key in TRUNK_KEYS:  # sum: Delta = D_a + D_b + D_c = 1.65
         assert_moved(new, key, 1.65)
-    assert strategy.round_task_weights == {"a": 1.0, "b": 1.0, "c": 1.0}
+    assert outcome.task_weights == {"a": 1.0, "b": 1.0, "c": 1.0}
     assert_unchanged(new, head_keys("d"))
 
 
 def test_mean_weighting_and_server_optimizer() -> None:
     strategy = make("mean", server_optimizer=ServerOptParams(lr=0.5))
-    new, _, _ = one_round(strategy, Federation(three_silos()))
+    new, outcome, _ = one_round(strategy, Federation(three_silos()))
     for key in TRUNK_KEYS:  # 0.5 * (0.6 + 0.8 + 0.25) / 3 = 0.275
         assert_moved(new, key, 0.275)
-    assert strategy.round_task_weights == pytest.approx(dict.fromkeys("abc", 1 / 3))
+    assert outcome.task_weights == pytest.approx(dict.fromkeys("abc", 1 / 3))
 
 
 def test_per_task_upload_costs_one_trunk_per_task() -> None:
@@ -124,23 +128,25 @@ def test_per_task_upload_costs_one_trunk_per_task() -> None:
 
 def test_local_balancing_sends_the_weighting_and_averages_joint_updates() -> None:
     strategy = make("cagrad", balancing="local", c=0.3)
-    new, _, messages = one_round(strategy, Federation(three_silos()))
+    new, outcome, messages = one_round(strategy, Federation(three_silos()))
     for message in messages:
-        request = records.train_request_from_record(message.content.config_records[records.CONFIG])
+        request = request_of(message)
         assert request.update_mode == "joint"
-        assert request.weighting == ("cagrad", {"c": 0.3, "rescale": False, "norm_eps": 1e-4})
+        assert request.local_weighting == WeightingSpec(
+            "cagrad", {"c": 0.3, "rescale": False, "norm_eps": 1e-4}
+        )
     # FedAvg over silos weighted by n_s: (40*3 + 25*3 + 55*(-0.5)) / 120 = 1.4791666
     for key in TRUNK_KEYS:
         assert_moved(new, key, (40 * 3.0 + 25 * 3.0 + 55 * -0.5) / 120)
-    assert strategy.round_task_weights == {}
+    assert outcome.task_weights == {}
 
 
 def test_both_balances_at_silos_and_at_the_server() -> None:
     strategy = make("cagrad", balancing="both")
     _, _, messages = one_round(strategy, Federation(three_silos()))
-    request = records.train_request_from_record(messages[0].content.config_records[records.CONFIG])
-    assert request.update_mode == "per_task" and request.weighting is not None
-    assert request.weighting[0] == "cagrad"
+    request = request_of(messages[0])
+    assert request.update_mode == "per_task" and request.local_weighting is not None
+    assert request.local_weighting.name == "cagrad"
     assert strategy.weighting is not None
 
 

@@ -12,7 +12,7 @@ import torch
 from scipy.optimize import minimize
 from torch import Tensor
 
-from fedmtl.errors import ConfigError
+from fedmtl.core.errors import ConfigError
 from strategies.balancing import WEIGHTINGS, Weighting, build_weighting, combine, linalg
 from strategies.balancing.base import GramianWeighting
 

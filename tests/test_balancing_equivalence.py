@@ -13,17 +13,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ConfigRecord
 
-from fedmtl import records
-from fedmtl.client_app import make_client_app
-from fedmtl.config import parse
-from fedmtl.experiment import CONFIG_KEY, Experiment, prepare
-from fedmtl.runtime import InProcessGrid
-from fedmtl.training import local_view, mean_task_losses
+from fedmtl.app.client_app import make_client_app
+from fedmtl.app.config import parse
+from fedmtl.app.experiment import CONFIG_KEY, Experiment, prepare
+from fedmtl.app.runtime import InProcessGrid
+from fedmtl.core import records
+from fedmtl.core.data import local_view
+from fedmtl.core.training import mean_task_losses
 from strategies import STRATEGIES, Balanced
 from strategies.balancing import WEIGHTINGS, combine
-from tests.conftest import compose_raw
+from tests.helpers import compose_raw
 
 ETA = 0.1
 SEED = 3
@@ -65,8 +65,11 @@ def setting(name: str) -> tuple[Experiment, str]:
     return prepare(config), config.to_json()
 
 
-def server_direction(experiment: Experiment, config_json: str) -> tuple[torch.Tensor, Balanced]:
-    """Run round 1 through the real ClientApp; return theta_1 - theta_0 of the trunk."""
+def server_direction(
+    experiment: Experiment, config_json: str
+) -> tuple[torch.Tensor, Balanced, dict[str, float]]:
+    """Run round 1 through the real ClientApp; return theta_1 - theta_0 of the trunk, the strategy
+    and the task weights of the round."""
     cfg = experiment.config
     strategy = STRATEGIES.get(cfg.strategy.name).factory(
         cfg.strategy.params, list(experiment.dataset.tasks), cfg.train, seed=cfg.seed
@@ -75,15 +78,13 @@ def server_direction(experiment: Experiment, config_json: str) -> tuple[torch.Te
     model = experiment.new_model()
     start = records.state_arrays(model, model.exchanged_keys())
     grid = InProcessGrid(make_client_app(), 3, {CONFIG_KEY: config_json})
-    messages = list(
-        strategy.configure_train(1, records.to_array_record(start), ConfigRecord(), grid)
-    )
-    arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
-    assert arrays is not None and strategy.rejections == []
-    new = records.from_array_record(arrays)
+    dispatch = strategy.dispatch_train(1, records.to_array_record(start), grid)
+    outcome = strategy.aggregate_updates(dispatch, grid.send_and_receive(dispatch.messages))
+    assert strategy.rejections == []
+    new = outcome.arrays
     keys = [k for k in start if k.startswith("trunk.")]
     delta = np.concatenate([(new[k] - start[k]).reshape(-1) for k in keys])
-    return torch.from_numpy(delta.astype(np.float64)), strategy
+    return torch.from_numpy(delta.astype(np.float64)), strategy, outcome.task_weights
 
 
 def centralized_jacobian(experiment: Experiment) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,14 +107,12 @@ def centralized_jacobian(experiment: Experiment) -> tuple[torch.Tensor, torch.Te
 def test_server_direction_equals_the_centralized_method(name: str) -> None:
     experiment, config_json = setting(name)
     assert all(len(s.tasks) == 1 for s in experiment.partition.silos)
-    direction, strategy = server_direction(experiment, config_json)
+    direction, strategy, task_weights = server_direction(experiment, config_json)
     J, losses = centralized_jacobian(experiment)
-    params = dict(strategy.weighting_params)
+    params = dict(strategy.method_params)
     expected, weights = combine(name, -ETA * J, losses=losses, seed=SEED, **params)
     torch.testing.assert_close(direction, expected, rtol=2e-3, atol=1e-6)
-    assert list(strategy.round_task_weights.values()) == pytest.approx(
-        weights.tolist(), rel=2e-3, abs=1e-6
-    )
+    assert list(task_weights.values()) == pytest.approx(weights.tolist(), rel=2e-3, abs=1e-6)
     if name in SCALE_INVARIANT:
         central, _ = combine(name, J, losses=losses, seed=SEED, **params)
         torch.testing.assert_close(direction, -ETA * central, rtol=2e-3, atol=1e-6)

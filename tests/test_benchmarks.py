@@ -9,9 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fedmtl.runtime import OFFLINE_ENV
+import pytest
+
+from fedmtl.app.runtime import OFFLINE_ENV
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+pytestmark = pytest.mark.slow
 
 
 def test_round_time_writes_csv_and_json(tmp_path: Path) -> None:

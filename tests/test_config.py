@@ -2,30 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
-from fedmtl.cli import config_dir
-from fedmtl.config import ExperimentConfig, parse
-from fedmtl.errors import ConfigError
-from fedmtl.experiment import prepare
-from fedmtl.runtime import (
+from fedmtl.app.cli import discard_run_dir, help_text
+from fedmtl.app.config import GROUP_REGISTRIES, parse, presets
+from fedmtl.app.experiment import prepare
+from fedmtl.app.runtime import (
+    RUNTIMES,
     InProcessParams,
     SimulationParams,
     check_device,
     check_resources,
     client_device,
 )
-from tests.conftest import compose_raw
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.registry import build_dataclass, convert
+from fedmtl.core.schema import (
+    ExperimentConfig,
+    MissingLabelsConfig,
+    PartitionConfig,
+    TrackingConfig,
+    TrainConfig,
+)
+from fedmtl.datasets import DATASETS
+from fedmtl.trunks import TRUNKS
+from strategies import STRATEGIES
+from tests.helpers import compose_raw
 
 GROUPS = ["dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment"]
-
-
-def presets(group: str) -> list[str]:
-    """The selectable presets of ``group`` (files starting with ``_`` are shared includes)."""
-    files = (Path(config_dir()) / group).glob("*.yaml")
-    return sorted(p.stem for p in files if not p.stem.startswith("_"))
 
 
 def test_every_group_has_presets() -> None:
@@ -64,10 +75,6 @@ def test_every_model_preset_builds_on_digits(model: str) -> None:
 
 def test_registries_and_config_groups_match() -> None:
     """Each plug-in group's presets name registered plug-ins (one registry per group)."""
-    from fedmtl.data import DATASETS
-    from fedmtl.models import TRUNKS
-    from fedmtl.runtime import RUNTIMES
-    from strategies import STRATEGIES
 
     for group, registry in [
         ("dataset", DATASETS),
@@ -109,7 +116,7 @@ def test_default_run_is_the_documented_one() -> None:
         (["partition.assignment.name=nope"], "partition.assignment.name"),
         (["partition.assignment.k=0"], "partition.assignment.k"),
         (["strategy.fraction_train=0"], "strategy.fraction_train"),
-        (["strategy.weighting=median"], "strategy.weighting"),
+        (["strategy.silo_weighting=median"], "strategy.silo_weighting"),
         (["+strategy.foo=1"], "strategy.foo"),
         (["train.lr=0"], "train.lr"),
         (["train.optimizer=rmsprop"], "train.optimizer"),
@@ -154,7 +161,6 @@ def test_error_message_names_key_and_fix() -> None:
 
 
 def test_gpu_request_without_gpu_is_refused_not_hung() -> None:
-    import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
@@ -164,7 +170,6 @@ def test_gpu_request_without_gpu_is_refused_not_hung() -> None:
 
 
 def test_inprocess_cuda_without_gpu_is_refused() -> None:
-    import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
@@ -174,7 +179,6 @@ def test_inprocess_cuda_without_gpu_is_refused() -> None:
 
 
 def test_clients_train_on_cuda_only_when_given_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert client_device("simulation", SimulationParams(num_gpus=0.0)) == "cpu"
@@ -198,7 +202,155 @@ def test_ray_address_skips_local_resource_checks() -> None:
 
 def test_config_json_round_trip() -> None:
     config = parse(compose_raw(["dataset=synthetic", "num_rounds=3"]))
-    import json
 
     again = parse(json.loads(config.to_json()))
     assert again == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "says"),
+    [
+        (
+            ["strategy.weighting=uniform"],
+            "strategy.weighting",
+            "renamed to strategy.silo_weighting",
+        ),
+        (
+            ["+strategy.weighting=uniform"],
+            "strategy.weighting",
+            "renamed to strategy.silo_weighting",
+        ),
+        (["strategy=mgda", "strategy.c=1"], "strategy.c", "not a parameter of strategy 'mgda'"),
+        (["partition.assignment.kk=3"], "partition.assignment.kk", "'random_k'"),
+        (["train.lrr=0.1"], "train.lrr", "not a parameter of train"),
+        (["strategy=medianavg"], "strategy", "has no preset 'medianavg'"),
+        (["nothing.here=1"], "nothing.here", "not a config key"),
+    ],
+)
+def test_overrides_hydra_cannot_apply_name_the_key(
+    overrides: list[str], key: str, says: str
+) -> None:
+    """Unknown or renamed keys fail at composition with our message, not Hydra's."""
+    with pytest.raises(ConfigError) as info:
+        parse(compose_raw(overrides))
+    assert info.value.key == key and says in str(info.value)
+    assert "_common" not in str(info.value)  # shared includes are not presets
+
+
+def test_grouping_keeps_strategy_weighting_as_its_balancing_method() -> None:
+    config = parse(compose_raw(["strategy=grouping", "strategy.weighting=upgrad"]))
+    assert config.strategy.params.weighting == "upgrad"
+
+
+# --- one source of truth for defaults ---------------------------------------------------------
+# A preset restating a parameter must give it the dataclass's default, unless the value is one of
+# the preset's deliberate choices listed here (experiment presets are all choices, not checked).
+DELIBERATE: dict[tuple[str, str], set[str]] = {
+    ("partition", "dirichlet_0.1"): {"global_test_fraction", "split.alpha", "split.min_size"},
+    ("partition", "dirichlet_0.5"): {"global_test_fraction", "split.alpha", "split.min_size"},
+    ("partition", "dirichlet_1.0"): {"global_test_fraction", "split.alpha", "split.min_size"},
+    ("partition", "fmtlbench_mixed"): {"global_test_fraction"},
+    ("partition", "fmtlbench_multi_task"): {"global_test_fraction"},
+    ("partition", "fmtlbench_single_task"): {"global_test_fraction"},
+    ("partition", "explicit"): {"assignment.tasks"},
+    ("partition", "natural_id"): {"assignment.k"},
+    ("partition", "quantity_skew"): {"split.profile"},
+    ("partition", "missing_labels"): {"missing_labels"},
+}
+PARTITION_PLUGINS = {"assignment", "split", "feature_skew"}
+
+
+def plugin_differences(registry: Any, values: dict[str, Any], key: str) -> set[str]:
+    """The parameters in ``values`` (a ``{name, ...}`` block) that differ from their defaults
+    (a required parameter has no default: it is always the preset's choice)."""
+    name = values["name"]
+    params = registry.get(name).params
+    schema = {f.name: f for f in dataclasses.fields(params)}
+    hints = typing.get_type_hints(params)
+    defaults = {
+        field: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        for field, f in schema.items()
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
+    return {
+        field
+        for field, value in values.items()
+        if field in defaults and convert(value, hints[field], key) != defaults[field]
+    }
+
+
+def preset_differences(group: str, preset: str) -> set[str]:
+    """What ``group=preset`` sets to something other than the schema's default."""
+    raw = compose_raw([f"{group}={preset}"])
+    if group == "partition":
+        values = raw["partition"]
+        different = set()
+        for field, value in values.items():
+            if field in PARTITION_PLUGINS:
+                registry = GROUP_REGISTRIES[f"partition.{field}"]
+                found = plugin_differences(registry, value, f"partition.{field}")
+                different |= {f"{field}.{f}" for f in found}
+            elif field == "missing_labels":
+                if build_dataclass(MissingLabelsConfig, value, "m") != MissingLabelsConfig():
+                    different.add(field)
+            elif field in PARTITION_DEFAULTS and value != PARTITION_DEFAULTS[field]:
+                different.add(field)
+        return different
+    if group == "tracking":
+        built = build_dataclass(TrackingConfig, raw["tracking"], "tracking")
+        return {f.name for f in dataclasses.fields(built) if built != TrackingConfig()}
+    different = plugin_differences(GROUP_REGISTRIES[group], raw[group], group)
+    if group == "model" and raw["model"].get("head_hidden", 0) != 0:
+        different.add("head_hidden")
+    return different
+
+
+PARTITION_DEFAULTS = {
+    f.name: f.default
+    for f in dataclasses.fields(PartitionConfig)
+    if f.default is not dataclasses.MISSING
+}
+
+
+@pytest.mark.parametrize(
+    ("group", "preset"),
+    [(g, p) for g in GROUPS if g not in ("experiment", "tracking") for p in presets(g)]
+    + [("tracking", "default")],
+)
+def test_presets_restate_the_schema_defaults(group: str, preset: str) -> None:
+    if (group, preset) == ("partition", "from_file"):
+        pytest.skip("a manifest path: nothing to compare")
+    assert preset_differences(group, preset) <= DELIBERATE.get((group, preset), set())
+
+
+def test_the_default_run_trains_with_train_config_defaults() -> None:
+    config = parse(compose_raw([]))
+    assert config.train == TrainConfig()
+    assert config.tracking == TrackingConfig()
+
+
+def test_run_help_lists_presets_but_not_shared_includes() -> None:
+    text = help_text("run")
+    assert "grouping" in text and "iid_random_k" in text and "synthetic_groups" in text
+    assert "_common" not in text and "_balanced" not in text
+    for key, registry in GROUP_REGISTRIES.items():
+        assert key in text and all(name in text for name in registry.names())
+
+
+def test_a_refused_run_leaves_no_directory_behind(tmp_path: Path) -> None:
+    """What Hydra wrote before the config was refused goes, with the parents it made."""
+    cwd = tmp_path
+    run_dir = cwd / "outputs" / "2026-12-01" / "12-00-00"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (run_dir / "fedmtl.log").write_text("")
+    (cwd / "kept.txt").write_text("")
+    discard_run_dir(run_dir, cwd.resolve())
+    assert sorted(p.name for p in cwd.iterdir()) == ["kept.txt"]
+
+
+def test_a_run_directory_with_results_is_never_discarded(tmp_path: Path) -> None:
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / "summary.json").write_text("{}")
+    discard_run_dir(tmp_path / "run", tmp_path.resolve())
+    assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / ".hydra").exists()

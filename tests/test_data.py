@@ -13,15 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedmtl.data import DATASETS, MultiTaskDataset, build_dataset
-from fedmtl.data.digits import DigitsPairParams, DigitsParams, load_raw
-from fedmtl.data.synthetic import SyntheticParams
-from fedmtl.errors import ConfigError
-from fedmtl.registry import build_dataclass
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.registry import build_dataclass
+from fedmtl.datasets import DATASETS, MultiTaskDataset, build_dataset
+from fedmtl.datasets.digits import DigitsPairParams, DigitsParams, load_raw
+from fedmtl.datasets.synthetic import SyntheticParams
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dataset"
 
@@ -105,16 +104,6 @@ def test_build_dataset_selects_and_orders_tasks(name: str) -> None:
     with pytest.raises(ConfigError) as err:
         build_dataset(name, DATASETS.get(name).params(), 0, tasks=[chosen[0], "no_such_task"])
     assert err.value.key == "dataset.tasks"
-
-
-@pytest.mark.parametrize("name", DATASETS.names())
-def test_preset_lists_every_parameter_with_its_default(name: str) -> None:
-    values = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
-    assert values.pop("name") == name
-    assert "tasks" in values and values.pop("tasks") is None
-    params = DATASETS.get(name).params
-    assert set(values) == {f.name for f in dataclasses.fields(params)}
-    assert build_dataclass(params, values, "dataset") == params()
 
 
 @pytest.mark.parametrize("name", DATASETS.names())

@@ -5,33 +5,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from fedmtl.config import parse
-from fedmtl.runtime import OFFLINE_ENV, client_device, run
+import fedmtl.app.client_app as client_app
+from fedmtl.app.config import parse
+from fedmtl.app.launch import run
+from fedmtl.app.runtime import client_device
 from strategies import STRATEGIES
 from strategies.balancing import WEIGHTINGS
-from tests.conftest import compose_raw
+from tests.helpers import beats_chance, compose_raw, read_jsonl, run_fedmtl
 
-FEDMTL = [sys.executable, "-m", "fedmtl.cli"]
+FEDMTL = [sys.executable, "-m", "fedmtl.app.cli"]
 SIMULATION_TIMEOUT_S = 240
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def fedmtl(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **OFFLINE_ENV}
-    return subprocess.run(
-        [*FEDMTL, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
 
 
 def check_result_files(out: Path, summary: dict[str, Any], num_rounds: int) -> None:
@@ -59,17 +49,7 @@ def check_result_files(out: Path, summary: dict[str, Any], num_rounds: int) -> N
     assert (out / "learning_curves.png").stat().st_size > 1000
 
 
-def beats_chance(summary: dict[str, Any], margin: float) -> dict[str, tuple[float, float]]:
-    """Tasks whose final primary metric is not ``margin`` better than chance: {task: (value, chance)}."""
-    failing = {}
-    for task in summary["tasks"]:
-        info = summary["task_info"][task]
-        value = summary["final"][task][info["primary_metric"]]
-        if value < info["chance"] + margin:
-            failing[task] = (value, info["chance"])
-    return failing
-
-
+@pytest.mark.slow
 def test_inprocess_digits_learns_every_task(tmp_path: Path) -> None:
     """The default experiment on the in-process runtime: every task ends well above chance."""
     num_rounds = 15
@@ -105,10 +85,17 @@ SMALL_SYNTHETIC = [
 ]
 
 
+FAST_STRATEGIES = {"fedavg", "mgda", "grouping"}  # the inner loop runs these; make test runs all
+
+
 @pytest.mark.parametrize(
     ("name", "extra"),
     [
-        (name, ["strategy.warmup_rounds=1"] if name == "grouping" else [])
+        pytest.param(
+            name,
+            ["strategy.warmup_rounds=1"] if name == "grouping" else [],
+            marks=() if name in FAST_STRATEGIES else pytest.mark.slow,
+        )
         for name in STRATEGIES.names()
     ]
     + [("pcgrad", ["strategy.balancing=local"]), ("mgda", ["strategy.balancing=both"])],
@@ -127,6 +114,7 @@ def test_every_strategy_runs_end_to_end(tmp_path: Path, name: str, extra: list[s
         assert len(weights) == (len(summary["tasks"]) if weighted else 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mgda", "upgrad", "famo"])
 def test_balancing_learns_conflicting_synthetic_tasks(tmp_path: Path, name: str) -> None:
     """Planted conflicting groups, silos holding 3 of 6 tasks: each method learns every task.
@@ -167,7 +155,6 @@ def test_inprocess_run_is_deterministic(tmp_path: Path, dropout: float) -> None:
 
 def test_a_failing_silo_is_rejected_and_the_run_goes_on(tmp_path: Path, monkeypatch) -> None:
     """A ClientApp that raises on one silo: its replies are rejected and logged, the others train."""
-    import fedmtl.client_app as client_app
 
     raw = compose_raw(
         ["runtime=inprocess", "tracking=quiet", "num_rounds=2", "partition.num_silos=4"],
@@ -197,6 +184,7 @@ def test_a_failing_silo_is_rejected_and_the_run_goes_on(tmp_path: Path, monkeypa
     assert all(math.isfinite(v) for v in finals)
 
 
+@pytest.mark.slow
 def test_wandb_logs_offline_into_the_run_directory(tmp_path: Path) -> None:
     raw = compose_raw(
         ["experiment=smoke", "tracking.wandb=true", "tracking.wandb_mode=offline"],
@@ -208,18 +196,20 @@ def test_wandb_logs_offline_into_the_run_directory(tmp_path: Path) -> None:
     assert list(offline_runs[0].glob("*.wandb")), "the offline run holds no logged data"
 
 
+@pytest.mark.slow
 def test_cli_usage_and_unknown_command() -> None:
-    assert "fedmtl run" not in fedmtl(["--help"], timeout=60).stderr
-    assert "commands:" in fedmtl(["--help"], timeout=60).stdout
-    unknown = fedmtl(["train"], timeout=60)
+    assert "fedmtl run" not in run_fedmtl(["--help"], timeout=60).stderr
+    assert "commands:" in run_fedmtl(["--help"], timeout=60).stdout
+    unknown = run_fedmtl(["train"], timeout=60)
     assert unknown.returncode == 2
     assert "unknown command 'train'" in unknown.stderr
 
 
+@pytest.mark.slow
 def test_cli_contract_example(tmp_path: Path) -> None:
     """The command from the contract, end to end through Hydra."""
     out = tmp_path / "x"
-    result = fedmtl(
+    result = run_fedmtl(
         [
             "run",
             "dataset=synthetic",
@@ -237,6 +227,7 @@ def test_cli_contract_example(tmp_path: Path) -> None:
     assert "results:" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -244,27 +235,28 @@ def test_cli_contract_example(tmp_path: Path) -> None:
         ("partition.assignment.k=9", "partition.assignment.k"),
         ("dataset.tasks=[digit,unicorn]", "dataset.tasks"),
         ("runtime.num_gpus=1", "runtime.num_gpus"),
+        ("strategy.weighting=uniform", "strategy.weighting"),
     ],
 )
 def test_cli_rejects_bad_config_before_training(tmp_path: Path, override: str, key: str) -> None:
-    import torch
-
+    """Exit status 2, the key named, and no output directory left behind."""
     if key == "runtime.num_gpus" and torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     out = tmp_path / "bad"
-    result = fedmtl(["run", override, f"hydra.run.dir={out}"], timeout=120)
+    result = run_fedmtl(["run", override, f"hydra.run.dir={out}"], timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert f"invalid config: {key}:" in result.stderr
-    assert not (out / "metrics.jsonl").exists()
+    assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.simulation
 @pytest.mark.timeout(SIMULATION_TIMEOUT_S + 30)
 def test_simulation_engine_digits_beats_chance(tmp_path: Path) -> None:
     """Through Flower's simulation engine (Ray), 8 silos with different task subsets."""
     out = tmp_path / "sim"
     num_rounds = 12
-    result = fedmtl(
+    result = run_fedmtl(
         [
             "run",
             "runtime=simulation",
@@ -307,7 +299,7 @@ def simulate_and_compare(
     result files and that the final metrics agree. Returns (Ray run dir, its summary, in-process
     summary)."""
     out = tmp_path / "sim"
-    result = fedmtl(
+    result = run_fedmtl(
         ["run", *overrides, "runtime=simulation", "runtime.ray_num_cpus=2", f"hydra.run.dir={out}"],
         timeout=SIMULATION_TIMEOUT_S,
     )
@@ -322,6 +314,7 @@ def simulate_and_compare(
     return out, summary, inprocess
 
 
+@pytest.mark.slow
 @pytest.mark.simulation
 @pytest.mark.timeout(SIMULATION_TIMEOUT_S + 60)
 def test_simulation_engine_carries_per_task_updates_and_client_weighting(tmp_path: Path) -> None:
@@ -341,6 +334,7 @@ def test_simulation_engine_carries_per_task_updates_and_client_weighting(tmp_pat
     assert all("weight" in m for r in train_rows for m in r["metrics"].values())
 
 
+@pytest.mark.slow
 @pytest.mark.simulation
 @pytest.mark.timeout(SIMULATION_TIMEOUT_S + 60)
 def test_simulation_engine_runs_task_grouping(tmp_path: Path) -> None:

@@ -12,31 +12,26 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.config import TrainConfig, parse
-from fedmtl.errors import ConfigError
-from fedmtl.models import MultiTaskModel
-from fedmtl.models.multitask import group_trunk_key, is_trunk_key, trunk_group
-from fedmtl.records import SiloInfo
-from fedmtl.runtime import run
-from fedmtl.tasks import TaskSpec
-from fedmtl.training import local_view, make_optimizer, task_losses, train_local
+from fedmtl.app.config import parse
+from fedmtl.app.experiment import prepare
+from fedmtl.app.launch import run
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.models import MultiTaskModel, group_trunk_key, is_trunk_key, trunk_group
+from fedmtl.core.records import SiloInfo
+from fedmtl.core.schema import TrainConfig
+from fedmtl.core.tasks import TaskSpec
+from fedmtl.core.training import make_optimizer, task_losses, train_local
 from strategies import STRATEGIES
 from strategies.base import ClientUpdate
 from strategies.grouping import AffinityAccumulator, Grouping, GroupingParams, solve
 from strategies.grouping.affinity import AFFINITIES, SiloProbe, cosine_pairs
-from tests.conftest import compose_raw
-from tests.test_training import TINY_TASKS, small_model, tiny_dataset
+from tests.helpers import TINY_TASKS, compose_raw, small_model, tiny_view
 
 GROUPS = {"g0": ("a", "c"), "g1": ("b",)}
 
 
-def tiny_data():
-    return local_view(tiny_dataset(), np.arange(8), ["a", "b", "c"])
-
-
 def grouped_model(seed: int = 0) -> MultiTaskModel:
-    plain = small_model((5,), TINY_TASKS, seed=seed)
-    return MultiTaskModel(plain.trunk, TINY_TASKS, groups=GROUPS)
+    return small_model((5,), TINY_TASKS, seed=seed, groups=GROUPS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +84,7 @@ def test_per_task_shares_of_a_grouped_model_cover_their_group_and_sum_to_the_ste
     model = grouped_model()
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
     result = train_local(
-        model, tiny_data(), cfg, torch.Generator().manual_seed(0), update_mode="per_task"
+        model, tiny_view(), cfg, torch.Generator().manual_seed(0), update_mode="per_task"
     )
     shares = result.task_trunk_deltas
     assert shares is not None
@@ -107,7 +102,7 @@ def test_per_task_shares_of_a_grouped_model_cover_their_group_and_sum_to_the_ste
 
 def sgd_setup(momentum: float) -> tuple[MultiTaskModel, Any, torch.optim.Optimizer, torch.Tensor]:
     model = small_model((5,), TINY_TASKS, seed=3)
-    data = tiny_data()
+    data = tiny_view()
     cfg = TrainConfig(lr=0.3, momentum=momentum, weight_decay=0.01)
     params = list(model.trunk.parameters()) + list(model.heads.parameters())
     optimizer = make_optimizer(params, cfg)
@@ -143,7 +138,8 @@ def test_transfer_gain_is_one_minus_the_loss_ratio_of_real_steps(momentum: float
     for (i, j), value in gains.items():
         alone = stepped_loss(model, optimizer, data, rows, [j], j)
         both = stepped_loss(model, optimizer, data, rows, [i, j], j)
-        assert value == pytest.approx(1 - both / alone, rel=1e-5, abs=1e-7)
+        # float32 losses of order 1: their ratio carries errors of about 1e-7 each
+        assert value == pytest.approx(1 - both / alone, rel=1e-5, abs=1e-6)
     for key, tensor in model.state_dict().items():  # model and optimizer are left untouched
         torch.testing.assert_close(tensor, state[key])
     after = optimizer.state_dict()["state"]
@@ -171,10 +167,10 @@ def test_tag_lookahead_steps_the_trunk_only() -> None:
 def test_silo_probe_averages_every_kth_step_and_training_is_unchanged() -> None:
     cfg = TrainConfig(batch_size=2, lr=0.1, momentum=0.9)
     reference = small_model((5,), TINY_TASKS, seed=1)
-    train_local(reference, tiny_data(), cfg, torch.Generator().manual_seed(0))
+    train_local(reference, tiny_view(), cfg, torch.Generator().manual_seed(0))
     model = small_model((5,), TINY_TASKS, seed=1)
-    probe = SiloProbe(AFFINITIES.get("tag").factory(), model, tiny_data(), every=2)
-    result = train_local(model, tiny_data(), cfg, torch.Generator().manual_seed(0), probe=probe)
+    probe = SiloProbe(AFFINITIES.get("tag").factory(), model, tiny_view(), every=2)
+    result = train_local(model, tiny_view(), cfg, torch.Generator().manual_seed(0), probe=probe)
     assert probe.steps == result.steps and probe.counts
     assert max(probe.counts.values()) <= math.ceil(result.steps / 2)
     for key, tensor in model.state_dict().items():
@@ -238,7 +234,7 @@ def test_group_trunks_are_averaged_over_the_silos_holding_a_group_task() -> None
         update(1, {"b": 4, "c": 2}, {"trunks.g0.w": 3.0, "trunks.g1.w": 5.0}),  # m = 4, 2
         update(2, {"c": 6}, {"trunks.g1.w": -1.0}),  # m = 6 for g1
     ]
-    delta = strategy.trunk_update(7, trunk, updates)
+    delta = strategy.trunk_update(7, trunk, updates).delta
     assert delta is not None
     np.testing.assert_allclose(delta["trunks.g0.w"], (4 * 1 + 4 * 3) / 8)
     np.testing.assert_allclose(delta["trunks.g1.w"], (2 * 5 - 6 * 1) / 8)
@@ -305,7 +301,6 @@ def test_bad_grouping_config_names_the_key(tmp_path: Path, override: str, key: s
         ],
         tmp_path,
     )
-    from fedmtl.experiment import prepare
 
     with pytest.raises(ConfigError) as err:
         prepare(parse(raw))
@@ -362,6 +357,7 @@ def test_grouping_pipeline_writes_groups_affinity_and_heatmap(
     assert all(math.isfinite(v) for m in summary["final"].values() for v in m.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("affinity", "seed"),
     [("transfer_gain", 0), ("transfer_gain", 1), ("tag", 2), ("update_similarity", 2)],

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from fedmtl.config import ModelConfig
-from fedmtl.errors import ConfigError
-from fedmtl.models import TRUNKS, MultiTaskModel, build_model, head_task, is_trunk_key
-from fedmtl.models.trunks import CNNParams, MLPParams
-from fedmtl.registry import build_dataclass
-from fedmtl.tasks import TaskSpec
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.models import MultiTaskModel, head_task, is_trunk_key
+from fedmtl.core.registry import build_dataclass
+from fedmtl.core.schema import ModelConfig
+from fedmtl.core.tasks import TaskSpec
+from fedmtl.trunks import TRUNKS, CNNParams, MLPParams, build_model
 
 IMAGE = (1, 8, 8)
 TASKS = (TaskSpec.multiclass("digit", 10), TaskSpec.binary("odd"), TaskSpec.regression("ink"))

@@ -18,16 +18,16 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import partitions
-from fedmtl.config import MissingLabelsConfig, PartitionConfig, PluginConfig, parse
-from fedmtl.data import build_dataset
-from fedmtl.data.digits import DigitsParams
-from fedmtl.errors import ConfigError
-from fedmtl.experiment import prepare
+from fedmtl.app.config import parse
+from fedmtl.app.experiment import prepare
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.schema import MissingLabelsConfig, PartitionConfig, PluginConfig
+from fedmtl.datasets import build_dataset
+from fedmtl.datasets.digits import DigitsParams
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS, Partition, build
 from partitions.stats import mean_js, silo_stats
 from partitions.views import global_test_data, silo_data
-from tests.conftest import compose_raw
-from tests.test_partitions import assignment_params, make_dataset
+from tests.helpers import assignment_params, compose_raw, make_dataset
 
 NUM_SAMPLES = 240
 NUM_TASKS = 4  # t0, t2 multiclass (3 classes), t1, t3 binary; a 'site' column with 12 ids
@@ -54,8 +54,10 @@ def assignment_values(draw: st.DrawFn, name: str, task_names: list[str], num_sil
     if name == "explicit":
         subsets = st.lists(st.sampled_from(task_names), min_size=1, max_size=num_tasks, unique=True)
         tasks = [draw(subsets) for _ in range(num_silos)]
-        tasks[0] = sorted(set(tasks[0]) | set(task_names[num_silos - 1 :]))  # cover the rest
-        for i in range(1, min(num_silos, num_tasks)):
+        # silo i >= 1 covers task i - 1, silo 0 every task the others leave uncovered
+        covered = min(num_silos, num_tasks) - 1
+        tasks[0] = sorted(set(tasks[0]) | set(task_names[covered:]))
+        for i in range(1, covered + 1):
             tasks[i] = sorted(set(tasks[i]) | {task_names[i - 1]})
         return {"tasks": tasks}
     if name == "mixed":

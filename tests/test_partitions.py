@@ -9,53 +9,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import partitions
-from fedmtl.config import PartitionConfig, PluginConfig, parse_partition
-from fedmtl.data.base import MultiTaskDataset
-from fedmtl.errors import ConfigError
-from fedmtl.tasks import TaskSpec
+from fedmtl.app.config import parse_partition
+from fedmtl.core.data import MultiTaskDataset
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.schema import PartitionConfig, PluginConfig
 from partitions import ASSIGNMENTS, SPLITS, Partition, Silo, build
 from partitions.assignment import RandomKParams, assign_random_k
+from tests.helpers import assignment_params, make_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "partition"
 PROPERTY_SETTINGS = settings(max_examples=40, deadline=None)
-
-
-def make_dataset(
-    num_samples: int = 200,
-    num_tasks: int = 5,
-    label_rate: float = 1.0,
-    seed: int = 0,
-    name: str = "tiny",
-) -> MultiTaskDataset:
-    """Even tasks multiclass (3 classes), odd tasks binary; ``label_rate`` of the mask is True."""
-    gen = torch.Generator().manual_seed(seed)
-    tasks = tuple(
-        TaskSpec.multiclass(f"t{i}", 3) if i % 2 == 0 else TaskSpec.binary(f"t{i}")
-        for i in range(num_tasks)
-    )
-    targets = {
-        task.name: torch.randint(0, task.num_classes or 2, (num_samples,), generator=gen).to(
-            task.target_dtype
-        )
-        for task in tasks
-    }
-    mask = torch.rand(num_samples, num_tasks, generator=gen) < label_rate
-    inputs = torch.randn(num_samples, 4, generator=gen)
-    sites = np.arange(num_samples) % 12  # a natural-id column with 12 ids
-    return MultiTaskDataset(
-        name=name,
-        inputs=inputs,
-        tasks=tasks,
-        targets=targets,
-        mask=mask,
-        natural_ids={"site": sites},
-    )
 
 
 def make_config(
@@ -170,25 +138,6 @@ def test_all_gives_every_silo_every_task() -> None:
 
 
 # --- generic contract of every registered plug-in ----------------------------------------------
-
-
-def assignment_params(name: str, task_names: list[str], num_silos: int) -> Any:
-    """Default parameters of assignment ``name``, made feasible for this federation."""
-    values: dict[str, Any] = {}
-    if name == "random_k":
-        values = {"k": min(2, len(task_names))}
-    if name == "explicit":  # silo i labels task i mod T and every task j with j mod S = i
-        values = {
-            "tasks": [
-                [
-                    t
-                    for j, t in enumerate(task_names)
-                    if j % num_silos == i or j == i % len(task_names)
-                ]
-                for i in range(num_silos)
-            ]
-        }
-    return ASSIGNMENTS.parse(name, values, "partition.assignment")
 
 
 @pytest.mark.parametrize("name", ASSIGNMENTS.names())

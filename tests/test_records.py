@@ -1,20 +1,28 @@
-"""The message protocol: SiloInfo, metric keys, array records, model loading and train configs."""
+"""The message protocol: every request and reply round-trips, keys, array records, model loading."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedmtl import records
-from fedmtl.config import TrainConfig
-from fedmtl.records import SiloInfo
+from fedmtl.core import records
+from fedmtl.core.records import (
+    AffinityRequest,
+    EvaluateReply,
+    EvaluateRequest,
+    SiloInfo,
+    TrainReply,
+    TrainRequest,
+    WeightingSpec,
+)
+from fedmtl.core.schema import TrainConfig
 
 
-# ---------------------------------------------------------------------------------------- SiloInfo
+# ---------------------------------------------------------------------------------------- query
 def test_silo_info_round_trip() -> None:
     info = SiloInfo(
         silo_id=4,
@@ -24,28 +32,34 @@ def test_silo_info_round_trip() -> None:
         train_per_task={"digit": 120, "parity": 80},
         test_per_task={"digit": 30, "parity": 0},
     )
-    record = info.to_record()
-    assert isinstance(record, ConfigRecord)
+    content = info.to_content()
+    record = content.config_records[records.SILO]
     assert record["silo-id"] == 4
     assert list(record["tasks"]) == ["digit", "parity"]  # type: ignore[arg-type]
     assert record["parity/num-train"] == 80
     assert record["parity/num-test"] == 0
-    back = SiloInfo.from_record(record)
+    back = SiloInfo.from_content(content)
     assert back == info
     assert back.tasks == ("digit", "parity")
 
 
 def test_silo_info_without_tasks_round_trips() -> None:
     info = SiloInfo(3, (), 0, 0, {}, {})
-    assert SiloInfo.from_record(info.to_record()) == info
+    assert SiloInfo.from_content(info.to_content()) == info
 
 
 @pytest.mark.parametrize("missing", ["silo-id", "tasks", "num-train", "num-test", "b/num-test"])
 def test_silo_info_missing_field_raises(missing: str) -> None:
-    record = SiloInfo(0, ("a", "b"), 5, 2, {"a": 5, "b": 1}, {"a": 2, "b": 2}).to_record()
-    del record[missing]
+    content = SiloInfo(0, ("a", "b"), 5, 2, {"a": 5, "b": 1}, {"a": 2, "b": 2}).to_content()
+    del content.config_records[records.SILO][missing]
     with pytest.raises(KeyError):
-        SiloInfo.from_record(record)
+        SiloInfo.from_content(content)
+
+
+def test_query_content_is_an_empty_config() -> None:
+    content = records.query_content()
+    assert dict(content.config_records[records.CONFIG]) == {}
+    assert not content.array_records and not content.metric_records
 
 
 # ---------------------------------------------------------------------------------------- task keys
@@ -65,15 +79,23 @@ def test_task_key_round_trip(task: str, stat: str, key: str) -> None:
 @settings(max_examples=50, deadline=None)
 @given(
     task=st.text(alphabet=st.characters(blacklist_characters="/."), min_size=1, max_size=12),
-    stat=st.text(min_size=1, max_size=12),
+    stat=st.text(alphabet=st.characters(blacklist_characters="/"), min_size=1, max_size=12),
 )
 def test_task_key_round_trip_any_names(task: str, stat: str) -> None:
     assert records.split_task_key(records.task_key(task, stat)) == (task, stat)
 
 
-@pytest.mark.parametrize("key", ["num-examples", "steps", ""])
+@pytest.mark.parametrize("key", ["num-examples", "steps", "", "affinity/a/b"])
 def test_split_task_key_without_task(key: str) -> None:
     assert records.split_task_key(key) is None
+
+
+def test_affinity_and_task_update_keys_round_trip() -> None:
+    assert records.split_affinity_key(records.affinity_key("a", "b")) == ("a", "b")
+    assert records.split_affinity_key("a/train-loss") is None
+    key = records.task_update_key("b", "trunks.g0.layers.0.weight")
+    assert records.split_task_update_key(key) == ("b", "trunks.g0.layers.0.weight")
+    assert records.split_task_update_key("trunk.w") is None
 
 
 # ---------------------------------------------------------------------------------------- arrays
@@ -142,13 +164,14 @@ class Small(torch.nn.Module):
         self.heads = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 1), "b": torch.nn.Linear(2, 3)})
 
 
-def small_model() -> Small:
-    torch.manual_seed(0)
-    return Small()
+def plain_model() -> Small:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Small()
 
 
 def test_load_arrays_then_state_arrays() -> None:
-    model = small_model()
+    model = plain_model()
     before_b = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("heads.b")}
     arrays = {
         "trunk.weight": np.array([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]]),  # float64 -> float32
@@ -181,7 +204,7 @@ def test_load_arrays_then_state_arrays() -> None:
 
 
 def test_state_arrays_of_every_key_round_trip_into_a_fresh_model() -> None:
-    model = small_model()
+    model = plain_model()
     keys = list(model.state_dict())
     arrays = records.state_arrays(model, keys)
     other = Small()
@@ -191,7 +214,7 @@ def test_state_arrays_of_every_key_round_trip_into_a_fresh_model() -> None:
 
 
 def test_load_arrays_rejects_unknown_key() -> None:
-    model = small_model()
+    model = plain_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(KeyError, match=r"heads\.c\.weight"):
         records.load_arrays(model, {"heads.c.weight": np.zeros((1, 2), dtype=np.float32)})
@@ -200,14 +223,14 @@ def test_load_arrays_rejects_unknown_key() -> None:
 
 
 def test_load_arrays_rejects_wrong_shape() -> None:
-    model = small_model()
+    model = plain_model()
     before = model.trunk.weight.detach().clone()
     with pytest.raises(ValueError, match=r"trunk\.weight"):
         records.load_arrays(model, {"trunk.weight": np.zeros((3, 2), dtype=np.float32)})
     torch.testing.assert_close(model.trunk.weight.detach(), before)
 
 
-# ---------------------------------------------------------------------------------------- train config
+# ---------------------------------------------------------------------------------------- requests
 @pytest.mark.parametrize(
     "train",
     [
@@ -225,24 +248,39 @@ def test_load_arrays_rejects_wrong_shape() -> None:
     ],
 )
 def test_train_config_round_trip(train: TrainConfig) -> None:
-    record = records.train_config_record(5, train)
+    record = TrainRequest(5, train).to_config()
     assert record[records.SERVER_ROUND] == 5
     assert record["max-steps"] == (-1 if train.max_steps is None else train.max_steps)
-    back = records.train_request_from_record(record)
-    assert back == records.TrainRequest(train)
+    back = TrainRequest.from_config(record)
+    assert back == TrainRequest(5, train)
     assert back.train.max_steps == train.max_steps
 
 
-def test_train_config_none_max_steps_round_trips_to_none() -> None:
-    back = records.train_request_from_record(records.train_config_record(1, TrainConfig()))
-    assert TrainConfig().max_steps is None
-    assert back.train.max_steps is None
+def test_train_request_round_trips_every_field() -> None:
+    request = TrainRequest(
+        server_round=7,
+        train=TrainConfig(optimizer="adam", lr=1e-3),
+        update_mode="per_task",
+        local_weighting=WeightingSpec("cagrad", {"c": 0.4}),
+        affinity=AffinityRequest("tag", every=3),
+        groups={"g0": ("a", "c"), "g1": ("b",)},
+    )
+    assert TrainRequest.from_config(request.to_config()) == request
 
 
-def test_train_request_carries_update_mode_and_weighting() -> None:
-    record = records.train_config_record(2, TrainConfig(), "per_task", ("cagrad", {"c": 0.4}))
-    back = records.train_request_from_record(record)
-    assert back == records.TrainRequest(TrainConfig(), "per_task", ("cagrad", {"c": 0.4}))
+def test_train_request_travels_inside_a_message_with_its_arrays() -> None:
+    arrays = {"trunk.w": np.ones((2, 2), dtype=np.float32)}
+    request = TrainRequest(1, TrainConfig())
+    content = records.request_content(records.to_array_record(arrays), request.to_config())
+    received, config = records.request_parts(content)
+    np.testing.assert_array_equal(received["trunk.w"], arrays["trunk.w"])
+    assert TrainRequest.from_config(config) == request
+
+
+def test_train_request_ignores_keys_it_does_not_know() -> None:
+    record = TrainRequest(1, TrainConfig()).to_config()
+    record["caller-extra"] = "kept by Flower, ignored by fedmtl"
+    assert TrainRequest.from_config(record) == TrainRequest(1, TrainConfig())
 
 
 @pytest.mark.parametrize(
@@ -250,11 +288,101 @@ def test_train_request_carries_update_mode_and_weighting() -> None:
     [
         ("update-mode", "diagonal", "unknown update mode"),
         ("optimizer", "lbfgs", "unknown optimizer"),
-        ("weighting-params", "[1, 2]", "JSON object"),
+        ("local-weighting-params", "[1, 2]", "JSON object"),
+        ("affinity-every", 0, "affinity-every"),
+        ("groups", '{"g0": "a"}', "task lists"),
     ],
 )
-def test_malformed_train_request_is_rejected(key: str, value: str, message: str) -> None:
-    record = records.train_config_record(1, TrainConfig())
-    record[key] = value
+def test_malformed_train_request_is_rejected(key: str, value: object, message: str) -> None:
+    record = TrainRequest(1, TrainConfig()).to_config()
+    record[key] = value  # type: ignore[assignment]
     with pytest.raises(ValueError, match=message):
-        records.train_request_from_record(record)
+        TrainRequest.from_config(record)
+
+
+@pytest.mark.parametrize("groups", [None, {"g0": ("a",), "g1": ("b", "c")}])
+def test_evaluate_request_round_trip(groups: dict[str, tuple[str, ...]] | None) -> None:
+    request = EvaluateRequest(3, groups)
+    assert EvaluateRequest.from_config(request.to_config()) == request
+
+
+# ---------------------------------------------------------------------------------------- replies
+def assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("per_task", [False, True])
+def test_train_reply_round_trip(per_task: bool) -> None:
+    heads = {"heads.a.w": np.full((1, 2), 0.5, dtype=np.float32)}
+    trunk = {"trunk.w": np.ones((2, 2), dtype=np.float32)}
+    reply = TrainReply(
+        deltas=heads if per_task else {**heads, **trunk},
+        num_examples=40,
+        steps=3,
+        task_examples={"a": 30, "b": 12},
+        train_loss={"a": 0.5, "b": 1.25},
+        loss_before={"a": 0.75},
+        task_deltas={"a": trunk, "b": {"trunk.w": -trunk["trunk.w"]}} if per_task else None,
+        affinity={("a", "b"): 0.125, ("b", "a"): -0.5},
+    )
+    content = reply.to_content()
+    assert records.update_bytes(content) == content.array_records[records.UPDATE].count_bytes()
+    back = TrainReply.from_content(content)
+    assert_same_arrays(back.deltas, reply.deltas)
+    assert (back.task_deltas is None) == (not per_task)
+    for task, shares in (reply.task_deltas or {}).items():
+        assert back.task_deltas is not None
+        assert_same_arrays(back.task_deltas[task], shares)
+    for field in (
+        "num_examples",
+        "steps",
+        "task_examples",
+        "train_loss",
+        "loss_before",
+        "affinity",
+    ):
+        assert getattr(back, field) == getattr(reply, field), field
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "error"),
+    [
+        ("steps", 1.5, ValueError),
+        ("num-examples", float("nan"), ValueError),
+        ("a/surprise", 1.0, ValueError),
+        ("surprise", 1.0, ValueError),
+        ("affinity/a/b", float("inf"), ValueError),
+    ],
+)
+def test_malformed_train_reply_is_rejected(key: str, value: float, error: type) -> None:
+    content = TrainReply({}, 10, 1, {"a": 10}).to_content()
+    content.metric_records[records.METRICS][key] = value
+    with pytest.raises(error):
+        TrainReply.from_content(content)
+
+
+def test_train_reply_without_update_record_is_rejected() -> None:
+    content = TrainReply({}, 10, 1, {"a": 10}).to_content()
+    del content.array_records[records.UPDATE]
+    assert records.update_bytes(content) == 0
+    with pytest.raises(KeyError):
+        TrainReply.from_content(content)
+
+
+def test_evaluate_reply_round_trip_and_rejects_strange_keys() -> None:
+    reply = EvaluateReply({"a": {"n": 4.0, "correct": 3.0}, "b": {"n": 2.0, "loss_sum": 0.5}})
+    assert EvaluateReply.from_content(reply.to_content()) == reply
+    content = reply.to_content()
+    content.metric_records[records.METRICS]["accuracy"] = 0.5
+    with pytest.raises(ValueError, match="unexpected metric"):
+        EvaluateReply.from_content(content)
+
+
+def test_round_metrics_and_nested_task_metrics() -> None:
+    record = records.round_metrics(3, 1, {"a": 0.5})
+    assert record[records.NUM_UPDATES] == 3 and record[records.NUM_REJECTED] == 1
+    assert records.nested_task_metrics(record) == {"a": {"train-loss": 0.5}}
+    flat = records.flat_task_metrics({"a": {"accuracy": 0.75}, "b": {"r2": 0.5}})
+    assert records.nested_task_metrics(flat) == {"a": {"accuracy": 0.75}, "b": {"r2": 0.5}}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedmtl.errors import ConfigError
-from fedmtl.registry import build_dataclass
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.registry import build_dataclass
 from strategies.server_opt import ServerOptimizer, ServerOptParams
 
 X0 = {"w": np.array([1.0, -2.0], dtype=np.float32)}

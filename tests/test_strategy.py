@@ -8,231 +8,31 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from fedmtl import records
-from fedmtl.config import TrainConfig
-from fedmtl.records import SiloInfo
-from fedmtl.runtime import InProcessGrid
-from fedmtl.tasks import TaskSpec
-from strategies import STRATEGIES, FedAvg, RoundRecord, TaskAwareStrategy
+from fedmtl.core import records
+from fedmtl.core.records import TrainRequest
+from fedmtl.core.rounds import RoundRecord
+from fedmtl.core.schema import TrainConfig
+from strategies import STRATEGIES, FedAvg, TaskAwareStrategy
 from strategies.fedavg import FedAvgParams
-
-TASKS = (
-    TaskSpec.multiclass("a", 3),
-    TaskSpec.binary("b"),
-    TaskSpec.regression("c"),
-    TaskSpec.regression("d"),
+from tests.helpers import (
+    SHAPES,
+    TASKS,
+    TRUNK_KEYS,
+    FakeSilo,
+    Federation,
+    assert_moved,
+    assert_unchanged,
+    head_keys,
+    initial_arrays,
+    one_round,
+    pattern,
 )
-SHAPES = {
-    "trunk.w": (2, 3),
-    "trunk.b": (2,),
-    "heads.a.w": (3, 2),
-    "heads.a.b": (3,),
-    "heads.b.w": (1, 2),
-    "heads.b.b": (1,),
-    "heads.c.w": (1, 2),
-    "heads.c.b": (1,),
-    "heads.d.w": (1, 2),
-    "heads.d.b": (1,),
-}
-TRUNK_KEYS = {"trunk.w", "trunk.b"}
-
-
-def pattern(key: str) -> np.ndarray:
-    """A fixed, non-constant array per key: 1, 2, 3, ... in the key's shape."""
-    shape = SHAPES[key]
-    return np.arange(1, math.prod(shape) + 1, dtype=np.float32).reshape(shape)
-
-
-def initial_arrays() -> dict[str, np.ndarray]:
-    """The global model: distinct values per key so a mixed-up key shows."""
-    return {
-        key: (np.float32(0.1 * (i + 1)) * pattern(key) - np.float32(0.3)).astype(np.float32)
-        for i, key in enumerate(SHAPES)
-    }
-
-
-def head_keys(task: str) -> set[str]:
-    return {f"heads.{task}.w", f"heads.{task}.b"}
-
-
-# ---------------------------------------------------------------------------------------- fakes
-@dataclass
-class FakeSilo:
-    """One fake silo: what it says in ``query`` and how it replies to ``train`` and ``evaluate``.
-
-    Its delta for key k is ``value * pattern(k)`` with value ``trunk`` for trunk keys and
-    ``heads[t]`` for the heads of task t. Asked for ``per_task`` updates, it sends task t's trunk
-    share as ``task_trunk[t] * pattern(k)`` (default: ``trunk`` split evenly over its tasks).
-    """
-
-    tasks: tuple[str, ...]
-    num_examples: int | float = 10
-    task_examples: dict[str, int | float] = field(default_factory=dict)
-    trunk: float = 0.0
-    heads: dict[str, float] = field(default_factory=dict)
-    train_loss: dict[str, float] = field(default_factory=dict)
-    eval_metrics: dict[str, float] = field(default_factory=dict)
-    train_defect: str | None = None
-    eval_defect: str | None = None
-    query_defect: str | None = None
-    task_trunk: dict[str, float] = field(default_factory=dict)
-    loss_before: dict[str, float] = field(default_factory=dict)
-
-    def info(self, silo_id: int) -> SiloInfo:
-        return SiloInfo(
-            silo_id=silo_id,
-            tasks=self.tasks,
-            num_train=int(self.num_examples) if math.isfinite(self.num_examples) else 0,
-            num_test=7,
-            train_per_task={t: 10 for t in self.tasks},
-            test_per_task={t: 3 for t in self.tasks},
-        )
-
-    def deltas(self, received: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {}
-        for key in received:
-            value = self.trunk if key in TRUNK_KEYS else self.heads.get(key.split(".")[1], 0.0)
-            out[key] = (np.float32(value) * pattern(key)).astype(np.float32)
-        return out
-
-    def per_task_deltas(self, received: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {k: v for k, v in self.deltas(received).items() if k not in TRUNK_KEYS}
-        for task in self.tasks:
-            value = self.task_trunk.get(task, self.trunk / len(self.tasks))
-            for key in TRUNK_KEYS:
-                out[records.task_update_key(task, key)] = np.float32(value) * pattern(key)
-        return out
-
-
-def apply_train_defect(
-    defect: str | None, deltas: dict[str, np.ndarray], metrics: dict[str, Any]
-) -> RecordDict:
-    """The train reply content, spoiled in one way (or not)."""
-    if defect == "raise":
-        raise RuntimeError("disk on fire")
-    if defect == "nan-share":
-        deltas[records.task_update_key("b", "trunk.w")][0, 0] = np.nan
-    elif defect == "missing-share":
-        del deltas[records.task_update_key("c", "trunk.b")]
-    elif defect == "joint-instead":
-        for key in TRUNK_KEYS:
-            deltas[key] = sum(deltas.pop(k) for k in list(deltas) if k.endswith("/" + key))
-    elif defect == "nan-delta":
-        deltas["trunk.w"][0, 1] = np.nan
-    elif defect == "inf-delta":
-        deltas["heads.a.b"][2] = -np.inf
-    elif defect == "missing-key":
-        del deltas["heads.b.b"]
-    elif defect == "extra-key":
-        deltas["heads.c.w"] = np.zeros(SHAPES["heads.c.w"], dtype=np.float32)
-    elif defect == "wrong-shape":
-        deltas["trunk.w"] = np.zeros((3, 2), dtype=np.float32)
-    elif defect == "int-delta":
-        deltas["trunk.b"] = np.zeros(SHAPES["trunk.b"], dtype=np.int64)
-    elif defect == "negative-n":
-        metrics[records.NUM_EXAMPLES] = -5
-    elif defect == "nan-n":
-        metrics[records.NUM_EXAMPLES] = float("nan")
-    elif defect == "negative-task-n":
-        metrics[records.task_key("a", records.NUM_EXAMPLES)] = -1
-    elif defect == "nan-task-n":
-        metrics[records.task_key("b", records.NUM_EXAMPLES)] = float("nan")
-    elif defect == "missing-task-n":
-        del metrics[records.task_key("a", records.NUM_EXAMPLES)]
-    content = RecordDict(
-        {records.UPDATE: records.to_array_record(deltas), records.METRICS: MetricRecord(metrics)}
-    )
-    if defect == "missing-update":
-        content = RecordDict({records.METRICS: MetricRecord(metrics)})
-    elif defect == "missing-metrics":
-        content = RecordDict({records.UPDATE: records.to_array_record(deltas)})
-    return content
-
-
-class Federation:
-    """Fake ClientApps for ``silos`` (node 1000 + i holds silo i) behind an InProcessGrid.
-
-    ``received`` logs every train/evaluate message a node got: (type, node, arrays, config).
-    """
-
-    def __init__(self, silos: list[FakeSilo]) -> None:
-        self.silos = silos
-        self.received: list[tuple[str, int, dict[str, np.ndarray], dict[str, Any]]] = []
-        self.queries: list[int] = []
-        app = ClientApp()
-
-        def silo_of(context: Context) -> tuple[int, FakeSilo]:
-            pid = int(context.node_config["partition-id"])
-            return pid, self.silos[pid]
-
-        def log_message(kind: str, msg: Message, context: Context) -> dict[str, np.ndarray]:
-            arrays = records.from_array_record(msg.content.array_records[records.ARRAYS])
-            config = dict(msg.content.config_records[records.CONFIG])
-            self.received.append((kind, context.node_id, arrays, config))
-            return arrays
-
-        @app.query()
-        def query(msg: Message, context: Context) -> Message:
-            pid, silo = silo_of(context)
-            self.queries.append(context.node_id)
-            record = silo.info(pid).to_record()
-            if silo.query_defect == "raise":
-                raise RuntimeError("cannot read my data")
-            if silo.query_defect is not None and silo.query_defect.startswith("drop:"):
-                del record[silo.query_defect.removeprefix("drop:")]
-            return Message(RecordDict({records.SILO: record}), reply_to=msg)
-
-        @app.train()
-        def train(msg: Message, context: Context) -> Message:
-            _, silo = silo_of(context)
-            received = log_message("train", msg, context)
-            metrics: dict[str, Any] = {records.NUM_EXAMPLES: silo.num_examples, records.STEPS: 3}
-            for task in silo.tasks:
-                metrics[records.task_key(task, records.NUM_EXAMPLES)] = silo.task_examples.get(
-                    task, 10
-                )
-                if task in silo.train_loss:
-                    metrics[records.task_key(task, records.TRAIN_LOSS)] = silo.train_loss[task]
-                metrics[records.task_key(task, records.LOSS_BEFORE)] = silo.loss_before.get(
-                    task, 1.0
-                )
-            per_task = msg.content.config_records[records.CONFIG]["update-mode"] == "per_task"
-            deltas = silo.per_task_deltas(received) if per_task else silo.deltas(received)
-            content = apply_train_defect(silo.train_defect, deltas, metrics)
-            return Message(content, reply_to=msg)
-
-        @app.evaluate()
-        def evaluate(msg: Message, context: Context) -> Message:
-            _, silo = silo_of(context)
-            log_message("evaluate", msg, context)
-            metrics = dict(silo.eval_metrics)
-            if silo.eval_defect == "raise":
-                raise RuntimeError("evaluation crashed")
-            if silo.eval_defect == "nan":
-                metrics[next(iter(metrics))] = float("nan")
-            elif silo.eval_defect == "inf":
-                metrics[next(iter(metrics))] = float("inf")
-            elif silo.eval_defect == "unheld-task":
-                unheld = next(t.name for t in TASKS if t.name not in silo.tasks)
-                metrics[records.task_key(unheld, "n")] = 4.0
-            elif silo.eval_defect == "no-task":
-                metrics["accuracy"] = 0.5
-            return Message(RecordDict({records.METRICS: MetricRecord(metrics)}), reply_to=msg)
-
-        self.app = app
-        self.grid = InProcessGrid(app, len(silos), run_config={})
-
-    def received_by(self, kind: str) -> dict[int, dict[str, np.ndarray]]:
-        return {node: arrays for k, node, arrays, _ in self.received if k == kind}
 
 
 def make_fedavg(seed: int = 0, observers: tuple = (), **overrides: Any) -> FedAvg:
@@ -243,37 +43,6 @@ def make_fedavg(seed: int = 0, observers: tuple = (), **overrides: Any) -> FedAv
         **overrides,
     )
     return FedAvg(params, TASKS, TrainConfig(), seed=seed, observers=observers)
-
-
-def one_round(
-    strategy: TaskAwareStrategy, fed: Federation, drop_nodes: tuple[int, ...] = ()
-) -> tuple[dict[str, np.ndarray], MetricRecord | None, list[Message]]:
-    """configure_train -> grid -> aggregate_train for round 1; messages to ``drop_nodes`` are
-    dropped (those silos were not sampled)."""
-    messages = list(
-        strategy.configure_train(
-            1, records.to_array_record(initial_arrays()), ConfigRecord(), fed.grid
-        )
-    )
-    messages = [m for m in messages if m.metadata.dst_node_id not in drop_nodes]
-    replies = list(fed.grid.send_and_receive(messages))
-    arrays, metrics = strategy.aggregate_train(1, replies)
-    assert arrays is not None
-    return records.from_array_record(arrays), metrics, messages
-
-
-def assert_moved(new: dict[str, np.ndarray], key: str, coefficient: float) -> None:
-    """``new[key]`` is the initial array plus ``coefficient * pattern(key)``."""
-    expected = initial_arrays()[key] + np.float32(coefficient) * pattern(key)
-    assert new[key].dtype == np.float32
-    np.testing.assert_allclose(new[key], expected, rtol=1e-6, atol=1e-6, err_msg=key)
-
-
-def assert_unchanged(new: dict[str, np.ndarray], keys: set[str]) -> None:
-    start = initial_arrays()
-    for key in keys:
-        np.testing.assert_array_equal(new[key], start[key], err_msg=key)
-        assert new[key].dtype == start[key].dtype
 
 
 # The federation of the hand computation. Per-task counts n_{s,t}, silo totals n_s and delta values:
@@ -311,7 +80,7 @@ def hand_silos() -> list[FakeSilo]:
 def test_heads_are_averaged_per_task_over_holders_by_task_examples() -> None:
     fed = Federation(hand_silos())
     strategy = make_fedavg()
-    new, metrics, messages = one_round(strategy, fed, drop_nodes=(1003,))
+    new, outcome, messages = one_round(strategy, fed, drop_nodes=(1003,))
 
     assert sorted(m.metadata.dst_node_id for m in messages) == [1000, 1001, 1002]
     for task, coefficient in EXPECTED_HEADS.items():
@@ -321,13 +90,8 @@ def test_heads_are_averaged_per_task_over_holders_by_task_examples() -> None:
     for key in TRUNK_KEYS:
         assert_moved(new, key, EXPECTED_TRUNK)
     assert set(new) == set(SHAPES)
-    assert metrics is not None
-    assert metrics["num-updates"] == 3
-    assert metrics["num-rejected"] == 0
-    assert metrics["a/train-loss"] == pytest.approx(0.6)
-    assert metrics["b/train-loss"] == pytest.approx(2.8)
-    assert metrics["c/train-loss"] == pytest.approx(1.5)
-    assert "d/train-loss" not in metrics
+    assert outcome.num_updates == 3 and outcome.rejected == []
+    assert outcome.train_loss == pytest.approx({"a": 0.6, "b": 2.8, "c": 1.5})  # d: no holder
     assert strategy.rejections == []
 
 
@@ -346,14 +110,16 @@ def test_task_with_zero_examples_on_a_silo_does_not_dilute_the_head() -> None:
 # trunk deltas 1.0, 2.0, -0.5 (times pattern) from silos with 10, 30, 60 examples:
 #   examples: (10*1.0 + 30*2.0 + 60*(-0.5)) / 100 = 40/100 = 0.4
 #   uniform:  (1.0 + 2.0 - 0.5) / 3 = 2.5/3
-@pytest.mark.parametrize(("weighting", "coefficient"), [("examples", 0.4), ("uniform", 2.5 / 3)])
-def test_trunk_fedavg(weighting: str, coefficient: float) -> None:
+@pytest.mark.parametrize(
+    ("silo_weighting", "coefficient"), [("examples", 0.4), ("uniform", 2.5 / 3)]
+)
+def test_trunk_fedavg(silo_weighting: str, coefficient: float) -> None:
     silos = [
         FakeSilo(("a",), 10, {"a": 10}, 1.0),
         FakeSilo(("b",), 30, {"b": 30}, 2.0),
         FakeSilo(("a", "b"), 60, {"a": 60, "b": 60}, -0.5),
     ]
-    new, _, _ = one_round(make_fedavg(weighting=weighting), Federation(silos))
+    new, _, _ = one_round(make_fedavg(silo_weighting=silo_weighting), Federation(silos))
     for key in TRUNK_KEYS:
         assert_moved(new, key, coefficient)
 
@@ -365,11 +131,11 @@ def test_trunk_unchanged_when_all_weights_are_zero() -> None:
         FakeSilo(("a",), 0, {"a": 10}, 1.0, {"a": 1.0}),
         FakeSilo(("a",), 0, {"a": 30}, 2.0, {"a": 3.0}),
     ]
-    new, metrics, _ = one_round(make_fedavg(weighting="examples"), Federation(silos))
+    new, outcome, _ = one_round(make_fedavg(silo_weighting="examples"), Federation(silos))
     assert_unchanged(new, TRUNK_KEYS)
     for key in head_keys("a"):
         assert_moved(new, key, 2.5)
-    assert metrics is not None and metrics["num-updates"] == 2
+    assert outcome.num_updates == 2
 
 
 # ------------------------------------------------------------------------- 3. what a silo receives
@@ -394,8 +160,7 @@ def test_silo_receives_only_trunk_and_heads_of_its_tasks() -> None:
     for message in messages:
         assert message.metadata.message_type == "train"
         config = message.content.config_records[records.CONFIG]
-        assert config[records.SERVER_ROUND] == 3
-        assert records.train_request_from_record(config) == records.TrainRequest(TrainConfig())
+        assert TrainRequest.from_config(config) == TrainRequest(3, TrainConfig())
     for arrays in sent.values():
         for key, value in arrays.items():
             np.testing.assert_array_equal(value, start[key])
@@ -492,7 +257,7 @@ def test_bad_train_reply_is_rejected_and_the_round_goes_on(defect: str, reason: 
     silos[3].train_defect = defect
     fed = Federation(silos)
     strategy = make_fedavg()
-    new, metrics, messages = one_round(strategy, fed)
+    new, outcome, messages = one_round(strategy, fed)
 
     assert len(messages) == 4
     assert len(strategy.rejections) == 1
@@ -502,9 +267,7 @@ def test_bad_train_reply_is_rejected_and_the_round_goes_on(defect: str, reason: 
     assert rejection["silo"] == 3
     assert "rejected" in rejection["reason"]
     assert reason in rejection["reason"]
-    assert metrics is not None
-    assert metrics["num-updates"] == 3
-    assert metrics["num-rejected"] == 1
+    assert outcome.num_updates == 3 and len(outcome.rejected) == 1
     # the aggregate of the three valid replies only (hand computation above)
     for task, coefficient in EXPECTED_HEADS.items():
         for key in head_keys(task):
@@ -519,13 +282,11 @@ def test_all_replies_rejected_leaves_global_arrays_unchanged() -> None:
     for silo, defect in zip(silos, ["nan-delta", "raise", "wrong-shape"], strict=True):
         silo.train_defect = defect
     strategy = make_fedavg()
-    new, metrics, _ = one_round(strategy, Federation(silos))
+    new, outcome, _ = one_round(strategy, Federation(silos))
     assert_unchanged(new, set(SHAPES))
     assert set(new) == set(SHAPES)
     assert [r["silo"] for r in strategy.rejections] == [0, 1, 2]
-    assert metrics is not None
-    assert metrics["num-updates"] == 0
-    assert metrics["num-rejected"] == 3
+    assert outcome.num_updates == 0 and len(outcome.rejected) == 3
 
 
 def test_rejections_accumulate_across_rounds() -> None:
@@ -608,9 +369,9 @@ def test_evaluation_pools_statistics_exactly() -> None:
 @pytest.mark.parametrize(
     ("defect", "reason"),
     [
-        ("nan", "not a finite number"),
-        ("inf", "not a finite number"),
-        ("unheld-task", "unexpected metric"),
+        ("nan", "must be a finite number"),
+        ("inf", "must be a finite number"),
+        ("unheld-task", "does not hold"),
         ("no-task", "unexpected metric"),
         ("raise", "client error"),
     ],
@@ -899,3 +660,24 @@ def test_in_process_grid_push_and_pull_keep_every_reply() -> None:
     assert len(set(first + second + third)) == 5
     pulled = list(fed.grid.pull_messages([second[1], *third]))
     assert [m.metadata.src_node_id for m in pulled] == [1002, 1003, 1004]
+
+
+def test_flowers_strategy_api_gives_the_explicit_rounds_result() -> None:
+    """configure_train / aggregate_train (Flower's loop) equal dispatch_train / aggregate_updates
+    (fedmtl's loop); the caller's config keys travel, the protocol's own win."""
+    explicit, outcome, _ = one_round(make_fedavg(), Federation(hand_silos()))
+    fed = Federation(hand_silos())
+    strategy = make_fedavg()
+    start = records.to_array_record(initial_arrays())
+    extra = ConfigRecord({"caller-key": 3, records.SERVER_ROUND: 99})
+    messages = list(strategy.configure_train(1, start, extra, fed.grid))
+    assert all(m.content.config_records[records.CONFIG]["caller-key"] == 3 for m in messages)
+    assert all(
+        m.content.config_records[records.CONFIG][records.SERVER_ROUND] == 1 for m in messages
+    )
+    arrays, metrics = strategy.aggregate_train(1, fed.grid.send_and_receive(messages))
+    assert arrays is not None and metrics is not None
+    for key, value in records.from_array_record(arrays).items():
+        np.testing.assert_array_equal(value, explicit[key])
+    assert metrics[records.NUM_UPDATES] == outcome.num_updates == 4
+    assert metrics[records.NUM_REJECTED] == 0  # (run_evaluate drives the evaluate adapters)

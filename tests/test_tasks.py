@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedmtl.tasks import TaskSpec
+from fedmtl.core.tasks import TaskSpec
 
 KINDS = ("multiclass", "binary", "regression")
 

@@ -10,51 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fedmtl.config import ModelConfig, TrainConfig
-from fedmtl.data import MultiTaskDataset, build_dataset
-from fedmtl.data.synthetic import SyntheticParams
-from fedmtl.models import MultiTaskModel, build_model
-from fedmtl.models.trunks import MLPParams
-from fedmtl.tasks import TaskSpec
-from fedmtl.training import LocalData, evaluate, local_view, task_losses, train_local
-
-TINY_TASKS = (TaskSpec.multiclass("a", 3), TaskSpec.binary("b"), TaskSpec.regression("c"))
-# Rows 0..7; row 6 is labelled for no task.
-TINY_MASK = torch.tensor(
-    [
-        [True, True, True],
-        [True, False, True],
-        [False, True, False],
-        [True, True, False],
-        [False, False, True],
-        [True, True, True],
-        [False, False, False],
-        [False, True, True],
-    ]
-)
-
-
-def tiny_dataset(seed: int = 0) -> MultiTaskDataset:
-    gen = torch.Generator().manual_seed(seed)
-    n = TINY_MASK.shape[0]
-    return MultiTaskDataset(
-        name="tiny",
-        inputs=torch.randn(n, 5, generator=gen),
-        tasks=TINY_TASKS,
-        targets={
-            "a": torch.randint(0, 3, (n,), generator=gen),
-            "b": torch.randint(0, 2, (n,), generator=gen).float(),
-            "c": torch.randn(n, generator=gen),
-        },
-        mask=TINY_MASK.clone(),
-    )
-
-
-def small_model(
-    input_shape: tuple[int, ...], tasks: tuple[TaskSpec, ...], seed: int = 0
-) -> MultiTaskModel:
-    cfg = ModelConfig(name="mlp", params=MLPParams(hidden=[16, 8]))
-    return build_model(cfg, input_shape, tasks, seed=seed)
+from fedmtl.core.data import LocalData, local_view
+from fedmtl.core.models import MultiTaskModel
+from fedmtl.core.schema import TrainConfig
+from fedmtl.core.tasks import TaskSpec
+from fedmtl.core.training import evaluate, task_losses, train_local
+from fedmtl.datasets import MultiTaskDataset, build_dataset
+from fedmtl.datasets.synthetic import SyntheticParams
+from tests.helpers import TINY_TASKS, small_model, tiny_dataset
 
 
 @cache

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fedmtl.registry import NoParams, Registry
+from fedmtl.core.registry import NoParams, Registry
 from strategies.balancing.aligned_mtl import AlignedMTL, AlignedMTLParams
 from strategies.balancing.base import GramianWeighting, Weighting
 from strategies.balancing.cagrad import CAGrad, CAGradParams

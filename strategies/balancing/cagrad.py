@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 from torchjd.aggregation import CAGradWeighting
 
-from fedmtl.checks import booleans, non_negative
+from fedmtl.core.checks import booleans, non_negative
 from strategies.balancing.base import GramianWeighting
 
 

@@ -8,7 +8,7 @@ from torch import Tensor
 from torchjd.aggregation import DualProjWeighting, UPGradWeighting
 from torchjd.linalg import QuadprogProjector
 
-from fedmtl.checks import non_negative
+from fedmtl.core.checks import non_negative
 from strategies.balancing.base import GramianWeighting
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from torch import Tensor
 from torchjd.aggregation import FairGradWeighting
 
-from fedmtl.checks import positive
-from fedmtl.errors import ConfigError
+from fedmtl.core.checks import positive
+from fedmtl.core.errors import ConfigError
 from strategies.balancing.base import GramianWeighting
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fedmtl.checks import non_negative, positive
+from fedmtl.core.checks import non_negative, positive
 from strategies.balancing.base import F64, Weighting, by_task, from_task_keys
 
 

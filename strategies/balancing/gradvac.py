@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 from torchjd.aggregation import GradVacWeighting
 
-from fedmtl.checks import non_negative
-from fedmtl.errors import ConfigError
+from fedmtl.core.checks import non_negative
+from fedmtl.core.errors import ConfigError
 from strategies.balancing.base import F64, GramianWeighting
 from strategies.balancing.linalg import seeded_cpu_rng
 

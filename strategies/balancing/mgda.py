@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 from torchjd.aggregation import MGDAWeighting
 
-from fedmtl.checks import int_at_least, positive
+from fedmtl.core.checks import int_at_least, positive
 from strategies.balancing.base import GramianWeighting
 
 

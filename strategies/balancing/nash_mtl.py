@@ -11,7 +11,7 @@ import numpy as np
 from torch import Tensor
 from torchjd.aggregation._nash_mtl import _NashMTLWeighting
 
-from fedmtl.checks import int_at_least, non_negative
+from fedmtl.core.checks import int_at_least, non_negative
 from strategies.balancing.base import GramianWeighting, by_task, from_task_keys
 from strategies.balancing.linalg import square_factor
 

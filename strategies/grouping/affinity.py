@@ -48,9 +48,10 @@ from typing import ClassVar, Literal
 import numpy as np
 import torch
 
-from fedmtl.models.multitask import MultiTaskModel
-from fedmtl.registry import NoParams, Registry
-from fedmtl.training import LocalData, task_losses
+from fedmtl.core.data import LocalData
+from fedmtl.core.models import MultiTaskModel
+from fedmtl.core.registry import NoParams, Registry
+from fedmtl.core.training import task_losses
 
 Pair = tuple[str, str]
 UncoveredRule = Literal["zero", "forbid"]
@@ -208,7 +209,7 @@ def cosine_pairs(rows: Sequence[torch.Tensor]) -> dict[tuple[int, int], float]:
 
 class SiloProbe:
     """Measures an on-silo estimator on the batch of every ``every``-th local step (a
-    :data:`fedmtl.training.StepProbe`); :meth:`means` gives each ordered pair's mean."""
+    :data:`fedmtl.core.training.StepProbe`); :meth:`means` gives each ordered pair's mean."""
 
     def __init__(
         self, estimator: Affinity, model: MultiTaskModel, data: LocalData, every: int

@@ -35,11 +35,11 @@ def plot_affinity(
 ) -> Path:
     """Heatmap of ``matrix`` (row = source, column = target), tasks ordered group by group with
     each group framed; uncovered entries (NaN) grey and marked "n/a"."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - heavy, only when plotting
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy, only when plotting
+    from matplotlib.patches import Rectangle  # noqa: PLC0415 - heavy, only when plotting
 
     order = [t for group in groups for t in group] if groups else list(range(len(tasks)))
     order += [t for t in range(len(tasks)) if t not in order]

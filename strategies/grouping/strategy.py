@@ -35,23 +35,21 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
 
-from fedmtl import records
-from fedmtl.checks import int_at_least, positive
-from fedmtl.errors import ConfigError
-from fedmtl.models.multitask import group_trunk_key, is_trunk_key, trunk_group
-from fedmtl.records import AffinityRequest, UpdateMode
-from strategies.balanced import balanced_update, per_task_rows
+from fedmtl.core.checks import int_at_least, positive
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.models import group_trunk_key, is_trunk_key, trunk_group
+from fedmtl.core.records import AffinityRequest, Arrays
+from fedmtl.core.training import UpdateMode
+from strategies.aggregation import balanced_update, per_task_rows, weighted_mean_delta
 from strategies.balancing import WEIGHTINGS, Weighting, build_weighting
-from strategies.base import Arrays, ClientUpdate, StrategyParams, TaskAwareStrategy
-from strategies.fedavg import weighted_mean_delta
+from strategies.base import StrategyParams, TaskAwareStrategy, TrunkStep
 from strategies.grouping.affinity import (
     AFFINITIES,
     Affinity,
@@ -61,6 +59,7 @@ from strategies.grouping.affinity import (
 )
 from strategies.grouping.report import HEATMAP_FILE, matrix_json, plot_affinity, write_affinity
 from strategies.grouping.solvers import GroupingSolution, solve_grouping
+from strategies.replies import ClientUpdate
 
 log = logging.getLogger("fedmtl")
 
@@ -197,17 +196,19 @@ class Grouping(TaskAwareStrategy):
     # ------------------------------------------------------------------ aggregation
     def trunk_update(
         self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
-    ) -> Arrays | None:
+    ) -> TrunkStep:
         if self.model_groups is None:
             if self.measuring:
                 self._observe(server_round, updates, list(trunk))
             return self._group_update(server_round, "", list(self.tasks), trunk, updates)
         delta: Arrays = {}
+        task_weights: dict[str, float] = {}
         for group, members in self.model_groups.items():
             group_trunk = {k: v for k, v in trunk.items() if trunk_group(k) == group}
             part = self._group_update(server_round, group, list(members), group_trunk, updates)
-            delta.update(part or {})
-        return delta or None
+            delta.update(part.delta or {})
+            task_weights.update(part.task_weights)
+        return TrunkStep(delta or None, task_weights)
 
     def _group_update(
         self,
@@ -216,15 +217,15 @@ class Grouping(TaskAwareStrategy):
         members: list[str],
         trunk: Arrays,
         updates: list[ClientUpdate],
-    ) -> Arrays | None:
+    ) -> TrunkStep:
         """The update of one trunk shared by ``members`` (module docstring, step 3)."""
         examples = [sum(u.task_examples.get(t, 0) for t in members) for u in updates]
         holders = [u for u, n in zip(updates, examples, strict=True) if n > 0]
         if not holders:
-            return None
+            return TrunkStep(None)
         if self.params.weighting is None:
             weights = [float(n) for n in examples if n > 0]
-            return weighted_mean_delta(holders, list(trunk), weights)
+            return TrunkStep(weighted_mean_delta(holders, list(trunk), weights))
         weighting = self.weightings.get(group)
         if weighting is None:
             weighting = self.weightings[group] = build_weighting(
@@ -236,8 +237,7 @@ class Grouping(TaskAwareStrategy):
         delta, task_weights = balanced_update(
             weighting, members, list(self.tasks), holders, trunk, server_round
         )
-        self.round_task_weights.update(task_weights)
-        return delta
+        return TrunkStep(delta, task_weights)
 
     def _observe(
         self, server_round: int, updates: list[ClientUpdate], trunk_keys: list[str]
@@ -267,14 +267,11 @@ class Grouping(TaskAwareStrategy):
             this_round.add(*report)
         self.affinity_history.append((server_round, this_round.estimate()))
 
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        arrays, metrics = super().aggregate_train(server_round, replies)
-        if arrays is not None and server_round == self.params.warmup_rounds:
-            grouped = self.form_groups(server_round, records.from_array_record(arrays))
-            arrays = records.to_array_record(grouped)
-        return arrays, metrics
+    def end_round(self, server_round: int, arrays: Arrays) -> Arrays:
+        """At the end of the warm-up, the groups are formed (:meth:`form_groups`)."""
+        if server_round == self.params.warmup_rounds:
+            return self.form_groups(server_round, arrays)
+        return arrays
 
     # ------------------------------------------------------------------ grouping
     def form_groups(self, server_round: int, arrays: Arrays) -> Arrays:

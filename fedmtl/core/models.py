@@ -1,4 +1,4 @@
-"""Hard parameter sharing: shared trunk(s), one head per task.
+"""Hard parameter sharing: shared trunk(s), one head per task (:class:`MultiTaskModel`).
 
 Parameter names say what is shared (strategies rely on these prefixes, see :func:`is_trunk_key`,
 :func:`trunk_group` and :func:`head_task`):
@@ -16,12 +16,18 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from fedmtl.models.trunks import Trunk
-from fedmtl.tasks import TaskSpec
+from fedmtl.core.tasks import TaskSpec
 
 TRUNK_PREFIX = "trunk."
 GROUP_TRUNKS_PREFIX = "trunks."
 HEADS_PREFIX = "heads."
+
+
+class Trunk(nn.Module):
+    """The shared layers of a model (registered in :data:`fedmtl.trunks.TRUNKS`): maps an input of
+    the dataset's ``input_shape`` to a feature vector of size ``out_features``."""
+
+    out_features: int
 
 
 def is_trunk_key(key: str) -> bool:

@@ -21,14 +21,17 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from fedmtl.config import TrackingConfig
-from fedmtl.tasks import TaskSpec
-from strategies.base import RoundRecord
+from fedmtl.core.rounds import RoundRecord
+from fedmtl.core.schema import TrackingConfig
+from fedmtl.core.tasks import TaskSpec
 
 log = logging.getLogger("fedmtl")
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+SUMMARY_SCHEMA_VERSION = 1
+"""Version of ``summary.json``'s layout: raised when a field is renamed, removed or changes meaning
+(adding a field keeps it), so that tools reading many runs can tell layouts apart."""
 PARTITION_FILE = "partition.json"
 CURVES_FILE = "learning_curves.png"
 
@@ -62,7 +65,7 @@ class Tracker:
         if mode == "disabled":
             return None
         try:
-            import wandb
+            import wandb  # noqa: PLC0415 - heavy, only when wandb is on
 
             return wandb.init(
                 project=self.cfg.wandb_project,
@@ -183,10 +186,10 @@ def plot_learning_curves(
 ) -> Path:
     """One panel per task: primary metric on the personal split and, when there is one, on the
     global test set (with the chance level, dashed), and train loss against rounds."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - heavy, only when plotting
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy, only when plotting
 
     rows = read_metrics(metrics_path)
     cols = min(3, len(tasks))
@@ -228,7 +231,9 @@ def plot_learning_curves(
             twin.set_ylabel("train loss", color="tab:orange")
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
-    fig.suptitle("Per-task learning curves (personal test split; global test set in green)")
+    title = "Per-task learning curves (personal test split"
+    has_global = any(r["split"] == "global" for r in rows)
+    fig.suptitle(title + ("; global test set in green)" if has_global else ")"))
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

@@ -1,9 +1,8 @@
-"""Datasets: a registry of builders that each return a :class:`MultiTaskDataset`.
+"""Datasets: a registry of builders that each return a :class:`~fedmtl.core.data.MultiTaskDataset`.
 
-A builder has the signature ``(params, seed) -> MultiTaskDataset`` and is registered with its parameter
-dataclass: ``@DATASETS.register("digits", params=DigitsParams)``. ``configs/dataset/<name>.yaml`` holds
-``name`` and values for those parameters, plus the common key ``tasks`` (a subset of the dataset's
-tasks, or null for all of them).
+A builder has the signature ``(params, seed) -> MultiTaskDataset`` and is registered here with its
+parameter dataclass. ``configs/dataset/<name>.yaml`` holds ``name`` and values for those parameters,
+plus the common key ``tasks`` (a subset of the dataset's tasks, or null for all of them).
 """
 
 from __future__ import annotations
@@ -11,12 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fedmtl.data.base import MultiTaskDataset
-from fedmtl.errors import ConfigError
-from fedmtl.registry import Registry
+from fedmtl.core.data import MultiTaskDataset
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.registry import Registry
+from fedmtl.datasets.digits import DigitsPairParams, DigitsParams, build_digits, build_digits_pair
+from fedmtl.datasets.synthetic import SyntheticParams, build_synthetic
 
 DatasetBuilder = Callable[[Any, int], MultiTaskDataset]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
+DATASETS.register("digits", params=DigitsParams)(build_digits)
+DATASETS.register("digits_pair", params=DigitsPairParams)(build_digits_pair)
+DATASETS.register("synthetic", params=SyntheticParams)(build_synthetic)
 
 
 def build_dataset(
@@ -41,8 +45,5 @@ def build_dataset(
         raise ConfigError("dataset.tasks", f"lists a task twice: {tasks}.", "list each task once.")
     return dataset.select_tasks(tasks)
 
-
-# Registration happens on import of each dataset module.
-from fedmtl.data import digits, synthetic  # noqa: E402, F401
 
 __all__ = ["DATASETS", "MultiTaskDataset", "build_dataset"]

@@ -12,17 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, MetricRecord, MetricRecordValues
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedmtl import records
-from fedmtl.experiment import Experiment, cached_experiment, config_json_from
-from fedmtl.models import MultiTaskModel
-from fedmtl.tasks import TaskSpec
-from fedmtl.tracking import PARTITION_FILE, Tracker
-from fedmtl.training import evaluate
-from partitions.views import global_test_data
-from strategies import STRATEGIES, TaskAwareStrategy
+from fedmtl.app.experiment import Experiment, cached_experiment, config_json_from
+from fedmtl.app.tracking import PARTITION_FILE, SUMMARY_SCHEMA_VERSION, Tracker
+from fedmtl.core import records
+from fedmtl.core.models import MultiTaskModel
+from fedmtl.core.tasks import TaskSpec
+from fedmtl.core.training import evaluate
+from strategies import TaskAwareStrategy
 
 log = logging.getLogger("fedmtl")
 
@@ -42,10 +41,7 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
         run_config=dict(cfg.raw),
         run_name=f"{cfg.dataset.name}-{cfg.strategy.name}-seed{cfg.seed}",
     )
-    strategy_cls = STRATEGIES.get(cfg.strategy.name).factory
-    strategy: TaskAwareStrategy = strategy_cls(
-        cfg.strategy.params, tasks, cfg.train, seed=cfg.seed, observers=[tracker]
-    )
+    strategy = experiment.new_strategy(observers=[tracker])
     model = experiment.new_model()
     initial = records.to_array_record(records.state_arrays(model, model.exchanged_keys()))
     global_eval = GlobalEvaluator(experiment, tracker, strategy)
@@ -80,7 +76,7 @@ class GlobalEvaluator:
         self, experiment: Experiment, tracker: Tracker, strategy: TaskAwareStrategy
     ) -> None:
         self.experiment = experiment
-        self.data = global_test_data(experiment.dataset, experiment.partition)
+        self.data = experiment.global_test_data()
         self.num_samples = self.data.num_samples
         self.strategy = strategy
         self.tracker = tracker
@@ -107,12 +103,7 @@ class GlobalEvaluator:
         }
         self.history.append((server_round, metrics))
         self.tracker.record_global(server_round, metrics)
-        flat: dict[str, MetricRecordValues] = {
-            records.task_key(task, name): value
-            for task, task_metrics in metrics.items()
-            for name, value in task_metrics.items()
-        }
-        return MetricRecord(flat)
+        return records.flat_task_metrics(metrics)
 
     def summary(self, tasks: Sequence[TaskSpec]) -> dict[str, Any] | None:
         """``summary.json``'s ``global``: ``num_samples``, ``final``, ``final_round``, ``best``
@@ -138,6 +129,7 @@ def build_summary(
     final = evaluated[-1].personal if evaluated else {}
     task_info = {t.name: {**t.info(), "chance": chance[t.name]} for t in dataset.tasks}
     return {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
         "dataset": cfg.dataset.name,
         "strategy": cfg.strategy.name,
         "runtime": cfg.runtime.name,

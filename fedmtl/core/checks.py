@@ -1,6 +1,6 @@
 """Field checks for plug-in parameter dataclasses, raised from ``__post_init__``.
 
-Each raises :class:`ConfigError` with the field name as the key; :func:`fedmtl.registry.build_dataclass`
+Each raises :class:`ConfigError` with the field name as the key; :func:`fedmtl.core.registry.build_dataclass`
 prefixes the config group (``synthetic``'s ``num_groups`` becomes ``dataset.num_groups``).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from fedmtl.errors import ConfigError
+from fedmtl.core.errors import ConfigError
 
 
 def int_at_least(params: object, name: str, low: int) -> None:

@@ -55,11 +55,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from fedmtl.checks import int_at_least, non_negative
-from fedmtl.data import DATASETS
-from fedmtl.data.base import MultiTaskDataset
-from fedmtl.errors import ConfigError
-from fedmtl.tasks import TaskSpec
+from fedmtl.core.checks import int_at_least, non_negative
+from fedmtl.core.data import MultiTaskDataset
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.tasks import TaskSpec
 
 FEATURE_GAIN = 2.0
 KINDS = ("mixed", "classification", "regression")
@@ -161,7 +160,6 @@ def _target(spec: TaskSpec, noisy_score: np.ndarray) -> torch.Tensor:
     return torch.tensor(labels, dtype=spec.target_dtype)
 
 
-@DATASETS.register("synthetic", params=SyntheticParams)
 def build_synthetic(params: SyntheticParams, seed: int) -> MultiTaskDataset:
     """Sample the planted-group dataset of the module docstring for ``seed``."""
     structure_rng, sample_rng, site_rng = (

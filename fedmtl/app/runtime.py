@@ -5,32 +5,34 @@
 - ``simulation``: Flower's simulation engine on Ray, one virtual SuperNode per silo, with client
   resources (CPUs, GPU fraction) from the config; ``ray_address`` joins an existing Ray cluster.
 
-Both run the same ServerApp and ClientApp (:mod:`fedmtl.server_app`, :mod:`fedmtl.client_app`).
+Both run the same ServerApp and ClientApp (:mod:`fedmtl.app.server_app`, :mod:`fedmtl.app.client_app`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
-from flwr.serverapp import Grid
+from flwr.serverapp import Grid, ServerApp
 
-from fedmtl.checks import int_at_least, non_negative, positive
-from fedmtl.errors import ConfigError
-from fedmtl.registry import Registry
+from fedmtl.core.checks import int_at_least, non_negative, positive
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.registry import Registry
+
+try:  # Flower >= 1.42
+    from flwr.supercore.task_identity import TaskIdentity
+except ImportError:  # Flower 1.41 has no task identity
+    TaskIdentity = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger("fedmtl")
-
-RUNTIMES: Registry = Registry("runtime")
 
 OFFLINE_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -48,6 +50,18 @@ def set_offline_env() -> None:
     """Offline-safe defaults; a value the user already set is kept."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+
+
+@dataclass(frozen=True)
+class Apps:
+    """The ServerApp and the ClientApp of one run."""
+
+    server: ServerApp
+    client: ClientApp
+
+
+Runner = Callable[[Apps, Any, int], None]
+"""A runtime: ``(apps, runtime params, number of silos) -> None``, running the apps to the end."""
 
 
 @dataclass(frozen=True)
@@ -200,29 +214,24 @@ class InProcessGrid(Grid):
 def _set_server_identity() -> None:
     """Flower >= 1.42 stamps new messages with the process's task identity; set the server's, as
     Flower's own in-memory runtime does (older versions have no such identity)."""
-    try:
-        from flwr.supercore.task_identity import TaskIdentity
-    except ImportError:
+    if TaskIdentity is None:
         return
     TaskIdentity.run_id = 0
     TaskIdentity.task_id = 1
     TaskIdentity.node_id = SUPERLINK_NODE_ID
 
 
-def _run_inprocess(config_json: str, params: InProcessParams, num_silos: int) -> None:
-    from fedmtl.client_app import make_client_app
-    from fedmtl.experiment import cached_experiment
-    from fedmtl.server_app import run_server
+def _run_inprocess(apps: Apps, params: InProcessParams, num_silos: int) -> None:
+    check_device(params)
+    grid = InProcessGrid(apps.client, num_silos, run_config={})
+    apps.server(
+        grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    )
 
-    grid = InProcessGrid(make_client_app(config_json), num_silos, run_config={})
-    run_server(grid, cached_experiment(config_json))
 
-
-def _run_simulation(config_json: str, params: SimulationParams, num_silos: int) -> None:
-    from flwr.simulation import run_simulation
-
-    from fedmtl.client_app import make_client_app
-    from fedmtl.server_app import make_server_app
+def _run_simulation(apps: Apps, params: SimulationParams, num_silos: int) -> None:
+    # Ray and Flower's simulation engine take seconds to import: only simulated runs pay for it.
+    from flwr.simulation import run_simulation  # noqa: PLC0415 - heavy (Ray), only for the simulation runtime
 
     check_resources(params)
     init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": True}
@@ -237,36 +246,13 @@ def _run_simulation(config_json: str, params: SimulationParams, num_silos: int) 
     # Ray warns about a future change to GPU visibility for num_gpus=0 actors; nothing to act on.
     warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
     run_simulation(
-        server_app=make_server_app(config_json),
-        client_app=make_client_app(config_json),
+        server_app=apps.server,
+        client_app=apps.client,
         num_supernodes=num_silos,
         backend_config=backend_config,
     )
 
 
+RUNTIMES: Registry[Runner] = Registry("runtime")
 RUNTIMES.register("inprocess", params=InProcessParams)(_run_inprocess)
 RUNTIMES.register("simulation", params=SimulationParams)(_run_simulation)
-
-
-def run(config: Any) -> dict[str, Any]:
-    """Run a parsed experiment on its runtime and return its summary.
-
-    Validates everything first (dataset, partition, model, resources), so a bad config fails
-    before Ray starts or any training happens.
-    """
-    from fedmtl.experiment import cached_experiment
-    from fedmtl.tracking import SUMMARY_FILE
-
-    set_offline_env()
-    config_json = config.to_json()
-    experiment = cached_experiment(config_json)
-    if config.runtime.name == "simulation":
-        check_resources(config.runtime.params)
-    else:
-        check_device(config.runtime.params)
-    runner = RUNTIMES.get(config.runtime.name, key="runtime.name").factory
-    runner(config_json, config.runtime.params, len(experiment.partition.silos))
-    summary_path = Path(config.output_dir) / SUMMARY_FILE
-    if not summary_path.exists():
-        raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
-    return json.loads(summary_path.read_text())

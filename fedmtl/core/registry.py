@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from fedmtl.errors import ConfigError
+from fedmtl.core.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,9 +83,19 @@ def build_dataclass(cls: type, values: Mapping[str, Any], key: str) -> Any:
 
     Unknown keys, missing required fields and values of the wrong type raise :class:`ConfigError`
     naming ``key.field``; a :class:`ConfigError` raised by ``__post_init__`` gets ``key`` prefixed.
+    A key that ``cls.renamed_keys`` (a class attribute, old name -> new name) lists is an error
+    naming its new name.
     """
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(values) - set(fields))
+    renamed: Mapping[str, str] = getattr(cls, "renamed_keys", {})
+    for old in unknown:
+        if old in renamed:
+            raise ConfigError(
+                f"{key}.{old}",
+                f"was renamed to {key}.{renamed[old]}.",
+                f"set {key}.{renamed[old]} instead.",
+            )
     if unknown:
         raise ConfigError(
             f"{key}.{unknown[0]}",

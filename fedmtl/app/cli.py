@@ -4,17 +4,26 @@
 experiment; ``fedmtl partition [key=value ...]`` builds only the partition of the same config and
 writes ``partition.json``, ``partition_stats.csv`` and its plots. ``hydra.run.dir=DIR`` chooses the
 output directory. A bad value stops either command before any work with a message naming the key
-(exit status 2).
+(exit status 2), and leaves no output directory behind. ``fedmtl run --help`` lists the config
+groups and their presets.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from collections.abc import Callable
-from importlib.resources import files
 from pathlib import Path
-from typing import Any
+
+from fedmtl.app.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
+from fedmtl.app.experiment import build_data
+from fedmtl.app.launch import run
+from fedmtl.app.runtime import set_offline_env
+from fedmtl.app.tracking import PARTITION_FILE
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.schema import ExperimentConfig
+from partitions.stats import print_table, write_report
 
 USAGE = """usage: fedmtl COMMAND [key=value ...]
 
@@ -25,52 +34,73 @@ commands:
              write partition.json, partition_stats.csv and PNGs; prints the stats table
 """
 
-
-def config_dir() -> str:
-    """Absolute path of the installed ``configs`` package."""
-    return str(files("configs"))
-
-
-def compose(overrides: list[str], output_dir: str | Path = ".") -> dict[str, Any]:
-    """The raw config mapping that ``fedmtl run [overrides]`` builds, without running anything
-    (for scripts and tests; ``hydra.*`` overrides other than those of the config are ignored)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=overrides)
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    raw = {str(key): value for key, value in container.items()}
-    raw.pop("hydra", None)
-    raw.pop("experiment", None)
-    raw["output_dir"] = str(output_dir)
-    return raw
+GROUPS = ("dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment")
+HYDRA_FILES = (".hydra", "fedmtl.log")
+"""What Hydra writes into a run directory before fedmtl runs (its config copy and job log)."""
 
 
-def _hydra_command(name: str, task: Callable[[Any], None], overrides: list[str]) -> None:
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import DictConfig, OmegaConf
+def help_text(command: str) -> str:
+    """``fedmtl COMMAND --help``: the config groups, their presets and the top-level keys."""
+    lines = [
+        f"usage: fedmtl {command} [GROUP=PRESET ...] [KEY=VALUE ...] [hydra.run.dir=DIR]",
+        "",
+        "config groups (choose a preset with GROUP=PRESET; set one value with GROUP.KEY=VALUE):",
+    ]
+    for group in GROUPS:
+        lines.append(f"  {group:<11} {', '.join(presets(group))}")
+    lines += [
+        "",
+        "registered plug-ins (the `name` a preset or GROUP.name=... selects):",
+        *(f"  {key:<23} {', '.join(reg.names())}" for key, reg in GROUP_REGISTRIES.items()),
+        "",
+        "top-level keys: seed, num_rounds, train.{local_epochs, max_steps, batch_size, optimizer,",
+        "  lr, momentum, weight_decay}",
+        "",
+        "examples:",
+        "  fedmtl run dataset=synthetic strategy=upgrad runtime=inprocess num_rounds=10",
+        "  fedmtl partition partition=dirichlet_0.1 hydra.run.dir=/tmp/p",
+    ]
+    return "\n".join(lines)
 
-    from fedmtl.config import parse
-    from fedmtl.errors import ConfigError
-    from fedmtl.runtime import set_offline_env
+
+def discard_run_dir(run_dir: Path, cwd: Path) -> None:
+    """Remove a run directory that holds nothing but Hydra's own files (a run refused for its
+    config), and then its parents inside ``cwd`` that this leaves empty."""
+    if not run_dir.is_dir() or any(p.name not in HYDRA_FILES for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir)
+    parent = run_dir.resolve().parent
+    while parent != cwd and cwd in parent.parents and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
+def _hydra_command(
+    name: str, task: Callable[[ExperimentConfig], None], overrides: list[str]
+) -> None:
+    # Hydra takes about 0.3 s to import: only commands that compose a config pay for it.
+    import hydra  # noqa: PLC0415 - heavy, only when composing a config
+    from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415 - heavy, only when composing a config
+    from omegaconf import DictConfig, OmegaConf  # noqa: PLC0415 - heavy, only when composing a config
 
     set_offline_env()
+    cwd = Path.cwd().resolve()
+    try:  # an override Hydra cannot apply fails here, before Hydra makes a run directory
+        compose(overrides)
+    except ConfigError as err:
+        print(f"fedmtl {name}: invalid config: {err}", file=sys.stderr)
+        sys.exit(2)
 
     @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> None:
         container = OmegaConf.to_container(cfg, resolve=True)
         assert isinstance(container, dict)
-        raw = {str(key): value for key, value in container.items()}
-        raw.pop("experiment", None)
-        raw["output_dir"] = HydraConfig.get().runtime.output_dir
+        output_dir = HydraConfig.get().runtime.output_dir
         quiet_third_party_logs()
         try:
-            task(parse(raw))
+            task(parse(raw_config(container, output_dir)))
         except ConfigError as err:
+            discard_run_dir(Path(output_dir), cwd)
             print(f"fedmtl {name}: invalid config: {err}", file=sys.stderr)
             sys.exit(2)
 
@@ -95,12 +125,9 @@ def quiet_third_party_logs() -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _run(config: Any) -> None:
-    from fedmtl.runtime import run
-
-    log = logging.getLogger("fedmtl")
+def _run(config: ExperimentConfig) -> None:
     summary = run(config)
-    log.info("results in %s", config.output_dir)
+    logging.getLogger("fedmtl").info("results in %s", config.output_dir)
     lines = [f"results: {config.output_dir}"]
     sections = [("personal test splits", summary["final"])]
     if summary.get("global"):
@@ -115,11 +142,7 @@ def _run(config: Any) -> None:
     print("\n".join(lines))
 
 
-def _partition(config: Any) -> None:
-    from fedmtl.experiment import build_data
-    from fedmtl.tracking import PARTITION_FILE
-    from partitions.stats import print_table, write_report
-
+def _partition(config: ExperimentConfig) -> None:
     dataset, partition = build_data(config)
     out = Path(config.output_dir)
     partition.save(out / PARTITION_FILE)
@@ -129,7 +152,7 @@ def _partition(config: Any) -> None:
     print(f"partition: {out}")
 
 
-COMMANDS: dict[str, Callable[[Any], None]] = {"run": _run, "partition": _partition}
+COMMANDS: dict[str, Callable[[ExperimentConfig], None]] = {"run": _run, "partition": _partition}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"fedmtl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
+    if any(arg in ("-h", "--help") for arg in overrides):
+        print(help_text(command))
+        return
     _hydra_command(command, COMMANDS[command], overrides)
 
 

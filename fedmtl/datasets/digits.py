@@ -34,10 +34,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from fedmtl.checks import booleans, int_at_least
-from fedmtl.data import DATASETS
-from fedmtl.data.base import MultiTaskDataset
-from fedmtl.tasks import TaskSpec
+from fedmtl.core.checks import booleans, int_at_least
+from fedmtl.core.data import MultiTaskDataset
+from fedmtl.core.tasks import TaskSpec
 
 SOURCE = "sklearn.datasets.load_digits"
 LOOPS = (1, 0, 0, 0, 1, 0, 1, 0, 2, 1)  # closed loops of the digits 0..9
@@ -70,7 +69,7 @@ class DigitsPairParams:
 @lru_cache(maxsize=1)
 def load_raw() -> tuple[np.ndarray, np.ndarray]:
     """The bundled digits: scaled pixels (1797, 8, 8) in [0, 1] and labels (1797,), read-only."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # noqa: PLC0415 - heavy, only for the digits datasets
 
     bunch = load_digits()
     images = (np.asarray(bunch.images, dtype=np.float64) / 16.0).astype(np.float32)
@@ -105,7 +104,6 @@ def _all_labelled(n: int, num_tasks: int) -> torch.Tensor:
     return torch.ones((n, num_tasks), dtype=torch.bool)
 
 
-@DATASETS.register("digits", params=DigitsParams)
 def build_digits(params: DigitsParams, seed: int) -> MultiTaskDataset:
     """The 1797 digits with the tasks digit, parity, magnitude, loops and ink (``seed`` unused)."""
     del seed  # a fixed dataset
@@ -140,7 +138,6 @@ def build_digits(params: DigitsParams, seed: int) -> MultiTaskDataset:
     )
 
 
-@DATASETS.register("digits_pair", params=DigitsPairParams)
 def build_digits_pair(params: DigitsPairParams, seed: int) -> MultiTaskDataset:
     """Digit pairs side by side, drawn for ``seed``; tasks left, right, sum_parity, left_larger."""
     images, digits = load_raw()

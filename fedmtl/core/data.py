@@ -1,4 +1,4 @@
-"""The multi-task dataset every data module returns."""
+"""Data types: the multi-task dataset every dataset builder returns, and one silo's view of it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedmtl.tasks import TaskSpec
+from fedmtl.core.tasks import TaskSpec
 
 
 @dataclass
@@ -88,3 +88,40 @@ class MultiTaskDataset:
             task.name: task.chance_level(self.targets[task.name][self.mask[:, t]])
             for t, task in enumerate(self.tasks)
         }
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """The rows of a dataset that one silo holds, restricted to the silo's tasks."""
+
+    inputs: torch.Tensor
+    targets: dict[str, torch.Tensor]
+    mask: torch.Tensor
+    tasks: tuple[TaskSpec, ...]
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def labelled_counts(self) -> dict[str, int]:
+        return {t.name: int(self.mask[:, i].sum()) for i, t in enumerate(self.tasks)}
+
+    def to(self, device: torch.device) -> LocalData:
+        return LocalData(
+            inputs=self.inputs.to(device),
+            targets={k: v.to(device) for k, v in self.targets.items()},
+            mask=self.mask.to(device),
+            tasks=self.tasks,
+        )
+
+
+def local_view(dataset: MultiTaskDataset, indices: np.ndarray, tasks: Sequence[str]) -> LocalData:
+    """The rows ``indices`` of ``dataset`` with the label columns of ``tasks`` only."""
+    rows = torch.from_numpy(np.array(indices, dtype=np.int64))
+    positions = [dataset.task_names.index(t) for t in tasks]
+    return LocalData(
+        inputs=dataset.inputs[rows],
+        targets={t: dataset.targets[t][rows] for t in tasks},
+        mask=dataset.mask[rows][:, positions],
+        tasks=tuple(dataset.tasks[p] for p in positions),
+    )

@@ -8,59 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
-import numpy as np
 import torch
 
-from fedmtl.config import TrainConfig
-from fedmtl.data.base import MultiTaskDataset
-from fedmtl.models.multitask import MultiTaskModel
-from fedmtl.records import UpdateMode
-from fedmtl.tasks import TaskSpec
+from fedmtl.core.data import LocalData
+from fedmtl.core.models import MultiTaskModel
+from fedmtl.core.schema import TrainConfig
 
+UpdateMode = Literal["joint", "per_task"]
+"""How a silo reports its trunk update: ``joint`` (one update) or ``per_task`` (one share per task it
+holds; the shares sum to the joint update, see :class:`TrunkAttribution`)."""
 
-@dataclass(frozen=True)
-class LocalData:
-    """The rows of a dataset that one silo holds, restricted to the silo's tasks."""
-
-    inputs: torch.Tensor
-    targets: dict[str, torch.Tensor]
-    mask: torch.Tensor
-    tasks: tuple[TaskSpec, ...]
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.inputs.shape[0])
-
-    def labelled_counts(self) -> dict[str, int]:
-        return {t.name: int(self.mask[:, i].sum()) for i, t in enumerate(self.tasks)}
-
-    def to(self, device: torch.device) -> LocalData:
-        return LocalData(
-            inputs=self.inputs.to(device),
-            targets={k: v.to(device) for k, v in self.targets.items()},
-            mask=self.mask.to(device),
-            tasks=self.tasks,
-        )
-
-
-def local_view(dataset: MultiTaskDataset, indices: np.ndarray, tasks: Sequence[str]) -> LocalData:
-    """The rows ``indices`` of ``dataset`` with the label columns of ``tasks`` only."""
-    rows = torch.from_numpy(np.array(indices, dtype=np.int64))
-    positions = [dataset.task_names.index(t) for t in tasks]
-    return LocalData(
-        inputs=dataset.inputs[rows],
-        targets={t: dataset.targets[t][rows] for t in tasks},
-        mask=dataset.mask[rows][:, positions],
-        tasks=tuple(dataset.tasks[p] for p in positions),
-    )
-
-
-StepWeighting = Callable[[torch.Tensor, torch.Tensor, Sequence[int]], torch.Tensor]
-"""Client-side balancing: ``(J, losses, tasks) -> w``. J (k x p) stacks the trunk gradients of the
-k tasks labelled in the batch, ``losses`` their batch losses, ``tasks`` their positions in the
-silo's task list; the trunk then steps along sum_t w_t g_t (a :class:`strategies.balancing.Weighting`'s
-``weights`` method fits)."""
+StepWeights = Callable[[torch.Tensor, torch.Tensor, Sequence[int]], torch.Tensor]
+"""Client-side balancing at every local step: ``(J, losses, tasks) -> w``. J (k x p) stacks the
+trunk gradients of the k tasks labelled in the batch, ``losses`` their batch losses, ``tasks``
+their positions in the silo's task list; the trunk then steps along sum_t w_t g_t (the ``weights``
+method of a balancing method, :mod:`strategies.balancing`, fits)."""
 
 
 StepProbe = Callable[[torch.Tensor, torch.optim.Optimizer], None]
@@ -190,7 +154,7 @@ def train_local(
     cfg: TrainConfig,
     generator: torch.Generator,
     update_mode: UpdateMode = "joint",
-    weighting: StepWeighting | None = None,
+    step_weights: StepWeights | None = None,
     probe: StepProbe | None = None,
 ) -> TrainResult:
     """Train the trunk and the heads of ``data.tasks`` for ``cfg.local_epochs`` (or ``max_steps``).
@@ -199,8 +163,8 @@ def train_local(
     of other tasks are neither used nor changed. The optimizer is created afresh on each call, so
     momentum or Adam moments do not carry over from one round to the next (as in FedAvg).
 
-    Without ``weighting`` the step follows the gradient of the summed task losses. With it, each
-    step computes every batch task's trunk gradient g_t, asks ``weighting`` for w and gives the
+    Without ``step_weights`` the step follows the gradient of the summed task losses. With it, each
+    step computes every batch task's trunk gradient g_t, asks ``step_weights`` for w and gives the
     trunk sum_t w_t g_t (each head still gets its own task's gradient). In ``per_task`` mode the
     result also holds each task's share of the trunk update (:class:`TrunkAttribution`).
     ``probe`` sees every step's batch before the step.
@@ -215,7 +179,7 @@ def train_local(
         keys = list(shared)
         uses = {t: [keys.index(k) for k in model.shared_parameters([t])] for t in names}
         attribution = TrunkAttribution(optimizer, trunk, names, cfg, uses)
-    separate = attribution is not None or weighting is not None
+    separate = attribution is not None or step_weights is not None
     model.train()
     device = data.inputs.device
     steps = 0
@@ -234,7 +198,7 @@ def train_local(
                 continue
             optimizer.zero_grad(set_to_none=True)
             if separate:
-                shares = _set_balanced_gradients(losses, trunk, heads, weighting, names)
+                shares = _set_balanced_gradients(losses, trunk, heads, step_weights, names)
             else:
                 sum(losses.values()).backward()  # type: ignore[union-attr]
             if attribution is not None:
@@ -260,11 +224,11 @@ def _set_balanced_gradients(
     losses: dict[str, torch.Tensor],
     trunk: list[torch.nn.Parameter],
     heads: dict[str, list[torch.nn.Parameter]],
-    weighting: StepWeighting | None,
+    step_weights: StepWeights | None,
     names: list[str],
 ) -> dict[str, list[torch.Tensor]]:
     """Set ``.grad``: heads get their own task's gradient, the trunk sum_t w_t g_t (w = 1 without
-    a weighting). Returns each task's weighted trunk gradients w_t g_t."""
+    ``step_weights``). Returns each task's weighted trunk gradients w_t g_t."""
     gradients: dict[str, list[torch.Tensor]] = {}
     for name, loss in losses.items():
         grads = torch.autograd.grad(loss, trunk + heads[name], retain_graph=True, allow_unused=True)
@@ -276,12 +240,12 @@ def _set_balanced_gradients(
         for param, grad in zip(heads[name], filled[len(trunk) :], strict=True):
             param.grad = grad
     present = list(gradients)
-    if weighting is None:
+    if step_weights is None:
         weights = torch.ones(len(present))
     else:
         matrix = torch.stack([torch.cat([g.reshape(-1) for g in gradients[n]]) for n in present])
         values = torch.stack([losses[n].detach() for n in present])
-        weights = weighting(matrix, values, [names.index(n) for n in present]).detach()
+        weights = step_weights(matrix, values, [names.index(n) for n in present]).detach()
     shares = {
         n: [float(w) * g for g in gradients[n]] for n, w in zip(present, weights, strict=True)
     }

@@ -1,0 +1,257 @@
+"""Config composition (Hydra) and parsing: from ``configs/`` and overrides to an
+:class:`~fedmtl.core.schema.ExperimentConfig`.
+
+:func:`compose` builds the raw mapping that ``fedmtl run [overrides]`` would run; :func:`parse` checks
+every value against the schema (:mod:`fedmtl.core.schema`) and each plug-in group against the
+parameter dataclass its registry holds. This module is the one place that knows every registry.
+Every problem is a :class:`~fedmtl.core.errors.ConfigError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Mapping
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from fedmtl.app.runtime import RUNTIMES
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.registry import Registry, build_dataclass
+from fedmtl.core.schema import (
+    DatasetConfig,
+    ExperimentConfig,
+    MissingLabelsConfig,
+    ModelConfig,
+    PartitionConfig,
+    PartitionFile,
+    PluginConfig,
+    TrackingConfig,
+    TrainConfig,
+)
+from fedmtl.datasets import DATASETS
+from fedmtl.trunks import TRUNKS
+from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS
+from strategies import STRATEGIES
+
+GROUP_REGISTRIES: dict[str, Registry[Any]] = {
+    "dataset": DATASETS,
+    "model": TRUNKS,
+    "partition.assignment": ASSIGNMENTS,
+    "partition.split": SPLITS,
+    "partition.feature_skew": FEATURE_SKEWS,
+    "strategy": STRATEGIES,
+    "runtime": RUNTIMES,
+}
+"""Config key of each plug-in group -> the registry whose names and parameter schemas it takes."""
+
+
+def config_dir() -> str:
+    """Absolute path of the installed ``configs`` package."""
+    return str(files("configs"))
+
+
+def presets(group: str) -> list[str]:
+    """The presets of a config group: ``configs/<group>/<name>.yaml`` (files starting with ``_``
+    hold values shared by presets and are not presets themselves)."""
+    folder = Path(config_dir()) / group
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def compose(overrides: list[str], output_dir: str | Path = ".") -> dict[str, Any]:
+    """The raw config mapping that ``fedmtl run [overrides]`` builds, without running anything
+    (for scripts and tests; ``hydra.*`` overrides other than those of the config are ignored).
+
+    An override Hydra cannot apply (an unknown key or preset, a renamed key) is a ConfigError that
+    names the key and the choices."""
+    # Hydra and OmegaConf take about 0.3 s to import: only commands that compose a config pay it.
+    from hydra import compose as hydra_compose  # noqa: PLC0415 - heavy, only when composing a config
+    from hydra import initialize_config_dir  # noqa: PLC0415 - heavy, only when composing a config
+    from hydra.errors import HydraException  # noqa: PLC0415 - heavy, only when composing a config
+    from omegaconf import OmegaConf  # noqa: PLC0415 - heavy, only when composing a config
+
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=overrides)
+    except HydraException as err:
+        raise _explain(str(err), overrides) from None
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    return raw_config(container, output_dir)
+
+
+def _explain(message: str, overrides: list[str]) -> ConfigError:
+    """A Hydra composition error as a ConfigError naming the key and what it could be instead."""
+    unknown_preset = re.search(r"Could not find '([\w.]+)/([^']+)'", message)
+    if unknown_preset:
+        group, name = unknown_preset.groups()
+        return ConfigError(group, f"has no preset '{name}'.", f"choose one of {presets(group)}.")
+    failed = re.search(r"Could not override '([^']+)'", message)
+    if not failed:
+        return ConfigError("", message.splitlines()[0] if message else "cannot compose the config.")
+    key = failed.group(1)
+    group, _, field = key.rpartition(".")
+    fields = _known_fields(group, [o for o in overrides if not o.startswith((key + "=", "hydra."))])
+    if fields is None:
+        return ConfigError(key, "is not a config key.", f"check its spelling, or use +{key}=...")
+    owner, known, renamed = fields
+    if field in renamed:
+        return ConfigError(
+            key,
+            f"was renamed to {group}.{renamed[field]}.",
+            f"set {group}.{renamed[field]} instead.",
+        )
+    return ConfigError(key, f"is not a parameter of {owner}.", f"use one of {sorted(known)}.")
+
+
+def _known_fields(group: str, overrides: list[str]) -> tuple[str, list[str], dict[str, str]] | None:
+    """What ``group`` (a plug-in group or a typed section) accepts once the other ``overrides``
+    are applied: its owner's description, its keys and its renamed keys."""
+    sections: dict[str, type] = {"train": TrainConfig, "tracking": TrackingConfig}
+    if group in sections:
+        cls = sections[group]
+        return group, [f.name for f in dataclasses.fields(cls)], {}
+    if group not in GROUP_REGISTRIES:
+        return None
+    try:
+        node: Any = compose(overrides)
+        for part in group.split("."):
+            node = node[part]
+        entry = GROUP_REGISTRIES[group].get(node["name"])
+    except (ConfigError, KeyError, TypeError):
+        return None
+    extra = {"dataset": ["tasks"], "model": ["head_hidden"]}.get(group, [])
+    known = ["name", *extra, *(f.name for f in dataclasses.fields(entry.params))]
+    return f"{group} '{entry.name}'", known, dict(getattr(entry.params, "renamed_keys", {}))
+
+
+def raw_config(container: Mapping[Any, Any], output_dir: str | Path) -> dict[str, Any]:
+    """A composed Hydra container as the raw mapping :func:`parse` takes: string keys, without
+    Hydra's own node and the ``experiment`` preset name, with ``output_dir`` set."""
+    raw = {str(key): value for key, value in container.items()}
+    raw.pop("hydra", None)
+    raw.pop("experiment", None)
+    raw["output_dir"] = str(output_dir)
+    return raw
+
+
+def _plugin(registry: Registry[Any], values: Any, key: str, extra: tuple[str, ...] = ()) -> tuple:
+    if not isinstance(values, Mapping) or "name" not in values:
+        raise ConfigError(f"{key}.name", "is missing.", f"choose one of {registry.names()}.")
+    name = values["name"]
+    params = {k: v for k, v in values.items() if k != "name" and k not in extra}
+    return name, registry.parse(name, params, key)
+
+
+def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
+    """Validate a composed config mapping and build the typed :class:`ExperimentConfig`."""
+    raw = json.loads(json.dumps(raw))  # plain JSON types only, detached from the caller
+    known = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"raw"}
+    for key in raw:
+        if key not in known and key != "experiment":
+            raise ConfigError(key, "is not a config key.", f"use one of {sorted(known)}.")
+    for key in ("seed", "num_rounds", "dataset", "model", "partition", "strategy", "runtime"):
+        if key not in raw:
+            raise ConfigError(key, "is required but missing.", "set it in the config.")
+    for key in ("seed", "num_rounds"):
+        if isinstance(raw[key], bool) or not isinstance(raw[key], int):
+            raise ConfigError(key, f"expected an integer, got {raw[key]!r}.")
+    if raw["num_rounds"] < 1:
+        raise ConfigError(
+            "num_rounds", f"must be >= 1, got {raw['num_rounds']}.", "set num_rounds=10."
+        )
+
+    dataset_raw = raw["dataset"]
+    name, params = _plugin(DATASETS, dataset_raw, "dataset", extra=("tasks",))
+    tasks = dataset_raw.get("tasks")
+    if tasks is not None and (
+        not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks)
+    ):
+        raise ConfigError("dataset.tasks", f"expected a list of task names, got {tasks!r}.")
+    dataset = DatasetConfig(name=name, params=params, tasks=tasks)
+
+    model_raw = raw["model"]
+    name, params = _plugin(TRUNKS, model_raw, "model", extra=("head_hidden",))
+    head_hidden = model_raw.get("head_hidden", 0)
+    if isinstance(head_hidden, bool) or not isinstance(head_hidden, int) or head_hidden < 0:
+        raise ConfigError("model.head_hidden", f"must be an integer >= 0, got {head_hidden!r}.")
+    model = ModelConfig(name=name, params=params, head_hidden=head_hidden)
+
+    partition = parse_partition(raw["partition"])
+    strategy = PluginConfig(*_plugin(STRATEGIES, raw["strategy"], "strategy"))
+    runtime = PluginConfig(*_plugin(RUNTIMES, raw["runtime"], "runtime"))
+    train = build_dataclass(TrainConfig, raw.get("train", {}), "train")
+    tracking = build_dataclass(TrackingConfig, raw.get("tracking", {}), "tracking")
+    output_dir = raw.get("output_dir", ".")
+    if not isinstance(output_dir, str):
+        raise ConfigError("output_dir", f"expected a path, got {output_dir!r}.")
+    return ExperimentConfig(
+        seed=raw["seed"],
+        num_rounds=raw["num_rounds"],
+        dataset=dataset,
+        model=model,
+        partition=partition,
+        strategy=strategy,
+        runtime=runtime,
+        train=train,
+        tracking=tracking,
+        output_dir=output_dir,
+        raw=raw,
+    )
+
+
+def parse_partition(values: Any) -> PartitionConfig | PartitionFile:
+    """The ``partition`` group: a :class:`PartitionFile` when it sets ``path``, else a
+    :class:`PartitionConfig` with its plug-ins checked against their registries."""
+    if not isinstance(values, Mapping):
+        raise ConfigError("partition", f"expected a mapping, got {values!r}.")
+    if "path" in values:
+        return _parse_partition_file(values)
+    plugins: dict[str, Registry[Any]] = {
+        "assignment": ASSIGNMENTS,
+        "split": SPLITS,
+        "feature_skew": FEATURE_SKEWS,
+    }
+    allowed = {"num_silos", "test_fraction", "min_train_per_task", "global_test_fraction"}
+    allowed |= {"missing_labels", *plugins}
+    for key in values:
+        if key not in allowed:
+            raise ConfigError(
+                f"partition.{key}", "is not a partition key.", f"use one of {sorted(allowed)}."
+            )
+    if "num_silos" not in values:
+        raise ConfigError("partition.num_silos", "is required but missing.", "set e.g. 10.")
+    scalars = {k: v for k, v in values.items() if k not in plugins and k != "missing_labels"}
+    chosen: dict[str, Any] = {
+        key: PluginConfig(*_plugin(registry, values.get(key), f"partition.{key}"))
+        for key, registry in plugins.items()
+        if key in values or key != "feature_skew"
+    }
+    missing = build_dataclass(
+        MissingLabelsConfig, values.get("missing_labels", {}), "partition.missing_labels"
+    )
+    try:
+        return PartitionConfig(**chosen, **scalars, missing_labels=missing)
+    except ConfigError as err:
+        raise err if err.key.startswith("partition.") else err.with_prefix("partition") from None
+
+
+def _parse_partition_file(values: Mapping[str, Any]) -> PartitionFile:
+    """``{path}`` only: everything else comes from the manifest."""
+    extra = sorted(set(values) - {"path"})
+    if extra:
+        raise ConfigError(
+            f"partition.{extra[0]}",
+            "cannot be set with partition.path: the manifest fixes the whole partition.",
+            "drop it, or build a new partition without partition.path.",
+        )
+    path = values["path"]
+    if not isinstance(path, str) or not path or path == "???":
+        raise ConfigError(
+            "partition.path",
+            f"must be the path of a partition.json, got {path!r}.",
+            "set partition.path=DIR/partition.json (written by `fedmtl run` or `fedmtl partition`).",
+        )
+    return PartitionFile(path=path)

@@ -1,0 +1,148 @@
+"""Experiment assembly: the one place where a config meets the plug-ins.
+
+:func:`prepare` builds and cross-checks an experiment's dataset, partition and model, and the
+:class:`Experiment` it returns wires the plug-ins for both apps: the ServerApp gets its strategy and
+the global test set from it, the ClientApp a silo's data view, the balancing method it applies at
+each local step and the task-affinity probe, without importing any plug-in itself.
+
+Each process (the ServerApp, every Ray worker, the in-process runtime) builds an experiment once per
+config and reuses it across rounds and virtual clients (:func:`cached_experiment`). The partition is
+a deterministic function of the config and seed, so every process agrees on every silo.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fedmtl.app.config import parse
+from fedmtl.core.data import LocalData, MultiTaskDataset
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.models import MultiTaskModel
+from fedmtl.core.records import AffinityRequest, SiloInfo, WeightingSpec
+from fedmtl.core.rounds import RoundObserver
+from fedmtl.core.schema import ExperimentConfig
+from fedmtl.core.training import StepWeights
+from fedmtl.datasets import build_dataset
+from fedmtl.trunks import build_model
+from partitions import Partition
+from partitions import make as make_partition
+from partitions.views import global_test_data, silo_data
+from strategies import STRATEGIES, TaskAwareStrategy
+from strategies.balancing import build_weighting
+from strategies.grouping.affinity import SiloProbe, silo_probe
+
+CONFIG_KEY = "fedmtl-config"
+"""The run-config key that carries the composed experiment config (JSON) to both apps."""
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment's config with its dataset and partition, built and checked."""
+
+    config: ExperimentConfig
+    dataset: MultiTaskDataset
+    partition: Partition
+
+    def new_model(self, groups: Mapping[str, Sequence[str]] | None = None) -> MultiTaskModel:
+        """A fresh model initialised from the seed: identical in every process. With ``groups``
+        (group -> tasks) it has one trunk per group (see :class:`MultiTaskModel`)."""
+        return build_model(
+            self.config.model,
+            self.dataset.input_shape,
+            self.dataset.tasks,
+            self.config.seed,
+            groups=groups,
+        )
+
+    def new_strategy(self, observers: Iterable[RoundObserver] = ()) -> TaskAwareStrategy:
+        """The configured server strategy, reporting each round to ``observers``."""
+        cfg = self.config
+        strategy_cls = STRATEGIES.get(cfg.strategy.name).factory
+        return strategy_cls(
+            cfg.strategy.params, self.dataset.tasks, cfg.train, seed=cfg.seed, observers=observers
+        )
+
+    def silo_data(self, silo_id: int, split: Literal["train", "test"]) -> LocalData:
+        """Silo ``silo_id``'s rows of ``split`` as it trains or evaluates on them (its tasks, its
+        hidden labels masked, its feature skew applied)."""
+        return silo_data(self.dataset, self.partition, silo_id, split)
+
+    def global_test_data(self) -> LocalData:
+        """The partition's global held-out test set, every task."""
+        return global_test_data(self.dataset, self.partition)
+
+    def silo_info(self, silo_id: int) -> SiloInfo:
+        """What the node holding silo ``silo_id`` tells the server about it."""
+        silo = self.partition.silos[silo_id]
+        return SiloInfo(
+            silo_id=silo_id,
+            tasks=silo.tasks,
+            num_train=silo.num_train,
+            num_test=silo.num_test,
+            train_per_task=silo.labelled_counts(self.dataset, "train"),
+            test_per_task=silo.labelled_counts(self.dataset, "test"),
+        )
+
+    @staticmethod
+    def step_weights(spec: WeightingSpec, seed: int) -> StepWeights:
+        """The balancing method a train message asks a silo to apply at every local step (a fresh
+        instance: a stateful method keeps its state for the round's local steps)."""
+        return build_weighting(spec.name, spec.params, seed=seed, key="local-weighting").weights
+
+    @staticmethod
+    def affinity_probe(
+        request: AffinityRequest, model: MultiTaskModel, data: LocalData
+    ) -> SiloProbe:
+        """The task-affinity measurement a train message asks a silo for."""
+        return silo_probe(request.name, model, data, request.every)
+
+
+def build_data(config: ExperimentConfig) -> tuple[MultiTaskDataset, Partition]:
+    """The dataset and its partition (built, or read from ``partition.path``); ConfigErrors only."""
+    dataset = build_dataset(
+        config.dataset.name, config.dataset.params, config.seed, config.dataset.tasks
+    )
+    return dataset, make_partition(dataset, config.partition, config.seed)
+
+
+def prepare(config: ExperimentConfig) -> Experiment:
+    """Build and cross-check the dataset, partition and model; every error is a ConfigError.
+
+    Called before any training starts, so that a bad config fails in seconds.
+    """
+    dataset, partition = build_data(config)
+    experiment = Experiment(config=config, dataset=dataset, partition=partition)
+    experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
+    config.strategy.params.check_experiment(dataset.task_names, config.num_rounds)
+    # Simulated runtimes start one node per silo: waiting for more would only time out.
+    min_available = config.strategy.params.min_available_nodes
+    num_silos = partition.num_silos
+    if min_available > num_silos:
+        raise ConfigError(
+            "strategy.min_available_nodes",
+            f"is {min_available} but the partition has only {num_silos} silos.",
+            "lower it or raise partition.num_silos.",
+        )
+    return experiment
+
+
+@functools.lru_cache(maxsize=4)
+def cached_experiment(config_json: str) -> Experiment:
+    """The experiment for a JSON config, built once per process."""
+    return prepare(parse(json.loads(config_json)))
+
+
+def config_json_from(run_config: Mapping[str, Any], default: str | None) -> str:
+    """The experiment config JSON from a Flower run config, else ``default``."""
+    value = run_config.get(CONFIG_KEY, default)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            CONFIG_KEY,
+            "no experiment config reached this app.",
+            f"start runs with `fedmtl run`, or set run config '{CONFIG_KEY}' to the config JSON.",
+        )
+    return value

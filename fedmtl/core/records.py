@@ -1,0 +1,511 @@
+"""The message protocol between ServerApp and ClientApp: both sides of every message, in one place.
+
+Every record name, config key and metric key of the protocol is defined here and nowhere else. Each
+message has a typed value with a builder (``to_...``) and a parser (``from_...``); a parser raises
+``KeyError``, ``ValueError`` or ``TypeError`` on a malformed message and checks its structure only
+(what a reply must contain given what was sent is checked by the server, :mod:`strategies.replies`).
+
+Server -> client
+  ``query``:    :func:`query_content` (an empty ``CONFIG``).
+  ``train``:    ``ARRAYS`` (the trunk(s) and the heads of the silo's tasks only) and ``CONFIG``
+                (:class:`TrainRequest`: server round, local training settings, the trunk update
+                mode, the balancing method the silo applies at each local step, the task affinity
+                it measures, and the task groups of a grouped model).
+  ``evaluate``: ``ARRAYS`` as for train and ``CONFIG`` (:class:`EvaluateRequest`: server round,
+                task groups).
+  With task groups, ``CONFIG`` carries ``GROUPS``, the JSON object {group: [tasks]}, and
+  ``ARRAYS`` holds ``trunks.<group>.*`` for the groups of the silo's tasks instead of ``trunk.*``.
+Client -> server
+  ``query``:    ``SILO`` (:class:`SiloInfo`: silo id, tasks, example counts).
+  ``train``:    :class:`TrainReply`: ``UPDATE`` (deltas, trained minus received: one per head
+                received and, for the trunk, one per trunk array in ``joint`` mode or one per trunk
+                array and task in ``per_task`` mode, keyed :func:`task_update_key`) and ``METRICS``
+                (``num-examples``, ``steps``, per task ``<task>/num-examples``,
+                ``<task>/train-loss`` (mean over local steps) and ``<task>/loss-before`` (mean over
+                the silo's training rows, of the received model) and, when an affinity was
+                requested, ``affinity/<source>/<target>`` per ordered pair of the silo's tasks).
+  ``evaluate``: :class:`EvaluateReply`: ``METRICS`` with per task additive statistics
+                ``<task>/<stat>`` (see :meth:`fedmtl.core.tasks.TaskSpec.metric_sums`).
+The server's own summary of a training round (Flower's ``aggregate_train`` metrics) holds
+``num-updates``, ``num-rejected`` and ``<task>/train-loss`` (:func:`round_metrics`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, get_args
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, MetricRecordValues, RecordDict
+
+from fedmtl.core.schema import TrainConfig
+from fedmtl.core.training import UpdateMode
+
+ARRAYS = "fedmtl.arrays"
+CONFIG = "fedmtl.config"
+UPDATE = "fedmtl.update"
+METRICS = "fedmtl.metrics"
+SILO = "fedmtl.silo"
+
+SERVER_ROUND = "server-round"
+GROUPS = "groups"
+
+NUM_EXAMPLES = "num-examples"
+STEPS = "steps"
+TRAIN_LOSS = "train-loss"
+LOSS_BEFORE = "loss-before"
+AFFINITY = "affinity"
+NUM_UPDATES = "num-updates"
+NUM_REJECTED = "num-rejected"
+
+_LOCAL_EPOCHS = "local-epochs"
+_MAX_STEPS = "max-steps"
+_BATCH_SIZE = "batch-size"
+_OPTIMIZER = "optimizer"
+_LR = "lr"
+_MOMENTUM = "momentum"
+_WEIGHT_DECAY = "weight-decay"
+_UPDATE_MODE = "update-mode"
+_LOCAL_WEIGHTING = "local-weighting"
+_LOCAL_WEIGHTING_PARAMS = "local-weighting-params"
+_AFFINITY_EVERY = "affinity-every"
+_TASK_UPDATE = "per-task"
+_SILO_ID = "silo-id"
+_TASKS = "tasks"
+_NUM_TRAIN = "num-train"
+_NUM_TEST = "num-test"
+
+Arrays = dict[str, np.ndarray]
+Groups = dict[str, tuple[str, ...]]
+"""Task groups of a grouped model: group name -> its tasks."""
+
+
+# ---------------------------------------------------------------------------------------- keys
+def task_key(task: str, stat: str) -> str:
+    """Metric key for one task's statistic, e.g. ``digit/num-examples``."""
+    return f"{task}/{stat}"
+
+
+def split_task_key(key: str) -> tuple[str, str] | None:
+    """``(task, stat)`` for a key made by :func:`task_key`, else None."""
+    task, sep, stat = key.partition("/")
+    return (task, stat) if sep and "/" not in stat else None
+
+
+def task_update_key(task: str, key: str) -> str:
+    """UPDATE key of task ``task``'s share of the trunk array ``key`` in ``per_task`` mode."""
+    return f"{_TASK_UPDATE}/{task}/{key}"
+
+
+def split_task_update_key(key: str) -> tuple[str, str] | None:
+    """``(task, trunk key)`` for a key made by :func:`task_update_key`, else None."""
+    parts = key.split("/", 2)
+    return (parts[1], parts[2]) if len(parts) == 3 and parts[0] == _TASK_UPDATE else None
+
+
+def affinity_key(source: str, target: str) -> str:
+    """METRICS key of the affinity of ``target`` to a step on ``source`` (S_{source->target})."""
+    return f"{AFFINITY}/{source}/{target}"
+
+
+def split_affinity_key(key: str) -> tuple[str, str] | None:
+    """``(source, target)`` for a key made by :func:`affinity_key`, else None."""
+    parts = key.split("/")
+    return (parts[1], parts[2]) if len(parts) == 3 and parts[0] == AFFINITY else None
+
+
+# ------------------------------------------------------------------------------------- values
+def number(record: Mapping[str, Any], key: str) -> float:
+    """The finite scalar number ``record[key]``; KeyError when missing, ValueError otherwise."""
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def integer(record: Mapping[str, Any], key: str) -> int:
+    """The integer ``record[key]`` (a float with an integral value is accepted)."""
+    value = number(record, key)
+    if not value.is_integer():
+        raise ValueError(f"{key} must be an integer, got {record[key]!r}")
+    return int(value)
+
+
+def text(record: Mapping[str, Any], key: str) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        raise ValueError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _json_object(record: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = json.loads(text(record, key))
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must be a JSON object, got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------------------- arrays
+def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Arrays keep their shape (0-d included) and dtype; non-contiguous ones are copied."""
+    return ArrayRecord({k: Array(_contiguous(v)) for k, v in arrays.items()})
+
+
+def _contiguous(value: np.ndarray) -> np.ndarray:
+    array = np.asarray(value)
+    return array if array.flags.c_contiguous else array.copy(order="C")
+
+
+def from_array_record(record: ArrayRecord) -> Arrays:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def state_arrays(model: torch.nn.Module, keys: list[str]) -> Arrays:
+    """The model's parameters ``keys`` as numpy copies."""
+    state = model.state_dict()
+    return {k: state[k].detach().cpu().numpy().copy() for k in keys}
+
+
+def load_arrays(model: torch.nn.Module, arrays: Mapping[str, np.ndarray]) -> None:
+    """Copy ``arrays`` into the model's parameters of the same names (the others are untouched)."""
+    state = model.state_dict()
+    with torch.no_grad():
+        for key, value in arrays.items():
+            if key not in state:
+                raise KeyError(f"the model has no parameter {key!r}")
+            target = state[key]
+            if tuple(target.shape) != tuple(value.shape):
+                raise ValueError(f"{key}: shape {value.shape} != model's {tuple(target.shape)}")
+            target.copy_(torch.from_numpy(np.asarray(value)).to(target.dtype))
+
+
+# ----------------------------------------------------------------------------------- requests
+def _groups_entry(groups: Mapping[str, tuple[str, ...]] | None) -> dict[str, str]:
+    """The ``CONFIG`` entry that tells a silo the model's task groups (empty without groups)."""
+    return {} if groups is None else {GROUPS: json.dumps({g: list(ts) for g, ts in groups.items()})}
+
+
+def _groups_from(record: Mapping[str, Any]) -> Groups | None:
+    """The task groups a ``CONFIG`` names, or None (one shared trunk)."""
+    if GROUPS not in record:
+        return None
+    value = _json_object(record, GROUPS)
+    if not all(
+        isinstance(ts, list) and all(isinstance(t, str) for t in ts) for ts in value.values()
+    ):
+        raise ValueError(f"{GROUPS} must be a JSON object of task lists, got {value!r}")
+    return {str(g): tuple(ts) for g, ts in value.items()}
+
+
+def request_content(arrays: ArrayRecord, config: ConfigRecord) -> RecordDict:
+    """The content of a train or evaluate message: the arrays a silo receives and its config."""
+    return RecordDict({ARRAYS: arrays, CONFIG: config})
+
+
+def request_parts(content: RecordDict) -> tuple[Arrays, ConfigRecord]:
+    """The received arrays and the ``CONFIG`` of a train or evaluate message."""
+    return from_array_record(content.array_records[ARRAYS]), content.config_records[CONFIG]
+
+
+def query_content() -> RecordDict:
+    """The content of a ``query`` message."""
+    return RecordDict({CONFIG: ConfigRecord()})
+
+
+@dataclass(frozen=True)
+class WeightingSpec:
+    """A balancing method (registered in :data:`strategies.balancing.WEIGHTINGS`) and its
+    parameters, as a train message names it."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AffinityRequest:
+    """Ask a silo to measure task affinity during local training: estimator ``name`` (registered
+    in :data:`strategies.grouping.AFFINITIES`) on the batch of every ``every``-th local step."""
+
+    name: str
+    every: int = 1
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What a train message asks of a silo: the round, local training settings, the trunk update
+    mode, the balancing method it applies to its tasks' gradients at each local step (None: the
+    plain sum of its task losses), the affinity to measure (if any) and the model's task groups
+    (None: one shared trunk)."""
+
+    server_round: int
+    train: TrainConfig
+    update_mode: UpdateMode = "joint"
+    local_weighting: WeightingSpec | None = None
+    affinity: AffinityRequest | None = None
+    groups: Groups | None = None
+
+    def to_config(self) -> ConfigRecord:
+        train = self.train
+        weighting = self.local_weighting
+        return ConfigRecord(
+            {
+                SERVER_ROUND: self.server_round,
+                _LOCAL_EPOCHS: train.local_epochs,
+                _MAX_STEPS: -1 if train.max_steps is None else train.max_steps,
+                _BATCH_SIZE: train.batch_size,
+                _OPTIMIZER: train.optimizer,
+                _LR: train.lr,
+                _MOMENTUM: train.momentum,
+                _WEIGHT_DECAY: train.weight_decay,
+                _UPDATE_MODE: self.update_mode,
+                _LOCAL_WEIGHTING: "" if weighting is None else weighting.name,
+                _LOCAL_WEIGHTING_PARAMS: json.dumps({} if weighting is None else weighting.params),
+                AFFINITY: "" if self.affinity is None else self.affinity.name,
+                _AFFINITY_EVERY: 1 if self.affinity is None else self.affinity.every,
+                **_groups_entry(self.groups),
+            }
+        )
+
+    @classmethod
+    def from_config(cls, record: Mapping[str, Any]) -> TrainRequest:
+        """Parse a train message's ``CONFIG``; keys it does not know are ignored."""
+        max_steps = integer(record, _MAX_STEPS)
+        optimizer = text(record, _OPTIMIZER)
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {optimizer!r}")
+        update_mode = text(record, _UPDATE_MODE)
+        if update_mode not in get_args(UpdateMode):
+            raise ValueError(f"unknown update mode {update_mode!r}")
+        weighting_name = text(record, _LOCAL_WEIGHTING)
+        weighting_params = _json_object(record, _LOCAL_WEIGHTING_PARAMS)
+        affinity_name = text(record, AFFINITY)
+        affinity_every = integer(record, _AFFINITY_EVERY)
+        if affinity_every < 1:
+            raise ValueError(f"{_AFFINITY_EVERY} must be >= 1, got {affinity_every}")
+        train = TrainConfig(
+            local_epochs=integer(record, _LOCAL_EPOCHS),
+            max_steps=None if max_steps < 0 else max_steps,
+            batch_size=integer(record, _BATCH_SIZE),
+            optimizer=optimizer,  # type: ignore[arg-type]
+            lr=number(record, _LR),
+            momentum=number(record, _MOMENTUM),
+            weight_decay=number(record, _WEIGHT_DECAY),
+        )
+        return cls(
+            server_round=integer(record, SERVER_ROUND),
+            train=train,
+            update_mode=update_mode,  # type: ignore[arg-type]
+            local_weighting=WeightingSpec(weighting_name, weighting_params)
+            if weighting_name
+            else None,
+            affinity=AffinityRequest(affinity_name, affinity_every) if affinity_name else None,
+            groups=_groups_from(record),
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    """What an evaluate message asks of a silo: the round and the model's task groups."""
+
+    server_round: int
+    groups: Groups | None = None
+
+    def to_config(self) -> ConfigRecord:
+        return ConfigRecord({SERVER_ROUND: self.server_round, **_groups_entry(self.groups)})
+
+    @classmethod
+    def from_config(cls, record: Mapping[str, Any]) -> EvaluateRequest:
+        return cls(server_round=integer(record, SERVER_ROUND), groups=_groups_from(record))
+
+
+# ------------------------------------------------------------------------------------ replies
+@dataclass(frozen=True)
+class SiloInfo:
+    """What a node says of its silo in reply to ``query``: its tasks and labelled example counts."""
+
+    silo_id: int
+    tasks: tuple[str, ...]
+    num_train: int
+    num_test: int
+    train_per_task: dict[str, int]
+    test_per_task: dict[str, int]
+
+    def to_content(self) -> RecordDict:
+        record = ConfigRecord(
+            {
+                _SILO_ID: self.silo_id,
+                _TASKS: list(self.tasks),
+                _NUM_TRAIN: self.num_train,
+                _NUM_TEST: self.num_test,
+            }
+        )
+        for task in self.tasks:
+            record[task_key(task, _NUM_TRAIN)] = self.train_per_task[task]
+            record[task_key(task, _NUM_TEST)] = self.test_per_task[task]
+        return RecordDict({SILO: record})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> SiloInfo:
+        """Parse a ``query`` reply; a malformed one raises ValueError or KeyError."""
+        record = content.config_records[SILO]
+        tasks = record[_TASKS]
+        if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+            raise ValueError(f"tasks must be a list of names, got {tasks!r}")
+        names = [str(t) for t in tasks]
+        return cls(
+            silo_id=integer(record, _SILO_ID),
+            tasks=tuple(names),
+            num_train=integer(record, _NUM_TRAIN),
+            num_test=integer(record, _NUM_TEST),
+            train_per_task={t: integer(record, task_key(t, _NUM_TRAIN)) for t in names},
+            test_per_task={t: integer(record, task_key(t, _NUM_TEST)) for t in names},
+        )
+
+
+@dataclass(frozen=True)
+class TrainReply:
+    """A silo's reply to ``train``.
+
+    ``deltas``: trained minus received for every head and, in ``joint`` mode, every trunk array;
+    ``task_deltas[t][k]``: task t's share of trunk array k (``per_task`` mode; None otherwise).
+    ``num_examples``: the silo's training rows; ``task_examples[t]``: its labelled rows of task t
+    (counts travel as numbers: the server checks them). ``train_loss[t]`` and ``loss_before[t]``:
+    task t's mean loss over the local steps, and of the received model; ``affinity[(i, j)]``: the
+    measured S_{i->j}.
+    """
+
+    deltas: Arrays
+    num_examples: float
+    steps: int
+    task_examples: dict[str, float]
+    train_loss: dict[str, float] = field(default_factory=dict)
+    loss_before: dict[str, float] = field(default_factory=dict)
+    task_deltas: dict[str, Arrays] | None = None
+    affinity: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def to_content(self) -> RecordDict:
+        arrays = dict(self.deltas)
+        for task, shares in (self.task_deltas or {}).items():
+            arrays.update({task_update_key(task, k): v for k, v in shares.items()})
+        metrics: dict[str, MetricRecordValues] = {
+            NUM_EXAMPLES: self.num_examples,
+            STEPS: self.steps,
+        }
+        for stat, values in (
+            (NUM_EXAMPLES, self.task_examples),
+            (TRAIN_LOSS, self.train_loss),
+            (LOSS_BEFORE, self.loss_before),
+        ):
+            metrics.update({task_key(task, stat): value for task, value in values.items()})
+        for (source, target), value in self.affinity.items():
+            metrics[affinity_key(source, target)] = value
+        return RecordDict({UPDATE: to_array_record(arrays), METRICS: MetricRecord(metrics)})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> TrainReply:
+        """Parse a ``train`` reply's structure; a malformed one raises KeyError or ValueError.
+
+        Values are numbers of any sign and arrays of any shape here: whether they fit what was
+        sent is for the server to check."""
+        deltas: Arrays = {}
+        task_deltas: dict[str, Arrays] = {}
+        for key, value in from_array_record(content.array_records[UPDATE]).items():
+            share = split_task_update_key(key)
+            if share is None:
+                deltas[key] = value
+            else:
+                task_deltas.setdefault(share[0], {})[share[1]] = value
+        metrics = content.metric_records[METRICS]
+        per_task: dict[str, dict[str, float]] = {NUM_EXAMPLES: {}, TRAIN_LOSS: {}, LOSS_BEFORE: {}}
+        affinity: dict[tuple[str, str], float] = {}
+        for key in metrics:
+            pair = split_affinity_key(key)
+            if pair is not None:
+                affinity[pair] = number(metrics, key)
+                continue
+            parsed = split_task_key(key)
+            if parsed is not None:
+                if parsed[1] not in per_task:
+                    raise ValueError(f"unexpected metric {key!r}")
+                per_task[parsed[1]][parsed[0]] = number(metrics, key)
+            elif key not in (NUM_EXAMPLES, STEPS):
+                raise ValueError(f"unexpected metric {key!r}")
+        return cls(
+            deltas=deltas,
+            num_examples=number(metrics, NUM_EXAMPLES),
+            steps=integer(metrics, STEPS),
+            task_examples=per_task[NUM_EXAMPLES],
+            train_loss=per_task[TRAIN_LOSS],
+            loss_before=per_task[LOSS_BEFORE],
+            task_deltas=task_deltas or None,
+            affinity=affinity,
+        )
+
+
+@dataclass(frozen=True)
+class EvaluateReply:
+    """A silo's reply to ``evaluate``: per task, additive statistics over its test rows."""
+
+    stats: dict[str, dict[str, float]]
+
+    def to_content(self) -> RecordDict:
+        metrics: dict[str, MetricRecordValues] = {
+            task_key(task, stat): value
+            for task, task_stats in self.stats.items()
+            for stat, value in task_stats.items()
+        }
+        return RecordDict({METRICS: MetricRecord(metrics)})
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> EvaluateReply:
+        """Parse an ``evaluate`` reply; a key that is no ``<task>/<stat>`` or a value that is no
+        finite number raises ValueError."""
+        metrics = content.metric_records[METRICS]
+        stats: dict[str, dict[str, float]] = {}
+        for key in metrics:
+            parsed = split_task_key(key)
+            if parsed is None:
+                raise ValueError(f"unexpected metric {key!r}")
+            stats.setdefault(parsed[0], {})[parsed[1]] = number(metrics, key)
+        return cls(stats)
+
+
+def update_bytes(content: RecordDict) -> int:
+    """Bytes of the model arrays in a ``train`` reply (0 when it has none)."""
+    record = content.array_records.get(UPDATE)
+    return 0 if record is None else record.count_bytes()
+
+
+# ------------------------------------------------------------------------ the server's summary
+def round_metrics(
+    num_updates: int, num_rejected: int, train_loss: Mapping[str, float]
+) -> MetricRecord:
+    """The server's summary of a training round, as Flower's ``aggregate_train`` returns it."""
+    metrics: dict[str, MetricRecordValues] = {NUM_UPDATES: num_updates, NUM_REJECTED: num_rejected}
+    metrics.update({task_key(t, TRAIN_LOSS): v for t, v in train_loss.items()})
+    return MetricRecord(metrics)
+
+
+def nested_task_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """``<task>/<metric>`` keys of a flat record as task -> metric -> value."""
+    nested: dict[str, dict[str, float]] = {}
+    for key in metrics:
+        parsed = split_task_key(key)
+        if parsed is not None:
+            nested.setdefault(parsed[0], {})[parsed[1]] = number(metrics, key)
+    return nested
+
+
+def flat_task_metrics(metrics: Mapping[str, Mapping[str, float]]) -> MetricRecord:
+    """task -> metric -> value as one flat record of ``<task>/<metric>`` keys."""
+    return MetricRecord(
+        {
+            task_key(task, name): value
+            for task, task_metrics in metrics.items()
+            for name, value in task_metrics.items()
+        }
+    )

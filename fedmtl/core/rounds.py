@@ -1,0 +1,34 @@
+"""What one federated round produced, as the round loop hands it to its observers (result files,
+progress bar, wandb)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass
+class RoundRecord:
+    """One round: how many silos were sampled and how many updates were used, the replies refused
+    (round, node, silo, reason), each task's train loss (example-weighted over silos) and, for the
+    balancing strategies, its weight w_t in the trunk update; after an evaluation, the pooled
+    personal metrics (task -> metric -> value) and each silo's own; bytes of model arrays sent each
+    way and the round's wall time."""
+
+    server_round: int
+    num_sampled: int
+    num_updates: int
+    rejected: list[dict[str, Any]]
+    train_loss: dict[str, float]
+    personal: dict[str, dict[str, float]] | None = None
+    per_silo: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    seconds: float = 0.0
+    task_weights: dict[str, float] = field(default_factory=dict)
+
+
+class RoundObserver(Protocol):
+    """Anything told about each round as it ends."""
+
+    def on_round(self, record: RoundRecord) -> None: ...

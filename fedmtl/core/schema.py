@@ -1,0 +1,156 @@
+"""The schema of an experiment's configuration: frozen dataclasses, each checking its own fields.
+
+Hydra composes ``configs/`` into a plain mapping; :func:`fedmtl.app.config.parse` turns it into an
+:class:`ExperimentConfig` of these dataclasses. Plug-in groups (dataset, model, partition assignment
+and split, strategy, runtime) are ``{name, ...params}`` (:class:`PluginConfig`): ``params`` is the
+parameter dataclass that the plug-in registered. Every error is a :class:`ConfigError` naming the key.
+The defaults here are the default run's: ``configs/`` restates them and a test keeps both equal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fedmtl.core.checks import fraction, int_at_least, non_negative, positive
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.registry import NoParams
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """A registered plug-in chosen by ``name`` with its validated parameter dataclass."""
+
+    name: str
+    params: Any
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    params: Any
+    tasks: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Trunk plug-in plus the head shape shared by all trunks."""
+
+    name: str
+    params: Any
+    head_hidden: int = 0
+
+
+@dataclass(frozen=True)
+class MissingLabelsConfig:
+    """Training labels withheld at random inside silos: ``rate`` for every task, ``per_task``
+    overrides it for named tasks (each rate in [0, 1))."""
+
+    rate: float = 0.0
+    per_task: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        rates = {"rate": self.rate, **{f"per_task.{t}": r for t, r in self.per_task.items()}}
+        for key, rate in rates.items():
+            is_number = isinstance(rate, (int, float)) and not isinstance(rate, bool)
+            if not (is_number and 0.0 <= rate < 1.0):
+                raise ConfigError(key, f"must be in [0, 1), got {rate!r}.", "use e.g. 0.3.")
+
+
+def _no_feature_skew() -> PluginConfig:
+    return PluginConfig("none", NoParams())
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    """How the dataset is spread over silos: which tasks each labels, which samples it holds,
+    which of its labels are missing, how its inputs are skewed, and the global test set."""
+
+    num_silos: int
+    assignment: PluginConfig
+    split: PluginConfig
+    test_fraction: float = 0.25
+    min_train_per_task: int = 1
+    global_test_fraction: float = 0.0
+    feature_skew: PluginConfig = field(default_factory=_no_feature_skew)
+    missing_labels: MissingLabelsConfig = field(default_factory=MissingLabelsConfig)
+
+    def __post_init__(self) -> None:
+        int_at_least(self, "num_silos", 1)
+        fraction(self, "test_fraction", allow_one=False)
+        int_at_least(self, "min_train_per_task", 1)
+        if not (
+            isinstance(self.global_test_fraction, (int, float))
+            and 0.0 <= self.global_test_fraction < 1.0
+        ):
+            raise ConfigError(
+                "global_test_fraction",
+                f"must be in [0, 1), got {self.global_test_fraction!r}.",
+                "use 0 for none or e.g. 0.1.",
+            )
+
+
+@dataclass(frozen=True)
+class PartitionFile:
+    """A partition read back from a manifest (``partition=from_file partition.path=...``)."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training of a silo in one round (sent by the server in each round's ConfigRecord)."""
+
+    local_epochs: int = 2
+    max_steps: int | None = None
+    batch_size: int = 32
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        int_at_least(self, "local_epochs", 1)
+        int_at_least(self, "batch_size", 1)
+        positive(self, "lr")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(
+                "max_steps", "must be >= 1 or null.", "set a positive number of steps."
+            )
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError("momentum", "must be in [0, 1).", "use e.g. 0.9, or 0 for none.")
+        non_negative(self, "weight_decay")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where results go besides the run directory."""
+
+    wandb: bool = True
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "fedmtl"
+    progress: bool = True
+    plots: bool = True
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole validated experiment."""
+
+    seed: int
+    num_rounds: int
+    dataset: DatasetConfig
+    model: ModelConfig
+    partition: PartitionConfig | PartitionFile
+    strategy: PluginConfig
+    runtime: PluginConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    output_dir: str = "."
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def to_json(self) -> str:
+        """The raw mapping this config was parsed from, as JSON (travels to ClientApps)."""
+        return json.dumps(self.raw, sort_keys=True)

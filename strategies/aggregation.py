@@ -1,0 +1,142 @@
+"""The aggregation math that strategies share: weighted means, per-task heads and rows, and the
+flat vectors that balancing methods work on.
+
+Notation: silo s holds tasks T_s with n_{s,t} labelled training examples of task t (``task_examples``)
+and n_s training rows (``num_examples``); Delta_s is its joint update, Delta h_{s,t} its head update
+of task t and D_{s,t} task t's share of its trunk update (``per_task`` mode).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from fedmtl.core.models import head_task
+from fedmtl.core.records import Arrays
+from strategies.balancing import Weighting
+from strategies.replies import ClientUpdate
+
+log = logging.getLogger("fedmtl")
+
+
+def weighted_mean_delta(
+    updates: Sequence[ClientUpdate], keys: Sequence[str], weights: Sequence[float]
+) -> Arrays | None:
+    """sum_s w_s Delta_s[k] / sum_s w_s for each key; None when the weights sum to zero."""
+    total = float(sum(weights))
+    if total <= 0:
+        return None
+    return {
+        k: sum(
+            (w / total * u.deltas[k] for u, w in zip(updates, weights, strict=True)),
+            start=np.zeros_like(updates[0].deltas[k]),
+        )
+        for k in keys
+    }
+
+
+def aggregate_heads(
+    arrays: Arrays, updates: Sequence[ClientUpdate], tasks: Sequence[str]
+) -> Arrays:
+    """New heads h_t + sum_s n_{s,t} Delta h_{s,t} / sum_s n_{s,t}, over the updates whose silo
+    holds t and has labelled examples of it; a task with no such update is left out."""
+    new: Arrays = {}
+    for task in tasks:
+        holders = [u for u in updates if task in u.silo.tasks and u.task_examples.get(task, 0) > 0]
+        if not holders:
+            continue
+        total = float(sum(u.task_examples[task] for u in holders))
+        for key in (k for k in arrays if head_task(k) == task):
+            delta = sum(
+                (u.task_examples[task] / total * u.deltas[key] for u in holders),
+                start=np.zeros_like(arrays[key]),
+            )
+            new[key] = (arrays[key] + delta).astype(arrays[key].dtype)
+    return new
+
+
+def mean_train_loss(updates: Sequence[ClientUpdate], tasks: Sequence[str]) -> dict[str, float]:
+    """Per task, the silos' train losses averaged with weights n_{s,t}."""
+    result = {}
+    for task in tasks:
+        pairs = [
+            (u.task_examples[task], u.train_loss[task]) for u in updates if task in u.train_loss
+        ]
+        total = sum(n for n, _ in pairs)
+        if total > 0:
+            result[task] = sum(n * loss for n, loss in pairs) / total
+    return result
+
+
+def flatten(arrays: Arrays, keys: Sequence[str]) -> torch.Tensor:
+    """The arrays ``keys`` concatenated into one float tensor (a row of J; a new copy)."""
+    return torch.from_numpy(np.concatenate([arrays[k].reshape(-1) for k in keys]))
+
+
+def unflatten(vector: torch.Tensor, like: Arrays) -> Arrays:
+    """Split ``vector`` back into arrays shaped (and typed) like ``like``, in its key order."""
+    values = vector.detach().cpu().numpy()
+    out: Arrays = {}
+    offset = 0
+    for key, array in like.items():
+        out[key] = values[offset : offset + array.size].reshape(array.shape).astype(array.dtype)
+        offset += array.size
+    return out
+
+
+def per_task_rows(
+    tasks: Sequence[str], updates: Sequence[ClientUpdate], keys: Sequence[str]
+) -> tuple[list[int], list[torch.Tensor], list[float]]:
+    """For each task with a holder among ``updates`` (in ``tasks`` order): its index in ``tasks``,
+    D_t = sum_s n_{s,t} D_{s,t} / sum_s n_{s,t} flattened over ``keys``, and L_t, the same
+    n_{s,t}-weighted mean of the holders' ``loss_before`` (NaN when none reported it)."""
+    present, rows, losses = [], [], []
+    for index, task in enumerate(tasks):
+        holders = [
+            (u.task_examples[task], u.task_deltas[task], u.loss_before.get(task))
+            for u in updates
+            if u.task_deltas is not None
+            and task in u.task_deltas
+            and u.task_examples.get(task, 0) > 0
+        ]
+        if not holders:
+            continue
+        total = float(sum(n for n, _, _ in holders))
+        row = flatten(holders[0][1], keys) * (holders[0][0] / total)
+        for n, deltas, _ in holders[1:]:
+            row += flatten(deltas, keys) * (n / total)
+        reported = [(n, loss) for n, _, loss in holders if loss is not None]
+        count = sum(n for n, _ in reported)
+        present.append(index)
+        rows.append(row)
+        losses.append(sum(n * loss for n, loss in reported) / count if count else float("nan"))
+    return present, rows, losses
+
+
+def balanced_update(
+    weighting: Weighting,
+    tasks: Sequence[str],
+    all_tasks: Sequence[str],
+    updates: Sequence[ClientUpdate],
+    trunk: Arrays,
+    server_round: int,
+) -> tuple[Arrays | None, dict[str, float]]:
+    """Delta = J^T w for the trunk arrays ``trunk`` over ``tasks`` (J from :func:`per_task_rows`,
+    w from ``weighting``, whose state is keyed by each task's position in ``all_tasks``), and the
+    task weights; None (and no weights) when no task has a holder or a needed loss is missing."""
+    present, rows, losses = per_task_rows(tasks, updates, list(trunk))
+    if not rows:
+        return None, {}
+    loss_tensor = None
+    if weighting.needs_losses:
+        loss_tensor = torch.tensor(losses, dtype=torch.float64)
+        if not torch.isfinite(loss_tensor).all():
+            log.warning("round %d: a task has no reported loss; trunk unchanged", server_round)
+            return None, {}
+    ids = [list(all_tasks).index(tasks[i]) for i in present]
+    direction, weights = weighting(torch.stack(rows), loss_tensor, ids)
+    task_weights = {tasks[i]: float(w) for i, w in zip(present, weights, strict=True)}
+    return unflatten(direction, trunk), task_weights

@@ -1,0 +1,170 @@
+"""Checks of the silos' replies against what the server sent: pure functions, no strategy state.
+
+A reply that fails a check raises :class:`ReplyError` with the reason; the strategy then logs it,
+lists it under ``rejected`` in ``summary.json`` and leaves the reply out of the aggregate, so a
+failing silo, a NaN update or a malformed reply never touches the global model.
+
+- **query** (:func:`check_silo`): tasks the server knows, a silo id no other node holds.
+- **train** (:func:`check_train_reply`): exactly the expected update keys for the update mode
+  (``joint``: one delta per array sent; ``per_task``: one per head sent and one share per trunk
+  array and task that uses it), the shapes sent, finite floating-point values, finite counts >= 0
+  for the silo's training rows and for each of its tasks, losses and affinities only for its own
+  tasks.
+- **evaluate** (:func:`check_evaluate_reply`): statistics only for the silo's own tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedmtl.core.models import is_trunk_key
+from fedmtl.core.records import (
+    NUM_EXAMPLES,
+    Arrays,
+    EvaluateReply,
+    SiloInfo,
+    TrainReply,
+    task_key,
+    task_update_key,
+)
+from fedmtl.core.training import UpdateMode
+
+
+class ReplyError(ValueError):
+    """A reply the server refuses, with the reason."""
+
+
+@dataclass
+class ClientUpdate:
+    """A checked training reply: the silo, its array deltas and its reported numbers.
+
+    ``deltas`` holds the joint trunk update and the silo's head updates; in ``per_task`` mode
+    ``task_deltas[t]`` holds task t's share of the trunk update (the joint one is their sum).
+    ``loss_before[t]``: task t's mean training loss of the received model, before local training.
+    ``affinity[(i, j)]``: the silo's measured affinity S_{i->j}, when the strategy asked for one.
+    """
+
+    node_id: int
+    silo: SiloInfo
+    deltas: Arrays
+    num_examples: int
+    task_examples: dict[str, int]
+    train_loss: dict[str, float]
+    loss_before: dict[str, float] = field(default_factory=dict)
+    task_deltas: dict[str, Arrays] | None = None
+    affinity: dict[tuple[str, str], float] = field(default_factory=dict)
+
+
+Serves = Callable[[str, str], bool]
+"""``serves(key, task)``: whether array ``key`` is (part of) the trunk that ``task`` uses."""
+
+
+def check_silo(info: SiloInfo, known_tasks: Iterable[str], claimed: Iterable[int]) -> SiloInfo:
+    """A silo description the server can use: only known tasks, a silo id not ``claimed``."""
+    known = set(known_tasks)
+    unknown = [t for t in info.tasks if t not in known]
+    if unknown:
+        raise ReplyError(f"unknown tasks {unknown}")
+    if info.silo_id in set(claimed):
+        raise ReplyError(f"silo {info.silo_id} is already held by another node")
+    return info
+
+
+def expected_update_shapes(
+    sent: Arrays, silo: SiloInfo, mode: UpdateMode, serves: Serves
+) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the update a silo must send for the arrays it was ``sent``."""
+    if mode == "joint":
+        return {k: v.shape for k, v in sent.items()}
+    shapes = {k: v.shape for k, v in sent.items() if not is_trunk_key(k)}
+    for task in silo.tasks:
+        shapes.update(
+            {task_update_key(task, k): v.shape for k, v in sent.items() if serves(k, task)}
+        )
+    return shapes
+
+
+def check_train_reply(
+    node: int, reply: TrainReply, sent: Arrays, silo: SiloInfo, mode: UpdateMode, serves: Serves
+) -> ClientUpdate:
+    """The checked update of ``reply`` to the arrays ``sent`` (see the module docstring); the joint
+    trunk delta of a ``per_task`` reply is the sum of its tasks' shares."""
+    received = dict(reply.deltas)
+    for task, shares in (reply.task_deltas or {}).items():
+        received.update({task_update_key(task, k): v for k, v in shares.items()})
+    expected = expected_update_shapes(sent, silo, mode, serves)
+    if set(received) != set(expected):
+        raise ReplyError(
+            f"update keys differ from those expected in {mode} mode "
+            f"({len(received)} vs {len(expected)})"
+        )
+    for key, delta in received.items():
+        if delta.shape != expected[key]:
+            raise ReplyError(f"{key}: shape {delta.shape} != {expected[key]}")
+        if not np.issubdtype(delta.dtype, np.floating) or not np.isfinite(delta).all():
+            raise ReplyError(f"{key}: non-finite or non-float values")
+    num_examples = _count(NUM_EXAMPLES, reply.num_examples)
+    task_examples = {}
+    for task in silo.tasks:
+        key = task_key(task, NUM_EXAMPLES)
+        if task not in reply.task_examples:
+            raise ReplyError(f"{key} is missing")
+        task_examples[task] = _count(key, reply.task_examples[task])
+    for what, values in (("train loss", reply.train_loss), ("loss before", reply.loss_before)):
+        _own_tasks(what, values, silo)
+    for source, target in reply.affinity:
+        if source not in silo.tasks or target not in silo.tasks or source == target:
+            raise ReplyError(f"affinity {source}->{target} between tasks the silo does not hold")
+    deltas, task_deltas = _split(received, sent, silo, mode, serves)
+    return ClientUpdate(
+        node,
+        silo,
+        deltas,
+        num_examples,
+        task_examples,
+        dict(reply.train_loss),
+        dict(reply.loss_before),
+        task_deltas,
+        dict(reply.affinity),
+    )
+
+
+def check_evaluate_reply(reply: EvaluateReply, silo: SiloInfo) -> EvaluateReply:
+    """An evaluate reply with statistics for the silo's own tasks only."""
+    _own_tasks("metric", reply.stats, silo)
+    return reply
+
+
+def _count(what: str, value: float) -> int:
+    """A reported example count: a finite number >= 0 (the parser already refused non-finite)."""
+    if value < 0:
+        raise ReplyError(f"{what} must be a count >= 0, got {value!r}")
+    return int(value)
+
+
+def _own_tasks(what: str, values: Mapping[str, object], silo: SiloInfo) -> None:
+    strangers = [t for t in values if t not in silo.tasks]
+    if strangers:
+        raise ReplyError(f"{what} for tasks {strangers} the silo does not hold")
+
+
+def _split(
+    received: Arrays, sent: Arrays, silo: SiloInfo, mode: UpdateMode, serves: Serves
+) -> tuple[Arrays, dict[str, Arrays] | None]:
+    """The joint deltas (trunk and heads) and, in ``per_task`` mode, each task's trunk share."""
+    if mode == "joint":
+        return received, None
+    task_deltas = {
+        task: {k: received[task_update_key(task, k)] for k in sent if serves(k, task)}
+        for task in silo.tasks
+    }
+    deltas = {k: v for k, v in received.items() if k in sent}
+    for key in (k for k in sent if is_trunk_key(k)):
+        deltas[key] = sum(
+            (shares[key] for shares in task_deltas.values() if key in shares),
+            start=np.zeros_like(sent[key]),
+        )
+    return deltas, task_deltas

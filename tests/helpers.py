@@ -1,0 +1,406 @@
+"""Helpers shared by the test modules (no test module imports another).
+
+- Config and runs: :func:`compose_raw`, :func:`run_fedmtl` (the command in a subprocess),
+  :func:`read_jsonl`, :func:`beats_chance`.
+- Data and models: :func:`make_dataset` (the one small-dataset factory), :func:`tiny_dataset` (its
+  8-row case with a hand-written label mask), :func:`tiny_view`, :func:`small_model` (always seeded).
+- Partitions: :func:`assignment_params`.
+- Strategy fakes: :class:`FakeSilo` replies as told, :class:`Federation` serves fake silos behind
+  an in-process grid, :func:`one_round` drives one training round.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedmtl.app.config import compose
+from fedmtl.app.runtime import OFFLINE_ENV, InProcessGrid
+from fedmtl.core import records
+from fedmtl.core.data import LocalData, MultiTaskDataset, local_view
+from fedmtl.core.models import MultiTaskModel
+from fedmtl.core.records import SiloInfo, TrainRequest
+from fedmtl.core.schema import ModelConfig
+from fedmtl.core.tasks import TaskSpec
+from fedmtl.trunks import MLPParams, build_model
+from partitions import ASSIGNMENTS
+from strategies import TaskAwareStrategy
+from strategies.base import TrainOutcome
+
+FEDMTL = [sys.executable, "-m", "fedmtl.app.cli"]
+
+
+# ------------------------------------------------------------------------------ config and runs
+def compose_raw(overrides: list[str], output_dir: Path | None = None) -> dict[str, Any]:
+    """The composed config mapping for ``overrides``, as ``fedmtl run`` would build it."""
+    return compose(overrides, output_dir or ".")
+
+
+def run_fedmtl(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``fedmtl ARGS`` in a subprocess with the offline environment, under a hard timeout."""
+    env = {**os.environ, **OFFLINE_ENV}
+    return subprocess.run(
+        [*FEDMTL, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def beats_chance(summary: dict[str, Any], margin: float) -> dict[str, tuple[float, float]]:
+    """Tasks whose final primary metric is not ``margin`` better than chance: {task: (value, chance)}."""
+    failing = {}
+    for task in summary["tasks"]:
+        info = summary["task_info"][task]
+        value = summary["final"][task][info["primary_metric"]]
+        if value < info["chance"] + margin:
+            failing[task] = (value, info["chance"])
+    return failing
+
+
+# ---------------------------------------------------------------------------- data and models
+TINY_TASKS = (TaskSpec.multiclass("a", 3), TaskSpec.binary("b"), TaskSpec.regression("c"))
+# Rows 0..7; row 6 is labelled for no task.
+TINY_MASK = torch.tensor(
+    [
+        [True, True, True],
+        [True, False, True],
+        [False, True, False],
+        [True, True, False],
+        [False, False, True],
+        [True, True, True],
+        [False, False, False],
+        [False, True, True],
+    ]
+)
+
+
+def make_dataset(
+    num_samples: int = 200,
+    num_tasks: int = 5,
+    label_rate: float = 1.0,
+    seed: int = 0,
+    name: str = "tiny",
+    tasks: Sequence[TaskSpec] | None = None,
+    mask: torch.Tensor | None = None,
+    input_dim: int = 4,
+) -> MultiTaskDataset:
+    """A random dataset drawn from its own generator (``seed``). Tasks: ``tasks``, else
+    ``num_tasks`` of them, even ones multiclass (3 classes) and odd ones binary. Labelled: ``mask``,
+    else each entry with probability ``label_rate``. A natural-id column ``site`` with 12 ids."""
+    gen = torch.Generator().manual_seed(seed)
+    if tasks is None:
+        tasks = [
+            TaskSpec.multiclass(f"t{i}", 3) if i % 2 == 0 else TaskSpec.binary(f"t{i}")
+            for i in range(num_tasks)
+        ]
+    targets = {}
+    for task in tasks:
+        if task.kind == "regression":
+            targets[task.name] = torch.randn(num_samples, generator=gen)
+        else:
+            classes = torch.randint(0, task.num_classes or 2, (num_samples,), generator=gen)
+            targets[task.name] = classes.to(task.target_dtype)
+    if mask is None:
+        mask = torch.rand(num_samples, len(tasks), generator=gen) < label_rate
+    return MultiTaskDataset(
+        name=name,
+        inputs=torch.randn(num_samples, input_dim, generator=gen),
+        tasks=tuple(tasks),
+        targets=targets,
+        mask=mask.clone(),
+        natural_ids={"site": np.arange(num_samples) % 12},
+    )
+
+
+def tiny_dataset(seed: int = 0) -> MultiTaskDataset:
+    """8 rows of 5 inputs, tasks a (3 classes), b (binary) and c (regression), :data:`TINY_MASK`."""
+    return make_dataset(8, tasks=TINY_TASKS, mask=TINY_MASK, input_dim=5, seed=seed)
+
+
+def tiny_view() -> LocalData:
+    """All of :func:`tiny_dataset` as one silo's data."""
+    return local_view(tiny_dataset(), np.arange(8), ["a", "b", "c"])
+
+
+def small_model(
+    input_shape: tuple[int, ...],
+    tasks: Sequence[TaskSpec],
+    seed: int = 0,
+    groups: Mapping[str, Sequence[str]] | None = None,
+) -> MultiTaskModel:
+    """An MLP trunk (16, 8) with one head per task, initialised from ``seed`` (never from the
+    global RNG); with ``groups``, one trunk per group."""
+    cfg = ModelConfig(name="mlp", params=MLPParams(hidden=[16, 8]))
+    return build_model(cfg, input_shape, tasks, seed=seed, groups=groups)
+
+
+# --------------------------------------------------------------------------------- partitions
+def assignment_params(name: str, task_names: list[str], num_silos: int) -> Any:
+    """Default parameters of assignment ``name``, made feasible for this federation."""
+    values: dict[str, Any] = {}
+    if name == "random_k":
+        values = {"k": min(2, len(task_names))}
+    if name == "explicit":  # silo i labels task i mod T and every task j with j mod S = i
+        values = {
+            "tasks": [
+                [
+                    t
+                    for j, t in enumerate(task_names)
+                    if j % num_silos == i or j == i % len(task_names)
+                ]
+                for i in range(num_silos)
+            ]
+        }
+    return ASSIGNMENTS.parse(name, values, "partition.assignment")
+
+
+# ---------------------------------------------------------------------------- strategy fakes
+TASKS = (
+    TaskSpec.multiclass("a", 3),
+    TaskSpec.binary("b"),
+    TaskSpec.regression("c"),
+    TaskSpec.regression("d"),
+)
+SHAPES = {
+    "trunk.w": (2, 3),
+    "trunk.b": (2,),
+    "heads.a.w": (3, 2),
+    "heads.a.b": (3,),
+    "heads.b.w": (1, 2),
+    "heads.b.b": (1,),
+    "heads.c.w": (1, 2),
+    "heads.c.b": (1,),
+    "heads.d.w": (1, 2),
+    "heads.d.b": (1,),
+}
+TRUNK_KEYS = {"trunk.w", "trunk.b"}
+
+
+def pattern(key: str) -> np.ndarray:
+    """A fixed, non-constant array per key: 1, 2, 3, ... in the key's shape."""
+    shape = SHAPES[key]
+    return np.arange(1, math.prod(shape) + 1, dtype=np.float32).reshape(shape)
+
+
+def initial_arrays() -> dict[str, np.ndarray]:
+    """The global model: distinct values per key so a mixed-up key shows."""
+    return {
+        key: (np.float32(0.1 * (i + 1)) * pattern(key) - np.float32(0.3)).astype(np.float32)
+        for i, key in enumerate(SHAPES)
+    }
+
+
+def head_keys(task: str) -> set[str]:
+    return {f"heads.{task}.w", f"heads.{task}.b"}
+
+
+# ---------------------------------------------------------------------------------------- fakes
+@dataclass
+class FakeSilo:
+    """One fake silo: what it says in ``query`` and how it replies to ``train`` and ``evaluate``.
+
+    Its delta for key k is ``value * pattern(k)`` with value ``trunk`` for trunk keys and
+    ``heads[t]`` for the heads of task t. Asked for ``per_task`` updates, it sends task t's trunk
+    share as ``task_trunk[t] * pattern(k)`` (default: ``trunk`` split evenly over its tasks).
+    """
+
+    tasks: tuple[str, ...]
+    num_examples: int | float = 10
+    task_examples: dict[str, int | float] = field(default_factory=dict)
+    trunk: float = 0.0
+    heads: dict[str, float] = field(default_factory=dict)
+    train_loss: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    train_defect: str | None = None
+    eval_defect: str | None = None
+    query_defect: str | None = None
+    task_trunk: dict[str, float] = field(default_factory=dict)
+    loss_before: dict[str, float] = field(default_factory=dict)
+
+    def info(self, silo_id: int) -> SiloInfo:
+        return SiloInfo(
+            silo_id=silo_id,
+            tasks=self.tasks,
+            num_train=int(self.num_examples) if math.isfinite(self.num_examples) else 0,
+            num_test=7,
+            train_per_task={t: 10 for t in self.tasks},
+            test_per_task={t: 3 for t in self.tasks},
+        )
+
+    def deltas(self, received: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for key in received:
+            value = self.trunk if key in TRUNK_KEYS else self.heads.get(key.split(".")[1], 0.0)
+            out[key] = (np.float32(value) * pattern(key)).astype(np.float32)
+        return out
+
+    def per_task_deltas(self, received: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {k: v for k, v in self.deltas(received).items() if k not in TRUNK_KEYS}
+        for task in self.tasks:
+            value = self.task_trunk.get(task, self.trunk / len(self.tasks))
+            for key in TRUNK_KEYS:
+                out[records.task_update_key(task, key)] = np.float32(value) * pattern(key)
+        return out
+
+
+def apply_train_defect(
+    defect: str | None, deltas: dict[str, np.ndarray], metrics: dict[str, Any]
+) -> RecordDict:
+    """The train reply content, spoiled in one way (or not)."""
+    if defect == "raise":
+        raise RuntimeError("disk on fire")
+    if defect == "nan-share":
+        deltas[records.task_update_key("b", "trunk.w")][0, 0] = np.nan
+    elif defect == "missing-share":
+        del deltas[records.task_update_key("c", "trunk.b")]
+    elif defect == "joint-instead":
+        for key in TRUNK_KEYS:
+            deltas[key] = sum(deltas.pop(k) for k in list(deltas) if k.endswith("/" + key))
+    elif defect == "nan-delta":
+        deltas["trunk.w"][0, 1] = np.nan
+    elif defect == "inf-delta":
+        deltas["heads.a.b"][2] = -np.inf
+    elif defect == "missing-key":
+        del deltas["heads.b.b"]
+    elif defect == "extra-key":
+        deltas["heads.c.w"] = np.zeros(SHAPES["heads.c.w"], dtype=np.float32)
+    elif defect == "wrong-shape":
+        deltas["trunk.w"] = np.zeros((3, 2), dtype=np.float32)
+    elif defect == "int-delta":
+        deltas["trunk.b"] = np.zeros(SHAPES["trunk.b"], dtype=np.int64)
+    elif defect == "negative-n":
+        metrics[records.NUM_EXAMPLES] = -5
+    elif defect == "nan-n":
+        metrics[records.NUM_EXAMPLES] = float("nan")
+    elif defect == "negative-task-n":
+        metrics[records.task_key("a", records.NUM_EXAMPLES)] = -1
+    elif defect == "nan-task-n":
+        metrics[records.task_key("b", records.NUM_EXAMPLES)] = float("nan")
+    elif defect == "missing-task-n":
+        del metrics[records.task_key("a", records.NUM_EXAMPLES)]
+    content = RecordDict(
+        {records.UPDATE: records.to_array_record(deltas), records.METRICS: MetricRecord(metrics)}
+    )
+    if defect == "missing-update":
+        content = RecordDict({records.METRICS: MetricRecord(metrics)})
+    elif defect == "missing-metrics":
+        content = RecordDict({records.UPDATE: records.to_array_record(deltas)})
+    return content
+
+
+class Federation:
+    """Fake ClientApps for ``silos`` (node 1000 + i holds silo i) behind an InProcessGrid.
+
+    ``received`` logs every train/evaluate message a node got: (type, node, arrays, config).
+    """
+
+    def __init__(self, silos: list[FakeSilo]) -> None:
+        self.silos = silos
+        self.received: list[tuple[str, int, dict[str, np.ndarray], dict[str, Any]]] = []
+        self.queries: list[int] = []
+        app = ClientApp()
+
+        def silo_of(context: Context) -> tuple[int, FakeSilo]:
+            pid = int(context.node_config["partition-id"])
+            return pid, self.silos[pid]
+
+        def log_message(kind: str, msg: Message, context: Context) -> dict[str, np.ndarray]:
+            arrays = records.from_array_record(msg.content.array_records[records.ARRAYS])
+            config = dict(msg.content.config_records[records.CONFIG])
+            self.received.append((kind, context.node_id, arrays, config))
+            return arrays
+
+        @app.query()
+        def query(msg: Message, context: Context) -> Message:
+            pid, silo = silo_of(context)
+            self.queries.append(context.node_id)
+            content = silo.info(pid).to_content()
+            if silo.query_defect == "raise":
+                raise RuntimeError("cannot read my data")
+            if silo.query_defect is not None and silo.query_defect.startswith("drop:"):
+                del content.config_records[records.SILO][silo.query_defect.removeprefix("drop:")]
+            return Message(content, reply_to=msg)
+
+        @app.train()
+        def train(msg: Message, context: Context) -> Message:
+            _, silo = silo_of(context)
+            received = log_message("train", msg, context)
+            metrics: dict[str, Any] = {records.NUM_EXAMPLES: silo.num_examples, records.STEPS: 3}
+            for task in silo.tasks:
+                metrics[records.task_key(task, records.NUM_EXAMPLES)] = silo.task_examples.get(
+                    task, 10
+                )
+                if task in silo.train_loss:
+                    metrics[records.task_key(task, records.TRAIN_LOSS)] = silo.train_loss[task]
+                metrics[records.task_key(task, records.LOSS_BEFORE)] = silo.loss_before.get(
+                    task, 1.0
+                )
+            request = TrainRequest.from_config(msg.content.config_records[records.CONFIG])
+            per_task = request.update_mode == "per_task"
+            deltas = silo.per_task_deltas(received) if per_task else silo.deltas(received)
+            content = apply_train_defect(silo.train_defect, deltas, metrics)
+            return Message(content, reply_to=msg)
+
+        @app.evaluate()
+        def evaluate(msg: Message, context: Context) -> Message:
+            _, silo = silo_of(context)
+            log_message("evaluate", msg, context)
+            metrics = dict(silo.eval_metrics)
+            if silo.eval_defect == "raise":
+                raise RuntimeError("evaluation crashed")
+            if silo.eval_defect == "nan":
+                metrics[next(iter(metrics))] = float("nan")
+            elif silo.eval_defect == "inf":
+                metrics[next(iter(metrics))] = float("inf")
+            elif silo.eval_defect == "unheld-task":
+                unheld = next(t.name for t in TASKS if t.name not in silo.tasks)
+                metrics[records.task_key(unheld, "n")] = 4.0
+            elif silo.eval_defect == "no-task":
+                metrics["accuracy"] = 0.5
+            return Message(RecordDict({records.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+        self.app = app
+        self.grid = InProcessGrid(app, len(silos), run_config={})
+
+    def received_by(self, kind: str) -> dict[int, dict[str, np.ndarray]]:
+        return {node: arrays for k, node, arrays, _ in self.received if k == kind}
+
+
+def one_round(
+    strategy: TaskAwareStrategy, fed: Federation, drop_nodes: tuple[int, ...] = ()
+) -> tuple[dict[str, np.ndarray], TrainOutcome, list[Message]]:
+    """Round 1 from :func:`initial_arrays`: dispatch, grid, aggregate; messages to ``drop_nodes``
+    are dropped (those silos were not sampled). Returns the new model, the round's outcome and the
+    messages delivered."""
+    dispatch = strategy.dispatch_train(1, records.to_array_record(initial_arrays()), fed.grid)
+    messages = [m for m in dispatch.messages if m.metadata.dst_node_id not in drop_nodes]
+    outcome = strategy.aggregate_updates(dispatch, fed.grid.send_and_receive(messages))
+    return outcome.arrays, outcome, messages
+
+
+def assert_moved(new: dict[str, np.ndarray], key: str, coefficient: float) -> None:
+    """``new[key]`` is the initial array plus ``coefficient * pattern(key)``."""
+    expected = initial_arrays()[key] + np.float32(coefficient) * pattern(key)
+    assert new[key].dtype == np.float32
+    np.testing.assert_allclose(new[key], expected, rtol=1e-6, atol=1e-6, err_msg=key)
+
+
+def assert_unchanged(new: dict[str, np.ndarray], keys: set[str]) -> None:
+    start = initial_arrays()
+    for key in keys:
+        np.testing.assert_array_equal(new[key], start[key], err_msg=key)
+        assert new[key].dtype == start[key].dtype
