@@ -47,7 +47,6 @@ def run_one(
     strategy: str, seed: int, rounds: int, server_lr: float, extra: list[str], workdir: Path
 ) -> dict[str, Any]:
     """One in-process run; returns its final metrics, bytes, wall time and summary."""
-
     out = workdir / f"{strategy}-{server_lr}-{seed}"
     overrides = [
         "experiment=synthetic_groups",
@@ -87,7 +86,6 @@ def gain_percent(result: dict[str, Any], baseline: dict[str, Any]) -> float:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-
     matplotlib.use("Agg")
 
     keys = sorted({(r["strategy"], r["server_lr"]) for r in rows})
@@ -114,7 +112,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main() -> None:
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES.names())
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

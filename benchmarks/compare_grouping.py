@@ -42,7 +42,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def adjusted_rand(found: list[list[str]], planted: list[list[str]]) -> float:
     """ARI between two partitions of the same tasks (scikit-learn's ``adjusted_rand_score``)."""
-
     tasks = sorted(t for group in planted for t in group)
     label = {t: g for g, group in enumerate(planted) for t in group}
     found_label = {t: g for g, group in enumerate(found) for t in group}
@@ -50,7 +49,6 @@ def adjusted_rand(found: list[list[str]], planted: list[list[str]]) -> float:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-
     matplotlib.use("Agg")
 
     names = sorted({r["affinity"] for r in rows if r["strategy"] == "grouping"})
@@ -72,7 +70,6 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main() -> None:
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--affinities", nargs="+", default=["transfer_gain", "tag", "update_similarity"]

@@ -137,7 +137,6 @@ def measure(
 
 
 def plot(rows: list[dict[str, Any]], time_limit: float, structure: str, path: Path) -> None:
-
     matplotlib.use("Agg")
 
     figure, axis = plt.subplots(figsize=(7, 4.5))

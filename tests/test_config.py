@@ -75,7 +75,6 @@ def test_every_model_preset_builds_on_digits(model: str) -> None:
 
 def test_registries_and_config_groups_match() -> None:
     """Each plug-in group's presets name registered plug-ins (one registry per group)."""
-
     for group, registry in [
         ("dataset", DATASETS),
         ("model", TRUNKS),
@@ -161,7 +160,6 @@ def test_error_message_names_key_and_fix() -> None:
 
 
 def test_gpu_request_without_gpu_is_refused_not_hung() -> None:
-
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     with pytest.raises(ConfigError) as info:
@@ -170,7 +168,6 @@ def test_gpu_request_without_gpu_is_refused_not_hung() -> None:
 
 
 def test_inprocess_cuda_without_gpu_is_refused() -> None:
-
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
     with pytest.raises(ConfigError) as info:
@@ -179,7 +176,6 @@ def test_inprocess_cuda_without_gpu_is_refused() -> None:
 
 
 def test_clients_train_on_cuda_only_when_given_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert client_device("simulation", SimulationParams(num_gpus=0.0)) == "cpu"
     assert client_device("simulation", SimulationParams(num_gpus=0.5)) == "cuda"

@@ -155,7 +155,6 @@ def test_inprocess_run_is_deterministic(tmp_path: Path, dropout: float) -> None:
 
 def test_a_failing_silo_is_rejected_and_the_run_goes_on(tmp_path: Path, monkeypatch) -> None:
     """A ClientApp that raises on one silo: its replies are rejected and logged, the others train."""
-
     raw = compose_raw(
         ["runtime=inprocess", "tracking=quiet", "num_rounds=2", "partition.num_silos=4"],
         output_dir=tmp_path,
