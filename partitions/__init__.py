@@ -5,7 +5,8 @@ a sample split (which samples each silo holds, :data:`SPLITS`), then a per-silo 
 labels missing at random (:mod:`partitions.missing_labels`) and a per-silo feature skew
 (:data:`FEATURE_SKEWS`); a global test set can be held out before the split. :func:`build` makes
 one from a :class:`~fedmtl.core.schema.PartitionConfig`; :func:`load` reads a saved manifest back and
-checks it against the dataset; :func:`make` does whichever the config asks for.
+checks it against the dataset; :func:`hold_out` decides train and test for the whole dataset
+under a leakage rule (:mod:`partitions.heldout`) before :func:`build` cuts the silos.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedmtl.core.errors import ConfigError
-from fedmtl.core.schema import PartitionFile
 from partitions.assignment import ASSIGNMENTS
 from partitions.base import SCHEMA_VERSION, Partition, Silo
 from partitions.feature_skew import FEATURE_SKEWS
+from partitions.heldout import HeldOut, check_groups, hold_out
 from partitions.missing_labels import hide_labels
 from partitions.split import SPLITS
 
@@ -36,14 +37,9 @@ _FEWER_SILOS = (
 )
 
 
-def make(dataset: MultiTaskDataset, cfg: PartitionConfig | PartitionFile, seed: int) -> Partition:
-    """The partition ``cfg`` asks for: read from ``cfg.path`` or built for ``seed``."""
-    if isinstance(cfg, PartitionFile):
-        return load(cfg.path, dataset)
-    return build(dataset, cfg, seed)
-
-
-def build(dataset: MultiTaskDataset, cfg: PartitionConfig, seed: int) -> Partition:
+def build(
+    dataset: MultiTaskDataset, cfg: PartitionConfig, seed: int, held_out: HeldOut | None = None
+) -> Partition:
     """Partition ``dataset`` over ``cfg.num_silos`` silos; deterministic for ``seed``.
 
     Steps, each with its own child of ``SeedSequence(seed)``: the global test set
@@ -52,6 +48,8 @@ def build(dataset: MultiTaskDataset, cfg: PartitionConfig, seed: int) -> Partiti
     rest; each silo's samples are divided into train and test by ``cfg.test_fraction`` (a seeded
     shuffle; at least one test and one train sample when the silo has two or more); training
     labels are hidden at the missing-label rates; the feature skew draws each silo's parameters.
+    With ``held_out`` (a dataset-wide split under a leakage rule, :mod:`partitions.heldout`), the
+    global test set and every silo's train/test cut follow it instead.
 
     Guarantees: silos share no sample, and none holds a global test sample; every task is held by
     some silo; every silo has at least ``cfg.min_train_per_task`` labelled (not hidden) training
@@ -69,7 +67,11 @@ def build(dataset: MultiTaskDataset, cfg: PartitionConfig, seed: int) -> Partiti
         dataset.input_shape,
         np.random.default_rng(skew_seed),
     )
-    global_test, pool = _hold_out(dataset.num_samples, cfg.global_test_fraction, global_seed)
+    if held_out is None:
+        global_test, pool = _hold_out(dataset.num_samples, cfg.global_test_fraction, global_seed)
+    else:
+        global_test = held_out.global_test
+        pool = np.setdiff1d(np.arange(dataset.num_samples), global_test)
     assign = ASSIGNMENTS.get(cfg.assignment.name, "partition.assignment.name").factory
     tasks_per_silo = assign(
         list(task_names), cfg.num_silos, cfg.assignment.params, np.random.default_rng(assign_seed)
@@ -80,7 +82,7 @@ def build(dataset: MultiTaskDataset, cfg: PartitionConfig, seed: int) -> Partiti
     _check_split(samples, cfg.num_silos)
     holdout_rng = np.random.default_rng(holdout_seed)
     silos = [
-        _make_silo(i, tasks, indices, cfg.test_fraction, holdout_rng)
+        _make_silo(i, tasks, indices, cfg.test_fraction, holdout_rng, held_out)
         for i, (tasks, indices) in enumerate(zip(tasks_per_silo, samples, strict=True))
     ]
     silos = hide_labels(dataset, silos, cfg.missing_labels, np.random.default_rng(hide_seed))
@@ -96,6 +98,7 @@ def build(dataset: MultiTaskDataset, cfg: PartitionConfig, seed: int) -> Partiti
         config_to_dict(cfg),
         global_test_indices=global_test,
         feature_skew=cfg.feature_skew.name,
+        held_out=None if held_out is None else held_out.describe(),
     )
     partition.validate_against(dataset, key="partition.split")
     _check_min_train(partition, dataset, cfg.min_train_per_task)
@@ -157,8 +160,13 @@ def _make_silo(
     indices: np.ndarray,
     test_fraction: float,
     rng: np.random.Generator,
+    held_out: HeldOut | None,
 ) -> Silo:
-    train, test = split_train_test(indices, test_fraction, rng)
+    if held_out is None:
+        train, test = split_train_test(indices, test_fraction, rng)
+    else:
+        is_test = held_out.test[indices]
+        train, test = np.sort(indices[~is_test]), np.sort(indices[is_test])
     return Silo(id=silo_id, tasks=tuple(tasks), train_indices=train, test_indices=test)
 
 
@@ -224,11 +232,13 @@ __all__ = [
     "FEATURE_SKEWS",
     "SCHEMA_VERSION",
     "SPLITS",
+    "HeldOut",
     "Partition",
     "Silo",
     "build",
+    "check_groups",
     "config_to_dict",
+    "hold_out",
     "load",
-    "make",
     "split_train_test",
 ]

@@ -5,8 +5,9 @@ it holds for training and for testing, which of its training labels are withheld
 are transformed, and which samples form the global held-out test set. It is saved as a JSON
 manifest, a contract read by other tools; its shape (``schema_version`` 2)::
 
-    {"schema_version": 2, "seed": int, "dataset": str, "tasks": [str, ...], "config": {...},
+    {"schema_version": 3, "seed": int, "dataset": str, "tasks": [str, ...], "config": {...},
      "global_test_indices": [int, ...], "feature_skew": str,
+     "held_out": null | {"rule": "groups" | "fixed" | "rows", "column": str | null},
      "silos": [{"id": int, "tasks": [str, ...], "num_train": int, "num_test": int,
                 "train_indices": [int, ...], "test_indices": [int, ...],
                 "hidden_labels": {task: [int, ...]}, "feature_skew": {...}}, ...]}
@@ -15,8 +16,10 @@ Indices are plain JSON integers, sorted ascending; silo ``i`` has ``id`` ``i``; 
 in dataset order. ``hidden_labels[task]`` lists training samples of the silo whose label for
 ``task`` is withheld (missing at random); ``feature_skew`` names the input transformation
 (:data:`partitions.feature_skew.FEATURE_SKEWS`) and each silo's entry holds its drawn parameters.
-Version 1 manifests (without the last three fields) are still read: no global test set, no hidden
-labels, no feature skew.
+``held_out`` records the leakage rule under which train and test were decided for the whole
+dataset (:mod:`partitions.heldout`; null: each silo cut its own). Version 2 manifests (without
+``held_out``) and version 1 manifests (without the global test set, hidden labels and feature
+skew either) are still read.
 """
 
 from __future__ import annotations
@@ -33,15 +36,17 @@ import numpy as np
 import torch
 
 from fedmtl.core.errors import ConfigError
+from partitions.heldout import check_groups
 
 if TYPE_CHECKING:
     from fedmtl.core.data import MultiTaskDataset
 
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _MANIFEST_FIELDS = ("schema_version", "seed", "dataset", "tasks", "config", "silos")
 _SILO_FIELDS = ("id", "tasks", "num_train", "num_test", "train_indices", "test_indices")
 NO_SKEW = "none"
+_NO_ROWS = np.zeros(0, np.int64)
 
 
 def _index_array(values: Any, what: str) -> np.ndarray:
@@ -186,6 +191,7 @@ class Partition:
     config: dict[str, Any] = field(default_factory=dict)
     global_test_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     feature_skew: str = NO_SKEW
+    held_out: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_names", tuple(self.task_names))
@@ -216,6 +222,7 @@ class Partition:
             and self.config == other.config
             and np.array_equal(self.global_test_indices, other.global_test_indices)
             and self.feature_skew == other.feature_skew
+            and self.held_out == other.held_out
         )
 
     def __hash__(self) -> int:
@@ -224,6 +231,15 @@ class Partition:
     @property
     def num_silos(self) -> int:
         return len(self.silos)
+
+    def train_rows(self) -> np.ndarray:
+        """Every silo's training rows, sorted: all that anything may be fitted on."""
+        return np.unique(np.concatenate([s.train_indices for s in self.silos] + [_NO_ROWS]))
+
+    def test_rows(self) -> np.ndarray:
+        """Every silo's test rows and the global test set, sorted."""
+        parts = [s.test_indices for s in self.silos] + [self.global_test_indices, _NO_ROWS]
+        return np.unique(np.concatenate(parts))
 
     def holders(self, task: str) -> list[int]:
         """Ids of the silos that hold ``task``, ascending (empty when none does)."""
@@ -241,6 +257,7 @@ class Partition:
             "config": json.loads(json.dumps(self.config)),
             "global_test_indices": self.global_test_indices.tolist(),
             "feature_skew": self.feature_skew,
+            "held_out": self.held_out,
             "silos": [silo.to_manifest() for silo in self.silos],
         }
 
@@ -303,6 +320,13 @@ class Partition:
         silos = tuple(_silo_from_manifest(entry, i) for i, entry in enumerate(manifest["silos"]))
         global_test = _int_list(manifest.get("global_test_indices", []), "global_test_indices")
         skew = _typed(manifest.get("feature_skew", NO_SKEW), str, "feature_skew")
+        held_out = manifest.get("held_out")
+        if held_out is not None and (
+            not isinstance(held_out, Mapping)
+            or held_out.get("rule") not in ("groups", "fixed", "rows")
+            or not isinstance(held_out.get("column"), (str, type(None)))
+        ):
+            _bad_manifest("'held_out' must be null or {rule: groups | fixed | rows, column}")
         try:
             return cls(
                 dataset,
@@ -312,6 +336,7 @@ class Partition:
                 dict(manifest["config"]),
                 np.asarray(global_test, np.int64),
                 skew,
+                None if held_out is None else dict(held_out),
             )
         except ValueError as err:
             _bad_manifest(str(err))
@@ -321,7 +346,8 @@ class Partition:
 
         Checked: the dataset name; every silo's tasks exist in the dataset; indices lie in
         ``[0, num_samples)``; no sample is in two silos, or in a silo and the global test set; no
-        sample is both train and test in a silo.
+        sample is both train and test in a silo; and, for a dataset with a group column, no group
+        has rows on both the train side (any silo) and the test side (any silo, global test set).
         """
         fix = "rebuild the partition for this dataset, or point to the matching partition.json."
         if self.dataset != dataset.name:
@@ -364,6 +390,9 @@ class Partition:
         if held_out.size and np.any(owner[held_out] >= 0):
             silo_id = int(owner[held_out][owner[held_out] >= 0][0])
             raise ConfigError(key, f"silo {silo_id} holds samples of the global test set.", fix)
+        if dataset.group_column is not None:
+            groups = dataset.natural_ids[dataset.group_column]
+            check_groups(groups, self.train_rows(), self.test_rows(), dataset.group_column, key)
 
 
 def _bad_manifest(problem: str) -> NoReturn:

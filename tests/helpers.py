@@ -4,6 +4,8 @@
   :func:`read_jsonl`, :func:`beats_chance`.
 - Data and models: :func:`make_dataset` (the one small-dataset factory), :func:`tiny_dataset` (its
   8-row case with a hand-written label mask), :func:`tiny_view`, :func:`small_model` (always seeded).
+- Registered datasets: :func:`example_params` / :func:`example_overrides` / :func:`example_dataset`
+  build every registered dataset, writing the files a file-reading one needs (:func:`shop_table`).
 - Partitions: :func:`assignment_params`.
 - Strategy fakes: :class:`FakeSilo` replies as told, :class:`Federation` serves fake silos behind
   an in-process grid, :func:`one_round` drives one training round.
@@ -11,17 +13,22 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -34,6 +41,7 @@ from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.records import SiloInfo, TrainRequest
 from fedmtl.core.schema import ModelConfig
 from fedmtl.core.tasks import TaskSpec
+from fedmtl.datasets import DATASETS, build_source, materialise
 from fedmtl.trunks import MLPParams, build_model
 from partitions import ASSIGNMENTS
 from strategies import TaskAwareStrategy
@@ -146,6 +154,85 @@ def small_model(
     global RNG); with ``groups``, one trunk per group."""
     cfg = ModelConfig(name="mlp", params=MLPParams(hidden=[16, 8]))
     return build_model(cfg, input_shape, tasks, seed=seed, groups=groups)
+
+
+# --------------------------------------------------------------------------------- datasets
+def shop_table(num_rows: int = 600, seed: int = 0) -> pd.DataFrame:
+    """A learnable table: price (regression), sold (binary, some cells empty), size (3 classes);
+    features x (numeric, some empty), colour (text), code (numeric codes); ids store and
+    customer (3 rows per customer, across stores)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=num_rows)
+    colour = rng.choice(["red", "green", "blue"], size=num_rows)
+    effect = np.select([colour == "red", colour == "green"], [1.0, -1.0], 0.0)
+    frame = pd.DataFrame(
+        {
+            "x": np.where(rng.random(num_rows) < 0.05, np.nan, x),
+            "colour": colour,
+            "code": rng.integers(0, 4, size=num_rows),
+            "price": 3.0 * x + effect + rng.normal(scale=0.3, size=num_rows),
+            "sold": np.where(rng.random(num_rows) < 0.2, np.nan, (x + effect > 0).astype(float)),
+            "size": np.digitize(x, [-0.5, 0.5]).astype(float),
+            "store": rng.integers(0, 6, size=num_rows),
+            "customer": np.arange(num_rows) // 3,
+        }
+    )
+    return frame
+
+
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path, index=False)
+    return path
+
+
+@functools.cache
+def fixture_dir() -> Path:
+    """A directory for this test process's data fixtures, removed when the process ends."""
+    directory = Path(tempfile.mkdtemp(prefix="fedmtl-fixtures-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
+
+
+def example_params(name: str) -> dict[str, Any]:
+    """Parameters that build registered dataset ``name`` here (files it needs are written to
+    :func:`fixture_dir`): the defaults, but for the datasets that read a user's files."""
+    if name == "table":
+        path = fixture_dir() / "shop.csv"
+        if not path.exists():
+            write_table(shop_table(300), path)
+        return {
+            "path": str(path),
+            "targets": {"price": "regression", "sold": "binary", "size": "multiclass"},
+            "id_columns": ["store"],
+            "group_column": "customer",
+        }
+    return {}
+
+
+def example_overrides(name: str) -> list[str]:
+    """The Hydra overrides for ``dataset=<name>`` with :func:`example_params`."""
+    return [f"dataset={name}"] + [
+        f"dataset.{key}={_hydra_value(value)}" for key, value in example_params(name).items()
+    ]
+
+
+def _hydra_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def example_dataset(name: str, seed: int = 0, **overrides: Any) -> MultiTaskDataset:
+    """Dataset ``name`` built from :func:`example_params` and ``overrides``; a table is fitted
+    on all its rows (tests that need a train/test split go through an experiment)."""
+    params = DATASETS.parse(name, {**example_params(name), **overrides}, "dataset")
+    source = build_source(name, params, seed)
+    return materialise(source, np.arange(source.num_samples))
 
 
 # --------------------------------------------------------------------------------- partitions

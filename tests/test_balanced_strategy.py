@@ -74,6 +74,7 @@ def make(name: str, **overrides: Any) -> Balanced:
 
 class Spy:
     """Wraps a weighting and records what it was called with."""
+
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.needs_losses = True

@@ -34,7 +34,7 @@ from fedmtl.core.schema import (
 from fedmtl.datasets import DATASETS
 from fedmtl.trunks import TRUNKS
 from strategies import STRATEGIES
-from tests.helpers import compose_raw
+from tests.helpers import compose_raw, example_overrides
 
 GROUPS = ["dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment"]
 
@@ -51,7 +51,7 @@ def preset_overrides(group: str, preset: str, tmp_path: Path) -> list[str]:
         return [f"{group}={preset}", f"partition.path={saved.save(tmp_path / 'partition.json')}"]
     overrides = [f"{group}={preset}", "partition.num_silos=4"]
     if group == "dataset":
-        overrides.append("model=mlp")
+        overrides += [*example_overrides(preset), "model=mlp"]
     if (group, preset) == ("partition", "natural_id"):  # needs a dataset with a 'site' column
         overrides += ["dataset=synthetic", "dataset.num_sites=8"]
     return overrides
@@ -82,7 +82,9 @@ def test_registries_and_config_groups_match() -> None:
         ("runtime", RUNTIMES),
     ]:
         names = {
-            parse(compose_raw([f"{group}={p}"])).__getattribute__(group).name
+            parse(compose_raw(example_overrides(p) if group == "dataset" else [f"{group}={p}"]))
+            .__getattribute__(group)
+            .name
             for p in presets(group)
         }
         assert names == set(registry.names()), f"configs/{group}/ and its registry differ"

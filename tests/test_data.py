@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
@@ -18,18 +17,18 @@ from hypothesis import strategies as st
 
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import build_dataclass
-from fedmtl.datasets import DATASETS, MultiTaskDataset, build_dataset
+from fedmtl.datasets import DATASETS, MultiTaskDataset, build_source, materialise
 from fedmtl.datasets.digits import DigitsPairParams, DigitsParams, load_raw
 from fedmtl.datasets.synthetic import SyntheticParams
+from tests.helpers import example_dataset, example_params
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dataset"
 
 
 @cache
 def built(name: str, seed: int = 0, **overrides: Any) -> MultiTaskDataset:
-    """Dataset ``name`` with default parameters but ``overrides`` (cached: tests only read it)."""
-    params = dataclasses.replace(DATASETS.get(name).params(), **overrides)
-    return DATASETS.get(name).factory(params, seed)
+    """Dataset ``name`` with its example parameters but ``overrides`` (cached: tests only read it)."""
+    return example_dataset(name, seed, **overrides)
 
 
 def target_matrix(dataset: MultiTaskDataset) -> np.ndarray:
@@ -82,9 +81,7 @@ def test_dataset_contract(name: str) -> None:
 
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_dataset_is_deterministic_for_a_seed(name: str) -> None:
-    params = DATASETS.get(name).params()
-    first = DATASETS.get(name).factory(params, 7)
-    second = DATASETS.get(name).factory(params, 7)
+    first, second = example_dataset(name, 7), example_dataset(name, 7)
     assert torch.equal(first.inputs, second.inputs)
     assert torch.equal(first.mask, second.mask)
     for task in first.task_names:
@@ -96,13 +93,14 @@ def test_dataset_is_deterministic_for_a_seed(name: str) -> None:
 def test_build_dataset_selects_and_orders_tasks(name: str) -> None:
     full = built(name)
     chosen = list(reversed(full.task_names))[:2]
-    dataset = build_dataset(name, DATASETS.get(name).params(), 0, tasks=chosen)
+    source = build_source(name, DATASETS.parse(name, example_params(name), "dataset"), 0)
+    dataset = materialise(source, np.arange(source.num_samples), tasks=chosen)
     assert dataset.task_names == chosen
     assert dataset.mask.shape == (full.num_samples, len(chosen))
     for task in chosen:
         assert torch.equal(dataset.targets[task], full.targets[task])
     with pytest.raises(ConfigError) as err:
-        build_dataset(name, DATASETS.get(name).params(), 0, tasks=[chosen[0], "no_such_task"])
+        materialise(source, np.arange(source.num_samples), tasks=[chosen[0], "no_such_task"])
     assert err.value.key == "dataset.tasks"
 
 

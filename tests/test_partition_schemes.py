@@ -384,7 +384,7 @@ def test_a_version_1_manifest_still_loads(tmp_path: Path) -> None:
     dataset = make_dataset(100, 2)
     manifest = build(dataset, skewed_config("none"), seed=0).to_manifest()
     manifest["schema_version"] = 1
-    for key in ("global_test_indices", "feature_skew"):
+    for key in ("global_test_indices", "feature_skew", "held_out"):
         manifest.pop(key)
     for silo in manifest["silos"]:
         silo.pop("hidden_labels")

@@ -243,8 +243,9 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
 
     manifest = json.loads(path.read_text())
     foundation = {"schema_version", "seed", "dataset", "tasks", "config", "silos"}
-    assert set(manifest) == foundation | {"global_test_indices", "feature_skew"}
-    assert manifest["schema_version"] == partitions.SCHEMA_VERSION == 2
+    assert set(manifest) == foundation | {"global_test_indices", "feature_skew", "held_out"}
+    assert manifest["schema_version"] == partitions.SCHEMA_VERSION == 3
+    assert manifest["held_out"] is None  # digits-like rows are independent: each silo cut its own
     assert (manifest["seed"], manifest["dataset"]) == (42, "tiny")
     assert manifest["tasks"] == dataset.task_names
     assert manifest["config"]["num_silos"] == 6

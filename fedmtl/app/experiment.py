@@ -24,12 +24,12 @@ from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.records import AffinityRequest, SiloInfo, WeightingSpec
 from fedmtl.core.rounds import RoundObserver
-from fedmtl.core.schema import ExperimentConfig
+from fedmtl.core.schema import ExperimentConfig, PartitionFile
 from fedmtl.core.training import StepWeights
-from fedmtl.datasets import build_dataset
+from fedmtl.datasets import TableSource, build_source, materialise
 from fedmtl.trunks import build_model
-from partitions import Partition
-from partitions import make as make_partition
+from partitions import Partition, hold_out
+from partitions import build as build_partition
 from partitions.views import global_test_data, silo_data
 from strategies import STRATEGIES, TaskAwareStrategy
 from strategies.balancing import build_weighting
@@ -102,11 +102,32 @@ class Experiment:
 
 
 def build_data(config: ExperimentConfig) -> tuple[MultiTaskDataset, Partition]:
-    """The dataset and its partition (built, or read from ``partition.path``); ConfigErrors only."""
-    dataset = build_dataset(
-        config.dataset.name, config.dataset.params, config.seed, config.dataset.tasks
+    """The dataset and its partition (built, or read from ``partition.path``); ConfigErrors only.
+
+    Under a leakage rule (grouped rows, the dataset's own held-out rows, or a table whose encoding
+    is fitted on training rows) train and test are decided for the whole dataset first
+    (:func:`partitions.hold_out`), a table is fitted on the training rows, and then the silos are
+    cut. A partition read from a manifest gives the training rows itself."""
+    source = build_source(config.dataset.name, config.dataset.params, config.seed)
+    tasks = config.dataset.tasks
+    part = config.partition
+    if isinstance(part, PartitionFile):
+        partition = Partition.load(part.path)
+        dataset = materialise(source, partition.train_rows(), tasks)
+        partition.validate_against(dataset, key="partition.path")
+        return dataset, partition
+    held_out = hold_out(
+        source.num_samples,
+        source.natural_ids,
+        source.group_column,
+        source.heldout,
+        part.test_fraction,
+        part.global_test_fraction,
+        config.seed,
+        fitted=isinstance(source, TableSource),
     )
-    return dataset, make_partition(dataset, config.partition, config.seed)
+    dataset = materialise(source, None if held_out is None else held_out.train_rows(), tasks)
+    return dataset, build_partition(dataset, part, config.seed, held_out)
 
 
 def prepare(config: ExperimentConfig) -> Experiment:

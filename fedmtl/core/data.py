@@ -21,6 +21,12 @@ class MultiTaskDataset:
     ``mask[i, t]`` is True when sample i carries a label for task ``tasks[t]``. ``info`` holds metadata
     written to the run summary (for ``synthetic``: ``planted_groups``). ``natural_ids`` maps an id
     column (writer, school, ...) to an (N,) array, for natural-id partitions.
+
+    Leakage rules, for datasets whose rows are not independent (see :mod:`partitions.heldout`):
+    ``group_column`` names a natural-id column whose rows must stay on one side of every train/test
+    split (a student seen in several grades, a person over several years); ``heldout`` (N,) bool
+    marks the rows the dataset itself reserves for testing (e.g. composites of held-out digits).
+    With either, train and test are decided for the whole dataset before silos are cut.
     """
 
     name: str
@@ -30,6 +36,8 @@ class MultiTaskDataset:
     mask: torch.Tensor
     info: dict[str, Any] = field(default_factory=dict)
     natural_ids: dict[str, np.ndarray] = field(default_factory=dict)
+    group_column: str | None = None
+    heldout: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = self.inputs.shape[0]
@@ -53,6 +61,7 @@ class MultiTaskDataset:
                 raise ValueError(
                     f"dataset {self.name!r}: natural id {id_column!r} must have {n} rows"
                 )
+        check_leakage_rule(self.name, n, self.natural_ids, self.group_column, self.heldout)
 
     @property
     def num_samples(self) -> int:
@@ -80,6 +89,8 @@ class MultiTaskDataset:
             mask=self.mask[:, positions],
             info=self.info,
             natural_ids=self.natural_ids,
+            group_column=self.group_column,
+            heldout=self.heldout,
         )
 
     def chance_levels(self) -> dict[str, float]:
@@ -88,6 +99,27 @@ class MultiTaskDataset:
             task.name: task.chance_level(self.targets[task.name][self.mask[:, t]])
             for t, task in enumerate(self.tasks)
         }
+
+
+def check_leakage_rule(
+    name: str,
+    num_rows: int,
+    natural_ids: dict[str, np.ndarray],
+    group_column: str | None,
+    heldout: np.ndarray | None,
+) -> None:
+    """A dataset's leakage rule is consistent: the group column is one of its natural ids, the
+    held-out mask is (N,) bool, and no group has rows on both sides of it."""
+    if group_column is not None and group_column not in natural_ids:
+        raise ValueError(f"dataset {name!r}: group column {group_column!r} is no natural id")
+    if heldout is None:
+        return
+    if heldout.shape != (num_rows,) or heldout.dtype != np.bool_:
+        raise ValueError(f"dataset {name!r}: heldout must be ({num_rows},) bool")
+    if group_column is not None:
+        groups = natural_ids[group_column]
+        if np.intersect1d(groups[heldout], groups[~heldout]).size:
+            raise ValueError(f"dataset {name!r}: a {group_column} has held-out and other rows")
 
 
 @dataclass(frozen=True)

@@ -153,4 +153,4 @@ class ExperimentConfig:
 
     def to_json(self) -> str:
         """The raw mapping this config was parsed from, as JSON (travels to ClientApps)."""
-        return json.dumps(self.raw, sort_keys=True)
+        return json.dumps(self.raw)

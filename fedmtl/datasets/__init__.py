@@ -1,8 +1,10 @@
-"""Datasets: a registry of builders that each return a :class:`~fedmtl.core.data.MultiTaskDataset`.
+"""Datasets: a registry of builders, each returning a :class:`~fedmtl.core.data.MultiTaskDataset`
+or, for tables, a :class:`~fedmtl.datasets.table.TableSource` whose encoding is fitted later on
+the training rows.
 
-A builder has the signature ``(params, seed) -> MultiTaskDataset`` and is registered here with its
-parameter dataclass. ``configs/dataset/<name>.yaml`` holds ``name`` and values for those parameters,
-plus the common key ``tasks`` (a subset of the dataset's tasks, or null for all of them).
+A builder has the signature ``(params, seed) -> MultiTaskDataset | TableSource`` and is registered
+here with its parameter dataclass. ``configs/dataset/<name>.yaml`` holds ``name`` and values for
+those parameters, plus the common key ``tasks`` (a subset of the dataset's tasks, or null for all).
 """
 
 from __future__ import annotations
@@ -10,24 +12,40 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from fedmtl.core.data import MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import Registry
 from fedmtl.datasets.digits import DigitsPairParams, DigitsParams, build_digits, build_digits_pair
 from fedmtl.datasets.synthetic import SyntheticParams, build_synthetic
+from fedmtl.datasets.table import TableParams, TableSource, build_table
 
-DatasetBuilder = Callable[[Any, int], MultiTaskDataset]
+Source = MultiTaskDataset | TableSource
+DatasetBuilder = Callable[[Any, int], Source]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 DATASETS.register("digits", params=DigitsParams)(build_digits)
 DATASETS.register("digits_pair", params=DigitsPairParams)(build_digits_pair)
 DATASETS.register("synthetic", params=SyntheticParams)(build_synthetic)
+DATASETS.register("table", params=TableParams)(build_table)
 
 
-def build_dataset(
-    name: str, params: Any, seed: int, tasks: list[str] | None = None
+def build_source(name: str, params: Any, seed: int) -> Source:
+    """What dataset ``name``'s builder returns: a dataset, or a table still to be fitted."""
+    return DATASETS.get(name).factory(params, seed)
+
+
+def materialise(
+    source: Source, fit_rows: np.ndarray | None, tasks: list[str] | None = None
 ) -> MultiTaskDataset:
-    """Build dataset ``name`` and keep only ``tasks`` (all when None), in that order."""
-    dataset = DATASETS.get(name).factory(params, seed)
+    """The dataset of ``source`` with only ``tasks`` (all when None), in that order. A table's
+    encoding is fitted on ``fit_rows`` (its training rows), which it needs."""
+    if isinstance(source, TableSource):
+        if fit_rows is None:
+            raise ValueError(f"table dataset {source.name!r} needs the training rows to fit on")
+        dataset = source.to_dataset(fit_rows)
+    else:
+        dataset = source
     if tasks is None:
         return dataset
     if not tasks:
@@ -38,7 +56,7 @@ def build_dataset(
         if task not in dataset.task_names:
             raise ConfigError(
                 "dataset.tasks",
-                f"unknown task '{task}' for dataset '{name}'.",
+                f"unknown task '{task}' for dataset '{dataset.name}'.",
                 f"choose from {dataset.task_names}.",
             )
     if len(set(tasks)) != len(tasks):
@@ -46,4 +64,21 @@ def build_dataset(
     return dataset.select_tasks(tasks)
 
 
-__all__ = ["DATASETS", "MultiTaskDataset", "build_dataset"]
+def build_dataset(
+    name: str, params: Any, seed: int, tasks: list[str] | None = None
+) -> MultiTaskDataset:
+    """Build dataset ``name`` and keep only ``tasks`` (all when None). Tables are fitted on their
+    training rows, which only an experiment knows: build them with
+    :func:`fedmtl.app.experiment.build_data`."""
+    return materialise(build_source(name, params, seed), None, tasks)
+
+
+__all__ = [
+    "DATASETS",
+    "MultiTaskDataset",
+    "Source",
+    "TableSource",
+    "build_dataset",
+    "build_source",
+    "materialise",
+]

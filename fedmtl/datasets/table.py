@@ -1,0 +1,279 @@
+"""Tables as multi-task datasets: ``dataset=table`` (a user's own CSV or Parquet file) and the base
+of the tabular plug-ins (``star``, ``tv16``, ``randhie``).
+
+A table becomes a :class:`TableSource`: its raw feature and target columns, natural-id columns and
+leakage rule. Its :class:`~fedmtl.datasets.schema.FeatureSchema` is fitted on the training rows
+once the experiment has decided them (:meth:`TableSource.to_dataset`), or read from a schema file
+that every silo of a deployment shares. An empty cell in a target column means "not labelled"
+(the task mask); one target column is one task.
+
+``dataset=table`` keys: ``path`` (a ``.csv`` or ``.parquet`` file), ``targets`` (column ->
+``binary`` | ``multiclass`` | ``regression``), ``features`` (columns; null: every column that is no
+target, id or group column), ``categorical`` (columns encoded as categories even when numeric),
+``id_columns`` (natural ids offered to ``partition=natural_id partition.split.column=<col>``),
+``group_column`` (rows sharing it stay on one side of train/test), ``schema`` (a schema file to use
+instead of fitting one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedmtl.core.data import MultiTaskDataset, check_leakage_rule
+from fedmtl.core.errors import ConfigError
+from fedmtl.core.tasks import TaskKind
+from fedmtl.datasets.schema import FeatureSchema, is_numeric
+
+KINDS: tuple[TaskKind, ...] = ("binary", "multiclass", "regression")
+SUFFIXES = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
+
+
+@dataclass(frozen=True, eq=False)
+class TableSource:
+    """A table before its encoding is fitted.
+
+    ``columns``: raw feature and target columns (numeric ones as float64 with NaN for empty
+    cells, others as object arrays with None); ``features``: the feature columns in order;
+    ``targets``: target column -> task kind; ``natural_ids``: id columns (the group column too);
+    ``group_column`` and ``heldout``: the leakage rule (see
+    :class:`~fedmtl.core.data.MultiTaskDataset`); ``categorical``: features encoded as categories
+    even when numeric; ``schema``: a given schema (no fitting); ``info``: summary metadata.
+    """
+
+    name: str
+    columns: dict[str, np.ndarray]
+    features: list[str]
+    targets: dict[str, TaskKind]
+    natural_ids: dict[str, np.ndarray] = field(default_factory=dict)
+    group_column: str | None = None
+    heldout: np.ndarray | None = None
+    categorical: tuple[str, ...] = ()
+    schema: FeatureSchema | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_leakage_rule(
+            self.name, self.num_samples, self.natural_ids, self.group_column, self.heldout
+        )
+
+    @property
+    def num_samples(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def fit(self, rows: np.ndarray) -> FeatureSchema:
+        """The given schema, else one fitted on ``rows`` (the training rows) only."""
+        if self.schema is not None:
+            return self.schema
+        return FeatureSchema.fit(self.columns, self.features, self.targets, rows, self.categorical)
+
+    def to_dataset(self, rows: np.ndarray) -> MultiTaskDataset:
+        """The encoded dataset, its schema fitted on ``rows`` (or the given one)."""
+        schema = self.fit(rows)
+        targets, labelled = {}, []
+        for target in schema.targets:
+            values, mask = target.encode(self.columns[target.name])
+            targets[target.name] = values
+            labelled.append(mask)
+        return MultiTaskDataset(
+            name=self.name,
+            inputs=schema.encode(self.columns, self.num_samples),
+            tasks=tuple(t.spec() for t in schema.targets),
+            targets=targets,
+            mask=torch.stack(labelled, dim=1),
+            info={
+                **self.info,
+                "schema": schema.to_json(),
+                "schema_fitted_on_rows": schema.fitted_rows,
+            },
+            natural_ids=self.natural_ids,
+            group_column=self.group_column,
+            heldout=self.heldout,
+        )
+
+
+@dataclass(frozen=True)
+class TableParams:
+    """``dataset=table``: a user's own table (see the module docstring)."""
+
+    path: str | None = None
+    targets: dict[str, str] | None = None
+    features: list[str] | None = None
+    categorical: list[str] = field(default_factory=list)
+    id_columns: list[str] = field(default_factory=list)
+    group_column: str | None = None
+    schema: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError("path", "is required.", "set dataset.path=FILE (.csv or .parquet).")
+        if Path(self.path).suffix.lower() not in SUFFIXES:
+            raise ConfigError(
+                "path", f"{self.path} is neither .csv nor .parquet.", "give a CSV or Parquet file."
+            )
+        if not self.targets:
+            raise ConfigError(
+                "targets",
+                "names no target column.",
+                "set e.g. +dataset.targets.price=regression +dataset.targets.sold=binary.",
+            )
+        for column, kind in self.targets.items():
+            if kind not in KINDS:
+                raise ConfigError(
+                    f"targets.{column}", f"is {kind!r}.", f"choose one of {list(KINDS)}."
+                )
+
+
+def read_table(path: str, key: str = "dataset.path") -> Any:
+    """A CSV or Parquet file as a pandas DataFrame; an unreadable file is a ConfigError."""
+    # pandas takes a while to import; only table datasets need it.
+    import pandas as pd  # noqa: PLC0415 - heavy, only for table datasets
+
+    file = Path(path)
+    kind = SUFFIXES.get(file.suffix.lower(), "table")
+    if not file.is_file():
+        raise ConfigError(key, f"no {kind} file at {file}.", "give the path of an existing file.")
+    try:
+        frame = pd.read_csv(file) if kind == "CSV" else pd.read_parquet(file)
+    except Exception as err:  # pandas and pyarrow raise many types for a malformed file
+        raise ConfigError(
+            key,
+            f"cannot read {file} as {kind}: {type(err).__name__}: {err}",
+            f"give a valid {kind} file.",
+        ) from None
+    if frame.empty:
+        raise ConfigError(key, f"{file} holds no rows.", "give a table with data rows.")
+    return frame
+
+
+def table_source(
+    frame: Any,
+    name: str,
+    targets: Mapping[str, TaskKind],
+    features: Sequence[str] | None = None,
+    categorical: Sequence[str] = (),
+    id_columns: Sequence[str] = (),
+    group_column: str | None = None,
+    schema: FeatureSchema | None = None,
+    info: Mapping[str, Any] | None = None,
+    key: str = "dataset",
+) -> TableSource:
+    """A :class:`TableSource` of a pandas DataFrame; every named column is checked (ConfigErrors
+    name ``key.<field>`` and list the columns the table has)."""
+    available = [str(c) for c in frame.columns]
+    frame = frame.set_axis(available, axis=1)
+
+    def require(column: str, field_name: str) -> None:
+        if column not in available:
+            raise ConfigError(
+                f"{key}.{field_name}",
+                f"the table has no column '{column}'.",
+                f"choose among its columns {available}.",
+            )
+
+    for column in targets:
+        require(column, f"targets.{column}")
+        if "." in column or "/" in column:
+            raise ConfigError(
+                f"{key}.targets.{column}",
+                "a target column names a task, which may not contain '.' or '/'.",
+                "rename the column.",
+            )
+    for column in id_columns:
+        require(column, "id_columns")
+    if group_column is not None:
+        require(group_column, "group_column")
+    reserved = {*targets, *id_columns, *([group_column] if group_column else [])}
+    if schema is not None:
+        if features is not None and list(features) != schema.feature_names:
+            raise ConfigError(
+                f"{key}.features",
+                f"{list(features)} differ from the schema's features {schema.feature_names}.",
+                "set dataset.features to null to use the schema's.",
+            )
+        features = schema.feature_names
+        if {t.name: t.kind for t in schema.targets} != dict(targets):
+            raise ConfigError(
+                f"{key}.schema",
+                f"its targets {[t.to_json() for t in schema.targets]} differ from dataset.targets.",
+                "use the schema written for these targets.",
+            )
+    if features is None:
+        features = [c for c in available if c not in reserved]
+    for column in features:
+        require(column, "features")
+        if column in reserved:
+            raise ConfigError(
+                f"{key}.features",
+                f"'{column}' is a target, id or group column.",
+                "leave it out of dataset.features.",
+            )
+    for column in categorical:
+        require(column, "categorical")
+    ids = {}
+    for column in dict.fromkeys([*id_columns, *([group_column] if group_column else [])]):
+        values = frame[column].to_numpy()
+        if frame[column].isna().any():
+            raise ConfigError(
+                f"{key}.{'group_column' if column == group_column else 'id_columns'}",
+                f"column '{column}' has empty cells: every row needs its id.",
+                "fill them, or drop those rows.",
+            )
+        ids[column] = values
+    columns = {c: _raw(frame[c]) for c in dict.fromkeys([*features, *targets])}
+    return TableSource(
+        name=name,
+        columns=columns,
+        features=list(features),
+        targets=dict(targets),
+        natural_ids=ids,
+        group_column=group_column,
+        categorical=tuple(categorical),
+        schema=schema,
+        info=dict(info or {}),
+    )
+
+
+def _raw(series: Any) -> np.ndarray:
+    """A column as float64 with NaN (numbers, booleans) or an object array with None (text)."""
+    values = series.to_numpy()
+    if is_numeric(values):
+        return values.astype(np.float64)
+    if series.dtype.kind == "b" or str(series.dtype) == "boolean":
+        return series.astype("float64").to_numpy()
+    try:  # numbers stored as text or with missing values (pandas' nullable dtypes)
+        return series.astype("float64").to_numpy()
+    except (TypeError, ValueError):
+        return np.array([None if _missing(v) else str(v) for v in values], dtype=object)
+
+
+def _missing(value: Any) -> bool:
+    return (
+        value is None
+        or (isinstance(value, float) and np.isnan(value))
+        or str(value) in ("<NA>", "nan", "NaT")
+    )
+
+
+def build_table(params: TableParams, seed: int) -> TableSource:
+    """``dataset=table``: the user's file, checked; ``seed`` unused (the table is fixed)."""
+    del seed
+    assert params.path is not None  # checked by TableParams
+    frame = read_table(params.path)
+    schema = None if params.schema is None else FeatureSchema.load(params.schema)
+    return table_source(
+        frame,
+        name="table",
+        targets=dict(params.targets or {}),  # type: ignore[arg-type]
+        features=params.features,
+        categorical=params.categorical,
+        id_columns=params.id_columns,
+        group_column=params.group_column,
+        schema=schema,
+        info={"source": str(Path(params.path).resolve()), "num_rows": len(frame)},
+    )
