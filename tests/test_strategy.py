@@ -596,7 +596,9 @@ def test_discovery_queries_each_valid_node_once() -> None:
 
 # ---------------------------------------------------------------------------------------- 10. contract
 def contract_silos() -> list[FakeSilo]:
-    """Three silos over tasks a, b, c (d is held by nobody) with small, distinct deltas."""
+    """Three silos over tasks a, b, c (d is held by nobody) with small, distinct deltas. The trunk
+    deltas are all positive multiples of one pattern, so their convex hull excludes 0 and every
+    balancing method moves the trunk (with rows of both signs MGDA's exact answer would be 0)."""
     return [
         FakeSilo(
             ("a", "b"),
@@ -606,7 +608,7 @@ def contract_silos() -> list[FakeSilo]:
             {"a": 0.01, "b": -0.03},
             eval_metrics=EVAL_SILOS[0],
         ),
-        FakeSilo(("b", "c"), 20, {"b": 20, "c": 4}, -0.01, {"b": 0.02, "c": 0.05}),
+        FakeSilo(("b", "c"), 20, {"b": 20, "c": 4}, 0.01, {"b": 0.02, "c": 0.05}),
         FakeSilo(
             ("a", "c"),
             7,

@@ -2,16 +2,16 @@
 
 Thin wiring: the silo comes from the node config (``partition-id``); its data, the balancing method
 and the affinity probe a message asks for come from the :class:`~fedmtl.app.experiment.Experiment`
-(built once per process); training from :mod:`fedmtl.core.training`; the messages from
-:mod:`fedmtl.core.records`. Per-node state lives in ``context.state`` (the rounds this node has
-trained).
+(built once per process); what the silo does with a message, in each personal mode, from
+:mod:`fedmtl.app.silo`; the messages from :mod:`fedmtl.core.records`. Per-node state lives in
+``context.state``: the silo's personal arrays (:data:`fedmtl.app.silo.PERSONAL`) and the rounds
+this node has trained.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import zlib
 from typing import Literal
 
 import torch
@@ -20,17 +20,11 @@ from flwr.clientapp import ClientApp
 
 from fedmtl.app.experiment import Experiment, cached_experiment, config_json_from
 from fedmtl.app.runtime import client_device
+from fedmtl.app.silo import SiloWorker, round_seed, run_evaluate, run_train
 from fedmtl.core import records
 from fedmtl.core.data import LocalData
-from fedmtl.core.models import MultiTaskModel, is_trunk_key
-from fedmtl.core.records import (
-    EvaluateReply,
-    EvaluateRequest,
-    Groups,
-    TrainReply,
-    TrainRequest,
-)
-from fedmtl.core.training import StepProbe, TrainResult, evaluate, mean_task_losses, train_local
+from fedmtl.core.models import MultiTaskModel
+from fedmtl.core.records import Arrays, EvaluateRequest, Groups, TrainRequest
 
 PARTITION_ID = "partition-id"
 NODE_STATE = "fedmtl.node"
@@ -57,6 +51,36 @@ def _silo_data(
     return data.to(torch.device(device))
 
 
+def _worker(
+    config_json: str,
+    experiment: Experiment,
+    silo_id: int,
+    device: str,
+    context: Context,
+    request: TrainRequest | EvaluateRequest,
+    split: Literal["train", "test"] = "train",
+) -> SiloWorker:
+    """The silo's tools for one message: the shared model of the message's structure, the
+    silo's rows of ``split``, its node state and its round seed."""
+    groups = request.groups
+    return SiloWorker(
+        model=_model_for(config_json, device, groups),
+        data=_silo_data(config_json, silo_id, split, device),
+        state=context.state,
+        initial=lambda: _initial_arrays(config_json, json.dumps(groups, sort_keys=True)),
+        seed=round_seed(experiment.config.seed, silo_id, request.server_round),
+        device=device,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _initial_arrays(config_json: str, groups_json: str) -> Arrays:
+    """The seeded initial model's arrays (the server starts from the same)."""
+    groups = json.loads(groups_json)
+    model = cached_experiment(config_json).new_model(groups)
+    return records.state_arrays(model, model.exchanged_keys())
+
+
 def _device(experiment: Experiment) -> str:
     runtime = experiment.config.runtime
     return client_device(runtime.name, runtime.params)
@@ -70,40 +94,6 @@ def _silo_id(context: Context, experiment: Experiment) -> int:
             f"node config '{PARTITION_ID}' must be a silo id in [0, {num_silos}), got {value!r}"
         )
     return value
-
-
-def _round_seed(seed: int, silo_id: int, server_round: int) -> int:
-    """A seed that depends only on (experiment seed, silo, round), not on scheduling or runtime."""
-    return zlib.crc32(f"{seed}/{silo_id}/{server_round}".encode())
-
-
-def _train_seeded(
-    model: MultiTaskModel,
-    data: LocalData,
-    request: TrainRequest,
-    seed: int,
-    device: str,
-    probe: StepProbe | None = None,
-) -> TrainResult:
-    """Train with the batch order, torch's global RNG (dropout) and the step balancing all set
-    by ``seed``; the caller's global RNG state is restored afterwards. A stateful balancing
-    method is built afresh each round: its state lives for the round's local steps. ``probe``
-    measures task affinity along the way."""
-    step_weights = None
-    if request.local_weighting is not None:
-        step_weights = Experiment.step_weights(request.local_weighting, seed)
-    devices = [torch.cuda.current_device()] if device == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        return train_local(
-            model,
-            data,
-            request.train,
-            torch.Generator().manual_seed(seed),
-            update_mode=request.update_mode,
-            step_weights=step_weights,
-            probe=probe,
-        )
 
 
 def make_client_app(default_config_json: str | None = None) -> ClientApp:
@@ -125,45 +115,24 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
         config_json, experiment, silo_id, device = setup(context)
         received, config = records.request_parts(msg.content)
         request = TrainRequest.from_config(config)
-        model = _model_for(config_json, device, request.groups)
-        records.load_arrays(model, received)
-        data = _silo_data(config_json, silo_id, "train", device)
-        loss_before = mean_task_losses(model, data)
+        worker = _worker(config_json, experiment, silo_id, device, context, request)
+        step_weights = None
+        if request.local_weighting is not None:
+            step_weights = Experiment.step_weights(request.local_weighting, worker.seed)
         probe = None
         if request.affinity is not None:
-            probe = experiment.affinity_probe(request.affinity, model, data)
-        seed = _round_seed(experiment.config.seed, silo_id, request.server_round)
-        result = _train_seeded(model, data, request, seed, device, probe)
-        trained = records.state_arrays(model, list(received))
-        deltas = {k: trained[k] - received[k] for k in received}
-        task_deltas = None
-        if result.task_trunk_deltas is not None:  # per_task mode: each task's share of its trunk
-            deltas = {k: v for k, v in deltas.items() if not is_trunk_key(k)}
-            task_deltas = {
-                task: {key: share.detach().cpu().numpy() for key, share in shares.items()}
-                for task, shares in result.task_trunk_deltas.items()
-            }
-        reply = TrainReply(
-            deltas=deltas,
-            num_examples=data.num_samples,
-            steps=result.steps,
-            task_examples=dict(data.labelled_counts()),
-            train_loss=result.mean_loss,
-            loss_before=loss_before,
-            task_deltas=task_deltas,
-            affinity={} if probe is None else probe.means(),
-        )
+            probe = experiment.affinity_probe(request.affinity, worker.model, worker.data)
+        reply = run_train(worker, received, request, step_weights, probe)
         _remember_round(context, request.server_round)
         return Message(reply.to_content(), reply_to=msg)
 
     @app.evaluate()
     def evaluate_(msg: Message, context: Context) -> Message:
-        config_json, _, silo_id, device = setup(context)
+        config_json, experiment, silo_id, device = setup(context)
         received, config = records.request_parts(msg.content)
-        model = _model_for(config_json, device, EvaluateRequest.from_config(config).groups)
-        records.load_arrays(model, received)
-        stats = evaluate(model, _silo_data(config_json, silo_id, "test", device))
-        return Message(EvaluateReply(stats).to_content(), reply_to=msg)
+        request = EvaluateRequest.from_config(config)
+        worker = _worker(config_json, experiment, silo_id, device, context, request, "test")
+        return Message(run_evaluate(worker, received, request).to_content(), reply_to=msg)
 
     return app
 
