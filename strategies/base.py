@@ -46,7 +46,7 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
@@ -60,6 +60,7 @@ from fedmtl.core.records import (
     Arrays,
     EvaluateReply,
     EvaluateRequest,
+    PersonalMode,
     SiloInfo,
     TrainReply,
     TrainRequest,
@@ -135,12 +136,12 @@ class TrunkStep:
 @dataclass(frozen=True)
 class Dispatch:
     """One round's messages of one kind (train or evaluate) and what they carried: the round's
-    global model, the array keys each node received and the bytes of model arrays sent."""
+    global model, the arrays each node received and the bytes of model arrays sent."""
 
     server_round: int
     messages: list[Message]
     arrays: Arrays
-    sent: dict[int, list[str]]
+    sent: dict[int, Arrays]
     bytes_down: int
 
 
@@ -169,7 +170,13 @@ class EvaluateOutcome:
 
 
 class TaskAwareStrategy(Strategy):
-    """Flower strategy that knows which silo holds which tasks. Subclasses define the trunk update."""
+    """Flower strategy that knows which silo holds which tasks. Subclasses define the trunk update.
+
+    ``shares_heads``: whether silos receive and send their tasks' heads, averaged per task at the
+    server (False when the heads stay on the silos).
+    """
+
+    shares_heads: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -221,6 +228,52 @@ class TaskAwareStrategy(Strategy):
     def affinity_request(self, server_round: int) -> AffinityRequest | None:
         """The task affinity silos measure during this round's local training (default none)."""
         return None
+
+    def personal_mode(self) -> PersonalMode:
+        """What silos keep for themselves between rounds (default ``none``; see
+        :mod:`fedmtl.app.silo`)."""
+        return "none"
+
+    def train_request(self, server_round: int) -> TrainRequest:
+        """The train message's request (built from the hooks above; subclasses add their
+        coefficients, e.g. a proximal term)."""
+        return TrainRequest(
+            server_round=server_round,
+            train=self.train,
+            update_mode=self.update_mode(),
+            local_weighting=self.local_weighting(),
+            affinity=self.affinity_request(server_round),
+            groups=self.model_groups,
+            personal=self.personal_mode(),
+        )
+
+    @property
+    def has_global_model(self) -> bool:
+        """Whether the server's arrays form one complete model that the global test set can
+        evaluate (not for strategies whose heads or models stay on silos or differ per silo)."""
+        return True
+
+    def payload(self, node: int, arrays: Arrays, message_type: str) -> Arrays | None:
+        """Per-silo values of ``arrays`` (the global arrays a message to ``node`` would carry)
+        for that message (default None: the global values; strategies that keep one model per
+        silo at the server override it)."""
+        return None
+
+    def apply_updates(
+        self, server_round: int, arrays: Arrays, updates: list[ClientUpdate]
+    ) -> tuple[Arrays, dict[str, float]]:
+        """The new global arrays from the round's checked updates, and each task's balancing
+        weight: the trunk by :meth:`trunk_update` and the server optimizer, the heads per task
+        over their holders. Strategies with per-silo models override it."""
+        trunk = {k: v for k, v in arrays.items() if is_trunk_key(k)}
+        step = self.trunk_update(server_round, trunk, updates)
+        if step.delta is None:
+            log.warning("round %d: no trunk update; the trunk is unchanged", server_round)
+        else:
+            arrays.update(self.server_optimizer.step(trunk, step.delta))
+        if self.shares_heads:
+            arrays.update(aggregate_heads(arrays, updates, list(self.tasks)))
+        return arrays, dict(step.task_weights)
 
     def end_round(self, server_round: int, arrays: Arrays) -> Arrays:
         """The global model to carry into the next round, given the aggregated ``arrays`` (default:
@@ -320,10 +373,15 @@ class TaskAwareStrategy(Strategy):
         messages, sent, size = [], {}, 0
         for node in nodes:
             keys = list(self.arrays_for(arrays, self.silos[node]))
-            # The global record's Array objects are shared, not serialised again for every silo.
-            payload = ArrayRecord({key: record[key] for key in keys})
+            own = self.payload(node, {key: arrays[key] for key in keys}, message_type)
+            if own is None:
+                # The global record's Array objects are shared, not serialised again per silo.
+                payload = ArrayRecord({key: record[key] for key in keys})
+                sent[node] = {key: arrays[key] for key in keys}
+            else:
+                payload = records.to_array_record(own)
+                sent[node] = own
             size += payload.count_bytes()
-            sent[node] = keys
             messages.append(
                 Message(
                     records.request_content(payload, config),
@@ -341,14 +399,7 @@ class TaskAwareStrategy(Strategy):
         """The round's train messages to the sampled silos (:class:`~fedmtl.core.records.TrainRequest`;
         the keys of ``extra`` travel too, the protocol's own take precedence)."""
         nodes = self.sample(grid, self.params.fraction_train, self.params.min_train_nodes)
-        request = TrainRequest(
-            server_round=server_round,
-            train=self.train,
-            update_mode=self.update_mode(),
-            local_weighting=self.local_weighting(),
-            affinity=self.affinity_request(server_round),
-            groups=self.model_groups,
-        )
+        request = self.train_request(server_round)
         config = ConfigRecord({**(extra or {}), **request.to_config()})
         return self._dispatch(server_round, record, config, nodes, MessageType.TRAIN)
 
@@ -357,7 +408,9 @@ class TaskAwareStrategy(Strategy):
     ) -> Dispatch:
         """The round's evaluate messages to the sampled silos."""
         nodes = self.sample(grid, self.params.fraction_evaluate, self.params.min_evaluate_nodes)
-        request = EvaluateRequest(server_round=server_round, groups=self.model_groups)
+        request = EvaluateRequest(
+            server_round=server_round, groups=self.model_groups, personal=self.personal_mode()
+        )
         config = ConfigRecord({**(extra or {}), **request.to_config()})
         return self._dispatch(server_round, record, config, nodes, MessageType.EVALUATE)
 
@@ -376,7 +429,7 @@ class TaskAwareStrategy(Strategy):
                 if reply.has_error():
                     raise ReplyError(f"client error: {reply.error.reason}")
                 silo = self.silos[node]
-                sent = {k: dispatch.arrays[k] for k in dispatch.sent[node]}
+                sent = dispatch.sent[node]
                 parsed = TrainReply.from_content(reply.content)
                 updates.append(
                     check_train_reply(node, parsed, sent, silo, self.update_mode(), self.serves)
@@ -388,14 +441,7 @@ class TaskAwareStrategy(Strategy):
         arrays = dict(dispatch.arrays)
         task_weights: dict[str, float] = {}
         if updates:
-            trunk = {k: v for k, v in arrays.items() if is_trunk_key(k)}
-            step = self.trunk_update(server_round, trunk, updates)
-            task_weights = dict(step.task_weights)
-            if step.delta is None:
-                log.warning("round %d: no trunk update; the trunk is unchanged", server_round)
-            else:
-                arrays.update(self.server_optimizer.step(trunk, step.delta))
-            arrays.update(aggregate_heads(arrays, updates, list(self.tasks)))
+            arrays, task_weights = self.apply_updates(server_round, arrays, updates)
         else:
             log.warning(
                 "round %d: no usable training reply; the global model is unchanged", server_round

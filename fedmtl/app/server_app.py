@@ -42,7 +42,7 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
         run_name=f"{cfg.dataset.name}-{cfg.strategy.name}-seed{cfg.seed}",
     )
     strategy = experiment.new_strategy(observers=[tracker])
-    model = experiment.new_model()
+    model = experiment.new_model(strategy.model_groups)
     initial = records.to_array_record(records.state_arrays(model, model.exchanged_keys()))
     global_eval = GlobalEvaluator(experiment, tracker, strategy)
     started = time.perf_counter()
@@ -52,7 +52,7 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
             initial,
             num_rounds=cfg.num_rounds,
             timeout=strategy.params.reply_timeout_s,
-            evaluate_fn=global_eval if global_eval.num_samples else None,
+            evaluate_fn=global_eval if global_eval.num_samples and strategy.has_global_model else None,
         )
     finally:
         summary = build_summary(experiment, strategy, time.perf_counter() - started)
