@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import fedmtl.app.client_app as client_app
-import fedmtl.app.silo as silo
+import fedmtl.app.silo as silo_side
 from fedmtl.app.config import parse
 from fedmtl.app.launch import run
 from fedmtl.app.runtime import client_device
@@ -164,14 +164,14 @@ def test_a_failing_silo_is_rejected_and_the_run_goes_on(tmp_path: Path, monkeypa
     # Silo data is built once per process, so silo 1's training data is this very object.
     device = client_device(config.runtime.name, config.runtime.params)
     bad_data = client_app._silo_data(config.to_json(), 1, "train", device)
-    original = silo.train_local
+    original = silo_side.train_local
 
     def flaky(model, data, cfg, generator, **kwargs):
         if data is bad_data:
             raise RuntimeError("disk on fire")
         return original(model, data, cfg, generator, **kwargs)
 
-    monkeypatch.setattr(silo, "train_local", flaky)
+    monkeypatch.setattr(silo_side, "train_local", flaky)
     summary = run(config)
     assert [(r["round"], r["silo"]) for r in summary["rejected"]] == [(1, 1), (2, 1)]
     assert all("disk on fire" in r["reason"] for r in summary["rejected"])
