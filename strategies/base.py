@@ -38,6 +38,7 @@ bytes and rejections, the round history, and the state subclasses keep (balancin
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -54,6 +55,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedmtl.core import records
 from fedmtl.core.checks import fraction, int_at_least, positive
+from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import head_task, is_trunk_key, trunk_group
 from fedmtl.core.records import (
     AffinityRequest,
@@ -78,6 +80,15 @@ from strategies.replies import (
     check_silo,
     check_train_reply,
 )
+from strategies.robust import (
+    Combine,
+    NormRule,
+    RobustRule,
+    bound_norms,
+    combiner,
+    count_caps,
+    fixed_counts,
+)
 from strategies.server_opt import ServerOptimizer, ServerOptParams
 
 log = logging.getLogger("fedmtl")
@@ -95,6 +106,14 @@ class StrategyParams:
     ``wait_for_nodes_s`` seconds. ``evaluate_every``: evaluate every k rounds (and after the last).
     ``reply_timeout_s``: how long a round waits for replies. ``server_optimizer``: the FedOpt rule
     that applies the combined trunk update (default: plain averaging, ``sgd`` with lr 1).
+
+    Faults and robustness (:mod:`strategies.robust`): a round with fewer valid updates than
+    ``min_train_nodes`` (or the nodes sampled, when fewer) is sent again up to ``round_retries``
+    times, then the run stops (``status: too_few_replies``); ``robust`` averages with the weighted
+    ``mean``, the coordinate-wise ``median`` or a ``trimmed_mean`` (cutting ``trim_fraction`` at
+    each end); ``norm_bound`` b ``clip``-s or ``reject``-s (``norm_rule``) updates whose norm
+    exceeds b times the round's median; ``max_count_ratio`` r caps the example counts a silo
+    announced at r times the median.
     """
 
     fraction_train: float = 1.0
@@ -106,6 +125,12 @@ class StrategyParams:
     wait_for_nodes_s: float = 120.0
     reply_timeout_s: float = 3600.0
     server_optimizer: ServerOptParams = field(default_factory=ServerOptParams)
+    round_retries: int = 1
+    robust: RobustRule = "mean"
+    trim_fraction: float = 0.1
+    norm_bound: float | None = None
+    norm_rule: NormRule = "clip"
+    max_count_ratio: float | None = None
 
     def __post_init__(self) -> None:
         fraction(self, "fraction_train", allow_one=True)
@@ -117,7 +142,17 @@ class StrategyParams:
             "evaluate_every",
         ):
             int_at_least(self, name, 1)
+        int_at_least(self, "round_retries", 0)
         positive(self, "wait_for_nodes_s", "reply_timeout_s")
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ConfigError(
+                "trim_fraction",
+                f"must be in [0, 0.5), got {self.trim_fraction!r}.",
+                "use e.g. 0.1.",
+            )
+        for name in ("norm_bound", "max_count_ratio"):
+            if getattr(self, name) is not None:
+                positive(self, name)
 
     def check_experiment(self, task_names: Sequence[str], num_rounds: int) -> None:
         """Cross-check these parameters against the experiment before any training (raise
@@ -157,6 +192,15 @@ class TrainOutcome:
     train_loss: dict[str, float]
     task_weights: dict[str, float]
     bytes_up: int
+    applied: bool = True
+
+
+class RunStopped(RuntimeError):
+    """The run cannot go on; ``status`` says why (it becomes ``summary.json``'s ``status``)."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -201,9 +245,15 @@ class TaskAwareStrategy(Strategy):
         self.server_optimizer = ServerOptimizer(params.server_optimizer)
         # group -> its tasks when the model has one trunk per task group (strategies.grouping)
         self.model_groups: dict[str, tuple[str, ...]] | None = None
+        self.participants: set[int] = set()  # silo ids whose update was aggregated
         # Only for Flower's own round loop (configure_* then aggregate_*): :meth:`start` passes
         # each Dispatch along itself.
         self._in_flight: dict[tuple[str, int], Dispatch] = {}
+
+    @functools.cached_property
+    def combine(self) -> Combine:
+        """How one array is averaged over silos (``robust``)."""
+        return combiner(self.params.robust, self.params.trim_fraction)
 
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
@@ -272,7 +322,7 @@ class TaskAwareStrategy(Strategy):
         else:
             arrays.update(self.server_optimizer.step(trunk, step.delta))
         if self.shares_heads:
-            arrays.update(aggregate_heads(arrays, updates, list(self.tasks)))
+            arrays.update(aggregate_heads(arrays, updates, list(self.tasks), self.combine))
         return arrays, dict(step.task_weights)
 
     def end_round(self, server_round: int, arrays: Arrays) -> Arrays:
@@ -438,14 +488,24 @@ class TaskAwareStrategy(Strategy):
                 rejected.append(self._reject(server_round, node, f"train reply rejected: {err}"))
         self.bytes_up += received
         updates.sort(key=lambda u: u.silo.silo_id)
+        cap, task_caps = count_caps(self.silos.values(), self.params.max_count_ratio)
+        updates = [fixed_counts(u, self.silos[u.node_id], cap, task_caps) for u in updates]
+        if self.params.norm_bound is not None:
+            updates, refused = bound_norms(updates, self.params.norm_bound, self.params.norm_rule)
+            for update, reason in refused:
+                rejected.append(self._reject(server_round, update.node_id, reason))
         arrays = dict(dispatch.arrays)
-        task_weights: dict[str, float] = {}
-        if updates:
-            arrays, task_weights = self.apply_updates(server_round, arrays, updates)
-        else:
+        required = min(self.params.min_train_nodes, len(dispatch.messages))
+        if len(updates) < required:
             log.warning(
-                "round %d: no usable training reply; the global model is unchanged", server_round
+                "round %d: %d valid updates, fewer than the %d required; the model is unchanged",
+                server_round,
+                len(updates),
+                required,
             )
+            return TrainOutcome(arrays, len(updates), rejected, {}, {}, received, applied=False)
+        arrays, task_weights = self.apply_updates(server_round, arrays, updates)
+        self.participants.update(u.silo.silo_id for u in updates)
         return TrainOutcome(
             arrays=self.end_round(server_round, arrays),
             num_updates=len(updates),
@@ -520,9 +580,8 @@ class TaskAwareStrategy(Strategy):
         arrays = initial_arrays
         for server_round in range(1, num_rounds + 1):
             started = time.perf_counter()
-            dispatch = self.dispatch_train(server_round, arrays, grid, train_config)
-            replies = grid.send_and_receive(dispatch.messages, timeout=timeout)
-            outcome = self.aggregate_updates(dispatch, replies)
+            down, up = self.bytes_down, self.bytes_up  # every attempt of the round counts
+            outcome, dispatch = self.train_round(server_round, arrays, grid, timeout, train_config)
             arrays = result.arrays = records.to_array_record(outcome.arrays)
             result.train_metrics_clientapp[server_round] = records.round_metrics(
                 outcome.num_updates, len(outcome.rejected), outcome.train_loss
@@ -534,8 +593,8 @@ class TaskAwareStrategy(Strategy):
                 rejected=list(outcome.rejected),
                 train_loss=outcome.train_loss,
                 task_weights=outcome.task_weights,
-                bytes_up=outcome.bytes_up,
-                bytes_down=dispatch.bytes_down,
+                bytes_up=self.bytes_up - up,
+                bytes_down=self.bytes_down - down,
             )
             if server_round % self.params.evaluate_every == 0 or server_round == num_rounds:
                 evaluation = self.dispatch_evaluate(server_round, arrays, grid, evaluate_config)
@@ -558,6 +617,30 @@ class TaskAwareStrategy(Strategy):
             for observer in self.observers:
                 observer.on_round(record)
         return result
+
+    def train_round(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        grid: Grid,
+        timeout: float,
+        extra: ConfigRecord | None = None,
+    ) -> tuple[TrainOutcome, Dispatch]:
+        """One training round, sent again (up to ``round_retries`` times) while it has fewer
+        valid updates than required; :class:`RunStopped` (``too_few_replies``) after that."""
+        for attempt in range(self.params.round_retries + 1):
+            dispatch = self.dispatch_train(server_round, arrays, grid, extra)
+            replies = grid.send_and_receive(dispatch.messages, timeout=timeout)
+            outcome = self.aggregate_updates(dispatch, replies)
+            if outcome.applied:
+                return outcome, dispatch
+            log.warning("round %d: attempt %d of %d failed", server_round, attempt + 1,
+                        self.params.round_retries + 1)  # fmt: skip
+        raise RunStopped(
+            "too_few_replies",
+            f"round {server_round}: too few valid updates after "
+            f"{self.params.round_retries + 1} attempts (see 'rejected' for why).",
+        )
 
     # ------------------------------------------------------------------ Flower's Strategy API
     # Flower's own loop calls configure_* and then aggregate_* with the replies; these adapters

@@ -91,7 +91,7 @@ class SingleTask(TaskAwareStrategy):
             if not holders:
                 continue
             weights = [float(u.task_examples[task]) for u in holders]
-            delta.update(weighted_mean_delta(holders, keys, weights) or {})
+            delta.update(weighted_mean_delta(holders, keys, weights, self.combine) or {})
         return TrunkStep(delta or None)
 
 

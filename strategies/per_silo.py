@@ -249,7 +249,7 @@ class MaTFL(PerSiloModels):
                 ],
             }
         )
-        arrays.update(aggregate_heads(arrays, updates, list(self.tasks)))
+        arrays.update(aggregate_heads(arrays, updates, list(self.tasks), self.combine))
         return arrays
 
     def results(self) -> dict[str, Any]:

@@ -319,12 +319,14 @@ class FakeSilo:
     loss_before: dict[str, float] = field(default_factory=dict)
 
     def info(self, silo_id: int) -> SiloInfo:
+        """What the silo announces at discovery: the counts it reports with its updates (the
+        server fixes them from here)."""
         return SiloInfo(
             silo_id=silo_id,
             tasks=self.tasks,
             num_train=int(self.num_examples) if math.isfinite(self.num_examples) else 0,
             num_test=7,
-            train_per_task={t: 10 for t in self.tasks},
+            train_per_task={t: int(self.task_examples.get(t, 10)) for t in self.tasks},
             test_per_task={t: 3 for t in self.tasks},
         )
 

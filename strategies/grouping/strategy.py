@@ -225,7 +225,7 @@ class Grouping(TaskAwareStrategy):
             return TrunkStep(None)
         if self.params.weighting is None:
             weights = [float(n) for n in examples if n > 0]
-            return TrunkStep(weighted_mean_delta(holders, list(trunk), weights))
+            return TrunkStep(weighted_mean_delta(holders, list(trunk), weights, self.combine))
         weighting = self.weightings.get(group)
         if weighting is None:
             weighting = self.weightings[group] = build_weighting(
@@ -235,7 +235,7 @@ class Grouping(TaskAwareStrategy):
                 key="strategy.weighting_params",
             )
         delta, task_weights = balanced_update(
-            weighting, members, list(self.tasks), holders, trunk, server_round
+            weighting, members, list(self.tasks), holders, trunk, server_round, self.combine
         )
         return TrunkStep(delta, task_weights)
 
