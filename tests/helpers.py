@@ -5,7 +5,9 @@
 - Data and models: :func:`make_dataset` (the one small-dataset factory), :func:`tiny_dataset` (its
   8-row case with a hand-written label mask), :func:`tiny_view`, :func:`small_model` (always seeded).
 - Registered datasets: :func:`example_params` / :func:`example_overrides` / :func:`example_dataset`
-  build every registered dataset, writing the files a file-reading one needs (:func:`shop_table`).
+  build every registered dataset, writing the files a file-reading one needs (:func:`shop_table`,
+  :func:`write_celeba`: a small CelebA in its official layout); :func:`unset_example_overrides`
+  points an experiment preset at them.
 - Partitions: :func:`assignment_params`.
 - Strategy fakes: :class:`FakeSilo` replies as told, :class:`Federation` serves fake silos behind
   an in-process grid, :func:`one_round` drives one training round.
@@ -32,6 +34,7 @@ import pandas as pd
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from PIL import Image
 
 from fedmtl.app.config import compose
 from fedmtl.app.runtime import OFFLINE_ENV, InProcessGrid
@@ -196,9 +199,131 @@ def fixture_dir() -> Path:
     return directory
 
 
+# CelebA's 40 attributes, in the order of the header of list_attr_celeba.txt.
+CELEBA_ATTRIBUTES = [
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
+]
+CELEBA_SIZE = (178, 218)  # width, height of an aligned CelebA image
+
+
+@dataclass(frozen=True)
+class CelebAFixture:
+    """What :func:`write_celeba` wrote: image names in file order, their identities, official
+    partitions (0, 1, 2) and attribute values (N, 40) in {-1, 1}."""
+
+    root: Path
+    names: list[str]
+    identities: np.ndarray
+    partitions: np.ndarray
+    values: np.ndarray
+
+
+def celeba_cell(k: int) -> tuple[int, int, int, int]:
+    """Rows and columns (top, bottom, left, right; ends excluded) of the cell that attribute ``k``
+    brightens in a fixture image: an 8 x 5 grid over the centred 178 x 178 square (rows 20..197)."""
+    row, col = divmod(k, 5)
+    top, left = 20 + round(row * 178 / 8), round(col * 178 / 5)
+    bottom, right = 20 + round((row + 1) * 178 / 8), round((col + 1) * 178 / 5)
+    return top + 3, bottom - 3, left + 3, right - 3  # a margin against JPEG and resize blur
+
+
+def write_celeba(
+    root: Path,
+    sizes: Sequence[int] = (12, 12, 12, 12, 12, 12, 12, 12, 3),
+    partitions: Sequence[int] = (0, 0, 0, 0, 0, 0, 1, 2, 0),
+    seed: int = 0,
+) -> CelebAFixture:
+    """A small CelebA in the official layout under ``root``: identity i (a made-up CelebA id) has
+    ``sizes[i]`` images, all in official partition ``partitions[i]``; image numbers are shuffled
+    across identities. Each attribute is drawn with probability 1/2 and is learnable from the
+    pixels: attribute k is 1 when cell :func:`celeba_cell` (k) is bright (220), -1 when it is dark
+    (35), on a grey background whose level depends on the identity. The bands above and below the
+    centred square are white (the crop removes them). The list files are spaced as CelebA's:
+    values right-aligned in two characters, one space apart; a trailing space after the header."""
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(np.arange(1, 10178), size=len(sizes), replace=False)
+    identity_of = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    n = len(identity_of)
+    values = np.where(rng.random((n, len(CELEBA_ATTRIBUTES))) < 0.5, 1, -1)
+    names = [f"{i + 1:06d}.jpg" for i in range(n)]
+    (root / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    width, height = CELEBA_SIZE
+    for i, name in enumerate(names):
+        level = 70 + 10 * identity_of[i]
+        pixels = np.clip(rng.normal(level, 8, size=(height, width, 3)), 0, 255)
+        pixels[:20], pixels[198:] = 255, 255
+        for k, value in enumerate(values[i]):
+            top, bottom, left, right = celeba_cell(k)
+            pixels[top:bottom, left:right] = 220 if value == 1 else 35
+        Image.fromarray(pixels.astype(np.uint8)).save(root / "img_align_celeba" / name, quality=90)
+    attribute_lines = [
+        f"{name} " + " ".join(f"{v:2d}" for v in row)
+        for name, row in zip(names, values, strict=True)
+    ]
+    (root / "list_attr_celeba.txt").write_text(
+        "\n".join([str(n), " ".join(CELEBA_ATTRIBUTES) + " ", *attribute_lines]) + "\n"
+    )
+    (root / "identity_CelebA.txt").write_text(
+        "".join(f"{name} {ids[g]}\n" for name, g in zip(names, identity_of, strict=True))
+    )
+    part = np.asarray(partitions)[identity_of]
+    (root / "list_eval_partition.txt").write_text(
+        "".join(f"{name} {p}\n" for name, p in zip(names, part, strict=True))
+    )
+    return CelebAFixture(root, names, ids[identity_of], part, values)
+
+
+@functools.cache
+def celeba_example() -> CelebAFixture:
+    """The CelebA fixture of :func:`example_params` (:func:`write_celeba`'s default), written once
+    per process."""
+    return write_celeba(fixture_dir() / "celeba")
+
+
 def example_params(name: str) -> dict[str, Any]:
     """Parameters that build registered dataset ``name`` here (files it needs are written to
     :func:`fixture_dir`): the defaults, but for the datasets that read a user's files."""
+    if name == "celeba":  # six attributes: the generic partition tests give 4 silos 2 tasks each
+        return {"root": str(celeba_example().root), "attributes": CELEBA_ATTRIBUTES[20:26]}
     if name == "table":
         path = fixture_dir() / "shop.csv"
         if not path.exists():
@@ -216,6 +341,16 @@ def example_overrides(name: str) -> list[str]:
     """The Hydra overrides for ``dataset=<name>`` with :func:`example_params`."""
     return [f"dataset={name}"] + [
         f"dataset.{key}={_hydra_value(value)}" for key, value in example_params(name).items()
+    ]
+
+
+def unset_example_overrides(dataset: Mapping[str, Any]) -> list[str]:
+    """For a composed ``dataset`` block (e.g. an experiment preset's), the overrides of the example
+    parameters it leaves null: the files a file-reading dataset needs (``dataset.root``)."""
+    return [
+        f"dataset.{key}={_hydra_value(value)}"
+        for key, value in example_params(dataset["name"]).items()
+        if dataset.get(key) is None
     ]
 
 

@@ -34,7 +34,7 @@ from fedmtl.core.schema import (
 from fedmtl.datasets import DATASETS
 from fedmtl.trunks import TRUNKS
 from strategies import STRATEGIES
-from tests.helpers import compose_raw, example_overrides
+from tests.helpers import compose_raw, example_overrides, unset_example_overrides
 
 GROUPS = ["dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment"]
 
@@ -52,6 +52,8 @@ def preset_overrides(group: str, preset: str, tmp_path: Path) -> list[str]:
     overrides = [f"{group}={preset}", "partition.num_silos=4"]
     if group == "dataset":
         overrides += [*example_overrides(preset), "model=mlp"]
+    if group == "experiment":  # a preset of a dataset that reads files: the example files
+        overrides += unset_example_overrides(compose_raw([f"{group}={preset}"])["dataset"])
     if (group, preset) == ("partition", "natural_id"):  # needs a dataset with a 'site' column
         overrides += ["dataset=synthetic", "dataset.num_sites=8"]
     return overrides

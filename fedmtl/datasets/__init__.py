@@ -17,6 +17,7 @@ import numpy as np
 from fedmtl.core.data import MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import Registry
+from fedmtl.datasets.celeba import CelebAParams, build_celeba
 from fedmtl.datasets.digits import DigitsPairParams, DigitsParams, build_digits, build_digits_pair
 from fedmtl.datasets.synthetic import SyntheticParams, build_synthetic
 from fedmtl.datasets.table import TableParams, TableSource, build_table
@@ -24,6 +25,7 @@ from fedmtl.datasets.table import TableParams, TableSource, build_table
 Source = MultiTaskDataset | TableSource
 DatasetBuilder = Callable[[Any, int], Source]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
+DATASETS.register("celeba", params=CelebAParams)(build_celeba)
 DATASETS.register("digits", params=DigitsParams)(build_digits)
 DATASETS.register("digits_pair", params=DigitsPairParams)(build_digits_pair)
 DATASETS.register("synthetic", params=SyntheticParams)(build_synthetic)
