@@ -6,6 +6,10 @@ writes ``partition.json``, ``partition_stats.csv`` and its plots. ``hydra.run.di
 output directory. A bad value stops either command before any work with a message naming the key
 (exit status 2), and leaves no output directory behind. ``fedmtl run --help`` lists the config
 groups and their presets.
+
+``fedmtl bench SUITE --out DIR`` and ``fedmtl report DIR... --out OUT`` take plain arguments
+(argparse; :mod:`fedmtl.app.bench`, :mod:`fedmtl.app.report`) and compose their configs with
+:func:`fedmtl.app.config.compose`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from fedmtl.app import bench, report
 from fedmtl.app.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
 from fedmtl.app.experiment import build_data
 from fedmtl.app.launch import run
@@ -32,6 +37,9 @@ commands:
              runtime=inprocess hydra.run.dir=/tmp/x); `fedmtl run --help` lists config groups
   partition  build the partition only (e.g. partition=dirichlet_0.1 hydra.run.dir=/tmp/p) and
              write partition.json, partition_stats.csv and PNGs; prints the stats table
+  bench      run a benchmark suite: fedmtl bench SUITE --out DIR (SUITE: a name in
+             configs/bench/ or a path); resumable; `fedmtl bench --help`
+  report     tables, statistics and plots from run directories: fedmtl report DIR... --out OUT
 """
 
 GROUPS = ("dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment")
@@ -153,6 +161,8 @@ def _partition(config: ExperimentConfig) -> None:
 
 
 COMMANDS: dict[str, Callable[[ExperimentConfig], None]] = {"run": _run, "partition": _partition}
+PLAIN_COMMANDS: dict[str, Callable[[list[str]], int]] = {"bench": bench.main, "report": report.main}
+"""Commands with plain arguments (argparse) instead of Hydra overrides; each returns its exit status."""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,6 +171,13 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, overrides = args[0], args[1:]
+    if command in PLAIN_COMMANDS:
+        set_offline_env()
+        quiet_third_party_logs()
+        status = PLAIN_COMMANDS[command](overrides)
+        if status:
+            sys.exit(status)
+        return
     if command not in COMMANDS:
         print(f"fedmtl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)

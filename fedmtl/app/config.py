@@ -215,6 +215,7 @@ def parse_partition(values: Any) -> PartitionConfig | PartitionFile:
         "feature_skew": FEATURE_SKEWS,
     }
     allowed = {"num_silos", "test_fraction", "min_train_per_task", "global_test_fraction"}
+    allowed |= {"validation_fraction"}
     allowed |= {"missing_labels", *plugins}
     for key in values:
         if key not in allowed:
@@ -239,8 +240,15 @@ def parse_partition(values: Any) -> PartitionConfig | PartitionFile:
 
 
 def _parse_partition_file(values: Mapping[str, Any]) -> PartitionFile:
-    """``{path}`` only: everything else comes from the manifest."""
-    extra = sorted(set(values) - {"path"})
+    """``{path}`` only: everything else comes from the manifest (``validation_fraction`` may be
+    there at its default 0: a saved partition cannot be carved into a validation partition)."""
+    if values.get("validation_fraction", 0) not in (0, 0.0):
+        raise ConfigError(
+            "partition.validation_fraction",
+            "cannot be set with partition.path: the manifest fixes every silo's rows.",
+            "tune on a partition built from its config, or drop partition.path.",
+        )
+    extra = sorted(set(values) - {"path", "validation_fraction"})
     if extra:
         raise ConfigError(
             f"partition.{extra[0]}",

@@ -125,6 +125,7 @@ def build_data(config: ExperimentConfig) -> tuple[MultiTaskDataset, Partition]:
         part.global_test_fraction,
         config.seed,
         fitted=isinstance(source, TableSource),
+        validation_fraction=part.validation_fraction,
     )
     dataset = materialise(source, None if held_out is None else held_out.train_rows(), tasks)
     return dataset, build_partition(dataset, part, config.seed, held_out)
@@ -138,17 +139,21 @@ def prepare(config: ExperimentConfig) -> Experiment:
     dataset, partition = build_data(config)
     experiment = Experiment(config=config, dataset=dataset, partition=partition)
     experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
-    config.strategy.params.check_experiment(dataset.task_names, config.num_rounds)
+    check_strategy(config, dataset.task_names, partition.num_silos)
+    return experiment
+
+
+def check_strategy(config: ExperimentConfig, task_names: Sequence[str], num_silos: int) -> None:
+    """The strategy's own checks against the dataset's tasks and the number of silos."""
+    config.strategy.params.check_experiment(task_names, config.num_rounds)
     # Simulated runtimes start one node per silo: waiting for more would only time out.
     min_available = config.strategy.params.min_available_nodes
-    num_silos = partition.num_silos
     if min_available > num_silos:
         raise ConfigError(
             "strategy.min_available_nodes",
             f"is {min_available} but the partition has only {num_silos} silos.",
             "lower it or raise partition.num_silos.",
         )
-    return experiment
 
 
 @functools.lru_cache(maxsize=4)

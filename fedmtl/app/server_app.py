@@ -16,6 +16,8 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedmtl.app.experiment import Experiment, cached_experiment, config_json_from
+from fedmtl.app.provenance import provenance
+from fedmtl.app.scenario import scenario_of
 from fedmtl.app.tracking import PARTITION_FILE, SUMMARY_SCHEMA_VERSION, Tracker
 from fedmtl.core import records
 from fedmtl.core.models import MultiTaskModel
@@ -46,6 +48,7 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
     initial = records.to_array_record(records.state_arrays(model, model.exchanged_keys()))
     global_eval = GlobalEvaluator(experiment, tracker, strategy)
     started = time.perf_counter()
+    completed = False
     try:
         strategy.start(
             grid,
@@ -54,9 +57,11 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
             timeout=strategy.params.reply_timeout_s,
             evaluate_fn=global_eval if global_eval.num_samples and strategy.has_global_model else None,
         )
+        completed = True
     finally:
         summary = build_summary(experiment, strategy, time.perf_counter() - started)
         summary["global"] = global_eval.summary(experiment.dataset.tasks)
+        summary["completed"] = completed
         strategy.write_artifacts(output_dir, plots=cfg.tracking.plots)
         tracker.finish(summary)
     return summary
@@ -149,6 +154,9 @@ def build_summary(
         **strategy.results(),
         "dataset_info": dataset.info,
         "config": dict(cfg.raw),
+        "scenario": scenario_of(cfg.raw),
+        "delta_mtl": None,  # filled by `fedmtl bench` once the scenario's single_task run is known
+        "provenance": provenance(),
     }
 
 

@@ -69,6 +69,7 @@ class Tracker:
 
             return wandb.init(
                 project=self.cfg.wandb_project,
+                group=self.cfg.wandb_group,
                 name=run_name,
                 mode=mode,
                 dir=str(self.output_dir),

@@ -66,7 +66,11 @@ def _no_feature_skew() -> PluginConfig:
 @dataclass(frozen=True)
 class PartitionConfig:
     """How the dataset is spread over silos: which tasks each labels, which samples it holds,
-    which of its labels are missing, how its inputs are skewed, and the global test set."""
+    which of its labels are missing, how its inputs are skewed, and the global test set.
+
+    ``validation_fraction`` > 0 makes a validation partition for tuning: each silo's validation
+    rows are carved out of its training rows and take the place of its test rows, and there is
+    no global test set, so a run on it never sees a test row (:mod:`partitions.heldout`)."""
 
     num_silos: int
     assignment: PluginConfig
@@ -76,6 +80,7 @@ class PartitionConfig:
     global_test_fraction: float = 0.0
     feature_skew: PluginConfig = field(default_factory=_no_feature_skew)
     missing_labels: MissingLabelsConfig = field(default_factory=MissingLabelsConfig)
+    validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         int_at_least(self, "num_silos", 1)
@@ -89,6 +94,13 @@ class PartitionConfig:
                 "global_test_fraction",
                 f"must be in [0, 1), got {self.global_test_fraction!r}.",
                 "use 0 for none or e.g. 0.1.",
+            )
+        value = self.validation_fraction
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise ConfigError(
+                "validation_fraction",
+                f"must be in [0, 1), got {value!r}.",
+                "use 0 for none (test rows), or e.g. 0.2 for tuning runs.",
             )
 
 
@@ -126,11 +138,13 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """Where results go besides the run directory."""
+    """Where results go besides the run directory (``wandb_group``: the wandb group of the run,
+    e.g. the benchmark suite it belongs to; null: none)."""
 
     wandb: bool = True
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "fedmtl"
+    wandb_group: str | None = None
     progress: bool = True
     plots: bool = True
 
