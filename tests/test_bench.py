@@ -7,7 +7,6 @@ import csv
 import dataclasses
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ SUITE: dict[str, Any] = {
     "scenarios": {"tiny": None},
     "strategies": ["fedavg", {"name": "mgda", "tune": {"strategy.server_optimizer.lr": [1, 3]}}],
     "seeds": [0, 1],
-    "reference": "fedavg",  # the registered stand-in for single_task
+    "reference": "fedavg",  # a reference that is also a listed strategy: no extra cells
     "tuning": {"grid": {"train.lr": [0.01, 0.05]}, "seeds": [0], "validation_fraction": 0.25},
 }
 
@@ -101,13 +100,7 @@ def cli_status(argv: list[str]) -> int:
     return 0
 
 
-PENDING_STRATEGIES = {
-    "local", "single_task", "fedprox", "fedper", "fedrep", "ditto", "fedamp", "matfl", "fedhca2",
-}  # fmt: skip
-"""Baselines being added on main; suites naming them load once main is merged."""
-PENDING_EXPERIMENTS = {
-    "star_schools", "tv16_states", "randhie_sites", "multimnist_dirichlet", "celeba_identities",
-}  # fmt: skip
+PENDING_EXPERIMENTS = {"star_schools", "tv16_states", "randhie_sites", "multimnist_dirichlet"}
 """Real-data presets being added on other branches."""
 
 
@@ -124,9 +117,9 @@ def test_every_shipped_suite_loads_or_waits_for_a_pending_part(name: str) -> Non
         if o.startswith("experiment=")
     }
     missing = sorted(experiments - set(presets("experiment")))
-    assert set(pending) <= PENDING_STRATEGIES and set(missing) <= PENDING_EXPERIMENTS
-    if pending or missing:
-        pytest.skip(f"waits for strategies {pending} and presets {missing}")
+    assert not pending and set(missing) <= PENDING_EXPERIMENTS
+    if missing:
+        pytest.skip(f"waits for presets {missing}")
     suite = load_suite(name)
     assert suite.scenarios and suite.seeds
 
@@ -174,7 +167,7 @@ def test_tuning_runs_on_validation_rows_picks_the_best_and_a_rerun_skips_everyth
         "strategy.server_optimizer.lr": 1,
     }
     assert {"train.lr", "strategy.server_optimizer.lr"} <= set(mgda["scenario"]["excluded"])
-    # Delta_MTL against the reference (fedavg here): a's accuracy 0.1 higher, r's MAE equal
+    # Delta_MTL against the reference (fedavg in this suite): a's accuracy 0.1 higher, r's MAE equal
     assert mgda["delta_mtl"] == pytest.approx(100 * 0.1 / (0.55 + 0.01) / 2)
     assert summaries[("fedavg", 1)]["delta_mtl"] == 0.0  # type: ignore[index]
     again = FakeRunner(bonus={"mgda": 0.1})
@@ -275,20 +268,13 @@ def test_validation_fraction_is_checked_and_refused_for_a_saved_partition() -> N
 # ------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_smoke_suite_then_report_gives_delta_mtl(tmp_path: Path) -> None:
-    """``fedmtl bench smoke --out D && fedmtl report D --out R``: real in-process runs; until the
-    single_task strategy is registered its runs are stood in for by relabelled fedavg runs."""
+    """``fedmtl bench smoke --out D && fedmtl report D --out R``: real in-process runs, with the
+    single_task reference run in the scenario."""
     bench_dir, report_dir = tmp_path / "bench", tmp_path / "report"
     assert cli_status(["bench", "smoke", "--out", str(bench_dir), "--no-progress"]) == 0
     runs = bench_dir / "runs" / "tiny"
     summaries = [read_summary(d) for d in sorted(runs.glob("*/seed*"))]
     assert len({s["scenario"]["id"] for s in summaries if s}) == 1  # across strategies and seeds
-    if "single_task" not in STRATEGIES:
-        for seed_dir in (runs / "fedavg").glob("seed*"):
-            target = runs / "single_task" / seed_dir.name
-            shutil.copytree(seed_dir, target)
-            summary = json.loads((target / "summary.json").read_text())
-            summary["strategy"] = summary["bench"]["cell"]["strategy"] = "single_task"
-            (target / "summary.json").write_text(json.dumps(summary))
     # the tuning runs used the validation partition: no global test set, rows from training only
     tuned = json.loads(
         (bench_dir / "tuning" / "tiny" / "_anchor" / "seed0" / "partition.json").read_text()
