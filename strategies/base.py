@@ -203,6 +203,24 @@ class RunStopped(RuntimeError):
         self.status = status
 
 
+WORKER_DIED = ("ActorDiedError", "RayActorError")
+"""How a reply names a dead simulation worker (Ray's exceptions, in the reason Flower forwards)."""
+
+
+def client_error(reply: Message) -> ReplyError:
+    """The ReplyError for a silo's error reply; :class:`RunStopped` (``worker_died``) when the
+    simulation worker that ran it died: Flower's actor pool keeps handing messages to a dead
+    actor, so every later round would lose those silos without saying so."""
+    reason = reply.error.reason
+    if any(marker in reason for marker in WORKER_DIED):
+        raise RunStopped(
+            "worker_died",
+            f"a simulation worker died ({reason[:300]}). Flower does not replace it, so the run "
+            "stops here; continue it from its last checkpoint with `fedmtl run resume=DIR`.",
+        )
+    return ReplyError(f"client error: {reason}")
+
+
 @dataclass(frozen=True)
 class EvaluateOutcome:
     """Pooled personal metrics of one evaluation (None when no silo reported), each silo's own
@@ -361,7 +379,7 @@ class TaskAwareStrategy(Strategy):
             node = reply.metadata.src_node_id
             try:
                 if reply.has_error():
-                    raise ReplyError(reply.error.reason)
+                    raise client_error(reply)
                 claimed = [known.silo_id for known in self.silos.values()]
                 info = check_silo(SiloInfo.from_content(reply.content), self.tasks, claimed)
             except REPLY_ERRORS as err:
@@ -477,7 +495,7 @@ class TaskAwareStrategy(Strategy):
                 received += records.update_bytes(reply.content)  # counted, accepted or not
             try:
                 if reply.has_error():
-                    raise ReplyError(f"client error: {reply.error.reason}")
+                    raise client_error(reply)
                 silo = self.silos[node]
                 sent = dispatch.sent[node]
                 parsed = TrainReply.from_content(reply.content)
@@ -524,7 +542,7 @@ class TaskAwareStrategy(Strategy):
             node = reply.metadata.src_node_id
             try:
                 if reply.has_error():
-                    raise ReplyError(f"client error: {reply.error.reason}")
+                    raise client_error(reply)
                 silo = self.silos[node]
                 stats = check_evaluate_reply(EvaluateReply.from_content(reply.content), silo).stats
             except REPLY_ERRORS as err:

@@ -519,6 +519,9 @@ def apply_train_defect(
         metrics[records.task_key("b", records.NUM_EXAMPLES)] = float("nan")
     elif defect == "missing-task-n":
         del metrics[records.task_key("a", records.NUM_EXAMPLES)]
+    elif defect == "inflated-n":  # claims a million times the examples it announced
+        for key in [k for k in metrics if k.endswith(records.NUM_EXAMPLES)]:
+            metrics[key] = metrics[key] * 1e6
     content = RecordDict(
         {records.UPDATE: records.to_array_record(deltas), records.METRICS: MetricRecord(metrics)}
     )
@@ -527,6 +530,10 @@ def apply_train_defect(
     elif defect == "missing-metrics":
         content = RecordDict({records.UPDATE: records.to_array_record(deltas)})
     return content
+
+
+class ActorDiedError(RuntimeError):
+    """Named as Ray's exception for a dead actor (what Flower forwards in the error reason)."""
 
 
 class Federation:
@@ -565,6 +572,11 @@ class Federation:
         @app.train()
         def train(msg: Message, context: Context) -> Message:
             _, silo = silo_of(context)
+            if silo.train_defect == "raise-once":  # fails its first round, then recovers
+                silo.train_defect = None
+                raise RuntimeError("transient failure")
+            if silo.train_defect == "worker-died":  # as Ray reports a dead simulation actor
+                raise ActorDiedError("The actor died unexpectedly before finishing this task.")
             received = log_message("train", msg, context)
             metrics: dict[str, Any] = {records.NUM_EXAMPLES: silo.num_examples, records.STEPS: 3}
             for task in silo.tasks:
@@ -684,7 +696,7 @@ def write_run(
         "config": raw,
         "scenario": dict(scenario or {"id": "hand000001", "name": "hand", "excluded": []}),
         "delta_mtl": None,
-        "completed": completed,
+        "status": "completed" if completed else "crashed",
     }
     if bench is not None:
         summary["bench"] = dict(bench)

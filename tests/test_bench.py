@@ -181,13 +181,13 @@ def test_a_crashed_run_is_run_again_and_completed_ones_are_skipped(tmp_path: Pat
     crashing = FakeRunner(crash={("mgda", 1, False)})
     first = Bench(load_suite(str(path)), out, crashing, progress=False).run()
     assert [(c.label, c.seed) for c, _ in first.failed] == [("mgda", 1)]
-    assert read_summary(out / "runs" / "tiny" / "mgda" / "seed1")["completed"] is False  # type: ignore[index]
+    assert read_summary(out / "runs" / "tiny" / "mgda" / "seed1")["status"] != "completed"  # type: ignore[index]
     again = FakeRunner()
     second = Bench(load_suite(str(path)), out, again, progress=False).run()
     assert [(c.strategy.name, c.seed) for c in again.calls] == [("mgda", 1)]
     assert len(second.skipped) == 3 and second.failed == []
     rerun = read_summary(out / "runs" / "tiny" / "mgda" / "seed1")
-    assert rerun is not None and rerun["completed"] is True
+    assert rerun is not None and rerun["status"] == "completed"
 
 
 # ------------------------------------------------------------------------------ scenario ids

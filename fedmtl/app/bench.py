@@ -232,7 +232,7 @@ class Bench:
     def completed_summary(self, cell: Cell) -> dict[str, Any] | None:
         """The summary of ``cell`` when a previous bench completed it with the same config."""
         summary = read_summary(cell.directory)
-        if summary is None or summary.get("completed") is not True:
+        if summary is None or summary.get("status") != "completed":
             return None
         block = summary.get("bench")
         if not isinstance(block, dict) or block.get("cell") != cell.key():
@@ -256,7 +256,7 @@ class Bench:
             self._fail(cell, f"{type(err).__name__}: {err}")
             return None
         summary = read_summary(cell.directory)
-        if summary is None or summary.get("completed") is not True:
+        if summary is None or summary.get("status") != "completed":
             reason = "the run did not complete" if summary else f"the run wrote no {SUMMARY_FILE}"
             self._fail(cell, reason)
             return None

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fedmtl.app import bench, report
 from fedmtl.app.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
@@ -135,6 +137,10 @@ def quiet_third_party_logs() -> None:
 
 def _run(config: ExperimentConfig) -> None:
     summary = run(config)
+    if summary["status"] != "completed":
+        print(f"fedmtl run: the run ended with status {summary['status']!r}; results in "
+              f"{config.output_dir} (summary.json)", file=sys.stderr)  # fmt: skip
+        sys.exit(1)
     logging.getLogger("fedmtl").info("results in %s", config.output_dir)
     lines = [f"results: {config.output_dir}"]
     sections = [("personal test splits", summary["final"])]
@@ -165,7 +171,13 @@ PLAIN_COMMANDS: dict[str, Callable[[list[str]], int]] = {"bench": bench.main, "r
 """Commands with plain arguments (argparse) instead of Hydra overrides; each returns its exit status."""
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM stops a run like Ctrl-C: the round loop ends and summary.json says interrupted."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
@@ -184,7 +196,11 @@ def main(argv: list[str] | None = None) -> None:
     if any(arg in ("-h", "--help") for arg in overrides):
         print(help_text(command))
         return
-    _hydra_command(command, COMMANDS[command], overrides)
+    try:
+        _hydra_command(command, COMMANDS[command], overrides)
+    except KeyboardInterrupt:
+        print(f"fedmtl {command}: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

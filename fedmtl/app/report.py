@@ -228,11 +228,12 @@ def _unusable(summary: Any) -> str | None:
     for key in ("strategy", "seed", "tasks", "task_info", "final"):
         if key not in summary:
             return f"summary.json lacks '{key}'"
-    completed = summary.get("completed")
-    if completed is None:  # written before the flag existed: complete when every round ran
+    status = summary.get("status")
+    if status is None:  # written before status existed: complete when every round ran
         completed = summary.get("rounds") == summary.get("config", {}).get("num_rounds")
-    if not completed:
-        return "did not complete (crashed or stopped)"
+        status = "completed" if completed else "unknown"
+    if status != "completed":
+        return f"did not complete (status: {status})"
     return None
 
 

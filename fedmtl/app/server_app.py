@@ -24,6 +24,7 @@ from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.tasks import TaskSpec
 from fedmtl.core.training import evaluate
 from strategies import TaskAwareStrategy
+from strategies.base import RunStopped
 
 log = logging.getLogger("fedmtl")
 
@@ -48,23 +49,44 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
     initial = records.to_array_record(records.state_arrays(model, model.exchanged_keys()))
     global_eval = GlobalEvaluator(experiment, tracker, strategy)
     started = time.perf_counter()
-    completed = False
+    status = "crashed"  # until the loop ends or stops with a reason
     try:
         strategy.start(
             grid,
             initial,
             num_rounds=cfg.num_rounds,
             timeout=strategy.params.reply_timeout_s,
-            evaluate_fn=global_eval if global_eval.num_samples and strategy.has_global_model else None,
+            evaluate_fn=global_eval
+            if global_eval.num_samples and strategy.has_global_model
+            else None,
         )
-        completed = True
+        status = final_status(strategy, experiment.partition.num_silos)
+    except RunStopped as stop:
+        log.error("the run stopped: %s", stop)
+        status = stop.status
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
     finally:
         summary = build_summary(experiment, strategy, time.perf_counter() - started)
         summary["global"] = global_eval.summary(experiment.dataset.tasks)
-        summary["completed"] = completed
+        summary["status"] = status
         strategy.write_artifacts(output_dir, plots=cfg.tracking.plots)
         tracker.finish(summary)
+    if status != "completed":
+        log.error("run status: %s", status)
     return summary
+
+
+def final_status(strategy: TaskAwareStrategy, num_silos: int) -> str:
+    """``completed``, or why not: ``no_updates_aggregated`` (no round aggregated any update),
+    ``silos_missing`` (a configured silo never connected)."""
+    if not strategy.participants:
+        return "no_updates_aggregated"
+    connected = {info.silo_id for info in strategy.silos.values()}
+    if set(range(num_silos)) - connected:
+        return "silos_missing"
+    return "completed"
 
 
 class GlobalEvaluator:
@@ -149,6 +171,11 @@ def build_summary(
         "bytes_down": int(strategy.bytes_down),
         "wall_time_s": float(wall_time_s),
         "num_silos": len(experiment.partition.silos),
+        "silos_participated": sorted(strategy.participants),
+        "silos_missing": sorted(
+            set(range(experiment.partition.num_silos))
+            - {info.silo_id for info in strategy.silos.values()}
+        ),
         "holders": {t: experiment.partition.holders(t) for t in dataset.task_names},
         "rejected": strategy.rejections,
         **strategy.results(),
