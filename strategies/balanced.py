@@ -90,6 +90,9 @@ class Balanced(TaskAwareStrategy):
             self.weighting_name, self.method_params, seed=self.seed, key="strategy"
         )
 
+    def stateful_parts(self) -> dict[str, Weighting]:
+        return {"weighting": self.weighting}
+
     def update_mode(self) -> UpdateMode:
         return "joint" if self.params.balancing == "local" else "per_task"
 

@@ -44,10 +44,10 @@ import math
 import random
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
@@ -63,6 +63,7 @@ from fedmtl.core.records import (
     EvaluateReply,
     EvaluateRequest,
     PersonalMode,
+    SiloCheckpoint,
     SiloInfo,
     TrainReply,
     TrainRequest,
@@ -195,6 +196,14 @@ class TrainOutcome:
     applied: bool = True
 
 
+class Stateful(Protocol):
+    """Anything with a checkpointable state (a balancing method, a server optimizer)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
 class RunStopped(RuntimeError):
     """The run cannot go on; ``status`` says why (it becomes ``summary.json``'s ``status``)."""
 
@@ -264,6 +273,8 @@ class TaskAwareStrategy(Strategy):
         # group -> its tasks when the model has one trunk per task group (strategies.grouping)
         self.model_groups: dict[str, tuple[str, ...]] | None = None
         self.participants: set[int] = set()  # silo ids whose update was aggregated
+        # told to silos with every request (set by the server app as it checkpoints and resumes)
+        self.silo_checkpoint = SiloCheckpoint()
         # Only for Flower's own round loop (configure_* then aggregate_*): :meth:`start` passes
         # each Dispatch along itself.
         self._in_flight: dict[tuple[str, int], Dispatch] = {}
@@ -313,6 +324,7 @@ class TaskAwareStrategy(Strategy):
             affinity=self.affinity_request(server_round),
             groups=self.model_groups,
             personal=self.personal_mode(),
+            checkpoint=self.silo_checkpoint,
         )
 
     @property
@@ -355,6 +367,47 @@ class TaskAwareStrategy(Strategy):
     def write_artifacts(self, output_dir: Path, plots: bool = True) -> None:
         """Write this strategy's own result files (and plots when ``plots``) into ``output_dir``
         (default none)."""
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """What the round loop needs to go on exactly where it stopped: a tree of JSON values
+        and numpy arrays (a checkpoint stores them apart). Subclasses with state of their own
+        extend it, and :meth:`load_state_dict`. Silo discovery is not in it: a resumed run asks
+        the silos again (their counts were fixed when they were first announced)."""
+        version, internal, gauss = self.rng.getstate()
+        return {
+            "rng": [version, list(internal), gauss],
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "rejections": list(self.rejections),
+            "participants": sorted(self.participants),
+            "history": [asdict(record) for record in self.history],
+            "server_optimizer": self.server_optimizer.state_dict(),
+            "model_groups": None
+            if self.model_groups is None
+            else {g: list(t) for g, t in self.model_groups.items()},
+            "parts": {name: part.state_dict() for name, part in self.stateful_parts().items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.bytes_up = int(state["bytes_up"])
+        self.bytes_down = int(state["bytes_down"])
+        self.rejections = list(state["rejections"])
+        self.participants = set(state["participants"])
+        self.history = [RoundRecord.from_dict(record) for record in state["history"]]
+        self.server_optimizer.load_state_dict(state["server_optimizer"])
+        groups = state["model_groups"]
+        self.model_groups = None if groups is None else {g: tuple(t) for g, t in groups.items()}
+        for name, part in self.stateful_parts().items():
+            part.load_state_dict(state["parts"][name])
+
+    def stateful_parts(self) -> Mapping[str, Stateful]:
+        """Objects that keep state across rounds, saved with the strategy (default none; e.g. the
+        server's balancing method)."""
+        return {}
 
     # ------------------------------------------------------------------ discovery and sampling
     def discover(self, grid: Grid) -> None:
@@ -477,7 +530,10 @@ class TaskAwareStrategy(Strategy):
         """The round's evaluate messages to the sampled silos."""
         nodes = self.sample(grid, self.params.fraction_evaluate, self.params.min_evaluate_nodes)
         request = EvaluateRequest(
-            server_round=server_round, groups=self.model_groups, personal=self.personal_mode()
+            server_round=server_round,
+            groups=self.model_groups,
+            personal=self.personal_mode(),
+            checkpoint=self.silo_checkpoint,
         )
         config = ConfigRecord({**(extra or {}), **request.to_config()})
         return self._dispatch(server_round, record, config, nodes, MessageType.EVALUATE)
@@ -586,8 +642,13 @@ class TaskAwareStrategy(Strategy):
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        first_round: int = 1,
+        on_round_end: Callable[[int, ArrayRecord], None] | None = None,
     ) -> Result:
-        """Run ``num_rounds`` of training, evaluating every ``evaluate_every`` rounds and at the end.
+        """Run rounds ``first_round`` to ``num_rounds`` (a resumed run starts after its checkpoint,
+        from the state :meth:`load_state_dict` restored), evaluating every ``evaluate_every``
+        rounds and at the end; ``on_round_end(round, arrays)`` is called once a round is over and
+        reported (the server app checkpoints there).
 
         Unlike Flower's default loop it discovers silos first, evaluates on a schedule and reports
         each round to the observers.
@@ -596,7 +657,7 @@ class TaskAwareStrategy(Strategy):
         self.discover(grid)
         result = Result(arrays=initial_arrays)
         arrays = initial_arrays
-        for server_round in range(1, num_rounds + 1):
+        for server_round in range(first_round, num_rounds + 1):
             started = time.perf_counter()
             down, up = self.bytes_down, self.bytes_up  # every attempt of the round counts
             outcome, dispatch = self.train_round(server_round, arrays, grid, timeout, train_config)
@@ -634,6 +695,8 @@ class TaskAwareStrategy(Strategy):
             self.history.append(record)
             for observer in self.observers:
                 observer.on_round(record)
+            if on_round_end is not None:
+                on_round_end(server_round, arrays)
         return result
 
     def train_round(

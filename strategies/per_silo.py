@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +109,15 @@ class PerSiloModels(TaskAwareStrategy):
         self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
     ) -> TrunkStep:
         raise TypeError(f"{type(self).__name__} updates per-silo models in absorb()")
+
+    def state_dict(self) -> dict[str, Any]:
+        models = {str(silo): dict(model) for silo, model in self.models.items()}
+        return {**super().state_dict(), "models": models}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.models.clear()
+        self.models.update({int(s): dict(model) for s, model in state["models"].items()})
 
 
 def trunk_vector(arrays: Arrays) -> np.ndarray:
@@ -255,6 +265,13 @@ class MaTFL(PerSiloModels):
     def results(self) -> dict[str, Any]:
         return {"matfl": {"clusters": self.clusters}}
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "clusters": list(self.clusters)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.clusters[:] = state["clusters"]
+
 
 def cluster_silos(deltas: list[np.ndarray], threshold: float) -> list[int]:
     """Cluster labels of the deltas by the cosine distance of their deviations from the mean
@@ -328,6 +345,23 @@ class FedHCA2(PerSiloModels):
     def hyper(self) -> dict[tuple[int, str], HyperWeight]:
         """(silo id, "trunk" or "<head layer>") -> its hyperweight."""
         return {}
+
+    def stateful_parts(self) -> dict[str, Weighting]:
+        return {"weighting": self.weighting}
+
+    def state_dict(self) -> dict[str, Any]:
+        hyper = [
+            {"silo": silo, "name": name, **dataclasses.asdict(weight)}
+            for (silo, name), weight in self.hyper.items()
+        ]
+        return {**super().state_dict(), "hyper": hyper}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.hyper.clear()
+        for entry in state["hyper"]:
+            weight = {k: v for k, v in entry.items() if k not in ("silo", "name")}
+            self.hyper[(int(entry["silo"]), str(entry["name"]))] = HyperWeight(**weight)
 
     def hyperweight(self, silo_id: int, name: str) -> HyperWeight:
         key = (silo_id, name)

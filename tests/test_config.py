@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import typing
 from pathlib import Path
 from typing import Any
@@ -196,8 +197,13 @@ def test_more_cpus_per_client_than_ray_has_is_refused() -> None:
     assert info.value.key == "runtime.num_cpus"
 
 
-def test_ray_address_skips_local_resource_checks() -> None:
-    check_resources(SimulationParams(num_gpus=1.0, ray_address="auto"))
+def test_ray_address_skips_local_resource_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU this machine lacks is the cluster's business once a cluster answers."""
+    with socket.socket() as cluster:
+        cluster.bind(("127.0.0.1", 0))
+        cluster.listen()
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{cluster.getsockname()[1]}")
+        check_resources(SimulationParams(num_gpus=1.0, ray_address="auto"))
 
 
 def test_config_json_round_trip() -> None:

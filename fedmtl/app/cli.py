@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedmtl.app import bench, report
+from fedmtl.app.checkpoint import resumed_raw_config
 from fedmtl.app.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
 from fedmtl.app.experiment import build_data
 from fedmtl.app.launch import run
@@ -36,7 +37,8 @@ USAGE = """usage: fedmtl COMMAND [key=value ...]
 
 commands:
   run        train an experiment (Hydra overrides, e.g. dataset=synthetic num_rounds=5
-             runtime=inprocess hydra.run.dir=/tmp/x); `fedmtl run --help` lists config groups
+             runtime=inprocess hydra.run.dir=/tmp/x); `fedmtl run --help` lists config groups;
+             `fedmtl run resume=DIR` continues the run in DIR from its last checkpoint
   partition  build the partition only (e.g. partition=dirichlet_0.1 hydra.run.dir=/tmp/p) and
              write partition.json, partition_stats.csv and PNGs; prints the stats table
   bench      run a benchmark suite: fedmtl bench SUITE --out DIR (SUITE: a name in
@@ -63,8 +65,11 @@ def help_text(command: str) -> str:
         "registered plug-ins (the `name` a preset or GROUP.name=... selects):",
         *(f"  {key:<23} {', '.join(reg.names())}" for key, reg in GROUP_REGISTRIES.items()),
         "",
-        "top-level keys: seed, num_rounds, train.{local_epochs, max_steps, batch_size, optimizer,",
-        "  lr, momentum, weight_decay}",
+        "top-level keys: seed, num_rounds, checkpoint_every, train.{local_epochs, max_steps,",
+        "  batch_size, optimizer, lr, momentum, weight_decay}",
+        "",
+        "resume: fedmtl run resume=DIR [num_rounds=N runtime=... tracking...=...] continues the",
+        "  run in DIR from its checkpoint (every checkpoint_every rounds and after the last).",
         "",
         "examples:",
         "  fedmtl run dataset=synthetic strategy=upgrad runtime=inprocess num_rounds=10",
@@ -116,6 +121,22 @@ def _hydra_command(
 
     sys.argv = [f"fedmtl {name}", *overrides]
     _main()
+
+
+def _resume(overrides: list[str]) -> None:
+    """``fedmtl run resume=DIR [KEY=VALUE ...]``: the run in DIR goes on from its checkpoint with
+    its own config (Hydra is not involved: no new run directory); only the keys of
+    :data:`~fedmtl.app.checkpoint.RESUMABLE_KEYS` may change."""
+    set_offline_env()
+    run_dir = Path([arg for arg in overrides if arg.startswith("resume=")][-1].split("=", 1)[1])
+    others = [arg for arg in overrides if not arg.startswith("resume=")]
+    quiet_third_party_logs()
+    try:
+        config = parse(resumed_raw_config(run_dir, others))
+        _run(config)
+    except ConfigError as err:
+        print(f"fedmtl run: invalid config: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 class _DropRunSimulationDeprecation(logging.Filter):
@@ -197,7 +218,10 @@ def main(argv: list[str] | None = None) -> None:
         print(help_text(command))
         return
     try:
-        _hydra_command(command, COMMANDS[command], overrides)
+        if command == "run" and any(arg.startswith("resume=") for arg in overrides):
+            _resume(overrides)
+        else:
+            _hydra_command(command, COMMANDS[command], overrides)
     except KeyboardInterrupt:
         print(f"fedmtl {command}: interrupted", file=sys.stderr)
         sys.exit(130)

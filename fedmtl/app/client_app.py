@@ -12,22 +12,28 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 from typing import Literal
 
 import torch
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from fedmtl.app.checkpoint import restore_silo_state, save_silo_state, silo_state_dir
 from fedmtl.app.experiment import Experiment, cached_experiment, config_json_from
 from fedmtl.app.runtime import client_device
-from fedmtl.app.silo import SiloWorker, round_seed, run_evaluate, run_train
+from fedmtl.app.silo import PERSONAL, SiloWorker, round_seed, run_evaluate, run_train
 from fedmtl.core import records
 from fedmtl.core.data import LocalData
 from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.records import Arrays, EvaluateRequest, Groups, TrainRequest
 
 PARTITION_ID = "partition-id"
+STATE_DIR = "state-dir"
+"""Node config key: the directory where a SuperNode's silo keeps its state between rounds."""
 NODE_STATE = "fedmtl.node"
+RESTORED = "fedmtl.restored"
+"""Node-state record set once a resumed run has restored the silo's saved state."""
 
 
 @functools.lru_cache(maxsize=8)
@@ -63,7 +69,7 @@ def _worker(
     """The silo's tools for one message: the shared model of the message's structure, the
     silo's rows of ``split``, its node state and its round seed."""
     groups = request.groups
-    return SiloWorker(
+    worker = SiloWorker(
         model=_model_for(config_json, device, groups),
         data=_silo_data(config_json, silo_id, split, device),
         state=context.state,
@@ -71,6 +77,34 @@ def _worker(
         seed=round_seed(experiment.config.seed, silo_id, request.server_round),
         device=device,
     )
+    if request.checkpoint.resume_round and RESTORED not in context.state.config_records:
+        _restore(worker, request.checkpoint.resume_round, _state_dir(context, experiment, silo_id))
+    return worker
+
+
+def _state_dir(context: Context, experiment: Experiment, silo_id: int) -> Path:
+    """Where the silo saves its own state: its node config's ``state-dir``, else (simulations)
+    the run directory's ``checkpoint/silos/silo-<id>``."""
+    configured = context.node_config.get(STATE_DIR)
+    if isinstance(configured, str) and configured:
+        return Path(configured) / f"silo-{silo_id}"
+    return silo_state_dir(Path(experiment.config.output_dir), silo_id)
+
+
+def _restore(worker: SiloWorker, resume_round: int, directory: Path) -> None:
+    """First message of a resumed run: the silo's state as of the checkpoint, unless this node
+    still holds it in memory; files from rounds after the checkpoint are dropped."""
+    worker.state.config_records[RESTORED] = ConfigRecord({"resume-round": resume_round})
+    saved = restore_silo_state(directory, resume_round)
+    if saved is not None and worker.personal() is None:
+        worker.state.array_records[PERSONAL] = records.to_array_record(saved)
+
+
+def _persist(worker: SiloWorker, request: TrainRequest, directory: Path) -> None:
+    """After a train message: the silo's personal arrays (if it keeps any) to its state files."""
+    personal = worker.personal()
+    if personal is not None:
+        save_silo_state(directory, request.server_round, personal, request.checkpoint.saved_round)
 
 
 @functools.lru_cache(maxsize=8)
@@ -124,6 +158,7 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
             probe = experiment.affinity_probe(request.affinity, worker.model, worker.data)
         reply = run_train(worker, received, request, step_weights, probe)
         _remember_round(context, request.server_round)
+        _persist(worker, request, _state_dir(context, experiment, silo_id))
         return Message(reply.to_content(), reply_to=msg)
 
     @app.evaluate()

@@ -155,9 +155,18 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     for key in ("seed", "num_rounds", "dataset", "model", "partition", "strategy", "runtime"):
         if key not in raw:
             raise ConfigError(key, "is required but missing.", "set it in the config.")
-    for key in ("seed", "num_rounds"):
-        if isinstance(raw[key], bool) or not isinstance(raw[key], int):
+    for key in ("seed", "num_rounds", "checkpoint_every"):
+        if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int)):
             raise ConfigError(key, f"expected an integer, got {raw[key]!r}.")
+    if raw.get("checkpoint_every", 0) < 0:
+        raise ConfigError(
+            "checkpoint_every",
+            f"must be >= 0, got {raw['checkpoint_every']}.",
+            "use e.g. 5, or 0 to save only after the last round.",
+        )
+    resume = raw.get("resume")
+    if resume is not None and not isinstance(resume, str):
+        raise ConfigError("resume", f"expected a run directory, got {resume!r}.")
     if raw["num_rounds"] < 1:
         raise ConfigError(
             "num_rounds", f"must be >= 1, got {raw['num_rounds']}.", "set num_rounds=10."
@@ -198,6 +207,8 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
         train=train,
         tracking=tracking,
         output_dir=output_dir,
+        checkpoint_every=raw.get("checkpoint_every", ExperimentConfig.checkpoint_every),
+        resume=resume,
         raw=raw,
     )
 

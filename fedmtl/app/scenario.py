@@ -5,8 +5,9 @@ the run's config minus the keys that name the method or do not change results. T
 
 - always excluded (:data:`EXCLUDED_KEYS`): ``strategy`` (the method and all its parameters),
   ``seed`` (the repetition), ``output_dir`` (where results go), ``tracking`` (wandb, plots,
-  progress) and ``runtime`` (in process or on Ray: the same seed gives the same result on every
-  runtime, up to floating-point differences from thread counts);
+  progress), ``runtime`` (in process or on Ray: the same seed gives the same result on every
+  runtime, up to floating-point differences from thread counts), ``checkpoint_every`` and
+  ``resume`` (saving and continuing a run do not change its result);
 - excluded as well when a benchmark suite tunes them (e.g. ``train.lr``): the tuned keys, so that
   a strategy run with its tuned learning rate stays in the scenario of the others;
 - everything else is part of the scenario: dataset, model, partition (with
@@ -27,7 +28,15 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-EXCLUDED_KEYS = ("strategy", "seed", "output_dir", "tracking", "runtime")
+EXCLUDED_KEYS = (
+    "strategy",
+    "seed",
+    "output_dir",
+    "tracking",
+    "runtime",
+    "checkpoint_every",
+    "resume",
+)
 """Top-level config keys that never belong to a scenario (module docstring)."""
 ID_LENGTH = 10
 

@@ -9,18 +9,27 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from fedmtl.app.checkpoint import (
+    RunState,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+    should_checkpoint,
+)
 from fedmtl.app.experiment import Experiment, cached_experiment, config_json_from
 from fedmtl.app.provenance import provenance
 from fedmtl.app.scenario import scenario_of
 from fedmtl.app.tracking import PARTITION_FILE, SUMMARY_SCHEMA_VERSION, Tracker
 from fedmtl.core import records
 from fedmtl.core.models import MultiTaskModel
+from fedmtl.core.records import SiloCheckpoint
 from fedmtl.core.tasks import TaskSpec
 from fedmtl.core.training import evaluate
 from strategies import TaskAwareStrategy
@@ -30,10 +39,13 @@ log = logging.getLogger("fedmtl")
 
 
 def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
-    """Train for ``num_rounds`` on ``grid``, write the result files and return the summary."""
+    """Train for ``num_rounds`` on ``grid`` (after the checkpoint of the run it resumes, if
+    any), write the result files and return the summary."""
     cfg = experiment.config
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    previous = load_checkpoint(Path(cfg.resume)) if cfg.resume else None
+    done = previous.server_round if previous else 0
     experiment.partition.save(output_dir / PARTITION_FILE)
     tasks = list(experiment.dataset.tasks)
     tracker = Tracker(
@@ -43,12 +55,20 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
         cfg.num_rounds,
         run_config=dict(cfg.raw),
         run_name=f"{cfg.dataset.name}-{cfg.strategy.name}-seed{cfg.seed}",
+        resume_round=done,
     )
     strategy = experiment.new_strategy(observers=[tracker])
-    model = experiment.new_model(strategy.model_groups)
-    initial = records.to_array_record(records.state_arrays(model, model.exchanged_keys()))
     global_eval = GlobalEvaluator(experiment, tracker, strategy)
-    started = time.perf_counter()
+    if previous is None:
+        model = experiment.new_model(strategy.model_groups)
+        initial = records.to_array_record(records.state_arrays(model, model.exchanged_keys()))
+    else:
+        log.info("resuming %s after round %d", output_dir, done)
+        strategy.load_state_dict(previous.strategy)
+        global_eval.load_state_dict(previous.evaluator)
+        strategy.silo_checkpoint = SiloCheckpoint(saved_round=done, resume_round=done)
+        initial = records.to_array_record(previous.model)
+    checkpointer = Checkpointer(experiment, strategy, global_eval, previous)
     status = "crashed"  # until the loop ends or stops with a reason
     try:
         strategy.start(
@@ -59,6 +79,8 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
             evaluate_fn=global_eval
             if global_eval.num_samples and strategy.has_global_model
             else None,
+            first_round=done + 1,
+            on_round_end=checkpointer,
         )
         status = final_status(strategy, experiment.partition.num_silos)
     except RunStopped as stop:
@@ -68,14 +90,64 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
         status = "interrupted"
         raise
     finally:
-        summary = build_summary(experiment, strategy, time.perf_counter() - started)
+        summary = build_summary(experiment, strategy, checkpointer.wall_time_s())
         summary["global"] = global_eval.summary(experiment.dataset.tasks)
         summary["status"] = status
+        summary["resumed_from"] = checkpointer.resumed_from
+        summary["checkpoint_round"] = checkpointer.saved_round
         strategy.write_artifacts(output_dir, plots=cfg.tracking.plots)
         tracker.finish(summary)
     if status != "completed":
         log.error("run status: %s", status)
     return summary
+
+
+class Checkpointer:
+    """Called by the round loop after each round: saves the run's state after the rounds
+    :func:`should_checkpoint` picks, and the final model after the last (:mod:`~fedmtl.app.checkpoint`)."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        strategy: TaskAwareStrategy,
+        global_eval: GlobalEvaluator,
+        previous: RunState | None,
+    ) -> None:
+        self.config = experiment.config
+        self.strategy = strategy
+        self.global_eval = global_eval
+        self.started = time.perf_counter()
+        self.earlier_s = previous.wall_time_s if previous else 0.0
+        self.resumed_from = [*previous.resumed_from, previous.server_round] if previous else []
+        self.saved_round = previous.server_round if previous else None
+
+    def wall_time_s(self) -> float:
+        """The run's wall time: this process's and that of the runs it resumes."""
+        return self.earlier_s + time.perf_counter() - self.started
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> None:
+        cfg = self.config
+        if not should_checkpoint(server_round, cfg.checkpoint_every, cfg.num_rounds):
+            return
+        run_dir = Path(cfg.output_dir)
+        model = records.from_array_record(arrays)
+        state = RunState(
+            server_round=server_round,
+            config=dict(cfg.raw),
+            model=model,
+            strategy=self.strategy.state_dict(),
+            evaluator=self.global_eval.state_dict(),
+            wall_time_s=self.wall_time_s(),
+            resumed_from=self.resumed_from,
+        )
+        save_checkpoint(run_dir, state)
+        self.saved_round = server_round
+        self.strategy.silo_checkpoint = replace(
+            self.strategy.silo_checkpoint, saved_round=server_round
+        )
+        if server_round == cfg.num_rounds:
+            meta = {"strategy": cfg.strategy.name, "round": str(server_round)}
+            save_model(run_dir, model, self.strategy.model_groups, meta)
 
 
 def final_status(strategy: TaskAwareStrategy, num_silos: int) -> str:
@@ -131,6 +203,12 @@ class GlobalEvaluator:
         self.history.append((server_round, metrics))
         self.tracker.record_global(server_round, metrics)
         return records.flat_task_metrics(metrics)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [[r, metrics] for r, metrics in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [(int(r), metrics) for r, metrics in state["history"]]
 
     def summary(self, tasks: Sequence[TaskSpec]) -> dict[str, Any] | None:
         """``summary.json``'s ``global``: ``num_samples``, ``final``, ``final_round``, ``best``

@@ -21,6 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from fedmtl.app.checkpoint import atomic_write_text
 from fedmtl.core.rounds import RoundRecord
 from fedmtl.core.schema import TrackingConfig
 from fedmtl.core.tasks import TaskSpec
@@ -47,15 +48,28 @@ class Tracker:
         num_rounds: int,
         run_config: dict[str, Any],
         run_name: str,
+        resume_round: int = 0,
     ) -> None:
+        """``resume_round`` > 0: the run goes on after that round; ``metrics.jsonl`` keeps its
+        lines up to it (later ones belong to rounds being redone) and grows from there."""
         self.output_dir = output_dir
         self.cfg = cfg
         self.tasks = tasks
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = output_dir / METRICS_FILE
-        self.metrics_path.write_text("")
+        kept = ""
+        if resume_round and self.metrics_path.exists():
+            lines = self.metrics_path.read_text().splitlines()
+            kept = "".join(
+                f"{line}\n" for line in lines if json.loads(line)["round"] <= resume_round
+            )
+        atomic_write_text(self.metrics_path, kept)
         self.progress = tqdm(
-            total=num_rounds, desc="rounds", unit="round", disable=not cfg.progress
+            total=num_rounds,
+            initial=resume_round,
+            desc="rounds",
+            unit="round",
+            disable=not cfg.progress,
         )
         self.wandb_run = self._start_wandb(run_config, run_name) if cfg.wandb else None
         self._global: dict[int, dict[str, dict[str, float]]] = {}
@@ -153,8 +167,8 @@ class Tracker:
     def finish(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` and the plot; close wandb and the progress bar."""
         self.progress.close()
-        (self.output_dir / SUMMARY_FILE).write_text(
-            json.dumps(summary, indent=2, default=_json_default)
+        atomic_write_text(
+            self.output_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=_json_default)
         )
         if self.cfg.plots:
             chance = {t: info["chance"] for t, info in summary.get("task_info", {}).items()}

@@ -77,6 +77,8 @@ _PROXIMAL_MU = "proximal-mu"
 _PERSONAL = "personal"
 _PERSONAL_LAMBDA = "personal-lambda"
 _HEAD_EPOCHS = "head-epochs"
+_SAVED_ROUND = "saved-round"
+_RESUME_ROUND = "resume-round"
 _TASK_UPDATE = "per-task"
 _SILO_ID = "silo-id"
 _TASKS = "tasks"
@@ -246,6 +248,28 @@ class AffinityRequest:
 
 
 @dataclass(frozen=True)
+class SiloCheckpoint:
+    """Sent with every train and evaluate request, for silos that keep state of their own
+    (personal heads or models) in files: ``saved_round``, the server's last complete checkpoint
+    (a silo keeps its newest state at or before it, and any newer); ``resume_round``, the
+    checkpoint this run resumed from (0: none; a silo that has no state in memory loads its
+    newest at or before it and drops newer ones, which belong to rounds being redone)."""
+
+    saved_round: int = 0
+    resume_round: int = 0
+
+    def to_config(self) -> dict[str, int]:
+        return {_SAVED_ROUND: self.saved_round, _RESUME_ROUND: self.resume_round}
+
+    @classmethod
+    def from_config(cls, record: Mapping[str, Any]) -> SiloCheckpoint:
+        saved, resume = integer(record, _SAVED_ROUND), integer(record, _RESUME_ROUND)
+        if saved < 0 or resume < 0:
+            raise ValueError(f"{_SAVED_ROUND} and {_RESUME_ROUND} must be >= 0")
+        return cls(saved, resume)
+
+
+@dataclass(frozen=True)
 class TrainRequest:
     """What a train message asks of a silo: the round, local training settings, the trunk update
     mode, the balancing method it applies to its tasks' gradients at each local step (None: the
@@ -265,6 +289,7 @@ class TrainRequest:
     personal: PersonalMode = "none"
     personal_lambda: float = 0.0
     head_epochs: int = 0
+    checkpoint: SiloCheckpoint = SiloCheckpoint()
 
     def to_config(self) -> ConfigRecord:
         train = self.train
@@ -288,6 +313,7 @@ class TrainRequest:
                 _PERSONAL: self.personal,
                 _PERSONAL_LAMBDA: self.personal_lambda,
                 _HEAD_EPOCHS: self.head_epochs,
+                **self.checkpoint.to_config(),
                 **_groups_entry(self.groups),
             }
         )
@@ -340,6 +366,7 @@ class TrainRequest:
             personal=personal,  # type: ignore[arg-type]
             personal_lambda=personal_lambda,
             head_epochs=head_epochs,
+            checkpoint=SiloCheckpoint.from_config(record),
         )
 
 
@@ -353,12 +380,14 @@ class EvaluateRequest:
     server_round: int
     groups: Groups | None = None
     personal: PersonalMode = "none"
+    checkpoint: SiloCheckpoint = SiloCheckpoint()
 
     def to_config(self) -> ConfigRecord:
         return ConfigRecord(
             {
                 SERVER_ROUND: self.server_round,
                 _PERSONAL: self.personal,
+                **self.checkpoint.to_config(),
                 **_groups_entry(self.groups),
             }
         )
@@ -372,6 +401,7 @@ class EvaluateRequest:
             server_round=integer(record, SERVER_ROUND),
             groups=_groups_from(record),
             personal=personal,  # type: ignore[arg-type]
+            checkpoint=SiloCheckpoint.from_config(record),
         )
 
 

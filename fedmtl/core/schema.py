@@ -151,7 +151,8 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """The whole validated experiment."""
+    """The whole validated experiment. ``checkpoint_every``: save the run's state every N rounds
+    (0: only after the last round); ``resume``: the run directory this run continues."""
 
     seed: int
     num_rounds: int
@@ -163,6 +164,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str = "."
+    checkpoint_every: int = 5
+    resume: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> str:
