@@ -6,6 +6,11 @@ writes ``partition.json``, ``partition_stats.csv`` and its plots. ``hydra.run.di
 output directory. A bad value stops either command before any work with a message naming the key
 (exit status 2), and leaves no output directory behind. ``fedmtl run --help`` lists the config
 groups and their presets.
+
+For deployments (docs/deployment.md): ``fedmtl flwr-config [key=value ...]`` writes the same config
+as Flower run config for ``flwr run`` (:mod:`fedmtl.app.flwr_config`), and ``fedmtl deploy ...``
+makes certificates, node keys and demo tables and starts a local deployment
+(:mod:`fedmtl.app.deploy`).
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from fedmtl.app import deploy, flwr_config
 from fedmtl.app.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
-from fedmtl.app.experiment import build_data
+from fedmtl.app.experiment import build_data, is_local
 from fedmtl.app.launch import run
 from fedmtl.app.runtime import set_offline_env
 from fedmtl.app.tracking import PARTITION_FILE
@@ -32,6 +38,11 @@ commands:
              runtime=inprocess hydra.run.dir=/tmp/x); `fedmtl run --help` lists config groups
   partition  build the partition only (e.g. partition=dirichlet_0.1 hydra.run.dir=/tmp/p) and
              write partition.json, partition_stats.csv and PNGs; prints the stats table
+  flwr-config
+             the same overrides as Flower run config for `flwr run . CONNECTION --run-config FILE`
+             (e.g. experiment=flwr_tables dataset.schema=schema.json -o run.toml)
+  deploy     certs | node-key | demo-data | local: TLS certificates, SuperNode keys, demo tables
+             and a local deployment with TLS and node authentication (docs/deployment.md)
 """
 
 GROUPS = ("dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment")
@@ -41,8 +52,9 @@ HYDRA_FILES = (".hydra", "fedmtl.log")
 
 def help_text(command: str) -> str:
     """``fedmtl COMMAND --help``: the config groups, their presets and the top-level keys."""
+    output = " [-o FILE]" if command == "flwr-config" else ""
     lines = [
-        f"usage: fedmtl {command} [GROUP=PRESET ...] [KEY=VALUE ...] [hydra.run.dir=DIR]",
+        f"usage: fedmtl {command} [GROUP=PRESET ...] [KEY=VALUE ...] [hydra.run.dir=DIR]{output}",
         "",
         "config groups (choose a preset with GROUP=PRESET; set one value with GROUP.KEY=VALUE):",
     ]
@@ -143,6 +155,10 @@ def _run(config: ExperimentConfig) -> None:
 
 
 def _partition(config: ExperimentConfig) -> None:
+    if is_local(config):
+        raise ConfigError(
+            "partition", "is local: the silos hold the rows, there is nothing to partition here."
+        )
     dataset, partition = build_data(config)
     out = Path(config.output_dir)
     partition.save(out / PARTITION_FILE)
@@ -161,6 +177,19 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE)
         return
     command, overrides = args[0], args[1:]
+    if command == "deploy":
+        deploy.main(overrides)
+        return
+    if command == "flwr-config":
+        if any(arg in ("-h", "--help") for arg in overrides):
+            print(help_text(command))
+            return
+        try:
+            flwr_config.main(overrides)
+        except ConfigError as err:
+            print(f"fedmtl flwr-config: invalid config: {err}", file=sys.stderr)
+            sys.exit(2)
+        return
     if command not in COMMANDS:
         print(f"fedmtl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)

@@ -27,6 +27,7 @@ from fedmtl.core.schema import (
     ModelConfig,
     PartitionConfig,
     PartitionFile,
+    PartitionLocal,
     PluginConfig,
     TrackingConfig,
     TrainConfig,
@@ -202,13 +203,16 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     )
 
 
-def parse_partition(values: Any) -> PartitionConfig | PartitionFile:
-    """The ``partition`` group: a :class:`PartitionFile` when it sets ``path``, else a
-    :class:`PartitionConfig` with its plug-ins checked against their registries."""
+def parse_partition(values: Any) -> PartitionConfig | PartitionFile | PartitionLocal:
+    """The ``partition`` group: a :class:`PartitionFile` when it sets ``path``, a
+    :class:`PartitionLocal` when it sets ``local: true``, else a :class:`PartitionConfig` with its
+    plug-ins checked against their registries."""
     if not isinstance(values, Mapping):
         raise ConfigError("partition", f"expected a mapping, got {values!r}.")
     if "path" in values:
         return _parse_partition_file(values)
+    if "local" in values:
+        return _parse_partition_local(values)
     plugins: dict[str, Registry[Any]] = {
         "assignment": ASSIGNMENTS,
         "split": SPLITS,
@@ -255,3 +259,16 @@ def _parse_partition_file(values: Mapping[str, Any]) -> PartitionFile:
             "set partition.path=DIR/partition.json (written by `fedmtl run` or `fedmtl partition`).",
         )
     return PartitionFile(path=path)
+
+
+def _parse_partition_local(values: Mapping[str, Any]) -> PartitionLocal:
+    """``{local: true, num_silos, test_fraction, min_train_per_task}``: the silos hold the rows."""
+    if values["local"] is not True:
+        raise ConfigError(
+            "partition.local",
+            f"must be true when set, got {values['local']!r}.",
+            "use partition=local, or another partition preset.",
+        )
+    rest = {k: v for k, v in values.items() if k != "local"}
+    local: PartitionLocal = build_dataclass(PartitionLocal, rest, "partition")
+    return local

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from fedmtl.app.client_app import make_client_app
-from fedmtl.app.experiment import cached_experiment
+from fedmtl.app.experiment import cached_experiment, is_local
 from fedmtl.app.runtime import RUNTIMES, Apps, set_offline_env
 from fedmtl.app.server_app import make_server_app
 from fedmtl.app.tracking import SUMMARY_FILE
+from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig
 
 
@@ -21,6 +22,13 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
     before Ray starts or any training happens.
     """
     set_offline_env()
+    if is_local(config):
+        raise ConfigError(
+            "partition",
+            "is local: each silo brings its own rows through its SuperNode's node config, which "
+            "only a deployment has.",
+            "start it with `flwr run` (docs/deployment.md), or choose another partition preset.",
+        )
     config_json = config.to_json()
     experiment = cached_experiment(config_json)
     runner = RUNTIMES.get(config.runtime.name, key="runtime.name").factory

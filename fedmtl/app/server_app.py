@@ -1,6 +1,10 @@
 """The Flower ServerApp: wires the experiment's config, model, strategy and result files.
 
-The same app runs on every runtime: in-process, Flower's simulation engine, or a SuperLink.
+The same app runs on every runtime: in-process, Flower's simulation engine, or a SuperLink. Started
+by ``flwr run`` (the config comes from the run config), it writes its results to
+``<output_dir>/<run id>/`` (a directory it creates: a run never overwrites another's results) and
+sends fedmtl's log, one INFO line per round instead of a progress bar, to Flower's log stream
+(``flwr run --stream``, ``flwr log``).
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.common.logger import console_handler
 from flwr.serverapp import Grid, ServerApp
 
-from fedmtl.app.experiment import Experiment, cached_experiment, config_json_from
+from fedmtl.app.experiment import CONFIG_KEY, Experiment, cached_experiment, config_json_from
 from fedmtl.app.tracking import PARTITION_FILE, SUMMARY_SCHEMA_VERSION, Tracker
 from fedmtl.core import records
+from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.tasks import TaskSpec
 from fedmtl.core.training import evaluate
@@ -52,7 +58,9 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
             initial,
             num_rounds=cfg.num_rounds,
             timeout=strategy.params.reply_timeout_s,
-            evaluate_fn=global_eval if global_eval.num_samples and strategy.has_global_model else None,
+            evaluate_fn=global_eval
+            if global_eval.num_samples and strategy.has_global_model
+            else None,
         )
     finally:
         summary = build_summary(experiment, strategy, time.perf_counter() - started)
@@ -171,10 +179,40 @@ def make_server_app(default_config_json: str | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        experiment = cached_experiment(config_json_from(context.run_config, default_config_json))
-        run_server(grid, experiment)
+        config_json = config_json_from(context.run_config, default_config_json)
+        if context.run_config.get(CONFIG_KEY):  # started by `flwr run`
+            log_to_flower()
+            config_json = for_flower_run(config_json, context.run_id)
+        run_server(grid, cached_experiment(config_json))
 
     return app
+
+
+def log_to_flower() -> None:
+    """fedmtl's INFO log through Flower's console handler, which ``flwr run --stream`` and
+    ``flwr log`` read."""
+    log.setLevel(logging.INFO)
+    if console_handler not in log.handlers:
+        log.addHandler(console_handler)
+
+
+def for_flower_run(config_json: str, run_id: int) -> str:
+    """The config of a ``flwr run``: results in ``<output_dir>/<run_id>/`` (created here, so that no
+    run overwrites another's) and no progress bar (its lines would clutter Flower's log)."""
+    raw = json.loads(config_json)
+    run_dir = Path(raw.get("output_dir") or ".") / str(run_id)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise ConfigError(
+            "output_dir",
+            f"{run_dir} exists: the results of run {run_id} are never overwritten.",
+            "move it away, or start a new run.",
+        ) from None
+    log.info("run %s: results in %s", run_id, run_dir.resolve())
+    raw["output_dir"] = str(run_dir)
+    raw.setdefault("tracking", {})["progress"] = False
+    return json.dumps(raw)
 
 
 app = make_server_app()
