@@ -1,6 +1,7 @@
-"""A real deployment on 127.0.0.1: Flower's own processes, TLS, SuperNode authentication.
+"""Real deployments on 127.0.0.1: Flower's own processes, TLS, SuperNode authentication; and
+``flwr run .`` from the repository root on a simulation SuperLink (pyproject's own run config).
 
-The test starts every process itself (fedmtl.app.deploy.LocalDeployment, never the local
+The first test starts every process itself (fedmtl.app.deploy.LocalDeployment, never the local
 SuperLink that ``flwr run`` can spawn), each with its own FLWR_HOME, log file and ports: a
 ``flower-superlink`` with TLS (a CA and server certificate made with ``cryptography``) and
 ``--enable-supernode-auth``; three registered ``flower-supernode``s, each holding its own CSV
@@ -23,7 +24,14 @@ import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
-from fedmtl.app.deploy import CONNECTION, LocalDeployment, make_certificates, make_node_key
+from fedmtl.app.deploy import (
+    CONNECTION,
+    LocalDeployment,
+    free_port,
+    make_certificates,
+    make_node_key,
+    wait_for_port,
+)
 from fedmtl.app.experiment import CONFIG_KEY
 from fedmtl.app.flwr_config import to_toml
 from fedmtl.app.server_app import make_server_app
@@ -101,3 +109,37 @@ def test_tls_authenticated_deployment_matches_an_in_process_run(tmp_path: Path) 
         if r["split"] == "train"
     ]
     np.testing.assert_allclose(losses, reference_losses, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.timeout(420)
+def test_flwr_run_from_the_repository_root_on_a_simulation_superlink(tmp_path: Path) -> None:
+    """`flwr run .` with pyproject.toml's own run config (experiment=flwr_demo) against a SuperLink
+    in simulation mode, Flower's local simulation (started here rather than by `flwr`, so that it
+    gets its own port and is stopped by its id)."""
+    with LocalDeployment(tmp_path, env={"PYTHONPATH": str(ROOT)}, bin_dir=BIN) as deployment:
+        port = free_port()
+        superlink = deployment.start(
+            "superlink",
+            [
+                str(BIN / "flower-superlink"),
+                "--simulation",
+                "--insecure",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+        )
+        wait_for_port(port, 90, superlink.process)
+        (deployment.home("cli") / "config.toml").write_text(
+            f'[superlink.sim]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        )
+        output = deployment.flwr(["run", ".", "sim", "--stream"], timeout=330, cwd=ROOT)
+    run_id = re.search(r"Successfully started run (\d+)", output)
+    assert run_id and "round 5/5: 2/2 updates" in output, output
+    summary = json.loads(
+        (tmp_path / "outputs" / "flwr" / run_id.group(1) / "summary.json").read_text()
+    )
+    assert summary["rounds"] == 5 and summary["rejected"] == []
+    assert summary["dataset"] == "synthetic" and set(summary["final"]) == {"t0", "t1", "t2", "t3"}
