@@ -14,7 +14,7 @@ import torch
 
 from fedmtl.app.cli import discard_run_dir, help_text
 from fedmtl.app.config import GROUP_REGISTRIES, parse, presets
-from fedmtl.app.experiment import prepare
+from fedmtl.app.experiment import is_local, prepare
 from fedmtl.app.runtime import (
     RUNTIMES,
     InProcessParams,
@@ -35,7 +35,7 @@ from fedmtl.core.schema import (
 from fedmtl.datasets import DATASETS
 from fedmtl.trunks import TRUNKS
 from strategies import STRATEGIES
-from tests.helpers import compose_raw, example_overrides, unset_example_overrides
+from tests.helpers import compose_raw, example_overrides, silo_tables, unset_example_overrides
 
 GROUPS = ["dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment"]
 
@@ -51,6 +51,8 @@ def preset_overrides(group: str, preset: str, tmp_path: Path) -> list[str]:
         saved = prepare(parse(compose_raw(["partition.num_silos=4"]))).partition
         return [f"{group}={preset}", f"partition.path={saved.save(tmp_path / 'partition.json')}"]
     overrides = [f"{group}={preset}", "partition.num_silos=4"]
+    if (group, preset) in (("partition", "local"), ("experiment", "flwr_tables")):
+        return [*overrides, "dataset=table", f"dataset.schema={silo_tables(tmp_path)[1]}"]
     if group == "dataset":
         overrides += [*example_overrides(preset), "model=mlp"]
     if group == "experiment":  # a preset of a dataset that reads files: the example files
@@ -67,7 +69,8 @@ def test_every_preset_parses_and_prepares(group: str, preset: str, tmp_path: Pat
     config = parse(compose_raw(preset_overrides(group, preset, tmp_path)))
     assert isinstance(config, ExperimentConfig)
     experiment = prepare(config)
-    assert len(experiment.partition.silos) == 4
+    # partition=local: the silos bring the rows, the server's partition has none
+    assert len(experiment.partition.silos) == (0 if is_local(config) else 4)
 
 
 @pytest.mark.parametrize("model", presets("model"))

@@ -7,9 +7,17 @@ output directory. A bad value stops either command before any work with a messag
 (exit status 2), and leaves no output directory behind. ``fedmtl run --help`` lists the config
 groups and their presets.
 
+``fedmtl run resume=DIR`` continues the run in DIR from its last checkpoint
+(:mod:`fedmtl.app.checkpoint`).
+
 ``fedmtl bench SUITE --out DIR`` and ``fedmtl report DIR... --out OUT`` take plain arguments
 (argparse; :mod:`fedmtl.app.bench`, :mod:`fedmtl.app.report`) and compose their configs with
 :func:`fedmtl.app.config.compose`.
+
+For deployments (docs/deployment.md): ``fedmtl flwr-config [key=value ...]`` writes the same config
+as Flower run config for ``flwr run`` (:mod:`fedmtl.app.flwr_config`), and ``fedmtl deploy ...``
+makes certificates, node keys and demo tables and starts a local deployment
+(:mod:`fedmtl.app.deploy`).
 """
 
 from __future__ import annotations
@@ -22,10 +30,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedmtl.app import bench, report
+from fedmtl.app import bench, deploy, flwr_config, report
 from fedmtl.app.checkpoint import resumed_raw_config
 from fedmtl.app.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
-from fedmtl.app.experiment import build_data
+from fedmtl.app.experiment import build_data, is_local
 from fedmtl.app.launch import run
 from fedmtl.app.runtime import set_offline_env
 from fedmtl.app.tracking import PARTITION_FILE
@@ -44,6 +52,11 @@ commands:
   bench      run a benchmark suite: fedmtl bench SUITE --out DIR (SUITE: a name in
              configs/bench/ or a path); resumable; `fedmtl bench --help`
   report     tables, statistics and plots from run directories: fedmtl report DIR... --out OUT
+  flwr-config
+             the same overrides as Flower run config for `flwr run . CONNECTION --run-config FILE`
+             (e.g. experiment=flwr_tables dataset.schema=schema.json -o run.toml)
+  deploy     certs | node-key | demo-data | local: TLS certificates, SuperNode keys, demo tables
+             and a local deployment with TLS and node authentication (docs/deployment.md)
 """
 
 GROUPS = ("dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment")
@@ -53,8 +66,9 @@ HYDRA_FILES = (".hydra", "fedmtl.log")
 
 def help_text(command: str) -> str:
     """``fedmtl COMMAND --help``: the config groups, their presets and the top-level keys."""
+    output = " [-o FILE]" if command == "flwr-config" else ""
     lines = [
-        f"usage: fedmtl {command} [GROUP=PRESET ...] [KEY=VALUE ...] [hydra.run.dir=DIR]",
+        f"usage: fedmtl {command} [GROUP=PRESET ...] [KEY=VALUE ...] [hydra.run.dir=DIR]{output}",
         "",
         "config groups (choose a preset with GROUP=PRESET; set one value with GROUP.KEY=VALUE):",
     ]
@@ -178,6 +192,10 @@ def _run(config: ExperimentConfig) -> None:
 
 
 def _partition(config: ExperimentConfig) -> None:
+    if is_local(config):
+        raise ConfigError(
+            "partition", "is local: the silos hold the rows, there is nothing to partition here."
+        )
     dataset, partition = build_data(config)
     out = Path(config.output_dir)
     partition.save(out / PARTITION_FILE)
@@ -210,6 +228,19 @@ def main(argv: list[str] | None = None) -> None:
         status = PLAIN_COMMANDS[command](overrides)
         if status:
             sys.exit(status)
+        return
+    if command == "deploy":
+        deploy.main(overrides)
+        return
+    if command == "flwr-config":
+        if any(arg in ("-h", "--help") for arg in overrides):
+            print(help_text(command))
+            return
+        try:
+            flwr_config.main(overrides)
+        except ConfigError as err:
+            print(f"fedmtl flwr-config: invalid config: {err}", file=sys.stderr)
+            sys.exit(2)
         return
     if command not in COMMANDS:
         print(f"fedmtl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)

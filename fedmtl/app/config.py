@@ -27,6 +27,7 @@ from fedmtl.core.schema import (
     ModelConfig,
     PartitionConfig,
     PartitionFile,
+    PartitionLocal,
     PluginConfig,
     TrackingConfig,
     TrainConfig,
@@ -213,13 +214,16 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     )
 
 
-def parse_partition(values: Any) -> PartitionConfig | PartitionFile:
-    """The ``partition`` group: a :class:`PartitionFile` when it sets ``path``, else a
-    :class:`PartitionConfig` with its plug-ins checked against their registries."""
+def parse_partition(values: Any) -> PartitionConfig | PartitionFile | PartitionLocal:
+    """The ``partition`` group: a :class:`PartitionFile` when it sets ``path``, a
+    :class:`PartitionLocal` when it sets ``local: true``, else a :class:`PartitionConfig` with its
+    plug-ins checked against their registries."""
     if not isinstance(values, Mapping):
         raise ConfigError("partition", f"expected a mapping, got {values!r}.")
     if "path" in values:
         return _parse_partition_file(values)
+    if "local" in values:
+        return _parse_partition_local(values)
     plugins: dict[str, Registry[Any]] = {
         "assignment": ASSIGNMENTS,
         "split": SPLITS,
@@ -253,12 +257,7 @@ def parse_partition(values: Any) -> PartitionConfig | PartitionFile:
 def _parse_partition_file(values: Mapping[str, Any]) -> PartitionFile:
     """``{path}`` only: everything else comes from the manifest (``validation_fraction`` may be
     there at its default 0: a saved partition cannot be carved into a validation partition)."""
-    if values.get("validation_fraction", 0) not in (0, 0.0):
-        raise ConfigError(
-            "partition.validation_fraction",
-            "cannot be set with partition.path: the manifest fixes every silo's rows.",
-            "tune on a partition built from its config, or drop partition.path.",
-        )
+    _no_validation(values, "partition.path: the manifest fixes every silo's rows", "partition.path")
     extra = sorted(set(values) - {"path", "validation_fraction"})
     if extra:
         raise ConfigError(
@@ -274,3 +273,27 @@ def _parse_partition_file(values: Mapping[str, Any]) -> PartitionFile:
             "set partition.path=DIR/partition.json (written by `fedmtl run` or `fedmtl partition`).",
         )
     return PartitionFile(path=path)
+
+
+def _parse_partition_local(values: Mapping[str, Any]) -> PartitionLocal:
+    """``{local: true, num_silos, test_fraction, min_train_per_task}``: the silos hold the rows."""
+    if values["local"] is not True:
+        raise ConfigError(
+            "partition.local",
+            f"must be true when set, got {values['local']!r}.",
+            "use partition=local, or another partition preset.",
+        )
+    _no_validation(values, "a local partition: each silo cuts its own rows", "partition=local")
+    rest = {k: v for k, v in values.items() if k not in ("local", "validation_fraction")}
+    local: PartitionLocal = build_dataclass(PartitionLocal, rest, "partition")
+    return local
+
+
+def _no_validation(values: Mapping[str, Any], why: str, drop: str) -> None:
+    """``validation_fraction`` (every partition preset has it) may only be its default 0 here."""
+    if values.get("validation_fraction", 0) not in (0, 0.0):
+        raise ConfigError(
+            "partition.validation_fraction",
+            f"cannot be set with {why}.",
+            f"tune on a partition built from its config, or drop {drop}.",
+        )

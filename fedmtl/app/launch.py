@@ -8,7 +8,7 @@ from typing import Any
 
 from fedmtl.app.checkpoint import CHECKPOINT_DIR, check_resumable, load_checkpoint
 from fedmtl.app.client_app import make_client_app
-from fedmtl.app.experiment import cached_experiment
+from fedmtl.app.experiment import cached_experiment, is_local
 from fedmtl.app.runtime import RUNTIMES, Apps, set_offline_env
 from fedmtl.app.server_app import make_server_app
 from fedmtl.app.tracking import METRICS_FILE, SUMMARY_FILE
@@ -23,6 +23,13 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
     before Ray starts or any training happens.
     """
     set_offline_env()
+    if is_local(config):
+        raise ConfigError(
+            "partition",
+            "is local: each silo brings its own rows through its SuperNode's node config, which "
+            "only a deployment has.",
+            "start it with `flwr run` (docs/deployment.md), or choose another partition preset.",
+        )
     check_output_dir(config)
     config_json = config.to_json()
     experiment = cached_experiment(config_json)

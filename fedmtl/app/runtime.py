@@ -173,24 +173,35 @@ def check_resources(params: SimulationParams) -> None:
 class InProcessGrid(Grid):
     """A Flower ``Grid`` that delivers each message by calling the ClientApp in this process.
 
-    Node ``i`` (id ``NODE_ID_BASE + i``) holds silo ``i``; each node keeps its own ``Context``, so
-    ``context.state`` persists across rounds exactly as on a SuperNode. A ClientApp exception comes
-    back as an error reply, as it would from a real node.
+    Node ``i`` (id ``NODE_ID_BASE + i``) holds silo ``i`` (node config ``partition-id``, as in
+    Flower's simulation), or has ``node_configs[i]`` (e.g. a silo's own ``data-file``); each node
+    keeps its own ``Context``, so ``context.state`` persists across rounds exactly as on a
+    SuperNode. A ClientApp exception comes back as an error reply, as it would from a real node.
     """
 
     NODE_ID_BASE = 1000
 
-    def __init__(self, client_app: Any, num_nodes: int, run_config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        client_app: Any,
+        num_nodes: int,
+        run_config: dict[str, Any],
+        node_configs: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.client_app = client_app
+        if node_configs is None:
+            node_configs = [
+                {"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)
+            ]
         self.contexts = {
             self.NODE_ID_BASE + i: Context(
                 run_id=0,
                 node_id=self.NODE_ID_BASE + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                node_config=dict(node_config),
                 state=RecordDict(),
                 run_config=dict(run_config),
             )
-            for i in range(num_nodes)
+            for i, node_config in enumerate(node_configs)
         }
         self._run: Any = None
         self._replies: dict[str, Message] = {}

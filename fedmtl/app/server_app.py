@@ -1,6 +1,10 @@
 """The Flower ServerApp: wires the experiment's config, model, strategy and result files.
 
-The same app runs on every runtime: in-process, Flower's simulation engine, or a SuperLink.
+The same app runs on every runtime: in-process, Flower's simulation engine, or a SuperLink. Started
+by ``flwr run`` (the config comes from the run config), it writes its results to
+``<output_dir>/<run id>/`` (a directory it creates: a run never overwrites another's results) and
+sends fedmtl's log, one INFO line per round instead of a progress bar, to Flower's log stream
+(``flwr run --stream``, ``flwr log``).
 """
 
 from __future__ import annotations
@@ -14,20 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.common.logger import console_handler
 from flwr.serverapp import Grid, ServerApp
 
 from fedmtl.app.checkpoint import (
     RunState,
+    check_resumable,
     load_checkpoint,
     save_checkpoint,
     save_model,
     should_checkpoint,
 )
-from fedmtl.app.experiment import Experiment, cached_experiment, config_json_from
+from fedmtl.app.experiment import CONFIG_KEY, Experiment, cached_experiment, config_json_from
 from fedmtl.app.provenance import provenance
 from fedmtl.app.scenario import scenario_of
 from fedmtl.app.tracking import PARTITION_FILE, SUMMARY_SCHEMA_VERSION, Tracker
 from fedmtl.core import records
+from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.records import SiloCheckpoint
 from fedmtl.core.tasks import TaskSpec
@@ -38,9 +45,10 @@ from strategies.base import RunStopped
 log = logging.getLogger("fedmtl")
 
 
-def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
+def run_server(grid: Grid, experiment: Experiment, runtime: str | None = None) -> dict[str, Any]:
     """Train for ``num_rounds`` on ``grid`` (after the checkpoint of the run it resumes, if
-    any), write the result files and return the summary."""
+    any), write the result files and return the summary; ``runtime``: what started the run, for
+    the summary (default: the configured runtime)."""
     cfg = experiment.config
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +90,7 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
             first_round=done + 1,
             on_round_end=checkpointer,
         )
-        status = final_status(strategy, experiment.partition.num_silos)
+        status = final_status(strategy, experiment.num_silos)
     except RunStopped as stop:
         log.error("the run stopped: %s", stop)
         status = stop.status
@@ -91,6 +99,7 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
         raise
     finally:
         summary = build_summary(experiment, strategy, checkpointer.wall_time_s())
+        summary["runtime"] = runtime or cfg.runtime.name
         summary["global"] = global_eval.summary(experiment.dataset.tasks)
         summary["status"] = status
         summary["resumed_from"] = checkpointer.resumed_from
@@ -237,7 +246,6 @@ def build_summary(
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "dataset": cfg.dataset.name,
         "strategy": cfg.strategy.name,
-        "runtime": cfg.runtime.name,
         "seed": cfg.seed,
         "rounds": len(strategy.history),
         "tasks": dataset.task_names,
@@ -248,13 +256,15 @@ def build_summary(
         "bytes_up": int(strategy.bytes_up),
         "bytes_down": int(strategy.bytes_down),
         "wall_time_s": float(wall_time_s),
-        "num_silos": len(experiment.partition.silos),
+        "num_silos": experiment.num_silos,
         "silos_participated": sorted(strategy.participants),
         "silos_missing": sorted(
-            set(range(experiment.partition.num_silos))
-            - {info.silo_id for info in strategy.silos.values()}
+            set(range(experiment.num_silos)) - {info.silo_id for info in strategy.silos.values()}
         ),
-        "holders": {t: experiment.partition.holders(t) for t in dataset.task_names},
+        "holders": {  # as the silos announced them: only silos that connected
+            t: sorted(info.silo_id for info in strategy.silos.values() if t in info.tasks)
+            for t in dataset.task_names
+        },
         "rejected": strategy.rejections,
         **strategy.results(),
         "dataset_info": dataset.info,
@@ -284,10 +294,53 @@ def make_server_app(default_config_json: str | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        experiment = cached_experiment(config_json_from(context.run_config, default_config_json))
-        run_server(grid, experiment)
+        config_json = config_json_from(context.run_config, default_config_json)
+        runtime = None
+        if context.run_config.get(CONFIG_KEY):  # started by `flwr run`
+            log_to_flower()
+            config_json = for_flower_run(config_json, context.run_id)
+            runtime = FLWR_RUN
+        run_server(grid, cached_experiment(config_json), runtime)
 
     return app
+
+
+def log_to_flower() -> None:
+    """fedmtl's INFO log through Flower's console handler, which ``flwr run --stream`` and
+    ``flwr log`` read."""
+    log.setLevel(logging.INFO)
+    if console_handler not in log.handlers:
+        log.addHandler(console_handler)
+
+
+FLWR_RUN = "flwr run"
+"""``summary.json``'s ``runtime`` for a run started by ``flwr run`` (Flower's simulation or a
+deployment: the ServerApp cannot tell which)."""
+
+
+def for_flower_run(config_json: str, run_id: int) -> str:
+    """The config of a ``flwr run``: results in ``<output_dir>/<run_id>/`` (created here, so that no
+    run overwrites another's; a resumed run goes on in its own directory) and no progress bar
+    (its lines would clutter Flower's log)."""
+    raw = json.loads(config_json)
+    raw.setdefault("tracking", {})["progress"] = False
+    if raw.get("resume"):
+        check_resumable(raw, load_checkpoint(Path(raw["resume"])))
+        raw["output_dir"] = raw["resume"]
+        log.info("run %s: resumes %s", run_id, Path(raw["resume"]).resolve())
+        return json.dumps(raw)
+    run_dir = Path(raw.get("output_dir") or ".") / str(run_id)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise ConfigError(
+            "output_dir",
+            f"{run_dir} exists: the results of run {run_id} are never overwritten.",
+            "move it away, or start a new run.",
+        ) from None
+    log.info("run %s: results in %s", run_id, run_dir.resolve())
+    raw["output_dir"] = str(run_dir)
+    return json.dumps(raw)
 
 
 app = make_server_app()

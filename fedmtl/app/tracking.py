@@ -55,6 +55,7 @@ class Tracker:
         self.output_dir = output_dir
         self.cfg = cfg
         self.tasks = tasks
+        self.num_rounds = num_rounds
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = output_dir / METRICS_FILE
         kept = ""
@@ -154,6 +155,8 @@ class Tracker:
             flat.update({"bytes_up": record.bytes_up, "bytes_down": record.bytes_down})
             self.wandb_run.log(flat, step=record.server_round)
         self.progress.update(1)
+        if not self.cfg.progress:  # no bar to show the round: one log line (Flower's log stream)
+            log.info("%s", round_line(record, self.tasks, self.num_rounds))
         if record.personal:
             self.progress.set_postfix(
                 {
@@ -184,6 +187,24 @@ class Tracker:
                 }
             )
             self.wandb_run.finish()
+
+
+def round_line(record: RoundRecord, tasks: list[TaskSpec], num_rounds: int) -> str:
+    """One line for a round: its updates, each task's train loss and pooled test primary metric."""
+    parts = [
+        f"round {record.server_round}/{num_rounds}: {record.num_updates}/{record.num_sampled} "
+        f"updates, {record.seconds:.1f}s"
+    ]
+    for task in tasks:
+        values = []
+        if task.name in record.train_loss:
+            values.append(f"loss {record.train_loss[task.name]:.4f}")
+        metric = task.primary_metric.name
+        if record.personal and metric in record.personal.get(task.name, {}):
+            values.append(f"test {metric} {record.personal[task.name][metric]:.4f}")
+        if values:
+            parts.append(f"{task.name}: {', '.join(values)}")
+    return "; ".join(parts)
 
 
 def _json_default(value: Any) -> Any:

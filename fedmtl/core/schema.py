@@ -112,6 +112,23 @@ class PartitionFile:
 
 
 @dataclass(frozen=True)
+class PartitionLocal:
+    """Each silo brings its own rows (``partition=local``, for deployments): its SuperNode's node
+    config names its table, and the silo cuts its own train/test split (``test_fraction``, seeded
+    by the experiment seed and its silo id) and checks that it has ``min_train_per_task``
+    labelled training rows of each task it announces. ``num_silos``: the silos the run expects."""
+
+    num_silos: int
+    test_fraction: float = 0.25
+    min_train_per_task: int = 1
+
+    def __post_init__(self) -> None:
+        int_at_least(self, "num_silos", 1)
+        fraction(self, "test_fraction", allow_one=False)
+        int_at_least(self, "min_train_per_task", 1)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Local training of a silo in one round (sent by the server in each round's ConfigRecord)."""
 
@@ -158,7 +175,7 @@ class ExperimentConfig:
     num_rounds: int
     dataset: DatasetConfig
     model: ModelConfig
-    partition: PartitionConfig | PartitionFile
+    partition: PartitionConfig | PartitionFile | PartitionLocal
     strategy: PluginConfig
     runtime: PluginConfig
     train: TrainConfig = field(default_factory=TrainConfig)
