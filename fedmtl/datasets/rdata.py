@@ -98,7 +98,7 @@ def keep_rows(
         return np.arange(num_rows)
     units = np.arange(num_rows) if groups is None else np.asarray(groups)
     _, unit_of_row, sizes = np.unique(units, return_inverse=True, return_counts=True)
-    order = np.random.default_rng(seed).permutation(len(sizes))
+    order = np.random.default_rng(seed % 2**64).permutation(len(sizes))
     chosen = order[np.cumsum(sizes[order]) <= max_rows]
     return np.flatnonzero(np.isin(unit_of_row, chosen))
 
