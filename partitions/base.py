@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from fedmtl.core.errors import ConfigError
+from partitions.feature_skew import FEATURE_SKEWS
 from partitions.heldout import check_groups
 
 if TYPE_CHECKING:
@@ -287,9 +288,11 @@ class Partition:
             raise ConfigError(
                 "partition.path", f"no manifest at {path}.", "give the path of a partition.json."
             ) from None
-        except (OSError, json.JSONDecodeError) as err:
+        except (OSError, ValueError) as err:  # ValueError: not JSON, not even UTF-8 text
             raise ConfigError(
-                "partition.path", f"cannot read {path} as JSON ({err}).", "give a partition.json."
+                "partition.path",
+                f"cannot read {path} as JSON ({type(err).__name__}: {err}).",
+                "give a partition.json.",
             ) from None
         try:
             return cls.from_manifest(manifest)
@@ -346,8 +349,9 @@ class Partition:
 
         Checked: the dataset name; every silo's tasks exist in the dataset; indices lie in
         ``[0, num_samples)``; no sample is in two silos, or in a silo and the global test set; no
-        sample is both train and test in a silo; and, for a dataset with a group column, no group
-        has rows on both the train side (any silo) and the test side (any silo, global test set).
+        sample is both train and test in a silo; for a dataset with a group column, no group has
+        rows on both the train side (any silo) and the test side (any silo, global test set); the
+        feature skew is registered and every silo's parameters fit it.
         """
         fix = "rebuild the partition for this dataset, or point to the matching partition.json."
         if self.dataset != dataset.name:
@@ -393,6 +397,29 @@ class Partition:
         if dataset.group_column is not None:
             groups = dataset.natural_ids[dataset.group_column]
             check_groups(groups, self.train_rows(), self.test_rows(), dataset.group_column, key)
+        self._check_feature_skew(dataset, key, fix)
+
+    def _check_feature_skew(self, dataset: MultiTaskDataset, key: str, fix: str) -> None:
+        """The feature skew is registered and every silo's drawn parameters fit it (tried on one
+        input): a manifest naming anything else would only fail on the silos, mid-run."""
+        if self.feature_skew not in FEATURE_SKEWS.names():
+            raise ConfigError(
+                key,
+                f"the manifest names feature skew {self.feature_skew!r}, which is not one of "
+                f"{FEATURE_SKEWS.names()}.",
+                fix,
+            )
+        skew = FEATURE_SKEWS.get(self.feature_skew).factory
+        for silo in self.silos:
+            try:
+                skew.apply(dataset.inputs[:1], silo.feature_skew, 0)
+            except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                raise ConfigError(
+                    key,
+                    f"silo {silo.id}'s feature-skew parameters {dict(silo.feature_skew)} do not "
+                    f"fit skew {self.feature_skew!r} ({type(err).__name__}: {err}).",
+                    fix,
+                ) from None
 
 
 def _bad_manifest(problem: str) -> NoReturn:

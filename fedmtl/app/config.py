@@ -65,22 +65,45 @@ def compose(overrides: list[str], output_dir: str | Path = ".") -> dict[str, Any
     """The raw config mapping that ``fedmtl run [overrides]`` builds, without running anything
     (for scripts and tests; ``hydra.*`` overrides other than those of the config are ignored).
 
-    An override Hydra cannot apply (an unknown key or preset, a renamed key) is a ConfigError that
-    names the key and the choices."""
+    An override Hydra cannot apply (an unknown key or preset, a renamed key, a malformed
+    override) is a ConfigError that names the key and the choices."""
     # Hydra and OmegaConf take about 0.3 s to import: only commands that compose a config pay it.
-    from hydra import compose as hydra_compose  # noqa: PLC0415 - heavy, only when composing a config
-    from hydra import initialize_config_dir  # noqa: PLC0415 - heavy, only when composing a config
     from hydra.errors import HydraException  # noqa: PLC0415 - heavy, only when composing a config
     from omegaconf import OmegaConf  # noqa: PLC0415 - heavy, only when composing a config
+    from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415 - heavy, as above
 
     try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-            cfg = hydra_compose(config_name="config", overrides=overrides)
+        cfg = _hydra_compose(overrides)
     except HydraException as err:
         raise _explain(str(err), overrides) from None
+    except (OmegaConfBaseException, ValueError, TypeError) as err:  # e.g. a key under a list
+        raise ConfigError(
+            _culprit(overrides),
+            f"cannot be applied ({type(err).__name__}: {str(err).splitlines()[0]}).",
+            "check the key's path and the value's type (fedmtl run --help lists the groups).",
+        ) from None
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
     return raw_config(container, output_dir)
+
+
+def _hydra_compose(overrides: list[str]) -> Any:
+    """Hydra's composition of ``configs/`` with ``overrides`` (its own exceptions)."""
+    from hydra import compose as hydra_compose  # noqa: PLC0415 - heavy, only when composing a config
+    from hydra import initialize_config_dir  # noqa: PLC0415 - heavy, only when composing a config
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def _culprit(overrides: list[str]) -> str:
+    """The first of ``overrides`` whose addition makes composing fail (its key), else all."""
+    for i in range(len(overrides)):
+        try:
+            _hydra_compose(overrides[: i + 1])
+        except Exception:  # any failure points at this override
+            return overrides[i].split("=", 1)[0] or overrides[i]
+    return "overrides"
 
 
 def _explain(message: str, overrides: list[str]) -> ConfigError:
@@ -89,9 +112,15 @@ def _explain(message: str, overrides: list[str]) -> ConfigError:
     if unknown_preset:
         group, name = unknown_preset.groups()
         return ConfigError(group, f"has no preset '{name}'.", f"choose one of {presets(group)}.")
-    failed = re.search(r"Could not override '([^']+)'", message)
+    failed = re.search(r"Could not override '([^']+)'", message)  # '' (from '=') falls through
     if not failed:
-        return ConfigError("", message.splitlines()[0] if message else "cannot compose the config.")
+        first = message.splitlines()[0] if message else "cannot compose the config"
+        written = re.search(r"override '([^']*)'", first)
+        return ConfigError(
+            written.group(1) if written and written.group(1) else _culprit(overrides),
+            f"cannot be applied ({first.rstrip('.')}).",
+            "write GROUP=PRESET, KEY=VALUE, +KEY=VALUE (a new key) or ~KEY (remove it).",
+        )
     key = failed.group(1)
     group, _, field = key.rpartition(".")
     fields = _known_fields(group, [o for o in overrides if not o.startswith((key + "=", "hydra."))])

@@ -64,10 +64,10 @@ class Registry(Generic[F]):
 
     def get(self, name: str, key: str | None = None) -> Entry[F]:
         """The entry for ``name``; an unknown name is a :class:`ConfigError` naming ``key``."""
-        if name not in self._entries:
+        if not isinstance(name, str) or name not in self._entries:
             raise ConfigError(
                 key or f"{self.kind}.name",
-                f"unknown {self.kind} '{name}'.",
+                f"unknown {self.kind} {name!r}.",
                 f"choose one of {self.names()}.",
             )
         return self._entries[name]
