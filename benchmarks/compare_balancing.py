@@ -1,7 +1,8 @@
-"""Strategies compared on synthetic tasks with planted, conflicting groups (in process).
+"""Strategies compared on synthetic tasks with planted groups that compete for a trunk (in process).
 
-Setting: ``experiment=synthetic_groups`` (6 tasks in 3 planted groups, groups 0 and 1 conflicting;
-12 silos holding 3 random tasks each), ``--rounds`` rounds, each seed in ``--seeds``. For every
+Setting: ``experiment=synthetic_groups`` (6 tasks in 3 planted groups with independent features,
+a [32, 4] trunk; 12 silos, each holding one planted pair and one task of another group),
+``--rounds`` rounds, each seed in ``--seeds``. For every
 strategy and seed it records each task's final personal primary metric M_t and the multi-task gain
 over FedAvg on the same seed (REFERENCES.md, with FedAvg as the reference B):
 
@@ -14,7 +15,7 @@ server learning rate and seed; ``--name`` defaults to ``compare_balancing``) and
     python benchmarks/compare_balancing.py                               # every strategy, 3 seeds
     python benchmarks/compare_balancing.py --strategies fedavg mgda upgrad --seeds 0 --rounds 5
     python benchmarks/compare_balancing.py --server-lrs 1 3              # also with server lr 3
-    python benchmarks/compare_balancing.py --overrides "model.hidden=[32,4]" --name compare_narrow
+    python benchmarks/compare_balancing.py --overrides "model.hidden=[128,64]" --name compare_wide
 
 A weighting whose weights sum to one (mean, MGDA, CAGrad, ...) steps by about one task's update,
 while FedAvg's silo updates sum their tasks; ``--server-lrs`` shows how much of a gap is step size.

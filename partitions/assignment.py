@@ -106,25 +106,35 @@ def _check_k_at_most(k: int, num_tasks: int) -> None:
 @dataclass(frozen=True)
 class DisjointParams:
     """``block_size``: tasks per block (null: ``ceil(T / num_silos)``, so that every silo can get
-    a block)."""
+    a block); ``extra``: tasks from outside its block that each silo also holds (0: none, the
+    blocks stay disjoint)."""
 
     block_size: int | None = None
+    extra: int = 0
 
     def __post_init__(self) -> None:
         if self.block_size is not None:
             int_at_least(self, "block_size", 1)
+        int_at_least(self, "extra", 0)
 
 
 @ASSIGNMENTS.register("disjoint", params=DisjointParams)
 def assign_disjoint(
     task_names: list[str], num_silos: int, params: DisjointParams, rng: np.random.Generator
 ) -> list[list[str]]:
-    """One block of tasks per silo: no two silos of different blocks share a task.
+    """One block of tasks per silo: no two silos of different blocks share a task (``extra = 0``).
 
     The tasks, in dataset order, are cut into ``B = ceil(T / b)`` contiguous blocks of ``b``
     tasks (the last may be smaller), ``b = block_size`` or ``ceil(T / num_silos)``; silo ``i``
     holds block ``i mod B``. With ``num_silos >= T`` and the default, each silo holds one task
     (FMTL-Bench's single-task silos). Needs ``num_silos >= B``. Draws nothing from ``rng``.
+
+    With ``extra = e > 0`` each silo also holds ``e`` tasks from outside its block, taken in turn:
+    the r-th silo of a block (silo ``i = block + r B``) adds the outside tasks (in dataset order)
+    at positions ``r e .. r e + e - 1``, modulo their number. Once every block has at least
+    ``ceil((T - b) / e)`` silos, each task is held with every other task by some silo (with 6 tasks,
+    ``block_size=2``, ``extra=1`` and 12 silos: each block's pair on 4 silos, each pair of tasks
+    from different blocks on 2). Needs ``e <= T - b``; a larger ``e`` is a :class:`ConfigError`.
     """
     del rng  # deterministic
     num_tasks = len(task_names)
@@ -137,7 +147,22 @@ def assign_disjoint(
             "so some task would have no silo.",
             f"use block_size >= {-(-num_tasks // num_silos)} (or null), or more silos.",
         )
-    return [list(blocks[i % len(blocks)]) for i in range(num_silos)]
+    outside_a_block = num_tasks - len(blocks[0])  # the first block is a largest one
+    if params.extra > outside_a_block:
+        raise ConfigError(
+            "partition.assignment.extra",
+            f"is {params.extra}, but a block of {len(blocks[0])} tasks has only "
+            f"{outside_a_block} tasks outside it.",
+            f"use extra <= {outside_a_block}, or smaller blocks.",
+        )
+    held = []
+    for silo in range(num_silos):
+        block = blocks[silo % len(blocks)]
+        outside = [t for t in task_names if t not in block]
+        start = (silo // len(blocks)) * params.extra
+        visiting = {outside[(start + j) % len(outside)] for j in range(params.extra)}
+        held.append(in_dataset_order(task_names, set(block) | visiting))
+    return held
 
 
 @dataclass(frozen=True)

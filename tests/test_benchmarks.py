@@ -98,18 +98,25 @@ def test_grouping_time_writes_rows_and_plot(tmp_path: Path) -> None:
 def test_compare_grouping_writes_groups_ari_and_plot(tmp_path: Path) -> None:
     command = [
         sys.executable, str(BENCHMARKS / "compare_grouping.py"), "--affinities", "tag",
-        "--seeds", "0", "--rounds", "2", "--warmup", "1", "--out", str(tmp_path),
+        "--references", "planted", "crossed", "--seeds", "0", "--rounds", "2", "--warmup", "1",
+        "--out", str(tmp_path),
         "--overrides", "dataset.num_samples=600", "partition.num_silos=4",
     ]  # fmt: skip
     subprocess.run(command, check=True, timeout=300, env={**os.environ, **OFFLINE_ENV})
     with (tmp_path / "compare_grouping.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["strategy"], r["affinity"]) for r in rows] == [
-        ("fedavg", "all_in_one"), ("grouping", "planted"), ("grouping", "tag")
+        ("fedavg", "all_in_one"), ("grouping", "planted"), ("grouping", "crossed"),
+        ("grouping", "tag"),
     ]  # fmt: skip
     assert float(rows[1]["ari"]) == 1.0  # the planted groups, given
+    assert rows[2]["groups"] == "t0,t3 | t1,t4 | t2,t5" and float(rows[2]["ari"]) < 0
     assert float(rows[0]["gain_vs_all_in_one_pct"]) == 0.0 and float(rows[0]["ari"]) == 0.0
-    found = [g.split(",") for g in rows[2]["groups"].split(" | ")]
+    found = [g.split(",") for g in rows[3]["groups"].split(" | ")]
     assert sorted(t for g in found for t in g) == [f"t{i}" for i in range(6)]
-    assert -1.0 <= float(rows[2]["ari"]) <= 1.0
+    assert -1.0 <= float(rows[3]["ari"]) <= 1.0
+    report = json.loads((tmp_path / "compare_grouping.json").read_text())
+    planted = next(s for s in report["summary"] if s["affinity"] == "planted")
+    assert planted["ari"] == [1.0] and planted["ari_is_1_on_every_seed"]
+    assert set(planted) >= {"gain_mean_pct", "gain_std_pct", "gain_at_least_twice_std"}
     assert (tmp_path / "compare_grouping.png").stat().st_size > 1000

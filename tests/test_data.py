@@ -37,16 +37,14 @@ def target_matrix(dataset: MultiTaskDataset) -> np.ndarray:
 
 
 def group_correlations(dataset: MultiTaskDataset) -> dict[str, list[float]]:
-    """Target correlations of task pairs: in a group, across conflicting and unrelated groups."""
+    """Target correlations of task pairs: inside a planted group, and across groups."""
     groups = dataset.info["planted_groups"]
     group_of = {task: g for g, tasks in enumerate(groups) for task in tasks}
-    conflicting = {tuple(sorted(pair)) for pair in dataset.info["conflicting_pairs"]}
     corr = np.corrcoef(target_matrix(dataset))
-    result: dict[str, list[float]] = {"same": [], "conflicting": [], "unrelated": []}
+    result: dict[str, list[float]] = {"same": [], "across": []}
     for a, b in itertools.combinations(range(len(dataset.tasks)), 2):
-        ga, gb = sorted((group_of[dataset.task_names[a]], group_of[dataset.task_names[b]]))
-        kind = "same" if ga == gb else "conflicting" if (ga, gb) in conflicting else "unrelated"
-        result[kind].append(float(corr[a, b]))
+        same = group_of[dataset.task_names[a]] == group_of[dataset.task_names[b]]
+        result["same" if same else "across"].append(float(corr[a, b]))
     return result
 
 
@@ -124,7 +122,9 @@ def test_unknown_parameter_is_a_config_error(name: str) -> None:
         (SyntheticParams, {"label_noise": float("nan")}, "label_noise"),
         (SyntheticParams, {"num_classes": 1}, "num_classes"),
         (SyntheticParams, {"kinds": "images"}, "kinds"),
-        (SyntheticParams, {"conflicting": "yes"}, "conflicting"),
+        (SyntheticParams, {"conflict": 1.5}, "conflict"),
+        (SyntheticParams, {"conflict": -0.1}, "conflict"),
+        (SyntheticParams, {"conflict": "yes"}, "conflict"),
         (DigitsParams, {"as_image": "no"}, "as_image"),
         (DigitsParams, {"normalize": 1}, "normalize"),
         (DigitsPairParams, {"num_samples": 0}, "num_samples"),
@@ -156,7 +156,7 @@ def test_direct_construction_is_validated_too() -> None:
     data=st.data(),
     kinds=st.sampled_from(["mixed", "classification", "regression"]),
     num_classes=st.integers(2, 5),
-    conflicting=st.booleans(),
+    conflict=st.sampled_from([0.0, 0.3, 1.0]),
     input_dim=st.integers(1, 12),
     latent_dim=st.integers(1, 6),
     seed=st.integers(0, 2**31),
@@ -166,7 +166,7 @@ def test_synthetic_structure(
     data: st.DataObject,
     kinds: str,
     num_classes: int,
-    conflicting: bool,
+    conflict: float,
     input_dim: int,
     latent_dim: int,
     seed: int,
@@ -180,7 +180,7 @@ def test_synthetic_structure(
         latent_dim=latent_dim,
         kinds=kinds,  # type: ignore[arg-type]
         num_classes=num_classes,
-        conflicting=conflicting,
+        conflict=conflict,
     )
     dataset = DATASETS.get("synthetic").factory(params, seed)
     groups = dataset.info["planted_groups"]
@@ -192,8 +192,6 @@ def test_synthetic_structure(
     assert [task for group in groups for task in group] == dataset.task_names  # contiguous, once
     sizes = [len(group) for group in groups]
     assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
-    expected_pairs = [[g - 1, g] for g in range(1, num_groups, 2)] if conflicting else []
-    assert dataset.info["conflicting_pairs"] == expected_pairs
 
     for task in dataset.tasks:
         target = dataset.targets[task.name]
@@ -222,19 +220,44 @@ def test_synthetic_mixed_default_kinds() -> None:
     [(0, {}), (1, {}), (2, {"num_tasks": 8, "num_groups": 4}), (3, {"kinds": "regression"})],
 )
 def test_synthetic_planted_relatedness(seed: int, overrides: dict) -> None:
-    """Same group: strongly positively related; conflicting groups: negatively; others: not."""
+    """Default conflict = 1: tasks of a group strongly related, tasks of different groups not."""
     correlations = group_correlations(built("synthetic", seed, **overrides))
-    assert correlations["same"] and correlations["conflicting"] and correlations["unrelated"]
+    assert correlations["same"] and correlations["across"]
     assert min(correlations["same"]) > 0.6
-    assert max(correlations["conflicting"]) < -0.6
-    assert max(abs(c) for c in correlations["unrelated"]) < 0.1
+    assert max(abs(c) for c in correlations["across"]) < 0.1
 
 
-def test_synthetic_without_conflicts_has_only_unrelated_groups() -> None:
-    dataset = built("synthetic", 0, conflicting=False)
-    correlations = group_correlations(dataset)
-    assert dataset.info["conflicting_pairs"] == [] and not correlations["conflicting"]
-    assert max(abs(c) for c in correlations["unrelated"]) < 0.1
+@pytest.mark.parametrize("seed", [0, 1])
+def test_synthetic_conflict_sets_what_groups_share(seed: int) -> None:
+    """Across groups the targets correlate about 1 - conflict (the common score's share), inside a
+    group about 1 whatever the conflict; the inputs, maps and directions do not change."""
+    datasets = {
+        c: built("synthetic", seed, conflict=c, kinds="regression") for c in (0.0, 0.5, 1.0)
+    }
+    for conflict, dataset in datasets.items():
+        correlations = group_correlations(dataset)
+        assert min(correlations["same"]) > 0.95
+        assert np.mean(correlations["across"]) == pytest.approx(1.0 - conflict, abs=0.06)
+        assert torch.equal(dataset.inputs, datasets[1.0].inputs)
+    assert "sqrt(0.5)" in datasets[0.5].info["description"]
+
+
+@pytest.mark.parametrize("conflict", [1.0, 0.5])
+def test_synthetic_groups_are_independent_not_just_uncorrelated(conflict: float) -> None:
+    """No function of another group's target predicts a task (a head on another group's features
+    cannot serve it), unlike a sign flip; its own group's target does. A cubic fit of task a on
+    task b explains about 1 - conflict across groups (the common score) and nearly all inside."""
+    dataset = built("synthetic", 5, conflict=conflict, kinds="regression")
+    y = target_matrix(dataset)
+    group_of = {t: g for g, ts in enumerate(dataset.info["planted_groups"]) for t in ts}
+    for (a, task_a), (b, task_b) in itertools.permutations(enumerate(dataset.task_names), 2):
+        basis = np.vander(y[b], 4)  # 1, y_b, y_b^2, y_b^3
+        coef, *_ = np.linalg.lstsq(basis, y[a], rcond=None)
+        r2 = 1.0 - np.var(basis @ coef - y[a]) / np.var(y[a])
+        if group_of[task_a] == group_of[task_b]:
+            assert r2 > 0.95, (task_a, task_b, r2)
+        else:
+            assert r2 < (1.0 - conflict) ** 2 + 0.05, (task_a, task_b, r2)
 
 
 def test_synthetic_task_noise_loosens_groups() -> None:

@@ -118,25 +118,27 @@ def test_every_strategy_runs_end_to_end(tmp_path: Path, name: str, extra: list[s
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mgda", "upgrad", "famo"])
-def test_balancing_learns_conflicting_synthetic_tasks(tmp_path: Path, name: str) -> None:
-    """Planted conflicting groups, silos holding 3 of 6 tasks: each method learns every task.
+def test_balancing_learns_competing_synthetic_tasks(tmp_path: Path, name: str) -> None:
+    """Planted groups competing for the preset's narrow trunk ([32, 4]), silos holding 3 of 6
+    tasks: each method learns every task with one shared trunk.
 
     The weights sum to one, so the server learning rate is 3 (k = 3 tasks per silo) to take steps
-    as long as FedAvg's (docs/balancing.md, "Step size"). Only learning is asserted; how the
-    methods compare is measured by ``benchmarks/compare_balancing.py``, not tuned into this test.
+    as long as FedAvg's (docs/balancing.md, "Step size"). The narrow shared trunk learns slowly
+    (MGDA is still near chance on some tasks after 8 rounds, or with fewer samples), hence the
+    full dataset and 12 rounds. Only learning is asserted; how the methods compare is measured by
+    ``benchmarks/compare_balancing.py``, not tuned into this test.
     """
     overrides = [
         "experiment=synthetic_groups",
-        "dataset.num_samples=1200",
         f"strategy={name}",
         "strategy.server_optimizer.lr=3.0",
         "strategy.evaluate_every=4",
         "runtime=inprocess",
         "tracking=quiet",
-        "num_rounds=8",
+        "num_rounds=12",
     ]
     summary = run(parse(compose_raw(overrides, tmp_path)))
-    assert summary["dataset_info"]["conflicting_pairs"]
+    assert len(summary["dataset_info"]["planted_groups"]) == 3
     assert beats_chance(summary, margin=0.15) == {}
 
 

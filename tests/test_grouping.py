@@ -358,23 +358,19 @@ def test_grouping_pipeline_writes_groups_affinity_and_heatmap(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("affinity", "seed"),
-    [("transfer_gain", 0), ("transfer_gain", 1), ("tag", 2), ("update_similarity", 2)],
-)
-def test_groups_found_match_the_planted_groups(tmp_path: Path, affinity: str, seed: int) -> None:
-    """Independent planted groups, silos holding 3 of 6 tasks, default warm-up (5 rounds): the
-    groups found are the planted ones (adjusted Rand index 1). With the default *conflicting*
-    groups they are not: a per-task head absorbs the sign flip, so tasks across a conflicting
-    pair transfer well; benchmarks/compare_grouping.py reports the ARI of both settings."""
+def test_groups_found_match_the_planted_groups(tmp_path: Path) -> None:
+    """experiment=synthetic_groups (3 planted groups with independent features competing for a
+    [32, 4] trunk; every pair of tasks held by some silo), default estimator and warm-up (5
+    rounds): the groups found are the planted ones. benchmarks/compare_grouping.py measures every
+    estimator on 5 seeds, and the accuracy of the groups against one shared trunk."""
     overrides = [
-        "experiment=synthetic_groups", "dataset.conflicting=false",
-        "strategy=grouping", f"strategy.affinity={affinity}", "runtime=inprocess",
-        "tracking=quiet", "num_rounds=6", f"seed={seed}",
+        "experiment=synthetic_groups", "strategy=grouping", "runtime=inprocess",
+        "tracking=quiet", "num_rounds=6", "seed=0",
     ]  # fmt: skip
     summary = run(parse(compose_raw(overrides, tmp_path)))
     planted = summary["dataset_info"]["planted_groups"]
     assert sorted(map(sorted, summary["groups"])) == sorted(map(sorted, planted))
+    assert summary["grouping"]["never_held_together"] == []
 
 
 @pytest.mark.parametrize("rule", ["zero", "forbid"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -169,6 +170,50 @@ def test_split_contract(name: str, num_samples: int, num_silos: int) -> None:
     assert np.isin(joined, pool).all()
     again = factory(dataset, pool, num_silos, params, 11)
     assert all(np.array_equal(a, b) for a, b in zip(result, again, strict=True))
+
+
+def test_disjoint_with_extra_holds_every_pair_of_tasks() -> None:
+    """Blocks of 2 plus 1 task of another block, in turn (experiment=synthetic_groups): 12
+    distinct silos, each block's pair on 4 silos and each pair across blocks on 2."""
+    task_names = [f"t{i}" for i in range(6)]
+    params = ASSIGNMENTS.parse("disjoint", {"block_size": 2, "extra": 1}, "partition.assignment")
+    held = ASSIGNMENTS.get("disjoint").factory(task_names, 12, params, np.random.default_rng(0))
+    assert held[:4] == [
+        ["t0", "t1", "t2"],
+        ["t0", "t2", "t3"],
+        ["t0", "t4", "t5"],
+        ["t0", "t1", "t3"],
+    ]
+    assert len({tuple(tasks) for tasks in held}) == 12
+    for a, b in itertools.combinations(task_names, 2):
+        together = sum(a in tasks and b in tasks for tasks in held)
+        assert together == (4 if task_names.index(a) // 2 == task_names.index(b) // 2 else 2)
+
+
+def test_disjoint_extra_takes_outside_tasks_in_turn() -> None:
+    """Blocks t0-t2, t3-t5, t6; the r-th silo of a block adds outside tasks 2r, 2r + 1."""
+    task_names = [f"t{i}" for i in range(7)]
+    params = ASSIGNMENTS.parse("disjoint", {"block_size": 3, "extra": 2}, "a")
+    held = ASSIGNMENTS.get("disjoint").factory(task_names, 6, params, np.random.default_rng(0))
+    assert held == [
+        ["t0", "t1", "t2", "t3", "t4"],
+        ["t0", "t1", "t3", "t4", "t5"],
+        ["t0", "t1", "t6"],
+        ["t0", "t1", "t2", "t5", "t6"],
+        ["t2", "t3", "t4", "t5", "t6"],
+        ["t2", "t3", "t6"],
+    ]
+
+
+def test_disjoint_extra_errors() -> None:
+    rng = np.random.default_rng(0)
+    params = ASSIGNMENTS.parse("disjoint", {"block_size": 2, "extra": 5}, "partition.assignment")
+    with pytest.raises(ConfigError) as info:
+        ASSIGNMENTS.get("disjoint").factory([f"t{i}" for i in range(6)], 3, params, rng)
+    assert info.value.key == "partition.assignment.extra" and "extra <= 4" in info.value.fix
+    with pytest.raises(ConfigError) as info:
+        ASSIGNMENTS.parse("disjoint", {"extra": -1}, "partition.assignment")
+    assert info.value.key == "partition.assignment.extra"
 
 
 # --- errors -----------------------------------------------------------------------------------

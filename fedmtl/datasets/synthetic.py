@@ -1,31 +1,68 @@
-r"""Synthetic multi-task data with planted task groups (and, optionally, conflicting groups).
+r"""Synthetic multi-task data with planted task groups that compete for a shared trunk.
 
 Generative model (T tasks, G groups, input dimension d, latent dimension k, N samples):
 
 - Groups: tasks ``t0 .. t{T-1}`` are split into G contiguous groups whose sizes differ by at most
   one (the larger groups first).
 - Inputs: :math:`x_i \sim \mathcal N(0, I_d)`.
-- Feature maps: each group g has :math:`z_g(x) = \tanh(\gamma\, x^\top W_g) \in \mathbb R^k`
-  with gain :math:`\gamma = 2` (``FEATURE_GAIN``; a best linear fit of ``x`` keeps about 84% of
-  its variance, the rest needs the nonlinearity). The columns of the :math:`W_g` are orthonormal
-  and, when :math:`(\text{number of distinct maps}) \cdot k \le d`, disjoint blocks of one random
-  orthogonal matrix, so distinct maps are exactly independent; otherwise each :math:`W_g` has
-  i.i.d. :math:`\mathcal N(0, 1/d)` entries (nearly independent).
-- Group directions: :math:`u_g` uniform on the unit sphere of :math:`\mathbb R^k`.
-- Conflicting groups (``conflicting=True``): every odd group g reuses the previous group's map and
-  flips its direction, :math:`W_g = W_{g-1}`, :math:`u_g = -u_{g-1}`; ``info["conflicting_pairs"]``
-  lists the pairs ``[g-1, g]``. Other groups are unrelated (independent maps and directions).
-- Task t in group g: direction :math:`v_t = u_g + \sigma_{task}\, e_t`,
-  :math:`e_t \sim \mathcal N(0, I_k / k)` (so :math:`E\|e_t\|^2 = \|u_g\|^2 = 1`); score
-  :math:`s_t = z_g(x)^\top v_t`. With independent map coordinates the correlation of two task
-  scores is :math:`\cos(v_a, v_b)`: close to 1 inside a group, 0 across unrelated groups, close
-  to -1 across conflicting groups.
+- Feature maps: G *private* maps :math:`W_1 .. W_G` (one per group) and one *common* map
+  :math:`W_0` (all drawn whatever ``conflict`` is), each d x k. As many as fit in d dimensions,
+  private ones first, are disjoint column blocks of one random orthogonal matrix, so their
+  projections :math:`W_g^\top x` are independent standard Gaussian vectors (all of them when
+  :math:`(G + 1) k \le d`, the private ones when :math:`G k \le d`); a map that does not fit has
+  i.i.d. :math:`\mathcal N(0, 1/d)` entries (nearly independent of the others). Features:
+  :math:`z_g(x) = \tanh(\gamma\, W_g^\top x) \in \mathbb R^k` with gain :math:`\gamma = 2`
+  (``FEATURE_GAIN``; a best linear fit of ``x`` keeps about 84% of a feature's variance, the rest
+  needs the nonlinearity).
+- Directions: :math:`u_0 .. u_G` uniform on the unit sphere of :math:`\mathbb R^k`. Task t in group
+  g has a private direction :math:`v_t = u_g + \sigma_{task} e_t` and a common direction
+  :math:`c_t = u_0 + \sigma_{task} e'_t`, with :math:`e_t, e'_t \sim \mathcal N(0, I_k / k)`.
+- Score: with :math:`\kappa` = ``conflict`` in [0, 1] and :math:`\zeta(a) = (a - \bar a) /
+  \mathrm{sd}(a)` (standardised over the N samples),
+
+  .. math:: s_t = \sqrt{\kappa}\; \zeta\big(z_g(x)^\top v_t\big)
+                + \sqrt{1 - \kappa}\; \zeta\big(z_0(x)^\top c_t\big).
+
+  Since the coordinates of the features are independent with equal variances, the correlation of
+  two tasks' scores is about :math:`\kappa \cos(v_a, v_b) + (1 - \kappa) \cos(c_a, c_b)`: close to
+  1 inside a group, and about :math:`1 - \kappa` across groups (0 at the default
+  :math:`\kappa = 1`, where the groups' scores are independent).
 - Noisy score: :math:`\tilde s_t = \zeta(s_t) + \sigma_{label}\, \varepsilon`,
-  :math:`\varepsilon \sim \mathcal N(0, 1)`, where :math:`\zeta(a) = (a - \bar a) / \mathrm{sd}(a)`
-  standardises over the N samples.
+  :math:`\varepsilon \sim \mathcal N(0, 1)`.
 - Targets: regression :math:`y_t = \zeta(\tilde s_t)` (mean 0, variance 1); a classification task
   with C classes has :math:`y_t = c` when :math:`\tilde s_t` lies in the c-th of C equal-probability
   quantile bins (ordinal, balanced classes; binary tasks use the median).
+
+Why the planted groups are the best grouping (``conflict = 1``; models with a shared trunk and one
+linear head per task):
+
+- *Nothing transfers across groups.* Group g's targets depend on x only through
+  :math:`W_g^\top x`, which is independent of every other group's projection, so
+  :math:`E[s_b \mid W_g^\top x] = E[s_b] = 0` for a task b outside g: no function of group g's
+  inputs (or targets) predicts b. Unlike a sign flip or any other linear change of shared features
+  (which a task's linear head absorbs), the groups need *different* features, and no head can make
+  one group's features serve another.
+- *A shared trunk makes the groups compete.* A trunk of a given width must split its units between
+  the groups' subspaces: a ReLU unit :math:`\max(0, w^\top x + b)` whose w mixes two groups'
+  subspaces carries the other group's projection as noise inside the nonlinearity, which a linear
+  head cannot remove. A step on a task of group g turns shared units toward g's subspace and away
+  from what the other groups' tasks use: cross-group pairs transfer negatively (about zero in a
+  trunk much wider than all the groups need). In a trunk narrow enough for the groups to compete
+  (the ``synthetic_groups`` preset: [32, 4], with k = 8 tanh features per group), one shared trunk
+  fits every group worse than a trunk of its own.
+- *Inside a group tasks help each other.* Their scores are nearly the same function
+  (:math:`\cos(v_a, v_b) \approx 1` for small ``task_noise``), so sharing a trunk costs no
+  capacity and pools their labels: within-group transfer is positive.
+- Hence, with G trunks, the planted partition is the only one in which no trunk serves two groups
+  (any other partition into G groups has a trunk that mixes groups), so each task gets a whole
+  trunk for the features it needs. Splitting a planted group (more trunks than groups) cannot gain
+  from transfer, since the split tasks need the same features, only from the extra trunk's
+  capacity. With :math:`\kappa < 1` the common score adds cross-group transfer (correlation about
+  :math:`1 - \kappa`); at :math:`\kappa = 0` every task has the same score and one shared trunk is
+  best, so ``conflict`` moves the best grouping from all-in-one to the planted groups.
+
+``benchmarks/compare_grouping.py`` measures this: the estimators' groups, one shared trunk, the
+planted groups, groups that mix planted groups and one trunk per task.
 
 Task kinds (``kinds``): ``regression`` (all tasks), ``classification`` (all multiclass with
 ``num_classes`` classes) or ``mixed``: inside each group, tasks alternate classification,
@@ -42,8 +79,9 @@ from the shifted :math:`x_i`, so sites differ in P(x) (covariate shift), not in 
 
 Randomness comes from a numpy Generator seeded from ``seed``: the structure (maps, directions,
 perturbations), the samples and the sites come from three independent child streams, so changing
-``num_samples`` keeps the planted structure of a seed, and ``num_sites = 0`` gives the same data
-as before sites existed.
+``num_samples`` keeps the planted structure of a seed, ``conflict`` changes only how the private
+and common scores are mixed (same inputs, maps and directions), and ``num_sites = 0`` draws
+nothing from the site stream.
 """
 
 from __future__ import annotations
@@ -77,7 +115,7 @@ class SyntheticParams:
     label_noise: float = 0.05
     kinds: Literal["mixed", "classification", "regression"] = "mixed"
     num_classes: int = 3
-    conflicting: bool = True
+    conflict: float = 1.0
     num_sites: int = 0
     site_shift: float = 0.5
 
@@ -94,7 +132,13 @@ class SyntheticParams:
         int_at_least(self, "input_dim", 1)
         int_at_least(self, "latent_dim", 1)
         int_at_least(self, "num_classes", 2)
-        non_negative(self, "task_noise", "label_noise", "site_shift")
+        non_negative(self, "task_noise", "label_noise", "site_shift", "conflict")
+        if self.conflict > 1:
+            raise ConfigError(
+                "conflict",
+                f"must be in [0, 1], got {self.conflict!r}.",
+                "use 1 for groups that share nothing, 0 for tasks that all share one score.",
+            )
         int_at_least(self, "num_sites", 0)
         if self.kinds not in KINDS:
             raise ConfigError("kinds", f"{self.kinds!r} is not allowed.", f"choose one of {KINDS}.")
@@ -124,23 +168,20 @@ def task_kinds(sizes: list[int], kinds: str, num_classes: int) -> list[TaskSpec]
     return specs
 
 
-def map_sources(num_groups: int, conflicting: bool) -> list[tuple[int, float]]:
-    """Per group: (index of the group whose map and direction it uses, sign of its direction)."""
-    if not conflicting:
-        return [(g, 1.0) for g in range(num_groups)]
-    return [(g - 1, -1.0) if g % 2 == 1 else (g, 1.0) for g in range(num_groups)]
-
-
 def feature_maps(
     rng: np.random.Generator, num_maps: int, input_dim: int, latent_dim: int
 ) -> list[np.ndarray]:
-    """``num_maps`` matrices W (input_dim x latent_dim) with orthonormal or N(0, 1/d) entries."""
-    if num_maps * latent_dim <= input_dim:
-        q, r = np.linalg.qr(rng.standard_normal((input_dim, input_dim)))
-        q = q * np.sign(np.diag(r))  # Haar-distributed orthogonal matrix
-        return [q[:, m * latent_dim : (m + 1) * latent_dim] for m in range(num_maps)]
+    """``num_maps`` matrices W (input_dim x latent_dim): the first ``input_dim // latent_dim`` are
+    disjoint column blocks of one Haar-random orthogonal matrix, the others (those that do not fit)
+    have i.i.d. N(0, 1/input_dim) entries."""
+    q, r = np.linalg.qr(rng.standard_normal((input_dim, input_dim)))
+    q = q * np.sign(np.diag(r))  # Haar-distributed orthogonal matrix
+    fitting = min(num_maps, input_dim // latent_dim)
+    blocks = [q[:, m * latent_dim : (m + 1) * latent_dim] for m in range(fitting)]
     scale = 1.0 / math.sqrt(input_dim)
-    return [rng.standard_normal((input_dim, latent_dim)) * scale for _ in range(num_maps)]
+    return blocks + [
+        rng.standard_normal((input_dim, latent_dim)) * scale for _ in range(num_maps - fitting)
+    ]
 
 
 def _standardize(values: np.ndarray) -> np.ndarray:
@@ -167,14 +208,12 @@ def build_synthetic(params: SyntheticParams, seed: int) -> MultiTaskDataset:
     )
     sizes = group_sizes(params.num_tasks, params.num_groups)
     specs = task_kinds(sizes, params.kinds, params.num_classes)
-    sources = map_sources(params.num_groups, params.conflicting)
-    own = [g for g, (source, _) in enumerate(sources) if source == g]
-    own_maps = feature_maps(structure_rng, len(own), params.input_dim, params.latent_dim)
-    maps = dict(zip(own, own_maps, strict=True))
-    directions = {g: _unit(structure_rng.standard_normal(params.latent_dim)) for g in own}
+    dim = params.latent_dim
+    # maps[g] and directions[g]: group g's private ones (g < G); maps[G], directions[G]: common
+    maps = feature_maps(structure_rng, params.num_groups + 1, params.input_dim, dim)
+    directions = [_unit(structure_rng.standard_normal(dim)) for _ in maps]
     group_of_task = np.repeat(np.arange(params.num_groups), sizes)
-    perturbations = structure_rng.standard_normal((params.num_tasks, params.latent_dim))
-    perturbations /= math.sqrt(params.latent_dim)
+    perturbations = structure_rng.standard_normal((params.num_tasks, 2, dim)) / math.sqrt(dim)
 
     x = sample_rng.standard_normal((params.num_samples, params.input_dim))
     natural_ids = {}
@@ -183,13 +222,16 @@ def build_synthetic(params: SyntheticParams, seed: int) -> MultiTaskDataset:
         offsets = site_rng.normal(0.0, params.site_shift, (params.num_sites, params.input_dim))
         x = x + offsets[sites]
         natural_ids["site"] = sites
-    features = {g: np.tanh(FEATURE_GAIN * (x @ maps[g])) for g in own}
+    features = [np.tanh(FEATURE_GAIN * (x @ m)) for m in maps]
     noise = sample_rng.standard_normal((params.num_samples, params.num_tasks))
+    private_weight, common_weight = math.sqrt(params.conflict), math.sqrt(1.0 - params.conflict)
     targets = {}
     for t, spec in enumerate(specs):
-        source, sign = sources[int(group_of_task[t])]
-        direction = sign * directions[source] + params.task_noise * perturbations[t]
-        noisy = _standardize(features[source] @ direction) + params.label_noise * noise[:, t]
+        own, shared = int(group_of_task[t]), params.num_groups
+        private = features[own] @ (directions[own] + params.task_noise * perturbations[t, 0])
+        common = features[shared] @ (directions[shared] + params.task_noise * perturbations[t, 1])
+        score = private_weight * _standardize(private) + common_weight * _standardize(common)
+        noisy = _standardize(score) + params.label_noise * noise[:, t]
         targets[spec.name] = _target(spec, noisy)
 
     names = [s.name for s in specs]
@@ -203,12 +245,11 @@ def build_synthetic(params: SyntheticParams, seed: int) -> MultiTaskDataset:
         natural_ids=natural_ids,
         info={
             "planted_groups": [names[bounds[g] : bounds[g + 1]] for g in range(params.num_groups)],
-            "conflicting_pairs": [[s, g] for g, (s, _) in enumerate(sources) if s != g],
             "description": (
-                f"{params.num_tasks} tasks in {params.num_groups} planted groups; "
-                "task direction = group direction + task_noise * perturbation, "
-                "applied to the group's tanh feature map"
-                + ("; odd groups flip the previous group's direction" if params.conflicting else "")
+                f"{params.num_tasks} tasks in {params.num_groups} planted groups; score = "
+                f"sqrt({params.conflict:g}) x the group's private tanh features "
+                f"+ sqrt(1 - {params.conflict:g}) x common tanh features "
+                "(task direction = group direction + task_noise * perturbation)"
             ),
         },
     )
