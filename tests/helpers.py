@@ -198,7 +198,8 @@ def fixture_dir() -> Path:
 
 def example_params(name: str) -> dict[str, Any]:
     """Parameters that build registered dataset ``name`` here (files it needs are written to
-    :func:`fixture_dir`): the defaults, but for the datasets that read a user's files."""
+    :func:`fixture_dir`): the defaults, but for the datasets that read a user's files and small
+    sizes for the large ones."""
     if name == "table":
         path = fixture_dir() / "shop.csv"
         if not path.exists():
@@ -209,6 +210,8 @@ def example_params(name: str) -> dict[str, Any]:
             "id_columns": ["store"],
             "group_column": "customer",
         }
+    if name == "multimnist":
+        return {"num_train": 300, "num_test": 100}
     return {}
 
 

@@ -113,3 +113,19 @@ def test_compare_grouping_writes_groups_ari_and_plot(tmp_path: Path) -> None:
     assert sorted(t for g in found for t in g) == [f"t{i}" for i in range(6)]
     assert -1.0 <= float(rows[2]["ari"]) <= 1.0
     assert (tmp_path / "compare_grouping.png").stat().st_size > 1000
+
+
+def test_reference_scores_write_one_file_per_dataset(tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(BENCHMARKS / "reference_scores.py"), "--datasets", "multimnist",
+        "--quick", "--seeds", "0", "1", "--out", str(tmp_path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=300, env={**os.environ, **OFFLINE_ENV})
+    with (tmp_path / "reference_scores_multimnist.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["task"], r["model"], r["seeds"]) for r in rows] == [
+        ("left", "cnn", "2"), ("right", "cnn", "2")
+    ]  # fmt: skip
+    assert all(0.0 <= float(r["score_mean"]) <= 1.0 and float(r["chance"]) > 0 for r in rows)
+    report = json.loads((tmp_path / "reference_scores_multimnist.json").read_text())
+    assert report["setting"]["quick"] and len(report["rows"]) == 2

@@ -18,6 +18,7 @@ from fedmtl.core.data import MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import Registry
 from fedmtl.datasets.digits import DigitsPairParams, DigitsParams, build_digits, build_digits_pair
+from fedmtl.datasets.multimnist import MultiMNISTParams, build_multimnist
 from fedmtl.datasets.synthetic import SyntheticParams, build_synthetic
 from fedmtl.datasets.table import TableParams, TableSource, build_table
 
@@ -26,6 +27,7 @@ DatasetBuilder = Callable[[Any, int], Source]
 DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 DATASETS.register("digits", params=DigitsParams)(build_digits)
 DATASETS.register("digits_pair", params=DigitsPairParams)(build_digits_pair)
+DATASETS.register("multimnist", params=MultiMNISTParams)(build_multimnist)
 DATASETS.register("synthetic", params=SyntheticParams)(build_synthetic)
 DATASETS.register("table", params=TableParams)(build_table)
 
