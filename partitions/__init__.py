@@ -6,7 +6,9 @@ labels missing at random (:mod:`partitions.missing_labels`) and a per-silo featu
 (:data:`FEATURE_SKEWS`); a global test set can be held out before the split. :func:`build` makes
 one from a :class:`~fedmtl.core.schema.PartitionConfig`; :func:`load` reads a saved manifest back and
 checks it against the dataset; :func:`hold_out` decides train and test for the whole dataset
-under a leakage rule (:mod:`partitions.heldout`) before :func:`build` cuts the silos.
+under a leakage rule (:mod:`partitions.heldout`) before :func:`build` cuts the silos. A
+validation partition (``validation_fraction`` > 0, for tuning) evaluates on rows carved out of the
+silos' training rows instead of their test rows (:mod:`partitions.heldout`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from fedmtl.core.errors import ConfigError
 from partitions.assignment import ASSIGNMENTS
 from partitions.base import SCHEMA_VERSION, Partition, Silo
 from partitions.feature_skew import FEATURE_SKEWS
-from partitions.heldout import HeldOut, check_groups, hold_out
+from partitions.heldout import HeldOut, carve_validation, check_groups, hold_out, validation_rng
 from partitions.missing_labels import hide_labels
 from partitions.split import SPLITS
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from fedmtl.core.data import MultiTaskDataset
     from fedmtl.core.schema import PartitionConfig
 
+_NO_ROWS = np.zeros(0, np.int64)
 _FEWER_SILOS = (
     "use fewer silos (partition.num_silos), a smaller partition.test_fraction, a lower "
     "partition.missing_labels rate, or a lower partition.min_train_per_task."
@@ -49,7 +52,10 @@ def build(
     shuffle; at least one test and one train sample when the silo has two or more); training
     labels are hidden at the missing-label rates; the feature skew draws each silo's parameters.
     With ``held_out`` (a dataset-wide split under a leakage rule, :mod:`partitions.heldout`), the
-    global test set and every silo's train/test cut follow it instead.
+    global test set and every silo's train/test cut follow it instead. With
+    ``cfg.validation_fraction`` > 0 every silo's test rows are replaced by validation rows carved
+    out of its training rows (whole units of ``held_out.validation`` under a leakage rule), before
+    labels are hidden, and the partition has no global test set.
 
     Guarantees: silos share no sample, and none holds a global test sample; every task is held by
     some silo; every silo has at least ``cfg.min_train_per_task`` labelled (not hidden) training
@@ -85,6 +91,9 @@ def build(
         _make_silo(i, tasks, indices, cfg.test_fraction, holdout_rng, held_out)
         for i, (tasks, indices) in enumerate(zip(tasks_per_silo, samples, strict=True))
     ]
+    if cfg.validation_fraction > 0:
+        silos = _validation_silos(silos, cfg.validation_fraction, seed, held_out)
+        global_test = _NO_ROWS
     silos = hide_labels(dataset, silos, cfg.missing_labels, np.random.default_rng(hide_seed))
     silos = [
         dataclasses.replace(silo, feature_skew=params)
@@ -170,6 +179,29 @@ def _make_silo(
     return Silo(id=silo_id, tasks=tuple(tasks), train_indices=train, test_indices=test)
 
 
+def _validation_silos(
+    silos: list[Silo], fraction: float, seed: int, held_out: HeldOut | None
+) -> list[Silo]:
+    """Each silo with its test rows replaced by validation rows taken from its training rows:
+    ``held_out.validation``'s rows under a leakage rule, else a seeded per-silo cut."""
+    if held_out is not None and held_out.validation is None:
+        raise ValueError("a validation partition needs hold_out(..., validation_fraction)")
+    rng = validation_rng(seed)
+    carved = []
+    for silo in silos:
+        if held_out is None:
+            train, validation = carve_validation(silo.train_indices, fraction, rng)
+        else:
+            assert held_out.validation is not None
+            is_validation = held_out.validation[silo.train_indices]
+            train, validation = (
+                silo.train_indices[~is_validation],
+                silo.train_indices[is_validation],
+            )
+        carved.append(dataclasses.replace(silo, train_indices=train, test_indices=validation))
+    return carved
+
+
 def _check_seed(seed: int) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError("seed", f"must be an integer >= 0, got {seed!r}.", "use e.g. seed=0.")
@@ -236,6 +268,7 @@ __all__ = [
     "Partition",
     "Silo",
     "build",
+    "carve_validation",
     "check_groups",
     "config_to_dict",
     "hold_out",

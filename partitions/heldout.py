@@ -19,6 +19,15 @@ rows are independent. When they are not, the split is decided over the whole dat
 Silos are then cut from the rows outside the global test set as usual; a silo's train split is its
 rows outside the test units, its test split the rest. The drawn units come from their own child of
 ``SeedSequence(seed)``, so the other steps of a partition keep their random streams.
+
+Validation partitions (``partition.validation_fraction`` = v > 0, for hyperparameter tuning): the
+validation rows are carved out of the *training* rows and replace the test rows, and there is no
+global test set, so a tuning run never sees a test row. The test rows and the global test set are
+drawn exactly as without v (same streams), then left out of every silo. Under a rule above, the
+validation units are ``round(v U_train)`` of the U_train units (groups, or rows) that have no test
+row, drawn from their own stream (:data:`VALIDATION_STREAM`): whole groups, so no group is on both
+sides. With independent rows each silo cuts ``round(v n)`` of its n training rows
+(:func:`carve_validation`, at least one when n >= 2).
 """
 
 from __future__ import annotations
@@ -35,22 +44,29 @@ Rule = Literal["groups", "fixed", "rows"]
 SEED_STREAM = 5
 """The child of ``SeedSequence(seed)`` that draws the held-out units (children 0-4 are the
 partition's other steps)."""
+VALIDATION_STREAM = 6
+"""The child of ``SeedSequence(seed)`` that draws the validation rows or units."""
 
 
 @dataclass(frozen=True, eq=False)
 class HeldOut:
     """The dataset-wide split: ``test`` (N,) bool marks test rows, ``global_test`` the sorted rows of
-    the global held-out test set (never in a silo), under ``rule`` (grouped by ``column``)."""
+    the global held-out test set (never in a silo), under ``rule`` (grouped by ``column``).
+    ``validation`` (N,) bool, for a validation partition: the validation rows, all outside
+    ``test``; they are the silos' evaluation rows, and the test rows are used by no silo."""
 
     rule: Rule
     column: str | None
     test: np.ndarray
     global_test: np.ndarray
+    validation: np.ndarray | None = None
 
     def train_rows(self) -> np.ndarray:
-        """The rows that may be trained on: not test, not in the global test set."""
+        """The rows that may be trained on: not test, not validation, not in the global test set."""
         train = ~self.test
         train[self.global_test] = False
+        if self.validation is not None:
+            train &= ~self.validation
         return np.flatnonzero(train)
 
     def describe(self) -> dict[str, Any]:
@@ -67,12 +83,14 @@ def hold_out(
     global_test_fraction: float,
     seed: int,
     fitted: bool = False,
+    validation_fraction: float = 0.0,
 ) -> HeldOut | None:
     """The dataset-wide split for a dataset's leakage rule (module docstring), or None when rows
     are independent and nothing is fitted on them (each silo then cuts its own split).
 
     ``fitted``: the dataset's encoding is fitted on training rows, so the split is needed even
-    without groups or held-out rows (rule ``rows``)."""
+    without groups or held-out rows (rule ``rows``). ``validation_fraction`` > 0: also draw the
+    validation units among the training units (module docstring)."""
     if heldout is None and group_column is None and not fitted:
         return None
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(SEED_STREAM + 1)[SEED_STREAM])
@@ -97,7 +115,47 @@ def hold_out(
         test = np.isin(unit_of_row, test_units)
     global_test = np.flatnonzero(np.isin(unit_of_row, global_units))
     test[global_test] = True
-    return HeldOut(rule, group_column, test, global_test)
+    validation = None
+    if validation_fraction > 0:
+        validation = _validation_rows(unit_of_row, test, validation_fraction, seed, group_column)
+    return HeldOut(rule, group_column, test, global_test, validation)
+
+
+def _validation_rows(
+    unit_of_row: np.ndarray, test: np.ndarray, fraction: float, seed: int, column: str | None
+) -> np.ndarray:
+    """(N,) bool: the rows of ``round(fraction U)`` units drawn among the U units without a test
+    row (whole groups under a group column)."""
+    units_with_test = np.unique(unit_of_row[test])
+    eligible = np.setdiff1d(np.unique(unit_of_row), units_with_test)
+    count = round(fraction * len(eligible))
+    if not 1 <= count < len(eligible):
+        raise ConfigError(
+            "partition.validation_fraction",
+            f"is {fraction}: {count} of the {len(eligible)} training {_units(column)} would "
+            "form the validation rows.",
+            "choose a fraction that leaves units on both sides.",
+        )
+    rng = validation_rng(seed)
+    chosen = rng.choice(eligible, size=count, replace=False)
+    return np.isin(unit_of_row, chosen)
+
+
+def validation_rng(seed: int) -> np.random.Generator:
+    """The generator of the validation draw (its own child of ``SeedSequence(seed)``)."""
+    stream = np.random.SeedSequence(seed).spawn(VALIDATION_STREAM + 1)[VALIDATION_STREAM]
+    return np.random.default_rng(stream)
+
+
+def carve_validation(
+    train: np.ndarray, fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows left, validation rows), both sorted: a seeded shuffle of a silo's ``train``
+    rows cut at ``round(n fraction)`` validation rows (at least one of each when n >= 2)."""
+    n = len(train)
+    count = min(max(round(n * fraction), 1), n - 1) if n >= 2 else 0
+    shuffled = rng.permutation(np.asarray(train, dtype=np.int64))
+    return np.sort(shuffled[count:]), np.sort(shuffled[:count])
 
 
 def _units(group_column: str | None) -> str:

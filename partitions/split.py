@@ -68,7 +68,8 @@ def run_partitioner(
             parts = [partitioner.load_partition(s) for s in range(num_silos)]
     except (ValueError, KeyError) as err:
         raise ConfigError(key, f"{type(partitioner).__name__} failed: {err}", fix) from None
-    return [np.asarray(p["index"], dtype=np.int64).reshape(-1) for p in parts]
+    # p["index"][:] reads the column at once (p["index"] alone is a lazy column read row by row)
+    return [np.asarray(p["index"][:], dtype=np.int64).reshape(-1) for p in parts]
 
 
 def shuffled(pool: np.ndarray, seed: int) -> np.ndarray:

@@ -18,42 +18,44 @@ from fedmtl.core.models import head_task
 from fedmtl.core.records import Arrays
 from strategies.balancing import Weighting
 from strategies.replies import ClientUpdate
+from strategies.robust import Combine, weighted_mean
 
 log = logging.getLogger("fedmtl")
 
 
 def weighted_mean_delta(
-    updates: Sequence[ClientUpdate], keys: Sequence[str], weights: Sequence[float]
+    updates: Sequence[ClientUpdate],
+    keys: Sequence[str],
+    weights: Sequence[float],
+    combine: Combine = weighted_mean,
 ) -> Arrays | None:
-    """sum_s w_s Delta_s[k] / sum_s w_s for each key; None when the weights sum to zero."""
-    total = float(sum(weights))
-    if total <= 0:
+    """sum_s w_s Delta_s[k] / sum_s w_s for each key (or ``combine``'s robust rule); None when
+    the weights sum to zero."""
+    if float(sum(weights)) <= 0:
         return None
     return {
-        k: sum(
-            (w / total * u.deltas[k] for u, w in zip(updates, weights, strict=True)),
-            start=np.zeros_like(updates[0].deltas[k]),
-        )
+        k: combine([u.deltas[k] for u in updates], weights).astype(updates[0].deltas[k].dtype)
         for k in keys
     }
 
 
 def aggregate_heads(
-    arrays: Arrays, updates: Sequence[ClientUpdate], tasks: Sequence[str]
+    arrays: Arrays,
+    updates: Sequence[ClientUpdate],
+    tasks: Sequence[str],
+    combine: Combine = weighted_mean,
 ) -> Arrays:
-    """New heads h_t + sum_s n_{s,t} Delta h_{s,t} / sum_s n_{s,t}, over the updates whose silo
-    holds t and has labelled examples of it; a task with no such update is left out."""
+    """New heads h_t + sum_s n_{s,t} Delta h_{s,t} / sum_s n_{s,t} (or ``combine``'s robust
+    rule), over the updates whose silo holds t and has labelled examples of it; a task with no
+    such update is left out."""
     new: Arrays = {}
     for task in tasks:
         holders = [u for u in updates if task in u.silo.tasks and u.task_examples.get(task, 0) > 0]
         if not holders:
             continue
-        total = float(sum(u.task_examples[task] for u in holders))
+        weights = [float(u.task_examples[task]) for u in holders]
         for key in (k for k in arrays if head_task(k) == task):
-            delta = sum(
-                (u.task_examples[task] / total * u.deltas[key] for u in holders),
-                start=np.zeros_like(arrays[key]),
-            )
+            delta = combine([u.deltas[key] for u in holders], weights)
             new[key] = (arrays[key] + delta).astype(arrays[key].dtype)
     return new
 
@@ -88,11 +90,15 @@ def unflatten(vector: torch.Tensor, like: Arrays) -> Arrays:
 
 
 def per_task_rows(
-    tasks: Sequence[str], updates: Sequence[ClientUpdate], keys: Sequence[str]
+    tasks: Sequence[str],
+    updates: Sequence[ClientUpdate],
+    keys: Sequence[str],
+    combine: Combine = weighted_mean,
 ) -> tuple[list[int], list[torch.Tensor], list[float]]:
     """For each task with a holder among ``updates`` (in ``tasks`` order): its index in ``tasks``,
-    D_t = sum_s n_{s,t} D_{s,t} / sum_s n_{s,t} flattened over ``keys``, and L_t, the same
-    n_{s,t}-weighted mean of the holders' ``loss_before`` (NaN when none reported it)."""
+    D_t = sum_s n_{s,t} D_{s,t} / sum_s n_{s,t} flattened over ``keys`` (or ``combine``'s robust
+    rule), and L_t, the same n_{s,t}-weighted mean of the holders' ``loss_before`` (NaN when none
+    reported it)."""
     present, rows, losses = [], [], []
     for index, task in enumerate(tasks):
         holders = [
@@ -104,10 +110,14 @@ def per_task_rows(
         ]
         if not holders:
             continue
-        total = float(sum(n for n, _, _ in holders))
-        row = flatten(holders[0][1], keys) * (holders[0][0] / total)
-        for n, deltas, _ in holders[1:]:
-            row += flatten(deltas, keys) * (n / total)
+        if combine is weighted_mean:  # in place: one flattened copy at a time (d may be 1e7)
+            total = float(sum(n for n, _, _ in holders))
+            row = flatten(holders[0][1], keys) * (holders[0][0] / total)
+            for n, deltas, _ in holders[1:]:
+                row += flatten(deltas, keys) * (n / total)
+        else:
+            values = [flatten(deltas, keys).numpy() for _, deltas, _ in holders]
+            row = torch.from_numpy(combine(values, [float(n) for n, _, _ in holders]))
         reported = [(n, loss) for n, _, loss in holders if loss is not None]
         count = sum(n for n, _ in reported)
         present.append(index)
@@ -123,11 +133,12 @@ def balanced_update(
     updates: Sequence[ClientUpdate],
     trunk: Arrays,
     server_round: int,
+    combine: Combine = weighted_mean,
 ) -> tuple[Arrays | None, dict[str, float]]:
     """Delta = J^T w for the trunk arrays ``trunk`` over ``tasks`` (J from :func:`per_task_rows`,
     w from ``weighting``, whose state is keyed by each task's position in ``all_tasks``), and the
     task weights; None (and no weights) when no task has a holder or a needed loss is missing."""
-    present, rows, losses = per_task_rows(tasks, updates, list(trunk))
+    present, rows, losses = per_task_rows(tasks, updates, list(trunk), combine)
     if not rows:
         return None, {}
     loss_tensor = None

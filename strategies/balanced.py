@@ -90,6 +90,9 @@ class Balanced(TaskAwareStrategy):
             self.weighting_name, self.method_params, seed=self.seed, key="strategy"
         )
 
+    def stateful_parts(self) -> dict[str, Weighting]:
+        return {"weighting": self.weighting}
+
     def update_mode(self) -> UpdateMode:
         return "joint" if self.params.balancing == "local" else "per_task"
 
@@ -103,9 +106,15 @@ class Balanced(TaskAwareStrategy):
     ) -> TrunkStep:
         if self.params.balancing == "local":
             weights = [float(u.num_examples) for u in updates]
-            return TrunkStep(weighted_mean_delta(updates, list(trunk), weights))
+            return TrunkStep(weighted_mean_delta(updates, list(trunk), weights, self.combine))
         direction, task_weights = balanced_update(
-            self.weighting, list(self.tasks), list(self.tasks), updates, trunk, server_round
+            self.weighting,
+            list(self.tasks),
+            list(self.tasks),
+            updates,
+            trunk,
+            server_round,
+            self.combine,
         )
         return TrunkStep(direction, task_weights)
 

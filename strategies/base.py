@@ -38,15 +38,16 @@ bytes and rejections, the round history, and the state subclasses keep (balancin
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
@@ -54,12 +55,15 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedmtl.core import records
 from fedmtl.core.checks import fraction, int_at_least, positive
+from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import head_task, is_trunk_key, trunk_group
 from fedmtl.core.records import (
     AffinityRequest,
     Arrays,
     EvaluateReply,
     EvaluateRequest,
+    PersonalMode,
+    SiloCheckpoint,
     SiloInfo,
     TrainReply,
     TrainRequest,
@@ -76,6 +80,15 @@ from strategies.replies import (
     check_evaluate_reply,
     check_silo,
     check_train_reply,
+)
+from strategies.robust import (
+    Combine,
+    NormRule,
+    RobustRule,
+    bound_norms,
+    combiner,
+    count_caps,
+    fixed_counts,
 )
 from strategies.server_opt import ServerOptimizer, ServerOptParams
 
@@ -94,6 +107,14 @@ class StrategyParams:
     ``wait_for_nodes_s`` seconds. ``evaluate_every``: evaluate every k rounds (and after the last).
     ``reply_timeout_s``: how long a round waits for replies. ``server_optimizer``: the FedOpt rule
     that applies the combined trunk update (default: plain averaging, ``sgd`` with lr 1).
+
+    Faults and robustness (:mod:`strategies.robust`): a round with fewer valid updates than
+    ``min_train_nodes`` (or the nodes sampled, when fewer) is sent again up to ``round_retries``
+    times, then the run stops (``status: too_few_replies``); ``robust`` averages with the weighted
+    ``mean``, the coordinate-wise ``median`` or a ``trimmed_mean`` (cutting ``trim_fraction`` at
+    each end); ``norm_bound`` b ``clip``-s or ``reject``-s (``norm_rule``) updates whose norm
+    exceeds b times the round's median; ``max_count_ratio`` r caps the example counts a silo
+    announced at r times the median.
     """
 
     fraction_train: float = 1.0
@@ -105,6 +126,12 @@ class StrategyParams:
     wait_for_nodes_s: float = 120.0
     reply_timeout_s: float = 3600.0
     server_optimizer: ServerOptParams = field(default_factory=ServerOptParams)
+    round_retries: int = 1
+    robust: RobustRule = "mean"
+    trim_fraction: float = 0.1
+    norm_bound: float | None = None
+    norm_rule: NormRule = "clip"
+    max_count_ratio: float | None = None
 
     def __post_init__(self) -> None:
         fraction(self, "fraction_train", allow_one=True)
@@ -116,7 +143,17 @@ class StrategyParams:
             "evaluate_every",
         ):
             int_at_least(self, name, 1)
+        int_at_least(self, "round_retries", 0)
         positive(self, "wait_for_nodes_s", "reply_timeout_s")
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise ConfigError(
+                "trim_fraction",
+                f"must be in [0, 0.5), got {self.trim_fraction!r}.",
+                "use e.g. 0.1.",
+            )
+        for name in ("norm_bound", "max_count_ratio"):
+            if getattr(self, name) is not None:
+                positive(self, name)
 
     def check_experiment(self, task_names: Sequence[str], num_rounds: int) -> None:
         """Cross-check these parameters against the experiment before any training (raise
@@ -135,12 +172,12 @@ class TrunkStep:
 @dataclass(frozen=True)
 class Dispatch:
     """One round's messages of one kind (train or evaluate) and what they carried: the round's
-    global model, the array keys each node received and the bytes of model arrays sent."""
+    global model, the arrays each node received and the bytes of model arrays sent."""
 
     server_round: int
     messages: list[Message]
     arrays: Arrays
-    sent: dict[int, list[str]]
+    sent: dict[int, Arrays]
     bytes_down: int
 
 
@@ -156,6 +193,41 @@ class TrainOutcome:
     train_loss: dict[str, float]
     task_weights: dict[str, float]
     bytes_up: int
+    applied: bool = True
+
+
+class Stateful(Protocol):
+    """Anything with a checkpointable state (a balancing method, a server optimizer)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class RunStopped(RuntimeError):
+    """The run cannot go on; ``status`` says why (it becomes ``summary.json``'s ``status``)."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+WORKER_DIED = ("ActorDiedError", "RayActorError")
+"""How a reply names a dead simulation worker (Ray's exceptions, in the reason Flower forwards)."""
+
+
+def client_error(reply: Message) -> ReplyError:
+    """The ReplyError for a silo's error reply; :class:`RunStopped` (``worker_died``) when the
+    simulation worker that ran it died: Flower's actor pool keeps handing messages to a dead
+    actor, so every later round would lose those silos without saying so."""
+    reason = reply.error.reason
+    if any(marker in reason for marker in WORKER_DIED):
+        raise RunStopped(
+            "worker_died",
+            f"a simulation worker died ({reason[:300]}). Flower does not replace it, so the run "
+            "stops here; continue it from its last checkpoint with `fedmtl run resume=DIR`.",
+        )
+    return ReplyError(f"client error: {reason}")
 
 
 @dataclass(frozen=True)
@@ -169,7 +241,13 @@ class EvaluateOutcome:
 
 
 class TaskAwareStrategy(Strategy):
-    """Flower strategy that knows which silo holds which tasks. Subclasses define the trunk update."""
+    """Flower strategy that knows which silo holds which tasks. Subclasses define the trunk update.
+
+    ``shares_heads``: whether silos receive and send their tasks' heads, averaged per task at the
+    server (False when the heads stay on the silos).
+    """
+
+    shares_heads: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -194,9 +272,17 @@ class TaskAwareStrategy(Strategy):
         self.server_optimizer = ServerOptimizer(params.server_optimizer)
         # group -> its tasks when the model has one trunk per task group (strategies.grouping)
         self.model_groups: dict[str, tuple[str, ...]] | None = None
+        self.participants: set[int] = set()  # silo ids whose update was aggregated
+        # told to silos with every request (set by the server app as it checkpoints and resumes)
+        self.silo_checkpoint = SiloCheckpoint()
         # Only for Flower's own round loop (configure_* then aggregate_*): :meth:`start` passes
         # each Dispatch along itself.
         self._in_flight: dict[tuple[str, int], Dispatch] = {}
+
+    @functools.cached_property
+    def combine(self) -> Combine:
+        """How one array is averaged over silos (``robust``)."""
+        return combiner(self.params.robust, self.params.trim_fraction)
 
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
@@ -222,6 +308,53 @@ class TaskAwareStrategy(Strategy):
         """The task affinity silos measure during this round's local training (default none)."""
         return None
 
+    def personal_mode(self) -> PersonalMode:
+        """What silos keep for themselves between rounds (default ``none``; see
+        :mod:`fedmtl.app.silo`)."""
+        return "none"
+
+    def train_request(self, server_round: int) -> TrainRequest:
+        """The train message's request (built from the hooks above; subclasses add their
+        coefficients, e.g. a proximal term)."""
+        return TrainRequest(
+            server_round=server_round,
+            train=self.train,
+            update_mode=self.update_mode(),
+            local_weighting=self.local_weighting(),
+            affinity=self.affinity_request(server_round),
+            groups=self.model_groups,
+            personal=self.personal_mode(),
+            checkpoint=self.silo_checkpoint,
+        )
+
+    @property
+    def has_global_model(self) -> bool:
+        """Whether the server's arrays form one complete model that the global test set can
+        evaluate (not for strategies whose heads or models stay on silos or differ per silo)."""
+        return True
+
+    def payload(self, node: int, arrays: Arrays, message_type: str) -> Arrays | None:
+        """Per-silo values of ``arrays`` (the global arrays a message to ``node`` would carry)
+        for that message (default None: the global values; strategies that keep one model per
+        silo at the server override it)."""
+        return None
+
+    def apply_updates(
+        self, server_round: int, arrays: Arrays, updates: list[ClientUpdate]
+    ) -> tuple[Arrays, dict[str, float]]:
+        """The new global arrays from the round's checked updates, and each task's balancing
+        weight: the trunk by :meth:`trunk_update` and the server optimizer, the heads per task
+        over their holders. Strategies with per-silo models override it."""
+        trunk = {k: v for k, v in arrays.items() if is_trunk_key(k)}
+        step = self.trunk_update(server_round, trunk, updates)
+        if step.delta is None:
+            log.warning("round %d: no trunk update; the trunk is unchanged", server_round)
+        else:
+            arrays.update(self.server_optimizer.step(trunk, step.delta))
+        if self.shares_heads:
+            arrays.update(aggregate_heads(arrays, updates, list(self.tasks), self.combine))
+        return arrays, dict(step.task_weights)
+
     def end_round(self, server_round: int, arrays: Arrays) -> Arrays:
         """The global model to carry into the next round, given the aggregated ``arrays`` (default:
         unchanged; task grouping splits the trunk here)."""
@@ -234,6 +367,47 @@ class TaskAwareStrategy(Strategy):
     def write_artifacts(self, output_dir: Path, plots: bool = True) -> None:
         """Write this strategy's own result files (and plots when ``plots``) into ``output_dir``
         (default none)."""
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """What the round loop needs to go on exactly where it stopped: a tree of JSON values
+        and numpy arrays (a checkpoint stores them apart). Subclasses with state of their own
+        extend it, and :meth:`load_state_dict`. Silo discovery is not in it: a resumed run asks
+        the silos again (their counts were fixed when they were first announced)."""
+        version, internal, gauss = self.rng.getstate()
+        return {
+            "rng": [version, list(internal), gauss],
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "rejections": list(self.rejections),
+            "participants": sorted(self.participants),
+            "history": [asdict(record) for record in self.history],
+            "server_optimizer": self.server_optimizer.state_dict(),
+            "model_groups": None
+            if self.model_groups is None
+            else {g: list(t) for g, t in self.model_groups.items()},
+            "parts": {name: part.state_dict() for name, part in self.stateful_parts().items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.bytes_up = int(state["bytes_up"])
+        self.bytes_down = int(state["bytes_down"])
+        self.rejections = list(state["rejections"])
+        self.participants = set(state["participants"])
+        self.history = [RoundRecord.from_dict(record) for record in state["history"]]
+        self.server_optimizer.load_state_dict(state["server_optimizer"])
+        groups = state["model_groups"]
+        self.model_groups = None if groups is None else {g: tuple(t) for g, t in groups.items()}
+        for name, part in self.stateful_parts().items():
+            part.load_state_dict(state["parts"][name])
+
+    def stateful_parts(self) -> Mapping[str, Stateful]:
+        """Objects that keep state across rounds, saved with the strategy (default none; e.g. the
+        server's balancing method)."""
+        return {}
 
     # ------------------------------------------------------------------ discovery and sampling
     def discover(self, grid: Grid) -> None:
@@ -258,7 +432,7 @@ class TaskAwareStrategy(Strategy):
             node = reply.metadata.src_node_id
             try:
                 if reply.has_error():
-                    raise ReplyError(reply.error.reason)
+                    raise client_error(reply)
                 claimed = [known.silo_id for known in self.silos.values()]
                 info = check_silo(SiloInfo.from_content(reply.content), self.tasks, claimed)
             except REPLY_ERRORS as err:
@@ -320,10 +494,15 @@ class TaskAwareStrategy(Strategy):
         messages, sent, size = [], {}, 0
         for node in nodes:
             keys = list(self.arrays_for(arrays, self.silos[node]))
-            # The global record's Array objects are shared, not serialised again for every silo.
-            payload = ArrayRecord({key: record[key] for key in keys})
+            own = self.payload(node, {key: arrays[key] for key in keys}, message_type)
+            if own is None:
+                # The global record's Array objects are shared, not serialised again per silo.
+                payload = ArrayRecord({key: record[key] for key in keys})
+                sent[node] = {key: arrays[key] for key in keys}
+            else:
+                payload = records.to_array_record(own)
+                sent[node] = own
             size += payload.count_bytes()
-            sent[node] = keys
             messages.append(
                 Message(
                     records.request_content(payload, config),
@@ -341,14 +520,7 @@ class TaskAwareStrategy(Strategy):
         """The round's train messages to the sampled silos (:class:`~fedmtl.core.records.TrainRequest`;
         the keys of ``extra`` travel too, the protocol's own take precedence)."""
         nodes = self.sample(grid, self.params.fraction_train, self.params.min_train_nodes)
-        request = TrainRequest(
-            server_round=server_round,
-            train=self.train,
-            update_mode=self.update_mode(),
-            local_weighting=self.local_weighting(),
-            affinity=self.affinity_request(server_round),
-            groups=self.model_groups,
-        )
+        request = self.train_request(server_round)
         config = ConfigRecord({**(extra or {}), **request.to_config()})
         return self._dispatch(server_round, record, config, nodes, MessageType.TRAIN)
 
@@ -357,7 +529,12 @@ class TaskAwareStrategy(Strategy):
     ) -> Dispatch:
         """The round's evaluate messages to the sampled silos."""
         nodes = self.sample(grid, self.params.fraction_evaluate, self.params.min_evaluate_nodes)
-        request = EvaluateRequest(server_round=server_round, groups=self.model_groups)
+        request = EvaluateRequest(
+            server_round=server_round,
+            groups=self.model_groups,
+            personal=self.personal_mode(),
+            checkpoint=self.silo_checkpoint,
+        )
         config = ConfigRecord({**(extra or {}), **request.to_config()})
         return self._dispatch(server_round, record, config, nodes, MessageType.EVALUATE)
 
@@ -374,9 +551,9 @@ class TaskAwareStrategy(Strategy):
                 received += records.update_bytes(reply.content)  # counted, accepted or not
             try:
                 if reply.has_error():
-                    raise ReplyError(f"client error: {reply.error.reason}")
+                    raise client_error(reply)
                 silo = self.silos[node]
-                sent = {k: dispatch.arrays[k] for k in dispatch.sent[node]}
+                sent = dispatch.sent[node]
                 parsed = TrainReply.from_content(reply.content)
                 updates.append(
                     check_train_reply(node, parsed, sent, silo, self.update_mode(), self.serves)
@@ -385,21 +562,24 @@ class TaskAwareStrategy(Strategy):
                 rejected.append(self._reject(server_round, node, f"train reply rejected: {err}"))
         self.bytes_up += received
         updates.sort(key=lambda u: u.silo.silo_id)
+        cap, task_caps = count_caps(self.silos.values(), self.params.max_count_ratio)
+        updates = [fixed_counts(u, self.silos[u.node_id], cap, task_caps) for u in updates]
+        if self.params.norm_bound is not None:
+            updates, refused = bound_norms(updates, self.params.norm_bound, self.params.norm_rule)
+            for update, reason in refused:
+                rejected.append(self._reject(server_round, update.node_id, reason))
         arrays = dict(dispatch.arrays)
-        task_weights: dict[str, float] = {}
-        if updates:
-            trunk = {k: v for k, v in arrays.items() if is_trunk_key(k)}
-            step = self.trunk_update(server_round, trunk, updates)
-            task_weights = dict(step.task_weights)
-            if step.delta is None:
-                log.warning("round %d: no trunk update; the trunk is unchanged", server_round)
-            else:
-                arrays.update(self.server_optimizer.step(trunk, step.delta))
-            arrays.update(aggregate_heads(arrays, updates, list(self.tasks)))
-        else:
+        required = min(self.params.min_train_nodes, len(dispatch.messages))
+        if len(updates) < required:
             log.warning(
-                "round %d: no usable training reply; the global model is unchanged", server_round
+                "round %d: %d valid updates, fewer than the %d required; the model is unchanged",
+                server_round,
+                len(updates),
+                required,
             )
+            return TrainOutcome(arrays, len(updates), rejected, {}, {}, received, applied=False)
+        arrays, task_weights = self.apply_updates(server_round, arrays, updates)
+        self.participants.update(u.silo.silo_id for u in updates)
         return TrainOutcome(
             arrays=self.end_round(server_round, arrays),
             num_updates=len(updates),
@@ -418,7 +598,7 @@ class TaskAwareStrategy(Strategy):
             node = reply.metadata.src_node_id
             try:
                 if reply.has_error():
-                    raise ReplyError(f"client error: {reply.error.reason}")
+                    raise client_error(reply)
                 silo = self.silos[node]
                 stats = check_evaluate_reply(EvaluateReply.from_content(reply.content), silo).stats
             except REPLY_ERRORS as err:
@@ -462,8 +642,13 @@ class TaskAwareStrategy(Strategy):
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        first_round: int = 1,
+        on_round_end: Callable[[int, ArrayRecord], None] | None = None,
     ) -> Result:
-        """Run ``num_rounds`` of training, evaluating every ``evaluate_every`` rounds and at the end.
+        """Run rounds ``first_round`` to ``num_rounds`` (a resumed run starts after its checkpoint,
+        from the state :meth:`load_state_dict` restored), evaluating every ``evaluate_every``
+        rounds and at the end; ``on_round_end(round, arrays)`` is called once a round is over and
+        reported (the server app checkpoints there).
 
         Unlike Flower's default loop it discovers silos first, evaluates on a schedule and reports
         each round to the observers.
@@ -472,11 +657,10 @@ class TaskAwareStrategy(Strategy):
         self.discover(grid)
         result = Result(arrays=initial_arrays)
         arrays = initial_arrays
-        for server_round in range(1, num_rounds + 1):
+        for server_round in range(first_round, num_rounds + 1):
             started = time.perf_counter()
-            dispatch = self.dispatch_train(server_round, arrays, grid, train_config)
-            replies = grid.send_and_receive(dispatch.messages, timeout=timeout)
-            outcome = self.aggregate_updates(dispatch, replies)
+            down, up = self.bytes_down, self.bytes_up  # every attempt of the round counts
+            outcome, dispatch = self.train_round(server_round, arrays, grid, timeout, train_config)
             arrays = result.arrays = records.to_array_record(outcome.arrays)
             result.train_metrics_clientapp[server_round] = records.round_metrics(
                 outcome.num_updates, len(outcome.rejected), outcome.train_loss
@@ -488,8 +672,8 @@ class TaskAwareStrategy(Strategy):
                 rejected=list(outcome.rejected),
                 train_loss=outcome.train_loss,
                 task_weights=outcome.task_weights,
-                bytes_up=outcome.bytes_up,
-                bytes_down=dispatch.bytes_down,
+                bytes_up=self.bytes_up - up,
+                bytes_down=self.bytes_down - down,
             )
             if server_round % self.params.evaluate_every == 0 or server_round == num_rounds:
                 evaluation = self.dispatch_evaluate(server_round, arrays, grid, evaluate_config)
@@ -511,7 +695,33 @@ class TaskAwareStrategy(Strategy):
             self.history.append(record)
             for observer in self.observers:
                 observer.on_round(record)
+            if on_round_end is not None:
+                on_round_end(server_round, arrays)
         return result
+
+    def train_round(
+        self,
+        server_round: int,
+        arrays: ArrayRecord,
+        grid: Grid,
+        timeout: float,
+        extra: ConfigRecord | None = None,
+    ) -> tuple[TrainOutcome, Dispatch]:
+        """One training round, sent again (up to ``round_retries`` times) while it has fewer
+        valid updates than required; :class:`RunStopped` (``too_few_replies``) after that."""
+        for attempt in range(self.params.round_retries + 1):
+            dispatch = self.dispatch_train(server_round, arrays, grid, extra)
+            replies = grid.send_and_receive(dispatch.messages, timeout=timeout)
+            outcome = self.aggregate_updates(dispatch, replies)
+            if outcome.applied:
+                return outcome, dispatch
+            log.warning("round %d: attempt %d of %d failed", server_round, attempt + 1,
+                        self.params.round_retries + 1)  # fmt: skip
+        raise RunStopped(
+            "too_few_replies",
+            f"round {server_round}: too few valid updates after "
+            f"{self.params.round_retries + 1} attempts (see 'rejected' for why).",
+        )
 
     # ------------------------------------------------------------------ Flower's Strategy API
     # Flower's own loop calls configure_* and then aggregate_* with the replies; these adapters

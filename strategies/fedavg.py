@@ -40,4 +40,4 @@ class FedAvg(TaskAwareStrategy):
             weights = [1.0] * len(updates)
         else:
             weights = [float(u.num_examples) for u in updates]
-        return TrunkStep(weighted_mean_delta(updates, list(trunk), weights))
+        return TrunkStep(weighted_mean_delta(updates, list(trunk), weights, self.combine))

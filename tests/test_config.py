@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 import typing
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 
 from fedmtl.app.cli import discard_run_dir, help_text
 from fedmtl.app.config import GROUP_REGISTRIES, parse, presets
-from fedmtl.app.experiment import prepare
+from fedmtl.app.experiment import is_local, prepare
 from fedmtl.app.runtime import (
     RUNTIMES,
     InProcessParams,
@@ -34,7 +35,7 @@ from fedmtl.core.schema import (
 from fedmtl.datasets import DATASETS
 from fedmtl.trunks import TRUNKS
 from strategies import STRATEGIES
-from tests.helpers import compose_raw, example_overrides
+from tests.helpers import compose_raw, example_overrides, silo_tables, unset_example_overrides
 
 GROUPS = ["dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment"]
 
@@ -50,8 +51,12 @@ def preset_overrides(group: str, preset: str, tmp_path: Path) -> list[str]:
         saved = prepare(parse(compose_raw(["partition.num_silos=4"]))).partition
         return [f"{group}={preset}", f"partition.path={saved.save(tmp_path / 'partition.json')}"]
     overrides = [f"{group}={preset}", "partition.num_silos=4"]
+    if (group, preset) in (("partition", "local"), ("experiment", "flwr_tables")):
+        return [*overrides, "dataset=table", f"dataset.schema={silo_tables(tmp_path)[1]}"]
     if group == "dataset":
         overrides += [*example_overrides(preset), "model=mlp"]
+    if group == "experiment":  # a preset of a dataset that reads files: the example files
+        overrides += unset_example_overrides(compose_raw([f"{group}={preset}"])["dataset"])
     if (group, preset) == ("partition", "natural_id"):  # needs a dataset with a 'site' column
         overrides += ["dataset=synthetic", "dataset.num_sites=8"]
     return overrides
@@ -64,7 +69,8 @@ def test_every_preset_parses_and_prepares(group: str, preset: str, tmp_path: Pat
     config = parse(compose_raw(preset_overrides(group, preset, tmp_path)))
     assert isinstance(config, ExperimentConfig)
     experiment = prepare(config)
-    assert len(experiment.partition.silos) == 4
+    # partition=local: the silos bring the rows, the server's partition has none
+    assert len(experiment.partition.silos) == (0 if is_local(config) else 4)
 
 
 @pytest.mark.parametrize("model", presets("model"))
@@ -194,8 +200,13 @@ def test_more_cpus_per_client_than_ray_has_is_refused() -> None:
     assert info.value.key == "runtime.num_cpus"
 
 
-def test_ray_address_skips_local_resource_checks() -> None:
-    check_resources(SimulationParams(num_gpus=1.0, ray_address="auto"))
+def test_ray_address_skips_local_resource_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU this machine lacks is the cluster's business once a cluster answers."""
+    with socket.socket() as cluster:
+        cluster.bind(("127.0.0.1", 0))
+        cluster.listen()
+        monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{cluster.getsockname()[1]}")
+        check_resources(SimulationParams(num_gpus=1.0, ray_address="auto"))
 
 
 def test_config_json_round_trip() -> None:

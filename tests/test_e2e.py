@@ -13,9 +13,11 @@ import pytest
 import torch
 
 import fedmtl.app.client_app as client_app
+import fedmtl.app.silo as silo_side
 from fedmtl.app.config import parse
 from fedmtl.app.launch import run
 from fedmtl.app.runtime import client_device
+from fedmtl.app.silo_data import node_settings
 from strategies import STRATEGIES
 from strategies.balancing import WEIGHTINGS
 from tests.helpers import beats_chance, compose_raw, read_jsonl, run_fedmtl
@@ -162,18 +164,21 @@ def test_a_failing_silo_is_rejected_and_the_run_goes_on(tmp_path: Path, monkeypa
     config = parse(raw)
     # Silo data is built once per process, so silo 1's training data is this very object.
     device = client_device(config.runtime.name, config.runtime.params)
-    bad_data = client_app._silo_data(config.to_json(), 1, "train", device)
-    original = client_app.train_local
+    node = node_settings({"partition-id": 1, "num-partitions": 4})
+    bad_data = client_app._silo_data(config.to_json(), node, "train", device)
+    original = silo_side.train_local
 
     def flaky(model, data, cfg, generator, **kwargs):
         if data is bad_data:
             raise RuntimeError("disk on fire")
         return original(model, data, cfg, generator, **kwargs)
 
-    monkeypatch.setattr(client_app, "train_local", flaky)
+    monkeypatch.setattr(silo_side, "train_local", flaky)
     summary = run(config)
     assert [(r["round"], r["silo"]) for r in summary["rejected"]] == [(1, 1), (2, 1)]
-    assert all("disk on fire" in r["reason"] for r in summary["rejected"])
+    # the reason stays in the silo's own log: the reply says only that the silo is unavailable
+    assert all(client_app.UNAVAILABLE in r["reason"] for r in summary["rejected"])
+    assert not any("disk on fire" in r["reason"] for r in summary["rejected"])
     assert summary["rounds"] == 2
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     train_rows = [r for r in rows if r["split"] == "train"]

@@ -304,10 +304,11 @@ def test_solve_signature_is_the_contract() -> None:
 
 def test_column_formulation_proves_what_slots_cannot_in_time() -> None:
     """Random affinities, T = 12 in 2 groups: the candidate-group program (picked by ``auto``)
-    proves the optimum well within a limit that stops the slot program (about 15 s there)."""
+    proves the optimum, where a 1 s limit stops the slot program (it needs about 15 s). The
+    generous limit only keeps a loaded machine from failing the test; neither time is asserted."""
     affinity = random_affinity(12, seed=12)
-    auto = solve_grouping(affinity, num_groups=2, time_limit=20.0)
-    columns = solve_grouping(affinity, num_groups=2, time_limit=20.0, formulation="columns")
+    auto = solve_grouping(affinity, num_groups=2, time_limit=300.0)
+    columns = solve_grouping(affinity, num_groups=2, time_limit=300.0, formulation="columns")
     assert auto.optimal and auto.groups == columns.groups
     slots = solve_grouping(affinity, num_groups=2, time_limit=1.0, formulation="slots")
     assert slots.objective <= auto.objective + 1e-9

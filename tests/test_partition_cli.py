@@ -11,6 +11,7 @@ import pytest
 
 from fedmtl.app.config import parse
 from fedmtl.app.launch import run
+from partitions.base import SCHEMA_VERSION
 from tests.helpers import beats_chance, compose_raw, read_jsonl, run_fedmtl
 
 
@@ -23,7 +24,7 @@ def test_partition_command_writes_the_manifest_stats_and_plots(tmp_path: Path) -
     )
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "partition.json").read_text())
-    assert manifest["schema_version"] == 2 and manifest["dataset"] == "digits"
+    assert manifest["schema_version"] == SCHEMA_VERSION and manifest["dataset"] == "digits"
     assert len(manifest["silos"]) == 10 and len(manifest["global_test_indices"]) == 180
     for silo in manifest["silos"]:
         assert {"id", "tasks", "num_train", "num_test", "train_indices", "test_indices"} <= set(

@@ -6,18 +6,34 @@ writes ``partition.json``, ``partition_stats.csv`` and its plots. ``hydra.run.di
 output directory. A bad value stops either command before any work with a message naming the key
 (exit status 2), and leaves no output directory behind. ``fedmtl run --help`` lists the config
 groups and their presets.
+
+``fedmtl run resume=DIR`` continues the run in DIR from its last checkpoint
+(:mod:`fedmtl.app.checkpoint`).
+
+``fedmtl bench SUITE --out DIR`` and ``fedmtl report DIR... --out OUT`` take plain arguments
+(argparse; :mod:`fedmtl.app.bench`, :mod:`fedmtl.app.report`) and compose their configs with
+:func:`fedmtl.app.config.compose`.
+
+For deployments (docs/deployment.md): ``fedmtl flwr-config [key=value ...]`` writes the same config
+as Flower run config for ``flwr run`` (:mod:`fedmtl.app.flwr_config`), and ``fedmtl deploy ...``
+makes certificates, node keys and demo tables and starts a local deployment
+(:mod:`fedmtl.app.deploy`).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from fedmtl.app import bench, deploy, flwr_config, report
+from fedmtl.app.checkpoint import resumed_raw_config
 from fedmtl.app.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
-from fedmtl.app.experiment import build_data
+from fedmtl.app.experiment import build_data, is_local
 from fedmtl.app.launch import run
 from fedmtl.app.runtime import set_offline_env
 from fedmtl.app.tracking import PARTITION_FILE
@@ -29,9 +45,18 @@ USAGE = """usage: fedmtl COMMAND [key=value ...]
 
 commands:
   run        train an experiment (Hydra overrides, e.g. dataset=synthetic num_rounds=5
-             runtime=inprocess hydra.run.dir=/tmp/x); `fedmtl run --help` lists config groups
+             runtime=inprocess hydra.run.dir=/tmp/x); `fedmtl run --help` lists config groups;
+             `fedmtl run resume=DIR` continues the run in DIR from its last checkpoint
   partition  build the partition only (e.g. partition=dirichlet_0.1 hydra.run.dir=/tmp/p) and
              write partition.json, partition_stats.csv and PNGs; prints the stats table
+  bench      run a benchmark suite: fedmtl bench SUITE --out DIR (SUITE: a name in
+             configs/bench/ or a path); resumable; `fedmtl bench --help`
+  report     tables, statistics and plots from run directories: fedmtl report DIR... --out OUT
+  flwr-config
+             the same overrides as Flower run config for `flwr run . CONNECTION --run-config FILE`
+             (e.g. experiment=flwr_tables dataset.schema=schema.json -o run.toml)
+  deploy     certs | node-key | demo-data | local: TLS certificates, SuperNode keys, demo tables
+             and a local deployment with TLS and node authentication (docs/deployment.md)
 """
 
 GROUPS = ("dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment")
@@ -41,8 +66,9 @@ HYDRA_FILES = (".hydra", "fedmtl.log")
 
 def help_text(command: str) -> str:
     """``fedmtl COMMAND --help``: the config groups, their presets and the top-level keys."""
+    output = " [-o FILE]" if command == "flwr-config" else ""
     lines = [
-        f"usage: fedmtl {command} [GROUP=PRESET ...] [KEY=VALUE ...] [hydra.run.dir=DIR]",
+        f"usage: fedmtl {command} [GROUP=PRESET ...] [KEY=VALUE ...] [hydra.run.dir=DIR]{output}",
         "",
         "config groups (choose a preset with GROUP=PRESET; set one value with GROUP.KEY=VALUE):",
     ]
@@ -53,8 +79,11 @@ def help_text(command: str) -> str:
         "registered plug-ins (the `name` a preset or GROUP.name=... selects):",
         *(f"  {key:<23} {', '.join(reg.names())}" for key, reg in GROUP_REGISTRIES.items()),
         "",
-        "top-level keys: seed, num_rounds, train.{local_epochs, max_steps, batch_size, optimizer,",
-        "  lr, momentum, weight_decay}",
+        "top-level keys: seed, num_rounds, checkpoint_every, train.{local_epochs, max_steps,",
+        "  batch_size, optimizer, lr, momentum, weight_decay}",
+        "",
+        "resume: fedmtl run resume=DIR [num_rounds=N runtime=... tracking...=...] continues the",
+        "  run in DIR from its checkpoint (every checkpoint_every rounds and after the last).",
         "",
         "examples:",
         "  fedmtl run dataset=synthetic strategy=upgrad runtime=inprocess num_rounds=10",
@@ -108,6 +137,22 @@ def _hydra_command(
     _main()
 
 
+def _resume(overrides: list[str]) -> None:
+    """``fedmtl run resume=DIR [KEY=VALUE ...]``: the run in DIR goes on from its checkpoint with
+    its own config (Hydra is not involved: no new run directory); only the keys of
+    :data:`~fedmtl.app.checkpoint.RESUMABLE_KEYS` may change."""
+    set_offline_env()
+    run_dir = Path([arg for arg in overrides if arg.startswith("resume=")][-1].split("=", 1)[1])
+    others = [arg for arg in overrides if not arg.startswith("resume=")]
+    quiet_third_party_logs()
+    try:
+        config = parse(resumed_raw_config(run_dir, others))
+        _run(config)
+    except ConfigError as err:
+        print(f"fedmtl run: invalid config: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 class _DropRunSimulationDeprecation(logging.Filter):
     """fedmtl starts simulations through ``flwr.simulation.run_simulation`` on purpose (the apps are
     built in this process from the composed config); Flower's notice that it prefers ``flwr run``
@@ -127,6 +172,10 @@ def quiet_third_party_logs() -> None:
 
 def _run(config: ExperimentConfig) -> None:
     summary = run(config)
+    if summary["status"] != "completed":
+        print(f"fedmtl run: the run ended with status {summary['status']!r}; results in "
+              f"{config.output_dir} (summary.json)", file=sys.stderr)  # fmt: skip
+        sys.exit(1)
     logging.getLogger("fedmtl").info("results in %s", config.output_dir)
     lines = [f"results: {config.output_dir}"]
     sections = [("personal test splits", summary["final"])]
@@ -143,6 +192,10 @@ def _run(config: ExperimentConfig) -> None:
 
 
 def _partition(config: ExperimentConfig) -> None:
+    if is_local(config):
+        raise ConfigError(
+            "partition", "is local: the silos hold the rows, there is nothing to partition here."
+        )
     dataset, partition = build_data(config)
     out = Path(config.output_dir)
     partition.save(out / PARTITION_FILE)
@@ -153,21 +206,56 @@ def _partition(config: ExperimentConfig) -> None:
 
 
 COMMANDS: dict[str, Callable[[ExperimentConfig], None]] = {"run": _run, "partition": _partition}
+PLAIN_COMMANDS: dict[str, Callable[[list[str]], int]] = {"bench": bench.main, "report": report.main}
+"""Commands with plain arguments (argparse) instead of Hydra overrides; each returns its exit status."""
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM stops a run like Ctrl-C: the round loop ends and summary.json says interrupted."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return
     command, overrides = args[0], args[1:]
+    if command in PLAIN_COMMANDS:
+        set_offline_env()
+        quiet_third_party_logs()
+        status = PLAIN_COMMANDS[command](overrides)
+        if status:
+            sys.exit(status)
+        return
+    if command == "deploy":
+        deploy.main(overrides)
+        return
+    if command == "flwr-config":
+        if any(arg in ("-h", "--help") for arg in overrides):
+            print(help_text(command))
+            return
+        try:
+            flwr_config.main(overrides)
+        except ConfigError as err:
+            print(f"fedmtl flwr-config: invalid config: {err}", file=sys.stderr)
+            sys.exit(2)
+        return
     if command not in COMMANDS:
         print(f"fedmtl: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
     if any(arg in ("-h", "--help") for arg in overrides):
         print(help_text(command))
         return
-    _hydra_command(command, COMMANDS[command], overrides)
+    try:
+        if command == "run" and any(arg.startswith("resume=") for arg in overrides):
+            _resume(overrides)
+        else:
+            _hydra_command(command, COMMANDS[command], overrides)
+    except KeyboardInterrupt:
+        print(f"fedmtl {command}: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -1,39 +1,76 @@
 """The Flower ClientApp: one silo's local training and evaluation on its own tasks.
 
-Thin wiring: the silo comes from the node config (``partition-id``); its data, the balancing method
-and the affinity probe a message asks for come from the :class:`~fedmtl.app.experiment.Experiment`
-(built once per process); training from :mod:`fedmtl.core.training`; the messages from
-:mod:`fedmtl.core.records`. Per-node state lives in ``context.state`` (the rounds this node has
-trained).
+Thin wiring: the silo and its rows come from the node config (:mod:`fedmtl.app.silo_data`: a
+table of its own, or a silo of the run's partition for demos); the balancing method and the
+affinity probe a message asks for come from the :class:`~fedmtl.app.experiment.Experiment` (built
+once per process); what the silo does with a message, in each personal mode, from
+:mod:`fedmtl.app.silo`; the messages from :mod:`fedmtl.core.records`. Per-node state lives in
+``context.state``: the silo's personal arrays (:data:`fedmtl.app.silo.PERSONAL`), the rounds this
+node has trained, and the fingerprint of the rows and tasks it announced (fixed for the run).
+A silo that keeps personal arrays also saves them to files after each round it trains in, and a
+resumed run restores them from there (:mod:`fedmtl.app.checkpoint`): in simulations under the
+run directory, on a SuperNode in the directory its node config's ``state-dir`` names (without it,
+a SuperNode keeps its state in memory only).
+
+What the server sends is checked before any work: the experiment config (it may name no file
+when it comes from the run config), the request's values against the silo's limits
+(:class:`fedmtl.app.silo_data.Limits`), the received arrays against the model (known keys, their
+shapes, finite values). Error replies follow one policy: a refused request says what was wrong
+with what the server sent (``refused: ...``); every other failure (the node config, the silo's
+files, a crash) gives the one reason :data:`UNAVAILABLE`, with the details only in the silo's own
+log, so that a reply never tells the server anything about the silo's files.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import zlib
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Error, Message
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
-from fedmtl.app.experiment import Experiment, cached_experiment, config_json_from
+from fedmtl.app.checkpoint import restore_silo_state, save_silo_state, silo_state_dir
+from fedmtl.app.config import parse
+from fedmtl.app.experiment import (
+    CONFIG_KEY,
+    Experiment,
+    cached_experiment,
+    config_json_from,
+    named_files,
+)
 from fedmtl.app.runtime import client_device
+from fedmtl.app.silo import PERSONAL, SiloWorker, round_seed, run_evaluate, run_train
+from fedmtl.app.silo_data import (
+    NodeSettings,
+    RequestRefused,
+    SiloData,
+    load_silo,
+    node_settings,
+)
 from fedmtl.core import records
 from fedmtl.core.data import LocalData
-from fedmtl.core.models import MultiTaskModel, is_trunk_key
-from fedmtl.core.records import (
-    EvaluateReply,
-    EvaluateRequest,
-    Groups,
-    TrainReply,
-    TrainRequest,
-)
-from fedmtl.core.training import StepProbe, TrainResult, evaluate, mean_task_losses, train_local
+from fedmtl.core.models import MultiTaskModel
+from fedmtl.core.records import Arrays, EvaluateRequest, Groups, TrainRequest
 
-PARTITION_ID = "partition-id"
 NODE_STATE = "fedmtl.node"
+SILO_STATE = "fedmtl.silo"
+"""The node-state record holding the fingerprint of the silo's announced rows and tasks."""
+RESTORED = "fedmtl.restored"
+"""Node-state record set once a resumed run has restored the silo's saved state."""
+REFUSED = "refused: "
+UNAVAILABLE = "silo unavailable: the reason is in the silo's own log"
+
+log = logging.getLogger("fedmtl")
+
+Handler = Callable[[Message, Context], Message]
 
 
 @functools.lru_cache(maxsize=8)
@@ -49,12 +86,25 @@ def _model_for(config_json: str, device: str, groups: Groups | None) -> MultiTas
     return _shared_model(config_json, device, json.dumps(groups, sort_keys=True) if groups else "")
 
 
+@functools.lru_cache(maxsize=64)
+def _silo(config_json: str, node: NodeSettings) -> SiloData:
+    return load_silo(cached_experiment(config_json), node)
+
+
 @functools.lru_cache(maxsize=256)
 def _silo_data(
-    config_json: str, silo_id: int, split: Literal["train", "test"], device: str
+    config_json: str, node: NodeSettings, split: Literal["train", "test"], device: str
 ) -> LocalData:
-    data = cached_experiment(config_json).silo_data(silo_id, split)
-    return data.to(torch.device(device))
+    silo = _silo(config_json, node)
+    return (silo.train if split == "train" else silo.test).to(torch.device(device))
+
+
+@functools.lru_cache(maxsize=8)
+def _initial_arrays(config_json: str, groups_json: str) -> Arrays:
+    """The seeded initial model's arrays (the server starts from the same)."""
+    groups = json.loads(groups_json)
+    model = cached_experiment(config_json).new_model(groups)
+    return records.state_arrays(model, model.exchanged_keys())
 
 
 def _device(experiment: Experiment) -> str:
@@ -62,108 +112,185 @@ def _device(experiment: Experiment) -> str:
     return client_device(runtime.name, runtime.params)
 
 
-def _silo_id(context: Context, experiment: Experiment) -> int:
-    value = context.node_config.get(PARTITION_ID)
-    num_silos = len(experiment.partition.silos)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < num_silos:
-        raise ValueError(
-            f"node config '{PARTITION_ID}' must be a silo id in [0, {num_silos}), got {value!r}"
+@contextmanager
+def _refusing(what: str) -> Iterator[None]:
+    """Turn a parse error of server-sent values into a refusal that says what was wrong."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError) as err:  # ConfigError is a ValueError
+        raise RequestRefused(f"{what}: {err}") from None
+
+
+def _experiment(context: Context, default_config_json: str | None) -> tuple[str, Experiment]:
+    """The run's experiment. A config from the run config (sent by whoever started the run) may
+    name no file: a silo opens only the files of its own node config."""
+    with _refusing("experiment config"):
+        config_json = config_json_from(context.run_config, default_config_json)
+        config = parse(json.loads(config_json))
+    files = named_files(config)
+    if files and context.run_config.get(CONFIG_KEY):
+        raise RequestRefused(
+            f"the experiment config names files ({', '.join(files)}); a silo opens only the "
+            "files its own node config names"
         )
-    return value
+    with _refusing("experiment config"):
+        experiment = cached_experiment(config_json)
+    return config_json, experiment
 
 
-def _round_seed(seed: int, silo_id: int, server_round: int) -> int:
-    """A seed that depends only on (experiment seed, silo, round), not on scheduling or runtime."""
-    return zlib.crc32(f"{seed}/{silo_id}/{server_round}".encode())
+def _check_arrays(model: MultiTaskModel, received: Arrays) -> None:
+    """The received arrays are parameters of the model, of its shapes, with finite values."""
+    state = model.state_dict()
+    for key, value in received.items():
+        if key not in state:
+            raise RequestRefused(f"the model has no parameter {key!r}")
+        if tuple(value.shape) != tuple(state[key].shape):
+            raise RequestRefused(
+                f"{key}: shape {tuple(value.shape)} != the model's {tuple(state[key].shape)}"
+            )
+        if not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
+            raise RequestRefused(f"{key}: values must be finite floating-point numbers")
 
 
-def _train_seeded(
-    model: MultiTaskModel,
-    data: LocalData,
-    request: TrainRequest,
-    seed: int,
-    device: str,
-    probe: StepProbe | None = None,
-) -> TrainResult:
-    """Train with the batch order, torch's global RNG (dropout) and the step balancing all set
-    by ``seed``; the caller's global RNG state is restored afterwards. A stateful balancing
-    method is built afresh each round: its state lives for the round's local steps. ``probe``
-    measures task affinity along the way."""
-    step_weights = None
-    if request.local_weighting is not None:
-        step_weights = Experiment.step_weights(request.local_weighting, seed)
-    devices = [torch.cuda.current_device()] if device == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        return train_local(
-            model,
-            data,
-            request.train,
-            torch.Generator().manual_seed(seed),
-            update_mode=request.update_mode,
-            step_weights=step_weights,
-            probe=probe,
+def _fix_for_run(context: Context, silo: SiloData) -> None:
+    """Remember the fingerprint of what the silo announced; refuse to go on when it changed."""
+    state = context.state.config_records.get(SILO_STATE) or ConfigRecord()
+    known = state.get("fingerprint")
+    if known is None:
+        state["fingerprint"] = silo.fingerprint
+        context.state.config_records[SILO_STATE] = state
+    elif known != silo.fingerprint:
+        raise RuntimeError(
+            "the silo's rows or tasks changed since it announced them in this run; restart the "
+            "run (or restore the data) to go on"
         )
+
+
+def _state_dir(
+    context: Context, experiment: Experiment, node: NodeSettings, silo_id: int
+) -> Path | None:
+    """Where the silo saves its own state: its node config's ``state-dir``; else, in a
+    simulation, the run directory's ``checkpoint/silos/silo-<id>``; else (a SuperNode without
+    ``state-dir``: the server names no path on a silo) nowhere."""
+    if node.state_dir is not None:
+        return Path(node.state_dir) / f"silo-{silo_id}"
+    if context.run_config.get(CONFIG_KEY):
+        return None
+    return silo_state_dir(Path(experiment.config.output_dir), silo_id)
+
+
+def _restore(tools: SiloWorker, resume_round: int, directory: Path) -> None:
+    """First message of a resumed run: the silo's state as of the checkpoint, unless this node
+    still holds it in memory; files from rounds after the checkpoint are dropped."""
+    tools.state.config_records[RESTORED] = ConfigRecord({"resume-round": resume_round})
+    saved = restore_silo_state(directory, resume_round)
+    if saved is not None and tools.personal() is None:
+        tools.state.array_records[PERSONAL] = records.to_array_record(saved)
+
+
+def _persist(tools: SiloWorker, request: TrainRequest, directory: Path) -> None:
+    """After a train message: the silo's personal arrays (if it keeps any) to its state files."""
+    personal = tools.personal()
+    if personal is not None:
+        save_silo_state(directory, request.server_round, personal, request.checkpoint.saved_round)
+
+
+def _answer(handler: Handler) -> Handler:
+    """The module docstring's error policy around a message handler."""
+
+    @functools.wraps(handler)
+    def answer(msg: Message, context: Context) -> Message:
+        kind = msg.metadata.message_type
+        try:
+            return handler(msg, context)
+        except RequestRefused as err:
+            log.warning("refused a %s message: %s", kind, err)
+            return Message(
+                Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{REFUSED}{err}"), reply_to=msg
+            )
+        except Exception:  # the details stay in this silo's log
+            log.exception("this silo could not answer a %s message", kind)
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, UNAVAILABLE), reply_to=msg)
+
+    return answer
 
 
 def make_client_app(default_config_json: str | None = None) -> ClientApp:
     """The ClientApp; the experiment config comes from the run config, else ``default_config_json``."""
     app = ClientApp()
 
-    def setup(context: Context) -> tuple[str, Experiment, int, str]:
-        config_json = config_json_from(context.run_config, default_config_json)
-        experiment = cached_experiment(config_json)
-        return config_json, experiment, _silo_id(context, experiment), _device(experiment)
+    def setup(context: Context) -> tuple[str, Experiment, NodeSettings, SiloData, str]:
+        config_json, experiment = _experiment(context, default_config_json)
+        node = node_settings(context.node_config)
+        if node.unknown:
+            log.warning("node config keys %s are not fedmtl's; ignored", list(node.unknown))
+        silo = _silo(config_json, node)
+        _fix_for_run(context, silo)
+        return config_json, experiment, node, silo, _device(experiment)
+
+    def worker(
+        context: Context,
+        request: TrainRequest | EvaluateRequest,
+        received: Arrays,
+        split: Literal["train", "test"],
+    ) -> tuple[Experiment, NodeSettings, SiloWorker, Path | None]:
+        """The silo's tools for one message (after checking what the server sent): the shared
+        model of the message's structure, the silo's rows of ``split``, its node state and its
+        round seed; and where it saves its state (restored from there in a resumed run)."""
+        config_json, experiment, node, silo, device = setup(context)
+        groups = request.groups
+        with _refusing("task groups"):
+            model = _model_for(config_json, device, groups)
+        _check_arrays(model, received)
+        tools = SiloWorker(
+            model=model,
+            data=_silo_data(config_json, node, split, device),
+            state=context.state,
+            initial=lambda: _initial_arrays(config_json, json.dumps(groups, sort_keys=True)),
+            seed=round_seed(experiment.config.seed, silo.silo_id, request.server_round),
+            device=device,
+        )
+        directory = _state_dir(context, experiment, node, silo.silo_id)
+        resume = request.checkpoint.resume_round
+        if directory and resume and RESTORED not in context.state.config_records:
+            _restore(tools, resume, directory)
+        return experiment, node, tools, directory
 
     @app.query()
+    @_answer
     def query(msg: Message, context: Context) -> Message:
-        _, experiment, silo_id, _ = setup(context)
-        return Message(experiment.silo_info(silo_id).to_content(), reply_to=msg)
+        _, _, _, silo, _ = setup(context)
+        return Message(silo.info.to_content(), reply_to=msg)
 
     @app.train()
+    @_answer
     def train(msg: Message, context: Context) -> Message:
-        config_json, experiment, silo_id, device = setup(context)
-        received, config = records.request_parts(msg.content)
-        request = TrainRequest.from_config(config)
-        model = _model_for(config_json, device, request.groups)
-        records.load_arrays(model, received)
-        data = _silo_data(config_json, silo_id, "train", device)
-        loss_before = mean_task_losses(model, data)
+        with _refusing("train request"):
+            received, config = records.request_parts(msg.content)
+            request = TrainRequest.from_config(config)
+        experiment, node, tools, directory = worker(context, request, received, "train")
+        node.limits.check(request, tools.data.num_samples)
+        step_weights = None
         probe = None
-        if request.affinity is not None:
-            probe = experiment.affinity_probe(request.affinity, model, data)
-        seed = _round_seed(experiment.config.seed, silo_id, request.server_round)
-        result = _train_seeded(model, data, request, seed, device, probe)
-        trained = records.state_arrays(model, list(received))
-        deltas = {k: trained[k] - received[k] for k in received}
-        task_deltas = None
-        if result.task_trunk_deltas is not None:  # per_task mode: each task's share of its trunk
-            deltas = {k: v for k, v in deltas.items() if not is_trunk_key(k)}
-            task_deltas = {
-                task: {key: share.detach().cpu().numpy() for key, share in shares.items()}
-                for task, shares in result.task_trunk_deltas.items()
-            }
-        reply = TrainReply(
-            deltas=deltas,
-            num_examples=data.num_samples,
-            steps=result.steps,
-            task_examples=dict(data.labelled_counts()),
-            train_loss=result.mean_loss,
-            loss_before=loss_before,
-            task_deltas=task_deltas,
-            affinity={} if probe is None else probe.means(),
-        )
+        with _refusing("train request"):
+            if request.local_weighting is not None:
+                step_weights = Experiment.step_weights(request.local_weighting, tools.seed)
+            if request.affinity is not None:
+                probe = experiment.affinity_probe(request.affinity, tools.model, tools.data)
+        reply = run_train(tools, received, request, step_weights, probe)
         _remember_round(context, request.server_round)
+        if directory is not None:
+            _persist(tools, request, directory)
         return Message(reply.to_content(), reply_to=msg)
 
     @app.evaluate()
+    @_answer
     def evaluate_(msg: Message, context: Context) -> Message:
-        config_json, _, silo_id, device = setup(context)
-        received, config = records.request_parts(msg.content)
-        model = _model_for(config_json, device, EvaluateRequest.from_config(config).groups)
-        records.load_arrays(model, received)
-        stats = evaluate(model, _silo_data(config_json, silo_id, "test", device))
-        return Message(EvaluateReply(stats).to_content(), reply_to=msg)
+        with _refusing("evaluate request"):
+            received, config = records.request_parts(msg.content)
+            request = EvaluateRequest.from_config(config)
+        _, _, tools, _ = worker(context, request, received, "test")
+        return Message(run_evaluate(tools, received, request).to_content(), reply_to=msg)
 
     return app
 

@@ -27,6 +27,7 @@ from fedmtl.core.schema import (
     ModelConfig,
     PartitionConfig,
     PartitionFile,
+    PartitionLocal,
     PluginConfig,
     TrackingConfig,
     TrainConfig,
@@ -155,9 +156,18 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     for key in ("seed", "num_rounds", "dataset", "model", "partition", "strategy", "runtime"):
         if key not in raw:
             raise ConfigError(key, "is required but missing.", "set it in the config.")
-    for key in ("seed", "num_rounds"):
-        if isinstance(raw[key], bool) or not isinstance(raw[key], int):
+    for key in ("seed", "num_rounds", "checkpoint_every"):
+        if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int)):
             raise ConfigError(key, f"expected an integer, got {raw[key]!r}.")
+    if raw.get("checkpoint_every", 0) < 0:
+        raise ConfigError(
+            "checkpoint_every",
+            f"must be >= 0, got {raw['checkpoint_every']}.",
+            "use e.g. 5, or 0 to save only after the last round.",
+        )
+    resume = raw.get("resume")
+    if resume is not None and not isinstance(resume, str):
+        raise ConfigError("resume", f"expected a run directory, got {resume!r}.")
     if raw["num_rounds"] < 1:
         raise ConfigError(
             "num_rounds", f"must be >= 1, got {raw['num_rounds']}.", "set num_rounds=10."
@@ -198,23 +208,29 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
         train=train,
         tracking=tracking,
         output_dir=output_dir,
+        checkpoint_every=raw.get("checkpoint_every", ExperimentConfig.checkpoint_every),
+        resume=resume,
         raw=raw,
     )
 
 
-def parse_partition(values: Any) -> PartitionConfig | PartitionFile:
-    """The ``partition`` group: a :class:`PartitionFile` when it sets ``path``, else a
-    :class:`PartitionConfig` with its plug-ins checked against their registries."""
+def parse_partition(values: Any) -> PartitionConfig | PartitionFile | PartitionLocal:
+    """The ``partition`` group: a :class:`PartitionFile` when it sets ``path``, a
+    :class:`PartitionLocal` when it sets ``local: true``, else a :class:`PartitionConfig` with its
+    plug-ins checked against their registries."""
     if not isinstance(values, Mapping):
         raise ConfigError("partition", f"expected a mapping, got {values!r}.")
     if "path" in values:
         return _parse_partition_file(values)
+    if "local" in values:
+        return _parse_partition_local(values)
     plugins: dict[str, Registry[Any]] = {
         "assignment": ASSIGNMENTS,
         "split": SPLITS,
         "feature_skew": FEATURE_SKEWS,
     }
     allowed = {"num_silos", "test_fraction", "min_train_per_task", "global_test_fraction"}
+    allowed |= {"validation_fraction"}
     allowed |= {"missing_labels", *plugins}
     for key in values:
         if key not in allowed:
@@ -239,8 +255,10 @@ def parse_partition(values: Any) -> PartitionConfig | PartitionFile:
 
 
 def _parse_partition_file(values: Mapping[str, Any]) -> PartitionFile:
-    """``{path}`` only: everything else comes from the manifest."""
-    extra = sorted(set(values) - {"path"})
+    """``{path}`` only: everything else comes from the manifest (``validation_fraction`` may be
+    there at its default 0: a saved partition cannot be carved into a validation partition)."""
+    _no_validation(values, "partition.path: the manifest fixes every silo's rows", "partition.path")
+    extra = sorted(set(values) - {"path", "validation_fraction"})
     if extra:
         raise ConfigError(
             f"partition.{extra[0]}",
@@ -255,3 +273,27 @@ def _parse_partition_file(values: Mapping[str, Any]) -> PartitionFile:
             "set partition.path=DIR/partition.json (written by `fedmtl run` or `fedmtl partition`).",
         )
     return PartitionFile(path=path)
+
+
+def _parse_partition_local(values: Mapping[str, Any]) -> PartitionLocal:
+    """``{local: true, num_silos, test_fraction, min_train_per_task}``: the silos hold the rows."""
+    if values["local"] is not True:
+        raise ConfigError(
+            "partition.local",
+            f"must be true when set, got {values['local']!r}.",
+            "use partition=local, or another partition preset.",
+        )
+    _no_validation(values, "a local partition: each silo cuts its own rows", "partition=local")
+    rest = {k: v for k, v in values.items() if k not in ("local", "validation_fraction")}
+    local: PartitionLocal = build_dataclass(PartitionLocal, rest, "partition")
+    return local
+
+
+def _no_validation(values: Mapping[str, Any], why: str, drop: str) -> None:
+    """``validation_fraction`` (every partition preset has it) may only be its default 0 here."""
+    if values.get("validation_fraction", 0) not in (0, 0.0):
+        raise ConfigError(
+            "partition.validation_fraction",
+            f"cannot be set with {why}.",
+            f"tune on a partition built from its config, or drop {drop}.",
+        )

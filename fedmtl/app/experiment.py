@@ -18,13 +18,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from fedmtl.app.config import parse
 from fedmtl.core.data import LocalData, MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.records import AffinityRequest, SiloInfo, WeightingSpec
 from fedmtl.core.rounds import RoundObserver
-from fedmtl.core.schema import ExperimentConfig, PartitionFile
+from fedmtl.core.schema import ExperimentConfig, PartitionFile, PartitionLocal
 from fedmtl.core.training import StepWeights
 from fedmtl.datasets import TableSource, build_source, materialise
 from fedmtl.trunks import build_model
@@ -46,6 +48,13 @@ class Experiment:
     config: ExperimentConfig
     dataset: MultiTaskDataset
     partition: Partition
+
+    @property
+    def num_silos(self) -> int:
+        """The silos the run expects: a local partition's configured number (the silos bring
+        their own rows), else the partition's."""
+        part = self.config.partition
+        return part.num_silos if isinstance(part, PartitionLocal) else self.partition.num_silos
 
     def new_model(self, groups: Mapping[str, Sequence[str]] | None = None) -> MultiTaskModel:
         """A fresh model initialised from the seed: identical in every process. With ``groups``
@@ -111,6 +120,14 @@ def build_data(config: ExperimentConfig) -> tuple[MultiTaskDataset, Partition]:
     source = build_source(config.dataset.name, config.dataset.params, config.seed)
     tasks = config.dataset.tasks
     part = config.partition
+    if isinstance(part, PartitionLocal):
+        return _local_data(config, source)
+    if isinstance(source, TableSource) and source.num_samples == 0:
+        raise ConfigError(
+            "dataset.path",
+            "is required: only partition=local runs without rows (the silos hold them).",
+            "set dataset.path=FILE, or use partition=local in a deployment.",
+        )
     if isinstance(part, PartitionFile):
         partition = Partition.load(part.path)
         dataset = materialise(source, partition.train_rows(), tasks)
@@ -125,9 +142,49 @@ def build_data(config: ExperimentConfig) -> tuple[MultiTaskDataset, Partition]:
         part.global_test_fraction,
         config.seed,
         fitted=isinstance(source, TableSource),
+        validation_fraction=part.validation_fraction,
     )
     dataset = materialise(source, None if held_out is None else held_out.train_rows(), tasks)
     return dataset, build_partition(dataset, part, config.seed, held_out)
+
+
+def _local_data(
+    config: ExperimentConfig, source: MultiTaskDataset | TableSource
+) -> tuple[MultiTaskDataset, Partition]:
+    """``partition=local``: the silos hold the rows, so here the dataset has none (its tasks and
+    input shape come from the shared feature schema) and the partition has no silos."""
+    if not (isinstance(source, TableSource) and source.num_samples == 0 and source.schema):
+        raise ConfigError(
+            "partition",
+            "is local (each silo brings its own rows), which needs dataset=table with a shared "
+            "schema and no dataset.path.",
+            "set dataset=table dataset.schema=SCHEMA.json and leave dataset.path null.",
+        )
+    dataset = materialise(source, np.zeros(0, np.int64), config.dataset.tasks)
+    partition = Partition(
+        dataset=dataset.name, seed=config.seed, task_names=tuple(dataset.task_names), silos=()
+    )
+    return dataset, partition
+
+
+def is_local(config: ExperimentConfig) -> bool:
+    """Whether the silos bring their own rows (``partition=local``)."""
+    return isinstance(config.partition, PartitionLocal)
+
+
+def named_files(config: ExperimentConfig) -> list[str]:
+    """The config keys that name a file to read (a table, a schema file, a partition manifest).
+
+    A ClientApp never opens a file that the server's run config names: a silo's files come from
+    its own node config (:mod:`fedmtl.app.silo_data`)."""
+    keys = [
+        f"dataset.{name}"
+        for name in ("path", "schema")
+        if isinstance(getattr(config.dataset.params, name, None), str)
+    ]
+    if isinstance(config.partition, PartitionFile):
+        keys.append("partition.path")
+    return keys
 
 
 def prepare(config: ExperimentConfig) -> Experiment:
@@ -138,17 +195,21 @@ def prepare(config: ExperimentConfig) -> Experiment:
     dataset, partition = build_data(config)
     experiment = Experiment(config=config, dataset=dataset, partition=partition)
     experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
-    config.strategy.params.check_experiment(dataset.task_names, config.num_rounds)
+    check_strategy(config, dataset.task_names, experiment.num_silos)
+    return experiment
+
+
+def check_strategy(config: ExperimentConfig, task_names: Sequence[str], num_silos: int) -> None:
+    """The strategy's own checks against the dataset's tasks and the number of silos."""
+    config.strategy.params.check_experiment(task_names, config.num_rounds)
     # Simulated runtimes start one node per silo: waiting for more would only time out.
     min_available = config.strategy.params.min_available_nodes
-    num_silos = partition.num_silos
     if min_available > num_silos:
         raise ConfigError(
             "strategy.min_available_nodes",
             f"is {min_available} but the partition has only {num_silos} silos.",
             "lower it or raise partition.num_silos.",
         )
-    return experiment
 
 
 @functools.lru_cache(maxsize=4)

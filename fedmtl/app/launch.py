@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedmtl.app.checkpoint import CHECKPOINT_DIR, check_resumable, load_checkpoint
 from fedmtl.app.client_app import make_client_app
-from fedmtl.app.experiment import cached_experiment
+from fedmtl.app.experiment import cached_experiment, is_local
 from fedmtl.app.runtime import RUNTIMES, Apps, set_offline_env
 from fedmtl.app.server_app import make_server_app
-from fedmtl.app.tracking import SUMMARY_FILE
+from fedmtl.app.tracking import METRICS_FILE, SUMMARY_FILE
+from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig
 
 
@@ -21,6 +23,14 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
     before Ray starts or any training happens.
     """
     set_offline_env()
+    if is_local(config):
+        raise ConfigError(
+            "partition",
+            "is local: each silo brings its own rows through its SuperNode's node config, which "
+            "only a deployment has.",
+            "start it with `flwr run` (docs/deployment.md), or choose another partition preset.",
+        )
+    check_output_dir(config)
     config_json = config.to_json()
     experiment = cached_experiment(config_json)
     runner = RUNTIMES.get(config.runtime.name, key="runtime.name").factory
@@ -31,3 +41,28 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
         raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
     result: dict[str, Any] = json.loads(summary_path.read_text())
     return result
+
+
+RESULT_FILES = (SUMMARY_FILE, METRICS_FILE, CHECKPOINT_DIR)
+"""What a run leaves in its directory: another run there would mix its files with these."""
+
+
+def check_output_dir(config: ExperimentConfig) -> None:
+    """A resumed run: its checkpoint is readable and its config is the run's own. A new run: its
+    directory holds no other run's results (ConfigError otherwise, before any work)."""
+    output_dir = Path(config.output_dir)
+    if config.resume is not None:
+        if Path(config.resume).resolve() != output_dir.resolve():
+            raise ConfigError(
+                "resume", f"is {config.resume} but output_dir is {output_dir}.", "resume in place."
+            )
+        check_resumable(config.raw, load_checkpoint(output_dir))
+        return
+    found = [name for name in RESULT_FILES if (output_dir / name).exists()]
+    if found:
+        raise ConfigError(
+            "output_dir",
+            f"{output_dir} already holds a run's results ({', '.join(found)}).",
+            f"choose another directory (hydra.run.dir=...), or continue that run with "
+            f"`fedmtl run resume={output_dir}`.",
+        )

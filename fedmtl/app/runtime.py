@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -114,9 +117,43 @@ def check_device(params: InProcessParams) -> None:
         )
 
 
+RAY_CONNECT_TIMEOUT_S = 5.0
+RAY_CLUSTER_FILE = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+"""Where a running local Ray cluster writes its address (what ``address="auto"`` looks up)."""
+
+
+def check_ray_address(address: str) -> None:
+    """A ConfigError unless a Ray cluster answers at ``address`` (``auto``: the cluster named by
+    ``RAY_ADDRESS`` or the local cluster file) within a few seconds: joining an address where
+    nothing listens would otherwise wait for many minutes."""
+    target = address
+    if address == "auto":
+        target = os.environ.get("RAY_ADDRESS", "")
+        if not target and RAY_CLUSTER_FILE.is_file():
+            target = RAY_CLUSTER_FILE.read_text().strip()
+        if not target or target == "auto":
+            raise ConfigError(
+                "runtime.ray_address",
+                "is auto but no running Ray cluster was found (no RAY_ADDRESS, no local cluster).",
+                "start one (`ray start --head`), give its host:port, or set it to null for a local one.",
+            )
+    host, _, port = target.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), RAY_CONNECT_TIMEOUT_S):
+            return
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            "runtime.ray_address",
+            f"no Ray cluster answers at {target!r} ({err}).",
+            "check the head node's host:port (ray status), or set it to null for a local Ray.",
+        ) from None
+
+
 def check_resources(params: SimulationParams) -> None:
-    """Refuse requests that would leave Ray's actor pool waiting forever (local Ray only)."""
+    """Refuse requests that would leave Ray waiting forever: resources a local Ray cannot give,
+    or the address of a cluster that does not answer."""
     if params.ray_address is not None:
+        check_ray_address(params.ray_address)
         return
     if params.num_gpus > 0 and not torch.cuda.is_available():
         raise ConfigError(
@@ -136,24 +173,35 @@ def check_resources(params: SimulationParams) -> None:
 class InProcessGrid(Grid):
     """A Flower ``Grid`` that delivers each message by calling the ClientApp in this process.
 
-    Node ``i`` (id ``NODE_ID_BASE + i``) holds silo ``i``; each node keeps its own ``Context``, so
-    ``context.state`` persists across rounds exactly as on a SuperNode. A ClientApp exception comes
-    back as an error reply, as it would from a real node.
+    Node ``i`` (id ``NODE_ID_BASE + i``) holds silo ``i`` (node config ``partition-id``, as in
+    Flower's simulation), or has ``node_configs[i]`` (e.g. a silo's own ``data-file``); each node
+    keeps its own ``Context``, so ``context.state`` persists across rounds exactly as on a
+    SuperNode. A ClientApp exception comes back as an error reply, as it would from a real node.
     """
 
     NODE_ID_BASE = 1000
 
-    def __init__(self, client_app: Any, num_nodes: int, run_config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        client_app: Any,
+        num_nodes: int,
+        run_config: dict[str, Any],
+        node_configs: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.client_app = client_app
+        if node_configs is None:
+            node_configs = [
+                {"partition-id": i, "num-partitions": num_nodes} for i in range(num_nodes)
+            ]
         self.contexts = {
             self.NODE_ID_BASE + i: Context(
                 run_id=0,
                 node_id=self.NODE_ID_BASE + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                node_config=dict(node_config),
                 state=RecordDict(),
                 run_config=dict(run_config),
             )
-            for i in range(num_nodes)
+            for i, node_config in enumerate(node_configs)
         }
         self._run: Any = None
         self._replies: dict[str, Message] = {}

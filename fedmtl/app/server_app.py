@@ -1,6 +1,10 @@
 """The Flower ServerApp: wires the experiment's config, model, strategy and result files.
 
-The same app runs on every runtime: in-process, Flower's simulation engine, or a SuperLink.
+The same app runs on every runtime: in-process, Flower's simulation engine, or a SuperLink. Started
+by ``flwr run`` (the config comes from the run config), it writes its results to
+``<output_dir>/<run id>/`` (a directory it creates: a run never overwrites another's results) and
+sends fedmtl's log, one INFO line per round instead of a progress bar, to Flower's log stream
+(``flwr run --stream``, ``flwr log``).
 """
 
 from __future__ import annotations
@@ -9,28 +13,47 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.common.logger import console_handler
 from flwr.serverapp import Grid, ServerApp
 
-from fedmtl.app.experiment import Experiment, cached_experiment, config_json_from
+from fedmtl.app.checkpoint import (
+    RunState,
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
+    save_model,
+    should_checkpoint,
+)
+from fedmtl.app.experiment import CONFIG_KEY, Experiment, cached_experiment, config_json_from
+from fedmtl.app.provenance import provenance
+from fedmtl.app.scenario import scenario_of
 from fedmtl.app.tracking import PARTITION_FILE, SUMMARY_SCHEMA_VERSION, Tracker
 from fedmtl.core import records
+from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import MultiTaskModel
+from fedmtl.core.records import SiloCheckpoint
 from fedmtl.core.tasks import TaskSpec
 from fedmtl.core.training import evaluate
 from strategies import TaskAwareStrategy
+from strategies.base import RunStopped
 
 log = logging.getLogger("fedmtl")
 
 
-def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
-    """Train for ``num_rounds`` on ``grid``, write the result files and return the summary."""
+def run_server(grid: Grid, experiment: Experiment, runtime: str | None = None) -> dict[str, Any]:
+    """Train for ``num_rounds`` on ``grid`` (after the checkpoint of the run it resumes, if
+    any), write the result files and return the summary; ``runtime``: what started the run, for
+    the summary (default: the configured runtime)."""
     cfg = experiment.config
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    previous = load_checkpoint(Path(cfg.resume)) if cfg.resume else None
+    done = previous.server_round if previous else 0
     experiment.partition.save(output_dir / PARTITION_FILE)
     tasks = list(experiment.dataset.tasks)
     tracker = Tracker(
@@ -40,26 +63,111 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
         cfg.num_rounds,
         run_config=dict(cfg.raw),
         run_name=f"{cfg.dataset.name}-{cfg.strategy.name}-seed{cfg.seed}",
+        resume_round=done,
     )
     strategy = experiment.new_strategy(observers=[tracker])
-    model = experiment.new_model()
-    initial = records.to_array_record(records.state_arrays(model, model.exchanged_keys()))
     global_eval = GlobalEvaluator(experiment, tracker, strategy)
-    started = time.perf_counter()
+    if previous is None:
+        model = experiment.new_model(strategy.model_groups)
+        initial = records.to_array_record(records.state_arrays(model, model.exchanged_keys()))
+    else:
+        log.info("resuming %s after round %d", output_dir, done)
+        strategy.load_state_dict(previous.strategy)
+        global_eval.load_state_dict(previous.evaluator)
+        strategy.silo_checkpoint = SiloCheckpoint(saved_round=done, resume_round=done)
+        initial = records.to_array_record(previous.model)
+    checkpointer = Checkpointer(experiment, strategy, global_eval, previous)
+    status = "crashed"  # until the loop ends or stops with a reason
     try:
         strategy.start(
             grid,
             initial,
             num_rounds=cfg.num_rounds,
             timeout=strategy.params.reply_timeout_s,
-            evaluate_fn=global_eval if global_eval.num_samples else None,
+            evaluate_fn=global_eval
+            if global_eval.num_samples and strategy.has_global_model
+            else None,
+            first_round=done + 1,
+            on_round_end=checkpointer,
         )
+        status = final_status(strategy, experiment.num_silos)
+    except RunStopped as stop:
+        log.error("the run stopped: %s", stop)
+        status = stop.status
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
     finally:
-        summary = build_summary(experiment, strategy, time.perf_counter() - started)
+        summary = build_summary(experiment, strategy, checkpointer.wall_time_s())
+        summary["runtime"] = runtime or cfg.runtime.name
         summary["global"] = global_eval.summary(experiment.dataset.tasks)
+        summary["status"] = status
+        summary["resumed_from"] = checkpointer.resumed_from
+        summary["checkpoint_round"] = checkpointer.saved_round
         strategy.write_artifacts(output_dir, plots=cfg.tracking.plots)
         tracker.finish(summary)
+    if status != "completed":
+        log.error("run status: %s", status)
     return summary
+
+
+class Checkpointer:
+    """Called by the round loop after each round: saves the run's state after the rounds
+    :func:`should_checkpoint` picks, and the final model after the last (:mod:`~fedmtl.app.checkpoint`)."""
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        strategy: TaskAwareStrategy,
+        global_eval: GlobalEvaluator,
+        previous: RunState | None,
+    ) -> None:
+        self.config = experiment.config
+        self.strategy = strategy
+        self.global_eval = global_eval
+        self.started = time.perf_counter()
+        self.earlier_s = previous.wall_time_s if previous else 0.0
+        self.resumed_from = [*previous.resumed_from, previous.server_round] if previous else []
+        self.saved_round = previous.server_round if previous else None
+
+    def wall_time_s(self) -> float:
+        """The run's wall time: this process's and that of the runs it resumes."""
+        return self.earlier_s + time.perf_counter() - self.started
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> None:
+        cfg = self.config
+        if not should_checkpoint(server_round, cfg.checkpoint_every, cfg.num_rounds):
+            return
+        run_dir = Path(cfg.output_dir)
+        model = records.from_array_record(arrays)
+        state = RunState(
+            server_round=server_round,
+            config=dict(cfg.raw),
+            model=model,
+            strategy=self.strategy.state_dict(),
+            evaluator=self.global_eval.state_dict(),
+            wall_time_s=self.wall_time_s(),
+            resumed_from=self.resumed_from,
+        )
+        save_checkpoint(run_dir, state)
+        self.saved_round = server_round
+        self.strategy.silo_checkpoint = replace(
+            self.strategy.silo_checkpoint, saved_round=server_round
+        )
+        if server_round == cfg.num_rounds:
+            meta = {"strategy": cfg.strategy.name, "round": str(server_round)}
+            save_model(run_dir, model, self.strategy.model_groups, meta)
+
+
+def final_status(strategy: TaskAwareStrategy, num_silos: int) -> str:
+    """``completed``, or why not: ``no_updates_aggregated`` (no round aggregated any update),
+    ``silos_missing`` (a configured silo never connected)."""
+    if not strategy.participants:
+        return "no_updates_aggregated"
+    connected = {info.silo_id for info in strategy.silos.values()}
+    if set(range(num_silos)) - connected:
+        return "silos_missing"
+    return "completed"
 
 
 class GlobalEvaluator:
@@ -105,6 +213,12 @@ class GlobalEvaluator:
         self.tracker.record_global(server_round, metrics)
         return records.flat_task_metrics(metrics)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [[r, metrics] for r, metrics in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [(int(r), metrics) for r, metrics in state["history"]]
+
     def summary(self, tasks: Sequence[TaskSpec]) -> dict[str, Any] | None:
         """``summary.json``'s ``global``: ``num_samples``, ``final``, ``final_round``, ``best``
         (None without a global test set)."""
@@ -132,7 +246,6 @@ def build_summary(
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "dataset": cfg.dataset.name,
         "strategy": cfg.strategy.name,
-        "runtime": cfg.runtime.name,
         "seed": cfg.seed,
         "rounds": len(strategy.history),
         "tasks": dataset.task_names,
@@ -143,12 +256,22 @@ def build_summary(
         "bytes_up": int(strategy.bytes_up),
         "bytes_down": int(strategy.bytes_down),
         "wall_time_s": float(wall_time_s),
-        "num_silos": len(experiment.partition.silos),
-        "holders": {t: experiment.partition.holders(t) for t in dataset.task_names},
+        "num_silos": experiment.num_silos,
+        "silos_participated": sorted(strategy.participants),
+        "silos_missing": sorted(
+            set(range(experiment.num_silos)) - {info.silo_id for info in strategy.silos.values()}
+        ),
+        "holders": {  # as the silos announced them: only silos that connected
+            t: sorted(info.silo_id for info in strategy.silos.values() if t in info.tasks)
+            for t in dataset.task_names
+        },
         "rejected": strategy.rejections,
         **strategy.results(),
         "dataset_info": dataset.info,
         "config": dict(cfg.raw),
+        "scenario": scenario_of(cfg.raw),
+        "delta_mtl": None,  # filled by `fedmtl bench` once the scenario's single_task run is known
+        "provenance": provenance(),
     }
 
 
@@ -171,10 +294,53 @@ def make_server_app(default_config_json: str | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        experiment = cached_experiment(config_json_from(context.run_config, default_config_json))
-        run_server(grid, experiment)
+        config_json = config_json_from(context.run_config, default_config_json)
+        runtime = None
+        if context.run_config.get(CONFIG_KEY):  # started by `flwr run`
+            log_to_flower()
+            config_json = for_flower_run(config_json, context.run_id)
+            runtime = FLWR_RUN
+        run_server(grid, cached_experiment(config_json), runtime)
 
     return app
+
+
+def log_to_flower() -> None:
+    """fedmtl's INFO log through Flower's console handler, which ``flwr run --stream`` and
+    ``flwr log`` read."""
+    log.setLevel(logging.INFO)
+    if console_handler not in log.handlers:
+        log.addHandler(console_handler)
+
+
+FLWR_RUN = "flwr run"
+"""``summary.json``'s ``runtime`` for a run started by ``flwr run`` (Flower's simulation or a
+deployment: the ServerApp cannot tell which)."""
+
+
+def for_flower_run(config_json: str, run_id: int) -> str:
+    """The config of a ``flwr run``: results in ``<output_dir>/<run_id>/`` (created here, so that no
+    run overwrites another's; a resumed run goes on in its own directory) and no progress bar
+    (its lines would clutter Flower's log)."""
+    raw = json.loads(config_json)
+    raw.setdefault("tracking", {})["progress"] = False
+    if raw.get("resume"):
+        check_resumable(raw, load_checkpoint(Path(raw["resume"])))
+        raw["output_dir"] = raw["resume"]
+        log.info("run %s: resumes %s", run_id, Path(raw["resume"]).resolve())
+        return json.dumps(raw)
+    run_dir = Path(raw.get("output_dir") or ".") / str(run_id)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise ConfigError(
+            "output_dir",
+            f"{run_dir} exists: the results of run {run_id} are never overwritten.",
+            "move it away, or start a new run.",
+        ) from None
+    log.info("run %s: results in %s", run_id, run_dir.resolve())
+    raw["output_dir"] = str(run_dir)
+    return json.dumps(raw)
 
 
 app = make_server_app()

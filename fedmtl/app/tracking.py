@@ -21,6 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from fedmtl.app.checkpoint import atomic_write_text
 from fedmtl.core.rounds import RoundRecord
 from fedmtl.core.schema import TrackingConfig
 from fedmtl.core.tasks import TaskSpec
@@ -47,15 +48,29 @@ class Tracker:
         num_rounds: int,
         run_config: dict[str, Any],
         run_name: str,
+        resume_round: int = 0,
     ) -> None:
+        """``resume_round`` > 0: the run goes on after that round; ``metrics.jsonl`` keeps its
+        lines up to it (later ones belong to rounds being redone) and grows from there."""
         self.output_dir = output_dir
         self.cfg = cfg
         self.tasks = tasks
+        self.num_rounds = num_rounds
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = output_dir / METRICS_FILE
-        self.metrics_path.write_text("")
+        kept = ""
+        if resume_round and self.metrics_path.exists():
+            lines = self.metrics_path.read_text().splitlines()
+            kept = "".join(
+                f"{line}\n" for line in lines if json.loads(line)["round"] <= resume_round
+            )
+        atomic_write_text(self.metrics_path, kept)
         self.progress = tqdm(
-            total=num_rounds, desc="rounds", unit="round", disable=not cfg.progress
+            total=num_rounds,
+            initial=resume_round,
+            desc="rounds",
+            unit="round",
+            disable=not cfg.progress,
         )
         self.wandb_run = self._start_wandb(run_config, run_name) if cfg.wandb else None
         self._global: dict[int, dict[str, dict[str, float]]] = {}
@@ -69,6 +84,7 @@ class Tracker:
 
             return wandb.init(
                 project=self.cfg.wandb_project,
+                group=self.cfg.wandb_group,
                 name=run_name,
                 mode=mode,
                 dir=str(self.output_dir),
@@ -139,6 +155,8 @@ class Tracker:
             flat.update({"bytes_up": record.bytes_up, "bytes_down": record.bytes_down})
             self.wandb_run.log(flat, step=record.server_round)
         self.progress.update(1)
+        if not self.cfg.progress:  # no bar to show the round: one log line (Flower's log stream)
+            log.info("%s", round_line(record, self.tasks, self.num_rounds))
         if record.personal:
             self.progress.set_postfix(
                 {
@@ -152,8 +170,8 @@ class Tracker:
     def finish(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` and the plot; close wandb and the progress bar."""
         self.progress.close()
-        (self.output_dir / SUMMARY_FILE).write_text(
-            json.dumps(summary, indent=2, default=_json_default)
+        atomic_write_text(
+            self.output_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=_json_default)
         )
         if self.cfg.plots:
             chance = {t: info["chance"] for t, info in summary.get("task_info", {}).items()}
@@ -169,6 +187,24 @@ class Tracker:
                 }
             )
             self.wandb_run.finish()
+
+
+def round_line(record: RoundRecord, tasks: list[TaskSpec], num_rounds: int) -> str:
+    """One line for a round: its updates, each task's train loss and pooled test primary metric."""
+    parts = [
+        f"round {record.server_round}/{num_rounds}: {record.num_updates}/{record.num_sampled} "
+        f"updates, {record.seconds:.1f}s"
+    ]
+    for task in tasks:
+        values = []
+        if task.name in record.train_loss:
+            values.append(f"loss {record.train_loss[task.name]:.4f}")
+        metric = task.primary_metric.name
+        if record.personal and metric in record.personal.get(task.name, {}):
+            values.append(f"test {metric} {record.personal[task.name][metric]:.4f}")
+        if values:
+            parts.append(f"{task.name}: {', '.join(values)}")
+    return "; ".join(parts)
 
 
 def _json_default(value: Any) -> Any:

@@ -36,7 +36,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -73,6 +73,12 @@ _UPDATE_MODE = "update-mode"
 _LOCAL_WEIGHTING = "local-weighting"
 _LOCAL_WEIGHTING_PARAMS = "local-weighting-params"
 _AFFINITY_EVERY = "affinity-every"
+_PROXIMAL_MU = "proximal-mu"
+_PERSONAL = "personal"
+_PERSONAL_LAMBDA = "personal-lambda"
+_HEAD_EPOCHS = "head-epochs"
+_SAVED_ROUND = "saved-round"
+_RESUME_ROUND = "resume-round"
 _TASK_UPDATE = "per-task"
 _SILO_ID = "silo-id"
 _TASKS = "tasks"
@@ -82,6 +88,13 @@ _NUM_TEST = "num-test"
 Arrays = dict[str, np.ndarray]
 Groups = dict[str, tuple[str, ...]]
 """Task groups of a grouped model: group name -> its tasks."""
+
+PersonalMode = Literal["none", "heads", "model", "ditto"]
+"""What a silo keeps for itself between rounds (its node state):
+``none``: nothing, it trains the model it receives;
+``heads``: its tasks' heads (FedPer, FedRep): it receives the trunk only and sends its update;
+``model``: a whole model of its own (local training): it receives and sends nothing;
+``ditto``: a personal model besides the global update it trains and sends (Ditto)."""
 
 
 # ---------------------------------------------------------------------------------------- keys
@@ -235,11 +248,36 @@ class AffinityRequest:
 
 
 @dataclass(frozen=True)
+class SiloCheckpoint:
+    """Sent with every train and evaluate request, for silos that keep state of their own
+    (personal heads or models) in files: ``saved_round``, the server's last complete checkpoint
+    (a silo keeps its newest state at or before it, and any newer); ``resume_round``, the
+    checkpoint this run resumed from (0: none; a silo that has no state in memory loads its
+    newest at or before it and drops newer ones, which belong to rounds being redone)."""
+
+    saved_round: int = 0
+    resume_round: int = 0
+
+    def to_config(self) -> dict[str, int]:
+        return {_SAVED_ROUND: self.saved_round, _RESUME_ROUND: self.resume_round}
+
+    @classmethod
+    def from_config(cls, record: Mapping[str, Any]) -> SiloCheckpoint:
+        saved, resume = integer(record, _SAVED_ROUND), integer(record, _RESUME_ROUND)
+        if saved < 0 or resume < 0:
+            raise ValueError(f"{_SAVED_ROUND} and {_RESUME_ROUND} must be >= 0")
+        return cls(saved, resume)
+
+
+@dataclass(frozen=True)
 class TrainRequest:
     """What a train message asks of a silo: the round, local training settings, the trunk update
     mode, the balancing method it applies to its tasks' gradients at each local step (None: the
-    plain sum of its task losses), the affinity to measure (if any) and the model's task groups
-    (None: one shared trunk)."""
+    plain sum of its task losses), the affinity to measure (if any), the model's task groups
+    (None: one shared trunk), the proximal coefficient mu of (mu/2)||theta - received||^2 (0:
+    none), what the silo keeps for itself (:data:`PersonalMode`) with Ditto's lambda, and the
+    epochs spent on the heads alone before the trunk trains with the heads frozen (FedRep; 0: a
+    joint update)."""
 
     server_round: int
     train: TrainConfig
@@ -247,6 +285,11 @@ class TrainRequest:
     local_weighting: WeightingSpec | None = None
     affinity: AffinityRequest | None = None
     groups: Groups | None = None
+    proximal_mu: float = 0.0
+    personal: PersonalMode = "none"
+    personal_lambda: float = 0.0
+    head_epochs: int = 0
+    checkpoint: SiloCheckpoint = SiloCheckpoint()
 
     def to_config(self) -> ConfigRecord:
         train = self.train
@@ -266,6 +309,11 @@ class TrainRequest:
                 _LOCAL_WEIGHTING_PARAMS: json.dumps({} if weighting is None else weighting.params),
                 AFFINITY: "" if self.affinity is None else self.affinity.name,
                 _AFFINITY_EVERY: 1 if self.affinity is None else self.affinity.every,
+                _PROXIMAL_MU: self.proximal_mu,
+                _PERSONAL: self.personal,
+                _PERSONAL_LAMBDA: self.personal_lambda,
+                _HEAD_EPOCHS: self.head_epochs,
+                **self.checkpoint.to_config(),
                 **_groups_entry(self.groups),
             }
         )
@@ -286,6 +334,16 @@ class TrainRequest:
         affinity_every = integer(record, _AFFINITY_EVERY)
         if affinity_every < 1:
             raise ValueError(f"{_AFFINITY_EVERY} must be >= 1, got {affinity_every}")
+        personal = text(record, _PERSONAL)
+        if personal not in get_args(PersonalMode):
+            raise ValueError(f"unknown {_PERSONAL} mode {personal!r}")
+        proximal_mu, personal_lambda = (
+            number(record, _PROXIMAL_MU),
+            number(record, _PERSONAL_LAMBDA),
+        )
+        head_epochs = integer(record, _HEAD_EPOCHS)
+        if proximal_mu < 0 or personal_lambda < 0 or head_epochs < 0:
+            raise ValueError(f"{_PROXIMAL_MU}, {_PERSONAL_LAMBDA} and {_HEAD_EPOCHS} must be >= 0")
         train = TrainConfig(
             local_epochs=integer(record, _LOCAL_EPOCHS),
             max_steps=None if max_steps < 0 else max_steps,
@@ -304,22 +362,47 @@ class TrainRequest:
             else None,
             affinity=AffinityRequest(affinity_name, affinity_every) if affinity_name else None,
             groups=_groups_from(record),
+            proximal_mu=proximal_mu,
+            personal=personal,  # type: ignore[arg-type]
+            personal_lambda=personal_lambda,
+            head_epochs=head_epochs,
+            checkpoint=SiloCheckpoint.from_config(record),
         )
 
 
 @dataclass(frozen=True)
 class EvaluateRequest:
-    """What an evaluate message asks of a silo: the round and the model's task groups."""
+    """What an evaluate message asks of a silo: the round, the model's task groups, and what the
+    silo keeps for itself (:data:`PersonalMode`): it evaluates its personal model, completed
+    by the arrays it receives (``heads``: the received trunk and its own heads), else the model
+    it receives."""
 
     server_round: int
     groups: Groups | None = None
+    personal: PersonalMode = "none"
+    checkpoint: SiloCheckpoint = SiloCheckpoint()
 
     def to_config(self) -> ConfigRecord:
-        return ConfigRecord({SERVER_ROUND: self.server_round, **_groups_entry(self.groups)})
+        return ConfigRecord(
+            {
+                SERVER_ROUND: self.server_round,
+                _PERSONAL: self.personal,
+                **self.checkpoint.to_config(),
+                **_groups_entry(self.groups),
+            }
+        )
 
     @classmethod
     def from_config(cls, record: Mapping[str, Any]) -> EvaluateRequest:
-        return cls(server_round=integer(record, SERVER_ROUND), groups=_groups_from(record))
+        personal = text(record, _PERSONAL)
+        if personal not in get_args(PersonalMode):
+            raise ValueError(f"unknown {_PERSONAL} mode {personal!r}")
+        return cls(
+            server_round=integer(record, SERVER_ROUND),
+            groups=_groups_from(record),
+            personal=personal,  # type: ignore[arg-type]
+            checkpoint=SiloCheckpoint.from_config(record),
+        )
 
 
 # ------------------------------------------------------------------------------------ replies

@@ -3,6 +3,7 @@ progress bar, wandb)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -26,6 +27,12 @@ class RoundRecord:
     bytes_down: int = 0
     seconds: float = 0.0
     task_weights: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> RoundRecord:
+        """The record ``dataclasses.asdict`` gave, back from JSON (silo ids become ints again)."""
+        per_silo = {int(silo): metrics for silo, metrics in values.get("per_silo", {}).items()}
+        return cls(**{**values, "per_silo": per_silo})
 
 
 class RoundObserver(Protocol):

@@ -66,7 +66,11 @@ def _no_feature_skew() -> PluginConfig:
 @dataclass(frozen=True)
 class PartitionConfig:
     """How the dataset is spread over silos: which tasks each labels, which samples it holds,
-    which of its labels are missing, how its inputs are skewed, and the global test set."""
+    which of its labels are missing, how its inputs are skewed, and the global test set.
+
+    ``validation_fraction`` > 0 makes a validation partition for tuning: each silo's validation
+    rows are carved out of its training rows and take the place of its test rows, and there is
+    no global test set, so a run on it never sees a test row (:mod:`partitions.heldout`)."""
 
     num_silos: int
     assignment: PluginConfig
@@ -76,6 +80,7 @@ class PartitionConfig:
     global_test_fraction: float = 0.0
     feature_skew: PluginConfig = field(default_factory=_no_feature_skew)
     missing_labels: MissingLabelsConfig = field(default_factory=MissingLabelsConfig)
+    validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         int_at_least(self, "num_silos", 1)
@@ -90,6 +95,13 @@ class PartitionConfig:
                 f"must be in [0, 1), got {self.global_test_fraction!r}.",
                 "use 0 for none or e.g. 0.1.",
             )
+        value = self.validation_fraction
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise ConfigError(
+                "validation_fraction",
+                f"must be in [0, 1), got {value!r}.",
+                "use 0 for none (test rows), or e.g. 0.2 for tuning runs.",
+            )
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,23 @@ class PartitionFile:
     """A partition read back from a manifest (``partition=from_file partition.path=...``)."""
 
     path: str
+
+
+@dataclass(frozen=True)
+class PartitionLocal:
+    """Each silo brings its own rows (``partition=local``, for deployments): its SuperNode's node
+    config names its table, and the silo cuts its own train/test split (``test_fraction``, seeded
+    by the experiment seed and its silo id) and checks that it has ``min_train_per_task``
+    labelled training rows of each task it announces. ``num_silos``: the silos the run expects."""
+
+    num_silos: int
+    test_fraction: float = 0.25
+    min_train_per_task: int = 1
+
+    def __post_init__(self) -> None:
+        int_at_least(self, "num_silos", 1)
+        fraction(self, "test_fraction", allow_one=False)
+        int_at_least(self, "min_train_per_task", 1)
 
 
 @dataclass(frozen=True)
@@ -126,29 +155,34 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    """Where results go besides the run directory."""
+    """Where results go besides the run directory (``wandb_group``: the wandb group of the run,
+    e.g. the benchmark suite it belongs to; null: none)."""
 
     wandb: bool = True
     wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "fedmtl"
+    wandb_group: str | None = None
     progress: bool = True
     plots: bool = True
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """The whole validated experiment."""
+    """The whole validated experiment. ``checkpoint_every``: save the run's state every N rounds
+    (0: only after the last round); ``resume``: the run directory this run continues."""
 
     seed: int
     num_rounds: int
     dataset: DatasetConfig
     model: ModelConfig
-    partition: PartitionConfig | PartitionFile
+    partition: PartitionConfig | PartitionFile | PartitionLocal
     strategy: PluginConfig
     runtime: PluginConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     output_dir: str = "."
+    checkpoint_every: int = 5
+    resume: str | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> str:

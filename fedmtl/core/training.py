@@ -6,7 +6,8 @@ labelled for that task:  L(theta) = sum_{t in T_s} mean_{i in B, mask[i,t]} l_t(
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,6 +32,21 @@ StepProbe = Callable[[torch.Tensor, torch.optim.Optimizer], None]
 """Called before every local step with the step's batch rows and the optimizer (e.g. to measure
 task affinity with a lookahead step, :mod:`strategies.grouping.affinity`); it must leave the model,
 the optimizer and the gradients as it found them."""
+
+
+@dataclass(frozen=True)
+class Proximal:
+    """A proximal term (mu / 2) sum_k ||theta_k - a_k||^2 added to the silo's objective, over the
+    parameters that train, with ``anchor`` a_k (parameter name -> tensor): FedProx (a = the global
+    model), Ditto's personal model (a = the global model), FedAMP (a = the silo's cloud model)."""
+
+    mu: float
+    anchor: Mapping[str, torch.Tensor]
+
+
+Parts = Literal["all", "heads", "trunk"]
+"""Which parameters a local training phase updates (the others stay fixed): FedRep trains the
+heads first with the trunk frozen, then the trunk with the heads frozen."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +164,18 @@ class TrunkAttribution:
         self._before = [p.detach().clone() for p in self.params] if self.cfg.weight_decay else []
 
 
+@contextlib.contextmanager
+def _frozen(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """No gradient reaches ``params`` inside the block."""
+    for param in params:
+        param.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for param in params:
+            param.requires_grad_(True)
+
+
 def train_local(
     model: MultiTaskModel,
     data: LocalData,
@@ -156,8 +184,12 @@ def train_local(
     update_mode: UpdateMode = "joint",
     step_weights: StepWeights | None = None,
     probe: StepProbe | None = None,
+    proximal: Proximal | None = None,
+    parts: Parts = "all",
+    epochs: int | None = None,
 ) -> TrainResult:
-    """Train the trunk and the heads of ``data.tasks`` for ``cfg.local_epochs`` (or ``max_steps``).
+    """Train the trunk and the heads of ``data.tasks`` for ``cfg.local_epochs`` (or ``max_steps``;
+    ``epochs`` overrides the number of epochs).
 
     Mini-batches are drawn without replacement each epoch in an order set by ``generator``. Heads
     of other tasks are neither used nor changed. The optimizer is created afresh on each call, so
@@ -167,13 +199,25 @@ def train_local(
     step computes every batch task's trunk gradient g_t, asks ``step_weights`` for w and gives the
     trunk sum_t w_t g_t (each head still gets its own task's gradient). In ``per_task`` mode the
     result also holds each task's share of the trunk update (:class:`TrunkAttribution`).
-    ``probe`` sees every step's batch before the step.
+    ``probe`` sees every step's batch before the step. ``proximal`` adds its term's gradient
+    mu (theta - a) to every trained parameter (joint updates only: the term belongs to no task).
+    ``parts`` chooses what trains (``heads`` or ``trunk`` alone: the rest is frozen).
     """
+    if proximal is not None and update_mode == "per_task":
+        raise ValueError("a proximal term cannot be split per task: use joint updates")
     names = [t.name for t in data.tasks]
     shared = model.shared_parameters(names)
-    trunk = list(shared.values())
+    trunk = list(shared.values()) if parts != "heads" else []
     heads = {t.name: list(model.heads[t.name].parameters()) for t in data.tasks}
-    optimizer = make_optimizer(trunk + [p for ps in heads.values() for p in ps], cfg)
+    if parts == "trunk":
+        heads = {name: [] for name in heads}
+    trained = trunk + [p for ps in heads.values() for p in ps]
+    frozen = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in trained)]
+    optimizer = make_optimizer(trained, cfg)
+    anchors: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    if proximal is not None:
+        by_id = {id(p): name for name, p in model.named_parameters()}
+        anchors = [(p, proximal.anchor[by_id[id(p)]].to(p.device)) for p in trained]
     attribution = None
     if update_mode == "per_task":
         keys = list(shared)
@@ -185,31 +229,35 @@ def train_local(
     steps = 0
     loss_sums = {name: 0.0 for name in names}
     loss_counts = {name: 0 for name in names}
-    for _ in range(cfg.local_epochs):
-        order = torch.randperm(data.num_samples, generator=generator).to(device)
-        for start in range(0, data.num_samples, cfg.batch_size):
-            if cfg.max_steps is not None and steps >= cfg.max_steps:
-                break
-            rows = order[start : start + cfg.batch_size]
-            if probe is not None:
-                probe(rows, optimizer)
-            losses = task_losses(model, data, rows)
-            if not losses:
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            if separate:
-                shares = _set_balanced_gradients(losses, trunk, heads, step_weights, names)
-            else:
-                sum(losses.values()).backward()  # type: ignore[union-attr]
-            if attribution is not None:
-                attribution.snapshot()
-            optimizer.step()
-            if attribution is not None:
-                attribution.record(shares)
-            steps += 1
-            for name, loss in losses.items():
-                loss_sums[name] += float(loss.detach())
-                loss_counts[name] += 1
+    with _frozen(frozen):  # no gradient reaches what does not train
+        for _ in range(cfg.local_epochs if epochs is None else epochs):
+            order = torch.randperm(data.num_samples, generator=generator).to(device)
+            for start in range(0, data.num_samples, cfg.batch_size):
+                if cfg.max_steps is not None and steps >= cfg.max_steps:
+                    break
+                rows = order[start : start + cfg.batch_size]
+                if probe is not None:
+                    probe(rows, optimizer)
+                losses = task_losses(model, data, rows)
+                if not losses:
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                if separate:
+                    shares = _set_balanced_gradients(losses, trunk, heads, step_weights, names)
+                else:
+                    sum(losses.values()).backward()  # type: ignore[union-attr]
+                for param, anchor in anchors:  # d/dtheta (mu/2) |theta - a|^2 = mu (theta - a)
+                    extra = proximal.mu * (param.detach() - anchor)  # type: ignore[union-attr]
+                    param.grad = extra if param.grad is None else param.grad + extra
+                if attribution is not None:
+                    attribution.snapshot()
+                optimizer.step()
+                if attribution is not None:
+                    attribution.record(shares)
+                steps += 1
+                for name, loss in losses.items():
+                    loss_sums[name] += float(loss.detach())
+                    loss_counts[name] += 1
     mean_loss = {k: loss_sums[k] / loss_counts[k] for k in loss_sums if loss_counts[k]}
     task_deltas = None
     if attribution is not None:

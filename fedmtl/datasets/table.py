@@ -12,7 +12,10 @@ that every silo of a deployment shares. An empty cell in a target column means "
 target, id or group column), ``categorical`` (columns encoded as categories even when numeric),
 ``id_columns`` (natural ids offered to ``partition=natural_id partition.split.column=<col>``),
 ``group_column`` (rows sharing it stay on one side of train/test), ``schema`` (a schema file to use
-instead of fitting one).
+instead of fitting one, or the schema itself as a mapping).
+
+Without ``path`` but with a schema, the table has no rows: it describes the rows that the silos of a
+deployment hold themselves (``partition=local``); ``targets`` then default to the schema's.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from fedmtl.core.data import MultiTaskDataset, check_leakage_rule
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.tasks import TaskKind
-from fedmtl.datasets.schema import FeatureSchema, is_numeric
+from fedmtl.datasets.schema import FeatureSchema, NumericFeature, is_numeric
 
 KINDS: tuple[TaskKind, ...] = ("binary", "multiclass", "regression")
 SUFFIXES = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
@@ -107,11 +110,15 @@ class TableParams:
     categorical: list[str] = field(default_factory=list)
     id_columns: list[str] = field(default_factory=list)
     group_column: str | None = None
-    schema: str | None = None
+    schema: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.path:
-            raise ConfigError("path", "is required.", "set dataset.path=FILE (.csv or .parquet).")
+            if self.schema is None:
+                raise ConfigError(
+                    "path", "is required.", "set dataset.path=FILE (.csv or .parquet)."
+                )
+            return  # the rows are the silos' own (partition=local); the schema describes them
         if Path(self.path).suffix.lower() not in SUFFIXES:
             raise ConfigError(
                 "path", f"{self.path} is neither .csv nor .parquet.", "give a CSV or Parquet file."
@@ -260,12 +267,52 @@ def _missing(value: Any) -> bool:
     )
 
 
+def table_schema(params: TableParams) -> FeatureSchema | None:
+    """The schema ``dataset.schema`` gives: read from its file, or the mapping itself."""
+    if params.schema is None:
+        return None
+    if isinstance(params.schema, str):
+        return FeatureSchema.load(params.schema)
+    return FeatureSchema.from_json(params.schema, "dataset.schema: the schema")
+
+
+def schema_targets(schema: FeatureSchema) -> dict[str, TaskKind]:
+    """Target column -> task kind, as ``schema`` encodes them."""
+    return {t.name: t.kind for t in schema.targets}
+
+
+def empty_frame(schema: FeatureSchema) -> Any:
+    """A table with the columns of ``schema`` and no rows."""
+    import pandas as pd  # noqa: PLC0415 - heavy, only for table datasets
+
+    columns: dict[str, Any] = {}
+    for feature in schema.features:
+        columns[feature.name] = pd.Series(
+            [], dtype="float64" if isinstance(feature, NumericFeature) else "object"
+        )
+    for target in schema.targets:
+        columns[target.name] = pd.Series(
+            [], dtype="float64" if target.kind == "regression" else "object"
+        )
+    return pd.DataFrame(columns)
+
+
 def build_table(params: TableParams, seed: int) -> TableSource:
-    """``dataset=table``: the user's file, checked; ``seed`` unused (the table is fixed)."""
+    """``dataset=table``: the user's file, checked; ``seed`` unused (the table is fixed). Without
+    a file, the schema's columns with no rows (the silos hold them)."""
     del seed
-    assert params.path is not None  # checked by TableParams
+    schema = table_schema(params)
+    if params.path is None:
+        assert schema is not None  # checked by TableParams
+        return table_source(
+            empty_frame(schema),
+            name="table",
+            targets=dict(params.targets or schema_targets(schema)),  # type: ignore[arg-type]
+            features=params.features,
+            schema=schema,
+            info={"source": "silos (partition=local)", "num_rows": 0},
+        )
     frame = read_table(params.path)
-    schema = None if params.schema is None else FeatureSchema.load(params.schema)
     return table_source(
         frame,
         name="table",

@@ -35,8 +35,8 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -225,19 +225,28 @@ class Grouping(TaskAwareStrategy):
             return TrunkStep(None)
         if self.params.weighting is None:
             weights = [float(n) for n in examples if n > 0]
-            return TrunkStep(weighted_mean_delta(holders, list(trunk), weights))
-        weighting = self.weightings.get(group)
-        if weighting is None:
-            weighting = self.weightings[group] = build_weighting(
+            return TrunkStep(weighted_mean_delta(holders, list(trunk), weights, self.combine))
+        delta, task_weights = balanced_update(
+            self._weighting(group),
+            members,
+            list(self.tasks),
+            holders,
+            trunk,
+            server_round,
+            self.combine,
+        )
+        return TrunkStep(delta, task_weights)
+
+    def _weighting(self, group: str) -> Weighting:
+        """The balancing method of ``group``'s trunk, built on first use."""
+        if group not in self.weightings:
+            self.weightings[group] = build_weighting(
                 str(self.params.weighting),
                 self.params.weighting_params,
                 seed=self.seed,
                 key="strategy.weighting_params",
             )
-        delta, task_weights = balanced_update(
-            weighting, members, list(self.tasks), holders, trunk, server_round
-        )
-        return TrunkStep(delta, task_weights)
+        return self.weightings[group]
 
     def _observe(
         self, server_round: int, updates: list[ClientUpdate], trunk_keys: list[str]
@@ -348,6 +357,36 @@ class Grouping(TaskAwareStrategy):
                 "never_held_together": [list(p) for p in self.never_together()],
             },
         }
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        solution = None if self.solution is None else asdict(self.solution)
+        return {
+            **super().state_dict(),
+            "accumulator": {
+                "sums": self.accumulator.sums,
+                "weights": self.accumulator.weights,
+                "reports": self.accumulator.reports,
+            },
+            "affinity_history": [[r, estimate] for r, estimate in self.affinity_history],
+            "weightings": {group: w.state_dict() for group, w in self.weightings.items()},
+            "grouped_at": self.grouped_at,
+            "solution": solution,
+            "fallback": self.fallback,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        for name, values in state["accumulator"].items():
+            setattr(self.accumulator, name, np.array(values))
+        self.affinity_history[:] = [(int(r), np.array(m)) for r, m in state["affinity_history"]]
+        self.weightings.clear()
+        for group, weighting_state in state["weightings"].items():
+            self._weighting(group).load_state_dict(weighting_state)
+        self.grouped_at = state["grouped_at"]
+        solution = state["solution"]
+        self.solution = None if solution is None else GroupingSolution(**solution)
+        self.fallback = state["fallback"]
 
     def _source(self) -> str | None:
         """Where the groups came from: ``given`` (``groups``), ``solver`` or ``fallback``."""
