@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -94,12 +95,27 @@ def compose_raw(overrides: list[str], output_dir: Path | None = None) -> dict[st
     return compose(overrides, output_dir or ".")
 
 
-def run_fedmtl(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    """``fedmtl ARGS`` in a subprocess with the offline environment, under a hard timeout."""
-    env = {**os.environ, **OFFLINE_ENV}
-    return subprocess.run(
-        [*FEDMTL, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False
+def run_fedmtl(
+    args: list[str], timeout: float, command: Sequence[str] = FEDMTL, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``fedmtl ARGS`` (or ``command ARGS``) in a subprocess with the offline environment (and
+    ``env``), under a hard timeout: on expiry its whole process group (Ray's processes with it) is
+    killed by id, then TimeoutExpired is raised."""
+    process = subprocess.Popen(
+        [*command, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **OFFLINE_ENV, **env},
+        start_new_session=True,  # its own process group, so that it can be ended as a whole
     )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -233,8 +233,11 @@ def test_resume_refuses_changes_to_the_run(tmp_path: Path, override: str, key: s
 
 
 def test_resume_may_extend_the_run_and_change_where_it_runs(tmp_path: Path) -> None:
-    raw = resumed_raw_config(saved_run(tmp_path), ["num_rounds=10", "runtime.name=inprocess"])
-    assert raw["num_rounds"] == 10 and raw["runtime"] == {"name": "inprocess"}
+    raw = resumed_raw_config(saved_run(tmp_path), ["num_rounds=10", "runtime=inprocess"])
+    assert raw["num_rounds"] == 10
+    assert raw["runtime"] == compose_raw(["runtime=inprocess"])["runtime"]
+    raw = resumed_raw_config(saved_run(tmp_path), ["tracking.plots=false"])
+    assert raw["tracking"] == {"plots": False}
     assert raw["resume"] == raw["output_dir"] == str(tmp_path)
 
 

@@ -3,20 +3,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
 import socket
+import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 import fedmtl.app.cli as cli
+import fedmtl.app.client_app as client_app
 import fedmtl.app.runtime as runtime
 import fedmtl.app.silo as silo_side
 from fedmtl.app.config import parse
 from fedmtl.app.launch import run
 from fedmtl.app.server_app import final_status
+from fedmtl.app.silo import round_seed
 from fedmtl.core.errors import ConfigError
-from tests.helpers import compose_raw
+from tests.helpers import beats_chance, compose_raw, run_fedmtl
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 SMALL = ["runtime=inprocess", "tracking=quiet", "num_rounds=2", "partition.num_silos=4"]
 
@@ -82,3 +92,104 @@ def test_ray_address_auto_needs_a_running_cluster(
         port = listening.getsockname()[1]
         monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
         runtime.check_ray_address("auto")  # answers: no error
+
+
+# ------------------------------------------------------------------ 30% of the silos faulty
+FAULT_RUN = ["runtime=inprocess", "tracking=quiet", "partition.num_silos=10", "checkpoint_every=0"]
+FAULTY_SHARE = 3  # of every 10 silos, in every round (a different three each round)
+
+
+def faulty(silo_id: int, server_round: int) -> bool:
+    return (silo_id + server_round) % 10 < FAULTY_SHARE
+
+
+def inject(monkeypatch: pytest.MonkeyPatch, seed: int, fault: str) -> None:
+    """Silos :func:`faulty` this round raise (``raise``), or send updates x1e6 and claim 1e12
+    examples (``huge``). A silo is recognised by its round seed (seed, silo, round)."""
+    original = client_app.run_train
+
+    def run_train(tools, received, request, *args, **kwargs):
+        silo = next(s for s in range(10) if round_seed(seed, s, request.server_round) == tools.seed)
+        if not faulty(silo, request.server_round):
+            return original(tools, received, request, *args, **kwargs)
+        if fault == "raise":
+            raise RuntimeError("injected failure")
+        reply = original(tools, received, request, *args, **kwargs)
+        return dataclasses.replace(
+            reply,
+            deltas={k: v * np.float32(1e6) for k, v in reply.deltas.items()},
+            num_examples=1e12,
+            task_examples={t: 1e12 for t in reply.task_examples},
+        )
+
+    monkeypatch.setattr(client_app, "run_train", run_train)
+
+
+def primary(summary: dict) -> dict[str, float]:
+    info = summary["task_info"]
+    return {t: m[info[t]["primary_metric"]] for t, m in summary["final"].items()}
+
+
+@pytest.mark.slow
+def test_silos_that_fail_every_round_cost_at_most_two_points(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # every silo labels every task (1,500 test rows each): two points are beyond test-set noise
+    overrides = [*FAULT_RUN, "dataset=synthetic", "partition=iid_all", "num_rounds=25"]
+    clean = run(parse(compose_raw(overrides, output_dir=tmp_path / "clean")))
+    inject(monkeypatch, seed=0, fault="raise")
+    hurt = run(parse(compose_raw(overrides, output_dir=tmp_path / "faulty")))
+    assert hurt["status"] == "completed"
+    assert len(hurt["rejected"]) == 25 * FAULTY_SHARE
+    assert set(hurt["silos_participated"]) == set(range(10))
+    for task, value in primary(clean).items():
+        assert abs(primary(hurt)[task] - value) <= 0.02, (task, value, primary(hurt)[task])
+
+
+@pytest.mark.slow
+def test_huge_updates_and_inflated_counts_are_contained_by_the_norm_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inject(monkeypatch, seed=0, fault="huge")
+    overrides = [*FAULT_RUN, "dataset=digits", "num_rounds=12", "strategy.norm_bound=2.0"]
+    summary = run(parse(compose_raw(overrides, output_dir=tmp_path)))
+    assert summary["status"] == "completed"
+    assert beats_chance(summary, margin=0.1) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.simulation
+@pytest.mark.timeout(400)
+def test_a_crashed_ray_worker_stops_the_run_loudly_and_it_resumes(tmp_path: Path) -> None:
+    """On Flower's simulation engine, silo 1's worker process dies in round 2: the run stops with
+    ``worker_died`` and exit status 1 instead of losing silos silently, and it finishes with
+    ``fedmtl run resume=DIR`` from its round-1 checkpoint (here in process)."""
+    out = tmp_path / "run"
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # a cluster of its own (short path)
+    try:
+        crashed = run_fedmtl(
+            [
+                "run",
+                "experiment=smoke",
+                "runtime=simulation",
+                "partition.num_silos=4",
+                "num_rounds=3",
+                "checkpoint_every=1",
+                f"hydra.run.dir={out}",
+            ],
+            timeout=300,
+            command=[sys.executable, "-m", "tests.crash_app"],
+            PYTHONPATH=str(REPO_ROOT),
+            RAY_TMPDIR=ray_tmp,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert crashed.returncode == 1, crashed.stderr[-3000:]
+    assert "status 'worker_died'" in crashed.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "worker_died" and summary["checkpoint_round"] == 1
+    resumed = run_fedmtl(["run", f"resume={out}", "runtime=inprocess"], timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from"] == [1]
+    assert summary["rounds"] == 3 and summary["silos_participated"] == [0, 1, 2, 3]

@@ -42,6 +42,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from fedmtl.app.config import compose
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.records import Arrays, Groups
 
@@ -265,8 +266,8 @@ def restore_silo_state(directory: Path, resume_round: int) -> Arrays | None:
 # --------------------------------------------------------------------------------------- resume
 def resumed_raw_config(run_dir: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """The config of the run in ``run_dir`` to go on with: the checkpoint's, with ``resume`` and
-    ``output_dir`` set to ``run_dir`` and the ``KEY=VALUE`` ``overrides`` of
-    :data:`RESUMABLE_KEYS` applied (values parsed as YAML, like Hydra's)."""
+    ``output_dir`` set to ``run_dir`` and the ``KEY=VALUE`` overrides of :data:`RESUMABLE_KEYS`
+    applied (values parsed as YAML, like Hydra's; ``runtime=PRESET`` takes the preset's block)."""
     import yaml  # noqa: PLC0415 - only when resuming; yaml comes with hydra
 
     state = load_checkpoint(run_dir)
@@ -284,6 +285,9 @@ def resumed_raw_config(run_dir: Path, overrides: Sequence[str]) -> dict[str, Any
                 "cannot change when a run is resumed: the run keeps its own config.",
                 f"change only {', '.join(RESUMABLE_KEYS)}; start a new run for anything else.",
             )
+        if key in ("runtime", "tracking"):  # GROUP=PRESET: the preset's values
+            raw[key] = compose([override])[key]
+            continue
         node = raw
         for part in path[:-1]:
             node = node.setdefault(part, {})
