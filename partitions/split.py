@@ -133,10 +133,14 @@ def split_by_label(
     make_partitioner: Callable[[np.ndarray], Any],
     key: str,
     fix: str,
+    seed: int,
 ) -> list[np.ndarray]:
     """Run ``make_partitioner(labels)`` (a flwr-datasets partitioner by the column ``label``) on
-    the pool with the labels of ``task`` (:func:`label_column`)."""
+    the pool, shuffled by ``seed``, with the labels of ``task`` (:func:`label_column`). The
+    partitioners cut each class's rows in the order given: unshuffled, a dataset stored in some
+    order (test rows last, rows sorted by date) would hand that order to the silos."""
     check_enough_samples(len(pool), num_silos)
+    pool = shuffled(pool, seed)
     labels = label_column(dataset, pool, task)
     columns = {"index": np.asarray(pool, dtype=np.int64), "label": labels}
     return run_partitioner(make_partitioner(labels), columns, num_silos, key, fix)
@@ -187,6 +191,7 @@ def split_dirichlet(
         "partition.split.alpha",
         f"no draw in 10 gave every silo {params.min_size} samples: raise alpha, lower "
         "partition.split.min_size, or use fewer silos.",
+        seed,
     )
 
 
@@ -240,6 +245,7 @@ def split_pathological(
         make,
         "partition.split.classes_per_silo",
         "use fewer silos or more classes per silo.",
+        seed,
     )
 
 
@@ -281,6 +287,7 @@ def split_shards(
         ),
         "partition.split.shards_per_silo",
         "use fewer silos, fewer shards per silo or a smaller shard_size.",
+        seed,
     )
 
 

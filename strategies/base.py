@@ -220,7 +220,7 @@ def client_error(reply: Message) -> ReplyError:
     """The ReplyError for a silo's error reply; :class:`RunStopped` (``worker_died``) when the
     simulation worker that ran it died: Flower's actor pool keeps handing messages to a dead
     actor, so every later round would lose those silos without saying so."""
-    reason = reply.error.reason
+    reason = reply.error.reason or ""
     if any(marker in reason for marker in WORKER_DIED):
         raise RunStopped(
             "worker_died",
