@@ -194,7 +194,7 @@ def main() -> None:
                         f"strategy.warmup_rounds={args.warmup}",
                         *args.grouping_overrides,
                     ]
-                    result = run_one("grouping", seed, args.rounds, 1.0, extra, workdir)
+                    result = run_one("grouping", seed, args.rounds, 1.0, extra, workdir / affinity)
                     groups = result["summary"]["groups"]
                 summary = result["summary"]
                 row = {
