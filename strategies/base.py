@@ -275,6 +275,7 @@ class TaskAwareStrategy(Strategy):
         self.participants: set[int] = set()  # silo ids whose update was aggregated
         # told to silos with every request (set by the server app as it checkpoints and resumes)
         self.silo_checkpoint = SiloCheckpoint()
+        self.scope = ""  # the run's scope on the silos, when several runs share the nodes
         # Only for Flower's own round loop (configure_* then aggregate_*): :meth:`start` passes
         # each Dispatch along itself.
         self._in_flight: dict[tuple[str, int], Dispatch] = {}
@@ -325,6 +326,7 @@ class TaskAwareStrategy(Strategy):
             groups=self.model_groups,
             personal=self.personal_mode(),
             checkpoint=self.silo_checkpoint,
+            scope=self.scope,
         )
 
     @property
@@ -534,6 +536,7 @@ class TaskAwareStrategy(Strategy):
             groups=self.model_groups,
             personal=self.personal_mode(),
             checkpoint=self.silo_checkpoint,
+            scope=self.scope,
         )
         config = ConfigRecord({**(extra or {}), **request.to_config()})
         return self._dispatch(server_round, record, config, nodes, MessageType.EVALUATE)

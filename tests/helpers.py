@@ -61,6 +61,7 @@ from partitions import ASSIGNMENTS
 from strategies import TaskAwareStrategy
 from strategies.base import TrainOutcome
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 FEDMTL = [sys.executable, "-m", "fedmtl.app.cli"]
 
 

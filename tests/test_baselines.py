@@ -4,6 +4,10 @@ local, single_task, fedprox, fedper, fedrep, ditto (silo side), fedamp, matfl, f
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +34,16 @@ from strategies.per_silo import (
     cluster_silos,
 )
 from strategies.replies import ClientUpdate
-from tests.helpers import TINY_TASKS, compose_raw, read_jsonl, small_model, tiny_view
+from tests.baselines_app import BASELINES
+from tests.helpers import (
+    REPO_ROOT,
+    TINY_TASKS,
+    compose_raw,
+    read_jsonl,
+    run_fedmtl,
+    small_model,
+    tiny_view,
+)
 
 SMOKE = ["experiment=smoke", "num_rounds=2"]
 CFG = TrainConfig(local_epochs=1, batch_size=4, lr=0.1, momentum=0.0)
@@ -282,3 +295,38 @@ def test_fedhca2_trunk_heads_and_learned_weights() -> None:
     alpha = strategy.hyper[(0, "trunk")].value
     gradient = -float(ca.numpy() @ ca.numpy()) + 1e-4 * 0.1
     assert alpha == pytest.approx(0.1 - 0.01 * gradient)
+
+
+# ----------------------------------------------------------------- Flower's simulation engine
+@pytest.mark.slow
+@pytest.mark.simulation
+@pytest.mark.timeout(330)
+def test_every_baseline_runs_through_the_simulation_engine_in_one_ray_session(
+    tmp_path: Path,
+) -> None:
+    """tests/baselines_app.py runs the nine baselines one after another in one Flower simulation
+    (one Ray session, the same simulated silos): each run completes with every silo, and ends
+    where the same run ends in process (the silos' personal state is kept per run)."""
+    out = tmp_path / "sim"
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # a cluster of its own (short path)
+    try:
+        result = run_fedmtl(
+            [str(out)],
+            timeout=300,
+            command=[sys.executable, "-m", "tests.baselines_app"],
+            PYTHONPATH=str(REPO_ROOT),
+            RAY_TMPDIR=ray_tmp,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for strategy in BASELINES:
+        summary = json.loads((out / strategy / "summary.json").read_text())
+        assert summary["status"] == "completed", (strategy, summary["status"])
+        assert summary["runtime"] == "simulation" and summary["rejected"] == []
+        assert summary["silos_participated"] == [0, 1, 2, 3]
+        inprocess = final_of([f"strategy={strategy}"], tmp_path / "inprocess" / strategy)
+        for task, metrics in inprocess["final"].items():
+            for name, value in metrics.items():
+                simulated = summary["final"][task][name]
+                assert simulated == pytest.approx(value, rel=1e-4, abs=1e-5), (strategy, task, name)

@@ -24,9 +24,7 @@ from fedmtl.app.launch import run
 from fedmtl.app.server_app import final_status
 from fedmtl.app.silo import round_seed
 from fedmtl.core.errors import ConfigError
-from tests.helpers import beats_chance, compose_raw, run_fedmtl
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO_ROOT, beats_chance, compose_raw, run_fedmtl
 
 SMALL = ["runtime=inprocess", "tracking=quiet", "num_rounds=2", "partition.num_silos=4"]
 

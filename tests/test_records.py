@@ -14,6 +14,7 @@ from fedmtl.core.records import (
     AffinityRequest,
     EvaluateReply,
     EvaluateRequest,
+    SiloCheckpoint,
     SiloInfo,
     TrainReply,
     TrainRequest,
@@ -264,6 +265,12 @@ def test_train_request_round_trips_every_field() -> None:
         local_weighting=WeightingSpec("cagrad", {"c": 0.4}),
         affinity=AffinityRequest("tag", every=3),
         groups={"g0": ("a", "c"), "g1": ("b",)},
+        proximal_mu=0.1,
+        personal="ditto",
+        personal_lambda=0.5,
+        head_epochs=1,
+        checkpoint=SiloCheckpoint(saved_round=4, resume_round=4),
+        scope="ditto-run.2",
     )
     assert TrainRequest.from_config(request.to_config()) == request
 
@@ -291,6 +298,8 @@ def test_train_request_ignores_keys_it_does_not_know() -> None:
         ("local-weighting-params", "[1, 2]", "JSON object"),
         ("affinity-every", 0, "affinity-every"),
         ("groups", '{"g0": "a"}', "task lists"),
+        ("scope", "../other", "scope must be a short name"),
+        ("scope", "..", "scope must be a short name"),
     ],
 )
 def test_malformed_train_request_is_rejected(key: str, value: object, message: str) -> None:
@@ -302,7 +311,7 @@ def test_malformed_train_request_is_rejected(key: str, value: object, message: s
 
 @pytest.mark.parametrize("groups", [None, {"g0": ("a",), "g1": ("b", "c")}])
 def test_evaluate_request_round_trip(groups: dict[str, tuple[str, ...]] | None) -> None:
-    request = EvaluateRequest(3, groups)
+    request = EvaluateRequest(3, groups, "heads", SiloCheckpoint(2, 0), scope="fedper")
     assert EvaluateRequest.from_config(request.to_config()) == request
 
 

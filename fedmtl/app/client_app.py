@@ -47,7 +47,7 @@ from fedmtl.app.experiment import (
     named_files,
 )
 from fedmtl.app.runtime import client_device
-from fedmtl.app.silo import PERSONAL, SiloWorker, round_seed, run_evaluate, run_train
+from fedmtl.app.silo import SiloWorker, round_seed, run_evaluate, run_train
 from fedmtl.app.silo_data import (
     NodeSettings,
     RequestRefused,
@@ -64,7 +64,7 @@ NODE_STATE = "fedmtl.node"
 SILO_STATE = "fedmtl.silo"
 """The node-state record holding the fingerprint of the silo's announced rows and tasks."""
 RESTORED = "fedmtl.restored"
-"""Node-state record set once a resumed run has restored the silo's saved state."""
+"""Node-state record set once a resumed run has restored the silo's saved state (per scope)."""
 REFUSED = "refused: "
 UNAVAILABLE = "silo unavailable: the reason is in the silo's own log"
 
@@ -167,25 +167,27 @@ def _fix_for_run(context: Context, silo: SiloData) -> None:
 
 
 def _state_dir(
-    context: Context, experiment: Experiment, node: NodeSettings, silo_id: int
+    context: Context, experiment: Experiment, node: NodeSettings, silo_id: int, scope: str
 ) -> Path | None:
-    """Where the silo saves its own state: its node config's ``state-dir``; else, in a
-    simulation, the run directory's ``checkpoint/silos/silo-<id>``; else (a SuperNode without
-    ``state-dir``: the server names no path on a silo) nowhere."""
+    """Where the silo saves its own state (in a subdirectory per ``scope``, if any): its node
+    config's ``state-dir``; else, in a simulation, the run directory's
+    ``checkpoint/silos/silo-<id>``; else (a SuperNode without ``state-dir``: the server names no
+    path on a silo) nowhere."""
     if node.state_dir is not None:
-        return Path(node.state_dir) / f"silo-{silo_id}"
-    if context.run_config.get(CONFIG_KEY):
+        directory = Path(node.state_dir) / f"silo-{silo_id}"
+    elif context.run_config.get(CONFIG_KEY):
         return None
-    return silo_state_dir(Path(experiment.config.output_dir), silo_id)
+    else:
+        directory = silo_state_dir(Path(experiment.config.output_dir), silo_id)
+    return directory / scope if scope else directory
 
 
 def _restore(tools: SiloWorker, resume_round: int, directory: Path) -> None:
     """First message of a resumed run: the silo's state as of the checkpoint, unless this node
     still holds it in memory; files from rounds after the checkpoint are dropped."""
-    tools.state.config_records[RESTORED] = ConfigRecord({"resume-round": resume_round})
     saved = restore_silo_state(directory, resume_round)
     if saved is not None and tools.personal() is None:
-        tools.state.array_records[PERSONAL] = records.to_array_record(saved)
+        tools.set_personal(saved)
 
 
 def _persist(tools: SiloWorker, request: TrainRequest, directory: Path) -> None:
@@ -249,10 +251,13 @@ def make_client_app(default_config_json: str | None = None) -> ClientApp:
             initial=lambda: _initial_arrays(config_json, json.dumps(groups, sort_keys=True)),
             seed=round_seed(experiment.config.seed, silo.silo_id, request.server_round),
             device=device,
+            scope=request.scope,
         )
-        directory = _state_dir(context, experiment, node, silo.silo_id)
+        directory = _state_dir(context, experiment, node, silo.silo_id, request.scope)
         resume = request.checkpoint.resume_round
-        if directory and resume and RESTORED not in context.state.config_records:
+        restored = f"{RESTORED}/{request.scope}" if request.scope else RESTORED
+        if directory and resume and restored not in context.state.config_records:
+            context.state.config_records[restored] = ConfigRecord({"resume-round": resume})
             _restore(tools, resume, directory)
         return experiment, node, tools, directory
 

@@ -45,10 +45,13 @@ from strategies.base import RunStopped
 log = logging.getLogger("fedmtl")
 
 
-def run_server(grid: Grid, experiment: Experiment, runtime: str | None = None) -> dict[str, Any]:
+def run_server(
+    grid: Grid, experiment: Experiment, runtime: str | None = None, scope: str = ""
+) -> dict[str, Any]:
     """Train for ``num_rounds`` on ``grid`` (after the checkpoint of the run it resumes, if
     any), write the result files and return the summary; ``runtime``: what started the run, for
-    the summary (default: the configured runtime)."""
+    the summary (default: the configured runtime); ``scope``: the run's name on the silos when
+    several runs share the nodes one after another (each keeps its own silo state)."""
     cfg = experiment.config
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -66,6 +69,7 @@ def run_server(grid: Grid, experiment: Experiment, runtime: str | None = None) -
         resume_round=done,
     )
     strategy = experiment.new_strategy(observers=[tracker])
+    strategy.scope = scope
     global_eval = GlobalEvaluator(experiment, tracker, strategy)
     if previous is None:
         model = experiment.new_model(strategy.model_groups)

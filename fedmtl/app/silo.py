@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import RecordDict
 
 from fedmtl.core import records
 from fedmtl.core.data import LocalData
@@ -72,17 +72,25 @@ class SiloWorker:
     initial: Callable[[], Arrays]
     seed: int
     device: str
+    scope: str = ""
 
     # ------------------------------------------------------------------ node state
+    @property
+    def record_key(self) -> str:
+        """The node-state record of the personal arrays: :data:`PERSONAL`, per ``scope`` (the
+        training run a message belongs to, when several share the nodes)."""
+        return f"{PERSONAL}/{self.scope}" if self.scope else PERSONAL
+
     def personal(self) -> Arrays | None:
-        record = self.state.array_records.get(PERSONAL)
+        record = self.state.array_records.get(self.record_key)
         return None if record is None else records.from_array_record(record)
+
+    def set_personal(self, arrays: Arrays) -> None:
+        self.state.array_records[self.record_key] = records.to_array_record(arrays)
 
     def keep(self, keys: list[str]) -> None:
         """Store the model's ``keys`` as the silo's personal arrays."""
-        self.state.array_records[PERSONAL] = ArrayRecord(
-            dict(records.to_array_record(records.state_arrays(self.model, keys)))
-        )
+        self.set_personal(records.state_arrays(self.model, keys))
 
     def own_keys(self, heads_only: bool = False) -> list[str]:
         """The model keys of the silo's own model: its tasks' heads, and the trunk(s) they use."""

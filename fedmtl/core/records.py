@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -77,6 +78,7 @@ _PROXIMAL_MU = "proximal-mu"
 _PERSONAL = "personal"
 _PERSONAL_LAMBDA = "personal-lambda"
 _HEAD_EPOCHS = "head-epochs"
+_SCOPE = "scope"
 _SAVED_ROUND = "saved-round"
 _RESUME_ROUND = "resume-round"
 _TASK_UPDATE = "per-task"
@@ -277,7 +279,9 @@ class TrainRequest:
     (None: one shared trunk), the proximal coefficient mu of (mu/2)||theta - received||^2 (0:
     none), what the silo keeps for itself (:data:`PersonalMode`) with Ditto's lambda, and the
     epochs spent on the heads alone before the trunk trains with the heads frozen (FedRep; 0: a
-    joint update)."""
+    joint update); what silos keeping state in files need to know of the server's checkpoints
+    (:class:`SiloCheckpoint`); and the ``scope``: the training run the message belongs to, when
+    several share the same nodes (a silo keeps separate state per scope; empty: the only one)."""
 
     server_round: int
     train: TrainConfig
@@ -290,6 +294,7 @@ class TrainRequest:
     personal_lambda: float = 0.0
     head_epochs: int = 0
     checkpoint: SiloCheckpoint = SiloCheckpoint()
+    scope: str = ""
 
     def to_config(self) -> ConfigRecord:
         train = self.train
@@ -313,6 +318,7 @@ class TrainRequest:
                 _PERSONAL: self.personal,
                 _PERSONAL_LAMBDA: self.personal_lambda,
                 _HEAD_EPOCHS: self.head_epochs,
+                _SCOPE: self.scope,
                 **self.checkpoint.to_config(),
                 **_groups_entry(self.groups),
             }
@@ -367,6 +373,7 @@ class TrainRequest:
             personal_lambda=personal_lambda,
             head_epochs=head_epochs,
             checkpoint=SiloCheckpoint.from_config(record),
+            scope=_scope(record),
         )
 
 
@@ -375,18 +382,20 @@ class EvaluateRequest:
     """What an evaluate message asks of a silo: the round, the model's task groups, and what the
     silo keeps for itself (:data:`PersonalMode`): it evaluates its personal model, completed
     by the arrays it receives (``heads``: the received trunk and its own heads), else the model
-    it receives."""
+    it receives; ``checkpoint`` and ``scope`` as in :class:`TrainRequest`."""
 
     server_round: int
     groups: Groups | None = None
     personal: PersonalMode = "none"
     checkpoint: SiloCheckpoint = SiloCheckpoint()
+    scope: str = ""
 
     def to_config(self) -> ConfigRecord:
         return ConfigRecord(
             {
                 SERVER_ROUND: self.server_round,
                 _PERSONAL: self.personal,
+                _SCOPE: self.scope,
                 **self.checkpoint.to_config(),
                 **_groups_entry(self.groups),
             }
@@ -402,7 +411,19 @@ class EvaluateRequest:
             groups=_groups_from(record),
             personal=personal,  # type: ignore[arg-type]
             checkpoint=SiloCheckpoint.from_config(record),
+            scope=_scope(record),
         )
+
+
+def _scope(record: Mapping[str, Any]) -> str:
+    """The request's scope: a name of letters, digits, ``_``, ``-`` and ``.`` (it names a node-
+    state record and a directory on the silo), or empty."""
+    scope = text(record, _SCOPE)
+    if scope and (not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", scope) or set(scope) == {"."}):
+        raise ValueError(
+            f"{_SCOPE} must be a short name of letters, digits, _, - and ., got {scope!r}"
+        )
+    return scope
 
 
 # ------------------------------------------------------------------------------------ replies
