@@ -11,6 +11,7 @@ from fedmtl.app.experiment import cached_experiment
 from fedmtl.app.runtime import RUNTIMES, Apps, set_offline_env
 from fedmtl.app.server_app import make_server_app
 from fedmtl.app.tracking import SUMMARY_FILE
+from fedmtl.app.vectorized import BatchTrainer
 from fedmtl.core.schema import ExperimentConfig
 
 
@@ -24,7 +25,11 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
     config_json = config.to_json()
     experiment = cached_experiment(config_json)
     runner = RUNTIMES.get(config.runtime.name, key="runtime.name").factory
-    apps = Apps(server=make_server_app(config_json), client=make_client_app(config_json))
+    apps = Apps(
+        server=make_server_app(config_json),
+        client=make_client_app(config_json),
+        batch=BatchTrainer(config_json),
+    )
     runner(apps, config.runtime.params, experiment.partition.num_silos)
     summary_path = Path(config.output_dir) / SUMMARY_FILE
     if not summary_path.exists():

@@ -2,10 +2,13 @@
 
 - ``inprocess``: every silo's ClientApp is called directly in this process through an
   :class:`InProcessGrid` (a Flower ``Grid``). No Ray, no sockets: for tests and tiny runs.
+- ``vectorized``: in-process, but the train messages of a round that can be trained together go
+  to one batched computation (:class:`VectorizedGrid`, :mod:`fedmtl.app.vectorized`); the others,
+  and every other message, reach the ClientApp as in-process.
 - ``simulation``: Flower's simulation engine on Ray, one virtual SuperNode per silo, with client
   resources (CPUs, GPU fraction) from the config; ``ray_address`` joins an existing Ray cluster.
 
-Both run the same ServerApp and ClientApp (:mod:`fedmtl.app.server_app`, :mod:`fedmtl.app.client_app`).
+All run the same ServerApp and ClientApp (:mod:`fedmtl.app.server_app`, :mod:`fedmtl.app.client_app`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
@@ -52,12 +55,19 @@ def set_offline_env() -> None:
         os.environ.setdefault(key, value)
 
 
+BatchTrain = Callable[[list[tuple[Message, Context]]], list[Message | None]]
+"""Answers many train messages at once: ``[(message, node context)] -> [reply or None]``, None for
+a message it leaves to the ClientApp (:class:`fedmtl.app.vectorized.BatchTrainer`)."""
+
+
 @dataclass(frozen=True)
 class Apps:
-    """The ServerApp and the ClientApp of one run."""
+    """The ServerApp and the ClientApp of one run, and the batched trainer the ``vectorized``
+    runtime hands a round's train messages to."""
 
     server: ServerApp
     client: ClientApp
+    batch: BatchTrain | None = None
 
 
 Runner = Callable[[Apps, Any, int], None]
@@ -93,11 +103,29 @@ class InProcessParams:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+@dataclass(frozen=True)
+class VectorizedParams(InProcessParams):
+    """In-process, with the sampled silos of a round trained together (:mod:`fedmtl.core.vectorized`).
+
+    ``device`` as for ``inprocess`` (one GPU at most). ``max_silos``: silos per batched
+    computation (memory grows with it: parameters, gradients and optimizer state per silo; 0: the
+    whole round at once). ``precision``: the forward pass in ``float32`` (results equal the
+    sequential runtime's up to rounding) or autocast to ``bfloat16`` / ``float16`` (mixed
+    precision; results then differ more).
+    """
+
+    max_silos: int = 256
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    def __post_init__(self) -> None:
+        int_at_least(self, "max_silos", 0)
+
+
 def client_device(runtime_name: str, params: Any) -> str:
     """The torch device a ClientApp trains on: CUDA only when this client was given a GPU.
 
     simulation: ``num_gpus > 0`` (Ray then makes the GPU visible to the client's actor);
-    inprocess: ``device`` (``auto`` picks CUDA when visible).
+    inprocess and vectorized: ``device`` (``auto`` picks CUDA when visible).
     """
     cuda = torch.cuda.is_available()
     if runtime_name == "simulation":
@@ -211,6 +239,39 @@ class InProcessGrid(Grid):
         return [self._deliver(message) for message in messages]
 
 
+class VectorizedGrid(InProcessGrid):
+    """An :class:`InProcessGrid` whose ``send_and_receive`` hands the train messages among the
+    messages it is given to ``batch`` first, which answers those it can train together; every
+    message it leaves (None), and every other message, is delivered to the ClientApp as
+    in-process. Replies come back in the order of the messages."""
+
+    def __init__(
+        self, client_app: Any, num_nodes: int, run_config: dict[str, Any], batch: BatchTrain
+    ) -> None:
+        super().__init__(client_app, num_nodes, run_config)
+        self.batch = batch
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        replies: list[Message | None] = [None] * len(messages)
+        train = [
+            i
+            for i, message in enumerate(messages)
+            if message.metadata.message_type == MessageType.TRAIN
+            and message.metadata.dst_node_id in self.contexts
+        ]
+        if train:
+            batch = [(messages[i], self.contexts[messages[i].metadata.dst_node_id]) for i in train]
+            for i, reply in zip(train, self.batch(batch), strict=True):
+                replies[i] = reply
+        return [
+            self._deliver(message) if reply is None else reply
+            for message, reply in zip(messages, replies, strict=True)
+        ]
+
+
 def _set_server_identity() -> None:
     """Flower >= 1.42 stamps new messages with the process's task identity; set the server's, as
     Flower's own in-memory runtime does (older versions have no such identity)."""
@@ -224,6 +285,16 @@ def _set_server_identity() -> None:
 def _run_inprocess(apps: Apps, params: InProcessParams, num_silos: int) -> None:
     check_device(params)
     grid = InProcessGrid(apps.client, num_silos, run_config={})
+    apps.server(
+        grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    )
+
+
+def _run_vectorized(apps: Apps, params: VectorizedParams, num_silos: int) -> None:
+    check_device(params)
+    if apps.batch is None:
+        raise ValueError("the vectorized runtime needs Apps.batch (fedmtl.app.launch builds it)")
+    grid = VectorizedGrid(apps.client, num_silos, run_config={}, batch=apps.batch)
     apps.server(
         grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
     )
@@ -256,3 +327,4 @@ def _run_simulation(apps: Apps, params: SimulationParams, num_silos: int) -> Non
 RUNTIMES: Registry[Runner] = Registry("runtime")
 RUNTIMES.register("inprocess", params=InProcessParams)(_run_inprocess)
 RUNTIMES.register("simulation", params=SimulationParams)(_run_simulation)
+RUNTIMES.register("vectorized", params=VectorizedParams)(_run_vectorized)

@@ -52,7 +52,9 @@ def run_server(grid: Grid, experiment: Experiment) -> dict[str, Any]:
             initial,
             num_rounds=cfg.num_rounds,
             timeout=strategy.params.reply_timeout_s,
-            evaluate_fn=global_eval if global_eval.num_samples and strategy.has_global_model else None,
+            evaluate_fn=global_eval
+            if global_eval.num_samples and strategy.has_global_model
+            else None,
         )
     finally:
         summary = build_summary(experiment, strategy, time.perf_counter() - started)

@@ -159,7 +159,7 @@ def run_train(
         loss_before = mean_task_losses(worker.model, worker.data)
         result = worker.train(request)
         worker.keep(keys)
-        return _reply(worker, {}, result, loss_before, None)
+        return _reply(worker.data, {}, result, loss_before, None)
     records.load_arrays(worker.model, received)
     if mode == "heads":
         worker.load_personal(heads_only=True)
@@ -169,18 +169,10 @@ def run_train(
         proximal = Proximal(request.proximal_mu, _tensors(received))
     result = worker.train(request, step_weights, probe, proximal)
     trained = records.state_arrays(worker.model, list(received))
-    deltas = {k: trained[k] - received[k] for k in received}
     if mode == "heads":
         worker.keep(worker.own_keys(heads_only=True))
-    task_deltas = None
-    if result.task_trunk_deltas is not None:  # per_task mode: each task's share of its trunk
-        deltas = {k: v for k, v in deltas.items() if not is_trunk_key(k)}
-        task_deltas = {
-            task: {key: share.detach().cpu().numpy() for key, share in shares.items()}
-            for task, shares in result.task_trunk_deltas.items()
-        }
     affinity = {} if probe is None else probe.means()
-    reply = _reply(worker, deltas, result, loss_before, task_deltas, affinity)
+    reply = train_reply(worker.data, received, trained, result, loss_before, affinity)
     if mode == "ditto":
         keys = worker.load_personal(fallback=received)
         ditto = Proximal(request.personal_lambda, _tensors(received))
@@ -193,8 +185,30 @@ def _tensors(arrays: Arrays) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
+def train_reply(
+    data: LocalData,
+    received: Arrays,
+    trained: Arrays,
+    result: TrainResult,
+    loss_before: dict[str, float],
+    affinity: dict[tuple[str, str], float] | None = None,
+) -> TrainReply:
+    """The reply to a train message: trained minus ``received`` for every array received, except
+    the trunk's in ``per_task`` mode, where each task's share of it goes instead (the sequential
+    and the vectorised runtimes both answer through here)."""
+    deltas = {k: trained[k] - received[k] for k in received}
+    task_deltas = None
+    if result.task_trunk_deltas is not None:  # per_task mode: each task's share of its trunk
+        deltas = {k: v for k, v in deltas.items() if not is_trunk_key(k)}
+        task_deltas = {
+            task: {key: share.detach().cpu().numpy() for key, share in shares.items()}
+            for task, shares in result.task_trunk_deltas.items()
+        }
+    return _reply(data, deltas, result, loss_before, task_deltas, affinity)
+
+
 def _reply(
-    worker: SiloWorker,
+    data: LocalData,
     deltas: Arrays,
     result: TrainResult,
     loss_before: dict[str, float],
@@ -203,9 +217,9 @@ def _reply(
 ) -> TrainReply:
     return TrainReply(
         deltas=deltas,
-        num_examples=worker.data.num_samples,
+        num_examples=data.num_samples,
         steps=result.steps,
-        task_examples=dict(worker.data.labelled_counts()),
+        task_examples=dict(data.labelled_counts()),
         train_loss=result.mean_loss,
         loss_before=loss_before,
         task_deltas=task_deltas,
