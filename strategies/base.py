@@ -64,6 +64,7 @@ from fedmtl.core.records import (
     SiloInfo,
     TrainReply,
     TrainRequest,
+    UpdateDtype,
     WeightingSpec,
 )
 from fedmtl.core.rounds import RoundObserver, RoundRecord
@@ -95,6 +96,8 @@ class StrategyParams:
     ``wait_for_nodes_s`` seconds. ``evaluate_every``: evaluate every k rounds (and after the last).
     ``reply_timeout_s``: how long a round waits for replies. ``server_optimizer``: the FedOpt rule
     that applies the combined trunk update (default: plain averaging, ``sgd`` with lr 1).
+    ``update_dtype``: the precision silos send their updates in (``float16`` or ``bfloat16``
+    halve the bytes up; the server reads them back as float32).
     """
 
     fraction_train: float = 1.0
@@ -106,6 +109,7 @@ class StrategyParams:
     wait_for_nodes_s: float = 120.0
     reply_timeout_s: float = 3600.0
     server_optimizer: ServerOptParams = field(default_factory=ServerOptParams)
+    update_dtype: UpdateDtype = "float32"
 
     def __post_init__(self) -> None:
         fraction(self, "fraction_train", allow_one=True)
@@ -245,6 +249,7 @@ class TaskAwareStrategy(Strategy):
             affinity=self.affinity_request(server_round),
             groups=self.model_groups,
             personal=self.personal_mode(),
+            update_dtype=self.params.update_dtype,
         )
 
     @property

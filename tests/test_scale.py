@@ -1,11 +1,23 @@
-"""Server cost at scale: the blockwise Gramian (float32 block products, float64 sum)."""
+"""Server and wire cost at scale: the blockwise Gramian (float32 block products, float64 sum) and
+updates sent in float16 or bfloat16."""
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
+from flwr.app import Array
 
+from fedmtl.app.config import parse
+from fedmtl.app.launch import run
+from fedmtl.core import records
+from fedmtl.core.records import TrainReply, TrainRequest
+from fedmtl.core.schema import TrainConfig
 from strategies.balancing import build_weighting, linalg
+from tests.helpers import compose_raw
 
 
 def test_blockwise_gramian_matches_float64(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -39,3 +51,58 @@ def test_weights_from_the_blockwise_gramian_match(
     monkeypatch.setattr(linalg, "BLOCK_COLUMNS", 512)
     blockwise = build_weighting(name).weights(J)
     torch.testing.assert_close(blockwise.double(), exact, rtol=1e-5, atol=1e-6)
+
+
+# --- updates in float16 / bfloat16 on the wire ----------------------------------------------------
+
+
+# Relative rounding of each format, and float16's absolute floor (its subnormal spacing 2^-24).
+@pytest.mark.parametrize(
+    ("dtype", "rel", "floor"), [("float16", 2.0**-11, 2.0**-24), ("bfloat16", 2.0**-8, 0.0)]
+)
+def test_half_precision_updates_halve_the_bytes_and_read_back_as_float32(
+    dtype: str, rel: float, floor: float
+) -> None:
+    gen = np.random.default_rng(0)
+    deltas = {"trunk.w": gen.normal(size=(64, 32)).astype(np.float32) * 1e-2}
+    task_deltas = {"a": {"trunk.w": gen.normal(size=(64, 32)).astype(np.float32)}}
+    reply = TrainReply(deltas, 10, 3, {"a": 10}, task_deltas=task_deltas)
+    full = records.update_bytes(reply.to_content())
+    half = dataclasses.replace(reply, update_dtype=dtype).to_content()  # type: ignore[arg-type]
+    assert records.update_bytes(half) < 0.52 * full
+    parsed = TrainReply.from_content(half)
+    for got, sent in [
+        (parsed.deltas["trunk.w"], deltas["trunk.w"]),
+        (parsed.task_deltas["a"]["trunk.w"], task_deltas["a"]["trunk.w"]),  # type: ignore[index]
+    ]:
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, sent, rtol=rel, atol=floor)
+
+
+def test_a_bfloat16_array_must_hold_16_bit_patterns() -> None:
+    bad = records.to_array_record({"x": np.zeros(3, dtype=np.float32)})
+    array = bad["x"]
+    bad["x"] = Array(records.BFLOAT16, array.shape, array.stype, array.data)
+    with pytest.raises(ValueError, match="uint16"):
+        records.from_array_record(bad)
+
+
+def test_train_request_carries_the_update_dtype() -> None:
+    request = TrainRequest(server_round=2, train=TrainConfig(), update_dtype="bfloat16")
+    assert TrainRequest.from_config(request.to_config()) == request
+    older = dict(request.to_config())
+    del older["update-dtype"]  # a server that does not send it asks for float32
+    assert TrainRequest.from_config(older).update_dtype == "float32"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_bfloat16_updates_halve_bytes_up_of_a_run(tmp_path: Path) -> None:
+    base = ["dataset=synthetic", "dataset.num_samples=600", "partition.num_silos=4"]
+    base += ["runtime=inprocess", "tracking=quiet", "num_rounds=2"]
+    full = run(parse(compose_raw(base, tmp_path / "f32")))
+    half = run(parse(compose_raw([*base, "strategy.update_dtype=bfloat16"], tmp_path / "bf16")))
+    assert half["bytes_up"] < 0.55 * full["bytes_up"]
+    assert half["bytes_down"] == full["bytes_down"]
+    for task, metrics in full["final"].items():
+        assert half["final"][task]["loss"] == pytest.approx(metrics["loss"], rel=0.05)

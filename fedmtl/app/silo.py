@@ -22,6 +22,7 @@ silo's own heads), else the received one.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,14 @@ from flwr.app import ArrayRecord, RecordDict
 from fedmtl.core import records
 from fedmtl.core.data import LocalData
 from fedmtl.core.models import MultiTaskModel, head_task, is_trunk_key
-from fedmtl.core.records import Arrays, EvaluateReply, EvaluateRequest, TrainReply, TrainRequest
+from fedmtl.core.records import (
+    Arrays,
+    EvaluateReply,
+    EvaluateRequest,
+    TrainReply,
+    TrainRequest,
+    UpdateDtype,
+)
 from fedmtl.core.training import (
     Proximal,
     StepWeights,
@@ -172,7 +180,9 @@ def run_train(
     if mode == "heads":
         worker.keep(worker.own_keys(heads_only=True))
     affinity = {} if probe is None else probe.means()
-    reply = train_reply(worker.data, received, trained, result, loss_before, affinity)
+    reply = train_reply(
+        worker.data, received, trained, result, loss_before, affinity, request.update_dtype
+    )
     if mode == "ditto":
         keys = worker.load_personal(fallback=received)
         ditto = Proximal(request.personal_lambda, _tensors(received))
@@ -192,10 +202,12 @@ def train_reply(
     result: TrainResult,
     loss_before: dict[str, float],
     affinity: dict[tuple[str, str], float] | None = None,
+    update_dtype: UpdateDtype = "float32",
 ) -> TrainReply:
     """The reply to a train message: trained minus ``received`` for every array received, except
-    the trunk's in ``per_task`` mode, where each task's share of it goes instead (the sequential
-    and the vectorised runtimes both answer through here)."""
+    the trunk's in ``per_task`` mode, where each task's share of it goes instead; the arrays
+    travel in ``update_dtype`` (the sequential and the vectorised runtimes both answer through
+    here)."""
     deltas = {k: trained[k] - received[k] for k in received}
     task_deltas = None
     if result.task_trunk_deltas is not None:  # per_task mode: each task's share of its trunk
@@ -204,7 +216,8 @@ def train_reply(
             task: {key: share.detach().cpu().numpy() for key, share in shares.items()}
             for task, shares in result.task_trunk_deltas.items()
         }
-    return _reply(data, deltas, result, loss_before, task_deltas, affinity)
+    reply = _reply(data, deltas, result, loss_before, task_deltas, affinity)
+    return dataclasses.replace(reply, update_dtype=update_dtype)
 
 
 def _reply(

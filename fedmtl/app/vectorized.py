@@ -124,7 +124,12 @@ class BatchTrainer:
                 ):
                     trained = {k: outcome.params[k].detach().cpu().numpy() for k in received}
                     reply = train_reply(
-                        job.data, received, trained, outcome.result, outcome.loss_before
+                        job.data,
+                        received,
+                        trained,
+                        outcome.result,
+                        outcome.loss_before,
+                        update_dtype=request.update_dtype,
                     )
                     message, context = deliveries[i]
                     replies[i] = Message(reply.to_content(), reply_to=message)

@@ -19,7 +19,9 @@ Client -> server
   ``query``:    ``SILO`` (:class:`SiloInfo`: silo id, tasks, example counts).
   ``train``:    :class:`TrainReply`: ``UPDATE`` (deltas, trained minus received: one per head
                 received and, for the trunk, one per trunk array in ``joint`` mode or one per trunk
-                array and task in ``per_task`` mode, keyed :func:`task_update_key`) and ``METRICS``
+                array and task in ``per_task`` mode, keyed :func:`task_update_key`; in the
+                request's ``update-dtype``: float32, float16, or bfloat16 sent as its 16 bits,
+                read back as float32 by the parser) and ``METRICS``
                 (``num-examples``, ``steps``, per task ``<task>/num-examples``,
                 ``<task>/train-loss`` (mean over local steps) and ``<task>/loss-before`` (mean over
                 the silo's training rows, of the received model) and, when an affinity was
@@ -77,6 +79,7 @@ _PROXIMAL_MU = "proximal-mu"
 _PERSONAL = "personal"
 _PERSONAL_LAMBDA = "personal-lambda"
 _HEAD_EPOCHS = "head-epochs"
+_UPDATE_DTYPE = "update-dtype"
 _TASK_UPDATE = "per-task"
 _SILO_ID = "silo-id"
 _TASKS = "tasks"
@@ -86,6 +89,15 @@ _NUM_TEST = "num-test"
 Arrays = dict[str, np.ndarray]
 Groups = dict[str, tuple[str, ...]]
 """Task groups of a grouped model: group name -> its tasks."""
+
+UpdateDtype = Literal["float32", "float16", "bfloat16"]
+"""The precision a silo's update travels in (``strategy.update_dtype``): float32, or half the
+bytes as float16 (10-bit mantissa; |x| > 65504 becomes inf and the reply is refused, |x| < 6e-5
+loses relative precision and |x| < 3e-8 becomes 0) or bfloat16 (8-bit mantissa, float32's
+range). The server reads either back as float32."""
+
+BFLOAT16 = "bfloat16"
+"""The ``Array.dtype`` of a bfloat16 array: its 16-bit patterns travel as a uint16 ``.npy``."""
 
 PersonalMode = Literal["none", "heads", "model", "ditto"]
 """What a silo keeps for itself between rounds (its node state):
@@ -161,9 +173,25 @@ def _json_object(record: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- arrays
-def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """Arrays keep their shape (0-d included) and dtype; non-contiguous ones are copied."""
-    return ArrayRecord({k: Array(_contiguous(v)) for k, v in arrays.items()})
+def to_array_record(
+    arrays: Mapping[str, np.ndarray], dtype: UpdateDtype = "float32"
+) -> ArrayRecord:
+    """Arrays keep their shape (0-d included) and dtype; non-contiguous ones are copied. With
+    ``dtype`` float16 or bfloat16, floating arrays are rounded to it (to nearest even) first."""
+    if dtype == "float32":
+        return ArrayRecord({k: Array(_contiguous(v)) for k, v in arrays.items()})
+    return ArrayRecord({k: _half(v, dtype) for k, v in arrays.items()})
+
+
+def _half(value: np.ndarray, dtype: UpdateDtype) -> Array:
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.floating):
+        return Array(_contiguous(array))
+    if dtype == "float16":
+        return Array(_contiguous(array.astype(np.float16)))
+    bits = torch.from_numpy(_contiguous(array)).to(torch.bfloat16).view(torch.int16).numpy()
+    encoded = Array(bits.view(np.uint16))
+    return Array(BFLOAT16, tuple(array.shape), encoded.stype, encoded.data)
 
 
 def _contiguous(value: np.ndarray) -> np.ndarray:
@@ -172,7 +200,17 @@ def _contiguous(value: np.ndarray) -> np.ndarray:
 
 
 def from_array_record(record: ArrayRecord) -> Arrays:
-    return {k: v.numpy() for k, v in record.items()}
+    """The arrays of a record; a bfloat16 array (:data:`BFLOAT16`) comes back as float32."""
+    return {
+        k: _bfloat16_to_float32(v) if v.dtype == BFLOAT16 else v.numpy() for k, v in record.items()
+    }
+
+
+def _bfloat16_to_float32(value: Array) -> np.ndarray:
+    bits = value.numpy()
+    if bits.dtype != np.uint16:
+        raise ValueError(f"a {BFLOAT16} array must hold uint16 patterns, got {bits.dtype}")
+    return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).float().numpy()
 
 
 def state_arrays(model: torch.nn.Module, keys: list[str]) -> Arrays:
@@ -251,9 +289,9 @@ class TrainRequest:
     mode, the balancing method it applies to its tasks' gradients at each local step (None: the
     plain sum of its task losses), the affinity to measure (if any), the model's task groups
     (None: one shared trunk), the proximal coefficient mu of (mu/2)||theta - received||^2 (0:
-    none), what the silo keeps for itself (:data:`PersonalMode`) with Ditto's lambda, and the
+    none), what the silo keeps for itself (:data:`PersonalMode`) with Ditto's lambda, the
     epochs spent on the heads alone before the trunk trains with the heads frozen (FedRep; 0: a
-    joint update)."""
+    joint update), and the precision its update travels in (:data:`UpdateDtype`)."""
 
     server_round: int
     train: TrainConfig
@@ -265,6 +303,7 @@ class TrainRequest:
     personal: PersonalMode = "none"
     personal_lambda: float = 0.0
     head_epochs: int = 0
+    update_dtype: UpdateDtype = "float32"
 
     def to_config(self) -> ConfigRecord:
         train = self.train
@@ -288,6 +327,7 @@ class TrainRequest:
                 _PERSONAL: self.personal,
                 _PERSONAL_LAMBDA: self.personal_lambda,
                 _HEAD_EPOCHS: self.head_epochs,
+                _UPDATE_DTYPE: self.update_dtype,
                 **_groups_entry(self.groups),
             }
         )
@@ -316,6 +356,9 @@ class TrainRequest:
             number(record, _PERSONAL_LAMBDA),
         )
         head_epochs = integer(record, _HEAD_EPOCHS)
+        update_dtype = text(record, _UPDATE_DTYPE) if _UPDATE_DTYPE in record else "float32"
+        if update_dtype not in get_args(UpdateDtype):
+            raise ValueError(f"unknown {_UPDATE_DTYPE} {update_dtype!r}")
         if proximal_mu < 0 or personal_lambda < 0 or head_epochs < 0:
             raise ValueError(f"{_PROXIMAL_MU}, {_PERSONAL_LAMBDA} and {_HEAD_EPOCHS} must be >= 0")
         train = TrainConfig(
@@ -340,6 +383,7 @@ class TrainRequest:
             personal=personal,  # type: ignore[arg-type]
             personal_lambda=personal_lambda,
             head_epochs=head_epochs,
+            update_dtype=update_dtype,  # type: ignore[arg-type]
         )
 
 
@@ -428,7 +472,8 @@ class TrainReply:
     ``num_examples``: the silo's training rows; ``task_examples[t]``: its labelled rows of task t
     (counts travel as numbers: the server checks them). ``train_loss[t]`` and ``loss_before[t]``:
     task t's mean loss over the local steps, and of the received model; ``affinity[(i, j)]``: the
-    measured S_{i->j}.
+    measured S_{i->j}. ``update_dtype``: the precision the arrays travel in (the parser always
+    gives float32 back).
     """
 
     deltas: Arrays
@@ -439,6 +484,7 @@ class TrainReply:
     loss_before: dict[str, float] = field(default_factory=dict)
     task_deltas: dict[str, Arrays] | None = None
     affinity: dict[tuple[str, str], float] = field(default_factory=dict)
+    update_dtype: UpdateDtype = "float32"
 
     def to_content(self) -> RecordDict:
         arrays = dict(self.deltas)
@@ -456,7 +502,9 @@ class TrainReply:
             metrics.update({task_key(task, stat): value for task, value in values.items()})
         for (source, target), value in self.affinity.items():
             metrics[affinity_key(source, target)] = value
-        return RecordDict({UPDATE: to_array_record(arrays), METRICS: MetricRecord(metrics)})
+        return RecordDict(
+            {UPDATE: to_array_record(arrays, self.update_dtype), METRICS: MetricRecord(metrics)}
+        )
 
     @classmethod
     def from_content(cls, content: RecordDict) -> TrainReply:
@@ -467,6 +515,8 @@ class TrainReply:
         deltas: Arrays = {}
         task_deltas: dict[str, Arrays] = {}
         for key, value in from_array_record(content.array_records[UPDATE]).items():
+            if value.dtype == np.float16:
+                value = value.astype(np.float32)
             share = split_task_update_key(key)
             if share is None:
                 deltas[key] = value
