@@ -1,9 +1,11 @@
-"""Server and wire cost at scale: the blockwise Gramian (float32 block products, float64 sum) and
-updates sent in float16 or bfloat16."""
+"""Server, wire and start-up cost at scale: the blockwise Gramian (float32 block products, float64
+sum), updates sent in float16 or bfloat16, and the driver's experiment shipped to Ray workers."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +13,10 @@ import pytest
 import torch
 from flwr.app import Array
 
+from fedmtl.app import experiment as experiment_module
 from fedmtl.app.config import parse
 from fedmtl.app.launch import run
+from fedmtl.app.runtime import Shipment
 from fedmtl.core import records
 from fedmtl.core.records import TrainReply, TrainRequest
 from fedmtl.core.schema import TrainConfig
@@ -106,3 +110,36 @@ def test_bfloat16_updates_halve_bytes_up_of_a_run(tmp_path: Path) -> None:
     assert half["bytes_down"] == full["bytes_down"]
     for task, metrics in full["final"].items():
         assert half["final"][task]["loss"] == pytest.approx(metrics["loss"], rel=0.05)
+
+
+# --- the simulation's workers adopt the driver's experiment -------------------------------------
+
+
+class FakeRef:
+    """Stands in for a Ray ObjectRef: only its ``hex`` is used."""
+
+    def hex(self) -> str:
+        return "fake-ref"
+
+
+def test_a_shipment_in_the_object_store_pickles_as_its_reference() -> None:
+    shipment = Shipment({"rows": list(range(1000))})
+    assert pickle.loads(pickle.dumps(shipment)).get() == {"rows": list(range(1000))}
+    shipment._ref = FakeRef()  # as after put(): the value stays in the object store
+    travelled = pickle.loads(pickle.dumps(shipment))
+    assert travelled._value is None and isinstance(travelled._ref, FakeRef)
+    assert len(pickle.dumps(shipment)) < 200
+
+
+def test_an_adopted_experiment_replaces_building_it(tmp_path: Path) -> None:
+    raw = compose_raw(["dataset=synthetic", "dataset.num_samples=600"], tmp_path)
+    config_json = json.dumps(raw)
+    other = json.dumps({**raw, "seed": 7})
+    experiment = experiment_module.prepare(parse(raw))
+    with pytest.raises(ValueError, match="another config"):
+        experiment_module.adopt(other, experiment)
+    experiment_module.adopt(config_json, experiment)
+    try:
+        assert experiment_module.cached_experiment(config_json) is experiment
+    finally:
+        del experiment_module._ADOPTED[config_json]

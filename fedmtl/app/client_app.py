@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from fedmtl.app.experiment import Experiment, cached_experiment, config_json_from
-from fedmtl.app.runtime import client_device
+from fedmtl.app.experiment import Experiment, adopt, cached_experiment, config_json_from
+from fedmtl.app.runtime import Shipment, client_device
 from fedmtl.app.silo import SiloWorker, round_seed, run_evaluate, run_train
 from fedmtl.core import records
 from fedmtl.core.data import LocalData
@@ -86,6 +86,15 @@ def _device(experiment: Experiment) -> str:
     return client_device(runtime.name, runtime.params)
 
 
+@functools.cache
+def _use_cpu_share(runtime_name: str, params: Any) -> None:
+    """On the simulation runtime, torch's intra-op threads in this worker process = the client's
+    CPU share ``runtime.num_cpus`` (at least 1), whatever thread count the process inherited:
+    clients sharing the machine's cores do not oversubscribe them (once per process)."""
+    if runtime_name == "simulation":
+        torch.set_num_threads(max(1, int(params.num_cpus)))
+
+
 def _silo_id(context: Context, experiment: Experiment) -> int:
     value = context.node_config.get(PARTITION_ID)
     num_silos = len(experiment.partition.silos)
@@ -96,13 +105,20 @@ def _silo_id(context: Context, experiment: Experiment) -> int:
     return value
 
 
-def make_client_app(default_config_json: str | None = None) -> ClientApp:
-    """The ClientApp; the experiment config comes from the run config, else ``default_config_json``."""
+def make_client_app(
+    default_config_json: str | None = None, shipment: Shipment | None = None
+) -> ClientApp:
+    """The ClientApp; the experiment config comes from the run config, else ``default_config_json``.
+    ``shipment``: the driver's experiment for that config, adopted instead of building it again
+    (:class:`fedmtl.app.runtime.Shipment`)."""
     app = ClientApp()
 
     def setup(context: Context) -> tuple[str, Experiment, int, str]:
         config_json = config_json_from(context.run_config, default_config_json)
+        if shipment is not None and config_json == default_config_json:
+            adopt(config_json, shipment.get())
         experiment = cached_experiment(config_json)
+        _use_cpu_share(experiment.config.runtime.name, experiment.config.runtime.params)
         return config_json, experiment, _silo_id(context, experiment), _device(experiment)
 
     @app.query()

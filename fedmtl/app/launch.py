@@ -8,7 +8,7 @@ from typing import Any
 
 from fedmtl.app.client_app import make_client_app
 from fedmtl.app.experiment import cached_experiment
-from fedmtl.app.runtime import RUNTIMES, Apps, set_offline_env
+from fedmtl.app.runtime import RUNTIMES, Apps, Shipment, set_offline_env
 from fedmtl.app.server_app import make_server_app
 from fedmtl.app.tracking import SUMMARY_FILE
 from fedmtl.app.vectorized import BatchTrainer
@@ -25,10 +25,12 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
     config_json = config.to_json()
     experiment = cached_experiment(config_json)
     runner = RUNTIMES.get(config.runtime.name, key="runtime.name").factory
+    shipment = Shipment(experiment)
     apps = Apps(
         server=make_server_app(config_json),
-        client=make_client_app(config_json),
+        client=make_client_app(config_json, shipment),
         batch=BatchTrainer(config_json),
+        shipment=shipment,
     )
     runner(apps, config.runtime.params, experiment.partition.num_silos)
     summary_path = Path(config.output_dir) / SUMMARY_FILE

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from flwr.app import Context, Error, Message, MessageType, RecordDict
@@ -55,6 +56,44 @@ def set_offline_env() -> None:
         os.environ.setdefault(key, value)
 
 
+class Shipment:
+    """An object the driver built that every client process needs: the run's experiment (dataset
+    and partition).
+
+    On the simulation runtime the driver puts it into Ray's object store once (:meth:`put`);
+    from then on a pickled shipment carries only the reference, and each worker process fetches
+    the object once (:meth:`get`, cached per process) instead of building it again: seconds of
+    imports and partitioning per worker, and data files a worker machine may not have. Elsewhere
+    :meth:`get` returns the object itself.
+    """
+
+    _fetched: ClassVar[dict[str, Any]] = {}  # per process: reference -> object
+
+    def __init__(self, value: Any) -> None:
+        self._value: Any = value
+        self._ref: Any = None
+
+    def put(self) -> None:
+        """Put the object into Ray's object store (Ray must be initialised)."""
+        import ray  # noqa: PLC0415 - heavy, only on the simulation runtime
+
+        self._ref = ray.put(self._value)
+
+    def get(self) -> Any:
+        if self._value is not None:
+            return self._value
+        key = self._ref.hex()
+        if key not in Shipment._fetched:
+            import ray  # noqa: PLC0415 - heavy, only in Ray worker processes
+
+            Shipment._fetched[key] = ray.get(self._ref)
+        return Shipment._fetched[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Once in the object store, only the reference travels."""
+        return {"_value": self._value if self._ref is None else None, "_ref": self._ref}
+
+
 BatchTrain = Callable[[list[tuple[Message, Context]]], list[Message | None]]
 """Answers many train messages at once: ``[(message, node context)] -> [reply or None]``, None for
 a message it leaves to the ClientApp (:class:`fedmtl.app.vectorized.BatchTrainer`)."""
@@ -62,12 +101,14 @@ a message it leaves to the ClientApp (:class:`fedmtl.app.vectorized.BatchTrainer
 
 @dataclass(frozen=True)
 class Apps:
-    """The ServerApp and the ClientApp of one run, and the batched trainer the ``vectorized``
-    runtime hands a round's train messages to."""
+    """The ServerApp and the ClientApp of one run, the batched trainer the ``vectorized`` runtime
+    hands a round's train messages to, and what the ClientApp's processes share with the driver
+    (:class:`Shipment`)."""
 
     server: ServerApp
     client: ClientApp
     batch: BatchTrain | None = None
+    shipment: Shipment | None = None
 
 
 Runner = Callable[[Apps, Any, int], None]
@@ -314,6 +355,9 @@ def _run_simulation(apps: Apps, params: SimulationParams, num_silos: int) -> Non
         "client_resources": {"num_cpus": params.num_cpus, "num_gpus": params.num_gpus},
         "init_args": init_args,
     }
+    if apps.shipment is not None:
+        _start_ray(init_args)
+        apps.shipment.put()
     # Ray warns about a future change to GPU visibility for num_gpus=0 actors; nothing to act on.
     warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
     run_simulation(
@@ -321,6 +365,21 @@ def _run_simulation(apps: Apps, params: SimulationParams, num_silos: int) -> Non
         client_app=apps.client,
         num_supernodes=num_silos,
         backend_config=backend_config,
+    )
+
+
+def _start_ray(init_args: dict[str, Any]) -> None:
+    """Start (or join) Ray as Flower's Ray backend would, so that the driver can put objects into
+    the object store before the simulation starts: workers get the driver's ``sys.path`` as their
+    ``PYTHONPATH`` (a worker machine's environment knows nothing of it) and no dashboard."""
+    import ray  # noqa: PLC0415 - heavy, only on the simulation runtime
+
+    if ray.is_initialized():
+        return
+    paths = [*sys.path, *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])]
+    ray.init(
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
+        **{"include_dashboard": False, **init_args},
     )
 
 
