@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array
+from flwr.app import Array, ArrayRecord
 
 from fedmtl.app import experiment as experiment_module
 from fedmtl.app.config import parse
@@ -143,3 +143,31 @@ def test_an_adopted_experiment_replaces_building_it(tmp_path: Path) -> None:
         assert experiment_module.cached_experiment(config_json) is experiment
     finally:
         del experiment_module._ADOPTED[config_json]
+
+
+# --- arrays on the wire: np.save's bytes, read without parsing each header ------------------------
+
+ARRAYS = {
+    "matrix": np.arange(12, dtype=np.float32).reshape(3, 4),
+    "scalar": np.array(3.5, dtype=np.float32),
+    "strided": np.arange(12, dtype=np.float64).reshape(3, 4)[:, ::2],
+    "empty": np.zeros((0, 3), dtype=np.float16),
+    "big-endian": np.arange(6, dtype=">f4").reshape(2, 3),
+    "counts": np.arange(5, dtype=np.int64),
+    "flags": np.array([True, False]),
+}
+
+
+@pytest.mark.parametrize("name", list(ARRAYS))
+def test_arrays_travel_as_np_save_bytes_and_read_back_equal(name: str) -> None:
+    value = ARRAYS[name]
+    record = records.to_array_record({"x": value})
+    reference = Array(np.ascontiguousarray(value) if value.ndim else value)
+    assert record["x"].data == reference.data
+    assert (record["x"].dtype, record["x"].shape) == (reference.dtype, reference.shape)
+    back = records.from_array_record(record)["x"]
+    assert back.dtype == value.dtype and back.shape == value.shape and back.flags.writeable
+    np.testing.assert_array_equal(back, value)
+    np.testing.assert_array_equal(
+        records.from_array_record(ArrayRecord({"x": reference}))["x"], value
+    )

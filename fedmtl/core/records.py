@@ -34,8 +34,11 @@ The server's own summary of a training round (Flower's ``aggregate_train`` metri
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -179,8 +182,53 @@ def to_array_record(
     """Arrays keep their shape (0-d included) and dtype; non-contiguous ones are copied. With
     ``dtype`` float16 or bfloat16, floating arrays are rounded to it (to nearest even) first."""
     if dtype == "float32":
-        return ArrayRecord({k: Array(_contiguous(v)) for k, v in arrays.items()})
+        return ArrayRecord({k: _npy_array(v) for k, v in arrays.items()})
     return ArrayRecord({k: _half(v, dtype) for k, v in arrays.items()})
+
+
+_NPY = "numpy.ndarray"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+@functools.lru_cache(maxsize=4096)
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` (version 1.0) header ``np.save`` writes for a C-ordered array."""
+    buffer = io.BytesIO()
+    header = {"descr": descr, "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+def _npy_array(value: np.ndarray) -> Array:
+    """``Array(value)``: the same ``.npy`` bytes as ``np.save``, with the header cached per dtype
+    and shape (``np.save`` rebuilds it for every array, which dominates small arrays)."""
+    array = _contiguous(value)
+    descr = np.lib.format.dtype_to_descr(array.dtype)
+    if array.dtype.hasobject or not isinstance(descr, str):
+        return Array(array)
+    header = _npy_header(descr, tuple(array.shape))
+    return Array(str(array.dtype), tuple(array.shape), _NPY, header + array.tobytes())
+
+
+def _numpy(value: Array) -> np.ndarray:
+    """``value.numpy()`` (a writable copy), reading the ``.npy`` header of a plain C-ordered array
+    by its length field instead of parsing it (``np.load`` parses every header)."""
+    data = value.data
+    if value.stype != _NPY or data[:6] != _NPY_MAGIC or sys.byteorder != "little":
+        return value.numpy()
+    if data[6] == 1:
+        offset = 10 + int.from_bytes(data[8:10], "little")
+    else:
+        offset = 12 + int.from_bytes(data[8:12], "little")
+    header = data[:offset]
+    dtype = np.dtype(value.dtype)
+    descr = np.lib.format.dtype_to_descr(dtype)
+    if dtype.hasobject or not isinstance(descr, str):
+        return value.numpy()
+    plain = b"'fortran_order': False" in header and f"'descr': '{descr}'".encode() in header
+    if not plain:
+        return value.numpy()
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(value.shape).copy()
 
 
 def _half(value: np.ndarray, dtype: UpdateDtype) -> Array:
@@ -190,7 +238,7 @@ def _half(value: np.ndarray, dtype: UpdateDtype) -> Array:
     if dtype == "float16":
         return Array(_contiguous(array.astype(np.float16)))
     bits = torch.from_numpy(_contiguous(array)).to(torch.bfloat16).view(torch.int16).numpy()
-    encoded = Array(bits.view(np.uint16))
+    encoded = _npy_array(bits.view(np.uint16))
     return Array(BFLOAT16, tuple(array.shape), encoded.stype, encoded.data)
 
 
@@ -202,12 +250,12 @@ def _contiguous(value: np.ndarray) -> np.ndarray:
 def from_array_record(record: ArrayRecord) -> Arrays:
     """The arrays of a record; a bfloat16 array (:data:`BFLOAT16`) comes back as float32."""
     return {
-        k: _bfloat16_to_float32(v) if v.dtype == BFLOAT16 else v.numpy() for k, v in record.items()
+        k: _bfloat16_to_float32(v) if v.dtype == BFLOAT16 else _numpy(v) for k, v in record.items()
     }
 
 
 def _bfloat16_to_float32(value: Array) -> np.ndarray:
-    bits = value.numpy()
+    bits = value.numpy()  # its dtype field says bfloat16, its .npy header uint16
     if bits.dtype != np.uint16:
         raise ValueError(f"a {BFLOAT16} array must hold uint16 patterns, got {bits.dtype}")
     return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).float().numpy()
