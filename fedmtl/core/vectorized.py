@@ -365,10 +365,13 @@ class _Trainer:
         or Adam step for it. ``moving`` (S,): the silos taking a step; ``present`` (S, T): the
         tasks of their batches."""
         cfg, group = self.cfg, self.group
+        # Which parameters move for every silo this step (then no masking is needed).
+        everyone = bool(moving.all())
+        all_present = (present.all(dim=0) & everyone).tolist()
         for name, param in self.params.items():
             task = self.batch.head_of.get(name)
             moves = moving if task is None else moving & present[:, task]
-            keep = _expand(moves, param)
+            keep = None if (everyone if task is None else all_present[task]) else moves
             g = grads[name]
             if cfg.weight_decay:
                 g = g.add(param, alpha=cfg.weight_decay)
@@ -384,17 +387,15 @@ class _Trainer:
                 )
                 denom = (exp_avg_sq.sqrt() / correction).add(group["eps"])
                 new = param - step_size * (exp_avg / denom)
-                self.state["exp_avg"][name] = torch.where(
-                    keep, exp_avg, self.state["exp_avg"][name]
-                )
-                self.state["exp_avg_sq"][name] = torch.where(
+                self.state["exp_avg"][name] = _select(keep, exp_avg, self.state["exp_avg"][name])
+                self.state["exp_avg_sq"][name] = _select(
                     keep, exp_avg_sq, self.state["exp_avg_sq"][name]
                 )
             else:
                 buffer = self.state["buffer"][name].mul(cfg.momentum).add(g) if cfg.momentum else g
                 new = param.add(buffer, alpha=-cfg.lr)
-                self.state["buffer"][name] = torch.where(keep, buffer, self.state["buffer"][name])
-            self.params[name] = torch.where(keep, new, param)
+                self.state["buffer"][name] = _select(keep, buffer, self.state["buffer"][name])
+            self.params[name] = _select(keep, new, param)
 
     def _attribute(self, per_task: Params, before: Params, active: torch.Tensor, step: int) -> None:
         """Each task's share of the trunk step (:class:`~fedmtl.core.training.TrunkAttribution`):
@@ -402,6 +403,7 @@ class _Trainer:
         Adam: m_t <- beta1 m_t + (1 - beta1) c_t, share -eta m_t / ((1 - beta1^k)(sqrt(v_hat)
         + eps)) with the silo's joint v_hat."""
         cfg, group = self.cfg, self.group
+        everyone = bool(active.all())
         for name in self.batch.trunk_names:
             part = per_task[name]
             if cfg.weight_decay:
@@ -417,9 +419,9 @@ class _Trainer:
             else:
                 buffer = buffer.mul(cfg.momentum).add(part) if cfg.momentum else part
                 delta = self.shares["delta"][name] - cfg.lr * buffer
-            keep = _expand(active, buffer)
-            self.shares["buffer"][name] = torch.where(keep, buffer, self.shares["buffer"][name])
-            self.shares["delta"][name] = torch.where(keep, delta, self.shares["delta"][name])
+            keep = None if everyone else active
+            self.shares["buffer"][name] = _select(keep, buffer, self.shares["buffer"][name])
+            self.shares["delta"][name] = _select(keep, delta, self.shares["delta"][name])
 
     def result(self, s: int, steps: int) -> TrainResult:
         names = self.batch.names
@@ -439,6 +441,11 @@ class _Trainer:
                 for t in own
             }
         return TrainResult(steps=steps, mean_loss=mean_loss, task_trunk_deltas=task_deltas)
+
+
+def _select(keep: torch.Tensor | None, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """``new`` for the silos in ``keep`` (S,), ``old`` for the others (None: all silos)."""
+    return new if keep is None else torch.where(_expand(keep, new), new, old)
 
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
