@@ -70,3 +70,14 @@ def test_gpu_benchmark_runs_where_only_torch_is_installed(tmp_path: Path) -> Non
     rows = read_csv(tmp_path / "gpu.csv")
     assert [r["silos"] for r in rows] == ["3", "6"]
     assert all(float(r["clients_per_s"]) > 0 and r["device"] == "cpu" for r in rows)
+
+
+@pytest.mark.timeout(600)
+def test_transport_compares_half_precision_updates_with_float32(tmp_path: Path) -> None:
+    args = [str(BENCHMARKS / "transport.py"), "--seeds", "0", "--rounds", "1", "--overrides"]
+    args += ["dataset=synthetic", "dataset.num_samples=600", "partition.num_silos=4"]
+    run_script([*args, "--out", str(tmp_path)])
+    rows = read_csv(tmp_path / "transport.csv")
+    assert [r["update_dtype"] for r in rows] == ["float32", "float16", "bfloat16"]
+    assert float(rows[0]["bytes_up_vs_float32"]) == 1.0
+    assert all(float(r["bytes_up_vs_float32"]) < 0.55 for r in rows[1:])
