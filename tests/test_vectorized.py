@@ -197,3 +197,18 @@ def test_vectorized_runtime_falls_back_to_sequential_with_a_reason(
         expected, got = run_both(tmp_path, ["model.dropout=0.2"])
     assert "vectorized runtime: training silos one by one: dropout" in caplog.text
     assert_rows_close(expected, got, exact=True)
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_trains_close_to_float32(precision: str) -> None:
+    """Autocast changes results by more than rounding, but not by much on a few steps."""
+    views = silo_views()
+    jobs = [SiloJob(v, 7 + s, b) for s, (v, b) in enumerate(zip(views, starts(5), strict=True))]
+    cfg = CONFIGS["sgd-momentum-decay"]
+    exact = train_vectorized(small_model((5,), TASKS, seed=3), jobs, cfg, "joint")
+    mixed = train_vectorized(small_model((5,), TASKS, seed=3), jobs, cfg, "joint", precision)  # type: ignore[arg-type]
+    for want, got in zip(exact, mixed, strict=True):
+        assert got.result.steps == want.result.steps
+        assert got.result.mean_loss == pytest.approx(want.result.mean_loss, abs=0.02)
+        for key, value in want.params.items():
+            torch.testing.assert_close(got.params[key], value, rtol=0, atol=0.05)
