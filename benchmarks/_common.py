@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: machine description and result files."""
+"""Helpers shared by the benchmark scripts: machine description, result files, fresh processes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import csv
 import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +37,33 @@ def write_results(out: Path, stem: str, rows: list[dict[str, Any]], **extra: Any
     report = {"machine": machine_info(), **extra, "rows": rows}
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     print(f"wrote {out / f'{stem}.csv'}")
+
+
+def run_json(args: list[str], timeout: float = 3600) -> dict[str, Any]:
+    """Run ``python ARGS`` in a fresh process (offline environment, this interpreter and
+    ``PYTHONPATH``) and return the JSON object its last output line holds."""
+    # Flower comes with it: benchmarks/gpu.py, which runs where only torch is installed, uses
+    # this module too.
+    from fedmtl.app.runtime import OFFLINE_ENV  # noqa: PLC0415 - imports flwr, not for gpu.py
+
+    env = {**os.environ, **OFFLINE_ENV}
+    command = [sys.executable, *args]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise SystemExit(f"{' '.join(command)} printed no result:\n{result.stdout[-2000:]}")
+    value: dict[str, Any] = json.loads(lines[-1])
+    return value
+
+
+def quiet_machine_note() -> dict[str, Any]:
+    """The 1-minute load average at the start of a timing run (timings mean little above ~0.5 on
+    a shared machine), and a warning on stderr when it is high."""
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.2f}: timings will be noisy", file=sys.stderr)
+    return {"load_avg_start": round(load, 2)}

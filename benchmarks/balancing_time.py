@@ -3,7 +3,7 @@
 For each (T, d) a random float32 J (T x d) is drawn once; each method's ``Weighting.__call__``
 (Gramian, solver and d = J^T w) is timed as the median of ``--repeats`` calls after one warm-up call
 on a 1000-column slice of J (solver set-up, e.g. cvxpy's compilation, is thus excluded). The
-float64 Gramian alone is timed too. Cells whose J exceeds ``--max-gb`` are skipped. Writes
+Gramian alone is timed too (float64-accumulated; blockwise float32 products for large J). Cells whose J exceeds ``--max-gb`` are skipped. Writes
 ``benchmarks/results/balancing_time.csv`` and ``.json``.
 
     python benchmarks/balancing_time.py                                  # the full grid

@@ -67,6 +67,7 @@ from fedmtl.core.records import (
     SiloInfo,
     TrainReply,
     TrainRequest,
+    UpdateDtype,
     WeightingSpec,
 )
 from fedmtl.core.rounds import RoundObserver, RoundRecord
@@ -115,6 +116,9 @@ class StrategyParams:
     each end); ``norm_bound`` b ``clip``-s or ``reject``-s (``norm_rule``) updates whose norm
     exceeds b times the round's median; ``max_count_ratio`` r caps the example counts a silo
     announced at r times the median.
+
+    ``update_dtype``: the precision silos send their updates in (``float16`` or ``bfloat16``
+    halve the bytes up; the server reads them back as float32).
     """
 
     fraction_train: float = 1.0
@@ -132,6 +136,7 @@ class StrategyParams:
     norm_bound: float | None = None
     norm_rule: NormRule = "clip"
     max_count_ratio: float | None = None
+    update_dtype: UpdateDtype = "float32"
 
     def __post_init__(self) -> None:
         fraction(self, "fraction_train", allow_one=True)
@@ -327,6 +332,7 @@ class TaskAwareStrategy(Strategy):
             personal=self.personal_mode(),
             checkpoint=self.silo_checkpoint,
             scope=self.scope,
+            update_dtype=self.params.update_dtype,
         )
 
     @property

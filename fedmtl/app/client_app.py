@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,11 +42,12 @@ from fedmtl.app.config import parse
 from fedmtl.app.experiment import (
     CONFIG_KEY,
     Experiment,
+    adopt,
     cached_experiment,
     config_json_from,
     named_files,
 )
-from fedmtl.app.runtime import client_device
+from fedmtl.app.runtime import Shipment, client_device
 from fedmtl.app.silo import SiloWorker, round_seed, run_evaluate, run_train
 from fedmtl.app.silo_data import (
     NodeSettings,
@@ -121,8 +122,20 @@ def _refusing(what: str) -> Iterator[None]:
         raise RequestRefused(f"{what}: {err}") from None
 
 
-def _experiment(context: Context, default_config_json: str | None) -> tuple[str, Experiment]:
-    """The run's experiment. A config from the run config (sent by whoever started the run) may
+@functools.cache
+def _use_cpu_share(runtime_name: str, params: Any) -> None:
+    """On the simulation runtime, torch's intra-op threads in this worker process = the client's
+    CPU share ``runtime.num_cpus`` (at least 1), whatever thread count the process inherited:
+    clients sharing the machine's cores do not oversubscribe them (once per process)."""
+    if runtime_name == "simulation":
+        torch.set_num_threads(max(1, int(params.num_cpus)))
+
+
+def _experiment(
+    context: Context, default_config_json: str | None, shipment: Shipment | None
+) -> tuple[str, Experiment]:
+    """The run's experiment (``shipment``: the driver's, adopted for the default config instead
+    of building it again). A config from the run config (sent by whoever started the run) may
     name no file: a silo opens only the files of its own node config."""
     with _refusing("experiment config"):
         config_json = config_json_from(context.run_config, default_config_json)
@@ -133,8 +146,11 @@ def _experiment(context: Context, default_config_json: str | None) -> tuple[str,
             f"the experiment config names files ({', '.join(files)}); a silo opens only the "
             "files its own node config names"
         )
+    if shipment is not None and config_json == default_config_json:
+        adopt(config_json, shipment.get())
     with _refusing("experiment config"):
         experiment = cached_experiment(config_json)
+    _use_cpu_share(experiment.config.runtime.name, experiment.config.runtime.params)
     return config_json, experiment
 
 
@@ -217,12 +233,16 @@ def _answer(handler: Handler) -> Handler:
     return answer
 
 
-def make_client_app(default_config_json: str | None = None) -> ClientApp:
-    """The ClientApp; the experiment config comes from the run config, else ``default_config_json``."""
+def make_client_app(
+    default_config_json: str | None = None, shipment: Shipment | None = None
+) -> ClientApp:
+    """The ClientApp; the experiment config comes from the run config, else ``default_config_json``.
+    ``shipment``: the driver's experiment for that config, adopted instead of building it again
+    (:class:`fedmtl.app.runtime.Shipment`)."""
     app = ClientApp()
 
     def setup(context: Context) -> tuple[str, Experiment, NodeSettings, SiloData, str]:
-        config_json, experiment = _experiment(context, default_config_json)
+        config_json, experiment = _experiment(context, default_config_json, shipment)
         node = node_settings(context.node_config)
         if node.unknown:
             log.warning("node config keys %s are not fedmtl's; ignored", list(node.unknown))

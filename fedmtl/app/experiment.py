@@ -7,7 +7,9 @@ each local step and the task-affinity probe, without importing any plug-in itsel
 
 Each process (the ServerApp, every Ray worker, the in-process runtime) builds an experiment once per
 config and reuses it across rounds and virtual clients (:func:`cached_experiment`). The partition is
-a deterministic function of the config and seed, so every process agrees on every silo.
+a deterministic function of the config and seed, so every process agrees on every silo. On the
+simulation runtime the workers adopt the driver's experiment instead (:func:`adopt`, fetched from
+Ray's object store once per worker process).
 """
 
 from __future__ import annotations
@@ -212,10 +214,27 @@ def check_strategy(config: ExperimentConfig, task_names: Sequence[str], num_silo
         )
 
 
-@functools.lru_cache(maxsize=4)
+_ADOPTED: dict[str, Experiment] = {}
+
+
 def cached_experiment(config_json: str) -> Experiment:
-    """The experiment for a JSON config, built once per process."""
+    """The experiment for a JSON config, built once per process (or adopted, :func:`adopt`)."""
+    adopted = _ADOPTED.get(config_json)
+    return adopted if adopted is not None else _built_experiment(config_json)
+
+
+@functools.lru_cache(maxsize=4)
+def _built_experiment(config_json: str) -> Experiment:
     return prepare(parse(json.loads(config_json)))
+
+
+def adopt(config_json: str, experiment: Experiment) -> None:
+    """Use ``experiment`` (built by another process from the same config, e.g. the simulation's
+    driver) for ``config_json`` in this process instead of building it again."""
+    if config_json not in _ADOPTED:
+        if experiment.config.to_json() != config_json:
+            raise ValueError("the experiment adopted was built from another config")
+        _ADOPTED[config_json] = experiment
 
 
 def config_json_from(run_config: Mapping[str, Any], default: str | None) -> str:

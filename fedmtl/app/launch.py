@@ -9,9 +9,10 @@ from typing import Any
 from fedmtl.app.checkpoint import CHECKPOINT_DIR, check_resumable, load_checkpoint
 from fedmtl.app.client_app import make_client_app
 from fedmtl.app.experiment import cached_experiment, is_local
-from fedmtl.app.runtime import RUNTIMES, Apps, set_offline_env
+from fedmtl.app.runtime import RUNTIMES, Apps, Shipment, set_offline_env
 from fedmtl.app.server_app import make_server_app
 from fedmtl.app.tracking import METRICS_FILE, SUMMARY_FILE
+from fedmtl.app.vectorized import BatchTrainer
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig
 
@@ -34,7 +35,13 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
     config_json = config.to_json()
     experiment = cached_experiment(config_json)
     runner = RUNTIMES.get(config.runtime.name, key="runtime.name").factory
-    apps = Apps(server=make_server_app(config_json), client=make_client_app(config_json))
+    shipment = Shipment(experiment)
+    apps = Apps(
+        server=make_server_app(config_json),
+        client=make_client_app(config_json, shipment),
+        batch=BatchTrainer(config_json),
+        shipment=shipment,
+    )
     runner(apps, config.runtime.params, experiment.partition.num_silos)
     summary_path = Path(config.output_dir) / SUMMARY_FILE
     if not summary_path.exists():

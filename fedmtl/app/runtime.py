@@ -2,10 +2,13 @@
 
 - ``inprocess``: every silo's ClientApp is called directly in this process through an
   :class:`InProcessGrid` (a Flower ``Grid``). No Ray, no sockets: for tests and tiny runs.
+- ``vectorized``: in-process, but the train messages of a round that can be trained together go
+  to one batched computation (:class:`VectorizedGrid`, :mod:`fedmtl.app.vectorized`); the others,
+  and every other message, reach the ClientApp as in-process.
 - ``simulation``: Flower's simulation engine on Ray, one virtual SuperNode per silo, with client
   resources (CPUs, GPU fraction) from the config; ``ray_address`` joins an existing Ray cluster.
 
-Both run the same ServerApp and ClientApp (:mod:`fedmtl.app.server_app`, :mod:`fedmtl.app.client_app`).
+All run the same ServerApp and ClientApp (:mod:`fedmtl.app.server_app`, :mod:`fedmtl.app.client_app`).
 """
 
 from __future__ import annotations
@@ -13,15 +16,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid, ServerApp
@@ -55,12 +59,59 @@ def set_offline_env() -> None:
         os.environ.setdefault(key, value)
 
 
+class Shipment:
+    """An object the driver built that every client process needs: the run's experiment (dataset
+    and partition).
+
+    On the simulation runtime the driver puts it into Ray's object store once (:meth:`put`);
+    from then on a pickled shipment carries only the reference, and each worker process fetches
+    the object once (:meth:`get`, cached per process) instead of building it again: seconds of
+    imports and partitioning per worker, and data files a worker machine may not have. Elsewhere
+    :meth:`get` returns the object itself.
+    """
+
+    _fetched: ClassVar[dict[str, Any]] = {}  # per process: reference -> object
+
+    def __init__(self, value: Any) -> None:
+        self._value: Any = value
+        self._ref: Any = None
+
+    def put(self) -> None:
+        """Put the object into Ray's object store (Ray must be initialised)."""
+        import ray  # noqa: PLC0415 - heavy, only on the simulation runtime
+
+        self._ref = ray.put(self._value)
+
+    def get(self) -> Any:
+        if self._value is not None:
+            return self._value
+        key = self._ref.hex()
+        if key not in Shipment._fetched:
+            import ray  # noqa: PLC0415 - heavy, only in Ray worker processes
+
+            Shipment._fetched[key] = ray.get(self._ref)
+        return Shipment._fetched[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Once in the object store, only the reference travels."""
+        return {"_value": self._value if self._ref is None else None, "_ref": self._ref}
+
+
+BatchTrain = Callable[[list[tuple[Message, Context]]], list[Message | None]]
+"""Answers many train messages at once: ``[(message, node context)] -> [reply or None]``, None for
+a message it leaves to the ClientApp (:class:`fedmtl.app.vectorized.BatchTrainer`)."""
+
+
 @dataclass(frozen=True)
 class Apps:
-    """The ServerApp and the ClientApp of one run."""
+    """The ServerApp and the ClientApp of one run, the batched trainer the ``vectorized`` runtime
+    hands a round's train messages to, and what the ClientApp's processes share with the driver
+    (:class:`Shipment`)."""
 
     server: ServerApp
     client: ClientApp
+    batch: BatchTrain | None = None
+    shipment: Shipment | None = None
 
 
 Runner = Callable[[Apps, Any, int], None]
@@ -96,11 +147,29 @@ class InProcessParams:
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+@dataclass(frozen=True)
+class VectorizedParams(InProcessParams):
+    """In-process, with the sampled silos of a round trained together (:mod:`fedmtl.core.vectorized`).
+
+    ``device`` as for ``inprocess`` (one GPU at most). ``max_silos``: silos per batched
+    computation (memory grows with it: parameters, gradients and optimizer state per silo; 0: the
+    whole round at once). ``precision``: the forward pass in ``float32`` (results equal the
+    sequential runtime's up to rounding) or autocast to ``bfloat16`` / ``float16`` (mixed
+    precision; results then differ more).
+    """
+
+    max_silos: int = 256
+    precision: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    def __post_init__(self) -> None:
+        int_at_least(self, "max_silos", 0)
+
+
 def client_device(runtime_name: str, params: Any) -> str:
     """The torch device a ClientApp trains on: CUDA only when this client was given a GPU.
 
     simulation: ``num_gpus > 0`` (Ray then makes the GPU visible to the client's actor);
-    inprocess: ``device`` (``auto`` picks CUDA when visible).
+    inprocess and vectorized: ``device`` (``auto`` picks CUDA when visible).
     """
     cuda = torch.cuda.is_available()
     if runtime_name == "simulation":
@@ -259,6 +328,39 @@ class InProcessGrid(Grid):
         return [self._deliver(message) for message in messages]
 
 
+class VectorizedGrid(InProcessGrid):
+    """An :class:`InProcessGrid` whose ``send_and_receive`` hands the train messages among the
+    messages it is given to ``batch`` first, which answers those it can train together; every
+    message it leaves (None), and every other message, is delivered to the ClientApp as
+    in-process. Replies come back in the order of the messages."""
+
+    def __init__(
+        self, client_app: Any, num_nodes: int, run_config: dict[str, Any], batch: BatchTrain
+    ) -> None:
+        super().__init__(client_app, num_nodes, run_config)
+        self.batch = batch
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        messages = list(messages)
+        replies: list[Message | None] = [None] * len(messages)
+        train = [
+            i
+            for i, message in enumerate(messages)
+            if message.metadata.message_type == MessageType.TRAIN
+            and message.metadata.dst_node_id in self.contexts
+        ]
+        if train:
+            batch = [(messages[i], self.contexts[messages[i].metadata.dst_node_id]) for i in train]
+            for i, reply in zip(train, self.batch(batch), strict=True):
+                replies[i] = reply
+        return [
+            self._deliver(message) if reply is None else reply
+            for message, reply in zip(messages, replies, strict=True)
+        ]
+
+
 def _set_server_identity() -> None:
     """Flower >= 1.42 stamps new messages with the process's task identity; set the server's, as
     Flower's own in-memory runtime does (older versions have no such identity)."""
@@ -272,6 +374,16 @@ def _set_server_identity() -> None:
 def _run_inprocess(apps: Apps, params: InProcessParams, num_silos: int) -> None:
     check_device(params)
     grid = InProcessGrid(apps.client, num_silos, run_config={})
+    apps.server(
+        grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    )
+
+
+def _run_vectorized(apps: Apps, params: VectorizedParams, num_silos: int) -> None:
+    check_device(params)
+    if apps.batch is None:
+        raise ValueError("the vectorized runtime needs Apps.batch (fedmtl.app.launch builds it)")
+    grid = VectorizedGrid(apps.client, num_silos, run_config={}, batch=apps.batch)
     apps.server(
         grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
     )
@@ -291,6 +403,9 @@ def _run_simulation(apps: Apps, params: SimulationParams, num_silos: int) -> Non
         "client_resources": {"num_cpus": params.num_cpus, "num_gpus": params.num_gpus},
         "init_args": init_args,
     }
+    if apps.shipment is not None:
+        _start_ray(init_args)
+        apps.shipment.put()
     # Ray warns about a future change to GPU visibility for num_gpus=0 actors; nothing to act on.
     warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
     run_simulation(
@@ -301,6 +416,22 @@ def _run_simulation(apps: Apps, params: SimulationParams, num_silos: int) -> Non
     )
 
 
+def _start_ray(init_args: dict[str, Any]) -> None:
+    """Start (or join) Ray as Flower's Ray backend would, so that the driver can put objects into
+    the object store before the simulation starts: workers get the driver's ``sys.path`` as their
+    ``PYTHONPATH`` (a worker machine's environment knows nothing of it) and no dashboard."""
+    import ray  # noqa: PLC0415 - heavy, only on the simulation runtime
+
+    if ray.is_initialized():
+        return
+    paths = [*sys.path, *([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])]
+    ray.init(
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
+        **{"include_dashboard": False, **init_args},
+    )
+
+
 RUNTIMES: Registry[Runner] = Registry("runtime")
 RUNTIMES.register("inprocess", params=InProcessParams)(_run_inprocess)
 RUNTIMES.register("simulation", params=SimulationParams)(_run_simulation)
+RUNTIMES.register("vectorized", params=VectorizedParams)(_run_vectorized)

@@ -22,6 +22,7 @@ silo's own heads), else the received one.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,14 @@ from flwr.app import RecordDict
 from fedmtl.core import records
 from fedmtl.core.data import LocalData
 from fedmtl.core.models import MultiTaskModel, head_task, is_trunk_key
-from fedmtl.core.records import Arrays, EvaluateReply, EvaluateRequest, TrainReply, TrainRequest
+from fedmtl.core.records import (
+    Arrays,
+    EvaluateReply,
+    EvaluateRequest,
+    TrainReply,
+    TrainRequest,
+    UpdateDtype,
+)
 from fedmtl.core.training import (
     Proximal,
     StepWeights,
@@ -167,7 +175,7 @@ def run_train(
         loss_before = mean_task_losses(worker.model, worker.data)
         result = worker.train(request)
         worker.keep(keys)
-        return _reply(worker, {}, result, loss_before, None)
+        return _reply(worker.data, {}, result, loss_before, None)
     records.load_arrays(worker.model, received)
     if mode == "heads":
         worker.load_personal(heads_only=True)
@@ -177,18 +185,12 @@ def run_train(
         proximal = Proximal(request.proximal_mu, _tensors(received))
     result = worker.train(request, step_weights, probe, proximal)
     trained = records.state_arrays(worker.model, list(received))
-    deltas = {k: trained[k] - received[k] for k in received}
     if mode == "heads":
         worker.keep(worker.own_keys(heads_only=True))
-    task_deltas = None
-    if result.task_trunk_deltas is not None:  # per_task mode: each task's share of its trunk
-        deltas = {k: v for k, v in deltas.items() if not is_trunk_key(k)}
-        task_deltas = {
-            task: {key: share.detach().cpu().numpy() for key, share in shares.items()}
-            for task, shares in result.task_trunk_deltas.items()
-        }
     affinity = {} if probe is None else probe.means()
-    reply = _reply(worker, deltas, result, loss_before, task_deltas, affinity)
+    reply = train_reply(
+        worker.data, received, trained, result, loss_before, affinity, request.update_dtype
+    )
     if mode == "ditto":
         keys = worker.load_personal(fallback=received)
         ditto = Proximal(request.personal_lambda, _tensors(received))
@@ -201,8 +203,33 @@ def _tensors(arrays: Arrays) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
+def train_reply(
+    data: LocalData,
+    received: Arrays,
+    trained: Arrays,
+    result: TrainResult,
+    loss_before: dict[str, float],
+    affinity: dict[tuple[str, str], float] | None = None,
+    update_dtype: UpdateDtype = "float32",
+) -> TrainReply:
+    """The reply to a train message: trained minus ``received`` for every array received, except
+    the trunk's in ``per_task`` mode, where each task's share of it goes instead; the arrays
+    travel in ``update_dtype`` (the sequential and the vectorised runtimes both answer through
+    here)."""
+    deltas = {k: trained[k] - received[k] for k in received}
+    task_deltas = None
+    if result.task_trunk_deltas is not None:  # per_task mode: each task's share of its trunk
+        deltas = {k: v for k, v in deltas.items() if not is_trunk_key(k)}
+        task_deltas = {
+            task: {key: share.detach().cpu().numpy() for key, share in shares.items()}
+            for task, shares in result.task_trunk_deltas.items()
+        }
+    reply = _reply(data, deltas, result, loss_before, task_deltas, affinity)
+    return dataclasses.replace(reply, update_dtype=update_dtype)
+
+
 def _reply(
-    worker: SiloWorker,
+    data: LocalData,
     deltas: Arrays,
     result: TrainResult,
     loss_before: dict[str, float],
@@ -211,9 +238,9 @@ def _reply(
 ) -> TrainReply:
     return TrainReply(
         deltas=deltas,
-        num_examples=worker.data.num_samples,
+        num_examples=data.num_samples,
         steps=result.steps,
-        task_examples=dict(worker.data.labelled_counts()),
+        task_examples=dict(data.labelled_counts()),
         train_loss=result.mean_loss,
         loss_before=loss_before,
         task_deltas=task_deltas,

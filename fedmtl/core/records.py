@@ -19,7 +19,9 @@ Client -> server
   ``query``:    ``SILO`` (:class:`SiloInfo`: silo id, tasks, example counts).
   ``train``:    :class:`TrainReply`: ``UPDATE`` (deltas, trained minus received: one per head
                 received and, for the trunk, one per trunk array in ``joint`` mode or one per trunk
-                array and task in ``per_task`` mode, keyed :func:`task_update_key`) and ``METRICS``
+                array and task in ``per_task`` mode, keyed :func:`task_update_key`; in the
+                request's ``update-dtype``: float32, float16, or bfloat16 sent as its 16 bits,
+                read back as float32 by the parser) and ``METRICS``
                 (``num-examples``, ``steps``, per task ``<task>/num-examples``,
                 ``<task>/train-loss`` (mean over local steps) and ``<task>/loss-before`` (mean over
                 the silo's training rows, of the received model) and, when an affinity was
@@ -32,9 +34,12 @@ The server's own summary of a training round (Flower's ``aggregate_train`` metri
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -81,6 +86,7 @@ _HEAD_EPOCHS = "head-epochs"
 _SCOPE = "scope"
 _SAVED_ROUND = "saved-round"
 _RESUME_ROUND = "resume-round"
+_UPDATE_DTYPE = "update-dtype"
 _TASK_UPDATE = "per-task"
 _SILO_ID = "silo-id"
 _TASKS = "tasks"
@@ -90,6 +96,15 @@ _NUM_TEST = "num-test"
 Arrays = dict[str, np.ndarray]
 Groups = dict[str, tuple[str, ...]]
 """Task groups of a grouped model: group name -> its tasks."""
+
+UpdateDtype = Literal["float32", "float16", "bfloat16"]
+"""The precision a silo's update travels in (``strategy.update_dtype``): float32, or half the
+bytes as float16 (10-bit mantissa; |x| > 65504 becomes inf and the reply is refused, |x| < 6e-5
+loses relative precision and |x| < 3e-8 becomes 0) or bfloat16 (8-bit mantissa, float32's
+range). The server reads either back as float32."""
+
+BFLOAT16 = "bfloat16"
+"""The ``Array.dtype`` of a bfloat16 array: its 16-bit patterns travel as a uint16 ``.npy``."""
 
 PersonalMode = Literal["none", "heads", "model", "ditto"]
 """What a silo keeps for itself between rounds (its node state):
@@ -165,9 +180,70 @@ def _json_object(record: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------- arrays
-def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """Arrays keep their shape (0-d included) and dtype; non-contiguous ones are copied."""
-    return ArrayRecord({k: Array(_contiguous(v)) for k, v in arrays.items()})
+def to_array_record(
+    arrays: Mapping[str, np.ndarray], dtype: UpdateDtype = "float32"
+) -> ArrayRecord:
+    """Arrays keep their shape (0-d included) and dtype; non-contiguous ones are copied. With
+    ``dtype`` float16 or bfloat16, floating arrays are rounded to it (to nearest even) first."""
+    if dtype == "float32":
+        return ArrayRecord({k: _npy_array(v) for k, v in arrays.items()})
+    return ArrayRecord({k: _half(v, dtype) for k, v in arrays.items()})
+
+
+_NPY = "numpy.ndarray"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+@functools.lru_cache(maxsize=4096)
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    """The ``.npy`` (version 1.0) header ``np.save`` writes for a C-ordered array."""
+    buffer = io.BytesIO()
+    header = {"descr": descr, "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+def _npy_array(value: np.ndarray) -> Array:
+    """``Array(value)``: the same ``.npy`` bytes as ``np.save``, with the header cached per dtype
+    and shape (``np.save`` rebuilds it for every array, which dominates small arrays)."""
+    array = _contiguous(value)
+    descr = np.lib.format.dtype_to_descr(array.dtype)
+    if array.dtype.hasobject or not isinstance(descr, str):
+        return Array(array)
+    header = _npy_header(descr, tuple(array.shape))
+    return Array(str(array.dtype), tuple(array.shape), _NPY, header + array.tobytes())
+
+
+def _numpy(value: Array) -> np.ndarray:
+    """``value.numpy()`` (a writable copy), reading the ``.npy`` header of a plain C-ordered array
+    by its length field instead of parsing it (``np.load`` parses every header)."""
+    data = value.data
+    if value.stype != _NPY or data[:6] != _NPY_MAGIC or sys.byteorder != "little":
+        return value.numpy()
+    if data[6] == 1:
+        offset = 10 + int.from_bytes(data[8:10], "little")
+    else:
+        offset = 12 + int.from_bytes(data[8:12], "little")
+    header = data[:offset]
+    dtype = np.dtype(value.dtype)
+    descr = np.lib.format.dtype_to_descr(dtype)
+    if dtype.hasobject or not isinstance(descr, str):
+        return value.numpy()
+    plain = b"'fortran_order': False" in header and f"'descr': '{descr}'".encode() in header
+    if not plain:
+        return value.numpy()
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(value.shape).copy()
+
+
+def _half(value: np.ndarray, dtype: UpdateDtype) -> Array:
+    array = np.asarray(value)
+    if not np.issubdtype(array.dtype, np.floating):
+        return Array(_contiguous(array))
+    if dtype == "float16":
+        return Array(_contiguous(array.astype(np.float16)))
+    bits = torch.from_numpy(_contiguous(array)).to(torch.bfloat16).view(torch.int16).numpy()
+    encoded = _npy_array(bits.view(np.uint16))
+    return Array(BFLOAT16, tuple(array.shape), encoded.stype, encoded.data)
 
 
 def _contiguous(value: np.ndarray) -> np.ndarray:
@@ -176,7 +252,17 @@ def _contiguous(value: np.ndarray) -> np.ndarray:
 
 
 def from_array_record(record: ArrayRecord) -> Arrays:
-    return {k: v.numpy() for k, v in record.items()}
+    """The arrays of a record; a bfloat16 array (:data:`BFLOAT16`) comes back as float32."""
+    return {
+        k: _bfloat16_to_float32(v) if v.dtype == BFLOAT16 else _numpy(v) for k, v in record.items()
+    }
+
+
+def _bfloat16_to_float32(value: Array) -> np.ndarray:
+    bits = value.numpy()  # its dtype field says bfloat16, its .npy header uint16
+    if bits.dtype != np.uint16:
+        raise ValueError(f"a {BFLOAT16} array must hold uint16 patterns, got {bits.dtype}")
+    return torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).float().numpy()
 
 
 def state_arrays(model: torch.nn.Module, keys: list[str]) -> Arrays:
@@ -277,11 +363,12 @@ class TrainRequest:
     mode, the balancing method it applies to its tasks' gradients at each local step (None: the
     plain sum of its task losses), the affinity to measure (if any), the model's task groups
     (None: one shared trunk), the proximal coefficient mu of (mu/2)||theta - received||^2 (0:
-    none), what the silo keeps for itself (:data:`PersonalMode`) with Ditto's lambda, and the
+    none), what the silo keeps for itself (:data:`PersonalMode`) with Ditto's lambda, the
     epochs spent on the heads alone before the trunk trains with the heads frozen (FedRep; 0: a
-    joint update); what silos keeping state in files need to know of the server's checkpoints
-    (:class:`SiloCheckpoint`); and the ``scope``: the training run the message belongs to, when
-    several share the same nodes (a silo keeps separate state per scope; empty: the only one)."""
+    joint update), the precision its update travels in (:data:`UpdateDtype`); what silos keeping
+    state in files need to know of the server's checkpoints (:class:`SiloCheckpoint`); and the
+    ``scope``: the training run the message belongs to, when several share the same nodes (a silo
+    keeps separate state per scope; empty: the only one)."""
 
     server_round: int
     train: TrainConfig
@@ -295,6 +382,7 @@ class TrainRequest:
     head_epochs: int = 0
     checkpoint: SiloCheckpoint = SiloCheckpoint()
     scope: str = ""
+    update_dtype: UpdateDtype = "float32"
 
     def to_config(self) -> ConfigRecord:
         train = self.train
@@ -320,6 +408,7 @@ class TrainRequest:
                 _HEAD_EPOCHS: self.head_epochs,
                 _SCOPE: self.scope,
                 **self.checkpoint.to_config(),
+                _UPDATE_DTYPE: self.update_dtype,
                 **_groups_entry(self.groups),
             }
         )
@@ -348,6 +437,9 @@ class TrainRequest:
             number(record, _PERSONAL_LAMBDA),
         )
         head_epochs = integer(record, _HEAD_EPOCHS)
+        update_dtype = text(record, _UPDATE_DTYPE) if _UPDATE_DTYPE in record else "float32"
+        if update_dtype not in get_args(UpdateDtype):
+            raise ValueError(f"unknown {_UPDATE_DTYPE} {update_dtype!r}")
         if proximal_mu < 0 or personal_lambda < 0 or head_epochs < 0:
             raise ValueError(f"{_PROXIMAL_MU}, {_PERSONAL_LAMBDA} and {_HEAD_EPOCHS} must be >= 0")
         train = TrainConfig(
@@ -374,6 +466,7 @@ class TrainRequest:
             head_epochs=head_epochs,
             checkpoint=SiloCheckpoint.from_config(record),
             scope=_scope(record),
+            update_dtype=update_dtype,  # type: ignore[arg-type]
         )
 
 
@@ -479,7 +572,8 @@ class TrainReply:
     ``num_examples``: the silo's training rows; ``task_examples[t]``: its labelled rows of task t
     (counts travel as numbers: the server checks them). ``train_loss[t]`` and ``loss_before[t]``:
     task t's mean loss over the local steps, and of the received model; ``affinity[(i, j)]``: the
-    measured S_{i->j}.
+    measured S_{i->j}. ``update_dtype``: the precision the arrays travel in (the parser always
+    gives float32 back).
     """
 
     deltas: Arrays
@@ -490,6 +584,7 @@ class TrainReply:
     loss_before: dict[str, float] = field(default_factory=dict)
     task_deltas: dict[str, Arrays] | None = None
     affinity: dict[tuple[str, str], float] = field(default_factory=dict)
+    update_dtype: UpdateDtype = "float32"
 
     def to_content(self) -> RecordDict:
         arrays = dict(self.deltas)
@@ -507,7 +602,9 @@ class TrainReply:
             metrics.update({task_key(task, stat): value for task, value in values.items()})
         for (source, target), value in self.affinity.items():
             metrics[affinity_key(source, target)] = value
-        return RecordDict({UPDATE: to_array_record(arrays), METRICS: MetricRecord(metrics)})
+        return RecordDict(
+            {UPDATE: to_array_record(arrays, self.update_dtype), METRICS: MetricRecord(metrics)}
+        )
 
     @classmethod
     def from_content(cls, content: RecordDict) -> TrainReply:
@@ -518,6 +615,8 @@ class TrainReply:
         deltas: Arrays = {}
         task_deltas: dict[str, Arrays] = {}
         for key, value in from_array_record(content.array_records[UPDATE]).items():
+            if value.dtype == np.float16:
+                value = value.astype(np.float32)
             share = split_task_update_key(key)
             if share is None:
                 deltas[key] = value

@@ -93,6 +93,16 @@ class TaskSpec:
             return F.binary_cross_entropy_with_logits(outputs.squeeze(-1), targets)
         return F.mse_loss(outputs.squeeze(-1), targets)
 
+    def row_losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-row losses (n,) whose mean is :meth:`loss` (for masked means over padded rows)."""
+        if self.kind == "multiclass":
+            return F.cross_entropy(outputs, targets, reduction="none")
+        if self.kind == "binary":
+            return F.binary_cross_entropy_with_logits(
+                outputs.squeeze(-1), targets, reduction="none"
+            )
+        return F.mse_loss(outputs.squeeze(-1), targets, reduction="none")
+
     def metric_sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
         """Additive statistics over a batch; :func:`finalize_metrics` turns their sums into metrics.
 

@@ -11,9 +11,11 @@ Rules every weighting keeps (each is tested in ``tests/test_balancing.py``):
   for the loss-based methods (``needs_losses``) is required and > 0. ``tasks`` are the global task
   ids of J's rows (distinct integers >= 0; default ``range(T)``): stateful methods key their state
   by them, so a round in which only some tasks have an update reads and updates only those tasks.
-- **Precision.** The Gramian G = J J^T is accumulated in float64 over column chunks of J (bounded
-  memory at d = 1e7) and every solver runs in float64 on the CPU; w and d are returned in J's dtype
-  on J's device.
+- **Precision.** The Gramian G = J J^T is accumulated in float64 with bounded memory at d = 1e7:
+  a large float32 J blockwise (each block of columns multiplied in float32, the blocks summed in
+  float64, :func:`~strategies.balancing.linalg.gramian`), a small or float64 J in float64
+  throughout. Every solver runs in float64 on the CPU; w and d are returned in J's dtype on J's
+  device.
 - **Single task** (T = 1): w = [1], d = J's row, for every method.
 - **All-zero J** (trace G = 0): for the Gramian methods w = 1/T (the mean weights) and d = 0; the
   loss-based methods' weights do not depend on J (their d is 0 too). No NaN.
