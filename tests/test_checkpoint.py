@@ -243,7 +243,7 @@ def test_resume_may_extend_the_run_and_change_where_it_runs(tmp_path: Path) -> N
 
 def test_a_new_run_refuses_a_directory_with_results(tmp_path: Path) -> None:
     raw = compose_raw(["experiment=smoke"], output_dir=tmp_path)
-    run(parse(raw))
+    (tmp_path / "summary.json").write_text("{}")  # a previous run's result file
     with pytest.raises(ConfigError, match="already holds a run's results") as err:
         run(parse(raw))
     assert err.value.key == "output_dir"

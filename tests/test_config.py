@@ -79,6 +79,7 @@ def test_every_model_preset_builds_on_digits(model: str) -> None:
     assert sum(p.numel() for p in experiment.new_model().parameters()) > 0
 
 
+@pytest.mark.slow  # composes every preset of four groups (about 10 s)
 def test_registries_and_config_groups_match() -> None:
     """Each plug-in group's presets name registered plug-ins (one registry per group)."""
     for group, registry in [

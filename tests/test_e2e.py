@@ -144,7 +144,7 @@ def test_balancing_learns_competing_synthetic_tasks(tmp_path: Path, name: str) -
     assert beats_chance(summary, margin=0.15) == {}
 
 
-@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("dropout", [pytest.param(0.0, marks=pytest.mark.slow), 0.3])
 def test_inprocess_run_is_deterministic(tmp_path: Path, dropout: float) -> None:
     """Batch order and dropout masks are seeded per (seed, silo, round): a seed fixes the result."""
     overrides = [

@@ -331,8 +331,8 @@ SMALL = [
     ("affinity", "extra"),
     [
         ("transfer_gain", []),
-        ("tag", ["strategy.solver=tag"]),
-        ("update_similarity", ["strategy.weighting=upgrad"]),
+        pytest.param("tag", ["strategy.solver=tag"], marks=pytest.mark.slow),
+        pytest.param("update_similarity", ["strategy.weighting=upgrad"], marks=pytest.mark.slow),
     ],
 )
 def test_grouping_pipeline_writes_groups_affinity_and_heatmap(
@@ -373,7 +373,7 @@ def test_groups_found_match_the_planted_groups(tmp_path: Path) -> None:
     assert summary["grouping"]["never_held_together"] == []
 
 
-@pytest.mark.parametrize("rule", ["zero", "forbid"])
+@pytest.mark.parametrize("rule", ["zero", pytest.param("forbid", marks=pytest.mark.slow)])
 def test_pairs_no_silo_holds_together_are_flagged_and_ruled(tmp_path: Path, rule: str) -> None:
     """digit and loops are never on one silo: flagged in summary.json and affinity.json, filled
     by the rule (forbid: never in one group)."""

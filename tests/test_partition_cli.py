@@ -54,6 +54,7 @@ def test_partition_command_rejects_a_bad_config(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_run_on_a_skewed_partition_reports_the_global_test_set(tmp_path: Path) -> None:
     """Dirichlet(0.5) label skew, missing labels and noise; the server evaluates the global model
     on the held-out 10% each evaluation round and it beats chance on every task."""
