@@ -183,6 +183,23 @@ def test_a_crashed_run_is_run_again_and_completed_ones_are_skipped(tmp_path: Pat
     assert rerun is not None and rerun["status"] == "completed"
 
 
+def test_a_resumed_suite_gives_skipped_runs_its_own_scenario_ids(tmp_path: Path) -> None:
+    """When one strategy now tunes ``train.lr``, the other strategies' completed runs are kept and
+    get the scenario id of the suite as it is now (the tuned key left out), as new runs do."""
+    out = tmp_path / "out"
+    path = write_suite(tmp_path, tuning=None, strategies=["fedavg", "mgda"])
+    Bench(load_suite(str(path)), out, FakeRunner(), progress=False).run()
+    lr = compose_raw(list(SUITE["overrides"]))["train"]["lr"]
+    tuned = {"name": "mgda", "tune": {"train.lr": [lr]}}
+    path = write_suite(tmp_path, tuning=None, strategies=["fedavg", tuned])
+    second = Bench(load_suite(str(path)), out, FakeRunner(), progress=False).run()
+    assert {c.label for c in second.skipped} == {"fedavg"}
+    runs = sorted((out / "runs").glob("*/*/seed*"))
+    summaries = [read_summary(d) or {} for d in runs]
+    assert len({s["scenario"]["id"] for s in summaries}) == 1
+    assert all("train.lr" in s["scenario"]["excluded"] for s in summaries)
+
+
 # ------------------------------------------------------------------------------ scenario ids
 def test_scenario_ids_ignore_strategy_seed_and_runtime_but_not_the_data() -> None:
     fedavg = compose_raw([*TINY, "strategy=fedavg"])

@@ -244,7 +244,8 @@ class Bench:
     def execute(self, cell: Cell) -> dict[str, Any] | None:
         """Run ``cell`` unless it is complete; its annotated summary, or None when it failed."""
         done = self.completed_summary(cell)
-        if done is not None:
+        if done is not None:  # its scenario id as this suite defines it (tuned keys may differ)
+            self._annotate(cell, done)
             self.outcome.skipped.append(cell)
             self._status(cell, "skipped")
             return done
@@ -260,6 +261,13 @@ class Bench:
             reason = "the run did not complete" if summary else f"the run wrote no {SUMMARY_FILE}"
             self._fail(cell, reason)
             return None
+        self._annotate(cell, summary)
+        self.outcome.ran.append(cell)
+        self._status(cell, "ran")
+        return summary
+
+    def _annotate(self, cell: Cell, summary: dict[str, Any]) -> None:
+        """Record the suite, the cell and its scenario id in the run's ``summary.json``."""
         summary["bench"] = {
             "suite": self.suite.name,
             "cell": cell.key(),
@@ -268,9 +276,6 @@ class Bench:
         name = cell.scenario + ("-validation" if cell.phase == "tune" else "")
         summary["scenario"] = scenario_of(summary["config"], self.suite.tuned_keys(), name)
         write_json(cell.directory / SUMMARY_FILE, summary)
-        self.outcome.ran.append(cell)
-        self._status(cell, "ran")
-        return summary
 
     def _fail(self, cell: Cell, reason: str) -> None:
         self.outcome.failed.append((cell, reason))
