@@ -25,6 +25,18 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+PROCESS_GROUP = pytest.mark.xdist_group("processes")
+"""Tests that start Ray, a SuperLink or SuperNodes (markers ``simulation`` and ``processes``) run
+one at a time on one xdist worker (``--dist loadgroup``): two clusters at once on two cores
+would race their own timeouts."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("simulation") or item.get_closest_marker("processes"):
+            item.add_marker(PROCESS_GROUP)
+
+
 @pytest.fixture(autouse=True)
 def reset_torch_rng(request: pytest.FixtureRequest) -> None:
     """Torch's global RNG starts every test from the session's seed (pytest-randomly's, when it

@@ -45,6 +45,7 @@ processes per SuperNode (Flower 1.42 starts one per message)."""
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.processes,
     pytest.mark.skipif(
         not (BIN / "flower-superlink").exists(), reason="Flower's deployment commands missing"
     ),
