@@ -31,7 +31,7 @@ run: $(STAMP)
 	$(BIN)/fedmtl run $(ARGS)
 
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 # The inner loop: everything but the tests marked slow (subprocesses, Ray, long end-to-end runs),
 # on two workers with one torch thread each.

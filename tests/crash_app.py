@@ -13,15 +13,18 @@ from flwr.clientapp import ClientApp
 from fedmtl.app import launch
 from fedmtl.app.cli import main
 from fedmtl.app.client_app import make_client_app
+from fedmtl.app.runtime import Shipment
 from fedmtl.core import records
 from fedmtl.core.records import TrainRequest
 
 CRASH_SILO, CRASH_ROUND = 1, 2
 
 
-def crashing_client_app(default_config_json: str | None = None) -> ClientApp:
+def crashing_client_app(
+    default_config_json: str | None = None, shipment: Shipment | None = None
+) -> ClientApp:
     """fedmtl's ClientApp, but silo :data:`CRASH_SILO`'s worker dies in round :data:`CRASH_ROUND`."""
-    inner = make_client_app(default_config_json)
+    inner = make_client_app(default_config_json, shipment)
     app = ClientApp()
 
     @app.query()
