@@ -83,19 +83,14 @@ def split_iid(
 ) -> list[np.ndarray]:
     """Uniformly random silos of near-equal size (sizes differ by at most one); all samples used.
 
-    The pool is shuffled with ``seed`` and then sharded contiguously by flwr-datasets'
-    ``IidPartitioner`` (which itself does not shuffle).
+    The pool is shuffled with ``seed`` and cut into ``num_silos`` contiguous shards, the first
+    ``len(pool) % num_silos`` one row longer: exactly flwr-datasets' ``IidPartitioner`` (a
+    Hugging Face ``Dataset.shard(contiguous=True)`` per silo; ``tests/test_partition_schemes.py``
+    checks they agree), computed at once because a shard costs about 1.7 ms: 17 s before round 1
+    at 10,000 silos.
     """
-    from flwr_datasets.partitioner import IidPartitioner  # noqa: PLC0415 - heavy (Hugging Face datasets), only when splitting
-
     check_enough_samples(len(pool), num_silos)
-    return run_partitioner(
-        IidPartitioner(num_partitions=num_silos),
-        {"index": shuffled(pool, seed)},
-        num_silos,
-        "partition.num_silos",
-        "use fewer silos.",
-    )
+    return [np.asarray(s) for s in np.array_split(shuffled(pool, seed), num_silos)]
 
 
 def label_column(dataset: MultiTaskDataset, pool: np.ndarray, task: str | None) -> np.ndarray:

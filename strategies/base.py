@@ -436,13 +436,14 @@ class TaskAwareStrategy(Strategy):
             Message(records.query_content(), dst_node_id=n, message_type=MessageType.QUERY)
             for n in unknown
         ]
+        claimed = {known.silo_id for known in self.silos.values()}
+        tasks = set(self.tasks)
         for reply in grid.send_and_receive(messages, timeout=self.params.reply_timeout_s):
             node = reply.metadata.src_node_id
             try:
                 if reply.has_error():
                     raise client_error(reply)
-                claimed = [known.silo_id for known in self.silos.values()]
-                info = check_silo(SiloInfo.from_content(reply.content), self.tasks, claimed)
+                info = check_silo(SiloInfo.from_content(reply.content), tasks, claimed)
             except REPLY_ERRORS as err:
                 log.warning(
                     "node %s ignored for this run: unusable silo description (%s)", node, err
@@ -450,6 +451,7 @@ class TaskAwareStrategy(Strategy):
                 self.ignored.add(node)
                 continue
             self.silos[node] = info
+            claimed.add(info.silo_id)
         held = {t for info in self.silos.values() for t in info.tasks}
         missing = [t for t in self.tasks if t not in held]
         if missing:

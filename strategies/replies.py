@@ -15,7 +15,7 @@ failing silo, a NaN update or a malformed reply never touches the global model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,13 +64,12 @@ Serves = Callable[[str, str], bool]
 """``serves(key, task)``: whether array ``key`` is (part of) the trunk that ``task`` uses."""
 
 
-def check_silo(info: SiloInfo, known_tasks: Iterable[str], claimed: Iterable[int]) -> SiloInfo:
+def check_silo(info: SiloInfo, known_tasks: Collection[str], claimed: Collection[int]) -> SiloInfo:
     """A silo description the server can use: only known tasks, a silo id not ``claimed``."""
-    known = set(known_tasks)
-    unknown = [t for t in info.tasks if t not in known]
+    unknown = [t for t in info.tasks if t not in known_tasks]
     if unknown:
         raise ReplyError(f"unknown tasks {unknown}")
-    if info.silo_id in set(claimed):
+    if info.silo_id in claimed:
         raise ReplyError(f"silo {info.silo_id} is already held by another node")
     return info
 

@@ -25,6 +25,7 @@ from fedmtl.core.schema import MissingLabelsConfig, PartitionConfig, PluginConfi
 from fedmtl.datasets import build_dataset
 from fedmtl.datasets.digits import DigitsParams
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS, Partition, build
+from partitions.split import run_partitioner, shuffled
 from partitions.stats import mean_js, silo_stats
 from partitions.views import global_test_data, silo_data
 from tests.helpers import assignment_params, compose_raw, make_dataset
@@ -187,6 +188,21 @@ def test_power_law_sizes() -> None:
     sizes = partitions.split.quantity_sizes(1000, 4, exponent=1.0)
     assert sum(sizes) == 1000 and sizes == sorted(sizes, reverse=True)
     assert sizes[1] == math.floor(1000 * 0.5 / (1 + 1 / 2 + 1 / 3 + 1 / 4))
+
+
+@pytest.mark.parametrize(("num_samples", "num_silos"), [(10, 3), (97, 7), (64, 64), (1000, 13)])
+def test_iid_split_equals_flwr_datasets_iid_partitioner(num_samples: int, num_silos: int) -> None:
+    """``split_iid`` cuts the shuffled pool as flwr-datasets' IidPartitioner does."""
+    from flwr_datasets.partitioner import IidPartitioner  # noqa: PLC0415 - heavy, this test only
+
+    pool = np.arange(num_samples, dtype=np.int64) * 3  # indices need not be 0..n-1
+    ours = SPLITS.get("iid").factory(None, pool, num_silos, None, 5)  # type: ignore[arg-type]
+    theirs = run_partitioner(
+        IidPartitioner(num_partitions=num_silos), {"index": shuffled(pool, 5)}, num_silos, "k", ""
+    )
+    assert len(ours) == len(theirs) == num_silos
+    for mine, flower in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(mine, flower)
 
 
 def test_disjoint_gives_one_task_per_silo() -> None:

@@ -113,6 +113,13 @@ def _device(experiment: Experiment) -> str:
     return client_device(runtime.name, runtime.params)
 
 
+@functools.lru_cache(maxsize=8)
+def _named_files(config_json: str) -> tuple[str, ...]:
+    """The files an experiment config names (parsed once per process and config: parsing on
+    every message cost 3 ms, 30 s of discovery at 10,000 silos)."""
+    return tuple(named_files(parse(json.loads(config_json))))
+
+
 @contextmanager
 def _refusing(what: str) -> Iterator[None]:
     """Turn a parse error of server-sent values into a refusal that says what was wrong."""
@@ -139,8 +146,7 @@ def _experiment(
     name no file: a silo opens only the files of its own node config."""
     with _refusing("experiment config"):
         config_json = config_json_from(context.run_config, default_config_json)
-        config = parse(json.loads(config_json))
-    files = named_files(config)
+        files = _named_files(config_json)
     if files and context.run_config.get(CONFIG_KEY):
         raise RequestRefused(
             f"the experiment config names files ({', '.join(files)}); a silo opens only the "
