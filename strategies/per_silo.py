@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import MessageType
-from scipy.cluster.hierarchy import fcluster, linkage
 
 from fedmtl.core.checks import non_negative, positive
 from fedmtl.core.errors import ConfigError
@@ -277,6 +276,8 @@ def cluster_silos(deltas: list[np.ndarray], threshold: float) -> list[int]:
     """Cluster labels of the deltas by the cosine distance of their deviations from the mean
     (agglomerative, average linkage, cut at ``threshold``); one cluster for fewer than 2 deltas
     or when every deviation is zero."""
+    from scipy.cluster.hierarchy import fcluster, linkage  # noqa: PLC0415 - 0.25 s to import, only MaTFL clusters
+
     if len(deltas) < 2:
         return [1] * len(deltas)
     matrix = np.stack(deltas)

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from torch import Tensor
-from torchjd.aggregation import AlignedMTLWeighting
 
 from strategies.balancing.base import GramianWeighting
 
@@ -30,6 +29,8 @@ class AlignedMTL(GramianWeighting):
     name = "aligned_mtl"
 
     def __init__(self, params: AlignedMTLParams, seed: int = 0) -> None:
+        from torchjd.aggregation import AlignedMTLWeighting  # noqa: PLC0415 - heavy (torchjd imports cvxpy), only when the method is built
+
         super().__init__(params, seed)
         self._solver = AlignedMTLWeighting(scale_mode=params.scale)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import Tensor
-from torchjd.aggregation import CAGradWeighting
 
 from fedmtl.core.checks import booleans, non_negative
 from strategies.balancing.base import GramianWeighting
@@ -39,6 +38,8 @@ class CAGrad(GramianWeighting):
     name = "cagrad"
 
     def __init__(self, params: CAGradParams, seed: int = 0) -> None:
+        from torchjd.aggregation import CAGradWeighting  # noqa: PLC0415 - heavy (torchjd imports cvxpy), only when the method is built
+
         super().__init__(params, seed)
         self._solver = CAGradWeighting(c=params.c, norm_eps=params.norm_eps)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import Tensor
-from torchjd.aggregation import DualProjWeighting, UPGradWeighting
-from torchjd.linalg import QuadprogProjector
 
 from fedmtl.core.checks import non_negative
 from strategies.balancing.base import GramianWeighting
@@ -35,6 +33,9 @@ class UPGrad(GramianWeighting):
     name = "upgrad"
 
     def __init__(self, params: DualConeParams, seed: int = 0) -> None:
+        from torchjd.aggregation import UPGradWeighting  # noqa: PLC0415 - heavy (torchjd imports cvxpy), only when the method is built
+        from torchjd.linalg import QuadprogProjector  # noqa: PLC0415 - heavy (torchjd imports cvxpy), only when the method is built
+
         super().__init__(params, seed)
         projector = QuadprogProjector(norm_eps=params.norm_eps, reg_eps=params.reg_eps)
         self._solver = UPGradWeighting(projector=projector)
@@ -54,6 +55,9 @@ class DualProj(GramianWeighting):
     name = "dualproj"
 
     def __init__(self, params: DualConeParams, seed: int = 0) -> None:
+        from torchjd.aggregation import DualProjWeighting  # noqa: PLC0415 - heavy (torchjd imports cvxpy), only when the method is built
+        from torchjd.linalg import QuadprogProjector  # noqa: PLC0415 - heavy (torchjd imports cvxpy), only when the method is built
+
         super().__init__(params, seed)
         projector = QuadprogProjector(norm_eps=params.norm_eps, reg_eps=params.reg_eps)
         self._solver = DualProjWeighting(projector=projector)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import Tensor
-from torchjd.aggregation import FairGradWeighting
 
 from fedmtl.core.checks import positive
 from fedmtl.core.errors import ConfigError
@@ -41,6 +40,8 @@ class FairGrad(GramianWeighting):
     name = "fairgrad"
 
     def __init__(self, params: FairGradParams, seed: int = 0) -> None:
+        from torchjd.aggregation import FairGradWeighting  # noqa: PLC0415 - heavy (torchjd imports cvxpy), only when the method is built
+
         super().__init__(params, seed)
         self._solver = FairGradWeighting(alpha=params.alpha, max_iters=params.max_iters)
 

@@ -8,7 +8,6 @@ from typing import Any, cast
 
 import torch
 from torch import Tensor
-from torchjd.aggregation import GradVacWeighting
 
 from fedmtl.core.checks import non_negative
 from fedmtl.core.errors import ConfigError
@@ -49,6 +48,8 @@ class GradVac(GramianWeighting):
     randomised = True
 
     def __init__(self, params: GradVacParams, seed: int = 0) -> None:
+        from torchjd.aggregation import GradVacWeighting  # noqa: PLC0415 - heavy (torchjd imports cvxpy), only when the method is built
+
         super().__init__(params, seed)
         self._solver = GradVacWeighting(beta=params.beta, eps=params.eps)
         self._targets: dict[tuple[int, int], float] = {}

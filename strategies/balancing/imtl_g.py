@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from torch import Tensor
-from torchjd.aggregation import IMTLGWeighting
 
 from strategies.balancing.base import GramianWeighting
 
@@ -20,6 +19,8 @@ class IMTLG(GramianWeighting):
     name = "imtl_g"
 
     def __init__(self, params: object, seed: int = 0) -> None:
+        from torchjd.aggregation import IMTLGWeighting  # noqa: PLC0415 - heavy (torchjd imports cvxpy), only when the method is built
+
         super().__init__(params, seed)
         self._solver = IMTLGWeighting()
 

@@ -9,7 +9,6 @@ import numpy as np
 import quadprog
 import torch
 from torch import Tensor
-from torchjd.aggregation import MGDAWeighting
 
 from fedmtl.core.checks import int_at_least, positive
 from strategies.balancing.base import F64, GramianWeighting
@@ -81,6 +80,8 @@ class MGDA(GramianWeighting):
     name = "mgda"
 
     def __init__(self, params: MGDAParams, seed: int = 0) -> None:
+        from torchjd.aggregation import MGDAWeighting  # noqa: PLC0415 - heavy (torchjd imports cvxpy), only when the method is built
+
         super().__init__(params, seed)
         self._frank_wolfe = MGDAWeighting(epsilon=params.tol, max_iters=params.max_iters)
 

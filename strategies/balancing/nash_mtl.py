@@ -5,15 +5,17 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import Tensor
-from torchjd.aggregation._nash_mtl import _NashMTLWeighting
 
 from fedmtl.core.checks import int_at_least, non_negative
 from strategies.balancing.base import GramianWeighting, by_task, from_task_keys
 from strategies.balancing.linalg import square_factor
+
+if TYPE_CHECKING:
+    from torchjd.aggregation._nash_mtl import _NashMTLWeighting
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class NashMTL(GramianWeighting):
         self._alpha: dict[int, float] = {}
 
     def _solver(self, rows: int) -> _NashMTLWeighting:
+        from torchjd.aggregation._nash_mtl import _NashMTLWeighting  # noqa: PLC0415 - heavy (torchjd imports cvxpy), only when the method is built
+
         if rows not in self._solvers:
             self._solvers[rows] = _NashMTLWeighting(
                 n_tasks=rows,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from torch import Tensor
-from torchjd.aggregation import PCGradWeighting
 
 from strategies.balancing.base import GramianWeighting
 from strategies.balancing.linalg import seeded_cpu_rng
@@ -23,6 +22,8 @@ class PCGrad(GramianWeighting):
     randomised = True
 
     def __init__(self, params: object, seed: int = 0) -> None:
+        from torchjd.aggregation import PCGradWeighting  # noqa: PLC0415 - heavy (torchjd imports cvxpy), only when the method is built
+
         super().__init__(params, seed)
         self._solver = PCGradWeighting()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchjd.aggregation import RandomWeighting
 
 from strategies.balancing.base import F64, Weighting
 from strategies.balancing.linalg import seeded_cpu_rng
@@ -22,6 +21,8 @@ class RLW(Weighting):
     uses_gramian = False
 
     def __init__(self, params: object, seed: int = 0) -> None:
+        from torchjd.aggregation import RandomWeighting  # noqa: PLC0415 - heavy (torchjd imports cvxpy), only when the method is built
+
         super().__init__(params, seed)
         self._sampler = RandomWeighting()
 

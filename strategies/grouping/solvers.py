@@ -39,8 +39,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy.optimize import Bounds, LinearConstraint, milp
-from scipy.sparse import coo_array
 
 log = logging.getLogger("fedmtl")
 
@@ -519,6 +517,9 @@ class _Program:
 
     def solve(self, time_limit: float | None, presolve: bool = True) -> Any:
         """HiGHS (exact: mip_rel_gap = 0) on the program; scipy's OptimizeResult."""
+        from scipy.optimize import Bounds, LinearConstraint, milp  # noqa: PLC0415 - heavy (0.4 s), only when grouping solves
+        from scipy.sparse import coo_array  # noqa: PLC0415 - with scipy.optimize, only when grouping solves
+
         rows, cols, vals = (np.concatenate(part) for part in zip(*self._entries, strict=True))
         keep = vals != 0
         matrix = coo_array((vals[keep], (rows[keep], cols[keep])), shape=(self.rows, self.size))
