@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 import subprocess
@@ -12,6 +13,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+TEST_FRACTION = 0.25
+"""The test share of each silo's rows in the synthetic scale runs."""
+
+
+def synthetic_run(runtime: str, silos: int, rows: int, rounds: int) -> list[str]:
+    """Overrides of a quiet synthetic run on ``runtime`` with ``silos`` silos of ``rows``
+    training rows each (the dataset grows with the silos, so a silo's work does not change)."""
+    samples = math.ceil(silos * rows / (1 - TEST_FRACTION))
+    return [
+        "dataset=synthetic",
+        f"dataset.num_samples={samples}",
+        f"partition.num_silos={silos}",
+        f"partition.test_fraction={TEST_FRACTION}",
+        f"runtime={runtime}",
+        "tracking=quiet",
+        "tracking.plots=false",
+        f"num_rounds={rounds}",
+    ]
 
 
 def machine_info() -> dict[str, Any]:

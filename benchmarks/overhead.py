@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import quiet_machine_note, run_json, write_results
+from _common import quiet_machine_note, run_json, synthetic_run, write_results
 from _timed_run import startup
 from flwr.app import ArrayRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
@@ -49,21 +48,13 @@ from fedmtl.core import records
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-TEST_FRACTION = 0.25
 RUNTIMES = ("inprocess", "vectorized", "simulation")
 
 
 def overrides(runtime: str, silos: int, rows: int, rounds: int) -> list[str]:
-    samples = math.ceil(silos * rows / (1 - TEST_FRACTION))
+    """Every silo sampled; evaluation only in the last round."""
     return [
-        "dataset=synthetic",
-        f"dataset.num_samples={samples}",
-        f"partition.num_silos={silos}",
-        f"partition.test_fraction={TEST_FRACTION}",
-        f"runtime={runtime}",
-        "tracking=quiet",
-        "tracking.plots=false",
-        f"num_rounds={rounds}",
+        *synthetic_run(runtime, silos, rows, rounds),
         f"strategy.evaluate_every={rounds}",
         f"strategy.min_available_nodes={min(silos, 2)}",
     ]

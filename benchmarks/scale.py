@@ -16,33 +16,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from _common import quiet_machine_note, run_json, write_results
+from _common import quiet_machine_note, run_json, synthetic_run, write_results
 from _timed_run import startup
 from tqdm import tqdm
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-TEST_FRACTION = 0.25
 
 
 def overrides(runtime: str, silos: int, sampled: int, rows: int, rounds: int) -> list[str]:
     """A synthetic run with ``silos`` registered silos of ``rows`` training rows each, sampling
     ``sampled`` of them (fraction 1e-4 rounds up to one; the minimum then decides)."""
-    samples = math.ceil(silos * rows / (1 - TEST_FRACTION))
     return [
-        "dataset=synthetic",
-        f"dataset.num_samples={samples}",
-        f"partition.num_silos={silos}",
-        f"partition.test_fraction={TEST_FRACTION}",
-        f"runtime={runtime}",
-        "tracking=quiet",
-        "tracking.plots=false",
-        f"num_rounds={rounds}",
+        *synthetic_run(runtime, silos, rows, rounds),
         "strategy.fraction_train=0.0001",
         f"strategy.min_train_nodes={sampled}",
         "strategy.fraction_evaluate=0.0001",

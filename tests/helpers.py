@@ -53,13 +53,14 @@ from fedmtl.core import records
 from fedmtl.core.data import LocalData, MultiTaskDataset, local_view
 from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.records import SiloInfo, TrainRequest
-from fedmtl.core.schema import ExperimentConfig, ModelConfig, PartitionConfig
+from fedmtl.core.schema import ExperimentConfig, ModelConfig, PartitionConfig, TrainConfig
 from fedmtl.core.tasks import TaskSpec
 from fedmtl.datasets import DATASETS, build_source, materialise
 from fedmtl.trunks import MLPParams, build_model
 from partitions import ASSIGNMENTS
-from strategies import TaskAwareStrategy
+from strategies import FedAvg, TaskAwareStrategy
 from strategies.base import TrainOutcome
+from strategies.fedavg import FedAvgParams
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FEDMTL = [sys.executable, "-m", "fedmtl.app.cli"]
@@ -467,6 +468,17 @@ SHAPES = {
     "heads.d.b": (1,),
 }
 TRUNK_KEYS = {"trunk.w", "trunk.b"}
+
+
+def make_fedavg(seed: int = 0, observers: tuple = (), **overrides: Any) -> FedAvg:
+    """FedAvg over :data:`TASKS` that needs one node to go on; ``overrides``: its params."""
+    params = FedAvgParams(
+        min_train_nodes=overrides.pop("min_train_nodes", 1),
+        min_evaluate_nodes=overrides.pop("min_evaluate_nodes", 1),
+        min_available_nodes=overrides.pop("min_available_nodes", 1),
+        **overrides,
+    )
+    return FedAvg(params, TASKS, TrainConfig(), seed=seed, observers=observers)
 
 
 def pattern(key: str) -> np.ndarray:

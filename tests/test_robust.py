@@ -10,13 +10,10 @@ import pytest
 
 from fedmtl.core import records
 from fedmtl.core.errors import ConfigError
-from fedmtl.core.schema import TrainConfig
 from strategies import FedAvg
 from strategies.base import RunStopped
-from strategies.fedavg import FedAvgParams
 from strategies.robust import combiner
 from tests.helpers import (
-    TASKS,
     TRUNK_KEYS,
     FakeSilo,
     Federation,
@@ -24,18 +21,9 @@ from tests.helpers import (
     assert_unchanged,
     head_keys,
     initial_arrays,
+    make_fedavg,
     one_round,
 )
-
-
-def make_fedavg(**overrides: Any) -> FedAvg:
-    params = FedAvgParams(
-        min_train_nodes=overrides.pop("min_train_nodes", 1),
-        min_evaluate_nodes=1,
-        min_available_nodes=1,
-        **overrides,
-    )
-    return FedAvg(params, TASKS, TrainConfig(), seed=0)
 
 
 def trunk_silos(*trunks: float, count: int = 10) -> list[FakeSilo]:

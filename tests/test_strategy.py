@@ -18,8 +18,7 @@ from fedmtl.core import records
 from fedmtl.core.records import SiloInfo, TrainRequest
 from fedmtl.core.rounds import RoundRecord
 from fedmtl.core.schema import TrainConfig
-from strategies import STRATEGIES, FedAvg, TaskAwareStrategy
-from strategies.fedavg import FedAvgParams
+from strategies import STRATEGIES, TaskAwareStrategy
 from tests.helpers import (
     SHAPES,
     TASKS,
@@ -30,20 +29,10 @@ from tests.helpers import (
     assert_unchanged,
     head_keys,
     initial_arrays,
+    make_fedavg,
     one_round,
     pattern,
 )
-
-
-def make_fedavg(seed: int = 0, observers: tuple = (), **overrides: Any) -> FedAvg:
-    params = FedAvgParams(
-        min_train_nodes=overrides.pop("min_train_nodes", 1),
-        min_evaluate_nodes=overrides.pop("min_evaluate_nodes", 1),
-        min_available_nodes=overrides.pop("min_available_nodes", 1),
-        **overrides,
-    )
-    return FedAvg(params, TASKS, TrainConfig(), seed=seed, observers=observers)
-
 
 # The federation of the hand computation. Per-task counts n_{s,t}, silo totals n_s and delta values:
 #   silo 0 {a, b}: n_a=10, n_b=30, n=35;  trunk 1.0, a 1.0, b 2.0

@@ -20,8 +20,9 @@ from fedmtl.core.registry import Registry
 from fedmtl.datasets.celeba import CelebAParams, build_celeba
 from fedmtl.datasets.digits import DigitsPairParams, DigitsParams, build_digits, build_digits_pair
 from fedmtl.datasets.multimnist import MultiMNISTParams, build_multimnist
-from fedmtl.datasets.randhie import RandHIEParams, build_randhie
-from fedmtl.datasets.star import StarParams, build_star
+from fedmtl.datasets.randhie import build_randhie
+from fedmtl.datasets.rdata import MaxRowsParams
+from fedmtl.datasets.star import build_star
 from fedmtl.datasets.synthetic import SyntheticParams, build_synthetic
 from fedmtl.datasets.table import TableParams, TableSource, build_table
 from fedmtl.datasets.tv16 import TV16Params, build_tv16
@@ -35,9 +36,9 @@ DATASETS.register("digits_pair", params=DigitsPairParams)(build_digits_pair)
 DATASETS.register("multimnist", params=MultiMNISTParams)(build_multimnist)
 DATASETS.register("synthetic", params=SyntheticParams)(build_synthetic)
 DATASETS.register("table", params=TableParams)(build_table)
-DATASETS.register("star", params=StarParams)(build_star)
+DATASETS.register("star", params=MaxRowsParams)(build_star)
 DATASETS.register("tv16", params=TV16Params)(build_tv16)
-DATASETS.register("randhie", params=RandHIEParams)(build_randhie)
+DATASETS.register("randhie", params=MaxRowsParams)(build_randhie)
 
 
 def build_source(name: str, params: Any, seed: int) -> Source:

@@ -64,12 +64,10 @@ as distributed in the R package sampleSelection (Toomet and Henningsen).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from fedmtl.core.tasks import TaskKind
-from fedmtl.datasets.rdata import check_max_rows, keep_rows, load_frame, take
+from fedmtl.datasets.rdata import MaxRowsParams, keep_rows, load_frame, take
 from fedmtl.datasets.table import TableSource, table_source
 
 PACKAGE, ITEM = "sampleSelection", "RandHIE"
@@ -112,17 +110,7 @@ SILOS = ("site", "plan")
 GROUP = "zper"
 
 
-@dataclass(frozen=True)
-class RandHIEParams:
-    """``max_rows``: keep at most this many rows, whole people drawn by seed (null: all)."""
-
-    max_rows: int | None = None
-
-    def __post_init__(self) -> None:
-        check_max_rows(self.max_rows)
-
-
-def build_randhie(params: RandHIEParams, seed: int) -> TableSource:
+def build_randhie(params: MaxRowsParams, seed: int) -> TableSource:
     """RAND HIE person-years with the derived targets; capped by ``seed``."""
     frame = load_frame(PACKAGE, ITEM)
     frame["anydrug"] = (frame["drugdol"] > 0).astype(np.float64)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -86,6 +87,17 @@ def check_max_rows(value: object) -> None:
             f"must be null (every row) or an integer >= {MIN_ROWS}, got {value!r}.",
             "use null, or e.g. 2000 rows for a quick run.",
         )
+
+
+@dataclass(frozen=True)
+class MaxRowsParams:
+    """``max_rows``: keep at most this many rows, drawn by seed (whole people, or students, when
+    the data set's leakage rule groups rows by person; null: all)."""
+
+    max_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        check_max_rows(self.max_rows)
 
 
 def keep_rows(

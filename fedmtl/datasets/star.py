@@ -42,13 +42,12 @@ distributed in the R package mlmRev (Bates, Maechler and Bolker).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from fedmtl.core.tasks import TaskKind
-from fedmtl.datasets.rdata import check_max_rows, drop_unlabelled, keep_rows, load_frame, take
+from fedmtl.datasets.rdata import MaxRowsParams, drop_unlabelled, keep_rows, load_frame, take
 from fedmtl.datasets.table import TableSource, table_source
 
 PACKAGE, ITEM = "mlmRev", "star"
@@ -57,16 +56,6 @@ CATEGORICAL = ("gr", "cltype", "hdeg", "clad", "trace", "ses", "schtype", "sx", 
 FEATURES = (*CATEGORICAL, "exp", "birth")
 SILOS = "sch"
 GROUP = "id"
-
-
-@dataclass(frozen=True)
-class StarParams:
-    """``max_rows``: keep at most this many rows, whole students drawn by seed (null: all)."""
-
-    max_rows: int | None = None
-
-    def __post_init__(self) -> None:
-        check_max_rows(self.max_rows)
 
 
 def birth_date(birthq: Any) -> np.ndarray:
@@ -81,7 +70,7 @@ def _number(text: str) -> float:
     return float(text) if text.isdigit() else float("nan")
 
 
-def build_star(params: StarParams, seed: int) -> TableSource:
+def build_star(params: MaxRowsParams, seed: int) -> TableSource:
     """STAR's student-grade rows, scored rows only, ``birth`` derived; capped by ``seed``."""
     frame = drop_unlabelled(load_frame(PACKAGE, ITEM), list(TARGETS))
     scored = len(frame)
