@@ -120,6 +120,22 @@ def run_fedmtl(
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def run_test_app(module: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m tests.<module> ARGS`` from the repository root (:func:`run_fedmtl`), with a
+    local Ray of its own: its own short temporary directory, removed afterwards."""
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
+    try:
+        return run_fedmtl(
+            args,
+            timeout=timeout,
+            command=[sys.executable, "-m", f"tests.{module}"],
+            PYTHONPATH=str(REPO_ROOT),
+            RAY_TMPDIR=ray_tmp,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +33,10 @@ from strategies.per_silo import (
 from strategies.replies import ClientUpdate
 from tests.baselines_app import BASELINES
 from tests.helpers import (
-    REPO_ROOT,
     TINY_TASKS,
     compose_raw,
     read_jsonl,
-    run_fedmtl,
+    run_test_app,
     small_model,
     tiny_view,
 )
@@ -308,17 +304,7 @@ def test_every_baseline_runs_through_the_simulation_engine_in_one_ray_session(
     (one Ray session, the same simulated silos): each run completes with every silo, and ends
     where the same run ends in process (the silos' personal state is kept per run)."""
     out = tmp_path / "sim"
-    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # a cluster of its own (short path)
-    try:
-        result = run_fedmtl(
-            [str(out)],
-            timeout=300,
-            command=[sys.executable, "-m", "tests.baselines_app"],
-            PYTHONPATH=str(REPO_ROOT),
-            RAY_TMPDIR=ray_tmp,
-        )
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    result = run_test_app("baselines_app", [str(out)], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     for strategy in BASELINES:
         summary = json.loads((out / strategy / "summary.json").read_text())

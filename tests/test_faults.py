@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import socket
-import sys
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,7 +21,7 @@ from fedmtl.app.launch import run
 from fedmtl.app.server_app import final_status
 from fedmtl.app.silo import round_seed
 from fedmtl.core.errors import ConfigError
-from tests.helpers import REPO_ROOT, beats_chance, compose_raw, run_fedmtl
+from tests.helpers import beats_chance, compose_raw, run_fedmtl, run_test_app
 
 SMALL = ["runtime=inprocess", "tracking=quiet", "num_rounds=2", "partition.num_silos=4"]
 
@@ -163,25 +160,19 @@ def test_a_crashed_ray_worker_stops_the_run_loudly_and_it_resumes(tmp_path: Path
     ``worker_died`` and exit status 1 instead of losing silos silently, and it finishes with
     ``fedmtl run resume=DIR`` from its round-1 checkpoint (here in process)."""
     out = tmp_path / "run"
-    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # a cluster of its own (short path)
-    try:
-        crashed = run_fedmtl(
-            [
-                "run",
-                "experiment=smoke",
-                "runtime=simulation",
-                "partition.num_silos=4",
-                "num_rounds=3",
-                "checkpoint_every=1",
-                f"hydra.run.dir={out}",
-            ],
-            timeout=300,
-            command=[sys.executable, "-m", "tests.crash_app"],
-            PYTHONPATH=str(REPO_ROOT),
-            RAY_TMPDIR=ray_tmp,
-        )
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    crashed = run_test_app(
+        "crash_app",
+        [
+            "run",
+            "experiment=smoke",
+            "runtime=simulation",
+            "partition.num_silos=4",
+            "num_rounds=3",
+            "checkpoint_every=1",
+            f"hydra.run.dir={out}",
+        ],
+        timeout=300,
+    )
     assert crashed.returncode == 1, crashed.stderr[-3000:]
     assert "status 'worker_died'" in crashed.stderr
     summary = json.loads((out / "summary.json").read_text())
