@@ -1,68 +1,69 @@
-"""Server strategies: a registry of :class:`TaskAwareStrategy` subclasses.
+"""Server strategies ("methods"): the engine that runs them and the registry of the shipped ones.
 
-A strategy is registered with its parameter dataclass (a :class:`StrategyParams` subclass) and built as
-``cls(params, tasks, train, seed, observers)``. ``configs/strategy/<name>.yaml`` mirrors each entry.
+A method is one module: a parameter dataclass, a server half and a silo half, written against the
+engine's public API (:mod:`strategies.engine`). The registry :data:`METHODS` holds each under the
+name the config group ``strategy`` takes (``configs/strategy/<preset>.yaml`` mirrors it); methods
+of other packages register through the entry-point group ``fedmtl.methods``
+(:mod:`fedmtl.core.registry`).
 
-- ``fedavg``: task-aware FedAvg (:mod:`strategies.fedavg`).
-- one strategy per balancing method of :data:`strategies.balancing.WEIGHTINGS` (``mgda``,
-  ``pcgrad``, ...): per-task trunk updates combined by that method (:mod:`strategies.balanced`).
-- ``fmtlbench_pcgrad``, ``fmtlbench_cagrad``: FMTL-Bench's baselines over per-silo updates
-  (:mod:`strategies.fmtlbench`).
-- ``grouping``: federated task grouping, one trunk per group (:mod:`strategies.grouping`).
-- baselines: ``local``, ``single_task``, ``fedprox``, ``fedper``, ``fedrep``, ``ditto``
-  (:mod:`strategies.baselines`); ``fedamp``, ``matfl``, ``fedhca2``, whose server keeps one
-  model per silo (:mod:`strategies.per_silo`).
-
-Shared pieces: reply checks (:mod:`strategies.replies`), aggregation math
-(:mod:`strategies.aggregation`), server optimizers (:mod:`strategies.server_opt`).
+- ``fedavg`` (:mod:`strategies.fedavg`), ``fedprox``, ``fedper`` and ``fedrep``, ``ditto``,
+  ``local``, ``single_task``: FedAvg and the federated and personalised baselines;
+- ``balanced`` (:mod:`strategies.balanced`): per-task trunk updates combined by a balancing
+  method of :data:`strategies.balancing.WEIGHTINGS` (``strategy.weighting``; presets
+  ``strategy=mgda``, ``strategy=upgrad``, ...);
+- ``fmtlbench_pcgrad``, ``fmtlbench_cagrad``: FMTL-Bench's baselines over per-silo updates;
+- ``fedamp``, ``matfl``, ``fedhca2``: the server keeps one model per silo;
+- ``grouping`` (:mod:`strategies.grouping`): federated task grouping, one trunk per group.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from fedmtl.core.registry import Registry
-from strategies.balanced import BALANCED_STRATEGIES, Balanced, BalancedParams
-from strategies.base import StrategyParams, TaskAwareStrategy, TrunkStep
-from strategies.baselines import (
-    Ditto,
-    DittoParams,
-    FedPer,
-    FedProx,
-    FedProxParams,
-    FedRep,
-    FedRepParams,
-    Local,
-    SingleTask,
-)
-from strategies.fedavg import FedAvg, FedAvgParams
+from strategies.balanced import Balanced, BalancedParams
+from strategies.ditto import Ditto, DittoParams
+from strategies.engine import AveragingParams, Method, MethodParams, SiloMethod
+from strategies.fedamp import FedAMP, FedAMPParams
+from strategies.fedavg import FedAvg
+from strategies.fedhca2 import FedHCA2, FedHCA2Params
+from strategies.fedper import FedPer, FedRep, FedRepParams
+from strategies.fedprox import FedProx, FedProxParams
 from strategies.fmtlbench import FmtlBenchCAGrad, FmtlBenchCAGradParams, FmtlBenchPCGrad
 from strategies.grouping import Grouping, GroupingParams
-from strategies.per_silo import FedAMP, FedAMPParams, FedHCA2, FedHCA2Params, MaTFL, MaTFLParams
-from strategies.replies import ClientUpdate
+from strategies.local import Local
+from strategies.matfl import MaTFL, MaTFLParams
+from strategies.single_task import SingleTask
 
-STRATEGIES: Registry[type[TaskAwareStrategy]] = Registry("strategy")
-STRATEGIES.register("fedavg", params=FedAvgParams)(FedAvg)
-for _cls, _params in BALANCED_STRATEGIES:
-    STRATEGIES.register(_cls.weighting_name, params=_params)(_cls)
-STRATEGIES.register("fmtlbench_pcgrad", params=StrategyParams)(FmtlBenchPCGrad)
-STRATEGIES.register("fmtlbench_cagrad", params=FmtlBenchCAGradParams)(FmtlBenchCAGrad)
-STRATEGIES.register("grouping", params=GroupingParams)(Grouping)
-STRATEGIES.register("local", params=StrategyParams)(Local)
-STRATEGIES.register("single_task", params=StrategyParams)(SingleTask)
-STRATEGIES.register("fedprox", params=FedProxParams)(FedProx)
-STRATEGIES.register("fedper", params=FedAvgParams)(FedPer)
-STRATEGIES.register("fedrep", params=FedRepParams)(FedRep)
-STRATEGIES.register("ditto", params=DittoParams)(Ditto)
-STRATEGIES.register("fedamp", params=FedAMPParams)(FedAMP)
-STRATEGIES.register("matfl", params=MaTFLParams)(MaTFL)
-STRATEGIES.register("fedhca2", params=FedHCA2Params)(FedHCA2)
 
-__all__ = [
-    "STRATEGIES",
-    "Balanced",
-    "BalancedParams",
-    "ClientUpdate",
-    "FedAvg",
-    "StrategyParams",
-    "TaskAwareStrategy",
-    "TrunkStep",
-]
+def check_method(name: str, factory: Any, params: type) -> None:
+    """A method's server half is a :class:`Method` whose ``silo`` is a :class:`SiloMethod`, and
+    its parameters a :class:`MethodParams` (TypeError naming what is wrong)."""
+    if not (isinstance(factory, type) and issubclass(factory, Method)):
+        raise TypeError(f"method '{name}': {factory!r} is not a strategies.engine.Method")
+    silo = getattr(factory, "silo", None)
+    if not (isinstance(silo, type) and issubclass(silo, SiloMethod)):
+        raise TypeError(f"method '{name}': its silo half {silo!r} is not a SiloMethod")
+    if not issubclass(params, MethodParams):
+        raise TypeError(f"method '{name}': its parameters {params!r} are not a MethodParams")
+
+
+METHODS: Registry[type[Method[Any]]] = Registry(
+    "strategy", entry_points="fedmtl.methods", check=check_method
+)
+METHODS.register("fedavg", params=AveragingParams)(FedAvg)
+METHODS.register("balanced", params=BalancedParams)(Balanced)
+METHODS.register("fmtlbench_pcgrad", params=MethodParams)(FmtlBenchPCGrad)
+METHODS.register("fmtlbench_cagrad", params=FmtlBenchCAGradParams)(FmtlBenchCAGrad)
+METHODS.register("grouping", params=GroupingParams)(Grouping)
+METHODS.register("local", params=MethodParams)(Local)
+METHODS.register("single_task", params=MethodParams)(SingleTask)
+METHODS.register("fedprox", params=FedProxParams)(FedProx)
+METHODS.register("fedper", params=AveragingParams)(FedPer)
+METHODS.register("fedrep", params=FedRepParams)(FedRep)
+METHODS.register("ditto", params=DittoParams)(Ditto)
+METHODS.register("fedamp", params=FedAMPParams)(FedAMP)
+METHODS.register("matfl", params=MaTFLParams)(MaTFL)
+METHODS.register("fedhca2", params=FedHCA2Params)(FedHCA2)
+
+__all__ = ["METHODS", "check_method"]

@@ -1,4 +1,6 @@
-"""Task-aware trunk aggregation with gradient balancing: one strategy per balancing method.
+"""``balanced``: task-aware trunk aggregation with gradient balancing; ``strategy.weighting``
+chooses the balancing method (any of :data:`strategies.balancing.WEIGHTINGS`: ``mgda``,
+``pcgrad``, ``cagrad``, ``upgrad``, ``famo``, ...; the presets ``strategy=mgda`` etc. set it).
 
 Let silo s hold tasks T_s with n_{s,t} labelled training examples of task t, and send (``per_task``
 mode) its trunk update split per task, D_{s,t} (see :class:`fedmtl.core.training.TrunkAttribution`).
@@ -9,276 +11,132 @@ Each round, over the silos that replied:
     w   = weighting(J, L, tasks)                                            (strategies.balancing)
     Delta = J^T w                                                           (the combined trunk update)
 
-and the server optimizer applies Delta (:mod:`strategies.server_opt`). L_t is task t's loss of the
-round's global model, the n_{s,t}-weighted mean of the silos' ``loss-before`` reports (used by the
-loss-based methods). Heads are averaged per task over their holders (base class).
+and the server optimizer applies Delta (:mod:`strategies.engine.server_opt`). L_t is task t's loss
+of the round's global model, the n_{s,t}-weighted mean of the silos' ``loss-before`` reports (used
+by the loss-based methods). Heads are averaged per task over their holders.
 
 ``balancing`` chooses where the method runs:
+
 - ``server`` (default): silos send per-task updates (upload x |T_s|), the server balances them.
 - ``local``: every silo balances its own tasks' gradients at every local step and sends one joint
-  update; the server averages them weighted by examples (FedAvg) - no extra upload.
+  update; the server averages them weighted by examples (FedAvg): no extra upload.
 - ``both``: silos balance locally and send per-task updates (their shares w_t g_t), the server
   balances again.
 
 Degenerate rounds: a task no silo holds in the round has no row (its head and any weighting state
 stay as they were); a round where no task has a holder keeps the trunk. With one task, w = [1].
-Replies with NaN/Inf are rejected before aggregation (base class), so J is always finite.
-
-Each strategy below is registered under its method's name (``strategy=mgda``, ...). Its parameter
-dataclass has two bases: :class:`BalancedParams` and the method's own parameters (``strategy.c``
-for CAGrad, ...), whose checks run too.
+Replies with NaN/Inf are rejected before aggregation (the engine's intake), so J is always finite.
+``summary.json`` reports the method under the weighting's name (``strategy: mgda``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
-from fedmtl.core.records import Arrays, WeightingSpec
-from fedmtl.core.training import UpdateMode
-from strategies.aggregation import balanced_update, weighted_mean_delta
-from strategies.balancing import (
-    WEIGHTINGS,
-    AlignedMTLParams,
-    CAGradParams,
-    DualConeParams,
-    DWAParams,
-    FairGradParams,
-    FAMOParams,
-    GradVacParams,
-    MGDAParams,
-    NashMTLParams,
-    Weighting,
-    build_weighting,
+from fedmtl.core.records import Arrays, TrainReply, TrainRequest
+from fedmtl.core.registry import NoParams, PluginConfig
+from strategies.balancing import WeightingChoice, build_weighting, weighting_from
+from strategies.balancing.federated import balanced_update
+from strategies.engine import (
+    ClientUpdate,
+    GlobalModel,
+    MethodParams,
+    MethodSetup,
+    Round,
+    SiloMethod,
+    SiloTask,
+    SiloTools,
+    TrunkAndHeads,
+    TrunkStep,
+    train_received,
+    weighted_mean_delta,
 )
-from strategies.base import StrategyParams, TaskAwareStrategy, TrunkStep
-from strategies.replies import ClientUpdate
+
+Balancing = Literal["server", "local", "both"]
+
+
+def _equal_weights() -> PluginConfig:
+    return PluginConfig("mean", NoParams())
 
 
 @dataclass(frozen=True)
-class BalancedParams(StrategyParams):
-    """The common strategy parameters plus where the balancing method runs (``server``, ``local``,
-    ``both``). A subclass that also derives from the method's parameter dataclass gets its fields
-    and its checks."""
+class BalancedParams(MethodParams):
+    """The common parameters, the balancing method (``weighting``: a name, or ``{name, ...its
+    parameters}`` such as ``{name: cagrad, c: 0.4}``) and where it runs (``balancing``)."""
 
-    balancing: Literal["server", "local", "both"] = "server"
+    weighting: WeightingChoice = field(default_factory=_equal_weights)
+    balancing: Balancing = "server"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for own in type(self).__bases__[1:]:  # the balancing method's parameters and checks
-            own(**{f.name: getattr(self, f.name) for f in dataclasses.fields(own)})
+    def label(self, name: str) -> str:
+        return self.weighting.name
 
 
-class Balanced(TaskAwareStrategy):
-    """Per-task trunk updates combined by the balancing method ``weighting_name``."""
+@dataclass(frozen=True)
+class BalancedSiloParams:
+    """The weighting a silo applies at every local step (``{name, ...}``; None: plain steps)."""
 
-    weighting_name: ClassVar[str]
-    params: BalancedParams
+    weighting: dict[str, Any] | None = None
 
-    @functools.cached_property
-    def method_params(self) -> dict[str, Any]:
-        """The balancing method's own parameters (checked when the config was parsed)."""
-        own = {f.name for f in dataclasses.fields(WEIGHTINGS.get(self.weighting_name).params)}
-        return {k: v for k, v in dataclasses.asdict(self.params).items() if k in own}
 
-    @functools.cached_property
-    def weighting(self) -> Weighting:
-        """The server's balancing method, built once: its state lives across rounds."""
-        return build_weighting(
-            self.weighting_name, self.method_params, seed=self.seed, key="strategy"
+class BalancedSilo(SiloMethod):
+    """Plain local training, or (``local``/``both``) with the weighting applied to the silo's
+    tasks' trunk gradients at every step (a fresh instance per round, seeded by the round seed)."""
+
+    Params = BalancedSiloParams
+    params: BalancedSiloParams
+
+    def batchable(self) -> str | None:
+        if self.params.weighting is None:
+            return None
+        return (
+            f"silo-side balancing ('{self.params.weighting.get('name')}') weighs each silo's tasks"
         )
 
-    def stateful_parts(self) -> dict[str, Weighting]:
-        return {"weighting": self.weighting}
+    def train(self, tools: SiloTools, received: Arrays, request: TrainRequest) -> TrainReply:
+        step_weights = None
+        if self.params.weighting is not None:
+            spec = dict(self.params.weighting)
+            name = spec.pop("name")
+            step_weights = build_weighting(
+                name, spec, seed=tools.seed, key="local-weighting"
+            ).weights
+        return train_received(tools, received, request, step_weights=step_weights)
 
-    def update_mode(self) -> UpdateMode:
-        return "joint" if self.params.balancing == "local" else "per_task"
 
-    def local_weighting(self) -> WeightingSpec | None:
+class Balanced(TrunkAndHeads[BalancedParams]):
+    """Per-task trunk updates combined by the balancing method ``weighting``."""
+
+    silo = BalancedSilo
+
+    def __init__(self, params: BalancedParams, setup: MethodSetup) -> None:
+        super().__init__(params, setup)
+        self.weighting = weighting_from(params.weighting, seed=setup.seed)
+        """The server's balancing method: its state lives across rounds."""
+
+    def silo_task(self, server_round: int) -> SiloTask:
         if self.params.balancing == "server":
-            return None
-        return WeightingSpec(self.weighting_name, dict(self.method_params))
+            return SiloTask("per_task")
+        local = {"weighting": self.params.weighting.to_dict()}
+        return SiloTask("joint" if self.params.balancing == "local" else "per_task", local)
 
-    def trunk_update(
-        self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
+    def trunk_step(
+        self, round_: Round, model: GlobalModel, updates: list[ClientUpdate]
     ) -> TrunkStep:
+        trunk = model.trunk()
         if self.params.balancing == "local":
             weights = [float(u.num_examples) for u in updates]
-            return TrunkStep(weighted_mean_delta(updates, list(trunk), weights, self.combine))
+            return TrunkStep(weighted_mean_delta(updates, list(trunk), weights, self.average))
+        tasks = list(self.tasks)
         direction, task_weights = balanced_update(
-            self.weighting,
-            list(self.tasks),
-            list(self.tasks),
-            updates,
-            trunk,
-            server_round,
-            self.combine,
+            self.weighting, tasks, tasks, updates, trunk, round_.number, self.average
         )
         return TrunkStep(direction, task_weights)
 
-
-@dataclass(frozen=True)
-class MGDAStrategyParams(BalancedParams, MGDAParams):
-    """Parameters of strategy ``mgda``."""
-
-
-@dataclass(frozen=True)
-class GradVacStrategyParams(BalancedParams, GradVacParams):
-    """Parameters of strategy ``gradvac``."""
-
-
-@dataclass(frozen=True)
-class CAGradStrategyParams(BalancedParams, CAGradParams):
-    """Parameters of strategy ``cagrad``."""
-
-
-@dataclass(frozen=True)
-class NashMTLStrategyParams(BalancedParams, NashMTLParams):
-    """Parameters of strategy ``nash_mtl``."""
-
-
-@dataclass(frozen=True)
-class AlignedMTLStrategyParams(BalancedParams, AlignedMTLParams):
-    """Parameters of strategy ``aligned_mtl``."""
-
-
-@dataclass(frozen=True)
-class DualConeStrategyParams(BalancedParams, DualConeParams):
-    """Parameters of strategies ``upgrad`` and ``dualproj``."""
-
-
-@dataclass(frozen=True)
-class FairGradStrategyParams(BalancedParams, FairGradParams):
-    """Parameters of strategy ``fairgrad``."""
-
-
-@dataclass(frozen=True)
-class DWAStrategyParams(BalancedParams, DWAParams):
-    """Parameters of strategy ``dwa``."""
-
-
-@dataclass(frozen=True)
-class FAMOStrategyParams(BalancedParams, FAMOParams):
-    """Parameters of strategy ``famo``."""
-
-
-class MeanStrategy(Balanced):
-    """``mean``: w_t = 1/T, the mean of the per-task updates."""
-
-    weighting_name = "mean"
-
-
-class SumStrategy(Balanced):
-    """``sum``: w_t = 1, the sum of the per-task updates."""
-
-    weighting_name = "sum"
-
-
-class MGDAStrategy(Balanced):
-    """``mgda``: MGDA's minimum-norm point of the per-task updates (Sener & Koltun 2018)."""
-
-    weighting_name = "mgda"
-    params: MGDAStrategyParams
-
-
-class PCGradStrategy(Balanced):
-    """``pcgrad``: per-task updates projected off the ones they conflict with (Yu et al. 2020)."""
-
-    weighting_name = "pcgrad"
-
-
-class GradVacStrategy(Balanced):
-    """``gradvac``: Gradient Vaccine's cosine targets (Wang et al. 2021)."""
-
-    weighting_name = "gradvac"
-    params: GradVacStrategyParams
-
-
-class IMTLGStrategy(Balanced):
-    """``imtl_g``: IMTL-G's equal projections (Liu et al. 2021)."""
-
-    weighting_name = "imtl_g"
-
-
-class CAGradStrategy(Balanced):
-    """``cagrad``: CAGrad's conflict-averse update (Liu et al. 2021)."""
-
-    weighting_name = "cagrad"
-    params: CAGradStrategyParams
-
-
-class NashMTLStrategy(Balanced):
-    """``nash_mtl``: Nash-MTL's bargaining solution (Navon et al. 2022)."""
-
-    weighting_name = "nash_mtl"
-    params: NashMTLStrategyParams
-
-
-class AlignedMTLStrategy(Balanced):
-    """``aligned_mtl``: Aligned-MTL's stable principal directions (Senushkin et al. 2023)."""
-
-    weighting_name = "aligned_mtl"
-    params: AlignedMTLStrategyParams
-
-
-class UPGradStrategy(Balanced):
-    """``upgrad``: UPGrad's projections onto the dual cone (Quinton & Rey 2024)."""
-
-    weighting_name = "upgrad"
-    params: DualConeStrategyParams
-
-
-class DualProjStrategy(Balanced):
-    """``dualproj``: the mean update projected onto the dual cone."""
-
-    weighting_name = "dualproj"
-    params: DualConeStrategyParams
-
-
-class FairGradStrategy(Balanced):
-    """``fairgrad``: FairGrad's alpha-fair weights (Ban & Ji 2024)."""
-
-    weighting_name = "fairgrad"
-    params: FairGradStrategyParams
-
-
-class DWAStrategy(Balanced):
-    """``dwa``: Dynamic Weight Average over rounds (Liu et al. 2019)."""
-
-    weighting_name = "dwa"
-    params: DWAStrategyParams
-
-
-class RLWStrategy(Balanced):
-    """``rlw``: Random Loss Weighting (Lin et al. 2022)."""
-
-    weighting_name = "rlw"
-
-
-class FAMOStrategy(Balanced):
-    """``famo``: FAMO's fast adaptive weights from the loss decrease (Liu et al. 2023)."""
-
-    weighting_name = "famo"
-    params: FAMOStrategyParams
-
-
-BALANCED_STRATEGIES: list[tuple[type[Balanced], type[BalancedParams]]] = [
-    (MeanStrategy, BalancedParams),
-    (SumStrategy, BalancedParams),
-    (MGDAStrategy, MGDAStrategyParams),
-    (PCGradStrategy, BalancedParams),
-    (GradVacStrategy, GradVacStrategyParams),
-    (IMTLGStrategy, BalancedParams),
-    (CAGradStrategy, CAGradStrategyParams),
-    (NashMTLStrategy, NashMTLStrategyParams),
-    (AlignedMTLStrategy, AlignedMTLStrategyParams),
-    (UPGradStrategy, DualConeStrategyParams),
-    (DualProjStrategy, DualConeStrategyParams),
-    (FairGradStrategy, FairGradStrategyParams),
-    (DWAStrategy, DWAStrategyParams),
-    (RLWStrategy, BalancedParams),
-    (FAMOStrategy, FAMOStrategyParams),
-]
-"""Every balancing strategy with its parameter dataclass, in the order of the method registry."""
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "weighting": self.weighting.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.weighting.load_state_dict(state["weighting"])

@@ -7,27 +7,35 @@ With Delta_s the trunk update of silo s (S silos this round), J = [Delta_1; ...;
   FMTL-Bench's unweighted FedAvg.
 - ``fmtlbench_cagrad``: CAGrad (Liu et al. 2021) over the rows with c = 0.4 and the 1/(1 + c^2)
   rescale, as FMTL-Bench and FedHCA2 use; its g0 is already the mean of the rows.
-Silos send joint updates (no extra upload); heads are averaged per task (base class).
+Silos send joint updates (no extra upload); heads are averaged per task
+(:class:`strategies.engine.TrunkAndHeads`).
 """
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
 from fedmtl.core.checks import non_negative
-from fedmtl.core.records import Arrays
-from strategies.aggregation import flatten, unflatten
-from strategies.balancing import Weighting, build_weighting
-from strategies.base import StrategyParams, TaskAwareStrategy, TrunkStep
-from strategies.replies import ClientUpdate
+from strategies.balancing import build_weighting
+from strategies.engine import (
+    ClientUpdate,
+    GlobalModel,
+    MethodParams,
+    MethodSetup,
+    Round,
+    TrunkAndHeads,
+    TrunkStep,
+    flatten,
+    unflatten,
+)
 
 
 @dataclass(frozen=True)
-class FmtlBenchCAGradParams(StrategyParams):
+class FmtlBenchCAGradParams(MethodParams):
     """The common strategy parameters plus CAGrad's conflict-aversion radius ``c``."""
 
     c: float = 0.4
@@ -37,28 +45,28 @@ class FmtlBenchCAGradParams(StrategyParams):
         non_negative(self, "c")
 
 
-class ClientRowsBalancing(TaskAwareStrategy):
+P = TypeVar("P", bound=MethodParams)
+
+
+class ClientRowsBalancing(TrunkAndHeads[P]):
     """Trunk: a balancing method over the silos' joint updates (rows = silos)."""
 
     weighting_name: ClassVar[str]
     mean_of_rows: ClassVar[bool] = False
 
-    @functools.cached_property
-    def weighting(self) -> Weighting:
-        """Built once, on first use: its state (if any) lives across rounds."""
-        return build_weighting(
-            self.weighting_name, self.method_params(), seed=self.seed, key="strategy"
+    def __init__(self, params: P, setup: MethodSetup) -> None:
+        super().__init__(params, setup)
+        self.weighting = build_weighting(
+            self.weighting_name, self.method_params(), seed=setup.seed, key="strategy"
         )
 
     def method_params(self) -> dict[str, object]:
         return {}
 
-    def stateful_parts(self) -> dict[str, Weighting]:
-        return {"weighting": self.weighting}
-
-    def trunk_update(
-        self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
+    def trunk_step(
+        self, round_: Round, model: GlobalModel, updates: list[ClientUpdate]
     ) -> TrunkStep:
+        trunk = model.trunk()
         keys = list(trunk)
         rows = torch.stack([flatten(u.deltas, keys).to(torch.float64) for u in updates])
         direction, _ = self.weighting(rows, None, [u.silo.silo_id for u in updates])
@@ -66,19 +74,25 @@ class ClientRowsBalancing(TaskAwareStrategy):
             direction = direction / len(updates)
         return TrunkStep(unflatten(direction, trunk))
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "weighting": self.weighting.state_dict()}
 
-class FmtlBenchPCGrad(ClientRowsBalancing):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.weighting.load_state_dict(state["weighting"])
+
+
+class FmtlBenchPCGrad(ClientRowsBalancing[MethodParams]):
     """PCGrad over the silos' joint trunk updates, averaged (see the module docstring)."""
 
     weighting_name = "pcgrad"
     mean_of_rows = True
 
 
-class FmtlBenchCAGrad(ClientRowsBalancing):
+class FmtlBenchCAGrad(ClientRowsBalancing[FmtlBenchCAGradParams]):
     """CAGrad (c, 1/(1+c^2) rescale) over the silos' joint trunk updates."""
 
     weighting_name = "cagrad"
-    params: FmtlBenchCAGradParams
 
     def method_params(self) -> dict[str, object]:
         return {"c": self.params.c, "rescale": True}

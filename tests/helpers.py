@@ -12,8 +12,9 @@
 - Deployments: :func:`silo_tables` (three silos' own tables and their schema),
   :func:`local_config_json` (a ``partition=local`` experiment over them), :func:`local_grid`
   (their ClientApps behind an in-process grid, each node naming its own table).
-- Strategy fakes: :class:`FakeSilo` replies as told, :class:`Federation` serves fake silos behind
-  an in-process grid, :func:`one_round` drives one training round.
+- Engine fakes: :func:`make_engine` builds an engine for a registered method over fake tasks,
+  :class:`FakeSilo` replies as told, :class:`Federation` serves fake silos behind an in-process
+  grid, :func:`one_round` drives one training round.
 - Benchmarks: :func:`write_run` writes a hand-made run directory (``summary.json``,
   ``metrics.jsonl``); :class:`FakeRunner` stands in for ``fedmtl.app.launch.run`` in a bench.
 """
@@ -58,9 +59,16 @@ from fedmtl.core.tasks import TaskSpec
 from fedmtl.datasets import DATASETS, build_source, materialise
 from fedmtl.trunks import MLPParams, build_model
 from partitions import ASSIGNMENTS
-from strategies import FedAvg, TaskAwareStrategy
-from strategies.base import TrainOutcome
-from strategies.fedavg import FedAvgParams
+from strategies import METHODS
+from strategies.engine import (
+    AveragingParams,
+    Engine,
+    GlobalModel,
+    MethodParams,
+    MethodSetup,
+    RunContext,
+    mean_train_loss,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FEDMTL = [sys.executable, "-m", "fedmtl.app.cli"]
@@ -486,15 +494,34 @@ SHAPES = {
 TRUNK_KEYS = {"trunk.w", "trunk.b"}
 
 
-def make_fedavg(seed: int = 0, observers: tuple = (), **overrides: Any) -> FedAvg:
-    """FedAvg over :data:`TASKS` that needs one node to go on; ``overrides``: its params."""
-    params = FedAvgParams(
+def make_engine(
+    name: str = "fedavg",
+    seed: int = 0,
+    context: RunContext | None = None,
+    params_type: type[MethodParams] | None = None,
+    **overrides: Any,
+) -> Engine:
+    """An engine running method ``name`` over :data:`TASKS`, needing one node to go on;
+    ``overrides``: its params (of ``params_type``, default the registered ones)."""
+    cls = params_type or METHODS.get(name).params
+    params = cls(
         min_train_nodes=overrides.pop("min_train_nodes", 1),
         min_evaluate_nodes=overrides.pop("min_evaluate_nodes", 1),
         min_available_nodes=overrides.pop("min_available_nodes", 1),
         **overrides,
     )
-    return FedAvg(params, TASKS, TrainConfig(), seed=seed, observers=observers)
+    method = METHODS.get(name).factory(params, MethodSetup(TASKS, TrainConfig(), seed))
+    return Engine(name, method, params, context)
+
+
+def make_fedavg(seed: int = 0, context: RunContext | None = None, **overrides: Any) -> Engine:
+    """FedAvg over :data:`TASKS` that needs one node to go on; ``overrides``: its params."""
+    return make_engine("fedavg", seed, context, AveragingParams, **overrides)
+
+
+def initial_model() -> GlobalModel:
+    """:func:`initial_arrays` as the engine's global model (one shared trunk)."""
+    return GlobalModel(initial_arrays())
 
 
 def pattern(key: str) -> np.ndarray:
@@ -701,16 +728,47 @@ class Federation:
         return {node: arrays for k, node, arrays, _ in self.received if k == kind}
 
 
+@dataclass(frozen=True)
+class RoundOutcome:
+    """What one training round gave: the new arrays (the round's own when nothing could be
+    aggregated), the updates used, the replies refused, the example-weighted train loss, each
+    task's balancing weight, the bytes received, and whether the method aggregated."""
+
+    arrays: dict[str, np.ndarray]
+    num_updates: int
+    rejected: list[dict[str, Any]]
+    train_loss: dict[str, float]
+    task_weights: dict[str, float]
+    bytes_up: int
+    applied: bool
+
+
 def one_round(
-    strategy: TaskAwareStrategy, fed: Federation, drop_nodes: tuple[int, ...] = ()
-) -> tuple[dict[str, np.ndarray], TrainOutcome, list[Message]]:
-    """Round 1 from :func:`initial_arrays`: dispatch, grid, aggregate; messages to ``drop_nodes``
-    are dropped (those silos were not sampled). Returns the new model, the round's outcome and the
-    messages delivered."""
-    dispatch = strategy.dispatch_train(1, records.to_array_record(initial_arrays()), fed.grid)
-    messages = [m for m in dispatch.messages if m.metadata.dst_node_id not in drop_nodes]
-    outcome = strategy.aggregate_updates(dispatch, fed.grid.send_and_receive(messages))
-    return outcome.arrays, outcome, messages
+    engine: Engine,
+    fed: Federation,
+    drop_nodes: tuple[int, ...] = (),
+    model: GlobalModel | None = None,
+    server_round: int = 1,
+) -> tuple[dict[str, np.ndarray], RoundOutcome, list[Message]]:
+    """A round from ``model`` (default :func:`initial_model`): dispatch, grid, intake, aggregate;
+    messages to ``drop_nodes`` are dropped (those silos were not sampled). Returns the new arrays,
+    the round's outcome and the messages delivered."""
+    start = model or initial_model()
+    sent = engine.dispatch_train(fed.grid, server_round, start)
+    messages = [m for m in sent.messages if m.metadata.dst_node_id not in drop_nodes]
+    intake = engine.take_updates(sent, fed.grid.send_and_receive(messages))
+    result = engine.aggregate(sent, intake)
+    arrays = (start if result is None else result.model).arrays
+    outcome = RoundOutcome(
+        arrays=arrays,
+        num_updates=len(intake.updates),
+        rejected=intake.rejected,
+        train_loss=mean_train_loss(intake.updates, list(engine.tasks)),
+        task_weights={} if result is None else result.task_weights,
+        bytes_up=intake.bytes_up,
+        applied=result is not None,
+    )
+    return arrays, outcome, messages
 
 
 def assert_moved(new: dict[str, np.ndarray], key: str, coefficient: float) -> None:

@@ -1,4 +1,4 @@
-"""Balancing strategies over fake silos: per-task rows, losses, modes, replies, server optimizer.
+"""The balancing method over fake silos: per-task rows, losses, modes, replies, server optimizer.
 
 Expected numbers are computed by hand from the fake silos' counts and per-task shares (each share
 of silo s for task t is ``task_trunk[t] * pattern(key)``), never by calling the code under test.
@@ -15,18 +15,19 @@ import torch
 from flwr.app import Message
 
 from fedmtl.core import records
-from fedmtl.core.records import TrainRequest, WeightingSpec
-from fedmtl.core.schema import TrainConfig
-from strategies import STRATEGIES, Balanced
-from strategies.server_opt import ServerOptParams
+from fedmtl.core.records import TrainRequest
+from fedmtl.core.registry import PluginConfig
+from strategies.balanced import Balanced, BalancedSilo
+from strategies.balancing import WEIGHTINGS
+from strategies.engine import Engine, ServerOptParams
 from tests.helpers import (
-    TASKS,
     TRUNK_KEYS,
     FakeSilo,
     Federation,
     assert_moved,
     assert_unchanged,
     head_keys,
+    make_engine,
     one_round,
     pattern,
 )
@@ -62,14 +63,14 @@ def three_silos(**extra: Any) -> list[FakeSilo]:
     ]
 
 
-def make(name: str, **overrides: Any) -> Balanced:
-    entry = STRATEGIES.get(name)
-    params = dataclasses.replace(
-        entry.params(), min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1, **overrides
-    )
-    strategy = entry.factory(params, TASKS, TrainConfig(), seed=0)
-    assert isinstance(strategy, Balanced)
-    return strategy
+def make(name: str, balancing: str = "server", **method_params: Any) -> Engine:
+    """An engine running ``balanced`` with weighting ``name`` (its ``method_params``); keys of
+    the common parameters (``server_optimizer``) go to the method's parameters."""
+    common = {k: method_params.pop(k) for k in list(method_params) if k == "server_optimizer"}
+    weighting = PluginConfig(name, WEIGHTINGS.parse(name, method_params))
+    engine = make_engine("balanced", weighting=weighting, balancing=balancing, **common)
+    assert isinstance(engine.method, Balanced)
+    return engine
 
 
 class Spy:
@@ -91,8 +92,10 @@ def request_of(message: Message) -> TrainRequest:
 
 def test_rows_are_example_weighted_per_task_updates_and_losses() -> None:
     strategy = make("sum")
-    spy = Spy(strategy.weighting)
-    strategy.weighting = spy  # type: ignore[assignment]
+    method = strategy.method
+    assert isinstance(method, Balanced)
+    spy = Spy(method.weighting)
+    method.weighting = spy  # type: ignore[assignment]
     new, outcome, messages = one_round(strategy, Federation(three_silos()))
     assert all(request_of(m).update_mode == "per_task" for m in messages)
     ((J, losses, tasks),) = spy.calls
@@ -132,9 +135,11 @@ def test_local_balancing_sends_the_weighting_and_averages_joint_updates() -> Non
     for message in messages:
         request = request_of(message)
         assert request.update_mode == "joint"
-        assert request.local_weighting == WeightingSpec(
-            "cagrad", {"c": 0.3, "rescale": False, "norm_eps": 1e-4}
-        )
+        assert request.method.name == "balanced"
+        assert request.method.params == {
+            "weighting": {"name": "cagrad", "c": 0.3, "rescale": False, "norm_eps": 1e-4}
+        }
+        assert BalancedSilo.from_spec(request.method.params).batchable() is not None
     # FedAvg over silos weighted by n_s: (40*3 + 25*3 + 55*(-0.5)) / 120 = 1.4791666
     for key in TRUNK_KEYS:
         assert_moved(new, key, (40 * 3.0 + 25 * 3.0 + 55 * -0.5) / 120)
@@ -145,9 +150,17 @@ def test_both_balances_at_silos_and_at_the_server() -> None:
     strategy = make("cagrad", balancing="both")
     _, _, messages = one_round(strategy, Federation(three_silos()))
     request = request_of(messages[0])
-    assert request.update_mode == "per_task" and request.local_weighting is not None
-    assert request.local_weighting.name == "cagrad"
-    assert strategy.weighting is not None
+    assert request.update_mode == "per_task"
+    assert request.method.params["weighting"]["name"] == "cagrad"
+    assert isinstance(strategy.method, Balanced) and strategy.method.weighting is not None
+
+
+def test_server_balancing_asks_silos_for_plain_per_task_training() -> None:
+    strategy = make("upgrad")
+    _, _, messages = one_round(strategy, Federation(three_silos()))
+    request = request_of(messages[0])
+    assert request.update_mode == "per_task" and request.method.params == {}
+    assert BalancedSilo.from_spec(request.method.params).batchable() is None
 
 
 @pytest.mark.parametrize("defect", ["nan-share", "missing-share", "joint-instead"])

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from fedmtl.core.errors import ConfigError
 from strategies.balancing import WEIGHTINGS, Weighting, build_weighting, combine, linalg
-from strategies.balancing.base import GramianWeighting
+from strategies.balancing.weighting import GramianWeighting
 
 NAMES = WEIGHTINGS.names()
 GRAMIAN = [n for n in NAMES if issubclass(WEIGHTINGS.get(n).factory, GramianWeighting)]
@@ -288,7 +288,7 @@ def test_task_ids_are_checked() -> None:
         build_weighting("mean")(J_REF, tasks=[1, 1])
 
 
-# --- degenerate inputs (module docstring of strategies.balancing.base) --------------------------
+# --- degenerate inputs (module docstring of strategies.balancing.weighting) --------------------------
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -10,6 +10,8 @@ silos' data and :func:`strategies.balancing.combine`.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -21,8 +23,9 @@ from fedmtl.app.runtime import InProcessGrid
 from fedmtl.core import records
 from fedmtl.core.data import local_view
 from fedmtl.core.training import mean_task_losses
-from strategies import STRATEGIES, Balanced
+from strategies.balanced import Balanced
 from strategies.balancing import WEIGHTINGS, combine
+from strategies.engine import GlobalModel, RunContext
 from tests.helpers import compose_raw
 
 ETA = 0.1
@@ -70,21 +73,18 @@ def server_direction(
 ) -> tuple[torch.Tensor, Balanced, dict[str, float]]:
     """Run round 1 through the real ClientApp; return theta_1 - theta_0 of the trunk, the strategy
     and the task weights of the round."""
-    cfg = experiment.config
-    strategy = STRATEGIES.get(cfg.strategy.name).factory(
-        cfg.strategy.params, list(experiment.dataset.tasks), cfg.train, seed=cfg.seed
-    )
-    assert isinstance(strategy, Balanced)
+    engine = experiment.new_engine(RunContext())
+    assert isinstance(engine.method, Balanced)
     model = experiment.new_model()
     start = records.state_arrays(model, model.exchanged_keys())
     grid = InProcessGrid(make_client_app(), 3, {CONFIG_KEY: config_json})
-    dispatch = strategy.dispatch_train(1, records.to_array_record(start), grid)
-    outcome = strategy.aggregate_updates(dispatch, grid.send_and_receive(dispatch.messages))
-    assert strategy.rejections == []
-    new = outcome.arrays
+    sent = engine.dispatch_train(grid, 1, GlobalModel(start))
+    result = engine.aggregate(sent, engine.take_updates(sent, grid.send_and_receive(sent.messages)))
+    assert engine.rejections == [] and result is not None
+    new = result.model.arrays
     keys = [k for k in start if k.startswith("trunk.")]
     delta = np.concatenate([(new[k] - start[k]).reshape(-1) for k in keys])
-    return torch.from_numpy(delta.astype(np.float64)), strategy, outcome.task_weights
+    return torch.from_numpy(delta.astype(np.float64)), engine.method, result.task_weights
 
 
 def centralized_jacobian(experiment: Experiment) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +109,7 @@ def test_server_direction_equals_the_centralized_method(name: str) -> None:
     assert all(len(s.tasks) == 1 for s in experiment.partition.silos)
     direction, strategy, task_weights = server_direction(experiment, config_json)
     J, losses = centralized_jacobian(experiment)
-    params = dict(strategy.method_params)
+    params = dataclasses.asdict(strategy.params.weighting.params)
     expected, weights = combine(name, -ETA * J, losses=losses, seed=SEED, **params)
     torch.testing.assert_close(direction, expected, rtol=2e-3, atol=1e-6)
     assert list(task_weights.values()) == pytest.approx(weights.tolist(), rel=2e-3, abs=1e-6)

@@ -15,22 +15,20 @@ from flwr.app import RecordDict
 from fedmtl.app.config import parse
 from fedmtl.app.experiment import prepare
 from fedmtl.app.launch import run
-from fedmtl.app.silo import PERSONAL, SiloWorker, round_seed, run_evaluate, run_train
 from fedmtl.core import records
-from fedmtl.core.records import EvaluateRequest, SiloInfo, TrainRequest
+from fedmtl.core.records import EvaluateRequest, MethodSpec, SiloInfo, TrainRequest
+from fedmtl.core.registry import NoParams
 from fedmtl.core.schema import TrainConfig
 from fedmtl.core.training import Proximal, evaluate, train_local
 from strategies.balancing import build_weighting
-from strategies.per_silo import (
-    FedAMP,
-    FedAMPParams,
-    FedHCA2,
-    FedHCA2Params,
-    MaTFL,
-    MaTFLParams,
-    cluster_silos,
-)
-from strategies.replies import ClientUpdate
+from strategies.ditto import DittoSilo, DittoSiloParams
+from strategies.engine import ClientUpdate, GlobalModel, MethodSetup, SiloMethod, SiloTools
+from strategies.engine.silo import PERSONAL, round_seed
+from strategies.fedamp import FedAMP, FedAMPParams
+from strategies.fedhca2 import FedHCA2, FedHCA2Params
+from strategies.fedper import KeptHeadsParams, KeptHeadsSilo
+from strategies.local import LocalSilo
+from strategies.matfl import MaTFL, MaTFLParams, cluster_silos
 from tests.baselines_app import BASELINES
 from tests.helpers import (
     TINY_TASKS,
@@ -45,10 +43,14 @@ SMOKE = ["experiment=smoke", "num_rounds=2"]
 CFG = TrainConfig(local_epochs=1, batch_size=4, lr=0.1, momentum=0.0)
 
 
-def worker(seed: int = 5, state: RecordDict | None = None) -> SiloWorker:
+SETUP = MethodSetup(TINY_TASKS, CFG)
+FEDAVG = MethodSpec("fedavg")
+
+
+def worker(seed: int = 5, state: RecordDict | None = None) -> SiloTools:
     model = small_model((5,), TINY_TASKS, seed=1)
     initial = records.state_arrays(model, model.exchanged_keys())
-    return SiloWorker(
+    return SiloTools(
         model=model,
         data=tiny_view(),
         state=state if state is not None else RecordDict(),
@@ -93,14 +95,14 @@ def test_heads_mode_keeps_the_heads_on_the_silo() -> None:
     state = RecordDict()
     first = worker(state=state)
     trunk = arrays_of(first.model, "trunk.")
-    request = TrainRequest(1, CFG, personal="heads")
-    reply = run_train(first, trunk, request)
+    fedper = KeptHeadsSilo(KeptHeadsParams())
+    reply = fedper.train(first, trunk, TrainRequest(1, CFG, MethodSpec("fedper")))
     assert set(reply.deltas) == set(trunk)  # no head leaves the silo
     kept = records.from_array_record(state.array_records[PERSONAL])
     assert {k.split(".")[1] for k in kept} == {"a", "b", "c"} and all("heads" in k for k in kept)
     trained_heads = arrays_of(first.model, "heads.")
     second = worker(state=state)  # a fresh model object: the heads come from the node state
-    run_evaluate(second, trunk, EvaluateRequest(2, personal="heads"))
+    fedper.evaluate(second, trunk, EvaluateRequest(2, MethodSpec("fedper")))
     for key, value in trained_heads.items():
         np.testing.assert_array_equal(second.model.state_dict()[key].numpy(), value)
 
@@ -121,11 +123,12 @@ def test_fedrep_phases_freeze_the_other_part() -> None:
 
 def test_local_mode_trains_a_model_of_its_own_and_sends_nothing() -> None:
     state = RecordDict()
-    reply = run_train(worker(state=state), {}, TrainRequest(1, CFG, personal="model"))
+    local = LocalSilo(NoParams())
+    reply = local.train(worker(state=state), {}, TrainRequest(1, CFG, MethodSpec("local")))
     assert reply.deltas == {} and reply.task_deltas is None and reply.steps == 2
     reference = worker()
     reference.load_personal()
-    reference.train(TrainRequest(1, CFG))
+    reference.train(TrainRequest(1, CFG, FEDAVG))
     kept = records.from_array_record(state.array_records[PERSONAL])
     for key, value in kept.items():
         np.testing.assert_array_equal(value, reference.model.state_dict()[key].numpy())
@@ -133,17 +136,18 @@ def test_local_mode_trains_a_model_of_its_own_and_sends_nothing() -> None:
 
 def test_ditto_sends_the_fedavg_update_and_keeps_a_pulled_personal_model() -> None:
     received = arrays_of(worker().model)
-    plain = run_train(worker(), received, TrainRequest(1, CFG))
+    plain = SiloMethod(NoParams()).train(worker(), received, TrainRequest(1, CFG, FEDAVG))
     state = RecordDict()
-    ditto = run_train(
-        worker(state=state), received, TrainRequest(1, CFG, personal="ditto", personal_lambda=0.3)
-    )
+    request = TrainRequest(1, CFG, MethodSpec("ditto", {"lam": 0.3}))
+    ditto = DittoSilo(DittoSiloParams(lam=0.3)).train(worker(state=state), received, request)
     for key, value in plain.deltas.items():  # the global update is FedAvg's, bit for bit
         np.testing.assert_array_equal(ditto.deltas[key], value)
     reference = worker()
     records.load_arrays(reference.model, received)
     anchor = {k: torch.from_numpy(v) for k, v in received.items()}
-    reference.train(TrainRequest(1, CFG), proximal=Proximal(0.3, anchor), seed=reference.seed + 1)
+    reference.train(
+        TrainRequest(1, CFG, FEDAVG), proximal=Proximal(0.3, anchor), seed=reference.seed + 1
+    )
     kept = records.from_array_record(state.array_records[PERSONAL])
     for key, value in kept.items():
         np.testing.assert_array_equal(value, reference.model.state_dict()[key].numpy())
@@ -194,8 +198,7 @@ def silo(silo_id: int, tasks: tuple[str, ...]) -> SiloInfo:
 
 
 def test_fedamp_cloud_model_mixes_silos_by_attention() -> None:
-    strategy = FedAMP(FedAMPParams(alpha=0.4, sigma=2.0), TINY_TASKS, CFG)
-    strategy.silos = {10: silo(0, ("a",)), 11: silo(1, ("a",)), 12: silo(2, ("b",))}
+    strategy = FedAMP(FedAMPParams(alpha=0.4, sigma=2.0), SETUP)
     strategy.models.update(
         {
             0: {"trunk.w": np.array([0.0, 0.0]), "heads.a.w": np.array([1.0])},
@@ -203,7 +206,8 @@ def test_fedamp_cloud_model_mixes_silos_by_attention() -> None:
             2: {"trunk.w": np.array([2.0, 0.0]), "heads.b.w": np.array([5.0])},
         }
     )
-    cloud = strategy.payload(10, {"trunk.w": np.zeros(2), "heads.a.w": np.zeros(1)}, "train")
+    model = GlobalModel({"trunk.w": np.zeros(2), "heads.a.w": np.zeros(1)})
+    cloud = strategy.arrays_for(silo(0, ("a",)), model, "train")
     # squared distances from silo 0: 2 to silo 1, 4 to silo 2; a = exp(-1), exp(-2)
     a1, a2 = np.exp(-1.0), np.exp(-2.0)
     expected_trunk = 0.6 * np.zeros(2) + 0.4 * (a1 * np.array([1, 1]) + a2 * np.array([2, 0])) / (
@@ -231,7 +235,7 @@ def test_matfl_clusters_silos_and_averages_the_trunk_per_cluster() -> None:
     ]
     labels = cluster_silos(deltas, threshold=1.0)
     assert labels[0] == labels[1] != labels[2] == labels[3]
-    strategy = MaTFL(MaTFLParams(distance_threshold=1.0), TINY_TASKS, CFG)
+    strategy = MaTFL(MaTFLParams(distance_threshold=1.0), SETUP)
     sent = {"trunk.w": np.zeros(2, np.float32)}
     updates = [
         update(i, ("a",), sent, {"trunk.w": d.astype(np.float32)}, n=10 * (i + 1))
@@ -249,7 +253,7 @@ def test_matfl_clusters_silos_and_averages_the_trunk_per_cluster() -> None:
 
 
 def test_fedhca2_trunk_heads_and_learned_weights() -> None:
-    strategy = FedHCA2(FedHCA2Params(), TINY_TASKS, CFG)
+    strategy = FedHCA2(FedHCA2Params(), SETUP)
     sent = {"trunk.w": np.zeros(2, np.float32), "heads.a.0.weight": np.zeros(2, np.float32)}
     rows = {0: np.array([1.0, 0.0]), 1: np.array([0.0, 2.0]), 2: np.array([0.0, 1.0])}
     heads = {0: np.array([0.5, 0.0]), 1: np.array([0.0, 0.5]), 2: np.array([1.0, 1.0])}

@@ -22,7 +22,7 @@ from fedmtl.app.suite import load_suite, suite_names
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import PartitionConfig, PluginConfig
 from partitions import ASSIGNMENTS, SPLITS, build, hold_out
-from strategies import STRATEGIES
+from strategies import METHODS
 from tests.helpers import FakeRunner, compose_raw, make_dataset, read_jsonl
 
 TINY = ["experiment=smoke", "dataset=synthetic", "dataset.num_samples=240", "tracking=quiet"]
@@ -105,7 +105,7 @@ def test_every_shipped_suite_loads(name: str) -> None:
     """Each shipped suite parses: its strategies are registered and its presets exist."""
     data = yaml.safe_load(Path(load_path(name)).read_text())
     listed = {s if isinstance(s, str) else s["name"] for s in data["strategies"]}
-    assert listed <= set(STRATEGIES.names())
+    assert listed <= set(METHODS.names())
     experiments = {
         o.split("=", 1)[1]
         for overrides in [data.get("overrides") or [], *data["scenarios"].values()]

@@ -27,7 +27,7 @@ from fedmtl.app.checkpoint import (
 from fedmtl.app.config import parse
 from fedmtl.app.launch import run
 from fedmtl.core.errors import ConfigError
-from strategies.base import TaskAwareStrategy
+from strategies.engine import Engine
 from tests.helpers import compose_raw, read_jsonl
 
 SMALL = [
@@ -46,14 +46,14 @@ SMALL = [
 
 def stop_in_round(monkeypatch: pytest.MonkeyPatch, stop_round: int) -> None:
     """The run is killed (KeyboardInterrupt, as for SIGTERM) as round ``stop_round`` starts."""
-    original = TaskAwareStrategy.train_round
+    original = Engine.train_round
 
-    def train_round(self: TaskAwareStrategy, server_round: int, *args: Any, **kwargs: Any) -> Any:
+    def train_round(self: Engine, grid: Any, server_round: int, *args: Any, **kwargs: Any) -> Any:
         if server_round == stop_round:
             raise KeyboardInterrupt("killed")
-        return original(self, server_round, *args, **kwargs)
+        return original(self, grid, server_round, *args, **kwargs)
 
-    monkeypatch.setattr(TaskAwareStrategy, "train_round", train_round)
+    monkeypatch.setattr(Engine, "train_round", train_round)
 
 
 def without_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -133,7 +133,7 @@ def test_the_checkpoint_files(tmp_path: Path) -> None:
     state = load_checkpoint(tmp_path)
     assert state.server_round == 6 == summary["checkpoint_round"]
     assert state.config["strategy"]["name"] == "fedper"
-    assert len(state.strategy["history"]) == 6
+    assert len(state.engine["history"]) == 6
     model, meta = load_model_arrays(tmp_path / MODEL_FILE)
     assert meta["strategy"] == "fedper" and meta["round"] == "6" and meta["groups"] == "null"
     assert sorted(model) == sorted(state.model)
@@ -185,7 +185,8 @@ def saved_run(tmp_path: Path) -> Path:
         server_round=2,
         config={"num_rounds": 4, "seed": 0},
         model={"trunk.w": np.zeros(3, dtype=np.float32)},
-        strategy={},
+        groups=None,
+        engine={},
         evaluator={"history": []},
     )
     save_checkpoint(tmp_path, state)

@@ -24,7 +24,7 @@ from fedmtl.app.runtime import (
     client_device,
 )
 from fedmtl.core.errors import ConfigError
-from fedmtl.core.registry import build_dataclass, convert
+from fedmtl.core.registry import Registry, build_dataclass, convert
 from fedmtl.core.schema import (
     ExperimentConfig,
     MissingLabelsConfig,
@@ -34,7 +34,7 @@ from fedmtl.core.schema import (
 )
 from fedmtl.datasets import DATASETS
 from fedmtl.trunks import TRUNKS
-from strategies import STRATEGIES
+from strategies import METHODS
 from tests.helpers import compose_raw, example_overrides, silo_tables, unset_example_overrides
 
 GROUPS = ["dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment"]
@@ -85,7 +85,7 @@ def test_registries_and_config_groups_match() -> None:
     for group, registry in [
         ("dataset", DATASETS),
         ("model", TRUNKS),
-        ("strategy", STRATEGIES),
+        ("strategy", METHODS),
         ("runtime", RUNTIMES),
     ]:
         names = {
@@ -230,7 +230,8 @@ def test_config_json_round_trip() -> None:
             "strategy.weighting",
             "renamed to strategy.silo_weighting",
         ),
-        (["strategy=mgda", "strategy.c=1"], "strategy.c", "not a parameter of strategy 'mgda'"),
+        (["strategy=mgda", "strategy.c=1"], "strategy.c", "not a parameter of strategy 'balanced'"),
+        (["strategy=cagrad", "strategy.c=1"], "strategy.c", "set strategy.weighting.c instead"),
         (["partition.assignment.kk=3"], "partition.assignment.kk", "'random_k'"),
         (["train.lrr=0.1"], "train.lrr", "not a parameter of train"),
         (["strategy=medianavg"], "strategy", "has no preset 'medianavg'"),
@@ -249,7 +250,17 @@ def test_overrides_hydra_cannot_apply_name_the_key(
 
 def test_grouping_keeps_strategy_weighting_as_its_balancing_method() -> None:
     config = parse(compose_raw(["strategy=grouping", "strategy.weighting=upgrad"]))
-    assert config.strategy.params.weighting == "upgrad"
+    assert config.strategy.params.weighting.name == "upgrad"
+    config = parse(compose_raw(["strategy=grouping", "strategy.weighting={name:cagrad,c:0.4}"]))
+    assert config.strategy.params.weighting.params.c == 0.4
+
+
+def test_balancing_presets_choose_the_weighting_and_report_under_its_name() -> None:
+    config = parse(compose_raw(["strategy=cagrad", "strategy.weighting.c=0.2"]))
+    assert config.strategy.name == "balanced"
+    assert config.strategy.params.weighting.name == "cagrad"
+    assert config.strategy.params.weighting.params.c == 0.2
+    assert config.strategy.params.label(config.strategy.name) == "cagrad"
 
 
 # --- one source of truth for defaults ---------------------------------------------------------
@@ -272,20 +283,36 @@ PARTITION_PLUGINS = {"assignment", "split", "feature_skew"}
 
 def plugin_differences(registry: Any, values: dict[str, Any], key: str) -> set[str]:
     """The parameters in ``values`` (a ``{name, ...}`` block) that differ from their defaults
-    (a required parameter has no default: it is always the preset's choice)."""
+    (a required parameter has no default: it is always the preset's choice). A parameter that is
+    itself a plug-in choice (``strategy.weighting``) is the preset's choice by name, like
+    ``name``; its own parameters must be their defaults."""
     name = values["name"]
     params = registry.get(name).params
     schema = {f.name: f for f in dataclasses.fields(params)}
-    hints = typing.get_type_hints(params)
+    hints = typing.get_type_hints(params, include_extras=True)
+    nested = {
+        field: meta
+        for field, hint in hints.items()
+        for meta in getattr(hint, "__metadata__", ())
+        if isinstance(meta, Registry)
+    }
+    values = dict(values)
+    different = set()
+    for field, inner in nested.items():
+        if isinstance(values.get(field), dict):
+            found = plugin_differences(inner, values.pop(field), f"{key}.{field}")
+            different |= {f"{field}.{f}" for f in found}
     defaults = {
         field: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         for field, f in schema.items()
         if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
     }
-    return {
+    return different | {
         field
         for field, value in values.items()
-        if field in defaults and convert(value, hints[field], key) != defaults[field]
+        if field in defaults
+        and field not in nested
+        and convert(value, hints[field], key) != defaults[field]
     }
 
 

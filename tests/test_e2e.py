@@ -18,7 +18,7 @@ from fedmtl.app.config import parse
 from fedmtl.app.launch import run
 from fedmtl.app.runtime import client_device
 from fedmtl.app.silo_data import node_settings
-from strategies import STRATEGIES
+from strategies import METHODS
 from strategies.balancing import WEIGHTINGS
 from tests.helpers import beats_chance, compose_raw, read_jsonl, run_fedmtl
 
@@ -100,7 +100,7 @@ FAST_STRATEGIES = {"fedavg", "mgda", "grouping"}  # the inner loop runs these; m
             ["strategy.warmup_rounds=1"] if name == "grouping" else [],
             marks=() if name in FAST_STRATEGIES else pytest.mark.slow,
         )
-        for name in STRATEGIES.names()
+        for name in METHODS.names()
     ]
     + [("pcgrad", ["strategy.balancing=local"]), ("mgda", ["strategy.balancing=both"])],
 )

@@ -13,14 +13,13 @@ import numpy as np
 import pytest
 
 import fedmtl.app.cli as cli
-import fedmtl.app.client_app as client_app
 import fedmtl.app.runtime as runtime
-import fedmtl.app.silo as silo_side
+import strategies.engine.silo as silo_side
 from fedmtl.app.config import parse
 from fedmtl.app.launch import run
 from fedmtl.app.server_app import final_status
-from fedmtl.app.silo import round_seed
 from fedmtl.core.errors import ConfigError
+from strategies.engine import SiloMethod, round_seed
 from tests.helpers import beats_chance, compose_raw, run_fedmtl, run_test_app
 
 SMALL = ["runtime=inprocess", "tracking=quiet", "num_rounds=2", "partition.num_silos=4"]
@@ -46,7 +45,7 @@ def test_a_run_where_every_silo_fails_stops_with_a_status_and_exit_1(
 
 def strategy_stub(participants: set[int], connected: list[int]) -> SimpleNamespace:
     silos = {1000 + s: SimpleNamespace(silo_id=s) for s in connected}
-    return SimpleNamespace(participants=participants, silos=silos)
+    return SimpleNamespace(participants=participants, roster=SimpleNamespace(silos=silos))
 
 
 @pytest.mark.parametrize(
@@ -101,15 +100,15 @@ def faulty(silo_id: int, server_round: int) -> bool:
 def inject(monkeypatch: pytest.MonkeyPatch, seed: int, fault: str) -> None:
     """Silos :func:`faulty` this round raise (``raise``), or send updates x1e6 and claim 1e12
     examples (``huge``). A silo is recognised by its round seed (seed, silo, round)."""
-    original = client_app.run_train
+    original = SiloMethod.train
 
-    def run_train(tools, received, request, *args, **kwargs):
+    def train(self, tools, received, request):
         silo = next(s for s in range(10) if round_seed(seed, s, request.server_round) == tools.seed)
         if not faulty(silo, request.server_round):
-            return original(tools, received, request, *args, **kwargs)
+            return original(self, tools, received, request)
         if fault == "raise":
             raise RuntimeError("injected failure")
-        reply = original(tools, received, request, *args, **kwargs)
+        reply = original(self, tools, received, request)
         return dataclasses.replace(
             reply,
             deltas={k: v * np.float32(1e6) for k, v in reply.deltas.items()},
@@ -117,7 +116,7 @@ def inject(monkeypatch: pytest.MonkeyPatch, seed: int, fault: str) -> None:
             task_examples={t: 1e12 for t in reply.task_examples},
         )
 
-    monkeypatch.setattr(client_app, "run_train", run_train)
+    monkeypatch.setattr(SiloMethod, "train", train)
 
 
 def primary(summary: dict) -> dict[str, float]:

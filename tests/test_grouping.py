@@ -21,8 +21,8 @@ from fedmtl.core.records import SiloInfo
 from fedmtl.core.schema import TrainConfig
 from fedmtl.core.tasks import TaskSpec
 from fedmtl.core.training import make_optimizer, task_losses, train_local
-from strategies import STRATEGIES
-from strategies.base import ClientUpdate
+from strategies import METHODS
+from strategies.engine import ClientUpdate, GlobalModel, MethodSetup, ReplyError, Round
 from strategies.grouping import AffinityAccumulator, Grouping, GroupingParams, solve
 from strategies.grouping.affinity import AFFINITIES, SiloProbe, cosine_pairs
 from tests.helpers import TINY_TASKS, compose_raw, small_model, tiny_view
@@ -214,7 +214,7 @@ def test_accumulator_weighted_mean_coverage_and_rules() -> None:
 
 def make_grouping(**params: Any) -> Grouping:
     tasks = [TaskSpec.regression(n) for n in ("a", "b", "c")]
-    return Grouping(GroupingParams(**params), tasks, TrainConfig())
+    return Grouping(GroupingParams(**params), MethodSetup(tasks, TrainConfig()))
 
 
 def update(
@@ -227,14 +227,14 @@ def update(
 
 def test_group_trunks_are_averaged_over_the_silos_holding_a_group_task() -> None:
     strategy = make_grouping()
-    strategy.model_groups = {"g0": ("a", "b"), "g1": ("c",)}
+    strategy.groups = {"g0": ("a", "b"), "g1": ("c",)}
     trunk = {"trunks.g0.w": np.zeros(2, np.float32), "trunks.g1.w": np.zeros(2, np.float32)}
     updates = [
         update(0, {"a": 3, "b": 1}, {"trunks.g0.w": 1.0}),  # m = 4 for g0
         update(1, {"b": 4, "c": 2}, {"trunks.g0.w": 3.0, "trunks.g1.w": 5.0}),  # m = 4, 2
         update(2, {"c": 6}, {"trunks.g1.w": -1.0}),  # m = 6 for g1
     ]
-    delta = strategy.trunk_update(7, trunk, updates).delta
+    delta = strategy.trunk_step(Round(7), GlobalModel(trunk, strategy.groups), updates).delta
     assert delta is not None
     np.testing.assert_allclose(delta["trunks.g0.w"], (4 * 1 + 4 * 3) / 8)
     np.testing.assert_allclose(delta["trunks.g1.w"], (2 * 5 - 6 * 1) / 8)
@@ -242,14 +242,15 @@ def test_group_trunks_are_averaged_over_the_silos_holding_a_group_task() -> None
 
 def test_silos_receive_only_the_trunks_of_their_groups() -> None:
     strategy = make_grouping()
-    strategy.model_groups = {"g0": ("a", "b"), "g1": ("c",)}
+    groups = {"g0": ("a", "b"), "g1": ("c",)}
     arrays = {
         "trunks.g0.w": np.zeros(1),
         "trunks.g1.w": np.zeros(1),
         **{f"heads.{t}.w": np.zeros(1) for t in "abc"},
     }
     silo = SiloInfo(0, ("b",), 1, 1, {"b": 1}, {"b": 1})
-    assert set(strategy.arrays_for(arrays, silo)) == {"trunks.g0.w", "heads.b.w"}
+    model = GlobalModel(arrays, groups)
+    assert set(strategy.arrays_for(silo, model, "train")) == {"trunks.g0.w", "heads.b.w"}
 
 
 def test_forming_groups_copies_the_trunk_and_its_server_momentum() -> None:
@@ -263,8 +264,9 @@ def test_forming_groups_copies_the_trunk_and_its_server_momentum() -> None:
         strategy.accumulator.add(*pair, value, 1.0)
     strategy.server_optimizer.m["trunk.w"] = np.ones(2)
     arrays = {"trunk.w": np.arange(2.0), "heads.a.w": np.zeros(1)}
-    grouped = strategy.form_groups(5, arrays)
-    assert strategy.model_groups == {"g0": ("a", "b"), "g1": ("c",)}
+    model = strategy.form_groups(5, GlobalModel(arrays))
+    grouped = model.arrays
+    assert strategy.groups == model.groups == {"g0": ("a", "b"), "g1": ("c",)}
     assert set(grouped) == {"trunks.g0.w", "trunks.g1.w", "heads.a.w"}
     np.testing.assert_array_equal(grouped["trunks.g1.w"], arrays["trunk.w"])
     assert set(strategy.server_optimizer.m) == {"trunks.g0.w", "trunks.g1.w"}
@@ -283,10 +285,8 @@ def test_forming_groups_copies_the_trunk_and_its_server_momentum() -> None:
         ("strategy.max_group_size=0", "strategy.max_group_size"),
         ("strategy.weighting=nope", "strategy.weighting"),
         ("+strategy.weighting_params.c=0.4", "strategy.weighting_params"),
-        (
-            "strategy.weighting=cagrad +strategy.weighting_params.c=-1",
-            "strategy.weighting_params.c",
-        ),
+        ("strategy.weighting={name:cagrad,c:-1}", "strategy.weighting.c"),
+        ("strategy.weighting={c:0.4}", "strategy.weighting.name"),
         ("strategy.groups=[[t0,t1],[t2]]", "strategy.groups"),
     ],
 )
@@ -307,9 +307,27 @@ def test_bad_grouping_config_names_the_key(tmp_path: Path, override: str, key: s
     assert err.value.key == key
 
 
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [
+        ({"affinity/a/c": 0.1}, "does not hold"),
+        ({"affinity/a/a": 0.1}, "unexpected method metric"),
+        ({"loss/a": 0.1}, "unexpected method metric"),
+    ],
+)
+def test_affinities_of_tasks_a_silo_does_not_hold_are_refused(
+    metrics: dict[str, float], reason: str
+) -> None:
+    strategy = make_grouping()
+    good = update(0, {"a": 3, "b": 1}, {}, method_metrics={"affinity/a/b": 0.2})
+    strategy.check_update(good)
+    with pytest.raises(ReplyError, match=reason):
+        strategy.check_update(update(0, {"a": 3, "b": 1}, {}, method_metrics=metrics))
+
+
 def test_grouping_strategy_is_registered_with_its_config() -> None:
-    assert "grouping" in STRATEGIES
-    assert STRATEGIES.get("grouping").params is GroupingParams
+    assert "grouping" in METHODS
+    assert METHODS.get("grouping").params is GroupingParams
 
 
 # ---------------------------------------------------------------------------------------------

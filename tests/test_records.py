@@ -11,14 +11,13 @@ from hypothesis import strategies as st
 
 from fedmtl.core import records
 from fedmtl.core.records import (
-    AffinityRequest,
     EvaluateReply,
     EvaluateRequest,
+    MethodSpec,
     SiloCheckpoint,
     SiloInfo,
     TrainReply,
     TrainRequest,
-    WeightingSpec,
 )
 from fedmtl.core.schema import TrainConfig
 
@@ -91,9 +90,7 @@ def test_split_task_key_without_task(key: str) -> None:
     assert records.split_task_key(key) is None
 
 
-def test_affinity_and_task_update_keys_round_trip() -> None:
-    assert records.split_affinity_key(records.affinity_key("a", "b")) == ("a", "b")
-    assert records.split_affinity_key("a/train-loss") is None
+def test_task_update_keys_round_trip() -> None:
     key = records.task_update_key("b", "trunks.g0.layers.0.weight")
     assert records.split_task_update_key(key) == ("b", "trunks.g0.layers.0.weight")
     assert records.split_task_update_key("trunk.w") is None
@@ -249,11 +246,11 @@ def test_load_arrays_rejects_wrong_shape() -> None:
     ],
 )
 def test_train_config_round_trip(train: TrainConfig) -> None:
-    record = TrainRequest(5, train).to_config()
+    record = TrainRequest(5, train, FEDAVG).to_config()
     assert record[records.SERVER_ROUND] == 5
     assert record["max-steps"] == (-1 if train.max_steps is None else train.max_steps)
     back = TrainRequest.from_config(record)
-    assert back == TrainRequest(5, train)
+    assert back == TrainRequest(5, train, FEDAVG)
     assert back.train.max_steps == train.max_steps
 
 
@@ -261,23 +258,19 @@ def test_train_request_round_trips_every_field() -> None:
     request = TrainRequest(
         server_round=7,
         train=TrainConfig(optimizer="adam", lr=1e-3),
+        method=MethodSpec("balanced", {"weighting": {"name": "cagrad", "c": 0.4}, "n": [1, 2]}),
         update_mode="per_task",
-        local_weighting=WeightingSpec("cagrad", {"c": 0.4}),
-        affinity=AffinityRequest("tag", every=3),
         groups={"g0": ("a", "c"), "g1": ("b",)},
-        proximal_mu=0.1,
-        personal="ditto",
-        personal_lambda=0.5,
-        head_epochs=1,
         checkpoint=SiloCheckpoint(saved_round=4, resume_round=4),
         scope="ditto-run.2",
+        update_dtype="bfloat16",
     )
     assert TrainRequest.from_config(request.to_config()) == request
 
 
 def test_train_request_travels_inside_a_message_with_its_arrays() -> None:
     arrays = {"trunk.w": np.ones((2, 2), dtype=np.float32)}
-    request = TrainRequest(1, TrainConfig())
+    request = TrainRequest(1, TrainConfig(), FEDAVG)
     content = records.request_content(records.to_array_record(arrays), request.to_config())
     received, config = records.request_parts(content)
     np.testing.assert_array_equal(received["trunk.w"], arrays["trunk.w"])
@@ -285,9 +278,9 @@ def test_train_request_travels_inside_a_message_with_its_arrays() -> None:
 
 
 def test_train_request_ignores_keys_it_does_not_know() -> None:
-    record = TrainRequest(1, TrainConfig()).to_config()
+    record = TrainRequest(1, TrainConfig(), FEDAVG).to_config()
     record["caller-extra"] = "kept by Flower, ignored by fedmtl"
-    assert TrainRequest.from_config(record) == TrainRequest(1, TrainConfig())
+    assert TrainRequest.from_config(record) == TrainRequest(1, TrainConfig(), FEDAVG)
 
 
 @pytest.mark.parametrize(
@@ -295,15 +288,17 @@ def test_train_request_ignores_keys_it_does_not_know() -> None:
     [
         ("update-mode", "diagonal", "unknown update mode"),
         ("optimizer", "lbfgs", "unknown optimizer"),
-        ("local-weighting-params", "[1, 2]", "JSON object"),
-        ("affinity-every", 0, "affinity-every"),
+        ("method-params", "[1, 2]", "JSON object"),
+        ("method-params", "{not json", "Expecting property name"),
+        ("method", "", "must name a method"),
+        ("method", 3, "must be a string"),
         ("groups", '{"g0": "a"}', "task lists"),
         ("scope", "../other", "scope must be a short name"),
         ("scope", "..", "scope must be a short name"),
     ],
 )
 def test_malformed_train_request_is_rejected(key: str, value: object, message: str) -> None:
-    record = TrainRequest(1, TrainConfig()).to_config()
+    record = TrainRequest(1, TrainConfig(), FEDAVG).to_config()
     record[key] = value  # type: ignore[assignment]
     with pytest.raises(ValueError, match=message):
         TrainRequest.from_config(record)
@@ -311,9 +306,12 @@ def test_malformed_train_request_is_rejected(key: str, value: object, message: s
 
 @pytest.mark.parametrize("groups", [None, {"g0": ("a",), "g1": ("b", "c")}])
 def test_evaluate_request_round_trip(groups: dict[str, tuple[str, ...]] | None) -> None:
-    request = EvaluateRequest(3, groups, "heads", SiloCheckpoint(2, 0), scope="fedper")
+    method = MethodSpec("fedper", {"head_epochs": 0})
+    request = EvaluateRequest(3, method, groups, SiloCheckpoint(2, 0), scope="fedper")
     assert EvaluateRequest.from_config(request.to_config()) == request
 
+
+FEDAVG = MethodSpec("fedavg")
 
 # ---------------------------------------------------------------------------------------- replies
 def assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
@@ -334,7 +332,7 @@ def test_train_reply_round_trip(per_task: bool) -> None:
         train_loss={"a": 0.5, "b": 1.25},
         loss_before={"a": 0.75},
         task_deltas={"a": trunk, "b": {"trunk.w": -trunk["trunk.w"]}} if per_task else None,
-        affinity={("a", "b"): 0.125, ("b", "a"): -0.5},
+        method_metrics={"affinity/a/b": 0.125, "affinity/b/a": -0.5},
     )
     content = reply.to_content()
     assert records.update_bytes(content) == content.array_records[records.UPDATE].count_bytes()
@@ -350,7 +348,7 @@ def test_train_reply_round_trip(per_task: bool) -> None:
         "task_examples",
         "train_loss",
         "loss_before",
-        "affinity",
+        "method_metrics",
     ):
         assert getattr(back, field) == getattr(reply, field), field
 
@@ -370,6 +368,16 @@ def test_malformed_train_reply_is_rejected(key: str, value: float, error: type) 
     content.metric_records[records.METRICS][key] = value
     with pytest.raises(error):
         TrainReply.from_content(content)
+
+
+def test_method_metrics_travel_apart_and_must_be_finite() -> None:
+    content = TrainReply({}, 10, 1, {"a": 10}, method_metrics={"a/b": 0.5}).to_content()
+    assert dict(content.metric_records[records.METHOD_METRICS]) == {"a/b": 0.5}
+    content.metric_records[records.METHOD_METRICS]["a/b"] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        TrainReply.from_content(content)
+    del content.metric_records[records.METHOD_METRICS]  # a reply without any: none asked
+    assert TrainReply.from_content(content).method_metrics == {}
 
 
 def test_train_reply_without_update_record_is_rejected() -> None:

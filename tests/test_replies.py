@@ -1,5 +1,7 @@
-"""The server's reply checks (``strategies/replies.py``) as pure functions, and the aggregation math
-strategies share (``strategies/aggregation.py``), each against a hand computation."""
+"""The engine's reply checks (``strategies/engine/replies.py``) as pure functions, and the
+aggregation math methods share (``strategies/engine/aggregation.py``,
+``strategies/balancing/federated.py``), each against a hand computation. (A method checks the
+numbers it asked for itself: grouping's affinities in ``tests/test_grouping.py``.)"""
 
 from __future__ import annotations
 
@@ -9,17 +11,17 @@ import torch
 
 from fedmtl.core.models import is_trunk_key
 from fedmtl.core.records import EvaluateReply, SiloInfo, TrainReply
-from strategies.aggregation import (
+from strategies.balancing import build_weighting
+from strategies.balancing.federated import balanced_update
+from strategies.engine.aggregation import (
     aggregate_heads,
-    balanced_update,
     flatten,
     mean_train_loss,
     per_task_rows,
     unflatten,
     weighted_mean_delta,
 )
-from strategies.balancing import build_weighting
-from strategies.replies import (
+from strategies.engine.replies import (
     ClientUpdate,
     ReplyError,
     check_evaluate_reply,
@@ -96,8 +98,6 @@ def test_per_task_shares_sum_to_the_joint_trunk_delta() -> None:
         ({"task_examples": {"a": 12}}, "b/num-examples is missing"),
         ({"task_examples": {"a": 12, "b": -2}}, "b/num-examples must be a count"),
         ({"train_loss": {"c": 1.0}}, "does not hold"),
-        ({"affinity": {("a", "c"): 0.1}}, "does not hold"),
-        ({"affinity": {("a", "a"): 0.1}}, "does not hold"),
     ],
 )
 def test_bad_train_replies_raise_reply_error(overrides: dict[str, object], reason: str) -> None:

@@ -1,4 +1,4 @@
-"""Robust aggregation and round retries (strategies.robust, TaskAwareStrategy.train_round) against
+"""Robust aggregation and round retries (strategies.engine.robust, Engine.train_round) against
 fake silos whose replies are controlled; every expected value is worked out by hand next to it."""
 
 from __future__ import annotations
@@ -8,19 +8,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedmtl.core import records
 from fedmtl.core.errors import ConfigError
-from strategies import FedAvg
-from strategies.base import RunStopped
-from strategies.robust import combiner
+from strategies.engine import Engine, RunStopped
+from strategies.engine.robust import averager
 from tests.helpers import (
     TRUNK_KEYS,
     FakeSilo,
     Federation,
+    RoundOutcome,
     assert_moved,
     assert_unchanged,
     head_keys,
     initial_arrays,
+    initial_model,
     make_fedavg,
     one_round,
 )
@@ -31,7 +31,7 @@ def trunk_silos(*trunks: float, count: int = 10) -> list[FakeSilo]:
     return [FakeSilo(("a",), count, {"a": count}, trunk) for trunk in trunks]
 
 
-def test_combiner_rules_by_hand() -> None:
+def test_averager_rules_by_hand() -> None:
     values = [
         np.array([1.0, -4.0]),
         np.array([2.0, 0.0]),
@@ -40,11 +40,11 @@ def test_combiner_rules_by_hand() -> None:
     ]
     weights = [1.0, 1.0, 1.0, 7.0]
     # mean: (1 + 2 + 3 + 700) / 10 = 70.6 and (-4 + 0 + 8 + 28) / 10 = 3.2
-    np.testing.assert_allclose(combiner("mean")(values, weights), [70.6, 3.2])
+    np.testing.assert_allclose(averager("mean")(values, weights), [70.6, 3.2])
     # median of {1, 2, 3, 100} = 2.5, of {-4, 0, 8, 4} = 2 (unweighted)
-    np.testing.assert_allclose(combiner("median")(values, weights), [2.5, 2.0])
+    np.testing.assert_allclose(averager("median")(values, weights), [2.5, 2.0])
     # trimmed 25% at each end: mean of {2, 3} = 2.5 and of {0, 4} = 2
-    np.testing.assert_allclose(combiner("trimmed_mean", 0.25)(values, weights), [2.5, 2.0])
+    np.testing.assert_allclose(averager("trimmed_mean", 0.25)(values, weights), [2.5, 2.0])
 
 
 def test_counts_claimed_in_replies_cannot_outweigh_those_announced() -> None:
@@ -132,8 +132,13 @@ def test_robust_rules_apply_to_heads_over_their_holders() -> None:
         assert_moved(new, key, 7.0)
 
 
-def round_one(strategy: FedAvg, fed: Federation) -> Any:
-    return strategy.train_round(1, records.to_array_record(initial_arrays()), fed.grid, timeout=30)
+def round_one(strategy: Engine, fed: Federation) -> tuple[RoundOutcome, Any]:
+    """Round 1 through the engine's retrying round: its outcome and its dispatch."""
+    result, intake, sent = strategy.train_round(fed.grid, 1, initial_model())
+    outcome = RoundOutcome(
+        result.model.arrays, len(intake.updates), intake.rejected, {}, {}, intake.bytes_up, True
+    )
+    return outcome, sent
 
 
 def test_a_round_short_of_valid_updates_is_sent_again() -> None:

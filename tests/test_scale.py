@@ -18,7 +18,7 @@ from fedmtl.app.config import parse
 from fedmtl.app.launch import run
 from fedmtl.app.runtime import Shipment
 from fedmtl.core import records
-from fedmtl.core.records import TrainReply, TrainRequest
+from fedmtl.core.records import MethodSpec, TrainReply, TrainRequest
 from fedmtl.core.schema import TrainConfig
 from strategies.balancing import build_weighting, linalg
 from tests.helpers import compose_raw
@@ -92,7 +92,7 @@ def test_a_bfloat16_array_must_hold_16_bit_patterns() -> None:
 
 
 def test_train_request_carries_the_update_dtype() -> None:
-    request = TrainRequest(server_round=2, train=TrainConfig(), update_dtype="bfloat16")
+    request = TrainRequest(2, TrainConfig(), MethodSpec("fedavg"), update_dtype="bfloat16")
     assert TrainRequest.from_config(request.to_config()) == request
     older = dict(request.to_config())
     del older["update-dtype"]  # a server that does not send it asks for float32

@@ -7,7 +7,7 @@ import pytest
 
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import build_dataclass
-from strategies.server_opt import ServerOptimizer, ServerOptParams
+from strategies.engine.server_opt import ServerOptimizer, ServerOptParams
 
 X0 = {"w": np.array([1.0, -2.0], dtype=np.float32)}
 DELTAS = [{"w": np.array([0.5, -1.0], dtype=np.float32)}, {"w": np.array([0.25, 2.0])}]

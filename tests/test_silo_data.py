@@ -21,8 +21,9 @@ from fedmtl.app.server_app import make_server_app
 from fedmtl.app.silo_data import Limits, RequestRefused, load_silo, node_settings, table_silo
 from fedmtl.core import records
 from fedmtl.core.errors import ConfigError
-from fedmtl.core.records import EvaluateRequest, SiloInfo, TrainRequest
+from fedmtl.core.records import EvaluateRequest, MethodSpec, SiloInfo, TrainRequest
 from fedmtl.core.schema import TrainConfig
+from strategies.fedper import KeptHeadsSilo
 from tests.helpers import compose_raw, local_config_json, local_grid, read_jsonl, silo_tables
 
 NODE = 1000  # InProcessGrid's first node
@@ -52,7 +53,9 @@ def send(grid: Any, message_type: str, content: RecordDict, node: int = NODE) ->
 def train_content(config_json: str, **train: Any) -> RecordDict:
     model = cached_experiment(config_json).new_model()
     arrays = records.state_arrays(model, model.exchanged_keys())
-    request = TrainRequest(server_round=1, train=TrainConfig(**{"max_steps": 2, **train}))
+    request = TrainRequest(
+        server_round=1, train=TrainConfig(**{"max_steps": 2, **train}), method=MethodSpec("fedavg")
+    )
     return records.request_content(records.to_array_record(arrays), request.to_config())
 
 
@@ -184,14 +187,17 @@ def test_limits_refuse_what_exceeds_them(
     train: dict[str, Any], head_epochs: int, fragment: str
 ) -> None:
     limits = Limits(max_local_epochs=5, max_local_steps=100, max_batch_size=64)
-    request = TrainRequest(1, TrainConfig(**train), head_epochs=head_epochs)
+    spec = MethodSpec("fedrep", {"head_epochs": head_epochs})
+    request = TrainRequest(1, TrainConfig(**train), spec)
+    phases = KeptHeadsSilo.from_spec(spec.params).phases(request)
     with pytest.raises(RequestRefused, match=fragment.replace("(", r"\(").replace(")", r"\)")):
-        limits.check(request, num_train=120)
+        limits.check(request, phases, num_train=120)
 
 
 def test_limits_accept_capped_steps() -> None:
     limits = Limits(max_local_epochs=50, max_local_steps=100, max_batch_size=64)
-    limits.check(TrainRequest(1, TrainConfig(local_epochs=50, max_steps=100)), num_train=10_000)
+    request = TrainRequest(1, TrainConfig(local_epochs=50, max_steps=100), MethodSpec("fedavg"))
+    limits.check(request, {"local-epochs": 50}, num_train=10_000)
 
 
 # ------------------------------------------------------------------------ the ClientApp's replies
@@ -310,10 +316,27 @@ def test_evaluate_requests_are_checked_too(
     grid = local_grid(config_json, nodes(tables[0]))
     content = train_content(config_json)
     content.config_records[records.CONFIG] = EvaluateRequest(
-        1, groups={"g": ("weather",)}
+        1, MethodSpec("fedavg"), groups={"g": ("weather",)}
     ).to_config()
     reply = send(grid, MessageType.EVALUATE, content)
     assert reply.error.reason.startswith(f"{REFUSED}task groups")
+
+
+def test_a_method_the_silo_does_not_know_is_refused_naming_it(
+    tables: tuple[list[Path], Path], config_json: str
+) -> None:
+    grid = local_grid(config_json, nodes(tables[0]))
+    content = train_content(config_json)
+    config = content.config_records[records.CONFIG]
+    config["method"] = "my_secret_method"
+    reply = send(grid, MessageType.TRAIN, content)
+    assert reply.error.reason.startswith(f"{REFUSED}unknown method 'my_secret_method'")
+    assert "install the package that provides it" in reply.error.reason
+    config["method"] = "fedprox"
+    config["method-params"] = '{"mu": "lots"}'
+    reply = send(grid, MessageType.TRAIN, content)
+    assert reply.error.reason.startswith(f"{REFUSED}method 'fedprox'")
+    assert "method-params.mu" in reply.error.reason
 
 
 # ------------------------------------------------------------------------------- a whole run

@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 
 from fedmtl.core import records
-from fedmtl.core.records import SiloInfo, TrainRequest
+from fedmtl.core.records import MethodSpec, SiloInfo, TrainRequest
+from fedmtl.core.registry import PluginConfig
 from fedmtl.core.rounds import RoundRecord
 from fedmtl.core.schema import TrainConfig
-from strategies import STRATEGIES, TaskAwareStrategy
+from strategies import METHODS
+from strategies.balancing import WEIGHTINGS
+from strategies.engine import (
+    Engine,
+    FlowerStrategy,
+    GlobalModel,
+    Method,
+    MethodSetup,
+    RunContext,
+    SiloMethod,
+)
 from tests.helpers import (
     SHAPES,
     TASKS,
@@ -29,6 +39,7 @@ from tests.helpers import (
     assert_unchanged,
     head_keys,
     initial_arrays,
+    initial_model,
     make_fedavg,
     one_round,
     pattern,
@@ -132,9 +143,7 @@ def test_silo_receives_only_trunk_and_heads_of_its_tasks() -> None:
     fed = Federation(hand_silos())
     strategy = make_fedavg()
     start = initial_arrays()
-    messages = list(
-        strategy.configure_train(3, records.to_array_record(start), ConfigRecord(), fed.grid)
-    )
+    messages = list(strategy.dispatch_train(fed.grid, 3, GlobalModel(start)).messages)
     expected = {
         1000: TRUNK_KEYS | head_keys("a") | head_keys("b"),
         1001: TRUNK_KEYS | head_keys("b") | head_keys("c"),
@@ -149,7 +158,9 @@ def test_silo_receives_only_trunk_and_heads_of_its_tasks() -> None:
     for message in messages:
         assert message.metadata.message_type == "train"
         config = message.content.config_records[records.CONFIG]
-        assert TrainRequest.from_config(config) == TrainRequest(3, TrainConfig())
+        assert TrainRequest.from_config(config) == TrainRequest(
+            3, TrainConfig(), MethodSpec("fedavg")
+        )
     for arrays in sent.values():
         for key, value in arrays.items():
             np.testing.assert_array_equal(value, start[key])
@@ -162,19 +173,17 @@ def test_silo_receives_only_trunk_and_heads_of_its_tasks() -> None:
             np.testing.assert_array_equal(value, start[key])
 
     # evaluation messages are restricted the same way
-    eval_messages = strategy.configure_evaluate(
-        3, records.to_array_record(start), ConfigRecord(), fed.grid
-    )
+    eval_messages = strategy.dispatch_evaluate(fed.grid, 3, GlobalModel(start)).messages
     fed.grid.send_and_receive(eval_messages)
     evaluated = fed.received_by("evaluate")
     assert {node: set(arrays) for node, arrays in evaluated.items()} == expected
 
 
 # ---------------------------------------------------------------------------------------- 4. sampling
-def sampled(strategy: TaskAwareStrategy, fed: Federation, server_round: int = 1) -> list[int]:
-    messages = strategy.configure_train(
-        server_round, records.to_array_record(initial_arrays()), ConfigRecord(), fed.grid
-    )
+def sampled(strategy: Engine, fed: Federation, server_round: int = 1) -> list[int]:
+    messages = strategy.dispatch_train(
+        fed.grid, server_round, GlobalModel(initial_arrays())
+    ).messages
     return [m.metadata.dst_node_id for m in messages]
 
 
@@ -283,10 +292,9 @@ def test_rejections_accumulate_across_rounds() -> None:
     silos[1].train_defect = "nan-delta"
     fed = Federation(silos)
     strategy = make_fedavg()
-    result = strategy.start(fed.grid, records.to_array_record(initial_arrays()), num_rounds=2)
+    strategy.run(fed.grid, initial_model(), 2)
     assert [r["round"] for r in strategy.rejections] == [1, 2]
     assert [len(r.rejected) for r in strategy.history] == [1, 1]
-    assert result.train_metrics_clientapp[2]["num-rejected"] == 1
 
 
 # ---------------------------------------------------------------------------------------- 6. evaluation
@@ -334,17 +342,14 @@ def eval_silos() -> list[FakeSilo]:
     ]
 
 
-def run_evaluate(strategy: TaskAwareStrategy, fed: Federation) -> MetricRecord | None:
-    messages = list(
-        strategy.configure_evaluate(
-            2, records.to_array_record(initial_arrays()), ConfigRecord(), fed.grid
-        )
-    )
-    assert len(messages) == len(fed.silos)
-    for message in messages:
+def run_evaluate(strategy: Engine, fed: Federation) -> dict[str, float] | None:
+    sent = strategy.dispatch_evaluate(fed.grid, 2, initial_model())
+    assert len(sent.messages) == len(fed.silos)
+    for message in sent.messages:
         assert message.metadata.message_type == "evaluate"
         assert message.content.config_records[records.CONFIG][records.SERVER_ROUND] == 2
-    return strategy.aggregate_evaluate(2, fed.grid.send_and_receive(messages))
+    personal = strategy.pool_evaluations(sent, fed.grid.send_and_receive(sent.messages)).personal
+    return None if personal is None else dict(records.flat_task_metrics(personal))
 
 
 def test_evaluation_pools_statistics_exactly() -> None:
@@ -398,11 +403,8 @@ def test_bytes_down_and_up_count_the_array_records() -> None:
     silos[3].train_defect = "nan-delta"  # a rejected update still travelled up
     fed = Federation(silos)
     strategy = make_fedavg()
-    messages = list(
-        strategy.configure_train(
-            1, records.to_array_record(initial_arrays()), ConfigRecord(), fed.grid
-        )
-    )
+    sent = strategy.dispatch_train(fed.grid, 1, initial_model())
+    messages = sent.messages
     down = sum(m.content.array_records[records.ARRAYS].count_bytes() for m in messages)
     assert down > 0
     assert strategy.bytes_down == down
@@ -411,15 +413,13 @@ def test_bytes_down_and_up_count_the_array_records() -> None:
     received = fed.received_by("train")
     assert sum(records.to_array_record(a).count_bytes() for a in received.values()) == down
     assert strategy.bytes_up == 0
-    strategy.aggregate_train(1, replies)
+    strategy.take_updates(sent, replies)
     up = sum(r.content.array_records[records.UPDATE].count_bytes() for r in replies)
     assert strategy.bytes_up == up > 0
     assert len(strategy.rejections) == 1
 
     eval_messages = list(
-        strategy.configure_evaluate(
-            1, records.to_array_record(initial_arrays()), ConfigRecord(), fed.grid
-        )
+        strategy.dispatch_evaluate(fed.grid, 1, GlobalModel(initial_arrays())).messages
     )
     eval_down = sum(m.content.array_records[records.ARRAYS].count_bytes() for m in eval_messages)
     assert strategy.bytes_down == down + eval_down
@@ -467,21 +467,16 @@ def constant_silos() -> list[FakeSilo]:
 def test_start_runs_rounds_and_reports_to_observers() -> None:
     fed = Federation(constant_silos())
     recorder = Recorder()
-    strategy = make_fedavg(observers=(recorder,), evaluate_every=2)
     server_calls: list[int] = []
 
-    def evaluate_fn(server_round: int, arrays: Any) -> MetricRecord:
+    def evaluate_fn(server_round: int, model: GlobalModel) -> dict[str, dict[str, float]]:
         server_calls.append(server_round)
-        return MetricRecord({"server": float(server_round)})
+        return {"a": {"server": float(server_round)}}
 
+    context = RunContext(observers=(recorder,), evaluate_global=evaluate_fn)
+    strategy = make_fedavg(context=context, evaluate_every=2)
     rounds = 5
-    result = strategy.start(
-        fed.grid,
-        records.to_array_record(initial_arrays()),
-        num_rounds=rounds,
-        evaluate_fn=evaluate_fn,
-    )
-    final = records.from_array_record(result.arrays)
+    final = strategy.run(fed.grid, initial_model(), rounds).arrays
     for key in TRUNK_KEYS:
         assert_moved(final, key, 0.5 * rounds)
     for task in ("a", "b", "c"):
@@ -514,10 +509,8 @@ def test_start_runs_rounds_and_reports_to_observers() -> None:
     evaluated_rounds = [2, 4, 5]
     eval_logs = sorted({c[records.SERVER_ROUND] for k, _, _, c in fed.received if k == "evaluate"})
     assert eval_logs == evaluated_rounds
-    assert sorted(result.evaluate_metrics_clientapp) == evaluated_rounds
-    assert sorted(result.train_metrics_clientapp) == list(range(1, rounds + 1))
+    assert [r.server_round for r in strategy.history if r.personal] == evaluated_rounds
     assert server_calls == list(range(1, rounds + 1))
-    assert sorted(result.evaluate_metrics_serverapp) == list(range(1, rounds + 1))
     for record in strategy.history:
         if record.server_round in evaluated_rounds:
             assert record.personal is not None
@@ -551,14 +544,12 @@ def test_malformed_silo_description_is_ignored(
     fed = Federation(silos)
     strategy = make_fedavg(fraction_train=1.0)
     with caplog.at_level(logging.WARNING, logger="fedmtl"):
-        strategy.discover(fed.grid)
-    assert set(strategy.silos) == {1000, 1002, 1003}
+        strategy.roster.discover(fed.grid, 10)
+    assert set(strategy.roster.silos) == {1000, 1002, 1003}
     assert any("1001" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
     for server_round in range(1, 4):
         assert sampled(strategy, fed, server_round) == [1000, 1002, 1003]
-    messages = strategy.configure_evaluate(
-        1, records.to_array_record(initial_arrays()), ConfigRecord(), fed.grid
-    )
+    messages = strategy.dispatch_evaluate(fed.grid, 1, GlobalModel(initial_arrays())).messages
     assert [m.metadata.dst_node_id for m in messages] == [1000, 1002, 1003]
     assert 1001 not in {node for _, node, _, _ in fed.received}
     assert fed.queries.count(1001) == 1, "an ignored node is not asked again every round"
@@ -569,18 +560,18 @@ def test_two_nodes_claiming_one_silo_keep_the_first() -> None:
     fed = Federation([FakeSilo(("a",), 10, {"a": 10}, 1.0) for _ in range(3)])
     fed.grid.contexts[1002].node_config["partition-id"] = 0  # node 1002 also says "silo 0"
     strategy = make_fedavg()
-    strategy.discover(fed.grid)
-    assert set(strategy.silos) == {1000, 1001}
-    assert strategy.ignored == {1002}
+    strategy.roster.discover(fed.grid, 10)
+    assert set(strategy.roster.silos) == {1000, 1001}
+    assert strategy.roster.ignored == {1002}
 
 
 def test_discovery_queries_each_valid_node_once() -> None:
     fed = Federation(hand_silos())
     strategy = make_fedavg()
-    strategy.start(fed.grid, records.to_array_record(initial_arrays()), num_rounds=2)
+    strategy.run(fed.grid, initial_model(), 2)
     assert sorted(fed.queries) == [1000, 1001, 1002, 1003]
-    assert strategy.silos[1001].tasks == ("b", "c")
-    assert strategy.silos[1001].silo_id == 1
+    assert strategy.roster.silos[1001].tasks == ("b", "c")
+    assert strategy.roster.silos[1001].silo_id == 1
 
 
 # ---------------------------------------------------------------------------------------- 10. contract
@@ -609,20 +600,29 @@ def contract_silos() -> list[FakeSilo]:
     ]
 
 
-@pytest.mark.parametrize("name", STRATEGIES.names())
-def test_strategy_contract(name: str) -> None:
-    entry = STRATEGIES.get(name)
-    assert issubclass(entry.factory, TaskAwareStrategy)
+CONTRACT_CASES = [
+    *((name, None) for name in METHODS.names() if name != "balanced"),
+    *(("balanced", weighting) for weighting in WEIGHTINGS.names()),
+]
+"""Every registered method, and ``balanced`` with every registered weighting."""
+
+
+@pytest.mark.parametrize(("name", "weighting"), CONTRACT_CASES)
+def test_method_contract(name: str, weighting: str | None) -> None:
+    entry = METHODS.get(name)
+    assert issubclass(entry.factory, Method) and issubclass(entry.factory.silo, SiloMethod)
     params = dataclasses.replace(
         entry.params(), min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1
     )
+    if weighting is not None:
+        choice = PluginConfig(weighting, WEIGHTINGS.parse(weighting, {}))
+        params = dataclasses.replace(params, weighting=choice)
     recorder = Recorder()
-    strategy = entry.factory(params, TASKS, TrainConfig(), seed=0, observers=[recorder])
+    method = entry.factory(params, MethodSetup(TASKS, TrainConfig(), 0))
+    strategy = Engine(name, method, params, RunContext(observers=[recorder]))
     fed = Federation(contract_silos())
     start = initial_arrays()
-    result = strategy.start(fed.grid, records.to_array_record(start), num_rounds=2)
-
-    final = records.from_array_record(result.arrays)
+    final = strategy.run(fed.grid, GlobalModel(start, method.initial_groups()), 2).arrays
     assert set(final) == set(start)
     for key, value in final.items():
         assert value.shape == start[key].shape, key
@@ -631,11 +631,12 @@ def test_strategy_contract(name: str) -> None:
     assert_unchanged(final, head_keys("d"))
     # the global trunk moves, unless the models live on the silos or per silo at the server
     moved = any(not np.array_equal(final[k], start[k]) for k in TRUNK_KEYS)
-    assert moved == strategy.has_global_model or name == "fedper" or name == "fedrep"
+    assert moved == method.global_model or name == "fedper" or name == "fedrep"
     assert len(strategy.history) == 2 == len(recorder.records)
     assert strategy.rejections == []
     assert all(r.num_updates == r.num_sampled > 0 for r in strategy.history)
-    travels = bool(strategy.arrays_for(start, SiloInfo(0, ("a",), 1, 1, {"a": 1}, {"a": 1})))
+    silo = SiloInfo(0, ("a",), 1, 1, {"a": 1}, {"a": 1})
+    travels = bool(method.arrays_for(silo, GlobalModel(initial_arrays()), "train"))
     assert (strategy.bytes_down > 0 and strategy.bytes_up > 0) == travels  # local: nothing
 
 
@@ -657,11 +658,11 @@ def test_in_process_grid_push_and_pull_keep_every_reply() -> None:
 
 
 def test_flowers_strategy_api_gives_the_explicit_rounds_result() -> None:
-    """configure_train / aggregate_train (Flower's loop) equal dispatch_train / aggregate_updates
-    (fedmtl's loop); the caller's config keys travel, the protocol's own win."""
+    """configure_train / aggregate_train (Flower's loop, through :class:`FlowerStrategy`) equal
+    the engine's own round; the caller's config keys travel, the protocol's own win."""
     explicit, outcome, _ = one_round(make_fedavg(), Federation(hand_silos()))
     fed = Federation(hand_silos())
-    strategy = make_fedavg()
+    strategy = FlowerStrategy(make_fedavg())
     start = records.to_array_record(initial_arrays())
     extra = ConfigRecord({"caller-key": 3, records.SERVER_ROUND: 99})
     messages = list(strategy.configure_train(1, start, extra, fed.grid))

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,12 +21,13 @@ from fedmtl.app.config import parse
 from fedmtl.app.launch import run
 from fedmtl.app.vectorized import sequential_reason
 from fedmtl.core.data import LocalData, local_view
-from fedmtl.core.records import TrainRequest, WeightingSpec
+from fedmtl.core.records import Groups, MethodSpec, TrainRequest
 from fedmtl.core.schema import ModelConfig, TrainConfig
 from fedmtl.core.tasks import TaskSpec
 from fedmtl.core.training import mean_task_losses, train_local
 from fedmtl.core.vectorized import SiloJob, train_vectorized, unsupported
 from fedmtl.trunks import MLPParams, build_model
+from strategies import METHODS
 from tests.helpers import compose_raw, make_dataset, read_jsonl, small_model
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -122,19 +124,27 @@ def test_models_that_cannot_be_batched_exactly_say_why() -> None:
         train_vectorized(with_dropout, [], TrainConfig(), "joint")
 
 
+def reason(name: str, params: dict[str, Any], groups: Groups | None = None) -> str | None:
+    """Why method ``name``'s silo half, asked with ``params``, trains one silo at a time."""
+    request = TrainRequest(1, TrainConfig(), MethodSpec(name, params), groups=groups)
+    return sequential_reason(request, METHODS.get(name).factory.silo.from_spec(params))
+
+
 def test_requests_that_train_one_by_one_say_why() -> None:
-    plain = TrainRequest(server_round=1, train=TrainConfig())
-    assert sequential_reason(plain) is None
+    for plain in ("fedavg", "balanced", "grouping", "matfl", "fedhca2", "single_task"):
+        assert reason(plain, {}) is None, plain
+    assert reason("fedprox", {"mu": 0.0}) is None
     cases = {
-        "personal mode": TrainRequest(1, TrainConfig(), personal="heads"),
-        "silo-side balancing": TrainRequest(
-            1, TrainConfig(), local_weighting=WeightingSpec("mgda")
-        ),
-        "proximal": TrainRequest(1, TrainConfig(), proximal_mu=0.1),
-        "task group": TrainRequest(1, TrainConfig(), groups={"g": ("a",)}),
+        "KeptHeadsSilo": ("fedper", {}),
+        "LocalSilo": ("local", {}),
+        "DittoSilo": ("ditto", {"lam": 0.1}),
+        "silo-side balancing": ("balanced", {"weighting": {"name": "mgda"}}),
+        "proximal": ("fedprox", {"mu": 0.1}),
+        "affinity probe": ("grouping", {"affinity": "tag", "every": 2}),
     }
-    for words, request in cases.items():
-        assert words in (sequential_reason(request) or "")
+    for words, (name, params) in cases.items():
+        assert words in (reason(name, params) or ""), name
+    assert "task group" in (reason("fedavg", {}, {"g": ("a",)}) or "")
 
 
 SMALL = [

@@ -6,10 +6,11 @@ stopped (on CPU a resumed run ends with the same model, bit for bit, as one neve
 
 - ``arrays-<round>.safetensors``: the global model's arrays (``model/<key>``) and every array of
   the state below (``state/<n>``);
-- ``state.json``: the round, the run's config, the strategy's state (sampling RNG, round history,
-  bytes, rejections, server-optimizer moments, balancing and grouping state, per-silo models:
-  ``TaskAwareStrategy.state_dict``) and the global evaluator's history, with each array replaced by
-  ``{"array": "state/<n>"}``; the wall time so far and the rounds the run was resumed from.
+- ``state.json``: the round, the run's config, the task groups of the model's trunks, the engine's
+  state (sampling RNG, round history, bytes, rejections, and the method's own: server-optimizer
+  moments, balancing and grouping state, per-silo models: ``strategies.engine.Engine.state_dict``)
+  and the global evaluator's history, with each array replaced by ``{"array": "state/<n>"}``; the
+  wall time so far and the rounds the run was resumed from.
 
 ``state.json`` is written last, through a temporary file and an atomic rename: it is the commit
 point. A crash at any moment leaves the previous checkpoint whole (older array files are removed
@@ -52,7 +53,7 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
 MODEL_FILE = "model.safetensors"
 SILOS_DIR = "silos"
-CHECKPOINT_SCHEMA_VERSION = 1
+CHECKPOINT_SCHEMA_VERSION = 2
 RESUMABLE_KEYS = ("num_rounds", "checkpoint_every", "runtime", "tracking")
 """Top-level config keys a resumed run may change (``fedmtl run resume=DIR KEY=VALUE``): how long
 it runs, how often it saves, where it runs and what it reports; everything else is the run's."""
@@ -118,7 +119,8 @@ class RunState:
     server_round: int
     config: dict[str, Any]
     model: Arrays
-    strategy: dict[str, Any]
+    groups: Groups | None
+    engine: dict[str, Any]
     evaluator: dict[str, Any]
     wall_time_s: float = 0.0
     resumed_from: list[int] = field(default_factory=list)
@@ -132,7 +134,7 @@ def save_checkpoint(run_dir: Path, state: RunState) -> None:
     """Write ``state`` into ``run_dir/checkpoint/`` (module docstring: the arrays first, then
     ``state.json`` atomically, then the older array files are removed)."""
     directory = checkpoint_dir(run_dir)
-    tree, arrays = split_arrays({"strategy": state.strategy, "evaluator": state.evaluator})
+    tree, arrays = split_arrays({"engine": state.engine, "evaluator": state.evaluator})
     arrays.update({f"model/{k}": np.ascontiguousarray(v) for k, v in state.model.items()})
     arrays_file = f"arrays-{state.server_round}.safetensors"
     atomic_write_bytes(directory / arrays_file, safetensors.numpy.save(arrays))
@@ -141,6 +143,7 @@ def save_checkpoint(run_dir: Path, state: RunState) -> None:
         "round": state.server_round,
         "arrays": arrays_file,
         "config": state.config,
+        "groups": None if state.groups is None else {g: list(t) for g, t in state.groups.items()},
         "wall_time_s": state.wall_time_s,
         "resumed_from": state.resumed_from,
         **tree,
@@ -169,16 +172,18 @@ def load_checkpoint(run_dir: Path) -> RunState:
             raise ValueError(f"schema_version {version!r}, expected {CHECKPOINT_SCHEMA_VERSION}")
         server_round = int(document["round"])
         arrays = safetensors.numpy.load((directory / str(document["arrays"])).read_bytes())
-        tree = join_arrays({k: document[k] for k in ("strategy", "evaluator")}, arrays)
+        tree = join_arrays({k: document[k] for k in ("engine", "evaluator")}, arrays)
         model = {k.removeprefix("model/"): v for k, v in arrays.items() if k.startswith("model/")}
         config = document["config"]
         if not isinstance(config, dict) or server_round < 1:
             raise ValueError("config must be a mapping and round >= 1")
+        groups = document["groups"]
         return RunState(
             server_round=server_round,
             config=config,
             model=model,
-            strategy=tree["strategy"],
+            groups=None if groups is None else {str(g): tuple(t) for g, t in groups.items()},
+            engine=tree["engine"],
             evaluator=tree["evaluator"],
             wall_time_s=float(document["wall_time_s"]),
             resumed_from=[int(r) for r in document["resumed_from"]],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import typing
 from collections.abc import Mapping
 from importlib.resources import files
 from pathlib import Path
@@ -35,7 +36,7 @@ from fedmtl.core.schema import (
 from fedmtl.datasets import DATASETS
 from fedmtl.trunks import TRUNKS
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS
-from strategies import STRATEGIES
+from strategies import METHODS
 
 GROUP_REGISTRIES: dict[str, Registry[Any]] = {
     "dataset": DATASETS,
@@ -43,7 +44,7 @@ GROUP_REGISTRIES: dict[str, Registry[Any]] = {
     "partition.assignment": ASSIGNMENTS,
     "partition.split": SPLITS,
     "partition.feature_skew": FEATURE_SKEWS,
-    "strategy": STRATEGIES,
+    "strategy": METHODS,
     "runtime": RUNTIMES,
 }
 """Config key of each plug-in group -> the registry whose names and parameter schemas it takes."""
@@ -123,7 +124,8 @@ def _explain(message: str, overrides: list[str]) -> ConfigError:
         )
     key = failed.group(1)
     group, _, field = key.rpartition(".")
-    fields = _known_fields(group, [o for o in overrides if not o.startswith((key + "=", "hydra."))])
+    others = [o for o in overrides if not o.startswith((key + "=", "hydra."))]
+    fields = _known_fields(group, others)
     if fields is None:
         return ConfigError(key, "is not a config key.", f"check its spelling, or use +{key}=...")
     owner, known, renamed = fields
@@ -133,6 +135,13 @@ def _explain(message: str, overrides: list[str]) -> ConfigError:
             f"was renamed to {group}.{renamed[field]}.",
             f"set {group}.{renamed[field]} instead.",
         )
+    for nested, (kind, name, params) in _nested_plugins(group, others).items():
+        if field in params:
+            return ConfigError(
+                key,
+                f"is a parameter of the {kind} '{name}', which {group}.{nested} chooses.",
+                f"set {group}.{nested}.{field} instead.",
+            )
     return ConfigError(key, f"is not a parameter of {owner}.", f"use one of {sorted(known)}.")
 
 
@@ -155,6 +164,28 @@ def _known_fields(group: str, overrides: list[str]) -> tuple[str, list[str], dic
     extra = {"dataset": ["tasks"], "model": ["head_hidden"]}.get(group, [])
     known = ["name", *extra, *(f.name for f in dataclasses.fields(entry.params))]
     return f"{group} '{entry.name}'", known, dict(getattr(entry.params, "renamed_keys", {}))
+
+
+def _nested_plugins(group: str, overrides: list[str]) -> dict[str, tuple[str, str, list[str]]]:
+    """The plug-ins a plug-in group's parameters choose (``strategy.weighting``): field -> the
+    kind, the chosen name and its parameters, once the other ``overrides`` are applied."""
+    try:
+        node: Any = compose(overrides)
+        for part in group.split("."):
+            node = node[part]
+        params = GROUP_REGISTRIES[group].get(node["name"]).params
+        hints = typing.get_type_hints(params, include_extras=True)
+    except (ConfigError, KeyError, TypeError):
+        return {}
+    found = {}
+    for field, hint in hints.items():
+        for registry in (m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Registry)):
+            value = node.get(field)
+            name = value.get("name") if isinstance(value, Mapping) else value
+            if isinstance(name, str) and name in registry:
+                names = [f.name for f in dataclasses.fields(registry.get(name).params)]
+                found[field] = (registry.kind, name, names)
+    return found
 
 
 def raw_config(container: Mapping[Any, Any], output_dir: str | Path) -> dict[str, Any]:
@@ -219,7 +250,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     model = ModelConfig(name=name, params=params, head_hidden=head_hidden)
 
     partition = parse_partition(raw["partition"])
-    strategy = PluginConfig(*_plugin(STRATEGIES, raw["strategy"], "strategy"))
+    strategy = PluginConfig(*_plugin(METHODS, raw["strategy"], "strategy"))
     runtime = PluginConfig(*_plugin(RUNTIMES, raw["runtime"], "runtime"))
     train = build_dataclass(TrainConfig, raw.get("train", {}), "train")
     tracking = build_dataclass(TrackingConfig, raw.get("tracking", {}), "tracking")

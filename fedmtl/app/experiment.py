@@ -1,9 +1,8 @@
 """Experiment assembly: the one place where a config meets the plug-ins.
 
 :func:`prepare` builds and cross-checks an experiment's dataset, partition and model, and the
-:class:`Experiment` it returns wires the plug-ins for both apps: the ServerApp gets its strategy and
-the global test set from it, the ClientApp a silo's data view, the balancing method it applies at
-each local step and the task-affinity probe, without importing any plug-in itself.
+:class:`Experiment` it returns wires the plug-ins for both apps: the ServerApp gets its method, its
+engine and the global test set from it, the ClientApp a silo's data view.
 
 Each process (the ServerApp, every Ray worker, the in-process runtime) builds an experiment once per
 config and reuses it across rounds and virtual clients (:func:`cached_experiment`). The partition is
@@ -16,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,18 +25,15 @@ from fedmtl.app.config import parse
 from fedmtl.core.data import LocalData, MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import MultiTaskModel
-from fedmtl.core.records import AffinityRequest, SiloInfo, WeightingSpec
-from fedmtl.core.rounds import RoundObserver
+from fedmtl.core.records import SiloInfo
 from fedmtl.core.schema import ExperimentConfig, PartitionFile, PartitionLocal
-from fedmtl.core.training import StepWeights
 from fedmtl.datasets import TableSource, build_source, materialise
 from fedmtl.trunks import build_model
 from partitions import Partition, hold_out
 from partitions import build as build_partition
 from partitions.views import global_test_data, silo_data
-from strategies import STRATEGIES, TaskAwareStrategy
-from strategies.balancing import build_weighting
-from strategies.grouping.affinity import SiloProbe, silo_probe
+from strategies import METHODS
+from strategies.engine import Engine, Method, MethodSetup, RunContext
 
 CONFIG_KEY = "fedmtl-config"
 """The run-config key that carries the composed experiment config (JSON) to both apps."""
@@ -69,13 +65,21 @@ class Experiment:
             groups=groups,
         )
 
-    def new_strategy(self, observers: Iterable[RoundObserver] = ()) -> TaskAwareStrategy:
-        """The configured server strategy, reporting each round to ``observers``."""
+    def new_method(self) -> Method[Any]:
+        """The configured method's server half, in its initial state."""
         cfg = self.config
-        strategy_cls = STRATEGIES.get(cfg.strategy.name).factory
-        return strategy_cls(
-            cfg.strategy.params, self.dataset.tasks, cfg.train, seed=cfg.seed, observers=observers
-        )
+        setup = MethodSetup(tuple(self.dataset.tasks), cfg.train, cfg.seed)
+        return METHODS.get(cfg.strategy.name).factory(cfg.strategy.params, setup)
+
+    def new_engine(self, context: RunContext) -> Engine:
+        """An engine running the configured method in ``context``."""
+        cfg = self.config
+        return Engine(cfg.strategy.name, self.new_method(), cfg.strategy.params, context)
+
+    @property
+    def method_label(self) -> str:
+        """The name results report for the configured method (``summary.json``'s ``strategy``)."""
+        return str(self.config.strategy.params.label(self.config.strategy.name))
 
     def silo_data(self, silo_id: int, split: Literal["train", "test"]) -> LocalData:
         """Silo ``silo_id``'s rows of ``split`` as it trains or evaluates on them (its tasks, its
@@ -97,19 +101,6 @@ class Experiment:
             train_per_task=silo.labelled_counts(self.dataset, "train"),
             test_per_task=silo.labelled_counts(self.dataset, "test"),
         )
-
-    @staticmethod
-    def step_weights(spec: WeightingSpec, seed: int) -> StepWeights:
-        """The balancing method a train message asks a silo to apply at every local step (a fresh
-        instance: a stateful method keeps its state for the round's local steps)."""
-        return build_weighting(spec.name, spec.params, seed=seed, key="local-weighting").weights
-
-    @staticmethod
-    def affinity_probe(
-        request: AffinityRequest, model: MultiTaskModel, data: LocalData
-    ) -> SiloProbe:
-        """The task-affinity measurement a train message asks a silo for."""
-        return silo_probe(request.name, model, data, request.every)
 
 
 def build_data(config: ExperimentConfig) -> tuple[MultiTaskDataset, Partition]:

@@ -11,6 +11,7 @@ from fedmtl.app.client_app import make_client_app
 from fedmtl.app.experiment import cached_experiment, is_local
 from fedmtl.app.runtime import RUNTIMES, Apps, Shipment, set_offline_env
 from fedmtl.app.server_app import make_server_app
+from fedmtl.app.silo import Silo
 from fedmtl.app.tracking import METRICS_FILE, SUMMARY_FILE
 from fedmtl.app.vectorized import BatchTrainer
 from fedmtl.core.errors import ConfigError
@@ -39,7 +40,7 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
     apps = Apps(
         server=make_server_app(config_json),
         client=make_client_app(config_json, shipment),
-        batch=BatchTrainer(config_json),
+        batch=BatchTrainer(config_json, Silo(config_json, shipment)),
         shipment=shipment,
     )
     runner(apps, config.runtime.params, experiment.partition.num_silos)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import Context
 from flwr.common.logger import console_handler
 from flwr.serverapp import Grid, ServerApp
 
@@ -39,8 +38,7 @@ from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.records import SiloCheckpoint
 from fedmtl.core.tasks import TaskSpec
 from fedmtl.core.training import evaluate
-from strategies import TaskAwareStrategy
-from strategies.base import RunStopped
+from strategies.engine import Engine, GlobalModel, RunContext, RunStopped
 
 log = logging.getLogger("fedmtl")
 
@@ -58,43 +56,38 @@ def run_server(
     previous = load_checkpoint(Path(cfg.resume)) if cfg.resume else None
     done = previous.server_round if previous else 0
     experiment.partition.save(output_dir / PARTITION_FILE)
-    tasks = list(experiment.dataset.tasks)
     tracker = Tracker(
         output_dir,
         cfg.tracking,
-        tasks,
+        list(experiment.dataset.tasks),
         cfg.num_rounds,
         run_config=dict(cfg.raw),
-        run_name=f"{cfg.dataset.name}-{cfg.strategy.name}-seed{cfg.seed}",
+        run_name=f"{cfg.dataset.name}-{experiment.method_label}-seed{cfg.seed}",
         resume_round=done,
     )
-    strategy = experiment.new_strategy(observers=[tracker])
-    strategy.scope = scope
-    global_eval = GlobalEvaluator(experiment, tracker, strategy)
+    global_eval = GlobalEvaluator(experiment, tracker)
+    checkpointer = Checkpointer(experiment, global_eval, previous)
+    context = RunContext(
+        scope=scope,
+        checkpoint=SiloCheckpoint(done, done),
+        observers=[tracker],
+        evaluate_global=global_eval if global_eval.num_samples else None,
+        on_round_end=checkpointer,
+    )
+    engine = experiment.new_engine(context)
     if previous is None:
-        model = experiment.new_model(strategy.model_groups)
-        initial = records.to_array_record(records.state_arrays(model, model.exchanged_keys()))
+        groups = engine.method.initial_groups()
+        model = experiment.new_model(groups)
+        start = GlobalModel(records.state_arrays(model, model.exchanged_keys()), groups)
     else:
         log.info("resuming %s after round %d", output_dir, done)
-        strategy.load_state_dict(previous.strategy)
+        engine.load_state_dict(previous.engine)
         global_eval.load_state_dict(previous.evaluator)
-        strategy.silo_checkpoint = SiloCheckpoint(saved_round=done, resume_round=done)
-        initial = records.to_array_record(previous.model)
-    checkpointer = Checkpointer(experiment, strategy, global_eval, previous)
+        start = GlobalModel(previous.model, previous.groups)
     status = "crashed"  # until the loop ends or stops with a reason
     try:
-        strategy.start(
-            grid,
-            initial,
-            num_rounds=cfg.num_rounds,
-            timeout=strategy.params.reply_timeout_s,
-            evaluate_fn=global_eval
-            if global_eval.num_samples and strategy.has_global_model
-            else None,
-            first_round=done + 1,
-            on_round_end=checkpointer,
-        )
-        status = final_status(strategy, experiment.num_silos)
+        engine.run(grid, start, cfg.num_rounds, first_round=done + 1)
+        status = final_status(engine, experiment.num_silos)
     except RunStopped as stop:
         log.error("the run stopped: %s", stop)
         status = stop.status
@@ -102,13 +95,13 @@ def run_server(
         status = "interrupted"
         raise
     finally:
-        summary = build_summary(experiment, strategy, checkpointer.wall_time_s())
+        summary = build_summary(experiment, engine, checkpointer.wall_time_s())
         summary["runtime"] = runtime or cfg.runtime.name
         summary["global"] = global_eval.summary(experiment.dataset.tasks)
         summary["status"] = status
         summary["resumed_from"] = checkpointer.resumed_from
         summary["checkpoint_round"] = checkpointer.saved_round
-        strategy.write_artifacts(output_dir, plots=cfg.tracking.plots)
+        engine.method.write_artifacts(output_dir, plots=cfg.tracking.plots)
         tracker.finish(summary)
     if status != "completed":
         log.error("run status: %s", status)
@@ -116,18 +109,15 @@ def run_server(
 
 
 class Checkpointer:
-    """Called by the round loop after each round: saves the run's state after the rounds
-    :func:`should_checkpoint` picks, and the final model after the last (:mod:`~fedmtl.app.checkpoint`)."""
+    """Called by the engine after each round (:data:`strategies.engine.RoundEnd`): saves the
+    run's state after the rounds :func:`should_checkpoint` picks, and the final model after the
+    last (:mod:`~fedmtl.app.checkpoint`)."""
 
     def __init__(
-        self,
-        experiment: Experiment,
-        strategy: TaskAwareStrategy,
-        global_eval: GlobalEvaluator,
-        previous: RunState | None,
+        self, experiment: Experiment, global_eval: GlobalEvaluator, previous: RunState | None
     ) -> None:
         self.config = experiment.config
-        self.strategy = strategy
+        self.label = experiment.method_label
         self.global_eval = global_eval
         self.started = time.perf_counter()
         self.earlier_s = previous.wall_time_s if previous else 0.0
@@ -138,37 +128,37 @@ class Checkpointer:
         """The run's wall time: this process's and that of the runs it resumes."""
         return self.earlier_s + time.perf_counter() - self.started
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> None:
+    def __call__(
+        self, server_round: int, model: GlobalModel, state: Callable[[], dict[str, Any]]
+    ) -> int | None:
         cfg = self.config
         if not should_checkpoint(server_round, cfg.checkpoint_every, cfg.num_rounds):
-            return
+            return None
         run_dir = Path(cfg.output_dir)
-        model = records.from_array_record(arrays)
-        state = RunState(
+        saved = RunState(
             server_round=server_round,
             config=dict(cfg.raw),
-            model=model,
-            strategy=self.strategy.state_dict(),
+            model=model.arrays,
+            groups=model.groups,
+            engine=state(),
             evaluator=self.global_eval.state_dict(),
             wall_time_s=self.wall_time_s(),
             resumed_from=self.resumed_from,
         )
-        save_checkpoint(run_dir, state)
+        save_checkpoint(run_dir, saved)
         self.saved_round = server_round
-        self.strategy.silo_checkpoint = replace(
-            self.strategy.silo_checkpoint, saved_round=server_round
-        )
         if server_round == cfg.num_rounds:
-            meta = {"strategy": cfg.strategy.name, "round": str(server_round)}
-            save_model(run_dir, model, self.strategy.model_groups, meta)
+            meta = {"strategy": self.label, "round": str(server_round)}
+            save_model(run_dir, model.arrays, model.groups, meta)
+        return server_round
 
 
-def final_status(strategy: TaskAwareStrategy, num_silos: int) -> str:
+def final_status(engine: Engine, num_silos: int) -> str:
     """``completed``, or why not: ``no_updates_aggregated`` (no round aggregated any update),
     ``silos_missing`` (a configured silo never connected)."""
-    if not strategy.participants:
+    if not engine.participants:
         return "no_updates_aggregated"
-    connected = {info.silo_id for info in strategy.silos.values()}
+    connected = {info.silo_id for info in engine.roster.silos.values()}
     if set(range(num_silos)) - connected:
         return "silos_missing"
     return "completed"
@@ -177,37 +167,33 @@ def final_status(strategy: TaskAwareStrategy, num_silos: int) -> str:
 class GlobalEvaluator:
     """Server-side evaluation of the global model on the partition's global held-out test set.
 
-    Called by the strategy after every round (Flower's ``evaluate_fn``); it evaluates on the
-    strategy's schedule (every ``evaluate_every`` rounds and the last), each task over the rows
-    of the set labelled for it, with every task's head (on its group's trunk when the strategy's
-    model has one trunk per task group); it hands the metrics to the tracker (split ``global``)
-    and keeps their history for the summary.
+    Called by the engine after every round (:data:`strategies.engine.GlobalEvaluation`, for
+    methods with one global model); it evaluates on the method's schedule (every
+    ``evaluate_every`` rounds and the last), each task over the rows of the set labelled for it,
+    with every task's head (on its group's trunk when the model has one trunk per task group); it
+    hands the metrics to the tracker (split ``global``) and keeps their history for the summary.
     """
 
-    def __init__(
-        self, experiment: Experiment, tracker: Tracker, strategy: TaskAwareStrategy
-    ) -> None:
+    def __init__(self, experiment: Experiment, tracker: Tracker) -> None:
         self.experiment = experiment
         self.data = experiment.global_test_data()
         self.num_samples = self.data.num_samples
-        self.strategy = strategy
         self.tracker = tracker
-        self.evaluate_every = strategy.params.evaluate_every
+        self.evaluate_every = experiment.config.strategy.params.evaluate_every
         self._models: dict[str, MultiTaskModel] = {}  # one per task grouping the run has used
         self.num_rounds = experiment.config.num_rounds
         self.tasks = {t.name: t for t in experiment.dataset.tasks}
         self.history: list[tuple[int, dict[str, dict[str, float]]]] = []
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+    def __call__(self, server_round: int, model: GlobalModel) -> dict[str, dict[str, float]] | None:
         if server_round % self.evaluate_every and server_round != self.num_rounds:
             return None
-        groups = self.strategy.model_groups
-        key = json.dumps(groups, sort_keys=True)
+        key = json.dumps(model.groups, sort_keys=True)
         if key not in self._models:
-            self._models[key] = self.experiment.new_model(groups)
-        model = self._models[key]
-        records.load_arrays(model, records.from_array_record(arrays))
-        sums = evaluate(model, self.data)
+            self._models[key] = self.experiment.new_model(model.groups)
+        network = self._models[key]
+        records.load_arrays(network, model.arrays)
+        sums = evaluate(network, self.data)
         metrics = {
             task: self.tasks[task].finalize_metrics(task_sums)
             for task, task_sums in sums.items()
@@ -215,7 +201,7 @@ class GlobalEvaluator:
         }
         self.history.append((server_round, metrics))
         self.tracker.record_global(server_round, metrics)
-        return records.flat_task_metrics(metrics)
+        return metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [[r, metrics] for r, metrics in self.history]}
@@ -236,41 +222,40 @@ class GlobalEvaluator:
         }
 
 
-def build_summary(
-    experiment: Experiment, strategy: TaskAwareStrategy, wall_time_s: float
-) -> dict[str, Any]:
+def build_summary(experiment: Experiment, engine: Engine, wall_time_s: float) -> dict[str, Any]:
     """The contents of ``summary.json`` (see the README for each field)."""
     cfg = experiment.config
     dataset = experiment.dataset
     chance = dataset.chance_levels()
-    evaluated = [r for r in strategy.history if r.personal is not None]
+    evaluated = [r for r in engine.history if r.personal is not None]
     final = evaluated[-1].personal if evaluated else {}
     task_info = {t.name: {**t.info(), "chance": chance[t.name]} for t in dataset.tasks}
+    connected = list(engine.roster.silos.values())
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "dataset": cfg.dataset.name,
-        "strategy": cfg.strategy.name,
+        "strategy": experiment.method_label,
         "seed": cfg.seed,
-        "rounds": len(strategy.history),
+        "rounds": len(engine.history),
         "tasks": dataset.task_names,
         "task_info": task_info,
         "final": final,
         "final_round": evaluated[-1].server_round if evaluated else None,
         "best": best_per_task([r.personal for r in evaluated if r.personal], dataset.tasks),
-        "bytes_up": int(strategy.bytes_up),
-        "bytes_down": int(strategy.bytes_down),
+        "bytes_up": int(engine.bytes_up),
+        "bytes_down": int(engine.bytes_down),
         "wall_time_s": float(wall_time_s),
         "num_silos": experiment.num_silos,
-        "silos_participated": sorted(strategy.participants),
+        "silos_participated": sorted(engine.participants),
         "silos_missing": sorted(
-            set(range(experiment.num_silos)) - {info.silo_id for info in strategy.silos.values()}
+            set(range(experiment.num_silos)) - {info.silo_id for info in connected}
         ),
         "holders": {  # as the silos announced them: only silos that connected
-            t: sorted(info.silo_id for info in strategy.silos.values() if t in info.tasks)
+            t: sorted(info.silo_id for info in connected if t in info.tasks)
             for t in dataset.task_names
         },
-        "rejected": strategy.rejections,
-        **strategy.results(),
+        "rejected": engine.rejections,
+        **engine.method.results(),
         "dataset_info": dataset.info,
         "config": dict(cfg.raw),
         "scenario": scenario_of(cfg.raw),

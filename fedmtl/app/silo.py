@@ -1,261 +1,299 @@
-"""What a silo does with a train or evaluate message, in each personal mode, and the state it keeps.
+"""The one silo toolkit every runtime uses: from a message and its node's context to the method's
+silo half, ready to run, and back.
 
-A silo's own state between rounds (``context.state``, Flower's node state, which survives across
-rounds on every runtime) holds its personal arrays under :data:`PERSONAL`, per mode
-(:data:`fedmtl.core.records.PersonalMode`):
+:class:`Silo` turns a train or evaluate message into a :class:`Prepared` job (the request, the
+received arrays, the method's silo half and its :class:`~strategies.engine.SiloTools`) after
+every check of what the server sent; the ClientApp (:mod:`fedmtl.app.client_app`) runs the job and
+the ``vectorized`` runtime (:mod:`fedmtl.app.vectorized`) trains the batchable ones together, both
+through here, so both refuse the same requests.
 
-- ``none``: it trains the model it receives and sends trained minus received; it keeps nothing.
-- ``heads`` (FedPer, FedRep): it receives the trunk only and keeps its tasks' heads (the seeded
-  initial heads before its first round). With ``head_epochs`` > 0 (FedRep) it first trains the
-  heads for that many epochs with the trunk frozen, then the trunk with the heads frozen; else it
-  trains both jointly (FedPer). It sends the trunk's update.
-- ``model`` (local training): it keeps a whole model (the seeded initial one before its first
-  round), receives and sends no arrays, and trains its model alone.
-- ``ditto`` (Ditto): it trains and sends the global update as in ``none``; then it trains its
-  personal model v (the received global model before its first round) on
-  f_s(v) + (lambda/2) ||v - w||^2, w the received global model, for the same local epochs, and
-  keeps it.
-
-Evaluation uses the personal model in the personal modes (``heads``: the received trunk with the
-silo's own heads), else the received one.
+What the server sends is checked before any work: the experiment config (it may name no file
+when it comes from the run config), the method (a silo refuses one it has no plug-in for), the
+request's values against the silo's limits (:class:`fedmtl.app.silo_data.Limits`), the received
+arrays against the model (known keys, their shapes, finite values). Per-node state lives in
+``context.state``: the silo's personal arrays (:data:`strategies.engine.silo.PERSONAL`), the rounds
+this node has trained, and the fingerprint of the rows and tasks it announced (fixed for the run).
+A silo that keeps personal arrays also saves them to files after each round it trains in, and a
+resumed run restores them from there (:mod:`fedmtl.app.checkpoint`): in simulations under the run
+directory, on a SuperNode in the directory its node config's ``state-dir`` names (without it, a
+SuperNode keeps its state in memory only).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import zlib
-from collections.abc import Callable
+import functools
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
 import torch
-from flwr.app import RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
+from fedmtl.app.checkpoint import restore_silo_state, save_silo_state, silo_state_dir
+from fedmtl.app.config import parse
+from fedmtl.app.experiment import (
+    CONFIG_KEY,
+    Experiment,
+    adopt,
+    cached_experiment,
+    config_json_from,
+    named_files,
+)
+from fedmtl.app.runtime import Shipment, client_device
+from fedmtl.app.silo_data import NodeSettings, RequestRefused, SiloData, load_silo, node_settings
 from fedmtl.core import records
 from fedmtl.core.data import LocalData
-from fedmtl.core.models import MultiTaskModel, head_task, is_trunk_key
-from fedmtl.core.records import (
-    Arrays,
-    EvaluateReply,
-    EvaluateRequest,
-    TrainReply,
-    TrainRequest,
-    UpdateDtype,
-)
-from fedmtl.core.training import (
-    Proximal,
-    StepWeights,
-    TrainResult,
-    evaluate,
-    mean_task_losses,
-    train_local,
-)
+from fedmtl.core.models import MultiTaskModel
+from fedmtl.core.records import Arrays, EvaluateRequest, Groups, MethodSpec, TrainRequest
+from strategies import METHODS
+from strategies.engine import SiloMethod, SiloTools, round_seed
 
-PERSONAL = "fedmtl.personal"
-"""The node-state record of a silo's personal arrays."""
+NODE_STATE = "fedmtl.node"
+SILO_STATE = "fedmtl.silo"
+"""The node-state record holding the fingerprint of the silo's announced rows and tasks."""
+RESTORED = "fedmtl.restored"
+"""Node-state record set once a resumed run has restored the silo's saved state (per scope)."""
+
+log = logging.getLogger("fedmtl")
 
 
-class AffinityProbe(Protocol):
-    """A task-affinity measurement run at each local step (:data:`StepProbe`) that reports the
-    mean measured affinity per ordered pair of tasks."""
+@functools.lru_cache(maxsize=8)
+def _shared_model(config_json: str, device: str, groups_json: str = "") -> MultiTaskModel:
+    """One model object per process, device and task grouping, reused by every virtual client
+    (weights are loaded from each message before use)."""
+    groups = json.loads(groups_json) if groups_json else None
+    return cached_experiment(config_json).new_model(groups).to(device)
 
-    def __call__(self, rows: torch.Tensor, optimizer: torch.optim.Optimizer) -> None: ...
 
-    def means(self) -> dict[tuple[str, str], float]: ...
+def shared_model(config_json: str, device: str, groups: Groups | None) -> MultiTaskModel:
+    """The shared model whose structure fits a message: one trunk, or one per task group."""
+    return _shared_model(config_json, device, json.dumps(groups, sort_keys=True) if groups else "")
 
 
-def round_seed(seed: int, silo_id: int, server_round: int) -> int:
-    """A seed that depends only on (experiment seed, silo, round), not on scheduling or runtime."""
-    return zlib.crc32(f"{seed}/{silo_id}/{server_round}".encode())
+@functools.lru_cache(maxsize=64)
+def _silo(config_json: str, node: NodeSettings) -> SiloData:
+    return load_silo(cached_experiment(config_json), node)
+
+
+@functools.lru_cache(maxsize=256)
+def silo_rows(
+    config_json: str, node: NodeSettings, split: Literal["train", "test"], device: str
+) -> LocalData:
+    """The silo's rows of ``split`` on ``device`` (built once per process)."""
+    silo = _silo(config_json, node)
+    return (silo.train if split == "train" else silo.test).to(torch.device(device))
+
+
+@functools.lru_cache(maxsize=8)
+def _initial_arrays(config_json: str, groups_json: str) -> Arrays:
+    """The seeded initial model's arrays (the server starts from the same)."""
+    groups = json.loads(groups_json)
+    model = cached_experiment(config_json).new_model(groups)
+    return records.state_arrays(model, model.exchanged_keys())
+
+
+@functools.lru_cache(maxsize=8)
+def _named_files(config_json: str) -> tuple[str, ...]:
+    """The files an experiment config names (parsed once per process and config: parsing on
+    every message cost 3 ms, 30 s of discovery at 10,000 silos)."""
+    return tuple(named_files(parse(json.loads(config_json))))
+
+
+@contextmanager
+def refusing(what: str) -> Iterator[None]:
+    """Turn a parse error of server-sent values into a refusal that says what was wrong."""
+    try:
+        yield
+    except (KeyError, ValueError, TypeError) as err:  # ConfigError is a ValueError
+        raise RequestRefused(f"{what}: {err}") from None
+
+
+@functools.cache
+def _use_cpu_share(runtime_name: str, params: Any) -> None:
+    """On the simulation runtime, torch's intra-op threads in this worker process = the client's
+    CPU share ``runtime.num_cpus`` (at least 1), whatever thread count the process inherited:
+    clients sharing the machine's cores do not oversubscribe them (once per process)."""
+    if runtime_name == "simulation":
+        torch.set_num_threads(max(1, int(params.num_cpus)))
+
+
+def check_arrays(model: MultiTaskModel, received: Arrays) -> None:
+    """The received arrays are parameters of the model, of its shapes, with finite values."""
+    state = model.state_dict()
+    for key, value in received.items():
+        if key not in state:
+            raise RequestRefused(f"the model has no parameter {key!r}")
+        if tuple(value.shape) != tuple(state[key].shape):
+            raise RequestRefused(
+                f"{key}: shape {tuple(value.shape)} != the model's {tuple(state[key].shape)}"
+            )
+        if not np.issubdtype(value.dtype, np.floating) or not np.isfinite(value).all():
+            raise RequestRefused(f"{key}: values must be finite floating-point numbers")
+
+
+def silo_method(spec: MethodSpec) -> SiloMethod:
+    """The silo half of the method a request names, with its parameters checked; a method this
+    silo has no plug-in for is refused, naming it."""
+    if spec.name not in METHODS:
+        raise RequestRefused(
+            f"unknown method {spec.name!r}: this silo has no plug-in of that name (it knows "
+            f"{METHODS.names()}); install the package that provides it on this node"
+        )
+    with refusing(f"method {spec.name!r}"):
+        return METHODS.get(spec.name).factory.silo.from_spec(spec.params)
 
 
 @dataclass
-class SiloWorker:
-    """One silo's tools for one message: the (shared, reloaded) model, its data, its node state,
-    the seeded initial arrays of the model, and its round seed and device."""
+class Prepared:
+    """A checked train or evaluate message, ready to run: its request, the received arrays, the
+    method's silo half and the silo's tools; ``directory``: where the silo saves its state."""
 
-    model: MultiTaskModel
-    data: LocalData
-    state: RecordDict
-    initial: Callable[[], Arrays]
-    seed: int
-    device: str
-    scope: str = ""
+    request: TrainRequest | EvaluateRequest
+    received: Arrays
+    method: SiloMethod
+    tools: SiloTools
+    directory: Path | None
 
-    # ------------------------------------------------------------------ node state
-    @property
-    def record_key(self) -> str:
-        """The node-state record of the personal arrays: :data:`PERSONAL`, per ``scope`` (the
-        training run a message belongs to, when several share the nodes)."""
-        return f"{PERSONAL}/{self.scope}" if self.scope else PERSONAL
 
-    def personal(self) -> Arrays | None:
-        record = self.state.array_records.get(self.record_key)
-        return None if record is None else records.from_array_record(record)
+class Silo:
+    """One process's silo side of a run. The experiment config comes from the run config, else
+    ``default_config_json``; ``shipment``: the driver's experiment for that config, adopted
+    instead of building it again (:class:`fedmtl.app.runtime.Shipment`)."""
 
-    def set_personal(self, arrays: Arrays) -> None:
-        self.state.array_records[self.record_key] = records.to_array_record(arrays)
+    def __init__(self, default_config_json: str | None = None, shipment: Shipment | None = None):
+        self.default_config_json = default_config_json
+        self.shipment = shipment
 
-    def keep(self, keys: list[str]) -> None:
-        """Store the model's ``keys`` as the silo's personal arrays."""
-        self.set_personal(records.state_arrays(self.model, keys))
-
-    def own_keys(self, heads_only: bool = False) -> list[str]:
-        """The model keys of the silo's own model: its tasks' heads, and the trunk(s) they use."""
-        tasks = {t.name for t in self.data.tasks}
-        shared = set(self.model.shared_parameters(list(tasks)))
-        keys = []
-        for key in self.model.exchanged_keys():
-            if head_task(key) in tasks or (not heads_only and key in shared):
-                keys.append(key)
-        return keys
-
-    def load_personal(self, heads_only: bool = False, fallback: Arrays | None = None) -> list[str]:
-        """Load the personal arrays (or ``fallback``, or the initial model's) of the silo's own
-        keys; return those keys."""
-        keys = self.own_keys(heads_only)
-        stored = self.personal()
-        source = stored if stored is not None else fallback
-        if source is None or not all(k in source for k in keys):
-            source = self.initial()
-        records.load_arrays(self.model, {k: source[k] for k in keys})
-        return keys
-
-    # ------------------------------------------------------------------ training
-    def train(
-        self,
-        request: TrainRequest,
-        step_weights: StepWeights | None = None,
-        probe: AffinityProbe | None = None,
-        proximal: Proximal | None = None,
-        seed: int | None = None,
-    ) -> TrainResult:
-        """Local training with the batch order, torch's global RNG (dropout) and the step
-        balancing set by the round seed; the caller's global RNG state is restored after."""
-        seed = self.seed if seed is None else seed
-        devices = [torch.cuda.current_device()] if self.device == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            generator = torch.Generator().manual_seed(seed)
-            if request.head_epochs > 0:
-                heads = train_local(
-                    self.model,
-                    self.data,
-                    request.train,
-                    generator,
-                    parts="heads",
-                    epochs=request.head_epochs,
-                )
-                body = train_local(self.model, self.data, request.train, generator, parts="trunk")
-                return TrainResult(heads.steps + body.steps, body.mean_loss)
-            return train_local(
-                self.model,
-                self.data,
-                request.train,
-                generator,
-                update_mode=request.update_mode,
-                step_weights=step_weights,
-                probe=probe,
-                proximal=proximal,
+    def experiment(self, context: Context) -> tuple[str, Experiment]:
+        """The run's experiment. A config from the run config (sent by whoever started the run)
+        may name no file: a silo opens only the files of its own node config."""
+        with refusing("experiment config"):
+            config_json = config_json_from(context.run_config, self.default_config_json)
+            files = _named_files(config_json)
+        if files and context.run_config.get(CONFIG_KEY):
+            raise RequestRefused(
+                f"the experiment config names files ({', '.join(files)}); a silo opens only the "
+                "files its own node config names"
             )
+        if self.shipment is not None and config_json == self.default_config_json:
+            adopt(config_json, self.shipment.get())
+        with refusing("experiment config"):
+            experiment = cached_experiment(config_json)
+        _use_cpu_share(experiment.config.runtime.name, experiment.config.runtime.params)
+        return config_json, experiment
+
+    def setup(self, context: Context) -> tuple[str, Experiment, NodeSettings, SiloData, str]:
+        """The node's config JSON, experiment, node settings, silo and device."""
+        config_json, experiment = self.experiment(context)
+        node = node_settings(context.node_config)
+        if node.unknown:
+            log.warning("node config keys %s are not fedmtl's; ignored", list(node.unknown))
+        silo = _silo(config_json, node)
+        _fix_for_run(context, silo)
+        runtime = experiment.config.runtime
+        return config_json, experiment, node, silo, client_device(runtime.name, runtime.params)
+
+    def prepare_train(self, message: Message, context: Context) -> Prepared:
+        """A train message checked (module docstring) and ready to run."""
+        with refusing("train request"):
+            received, config = records.request_parts(message.content)
+            request = TrainRequest.from_config(config)
+        prepared = self._prepare(context, request, received, "train")
+        node = node_settings(context.node_config)
+        phases = prepared.method.phases(request)
+        node.limits.check(request, phases, prepared.tools.data.num_samples)
+        return prepared
+
+    def prepare_evaluate(self, message: Message, context: Context) -> Prepared:
+        """An evaluate message checked and ready to run."""
+        with refusing("evaluate request"):
+            received, config = records.request_parts(message.content)
+            request = EvaluateRequest.from_config(config)
+        return self._prepare(context, request, received, "test")
+
+    def _prepare(
+        self,
+        context: Context,
+        request: TrainRequest | EvaluateRequest,
+        received: Arrays,
+        split: Literal["train", "test"],
+    ) -> Prepared:
+        config_json, experiment, node, silo, device = self.setup(context)
+        method = silo_method(request.method)
+        groups = request.groups
+        with refusing("task groups"):
+            model = shared_model(config_json, device, groups)
+        check_arrays(model, received)
+        tools = SiloTools(
+            model=model,
+            data=silo_rows(config_json, node, split, device),
+            state=context.state,
+            initial=lambda: _initial_arrays(config_json, json.dumps(groups, sort_keys=True)),
+            seed=round_seed(experiment.config.seed, silo.silo_id, request.server_round),
+            device=device,
+            scope=request.scope,
+        )
+        directory = _state_dir(context, experiment, node, silo.silo_id, request.scope)
+        resume = request.checkpoint.resume_round
+        restored = f"{RESTORED}/{request.scope}" if request.scope else RESTORED
+        if directory and resume and restored not in context.state.config_records:
+            context.state.config_records[restored] = ConfigRecord({"resume-round": resume})
+            saved = restore_silo_state(directory, resume)
+            if saved is not None and tools.personal() is None:
+                tools.set_personal(saved)
+        return Prepared(request, received, method, tools, directory)
+
+    def query(self, context: Context) -> RecordDict:
+        """The content of the reply to ``query``: what the silo announces."""
+        _, _, _, silo, _ = self.setup(context)
+        return silo.info.to_content()
+
+    @staticmethod
+    def trained(prepared: Prepared, context: Context) -> None:
+        """After a train message: the node's round count, and the silo's personal arrays (if
+        it keeps any) to its state files."""
+        request = prepared.request
+        state = context.state.config_records.get(NODE_STATE) or ConfigRecord({"rounds-trained": 0})
+        state["rounds-trained"] = records.integer(state, "rounds-trained") + 1
+        state["last-round"] = request.server_round
+        context.state.config_records[NODE_STATE] = state
+        personal = prepared.tools.personal()
+        if prepared.directory is not None and personal is not None:
+            assert isinstance(request, TrainRequest)
+            saved = request.checkpoint.saved_round
+            save_silo_state(prepared.directory, request.server_round, personal, saved)
 
 
-def run_train(
-    worker: SiloWorker,
-    received: Arrays,
-    request: TrainRequest,
-    step_weights: StepWeights | None = None,
-    probe: AffinityProbe | None = None,
-) -> TrainReply:
-    """Answer a train message (module docstring). ``probe`` measures task affinity along the
-    way, when the request asks for it."""
-    mode = request.personal
-    if mode == "model":
-        keys = worker.load_personal()
-        loss_before = mean_task_losses(worker.model, worker.data)
-        result = worker.train(request)
-        worker.keep(keys)
-        return _reply(worker.data, {}, result, loss_before, None)
-    records.load_arrays(worker.model, received)
-    if mode == "heads":
-        worker.load_personal(heads_only=True)
-    loss_before = mean_task_losses(worker.model, worker.data)
-    proximal = None
-    if request.proximal_mu > 0:
-        proximal = Proximal(request.proximal_mu, _tensors(received))
-    result = worker.train(request, step_weights, probe, proximal)
-    trained = records.state_arrays(worker.model, list(received))
-    if mode == "heads":
-        worker.keep(worker.own_keys(heads_only=True))
-    affinity = {} if probe is None else probe.means()
-    reply = train_reply(
-        worker.data, received, trained, result, loss_before, affinity, request.update_dtype
-    )
-    if mode == "ditto":
-        keys = worker.load_personal(fallback=received)
-        ditto = Proximal(request.personal_lambda, _tensors(received))
-        worker.train(request, proximal=ditto, seed=worker.seed + 1)
-        worker.keep(keys)
-    return reply
+def _fix_for_run(context: Context, silo: SiloData) -> None:
+    """Remember the fingerprint of what the silo announced; refuse to go on when it changed."""
+    state = context.state.config_records.get(SILO_STATE) or ConfigRecord()
+    known = state.get("fingerprint")
+    if known is None:
+        state["fingerprint"] = silo.fingerprint
+        context.state.config_records[SILO_STATE] = state
+    elif known != silo.fingerprint:
+        raise RuntimeError(
+            "the silo's rows or tasks changed since it announced them in this run; restart the "
+            "run (or restore the data) to go on"
+        )
 
 
-def _tensors(arrays: Arrays) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}
-
-
-def train_reply(
-    data: LocalData,
-    received: Arrays,
-    trained: Arrays,
-    result: TrainResult,
-    loss_before: dict[str, float],
-    affinity: dict[tuple[str, str], float] | None = None,
-    update_dtype: UpdateDtype = "float32",
-) -> TrainReply:
-    """The reply to a train message: trained minus ``received`` for every array received, except
-    the trunk's in ``per_task`` mode, where each task's share of it goes instead; the arrays
-    travel in ``update_dtype`` (the sequential and the vectorised runtimes both answer through
-    here)."""
-    deltas = {k: trained[k] - received[k] for k in received}
-    task_deltas = None
-    if result.task_trunk_deltas is not None:  # per_task mode: each task's share of its trunk
-        deltas = {k: v for k, v in deltas.items() if not is_trunk_key(k)}
-        task_deltas = {
-            task: {key: share.detach().cpu().numpy() for key, share in shares.items()}
-            for task, shares in result.task_trunk_deltas.items()
-        }
-    reply = _reply(data, deltas, result, loss_before, task_deltas, affinity)
-    return dataclasses.replace(reply, update_dtype=update_dtype)
-
-
-def _reply(
-    data: LocalData,
-    deltas: Arrays,
-    result: TrainResult,
-    loss_before: dict[str, float],
-    task_deltas: dict[str, Arrays] | None,
-    affinity: dict[tuple[str, str], float] | None = None,
-) -> TrainReply:
-    return TrainReply(
-        deltas=deltas,
-        num_examples=data.num_samples,
-        steps=result.steps,
-        task_examples=dict(data.labelled_counts()),
-        train_loss=result.mean_loss,
-        loss_before=loss_before,
-        task_deltas=task_deltas,
-        affinity=affinity or {},
-    )
-
-
-def run_evaluate(worker: SiloWorker, received: Arrays, request: EvaluateRequest) -> EvaluateReply:
-    """Evaluate the silo's model (module docstring) on its test rows."""
-    if request.personal == "model":
-        worker.load_personal()
+def _state_dir(
+    context: Context, experiment: Experiment, node: NodeSettings, silo_id: int, scope: str
+) -> Path | None:
+    """Where the silo saves its own state (in a subdirectory per ``scope``, if any): its node
+    config's ``state-dir``; else, in a simulation, the run directory's
+    ``checkpoint/silos/silo-<id>``; else (a SuperNode without ``state-dir``: the server names no
+    path on a silo) nowhere."""
+    if node.state_dir is not None:
+        directory = Path(node.state_dir) / f"silo-{silo_id}"
+    elif context.run_config.get(CONFIG_KEY):
+        return None
     else:
-        records.load_arrays(worker.model, received)
-        if request.personal == "heads":
-            worker.load_personal(heads_only=True)
-        elif request.personal == "ditto":
-            worker.load_personal(fallback=received)
-    return EvaluateReply(evaluate(worker.model, worker.data))
+        directory = silo_state_dir(Path(experiment.config.output_dir), silo_id)
+    return directory / scope if scope else directory

@@ -15,7 +15,8 @@ node config key     meaning
                     tasks whose target column has a non-empty cell in its table)
 ``partition-id``    demos without ``data-file``: silo ``partition-id`` of the run's own partition of
                     a registry dataset, rebuilt from the seed (Flower's simulation sets it)
-``max-local-epochs`` the most local epochs (and FedRep head epochs) one train message may ask for
+``max-local-epochs`` the most epochs of any local training pass one train message may ask for
+                    (the local epochs, FedRep's head epochs, ...)
                     (default 50)
 ``max-local-steps`` the most optimizer steps one local training pass may take, whether the server
                     caps the steps or asks for whole epochs (default 50000)
@@ -92,19 +93,21 @@ class Limits:
     max_local_steps: int = 50_000
     max_batch_size: int = 4096
 
-    def check(self, request: TrainRequest, num_train: int) -> None:
-        """Refuse a train request beyond these bounds, before any work."""
+    def check(self, request: TrainRequest, phases: Mapping[str, int], num_train: int) -> None:
+        """Refuse a train request beyond these bounds, before any work; ``phases``: the epochs of
+        each local training pass the request's method runs, by name (``local-epochs``, FedRep's
+        ``head-epochs``, ...)."""
         train = request.train
-        for name, value, limit, key in (
-            ("local-epochs", train.local_epochs, self.max_local_epochs, MAX_LOCAL_EPOCHS),
-            ("head-epochs", request.head_epochs, self.max_local_epochs, MAX_LOCAL_EPOCHS),
+        checks = [
             ("batch-size", train.batch_size, self.max_batch_size, MAX_BATCH_SIZE),
             ("max-steps", train.max_steps or 0, self.max_local_steps, MAX_LOCAL_STEPS),
-        ):
+        ]
+        checks += [(n, e, self.max_local_epochs, MAX_LOCAL_EPOCHS) for n, e in phases.items()]
+        for name, value, limit, key in checks:
             if value > limit:
                 raise RequestRefused(f"{name} {value} exceeds this silo's {key} ({limit})")
         batches = math.ceil(num_train / train.batch_size)
-        for epochs in (train.local_epochs, request.head_epochs):
+        for epochs in phases.values():
             steps = epochs * batches
             if train.max_steps is not None:
                 steps = min(steps, train.max_steps)

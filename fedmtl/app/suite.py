@@ -47,7 +47,7 @@ from fedmtl.app.config import compose, config_dir, parse
 from fedmtl.app.experiment import check_strategy, prepare
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig
-from strategies import STRATEGIES
+from strategies import METHODS
 
 log = logging.getLogger("fedmtl")
 T = TypeVar("T")
@@ -136,7 +136,7 @@ class Suite:
         listed = [e for e in self.strategies if e.name == self.reference]
         if listed:
             return next((e for e in listed if e.label == self.reference), listed[0])
-        if self.reference in STRATEGIES:
+        if self.reference in METHODS:
             return StrategyEntry(self.reference, self.reference, where="reference")
         return None
 
@@ -215,7 +215,7 @@ class Suite:
         with each tuned value, on the test and the validation partition) and build each
         scenario's data once (first seed); the first problem is a ConfigError naming the suite
         key."""
-        if self.tunes and ANCHOR_STRATEGY not in STRATEGIES:
+        if self.tunes and ANCHOR_STRATEGY not in METHODS:
             raise ConfigError(
                 "tuning", f"needs the '{ANCHOR_STRATEGY}' strategy, which is missing."
             )
@@ -421,11 +421,11 @@ def _strategies(values: Any) -> tuple[StrategyEntry, ...]:
             raise ConfigError(key, f"must be a strategy name or {{name, ...}}, got {value!r}.")
         _known(spec, STRATEGY_KEYS, f"{key}.")
         name = spec["name"]
-        if not isinstance(name, str) or name not in STRATEGIES:
+        if not isinstance(name, str) or name not in METHODS:
             raise ConfigError(
                 f"{key}.name",
                 f"unknown strategy '{name}'.",
-                f"choose one of {STRATEGIES.names()}.",
+                f"choose one of {METHODS.names()}.",
             )
         label = spec.get("label", name)
         _check_name(str(label), f"{key}.label")

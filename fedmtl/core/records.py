@@ -7,12 +7,12 @@ message has a typed value with a builder (``to_...``) and a parser (``from_...``
 
 Server -> client
   ``query``:    :func:`query_content` (an empty ``CONFIG``).
-  ``train``:    ``ARRAYS`` (the trunk(s) and the heads of the silo's tasks only) and ``CONFIG``
-                (:class:`TrainRequest`: server round, local training settings, the trunk update
-                mode, the balancing method the silo applies at each local step, the task affinity
-                it measures, and the task groups of a grouped model).
+  ``train``:    ``ARRAYS`` (what the method gives the silo: by default the trunk(s) and the heads
+                of the silo's tasks only) and ``CONFIG`` (:class:`TrainRequest`: server round,
+                local training settings, the trunk update mode, the method's silo settings as one
+                :class:`MethodSpec`, and the task groups of a grouped model).
   ``evaluate``: ``ARRAYS`` as for train and ``CONFIG`` (:class:`EvaluateRequest`: server round,
-                task groups).
+                the method, task groups).
   With task groups, ``CONFIG`` carries ``GROUPS``, the JSON object {group: [tasks]}, and
   ``ARRAYS`` holds ``trunks.<group>.*`` for the groups of the silo's tasks instead of ``trunk.*``.
 Client -> server
@@ -24,8 +24,9 @@ Client -> server
                 read back as float32 by the parser) and ``METRICS``
                 (``num-examples``, ``steps``, per task ``<task>/num-examples``,
                 ``<task>/train-loss`` (mean over local steps) and ``<task>/loss-before`` (mean over
-                the silo's training rows, of the received model) and, when an affinity was
-                requested, ``affinity/<source>/<target>`` per ordered pair of the silo's tasks).
+                the silo's training rows, of the received model)), and ``METHOD_METRICS``: the
+                numbers the method asked for, under keys of its own (e.g. grouping's measured
+                affinities).
   ``evaluate``: :class:`EvaluateReply`: ``METRICS`` with per task additive statistics
                 ``<task>/<stat>`` (see :meth:`fedmtl.core.tasks.TaskSpec.metric_sums`).
 The server's own summary of a training round (Flower's ``aggregate_train`` metrics) holds
@@ -56,6 +57,7 @@ CONFIG = "fedmtl.config"
 UPDATE = "fedmtl.update"
 METRICS = "fedmtl.metrics"
 SILO = "fedmtl.silo"
+METHOD_METRICS = "fedmtl.method-metrics"
 
 SERVER_ROUND = "server-round"
 GROUPS = "groups"
@@ -64,7 +66,6 @@ NUM_EXAMPLES = "num-examples"
 STEPS = "steps"
 TRAIN_LOSS = "train-loss"
 LOSS_BEFORE = "loss-before"
-AFFINITY = "affinity"
 NUM_UPDATES = "num-updates"
 NUM_REJECTED = "num-rejected"
 
@@ -76,13 +77,8 @@ _LR = "lr"
 _MOMENTUM = "momentum"
 _WEIGHT_DECAY = "weight-decay"
 _UPDATE_MODE = "update-mode"
-_LOCAL_WEIGHTING = "local-weighting"
-_LOCAL_WEIGHTING_PARAMS = "local-weighting-params"
-_AFFINITY_EVERY = "affinity-every"
-_PROXIMAL_MU = "proximal-mu"
-_PERSONAL = "personal"
-_PERSONAL_LAMBDA = "personal-lambda"
-_HEAD_EPOCHS = "head-epochs"
+_METHOD = "method"
+_METHOD_PARAMS = "method-params"
 _SCOPE = "scope"
 _SAVED_ROUND = "saved-round"
 _RESUME_ROUND = "resume-round"
@@ -106,13 +102,6 @@ range). The server reads either back as float32."""
 BFLOAT16 = "bfloat16"
 """The ``Array.dtype`` of a bfloat16 array: its 16-bit patterns travel as a uint16 ``.npy``."""
 
-PersonalMode = Literal["none", "heads", "model", "ditto"]
-"""What a silo keeps for itself between rounds (its node state):
-``none``: nothing, it trains the model it receives;
-``heads``: its tasks' heads (FedPer, FedRep): it receives the trunk only and sends its update;
-``model``: a whole model of its own (local training): it receives and sends nothing;
-``ditto``: a personal model besides the global update it trains and sends (Ditto)."""
-
 
 # ---------------------------------------------------------------------------------------- keys
 def task_key(task: str, stat: str) -> str:
@@ -135,17 +124,6 @@ def split_task_update_key(key: str) -> tuple[str, str] | None:
     """``(task, trunk key)`` for a key made by :func:`task_update_key`, else None."""
     parts = key.split("/", 2)
     return (parts[1], parts[2]) if len(parts) == 3 and parts[0] == _TASK_UPDATE else None
-
-
-def affinity_key(source: str, target: str) -> str:
-    """METRICS key of the affinity of ``target`` to a step on ``source`` (S_{source->target})."""
-    return f"{AFFINITY}/{source}/{target}"
-
-
-def split_affinity_key(key: str) -> tuple[str, str] | None:
-    """``(source, target)`` for a key made by :func:`affinity_key`, else None."""
-    parts = key.split("/")
-    return (parts[1], parts[2]) if len(parts) == 3 and parts[0] == AFFINITY else None
 
 
 # ------------------------------------------------------------------------------------- values
@@ -318,21 +296,22 @@ def query_content() -> RecordDict:
 
 
 @dataclass(frozen=True)
-class WeightingSpec:
-    """A balancing method (registered in :data:`strategies.balancing.WEIGHTINGS`) and its
-    parameters, as a train message names it."""
+class MethodSpec:
+    """The method a request belongs to, as a silo needs it: the method's registered name and its
+    silo half's parameters (JSON values; the method's own dataclass checks them on the silo)."""
 
     name: str
     params: dict[str, Any] = field(default_factory=dict)
 
+    def to_config(self) -> dict[str, str]:
+        return {_METHOD: self.name, _METHOD_PARAMS: json.dumps(self.params, sort_keys=True)}
 
-@dataclass(frozen=True)
-class AffinityRequest:
-    """Ask a silo to measure task affinity during local training: estimator ``name`` (registered
-    in :data:`strategies.grouping.AFFINITIES`) on the batch of every ``every``-th local step."""
-
-    name: str
-    every: int = 1
+    @classmethod
+    def from_config(cls, record: Mapping[str, Any]) -> MethodSpec:
+        name = text(record, _METHOD)
+        if not name:
+            raise ValueError(f"{_METHOD} must name a method")
+        return cls(name, _json_object(record, _METHOD_PARAMS))
 
 
 @dataclass(frozen=True)
@@ -360,33 +339,24 @@ class SiloCheckpoint:
 @dataclass(frozen=True)
 class TrainRequest:
     """What a train message asks of a silo: the round, local training settings, the trunk update
-    mode, the balancing method it applies to its tasks' gradients at each local step (None: the
-    plain sum of its task losses), the affinity to measure (if any), the model's task groups
-    (None: one shared trunk), the proximal coefficient mu of (mu/2)||theta - received||^2 (0:
-    none), what the silo keeps for itself (:data:`PersonalMode`) with Ditto's lambda, the
-    epochs spent on the heads alone before the trunk trains with the heads frozen (FedRep; 0: a
-    joint update), the precision its update travels in (:data:`UpdateDtype`); what silos keeping
-    state in files need to know of the server's checkpoints (:class:`SiloCheckpoint`); and the
-    ``scope``: the training run the message belongs to, when several share the same nodes (a silo
-    keeps separate state per scope; empty: the only one)."""
+    mode (``joint`` or ``per_task``: the layout of the reply, which the server checks), the
+    method's silo settings (:class:`MethodSpec`: its silo half trains accordingly), the model's task
+    groups (None: one shared trunk), the precision its update travels in (:data:`UpdateDtype`);
+    what silos keeping state in files need to know of the server's checkpoints
+    (:class:`SiloCheckpoint`); and the ``scope``: the training run the message belongs to, when
+    several share the same nodes (a silo keeps separate state per scope; empty: the only one)."""
 
     server_round: int
     train: TrainConfig
+    method: MethodSpec
     update_mode: UpdateMode = "joint"
-    local_weighting: WeightingSpec | None = None
-    affinity: AffinityRequest | None = None
     groups: Groups | None = None
-    proximal_mu: float = 0.0
-    personal: PersonalMode = "none"
-    personal_lambda: float = 0.0
-    head_epochs: int = 0
     checkpoint: SiloCheckpoint = SiloCheckpoint()
     scope: str = ""
     update_dtype: UpdateDtype = "float32"
 
     def to_config(self) -> ConfigRecord:
         train = self.train
-        weighting = self.local_weighting
         return ConfigRecord(
             {
                 SERVER_ROUND: self.server_round,
@@ -398,14 +368,7 @@ class TrainRequest:
                 _MOMENTUM: train.momentum,
                 _WEIGHT_DECAY: train.weight_decay,
                 _UPDATE_MODE: self.update_mode,
-                _LOCAL_WEIGHTING: "" if weighting is None else weighting.name,
-                _LOCAL_WEIGHTING_PARAMS: json.dumps({} if weighting is None else weighting.params),
-                AFFINITY: "" if self.affinity is None else self.affinity.name,
-                _AFFINITY_EVERY: 1 if self.affinity is None else self.affinity.every,
-                _PROXIMAL_MU: self.proximal_mu,
-                _PERSONAL: self.personal,
-                _PERSONAL_LAMBDA: self.personal_lambda,
-                _HEAD_EPOCHS: self.head_epochs,
+                **self.method.to_config(),
                 _SCOPE: self.scope,
                 **self.checkpoint.to_config(),
                 _UPDATE_DTYPE: self.update_dtype,
@@ -423,25 +386,9 @@ class TrainRequest:
         update_mode = text(record, _UPDATE_MODE)
         if update_mode not in get_args(UpdateMode):
             raise ValueError(f"unknown update mode {update_mode!r}")
-        weighting_name = text(record, _LOCAL_WEIGHTING)
-        weighting_params = _json_object(record, _LOCAL_WEIGHTING_PARAMS)
-        affinity_name = text(record, AFFINITY)
-        affinity_every = integer(record, _AFFINITY_EVERY)
-        if affinity_every < 1:
-            raise ValueError(f"{_AFFINITY_EVERY} must be >= 1, got {affinity_every}")
-        personal = text(record, _PERSONAL)
-        if personal not in get_args(PersonalMode):
-            raise ValueError(f"unknown {_PERSONAL} mode {personal!r}")
-        proximal_mu, personal_lambda = (
-            number(record, _PROXIMAL_MU),
-            number(record, _PERSONAL_LAMBDA),
-        )
-        head_epochs = integer(record, _HEAD_EPOCHS)
         update_dtype = text(record, _UPDATE_DTYPE) if _UPDATE_DTYPE in record else "float32"
         if update_dtype not in get_args(UpdateDtype):
             raise ValueError(f"unknown {_UPDATE_DTYPE} {update_dtype!r}")
-        if proximal_mu < 0 or personal_lambda < 0 or head_epochs < 0:
-            raise ValueError(f"{_PROXIMAL_MU}, {_PERSONAL_LAMBDA} and {_HEAD_EPOCHS} must be >= 0")
         train = TrainConfig(
             local_epochs=integer(record, _LOCAL_EPOCHS),
             max_steps=None if max_steps < 0 else max_steps,
@@ -454,16 +401,9 @@ class TrainRequest:
         return cls(
             server_round=integer(record, SERVER_ROUND),
             train=train,
+            method=MethodSpec.from_config(record),
             update_mode=update_mode,  # type: ignore[arg-type]
-            local_weighting=WeightingSpec(weighting_name, weighting_params)
-            if weighting_name
-            else None,
-            affinity=AffinityRequest(affinity_name, affinity_every) if affinity_name else None,
             groups=_groups_from(record),
-            proximal_mu=proximal_mu,
-            personal=personal,  # type: ignore[arg-type]
-            personal_lambda=personal_lambda,
-            head_epochs=head_epochs,
             checkpoint=SiloCheckpoint.from_config(record),
             scope=_scope(record),
             update_dtype=update_dtype,  # type: ignore[arg-type]
@@ -472,14 +412,13 @@ class TrainRequest:
 
 @dataclass(frozen=True)
 class EvaluateRequest:
-    """What an evaluate message asks of a silo: the round, the model's task groups, and what the
-    silo keeps for itself (:data:`PersonalMode`): it evaluates its personal model, completed
-    by the arrays it receives (``heads``: the received trunk and its own heads), else the model
-    it receives; ``checkpoint`` and ``scope`` as in :class:`TrainRequest`."""
+    """What an evaluate message asks of a silo: the round, the method (its silo half chooses the
+    model to evaluate: the received one, or one the silo keeps for itself), the model's task
+    groups; ``checkpoint`` and ``scope`` as in :class:`TrainRequest`."""
 
     server_round: int
+    method: MethodSpec
     groups: Groups | None = None
-    personal: PersonalMode = "none"
     checkpoint: SiloCheckpoint = SiloCheckpoint()
     scope: str = ""
 
@@ -487,7 +426,7 @@ class EvaluateRequest:
         return ConfigRecord(
             {
                 SERVER_ROUND: self.server_round,
-                _PERSONAL: self.personal,
+                **self.method.to_config(),
                 _SCOPE: self.scope,
                 **self.checkpoint.to_config(),
                 **_groups_entry(self.groups),
@@ -496,13 +435,10 @@ class EvaluateRequest:
 
     @classmethod
     def from_config(cls, record: Mapping[str, Any]) -> EvaluateRequest:
-        personal = text(record, _PERSONAL)
-        if personal not in get_args(PersonalMode):
-            raise ValueError(f"unknown {_PERSONAL} mode {personal!r}")
         return cls(
             server_round=integer(record, SERVER_ROUND),
+            method=MethodSpec.from_config(record),
             groups=_groups_from(record),
-            personal=personal,  # type: ignore[arg-type]
             checkpoint=SiloCheckpoint.from_config(record),
             scope=_scope(record),
         )
@@ -571,8 +507,8 @@ class TrainReply:
     ``task_deltas[t][k]``: task t's share of trunk array k (``per_task`` mode; None otherwise).
     ``num_examples``: the silo's training rows; ``task_examples[t]``: its labelled rows of task t
     (counts travel as numbers: the server checks them). ``train_loss[t]`` and ``loss_before[t]``:
-    task t's mean loss over the local steps, and of the received model; ``affinity[(i, j)]``: the
-    measured S_{i->j}. ``update_dtype``: the precision the arrays travel in (the parser always
+    task t's mean loss over the local steps, and of the received model; ``method_metrics``: the
+    numbers the method asked for (e.g. grouping's measured affinities). ``update_dtype``: the precision the arrays travel in (the parser always
     gives float32 back).
     """
 
@@ -583,7 +519,7 @@ class TrainReply:
     train_loss: dict[str, float] = field(default_factory=dict)
     loss_before: dict[str, float] = field(default_factory=dict)
     task_deltas: dict[str, Arrays] | None = None
-    affinity: dict[tuple[str, str], float] = field(default_factory=dict)
+    method_metrics: dict[str, float] = field(default_factory=dict)
     update_dtype: UpdateDtype = "float32"
 
     def to_content(self) -> RecordDict:
@@ -600,10 +536,12 @@ class TrainReply:
             (LOSS_BEFORE, self.loss_before),
         ):
             metrics.update({task_key(task, stat): value for task, value in values.items()})
-        for (source, target), value in self.affinity.items():
-            metrics[affinity_key(source, target)] = value
         return RecordDict(
-            {UPDATE: to_array_record(arrays, self.update_dtype), METRICS: MetricRecord(metrics)}
+            {
+                UPDATE: to_array_record(arrays, self.update_dtype),
+                METRICS: MetricRecord(metrics),
+                METHOD_METRICS: MetricRecord(dict(self.method_metrics)),
+            }
         )
 
     @classmethod
@@ -624,12 +562,7 @@ class TrainReply:
                 task_deltas.setdefault(share[0], {})[share[1]] = value
         metrics = content.metric_records[METRICS]
         per_task: dict[str, dict[str, float]] = {NUM_EXAMPLES: {}, TRAIN_LOSS: {}, LOSS_BEFORE: {}}
-        affinity: dict[tuple[str, str], float] = {}
         for key in metrics:
-            pair = split_affinity_key(key)
-            if pair is not None:
-                affinity[pair] = number(metrics, key)
-                continue
             parsed = split_task_key(key)
             if parsed is not None:
                 if parsed[1] not in per_task:
@@ -645,8 +578,14 @@ class TrainReply:
             train_loss=per_task[TRAIN_LOSS],
             loss_before=per_task[LOSS_BEFORE],
             task_deltas=task_deltas or None,
-            affinity=affinity,
+            method_metrics=_method_metrics(content),
         )
+
+
+def _method_metrics(content: RecordDict) -> dict[str, float]:
+    """The ``METHOD_METRICS`` record of a reply (empty when it has none), finite numbers only."""
+    record = content.metric_records.get(METHOD_METRICS)
+    return {} if record is None else {key: number(record, key) for key in record}
 
 
 @dataclass(frozen=True)

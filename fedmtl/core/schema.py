@@ -16,15 +16,7 @@ from typing import Any, Literal
 
 from fedmtl.core.checks import fraction, int_at_least, non_negative, positive
 from fedmtl.core.errors import ConfigError
-from fedmtl.core.registry import NoParams
-
-
-@dataclass(frozen=True)
-class PluginConfig:
-    """A registered plug-in chosen by ``name`` with its validated parameter dataclass."""
-
-    name: str
-    params: Any
+from fedmtl.core.registry import NoParams, PluginConfig
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Gradient-balancing weightings for the trunk update: a registry of :class:`Weighting` classes.
 
 Each weighting maps the per-task update matrix J (T x d) to weights w (T,) and the direction
-d = J^T w (see :mod:`strategies.balancing.base` for the rules every one of them keeps: input checks,
+d = J^T w (see :mod:`strategies.balancing.weighting` for the rules every one of them keeps: input checks,
 single task, all-zero J, scale, determinism). Registered names, with their parameter dataclasses:
 
 - From the Gramian G = J J^T: ``mean`` (equal weighting, also the loss-based "EW"), ``sum``,
@@ -16,13 +16,12 @@ a stateless one-shot call with :func:`combine`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
 from torch import Tensor
 
-from fedmtl.core.registry import NoParams, Registry
+from fedmtl.core.registry import NoParams, PluginConfig, Registry
 from strategies.balancing.aligned_mtl import AlignedMTL, AlignedMTLParams
-from strategies.balancing.base import GramianWeighting, Weighting
 from strategies.balancing.cagrad import CAGrad, CAGradParams
 from strategies.balancing.dual_cone import DualConeParams, DualProj, UPGrad
 from strategies.balancing.dwa import DWA, DWAParams
@@ -35,8 +34,9 @@ from strategies.balancing.nash_mtl import NashMTL, NashMTLParams
 from strategies.balancing.pcgrad import PCGrad
 from strategies.balancing.rlw import RLW
 from strategies.balancing.simple import Mean, Sum
+from strategies.balancing.weighting import GramianWeighting, Weighting
 
-WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting")
+WEIGHTINGS: Registry[type[Weighting]] = Registry("weighting", entry_points="fedmtl.weightings")
 _ENTRIES: list[tuple[type[Weighting], type]] = [
     (Mean, NoParams),
     (Sum, NoParams),
@@ -57,6 +57,14 @@ _ENTRIES: list[tuple[type[Weighting], type]] = [
 for _cls, _params in _ENTRIES:
     WEIGHTINGS.register(_cls.name, params=_params)(_cls)
 
+WEIGHTING_PARAMS: tuple[type, ...] = tuple(
+    dict.fromkeys(p for _, p in _ENTRIES if p is not NoParams)
+)
+"""The parameter dataclasses of the shipped weightings."""
+
+WeightingChoice = Annotated[PluginConfig, WEIGHTINGS]
+"""A config field naming a weighting: ``upgrad`` or ``{name: cagrad, c: 0.4}``."""
+
 
 def build_weighting(
     name: str, params: Mapping[str, Any] | None = None, seed: int = 0, key: str = "weighting"
@@ -65,6 +73,11 @@ def build_weighting(
     naming ``key.name`` or ``key.<field>`` (e.g. ``strategy.params.c``)."""
     values = WEIGHTINGS.parse(name, params or {}, key)
     return WEIGHTINGS.get(name).factory(values, seed=seed)
+
+
+def weighting_from(choice: PluginConfig, seed: int = 0) -> Weighting:
+    """The weighting a :data:`WeightingChoice` names, with its (already checked) parameters."""
+    return WEIGHTINGS.get(choice.name).factory(choice.params, seed=seed)
 
 
 def combine(name: str, J: Tensor, **params: Any) -> tuple[Tensor, Tensor]:
@@ -98,6 +111,8 @@ __all__ = [
     "Sum",
     "UPGrad",
     "Weighting",
+    "WeightingChoice",
     "build_weighting",
     "combine",
+    "weighting_from",
 ]

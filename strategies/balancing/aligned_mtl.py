@@ -7,7 +7,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from strategies.balancing.base import GramianWeighting
+from strategies.balancing.weighting import GramianWeighting
 
 
 @dataclass(frozen=True)

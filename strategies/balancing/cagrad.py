@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from fedmtl.core.checks import booleans, non_negative
-from strategies.balancing.base import GramianWeighting
+from strategies.balancing.weighting import GramianWeighting
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from fedmtl.core.checks import positive
-from strategies.balancing.base import F64, Weighting, by_task, from_task_keys
+from strategies.balancing.weighting import F64, Weighting, by_task, from_task_keys
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from fedmtl.core.checks import positive
 from fedmtl.core.errors import ConfigError
-from strategies.balancing.base import GramianWeighting
+from strategies.balancing.weighting import GramianWeighting
 
 
 @dataclass(frozen=True)

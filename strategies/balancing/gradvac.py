@@ -11,8 +11,8 @@ from torch import Tensor
 
 from fedmtl.core.checks import non_negative
 from fedmtl.core.errors import ConfigError
-from strategies.balancing.base import F64, GramianWeighting
 from strategies.balancing.linalg import seeded_cpu_rng
+from strategies.balancing.weighting import F64, GramianWeighting
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from strategies.balancing.base import GramianWeighting
+from strategies.balancing.weighting import GramianWeighting
 
 
 class IMTLG(GramianWeighting):

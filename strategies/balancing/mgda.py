@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from fedmtl.core.checks import int_at_least, positive
-from strategies.balancing.base import F64, GramianWeighting
+from strategies.balancing.weighting import F64, GramianWeighting
 
 RIDGE = 1e-12
 """Added to the diagonal of the trace-normalised Gramian so that quadprog sees a positive definite

@@ -11,8 +11,8 @@ import numpy as np
 from torch import Tensor
 
 from fedmtl.core.checks import int_at_least, non_negative
-from strategies.balancing.base import GramianWeighting, by_task, from_task_keys
 from strategies.balancing.linalg import square_factor
+from strategies.balancing.weighting import GramianWeighting, by_task, from_task_keys
 
 if TYPE_CHECKING:
     from torchjd.aggregation._nash_mtl import _NashMTLWeighting

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from strategies.balancing.base import GramianWeighting
 from strategies.balancing.linalg import seeded_cpu_rng
+from strategies.balancing.weighting import GramianWeighting
 
 
 class PCGrad(GramianWeighting):

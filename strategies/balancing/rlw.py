@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from strategies.balancing.base import F64, Weighting
 from strategies.balancing.linalg import seeded_cpu_rng
+from strategies.balancing.weighting import F64, Weighting
 
 
 class RLW(Weighting):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from strategies.balancing.base import F64, Weighting, mean_weights
+from strategies.balancing.weighting import F64, Weighting, mean_weights
 
 
 class Mean(Weighting):

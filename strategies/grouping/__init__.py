@@ -4,11 +4,12 @@
   ``tag``, ``update_similarity``) and their combination over silos and rounds.
 - :mod:`~strategies.grouping.solvers`: the grouping program (MILP with HiGHS), TAG's network
   selection and an exact enumeration oracle: :func:`solve` / :func:`solve_grouping`.
-- :mod:`~strategies.grouping.strategy`: the federated pipeline, strategy ``grouping``
+- :mod:`~strategies.grouping.method`: the federated pipeline, method ``grouping``
   (warm-up with affinity measurement, grouping, one trunk per group).
 """
 
 from strategies.grouping.affinity import AFFINITIES, AffinityAccumulator
+from strategies.grouping.method import Grouping, GroupingParams
 from strategies.grouping.solvers import (
     GroupingSolution,
     InfeasibleGroupingError,
@@ -17,7 +18,6 @@ from strategies.grouping.solvers import (
     solve_grouping,
     tag_score,
 )
-from strategies.grouping.strategy import Grouping, GroupingParams
 
 __all__ = [
     "AFFINITIES",

@@ -1,5 +1,5 @@
-"""The aggregation math that strategies share: weighted means, per-task heads and rows, and the
-flat vectors that balancing methods work on.
+"""The aggregation math that methods share: weighted means, per-task heads and rows, and the flat
+vectors that balancing methods work on.
 
 Notation: silo s holds tasks T_s with n_{s,t} labelled training examples of task t (``task_examples``)
 and n_s training rows (``num_examples``); Delta_s is its joint update, Delta h_{s,t} its head update
@@ -8,7 +8,6 @@ of task t and D_{s,t} task t's share of its trunk update (``per_task`` mode).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,25 +15,22 @@ import torch
 
 from fedmtl.core.models import head_task
 from fedmtl.core.records import Arrays
-from strategies.balancing import Weighting
-from strategies.replies import ClientUpdate
-from strategies.robust import Combine, weighted_mean
-
-log = logging.getLogger("fedmtl")
+from strategies.engine.replies import ClientUpdate
+from strategies.engine.robust import Averager, weighted_mean
 
 
 def weighted_mean_delta(
     updates: Sequence[ClientUpdate],
     keys: Sequence[str],
     weights: Sequence[float],
-    combine: Combine = weighted_mean,
+    average: Averager = weighted_mean,
 ) -> Arrays | None:
-    """sum_s w_s Delta_s[k] / sum_s w_s for each key (or ``combine``'s robust rule); None when
+    """sum_s w_s Delta_s[k] / sum_s w_s for each key (or ``average``'s robust rule); None when
     the weights sum to zero."""
     if float(sum(weights)) <= 0:
         return None
     return {
-        k: combine([u.deltas[k] for u in updates], weights).astype(updates[0].deltas[k].dtype)
+        k: average([u.deltas[k] for u in updates], weights).astype(updates[0].deltas[k].dtype)
         for k in keys
     }
 
@@ -43,9 +39,9 @@ def aggregate_heads(
     arrays: Arrays,
     updates: Sequence[ClientUpdate],
     tasks: Sequence[str],
-    combine: Combine = weighted_mean,
+    average: Averager = weighted_mean,
 ) -> Arrays:
-    """New heads h_t + sum_s n_{s,t} Delta h_{s,t} / sum_s n_{s,t} (or ``combine``'s robust
+    """New heads h_t + sum_s n_{s,t} Delta h_{s,t} / sum_s n_{s,t} (or ``average``'s robust
     rule), over the updates whose silo holds t and has labelled examples of it; a task with no
     such update is left out."""
     new: Arrays = {}
@@ -55,7 +51,7 @@ def aggregate_heads(
             continue
         weights = [float(u.task_examples[task]) for u in holders]
         for key in (k for k in arrays if head_task(k) == task):
-            delta = combine([u.deltas[key] for u in holders], weights)
+            delta = average([u.deltas[key] for u in holders], weights)
             new[key] = (arrays[key] + delta).astype(arrays[key].dtype)
     return new
 
@@ -93,10 +89,10 @@ def per_task_rows(
     tasks: Sequence[str],
     updates: Sequence[ClientUpdate],
     keys: Sequence[str],
-    combine: Combine = weighted_mean,
+    average: Averager = weighted_mean,
 ) -> tuple[list[int], list[torch.Tensor], list[float]]:
     """For each task with a holder among ``updates`` (in ``tasks`` order): its index in ``tasks``,
-    D_t = sum_s n_{s,t} D_{s,t} / sum_s n_{s,t} flattened over ``keys`` (or ``combine``'s robust
+    D_t = sum_s n_{s,t} D_{s,t} / sum_s n_{s,t} flattened over ``keys`` (or ``average``'s robust
     rule), and L_t, the same n_{s,t}-weighted mean of the holders' ``loss_before`` (NaN when none
     reported it)."""
     present, rows, losses = [], [], []
@@ -110,44 +106,17 @@ def per_task_rows(
         ]
         if not holders:
             continue
-        if combine is weighted_mean:  # in place: one flattened copy at a time (d may be 1e7)
+        if average is weighted_mean:  # in place: one flattened copy at a time (d may be 1e7)
             total = float(sum(n for n, _, _ in holders))
             row = flatten(holders[0][1], keys) * (holders[0][0] / total)
             for n, deltas, _ in holders[1:]:
                 row += flatten(deltas, keys) * (n / total)
         else:
             values = [flatten(deltas, keys).numpy() for _, deltas, _ in holders]
-            row = torch.from_numpy(combine(values, [float(n) for n, _, _ in holders]))
+            row = torch.from_numpy(average(values, [float(n) for n, _, _ in holders]))
         reported = [(n, loss) for n, _, loss in holders if loss is not None]
         count = sum(n for n, _ in reported)
         present.append(index)
         rows.append(row)
         losses.append(sum(n * loss for n, loss in reported) / count if count else float("nan"))
     return present, rows, losses
-
-
-def balanced_update(
-    weighting: Weighting,
-    tasks: Sequence[str],
-    all_tasks: Sequence[str],
-    updates: Sequence[ClientUpdate],
-    trunk: Arrays,
-    server_round: int,
-    combine: Combine = weighted_mean,
-) -> tuple[Arrays | None, dict[str, float]]:
-    """Delta = J^T w for the trunk arrays ``trunk`` over ``tasks`` (J from :func:`per_task_rows`,
-    w from ``weighting``, whose state is keyed by each task's position in ``all_tasks``), and the
-    task weights; None (and no weights) when no task has a holder or a needed loss is missing."""
-    present, rows, losses = per_task_rows(tasks, updates, list(trunk), combine)
-    if not rows:
-        return None, {}
-    loss_tensor = None
-    if weighting.needs_losses:
-        loss_tensor = torch.tensor(losses, dtype=torch.float64)
-        if not torch.isfinite(loss_tensor).all():
-            log.warning("round %d: a task has no reported loss; trunk unchanged", server_round)
-            return None, {}
-    ids = [list(all_tasks).index(tasks[i]) for i in present]
-    direction, weights = weighting(torch.stack(rows), loss_tensor, ids)
-    task_weights = {tasks[i]: float(w) for i, w in zip(present, weights, strict=True)}
-    return unflatten(direction, trunk), task_weights

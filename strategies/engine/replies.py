@@ -1,6 +1,6 @@
-"""Checks of the silos' replies against what the server sent: pure functions, no strategy state.
+"""Checks of the silos' replies against what the server sent: pure functions, no engine state.
 
-A reply that fails a check raises :class:`ReplyError` with the reason; the strategy then logs it,
+A reply that fails a check raises :class:`ReplyError` with the reason; the engine then logs it,
 lists it under ``rejected`` in ``summary.json`` and leaves the reply out of the aggregate, so a
 failing silo, a NaN update or a malformed reply never touches the global model.
 
@@ -8,8 +8,8 @@ failing silo, a NaN update or a malformed reply never touches the global model.
 - **train** (:func:`check_train_reply`): exactly the expected update keys for the update mode
   (``joint``: one delta per array sent; ``per_task``: one per head sent and one share per trunk
   array and task that uses it), the shapes sent, finite floating-point values, finite counts >= 0
-  for the silo's training rows and for each of its tasks, losses and affinities only for its own
-  tasks.
+  for the silo's training rows and for each of its tasks, losses only for its own tasks (the
+  method checks the numbers it asked for itself: :meth:`strategies.engine.Method.check_update`).
 - **evaluate** (:func:`check_evaluate_reply`): statistics only for the silo's own tasks.
 """
 
@@ -37,6 +37,36 @@ class ReplyError(ValueError):
     """A reply the server refuses, with the reason."""
 
 
+REPLY_ERRORS = (KeyError, ValueError, TypeError)
+"""What parsing or checking a malformed reply raises (:class:`ReplyError` is a ValueError)."""
+
+
+class RunStopped(RuntimeError):
+    """The run cannot go on; ``status`` says why (it becomes ``summary.json``'s ``status``)."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+WORKER_DIED = ("ActorDiedError", "RayActorError")
+"""How a reply names a dead simulation worker (Ray's exceptions, in the reason Flower forwards)."""
+
+
+def client_error(reason: str) -> ReplyError:
+    """The ReplyError for a silo's error reply with ``reason``; :class:`RunStopped`
+    (``worker_died``) when the simulation worker that ran it died: Flower's actor pool keeps
+    handing messages to a dead actor, so every later round would lose those silos without saying
+    so."""
+    if any(marker in reason for marker in WORKER_DIED):
+        raise RunStopped(
+            "worker_died",
+            f"a simulation worker died ({reason[:300]}). Flower does not replace it, so the run "
+            "stops here; continue it from its last checkpoint with `fedmtl run resume=DIR`.",
+        )
+    return ReplyError(f"client error: {reason}")
+
+
 @dataclass
 class ClientUpdate:
     """A checked training reply: the silo, its array deltas and its reported numbers.
@@ -44,7 +74,7 @@ class ClientUpdate:
     ``deltas`` holds the joint trunk update and the silo's head updates; in ``per_task`` mode
     ``task_deltas[t]`` holds task t's share of the trunk update (the joint one is their sum).
     ``loss_before[t]``: task t's mean training loss of the received model, before local training.
-    ``affinity[(i, j)]``: the silo's measured affinity S_{i->j}, when the strategy asked for one.
+    ``method_metrics``: the numbers the method asked the silo for (e.g. measured task affinities).
     ``sent``: the arrays the silo received (the deltas are relative to them).
     """
 
@@ -56,7 +86,7 @@ class ClientUpdate:
     train_loss: dict[str, float]
     loss_before: dict[str, float] = field(default_factory=dict)
     task_deltas: dict[str, Arrays] | None = None
-    affinity: dict[tuple[str, str], float] = field(default_factory=dict)
+    method_metrics: dict[str, float] = field(default_factory=dict)
     sent: Arrays = field(default_factory=dict)
 
 
@@ -116,9 +146,6 @@ def check_train_reply(
         task_examples[task] = _count(key, reply.task_examples[task])
     for what, values in (("train loss", reply.train_loss), ("loss before", reply.loss_before)):
         _own_tasks(what, values, silo)
-    for source, target in reply.affinity:
-        if source not in silo.tasks or target not in silo.tasks or source == target:
-            raise ReplyError(f"affinity {source}->{target} between tasks the silo does not hold")
     deltas, task_deltas = _split(received, sent, silo, mode, serves)
     return ClientUpdate(
         node,
@@ -129,7 +156,7 @@ def check_train_reply(
         dict(reply.train_loss),
         dict(reply.loss_before),
         task_deltas,
-        dict(reply.affinity),
+        dict(reply.method_metrics),
         sent,
     )
 

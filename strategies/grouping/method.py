@@ -1,6 +1,6 @@
 """Federated task grouping: measure affinity during a warm-up, solve for groups, one trunk per group.
 
-Pipeline (strategy ``grouping``):
+Pipeline (method ``grouping``):
 
 1. **Warm-up** (rounds 1..W, ``warmup_rounds``): one shared trunk. Silos measure the affinity
    estimator (:mod:`strategies.grouping.affinity`) among the tasks they hold during local training
@@ -19,10 +19,11 @@ Pipeline (strategy ``grouping``):
    - ``weighting: null``: Delta_g = sum_s m_{s,g} Delta_{s,g} / sum_s m_{s,g}, the silos' joint
      updates of trunk g weighted by m_{s,g} = sum_{t in g} n_{s,t} (their labelled examples of the
      group's tasks): FedAvg inside the group;
-   - ``weighting: <name>`` (any of :data:`strategies.balancing.WEIGHTINGS`, parameters in
-     ``weighting_params``): silos send per-task updates and, per group, Delta_g = J_g^T w_g with
-     J_g the aggregated per-task updates D_t of the group's tasks and w_g from the weighting (one
-     instance, with its own state, per group; see :mod:`strategies.balanced`).
+   - ``weighting: <name>`` or ``{name, ...its parameters}`` (any of
+     :data:`strategies.balancing.WEIGHTINGS`): silos send per-task updates and, per group,
+     Delta_g = J_g^T w_g with J_g the aggregated per-task updates D_t of the group's tasks and w_g
+     from the weighting (one instance, with its own state, per group; see
+     :mod:`strategies.balancing.federated`).
 
    The same rule combines the single trunk during the warm-up (all tasks in one group).
 
@@ -32,34 +33,47 @@ task in one group and says so in the log and in ``summary.json``.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import itertools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from fedmtl.core.checks import int_at_least, positive
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import group_trunk_key, is_trunk_key, trunk_group
-from fedmtl.core.records import AffinityRequest, Arrays
-from fedmtl.core.training import UpdateMode
-from strategies.aggregation import balanced_update, per_task_rows, weighted_mean_delta
-from strategies.balancing import WEIGHTINGS, Weighting, build_weighting
-from strategies.base import StrategyParams, TaskAwareStrategy, TrunkStep
+from fedmtl.core.records import Arrays, SiloInfo, TrainReply, TrainRequest
+from strategies.balancing import Weighting, WeightingChoice, weighting_from
+from strategies.balancing.federated import balanced_update
+from strategies.engine import (
+    ClientUpdate,
+    GlobalModel,
+    MethodParams,
+    MethodSetup,
+    ReplyError,
+    Round,
+    SiloMethod,
+    SiloTask,
+    SiloTools,
+    TrunkAndHeads,
+    TrunkStep,
+    per_task_rows,
+    train_received,
+    weighted_mean_delta,
+)
 from strategies.grouping.affinity import (
     AFFINITIES,
-    Affinity,
     AffinityAccumulator,
     UncoveredRule,
     cosine_pairs,
+    silo_probe,
 )
 from strategies.grouping.report import HEATMAP_FILE, matrix_json, plot_affinity, write_affinity
 from strategies.grouping.solvers import GroupingSolution, solve_grouping
-from strategies.replies import ClientUpdate
 
 log = logging.getLogger("fedmtl")
 
@@ -67,9 +81,10 @@ _LIMITS = ("num_groups", "max_groups", "max_group_size", "budget", "costs")
 
 
 @dataclass(frozen=True)
-class GroupingParams(StrategyParams):
+class GroupingParams(MethodParams):
     """``strategy=grouping``: the affinity estimator, the warm-up, the grouping program's limits
-    and the trunk update inside each group (see the module docstring)."""
+    and the trunk update inside each group (see the module docstring; ``weighting``: null, a
+    weighting's name or ``{name, ...its parameters}``)."""
 
     affinity: str = "transfer_gain"
     affinity_every: int = 5
@@ -82,9 +97,10 @@ class GroupingParams(StrategyParams):
     budget: float | None = None
     costs: float | list[float] | None = None
     time_limit_s: float = 60.0
-    weighting: str | None = None
-    weighting_params: dict[str, Any] = field(default_factory=dict)
+    weighting: WeightingChoice | None = None
     groups: list[list[str]] | None = None
+
+    renamed_keys: ClassVar[dict[str, str]] = {"weighting_params": "weighting"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -97,13 +113,6 @@ class GroupingParams(StrategyParams):
                 int_at_least(self, name, 1)
         if self.budget is not None:
             positive(self, "budget")
-        if self.weighting is not None:
-            WEIGHTINGS.get(self.weighting, key="weighting")
-            build_weighting(self.weighting, self.weighting_params, key="weighting_params")
-        elif self.weighting_params:
-            raise ConfigError(
-                "weighting_params", "is set but no weighting is.", "set weighting or drop it."
-            )
 
     def check_experiment(self, task_names: Sequence[str], num_rounds: int) -> None:
         if self.groups is not None:
@@ -147,63 +156,106 @@ class GroupingParams(StrategyParams):
         )
 
 
-class Grouping(TaskAwareStrategy):
+@dataclass(frozen=True)
+class GroupingSiloParams:
+    """The affinity estimator a silo measures during local training (None: none), on the batch
+    of every ``every``-th local step."""
+
+    affinity: str | None = None
+    every: int = 1
+
+
+def affinity_key(source: str, target: str) -> str:
+    """The method-metrics key of a measured S_{source->target}."""
+    return f"affinity/{source}/{target}"
+
+
+class GroupingSilo(SiloMethod):
+    """Plain training; during the warm-up, with the affinity probe measuring at its steps and the
+    mean per ordered pair of the silo's tasks in the reply's method metrics."""
+
+    Params = GroupingSiloParams
+    params: GroupingSiloParams
+
+    def batchable(self) -> str | None:
+        if self.params.affinity is None:
+            return None
+        return f"the affinity probe ('{self.params.affinity}') takes lookahead steps"
+
+    def train(self, tools: SiloTools, received: Arrays, request: TrainRequest) -> TrainReply:
+        if self.params.affinity is None:
+            return train_received(tools, received, request)
+        probe = silo_probe(self.params.affinity, tools.model, tools.data, self.params.every)
+        reply = train_received(tools, received, request, probe=probe)
+        measured = {affinity_key(s, t): value for (s, t), value in probe.means().items()}
+        return dataclasses.replace(reply, method_metrics=measured)
+
+
+class Grouping(TrunkAndHeads[GroupingParams]):
     """Affinity warm-up, then one trunk per task group (see the module docstring)."""
 
-    params: GroupingParams
-    solution: GroupingSolution | None = None
-    grouped_at: int | None = None
-    fallback: str | None = None
+    silo = GroupingSilo
 
-    @functools.cached_property
-    def estimator(self) -> Affinity:
-        return AFFINITIES.get(self.params.affinity).factory()
-
-    @functools.cached_property
-    def accumulator(self) -> AffinityAccumulator:
-        return AffinityAccumulator(list(self.tasks))
-
-    @functools.cached_property
-    def affinity_history(self) -> list[tuple[int, np.ndarray]]:
+    def __init__(self, params: GroupingParams, setup: MethodSetup) -> None:
+        super().__init__(params, setup)
+        self.estimator = AFFINITIES.get(params.affinity).factory()
+        self.accumulator = AffinityAccumulator(list(self.tasks))
+        self.affinity_history: list[tuple[int, np.ndarray]] = []
         """Each warm-up round's own estimate (its reports only), for ``affinity.json``."""
-        return []
-
-    @functools.cached_property
-    def weightings(self) -> dict[str, Weighting]:
+        self.weightings: dict[str, Weighting] = {}
         """One weighting per group (``""``: the shared trunk of the warm-up), built on first use."""
-        return {}
+        self.groups: dict[str, tuple[str, ...]] | None = None
+        """The groups, once formed (the model then has one trunk per group)."""
+        self.grouped_at: int | None = None
+        self.solution: GroupingSolution | None = None
+        self.fallback: str | None = None
+        self.never_held_together: list[tuple[str, str]] = []
+        """Pairs of tasks that no known silo holds together (no silo can measure them)."""
 
     @property
     def warming_up(self) -> bool:
-        return self.model_groups is None
+        return self.groups is None
 
     @property
     def measuring(self) -> bool:
         """Whether affinity is measured this round: during the warm-up, unless groups are given."""
         return self.warming_up and self.params.groups is None
 
-    def update_mode(self) -> UpdateMode:
+    def silo_task(self, server_round: int) -> SiloTask:
         per_task = self.params.weighting is not None or (
             self.measuring and self.estimator.needs_per_task
         )
-        return "per_task" if per_task else "joint"
-
-    def affinity_request(self, server_round: int) -> AffinityRequest | None:
+        probe: dict[str, Any] = {}
         if self.measuring and self.estimator.on_silos:
-            return AffinityRequest(self.params.affinity, self.params.affinity_every)
-        return None
+            probe = {"affinity": self.params.affinity, "every": self.params.affinity_every}
+        return SiloTask("per_task" if per_task else "joint", probe)
+
+    def check_update(self, update: ClientUpdate) -> None:
+        """Measured affinities only for ordered pairs of the silo's own tasks."""
+        for key in update.method_metrics:
+            parts = key.split("/")
+            own = update.silo.tasks
+            if len(parts) != 3 or parts[0] != "affinity" or parts[1] == parts[2]:
+                raise ReplyError(f"unexpected method metric {key!r}")
+            if parts[1] not in own or parts[2] not in own:
+                raise ReplyError(
+                    f"affinity {parts[1]}->{parts[2]} between tasks the silo does not hold"
+                )
 
     # ------------------------------------------------------------------ aggregation
-    def trunk_update(
-        self, server_round: int, trunk: Arrays, updates: list[ClientUpdate]
+    def trunk_step(
+        self, round_: Round, model: GlobalModel, updates: list[ClientUpdate]
     ) -> TrunkStep:
-        if self.model_groups is None:
+        server_round = round_.number
+        self.never_held_together = never_together(list(self.tasks), round_.silos)
+        trunk = model.trunk()
+        if self.groups is None:
             if self.measuring:
                 self._observe(server_round, updates, list(trunk))
             return self._group_update(server_round, "", list(self.tasks), trunk, updates)
         delta: Arrays = {}
         task_weights: dict[str, float] = {}
-        for group, members in self.model_groups.items():
+        for group, members in self.groups.items():
             group_trunk = {k: v for k, v in trunk.items() if trunk_group(k) == group}
             part = self._group_update(server_round, group, list(members), group_trunk, updates)
             delta.update(part.delta or {})
@@ -225,7 +277,7 @@ class Grouping(TaskAwareStrategy):
             return TrunkStep(None)
         if self.params.weighting is None:
             weights = [float(n) for n in examples if n > 0]
-            return TrunkStep(weighted_mean_delta(holders, list(trunk), weights, self.combine))
+            return TrunkStep(weighted_mean_delta(holders, list(trunk), weights, self.average))
         delta, task_weights = balanced_update(
             self._weighting(group),
             members,
@@ -233,19 +285,15 @@ class Grouping(TaskAwareStrategy):
             holders,
             trunk,
             server_round,
-            self.combine,
+            self.average,
         )
         return TrunkStep(delta, task_weights)
 
     def _weighting(self, group: str) -> Weighting:
         """The balancing method of ``group``'s trunk, built on first use."""
         if group not in self.weightings:
-            self.weightings[group] = build_weighting(
-                str(self.params.weighting),
-                self.params.weighting_params,
-                seed=self.seed,
-                key="strategy.weighting_params",
-            )
+            assert self.params.weighting is not None
+            self.weightings[group] = weighting_from(self.params.weighting, seed=self.seed)
         return self.weightings[group]
 
     def _observe(
@@ -262,7 +310,7 @@ class Grouping(TaskAwareStrategy):
                 float(min(u.task_examples.get(source, 0), u.task_examples.get(target, 0))),
             )
             for u in updates
-            for (source, target), value in u.affinity.items()
+            for (source, target), value in _measured(u).items()
         ]
         if self.estimator.needs_per_task:
             present, rows, _ = per_task_rows(names, updates, trunk_keys)
@@ -276,30 +324,31 @@ class Grouping(TaskAwareStrategy):
             this_round.add(*report)
         self.affinity_history.append((server_round, this_round.estimate()))
 
-    def end_round(self, server_round: int, arrays: Arrays) -> Arrays:
+    def finish(self, round_: Round, model: GlobalModel) -> GlobalModel:
         """At the end of the warm-up, the groups are formed (:meth:`form_groups`)."""
-        if server_round == self.params.warmup_rounds:
-            return self.form_groups(server_round, arrays)
-        return arrays
+        if round_.number == self.params.warmup_rounds:
+            return self.form_groups(round_.number, model)
+        return model
 
     # ------------------------------------------------------------------ grouping
-    def form_groups(self, server_round: int, arrays: Arrays) -> Arrays:
+    def form_groups(self, server_round: int, model: GlobalModel) -> GlobalModel:
         """Choose the groups (given, or solved on the combined affinity) and give each group a
         copy of the trunk and of its server-optimizer moments."""
         names = list(self.tasks)
-        self.model_groups = {
+        self.groups = {
             f"g{n}": tuple(names[t] for t in group)
             for n, group in enumerate(self._choose_groups(names))
         }
         self.grouped_at = server_round
+        arrays = model.arrays
         trunk_keys = [k for k in arrays if is_trunk_key(k)]
-        copies = {k: [group_trunk_key(g, k) for g in self.model_groups] for k in trunk_keys}
+        copies = {k: [group_trunk_key(g, k) for g in self.groups] for k in trunk_keys}
         grouped = {k: v for k, v in arrays.items() if not is_trunk_key(k)}
         for key, new_keys in copies.items():
             grouped.update({new: arrays[key].copy() for new in new_keys})
         self.server_optimizer.split_state(copies)
-        log.info("round %d: task groups %s", server_round, list(self.model_groups.values()))
-        return grouped
+        log.info("round %d: task groups %s", server_round, list(self.groups.values()))
+        return GlobalModel(grouped, dict(self.groups))
 
     def _choose_groups(self, names: list[str]) -> list[list[int]]:
         if self.params.groups is not None:
@@ -310,7 +359,7 @@ class Grouping(TaskAwareStrategy):
                 "no silo measured task pairs %s during the warm-up (never held together: %s); "
                 "rule %r fills them",
                 uncovered,
-                self.never_together(),
+                self.never_held_together,
                 self.params.uncovered,
             )
         try:
@@ -328,21 +377,13 @@ class Grouping(TaskAwareStrategy):
         )
         return self.solution.groups
 
-    def never_together(self) -> list[tuple[str, str]]:
-        """Pairs of tasks that no known silo holds together (no silo can measure them)."""
-        return [
-            (a, b)
-            for a, b in itertools.combinations(self.tasks, 2)
-            if not any(a in s.tasks and b in s.tasks for s in self.silos.values())
-        ]
-
     # ------------------------------------------------------------------ results
     def results(self) -> dict[str, Any]:
         solution = self.solution
         return {
             "groups": None
-            if self.model_groups is None
-            else [list(members) for members in self.model_groups.values()],
+            if self.groups is None
+            else [list(members) for members in self.groups.values()],
             "grouping": {
                 "round": self.grouped_at,
                 "source": self._source(),
@@ -354,7 +395,7 @@ class Grouping(TaskAwareStrategy):
                 "message": self.fallback or (None if solution is None else solution.message),
                 "uncovered_rule": self.params.uncovered,
                 "uncovered_pairs": [list(p) for p in self.accumulator.uncovered()],
-                "never_held_together": [list(p) for p in self.never_together()],
+                "never_held_together": [list(p) for p in self.never_held_together],
             },
         }
 
@@ -363,6 +404,8 @@ class Grouping(TaskAwareStrategy):
         solution = None if self.solution is None else asdict(self.solution)
         return {
             **super().state_dict(),
+            "groups": None if self.groups is None else {g: list(t) for g, t in self.groups.items()},
+            "never_held_together": [list(p) for p in self.never_held_together],
             "accumulator": {
                 "sums": self.accumulator.sums,
                 "weights": self.accumulator.weights,
@@ -377,9 +420,12 @@ class Grouping(TaskAwareStrategy):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
+        groups = state["groups"]
+        self.groups = None if groups is None else {g: tuple(t) for g, t in groups.items()}
+        self.never_held_together = [(a, b) for a, b in state["never_held_together"]]
         for name, values in state["accumulator"].items():
             setattr(self.accumulator, name, np.array(values))
-        self.affinity_history[:] = [(int(r), np.array(m)) for r, m in state["affinity_history"]]
+        self.affinity_history = [(int(r), np.array(m)) for r, m in state["affinity_history"]]
         self.weightings.clear()
         for group, weighting_state in state["weightings"].items():
             self._weighting(group).load_state_dict(weighting_state)
@@ -390,7 +436,7 @@ class Grouping(TaskAwareStrategy):
 
     def _source(self) -> str | None:
         """Where the groups came from: ``given`` (``groups``), ``solver`` or ``fallback``."""
-        if self.model_groups is None:
+        if self.groups is None:
             return None
         if self.params.groups is not None:
             return "given"
@@ -402,8 +448,8 @@ class Grouping(TaskAwareStrategy):
         names = list(self.tasks)
         estimate = self.accumulator.estimate()
         groups = None
-        if self.model_groups is not None:
-            groups = [[names.index(t) for t in ts] for ts in self.model_groups.values()]
+        if self.groups is not None:
+            groups = [[names.index(t) for t in ts] for ts in self.groups.values()]
         report = {
             "tasks": names,
             "convention": "matrix[i][j] = S_{i->j}: effect on target task j (column) of "
@@ -422,3 +468,21 @@ class Grouping(TaskAwareStrategy):
         if plots:
             title = f"{self.params.affinity} affinity S_(i->j), warm-up of {self.grouped_at} rounds"
             plot_affinity(estimate, names, groups, output_dir / HEATMAP_FILE, title)
+
+
+def never_together(tasks: Sequence[str], silos: Sequence[SiloInfo]) -> list[tuple[str, str]]:
+    """Pairs of ``tasks`` that none of ``silos`` holds together (no silo can measure them)."""
+    return [
+        (a, b)
+        for a, b in itertools.combinations(tasks, 2)
+        if not any(a in s.tasks and b in s.tasks for s in silos)
+    ]
+
+
+def _measured(update: ClientUpdate) -> dict[tuple[str, str], float]:
+    """The affinities S_{i->j} a silo measured (checked by :meth:`Grouping.check_update`)."""
+    pairs = {}
+    for key, value in update.method_metrics.items():
+        _, source, target = key.split("/")
+        pairs[(source, target)] = value
+    return pairs

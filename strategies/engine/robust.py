@@ -1,5 +1,5 @@
 """Robust aggregation: example counts fixed at discovery, an update-norm bound, and robust rules
-for averaging (pure functions; the base strategy applies them to every round's checked updates).
+for averaging (pure functions; the engine applies them to every round's checked updates).
 
 - **Counts.** The counts a silo announced at discovery (``SiloInfo``: n_s, n_{s,t}) replace those
   it reports with each update, so a silo cannot change its weight mid-run; with
@@ -8,7 +8,7 @@ for averaging (pure functions; the base strategy applies them to every round's c
 - **Norm bound.** With ``norm_bound`` b, an update whose norm ||Delta_s|| (all its arrays, per-task
   shares included) exceeds b times the round's median norm is ``clip``-ped to that norm (every
   array scaled by b median / ||Delta_s||) or ``reject``-ed.
-- **Rules** (:func:`combiner`): ``mean`` is the weighted mean sum_s w_s x_s / sum_s w_s;
+- **Rules** (:func:`averager`): ``mean`` is the weighted mean sum_s w_s x_s / sum_s w_s;
   ``median`` the coordinate-wise median and ``trimmed_mean`` the coordinate-wise mean after
   cutting the ``trim_fraction`` largest and smallest values (both unweighted, Flower's
   ``aggregate_median`` and ``trim_mean``, as its FedMedian and FedTrimmedAvg).
@@ -26,12 +26,12 @@ from flwr.server.strategy.aggregate import aggregate_median
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
 from fedmtl.core.records import SiloInfo
-from strategies.replies import ClientUpdate
+from strategies.engine.replies import ClientUpdate
 
 RobustRule = Literal["mean", "median", "trimmed_mean"]
 NormRule = Literal["clip", "reject"]
-Combine = Callable[[Sequence[np.ndarray], Sequence[float]], np.ndarray]
-"""``(values, weights) -> combined``: how one array is averaged over silos."""
+Averager = Callable[[Sequence[np.ndarray], Sequence[float]], np.ndarray]
+"""``(values, weights) -> average``: how one array is averaged over silos (``robust``)."""
 
 
 def weighted_mean(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
@@ -42,7 +42,7 @@ def weighted_mean(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.
     )
 
 
-def combiner(rule: RobustRule, trim_fraction: float = 0.1) -> Combine:
+def averager(rule: RobustRule, trim_fraction: float = 0.1) -> Averager:
     """The averaging of one array over silos for ``rule`` (module docstring)."""
     if rule == "mean":
         return weighted_mean

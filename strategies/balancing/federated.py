@@ -1,0 +1,53 @@
+"""A weighting applied across the federation: to the per-task updates the silos send.
+
+Silo s holding tasks T_s sends (``per_task`` mode) its trunk update split per task, D_{s,t}. Over the
+round's silos:
+
+    D_t = sum_{s holds t} n_{s,t} D_{s,t} / sum_{s holds t} n_{s,t}   (per-task update)
+    J   = [D_t for the tasks t with a holder this round]              (T' x d, rows in task order)
+    w   = weighting(J, L, tasks)                                      (:mod:`strategies.balancing`)
+    Delta = J^T w                                                     (the combined trunk update)
+
+L_t is the n_{s,t}-weighted mean of the holders' ``loss-before`` reports (the loss-based methods
+need it). A task no silo holds this round has no row, and its weighting state stays as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from fedmtl.core.records import Arrays
+from strategies.balancing.weighting import Weighting
+from strategies.engine import Averager, ClientUpdate, per_task_rows, unflatten, weighted_mean
+
+log = logging.getLogger("fedmtl")
+
+
+def balanced_update(
+    weighting: Weighting,
+    tasks: Sequence[str],
+    all_tasks: Sequence[str],
+    updates: Sequence[ClientUpdate],
+    trunk: Arrays,
+    server_round: int,
+    average: Averager = weighted_mean,
+) -> tuple[Arrays | None, dict[str, float]]:
+    """Delta = J^T w for the trunk arrays ``trunk`` over ``tasks`` (J from :func:`per_task_rows`,
+    w from ``weighting``, whose state is keyed by each task's position in ``all_tasks``), and the
+    task weights; None (and no weights) when no task has a holder or a needed loss is missing."""
+    present, rows, losses = per_task_rows(tasks, updates, list(trunk), average)
+    if not rows:
+        return None, {}
+    loss_tensor = None
+    if weighting.needs_losses:
+        loss_tensor = torch.tensor(losses, dtype=torch.float64)
+        if not torch.isfinite(loss_tensor).all():
+            log.warning("round %d: a task has no reported loss; trunk unchanged", server_round)
+            return None, {}
+    ids = [list(all_tasks).index(tasks[i]) for i in present]
+    direction, weights = weighting(torch.stack(rows), loss_tensor, ids)
+    task_weights = {tasks[i]: float(w) for i, w in zip(present, weights, strict=True)}
+    return unflatten(direction, trunk), task_weights

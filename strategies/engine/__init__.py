@@ -1,0 +1,110 @@
+"""The engine that runs any FMTL method, and the public API methods are written against.
+
+The engine (:class:`Engine`) does what every method needs: the roster (silo discovery, seeded
+sampling), dispatch (each silo's message: the arrays the method gives it and the round's request),
+intake (reply checks, example counts fixed at discovery, norm bounds, robust averaging, pooled
+evaluation), the round loop (retries, bytes, history, evaluation schedule, checkpoint state) and
+the adapter to Flower's ``Strategy`` (:class:`FlowerStrategy`). It imports no method.
+
+A method (one module, registered in :data:`strategies.METHODS`) is a parameter dataclass (a
+:class:`MethodParams`), a server half (a :class:`Method`, or a :class:`TrunkAndHeads` for the
+usual trunk-plus-per-task-heads aggregation) and a silo half (a :class:`SiloMethod`, trained with
+:class:`SiloTools`). Methods, shipped or from another package, import this module and nothing else
+of the engine; an import-linter contract checks the shipped ones.
+"""
+
+from strategies.engine.aggregation import (
+    aggregate_heads,
+    flatten,
+    mean_train_loss,
+    per_task_rows,
+    unflatten,
+    weighted_mean_delta,
+)
+from strategies.engine.averaging import (
+    Averaging,
+    AveragingParams,
+    SiloWeighting,
+    silo_weights,
+)
+from strategies.engine.context import GlobalEvaluation, RoundEnd, RunContext
+from strategies.engine.dispatch import Dispatch
+from strategies.engine.flower import FlowerStrategy
+from strategies.engine.intake import Evaluation, Intake
+from strategies.engine.loop import Engine
+from strategies.engine.method import (
+    Method,
+    MethodSetup,
+    Purpose,
+    Round,
+    RoundResult,
+    SiloTask,
+    TrunkAndHeads,
+    TrunkStep,
+)
+from strategies.engine.model import GlobalModel
+from strategies.engine.params import MethodParams
+from strategies.engine.per_silo import PerSiloModels, trunk_vector
+from strategies.engine.replies import ClientUpdate, ReplyError, RunStopped
+from strategies.engine.robust import Averager, NormRule, RobustRule, weighted_mean
+from strategies.engine.server_opt import ServerOptimizer, ServerOptParams
+from strategies.engine.silo import (
+    ProximalParams,
+    ProximalSilo,
+    SiloMethod,
+    SiloTools,
+    round_seed,
+    tensors,
+    train_received,
+    train_reply,
+)
+
+__all__ = [
+    "Averager",
+    "Averaging",
+    "AveragingParams",
+    "ClientUpdate",
+    "Dispatch",
+    "Engine",
+    "Evaluation",
+    "FlowerStrategy",
+    "GlobalEvaluation",
+    "GlobalModel",
+    "Intake",
+    "Method",
+    "MethodParams",
+    "MethodSetup",
+    "NormRule",
+    "PerSiloModels",
+    "ProximalParams",
+    "ProximalSilo",
+    "Purpose",
+    "ReplyError",
+    "RobustRule",
+    "Round",
+    "RoundEnd",
+    "RoundResult",
+    "RunContext",
+    "RunStopped",
+    "ServerOptParams",
+    "ServerOptimizer",
+    "SiloMethod",
+    "SiloTask",
+    "SiloTools",
+    "SiloWeighting",
+    "TrunkAndHeads",
+    "TrunkStep",
+    "aggregate_heads",
+    "flatten",
+    "mean_train_loss",
+    "per_task_rows",
+    "round_seed",
+    "silo_weights",
+    "tensors",
+    "train_received",
+    "train_reply",
+    "trunk_vector",
+    "unflatten",
+    "weighted_mean",
+    "weighted_mean_delta",
+]

@@ -1,0 +1,66 @@
+"""Dispatch: one round's messages of one kind (train or evaluate), each carrying the arrays its
+silo receives and the round's request, with the bytes of model arrays counted."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, ConfigRecord, Message
+
+from fedmtl.core import records
+from fedmtl.core.records import Arrays, SiloInfo
+from fedmtl.core.training import UpdateMode
+from strategies.engine.model import GlobalModel
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One round's messages of one kind and what they carried: the round's global model, the
+    arrays each node received, the bytes of model arrays sent and (train) the layout the
+    replies' trunk updates must have."""
+
+    server_round: int
+    messages: list[Message]
+    model: GlobalModel
+    sent: dict[int, Arrays]
+    bytes_down: int
+    update_mode: UpdateMode = "joint"
+
+
+def dispatch(
+    server_round: int,
+    model: GlobalModel,
+    shared: ArrayRecord,
+    nodes: list[int],
+    silos: dict[int, SiloInfo],
+    payload: Callable[[SiloInfo], Arrays],
+    config: ConfigRecord,
+    message_type: str,
+    update_mode: UpdateMode = "joint",
+) -> Dispatch:
+    """Messages carrying to each node the arrays ``payload`` gives its silo and ``config``. A
+    global array sent unchanged (the same object) goes as its entry of ``shared``, the model
+    serialised once for every node."""
+    messages, sent, size = [], {}, 0
+    for node in nodes:
+        arrays = payload(silos[node])
+        record = ArrayRecord(
+            {
+                key: shared[key]
+                if model.arrays.get(key) is value
+                else records.to_array_record({key: value})[key]
+                for key, value in arrays.items()
+            }
+        )
+        sent[node] = arrays
+        size += record.count_bytes()
+        messages.append(
+            Message(
+                records.request_content(record, config),
+                dst_node_id=node,
+                message_type=message_type,
+                group_id=str(server_round),
+            )
+        )
+    return Dispatch(server_round, messages, model, sent, size, update_mode)

@@ -1,0 +1,272 @@
+"""The engine: runs any method's rounds (:class:`Engine`).
+
+Each round:
+
+1. **train**: the roster samples silos (:mod:`strategies.engine.roster`); each gets the arrays the
+   method gives it and the round's request (local training, the method's silo task, task groups,
+   checkpoint and scope: :class:`~fedmtl.core.records.TrainRequest`); the replies are checked and
+   made robust (:mod:`strategies.engine.intake`); with at least ``min_train_nodes`` valid updates
+   (or all sampled, when fewer) the method aggregates them into the new global model, else the
+   round is sent again (``round_retries``) and then the run stops (``too_few_replies``);
+2. **evaluate** (every ``evaluate_every`` rounds and after the last): sampled silos evaluate on
+   their own test split and the statistics are pooled per task; the run's global evaluation (a
+   held-out set) runs on the same schedule when the method has one global model;
+3. the round's :class:`~fedmtl.core.rounds.RoundRecord` goes to the observers and the run's
+   round-end hook (checkpoints) is called; what it saved is told to the silos from then on.
+
+What persists across rounds is the engine's (roster, bytes, rejections, participants, history) and
+the method's own state; both are in :meth:`Engine.state_dict` for checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, replace
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType
+from flwr.serverapp import Grid
+
+from fedmtl.core import records
+from fedmtl.core.records import EvaluateRequest, MethodSpec, TrainRequest
+from fedmtl.core.rounds import RoundRecord
+from fedmtl.core.training import UpdateMode
+from strategies.engine.aggregation import mean_train_loss
+from strategies.engine.context import RunContext
+from strategies.engine.dispatch import Dispatch, dispatch
+from strategies.engine.intake import Evaluation, Intake, pool_evaluations, take_updates
+from strategies.engine.method import Method, Purpose, Round, RoundResult
+from strategies.engine.model import GlobalModel
+from strategies.engine.params import MethodParams
+from strategies.engine.replies import RunStopped
+from strategies.engine.roster import Roster
+
+log = logging.getLogger("fedmtl")
+
+
+class Engine:
+    """Runs the rounds of ``method`` (registered as ``name``, the name silos look its silo half up
+    by) with the common ``params``, in ``context``."""
+
+    def __init__(
+        self,
+        name: str,
+        method: Method[Any],
+        params: MethodParams,
+        context: RunContext | None = None,
+    ) -> None:
+        self.name = name
+        self.method = method
+        self.params = params
+        self.context = context or RunContext()
+        self.tasks = method.tasks
+        self.roster = Roster(list(method.tasks), method.seed)
+        self.silo_checkpoint = self.context.checkpoint
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.rejections: list[dict[str, Any]] = []
+        self.participants: set[int] = set()  # silo ids whose update was aggregated
+        self.history: list[RoundRecord] = []
+        self._serialised: tuple[GlobalModel, ArrayRecord] | None = None
+
+    # ------------------------------------------------------------------ the loop
+    def run(
+        self, grid: Grid, model: GlobalModel, num_rounds: int, first_round: int = 1
+    ) -> GlobalModel:
+        """Run rounds ``first_round`` to ``num_rounds`` from ``model`` (a resumed run starts after
+        its checkpoint, from the state :meth:`load_state_dict` restored); return the final model."""
+        params = self.params
+        log.info("%s over tasks %s, sampling %s", self.name, list(self.tasks), params)
+        self.roster.wait_for(grid, params.min_available_nodes, params.wait_for_nodes_s)
+        self.roster.discover(grid, params.reply_timeout_s)
+        for server_round in range(first_round, num_rounds + 1):
+            started = self.context.clock()
+            down, up = self.bytes_down, self.bytes_up  # every attempt of the round counts
+            result, intake, sent = self.train_round(grid, server_round, model)
+            model = result.model
+            record = RoundRecord(
+                server_round=server_round,
+                num_sampled=len(sent.messages),
+                num_updates=len(intake.updates),
+                rejected=list(intake.rejected),
+                train_loss=mean_train_loss(intake.updates, list(self.tasks)),
+                task_weights=result.task_weights,
+                bytes_up=self.bytes_up - up,
+                bytes_down=self.bytes_down - down,
+            )
+            if server_round % params.evaluate_every == 0 or server_round == num_rounds:
+                evaluation = self.evaluate_round(grid, server_round, model)
+                record.bytes_down = self.bytes_down - down
+                record.rejected += evaluation.rejected
+                record.personal = evaluation.personal
+                record.per_silo = evaluation.per_silo
+            if self.context.evaluate_global is not None and self.method.global_model:
+                self.context.evaluate_global(server_round, model)
+            record.seconds = self.context.clock() - started
+            self.history.append(record)
+            for observer in self.context.observers:
+                observer.on_round(record)
+            if self.context.on_round_end is not None:
+                saved = self.context.on_round_end(server_round, model, self.state_dict)
+                if saved is not None:
+                    self.silo_checkpoint = replace(self.silo_checkpoint, saved_round=saved)
+        return model
+
+    def train_round(
+        self, grid: Grid, server_round: int, model: GlobalModel
+    ) -> tuple[RoundResult, Intake, Dispatch]:
+        """One training round, sent again (up to ``round_retries`` times) while it has fewer
+        valid updates than required; :class:`RunStopped` (``too_few_replies``) after that."""
+        attempts = self.params.round_retries + 1
+        for attempt in range(attempts):
+            sent = self.dispatch_train(grid, server_round, model)
+            replies = grid.send_and_receive(sent.messages, timeout=self.params.reply_timeout_s)
+            intake = self.take_updates(sent, replies)
+            result = self.aggregate(sent, intake)
+            if result is not None:
+                return result, intake, sent
+            log.warning("round %d: attempt %d of %d failed", server_round, attempt + 1, attempts)
+        raise RunStopped(
+            "too_few_replies",
+            f"round {server_round}: too few valid updates after {attempts} attempts "
+            "(see 'rejected' for why).",
+        )
+
+    def dispatch_train(
+        self,
+        grid: Grid,
+        server_round: int,
+        model: GlobalModel,
+        extra: ConfigRecord | None = None,
+    ) -> Dispatch:
+        """The round's train messages to the sampled silos (the keys of ``extra`` travel too;
+        the protocol's own take precedence)."""
+        task = self.method.silo_task(server_round)
+        request = TrainRequest(
+            server_round=server_round,
+            train=self.method.train,
+            method=MethodSpec(self.name, dict(task.params)),
+            update_mode=task.update_mode,
+            groups=model.groups,
+            checkpoint=self.silo_checkpoint,
+            scope=self.context.scope,
+            update_dtype=self.params.update_dtype,
+        )
+        config = ConfigRecord({**(extra or {}), **request.to_config()})
+        return self._dispatch(grid, server_round, config, model, "train", task.update_mode)
+
+    def take_updates(self, sent: Dispatch, replies: Iterable[Message]) -> Intake:
+        """The checked updates of the replies to ``sent`` (:func:`~strategies.engine.intake.take_updates`)."""
+        silos, check = self.roster.silos, self.method.check_update
+        intake = take_updates(sent, replies, silos, self.params, check)
+        self.bytes_up += intake.bytes_up
+        self.rejections += intake.rejected
+        return intake
+
+    def aggregate(self, sent: Dispatch, intake: Intake) -> RoundResult | None:
+        """The method's new global model from the round's updates; None (the model unchanged)
+        with fewer valid updates than ``min_train_nodes`` (or than sampled, when fewer)."""
+        required = min(self.params.min_train_nodes, len(sent.messages))
+        if len(intake.updates) < required:
+            log.warning(
+                "round %d: %d valid updates, fewer than the %d required; the model is unchanged",
+                sent.server_round,
+                len(intake.updates),
+                required,
+            )
+            return None
+        round_ = Round(sent.server_round, tuple(self.roster.known()))
+        result = self.method.aggregate(round_, sent.model, intake.updates)
+        self.participants.update(u.silo.silo_id for u in intake.updates)
+        return result
+
+    def dispatch_evaluate(
+        self,
+        grid: Grid,
+        server_round: int,
+        model: GlobalModel,
+        extra: ConfigRecord | None = None,
+    ) -> Dispatch:
+        """The round's evaluate messages to the sampled silos (``extra`` as for train)."""
+        request = EvaluateRequest(
+            server_round=server_round,
+            method=MethodSpec(self.name, dict(self.method.silo_task(server_round).params)),
+            groups=model.groups,
+            checkpoint=self.silo_checkpoint,
+            scope=self.context.scope,
+        )
+        config = ConfigRecord({**(extra or {}), **request.to_config()})
+        return self._dispatch(grid, server_round, config, model, "evaluate")
+
+    def pool_evaluations(self, sent: Dispatch, replies: Iterable[Message]) -> Evaluation:
+        """The pooled metrics of the replies to ``sent``."""
+        evaluation = pool_evaluations(sent, replies, self.roster.silos, self.tasks)
+        self.rejections += evaluation.rejected
+        return evaluation
+
+    def evaluate_round(self, grid: Grid, server_round: int, model: GlobalModel) -> Evaluation:
+        """Sampled silos evaluate ``model`` (or what the method's silo half evaluates)."""
+        sent = self.dispatch_evaluate(grid, server_round, model)
+        replies = grid.send_and_receive(sent.messages, timeout=self.params.reply_timeout_s)
+        return self.pool_evaluations(sent, replies)
+
+    def _dispatch(
+        self,
+        grid: Grid,
+        server_round: int,
+        config: ConfigRecord,
+        model: GlobalModel,
+        purpose: Purpose,
+        update_mode: UpdateMode = "joint",
+    ) -> Dispatch:
+        """The round's messages of one kind to the silos the roster samples for it."""
+        self.roster.discover(grid, self.params.reply_timeout_s)  # nodes that joined since
+        if purpose == "train":
+            fraction, minimum = self.params.fraction_train, self.params.min_train_nodes
+        else:
+            fraction, minimum = self.params.fraction_evaluate, self.params.min_evaluate_nodes
+        nodes = self.roster.sample(grid, fraction, minimum)
+        sent = dispatch(
+            server_round,
+            model,
+            self._serialise(model),
+            nodes,
+            self.roster.silos,
+            lambda silo: self.method.arrays_for(silo, model, purpose),
+            config,
+            MessageType.TRAIN if purpose == "train" else MessageType.EVALUATE,
+            update_mode,
+        )
+        self.bytes_down += sent.bytes_down
+        return sent
+
+    def _serialise(self, model: GlobalModel) -> ArrayRecord:
+        """The model's arrays as a record, built once per model."""
+        if self._serialised is None or self._serialised[0] is not model:
+            self._serialised = (model, records.to_array_record(model.arrays))
+        return self._serialised[1]
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """What the loop needs to go on exactly where it stopped: a tree of JSON values and numpy
+        arrays (a checkpoint stores them apart)."""
+        return {
+            "roster": self.roster.state_dict(),
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "rejections": list(self.rejections),
+            "participants": sorted(self.participants),
+            "history": [asdict(record) for record in self.history],
+            "method": self.method.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.roster.load_state_dict(state["roster"])
+        self.bytes_up = int(state["bytes_up"])
+        self.bytes_down = int(state["bytes_down"])
+        self.rejections = list(state["rejections"])
+        self.participants = set(state["participants"])
+        self.history = [RoundRecord.from_dict(record) for record in state["history"]]
+        self.method.load_state_dict(state["method"])

@@ -1,0 +1,104 @@
+"""The roster: which silo each node holds (discovery) and which are sampled each round.
+
+- **Discovery.** Before round 1 (and for nodes that join later) the engine asks each node which
+  silo it holds (``query`` message): its tasks and labelled example counts
+  (:class:`fedmtl.core.records.SiloInfo`). A node whose answer is unusable (an error, a missing
+  field, an unknown task, a silo id another node already holds) is ignored for the rest of the run.
+- **Sampling.** Each round ``max(ceil(fraction * N), min_nodes)`` of the N known nodes (all when
+  fewer), drawn with a seeded generator from the nodes ordered by silo id, so that a seed samples
+  the same silos on every runtime whatever the node ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from flwr.app import Message, MessageType
+from flwr.serverapp import Grid
+
+from fedmtl.core import records
+from fedmtl.core.records import SiloInfo
+from strategies.engine.replies import REPLY_ERRORS, check_silo, client_error
+
+log = logging.getLogger("fedmtl")
+
+
+class Roster:
+    """Known silos by node id, ignored nodes, and the seeded sampling generator."""
+
+    def __init__(self, tasks: Collection[str], seed: int) -> None:
+        self.tasks = list(tasks)
+        self.rng = random.Random(seed)
+        self.silos: dict[int, SiloInfo] = {}
+        self.ignored: set[int] = set()  # nodes whose silo description was unusable
+        self._claimed: set[int] = set()  # silo ids held by known nodes
+
+    def wait_for(self, grid: Grid, minimum: int, timeout_s: float) -> None:
+        """Wait until ``minimum`` nodes are connected (RuntimeError after ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        while len(list(grid.get_node_ids())) < minimum:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"only {len(list(grid.get_node_ids()))} nodes connected after {timeout_s}s, "
+                    f"{minimum} required (strategy.min_available_nodes)"
+                )
+            time.sleep(0.5)
+
+    def discover(self, grid: Grid, timeout_s: float) -> None:
+        """Query the nodes not yet known for their silo."""
+        unknown = [n for n in grid.get_node_ids() if n not in self.silos and n not in self.ignored]
+        if not unknown:
+            return
+        messages = [
+            Message(records.query_content(), dst_node_id=n, message_type=MessageType.QUERY)
+            for n in unknown
+        ]
+        for reply in grid.send_and_receive(messages, timeout=timeout_s):
+            node = reply.metadata.src_node_id
+            try:
+                if reply.has_error():
+                    raise client_error(reply.error.reason or "")
+                info = check_silo(SiloInfo.from_content(reply.content), self.tasks, self._claimed)
+            except REPLY_ERRORS as err:
+                log.warning(
+                    "node %s ignored for this run: unusable silo description (%s)", node, err
+                )
+                self.ignored.add(node)
+                continue
+            self.silos[node] = info
+            self._claimed.add(info.silo_id)
+        held = {t for info in self.silos.values() for t in info.tasks}
+        missing = [t for t in self.tasks if t not in held]
+        if missing:
+            log.warning("no connected silo holds tasks %s: their heads stay untrained", missing)
+
+    def sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
+        """Seeded sample of the connected known nodes: max(ceil(fraction * N), minimum), at most
+        N, ordered by silo id."""
+        nodes = sorted((n for n in grid.get_node_ids() if n in self.silos), key=self.silo_id)
+        wanted = math.ceil(round(fraction * len(nodes), 9))  # 0.28 * 25 is 7.000000000000001
+        size = min(len(nodes), max(wanted, minimum))
+        return sorted(self.rng.sample(nodes, size), key=self.silo_id)
+
+    def silo_id(self, node: int) -> int:
+        """The silo id of a known node (sampling and aggregation go by silo id, not node id)."""
+        return self.silos[node].silo_id
+
+    def known(self) -> list[SiloInfo]:
+        """Every known silo, by silo id."""
+        return sorted(self.silos.values(), key=lambda info: info.silo_id)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampling generator's state. Discovery is not in it: a resumed run asks the silos
+        again (their counts were fixed when they were first announced)."""
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
