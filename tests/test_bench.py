@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from fedmtl.app import cli
-from fedmtl.app.bench import Bench, read_summary
+from fedmtl.app.bench.runner import Bench, read_summary
+from fedmtl.app.bench.suite import load_suite, suite_names
 from fedmtl.app.config import parse, parse_partition, presets
 from fedmtl.app.scenario import EXCLUDED_KEYS, scenario_of
-from fedmtl.app.suite import load_suite, suite_names
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import PartitionConfig, PluginConfig
 from partitions import ASSIGNMENTS, SPLITS, build, hold_out

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from fedmtl.app.report import build_report, main
+from fedmtl.app.bench.report import build_report, main
 from fedmtl.core.errors import ConfigError
 from tests.helpers import write_run
 

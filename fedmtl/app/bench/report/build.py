@@ -27,7 +27,7 @@ Writes into OUT:
   (``pareto_<scenario>.png``); Delta_MTL per strategy for every scenario (``delta_mtl.png``).
 
 The statistics (Delta_MTL, the CI, the paired test and why it is a t-test) are those of
-:mod:`fedmtl.app.stats`.
+:mod:`fedmtl.app.bench.stats`.
 """
 
 from __future__ import annotations
@@ -47,10 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fedmtl.app import report_plots
-from fedmtl.app.provenance import provenance
-from fedmtl.app.scenario import scenario_of
-from fedmtl.app.stats import (
+from fedmtl.app.bench.report import plots as report_plots
+from fedmtl.app.bench.stats import (
     BASELINE_STRATEGY,
     REFERENCE_STRATEGY,
     PairedTest,
@@ -63,6 +61,8 @@ from fedmtl.app.stats import (
     summary_delta,
     summary_delta_metrics,
 )
+from fedmtl.app.provenance import provenance
+from fedmtl.app.scenario import scenario_of
 from fedmtl.app.tracking import METRICS_FILE, SUMMARY_FILE, SUMMARY_SCHEMA_VERSION, read_metrics
 from fedmtl.core.errors import ConfigError
 

@@ -1,4 +1,4 @@
-"""The figures of ``fedmtl report`` (:mod:`fedmtl.app.report`), one PNG each:
+"""The figures of ``fedmtl report`` (:mod:`fedmtl.app.bench.report`), one PNG each:
 
 - :func:`task_bars`: per task, each strategy's mean Delta metric with its 95% CI;
 - :func:`delta_bars`: per scenario, each strategy's mean Delta_MTL with its 95% CI;
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from fedmtl.app.report import ScenarioTable
+    from fedmtl.app.bench.report.build import ScenarioTable
 
 
 def _pyplot() -> Any:

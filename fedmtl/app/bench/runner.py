@@ -1,17 +1,17 @@
 """``fedmtl bench SUITE --out DIR``: run a suite's grid of scenarios x strategies x seeds.
 
-The suite (:mod:`fedmtl.app.suite`) is parsed and every config it will run is composed, parsed and
-checked first, so a bad strategy or key stops the command before any training. Then, in this one
-process (each run calls :func:`fedmtl.app.launch.run`):
+The suite (:mod:`fedmtl.app.bench.suite`) is parsed and every config it will run is composed,
+parsed and checked first, so a bad strategy or key stops the command before any training. Then, in
+this one process (each run calls :func:`fedmtl.app.launch.run`):
 
 1. **Tuning** (when a strategy has a grid): every grid point of every such strategy, and the
    anchor (``fedavg`` with its defaults), run on the *validation partition* of each scenario
    (``partition.validation_fraction``: each silo evaluates on rows carved out of its training
    rows; test rows and the global test set are never used) for the tuning seeds. A grid point's
    score is the mean over those seeds of its Delta_MTL (%) against the anchor run of the same
-   seed (:mod:`fedmtl.app.stats`: accuracy for classification, MAE for regression); the highest
-   score wins, ties going to the point listed first; when every point failed, the defaults are
-   kept. ``DIR/tuning.json`` records the grids, every score and the choice.
+   seed (:mod:`fedmtl.app.bench.stats`: accuracy for classification, MAE for regression); the
+   highest score wins, ties going to the point listed first; when every point failed, the defaults
+   are kept. ``DIR/tuning.json`` records the grids, every score and the choice.
 2. **Final runs**: every strategy (the Delta_MTL reference first) in every scenario for every seed,
    with its chosen values, on the scenario's own partition.
 
@@ -49,12 +49,8 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from fedmtl.app.config import parse
-from fedmtl.app.launch import run
-from fedmtl.app.provenance import provenance
-from fedmtl.app.scenario import scenario_of, without_keys
-from fedmtl.app.stats import summary_delta
-from fedmtl.app.suite import (
+from fedmtl.app.bench.stats import summary_delta
+from fedmtl.app.bench.suite import (
     ANCHOR_STRATEGY,
     Composer,
     StrategyEntry,
@@ -62,6 +58,10 @@ from fedmtl.app.suite import (
     load_suite,
     suite_names,
 )
+from fedmtl.app.config import parse
+from fedmtl.app.launch import run
+from fedmtl.app.provenance import provenance
+from fedmtl.app.scenario import scenario_of, without_keys
 from fedmtl.app.tracking import SUMMARY_FILE
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig
