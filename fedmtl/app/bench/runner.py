@@ -432,11 +432,6 @@ class Bench:
             write_json(cell.directory / SUMMARY_FILE, summary)
 
 
-def run_suite(spec: str, out: Path, runner: Runner = run, progress: bool = True) -> Outcome:
-    """Load suite ``spec`` (a name in ``configs/bench/`` or a path) and run it into ``out``."""
-    return Bench(load_suite(spec), out, runner=runner, progress=progress).run()
-
-
 def describe_plan(bench: Bench) -> list[str]:
     """The lines ``--dry-run`` prints: the suite's scenarios, strategies and run counts."""
     suite = bench.suite

@@ -34,7 +34,6 @@ class Report:
 
     tables: list[ScenarioTable]
     inputs: Inputs
-    files: list[Path]
 
 
 def build_report(
@@ -56,21 +55,16 @@ def build_report(
         )
     out.mkdir(parents=True, exist_ok=True)
     tables = scenario_tables(inputs.runs, reference=reference, baseline=baseline)
-    files = [
-        write_csv(out / "tasks.csv", TASK_COLUMNS, task_records(tables)),
-        write_csv(out / "strategies.csv", STRATEGY_COLUMNS, strategy_records(tables)),
-    ]
+    write_csv(out / "tasks.csv", TASK_COLUMNS, task_records(tables))
+    write_csv(out / "strategies.csv", STRATEGY_COLUMNS, strategy_records(tables))
     figures: dict[str, dict[str, str]] = {t.id: {} for t in tables}
     overview = None
     if plots:
         for table in tables:
             made = scenario_figures(table, out, pareto_tasks)
             figures[table.id] = {title: path.name for title, path in made.items()}
-            files += made.values()
         overview = delta_bars(tables, out / OVERVIEW_FILE)
-        if overview is not None:
-            files.append(overview)
-    report_md = write_markdown(
+    write_markdown(
         out / "report.md",
         dirs=dirs,
         inputs=inputs,
@@ -80,8 +74,7 @@ def build_report(
         reference=reference,
         baseline=baseline,
     )
-    files.append(report_md)
-    return Report(tables, inputs, files)
+    return Report(tables, inputs)
 
 
 def main(argv: list[str]) -> int:

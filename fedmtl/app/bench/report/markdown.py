@@ -27,7 +27,7 @@ def write_markdown(
     overview: Path | None,
     reference: str,
     baseline: str,
-) -> Path:
+) -> None:
     """Write ``report.md`` to ``path``: ``figures`` maps a scenario id to its figures (title ->
     file name), ``overview`` is the Delta_MTL figure of every scenario (None when not drawn)."""
     lines = [
@@ -52,7 +52,6 @@ def write_markdown(
         lines.append("")
     lines += _provenance_section(inputs.runs)
     path.write_text("\n".join(lines))
-    return path
 
 
 def _num(value: float, digits: int = 4) -> str:

@@ -75,7 +75,6 @@ class StrategyRow:
     """One scenario x strategy."""
 
     strategy: str
-    strategy_name: str
     seeds: list[int]
     delta: Spread
     delta_source: str
@@ -208,7 +207,6 @@ def _strategy_row(
     }
     row = StrategyRow(
         strategy=strategy,
-        strategy_name=runs[0].strategy_name,
         seeds=[r.seed for r in runs],
         delta=spread([v for v in deltas.values() if v is not None]),
         delta_source=source,
@@ -391,11 +389,10 @@ def strategy_records(tables: Sequence[ScenarioTable]) -> list[dict[str, Any]]:
     return records
 
 
-def write_csv(path: Path, columns: Sequence[str], records: Sequence[Mapping[str, Any]]) -> Path:
+def write_csv(path: Path, columns: Sequence[str], records: Sequence[Mapping[str, Any]]) -> None:
     """``records`` as CSV with ``columns`` (NaN and None as empty cells)."""
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns))
         writer.writeheader()
         for record in records:
             writer.writerow({k: _cell(record[k]) for k in columns})
-    return path
