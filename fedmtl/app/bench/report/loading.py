@@ -1,8 +1,11 @@
 """The runs a report reads: every ``summary.json`` under the given directories, as typed rows.
 
-Every ``summary.json`` is a run (a ``fedmtl bench`` output, a sweep of ``fedmtl run``, or a mix).
-Runs are grouped by scenario (``summary.json``'s ``scenario``; computed from its config for older
-runs, :mod:`fedmtl.app.scenario`), strategy (the suite's label, else the strategy's name, with
+Every ``summary.json`` is a run (a ``fedmtl bench`` output, a sweep of ``fedmtl run``, or a mix);
+a bench's record of it (``bench_cell.json`` beside it, or the same fields in the ``summary.json`` of
+older benches: :mod:`fedmtl.app.bench.records`) gives its suite's label, phase, tuned values,
+scenario id and stored Delta_MTL. Runs are grouped by scenario (the bench's scenario, else
+``summary.json``'s ``scenario``; computed from its config for older runs,
+:mod:`fedmtl.app.scenario`), strategy (the suite's label, else the strategy's name, with
 ``@<hash>`` of its config when one name has several configs in a scenario) and seed. Left out, and
 listed: runs that did not complete, tuning runs (unless asked for), and duplicates of a
 (scenario, strategy, seed) (the newest is kept). The ``tuning.json`` records of benches are read
@@ -20,17 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedmtl.app.bench.records import CELL_FILE, TUNING_FILE, read_cell
 from fedmtl.app.bench.stats import delta_metric, summary_delta_metrics
 from fedmtl.app.scenario import scenario_of
 from fedmtl.app.tracking import METRICS_FILE, SUMMARY_FILE, SUMMARY_SCHEMA_VERSION, read_metrics
 from fedmtl.core.errors import ConfigError
 
-TUNING_FILE = "tuning.json"
-
 
 @dataclass
 class Run:
-    """One run directory as the report sees it."""
+    """One run directory as the report sees it: its ``summary.json`` and, from a bench's record,
+    its label (``strategy``; else the strategy's name), ``phase`` (``run`` outside a bench), tuned
+    values and ``stored_delta``, the Delta_MTL the bench computed (None outside a bench)."""
 
     directory: Path
     summary: dict[str, Any]
@@ -41,6 +45,7 @@ class Run:
     seed: int
     phase: str
     tuned: dict[str, Any]
+    stored_delta: float | None
     mtime: float
 
     @property
@@ -127,13 +132,21 @@ def load_runs(dirs: Iterable[Path], include_tuning: bool = False) -> Inputs:
         if reason:
             inputs.left_out.append((directory, reason))
             continue
-        block = summary.get("bench") or {}
-        cell = block.get("cell") or {}
+        record = read_cell(directory, summary)
+        if record is None and (directory / CELL_FILE).exists():
+            inputs.left_out.append((directory, f"unreadable {CELL_FILE}"))
+            continue
+        cell = record.cell if record is not None else {}
         phase = cell.get("phase", "run")
         if phase == "tune" and not include_tuning:
             inputs.left_out.append((directory, "tuning run (validation partition)"))
             continue
-        scenario = summary.get("scenario") or scenario_of(summary.get("config", {}))
+        stored = record.delta_mtl if record is not None else summary.get("delta_mtl")
+        scenario = (
+            (record.scenario if record is not None else None)
+            or summary.get("scenario")
+            or scenario_of(summary.get("config", {}))
+        )
         candidates.append(
             Run(
                 directory=directory,
@@ -145,6 +158,7 @@ def load_runs(dirs: Iterable[Path], include_tuning: bool = False) -> Inputs:
                 seed=int(summary["seed"]),
                 phase=phase,
                 tuned=dict(cell.get("tuned") or {}),
+                stored_delta=None if stored is None else float(stored),
                 mtime=path.stat().st_mtime,
             )
         )

@@ -197,8 +197,8 @@ def _strategy_row(
         if run.seed in refs:
             deltas[run.seed] = summary_delta(run.summary, refs[run.seed].summary).value
             source = "computed"
-        elif run.summary.get("delta_mtl") is not None:
-            deltas[run.seed] = float(run.summary["delta_mtl"])
+        elif run.stored_delta is not None:
+            deltas[run.seed] = run.stored_delta
             source = "computed" if source == "computed" else "stored"
     gains = {
         r.seed: summary_delta(r.summary, bases[r.seed].summary).value
