@@ -21,10 +21,10 @@ whose ``summary.json`` says it completed, with the same config, and whose ``benc
 this suite's cell, is skipped, so a suite resumes after a crash; a run that crashed (or was killed,
 or whose config changed) is run again from an empty directory. A run that raises is recorded as
 failed and the grid goes on. The run's ``summary.json`` is its own; the bench writes beside it
-``bench_cell.json`` (:mod:`fedmtl.app.bench.records`: the suite, the cell - phase, scenario,
-strategy label, seed, tuned values -, the scenario id as the suite defines it, its tuned keys left
-out, and, once the reference run of the same scenario and seed exists, the run's Delta_MTL), and
-``DIR/bench.json`` (the resolved suite, provenance, every run's status).
+``bench_cell.json`` (:mod:`fedmtl.app.bench.records`): the suite, the cell (phase, scenario,
+strategy label, seed, tuned values), the scenario id as the suite defines it (its tuned keys left
+out) and, once the reference run of the same scenario and seed exists, the run's Delta_MTL.
+``DIR/bench.json`` holds the resolved suite, provenance and every run's status.
 
 Runs use wandb's group = the suite's name (offline by default, ``tracking.wandb``). Runs on
 ``runtime=simulation`` go through Flower's ``run_simulation``, which starts Ray and shuts it down
