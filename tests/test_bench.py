@@ -15,10 +15,11 @@ import pytest
 import yaml
 
 from fedmtl.app import cli
-from fedmtl.app.bench import Bench, read_summary
+from fedmtl.app.bench.records import CELL_FILE, CellRecord, read_cell, read_summary
+from fedmtl.app.bench.runner import Bench
+from fedmtl.app.bench.suite import load_suite, suite_names
 from fedmtl.app.config import parse, parse_partition, presets
 from fedmtl.app.scenario import EXCLUDED_KEYS, scenario_of
-from fedmtl.app.suite import load_suite, suite_names
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import PartitionConfig, PluginConfig
 from partitions import ASSIGNMENTS, SPLITS, build, hold_out
@@ -148,24 +149,34 @@ def test_tuning_runs_on_validation_rows_picks_the_best_and_a_rerun_skips_everyth
     assert all(c.train.lr == 0.05 for c in final)
     record = json.loads((out / "tuning.json").read_text())
     assert record["scenarios"]["tiny"]["mgda"]["chosen_point"] == 2
-    summaries = {
-        (s, k): read_summary(out / "runs" / "tiny" / s / f"seed{k}")
-        for s in ("fedavg", "mgda")
-        for k in (0, 1)
-    }
-    assert len({s["scenario"]["id"] for s in summaries.values() if s}) == 1
-    mgda = summaries[("mgda", 1)]
-    assert mgda is not None and mgda["bench"]["cell"]["tuned"] == {
-        "train.lr": 0.05,
-        "strategy.server_optimizer.lr": 1,
-    }
-    assert {"train.lr", "strategy.server_optimizer.lr"} <= set(mgda["scenario"]["excluded"])
+    records = {(s, k): cell_record(out / "runs" / "tiny" / s / f"seed{k}") for s, k in FINAL}
+    assert len({r.scenario["id"] for r in records.values() if r.scenario}) == 1
+    mgda = records[("mgda", 1)]
+    assert mgda.cell["tuned"] == {"train.lr": 0.05, "strategy.server_optimizer.lr": 1}
+    assert mgda.scenario and {"train.lr", "strategy.server_optimizer.lr"} <= set(
+        mgda.scenario["excluded"]
+    )
     # Delta_MTL against the reference (fedavg in this suite): a's accuracy 0.1 higher, r's MAE equal
-    assert mgda["delta_mtl"] == pytest.approx(100 * 0.1 / (0.55 + 0.01) / 2)
-    assert summaries[("fedavg", 1)]["delta_mtl"] == 0.0  # type: ignore[index]
+    assert mgda.delta_mtl == pytest.approx(100 * 0.1 / (0.55 + 0.01) / 2)
+    assert records[("fedavg", 1)].delta_mtl == 0.0
+    assert mgda.delta_mtl_reference == "runs/tiny/fedavg/seed1"
+    # the runs' own summary.json is theirs: the bench adds nothing to it
+    for strategy, seed in FINAL:
+        summary = read_summary(out / "runs" / "tiny" / strategy / f"seed{seed}")
+        assert summary is not None and "bench" not in summary and summary["delta_mtl"] is None
     again = FakeRunner(bonus={"mgda": 0.1})
     resumed = Bench(load_suite(str(write_suite(tmp_path))), out, again, progress=False).run()
     assert again.calls == [] and len(resumed.skipped) == 11 and resumed.chosen == outcome.chosen
+
+
+FINAL = [(s, k) for s in ("fedavg", "mgda") for k in (0, 1)]
+
+
+def cell_record(directory: Path) -> CellRecord:
+    """The bench's record of the run in ``directory`` (its ``bench_cell.json``)."""
+    record = read_cell(directory)
+    assert record is not None, f"no bench_cell.json in {directory}"
+    return record
 
 
 def test_a_crashed_run_is_run_again_and_completed_ones_are_skipped(tmp_path: Path) -> None:
@@ -183,6 +194,31 @@ def test_a_crashed_run_is_run_again_and_completed_ones_are_skipped(tmp_path: Pat
     assert rerun is not None and rerun["status"] == "completed"
 
 
+def test_a_bench_resumes_over_the_runs_of_an_older_bench(tmp_path: Path) -> None:
+    """Older benches kept their record inside the run's summary.json (``bench``, ``scenario``,
+    ``delta_mtl``, ``delta_mtl_reference``): such runs are read, skipped and get their own
+    ``bench_cell.json``."""
+    out = tmp_path / "out"
+    path = write_suite(tmp_path, tuning=None, strategies=["fedavg", "mgda"])
+    Bench(load_suite(str(path)), out, FakeRunner(), progress=False).run()
+    for directory in sorted((out / "runs").glob("*/*/seed*")):
+        record = cell_record(directory)
+        summary = read_summary(directory) or {}
+        summary["bench"] = {"suite": record.suite, "cell": record.cell, "reference": "fedavg"}
+        summary.update(
+            scenario=record.scenario,
+            delta_mtl=record.delta_mtl,
+            delta_mtl_reference=record.delta_mtl_reference,
+        )
+        (directory / "summary.json").write_text(json.dumps(summary))
+        (directory / CELL_FILE).unlink()
+        assert read_cell(directory, summary) == record
+    again = FakeRunner()
+    resumed = Bench(load_suite(str(path)), out, again, progress=False).run()
+    assert again.calls == [] and len(resumed.skipped) == 4
+    assert all((d / CELL_FILE).exists() for d in (out / "runs").glob("*/*/seed*"))
+
+
 def test_a_resumed_suite_gives_skipped_runs_its_own_scenario_ids(tmp_path: Path) -> None:
     """When one strategy now tunes ``train.lr``, the other strategies' completed runs are kept and
     get the scenario id of the suite as it is now (the tuned key left out), as new runs do."""
@@ -194,10 +230,9 @@ def test_a_resumed_suite_gives_skipped_runs_its_own_scenario_ids(tmp_path: Path)
     path = write_suite(tmp_path, tuning=None, strategies=["fedavg", tuned])
     second = Bench(load_suite(str(path)), out, FakeRunner(), progress=False).run()
     assert {c.label for c in second.skipped} == {"fedavg"}
-    runs = sorted((out / "runs").glob("*/*/seed*"))
-    summaries = [read_summary(d) or {} for d in runs]
-    assert len({s["scenario"]["id"] for s in summaries}) == 1
-    assert all("train.lr" in s["scenario"]["excluded"] for s in summaries)
+    records = [cell_record(d) for d in sorted((out / "runs").glob("*/*/seed*"))]
+    assert len({r.scenario["id"] for r in records if r.scenario}) == 1
+    assert all(r.scenario and "train.lr" in r.scenario["excluded"] for r in records)
 
 
 # ------------------------------------------------------------------------------ scenario ids
@@ -283,8 +318,8 @@ def test_smoke_suite_then_report_gives_delta_mtl(tmp_path: Path) -> None:
     bench_dir, report_dir = tmp_path / "bench", tmp_path / "report"
     assert cli_status(["bench", "smoke", "--out", str(bench_dir), "--no-progress"]) == 0
     runs = bench_dir / "runs" / "tiny"
-    summaries = [read_summary(d) for d in sorted(runs.glob("*/seed*"))]
-    assert len({s["scenario"]["id"] for s in summaries if s}) == 1  # across strategies and seeds
+    records = [cell_record(d) for d in sorted(runs.glob("*/seed*"))]
+    assert len({r.scenario["id"] for r in records if r.scenario}) == 1  # across strategies, seeds
     # the tuning runs used the validation partition: no global test set, rows from training only
     tuned = json.loads(
         (bench_dir / "tuning" / "tiny" / "_anchor" / "seed0" / "partition.json").read_text()

@@ -1,5 +1,6 @@
-"""The benchmark's statistics (``fedmtl/app/stats.py``) on fixed numbers: Delta_MTL by hand, the
-confidence interval and the paired test against scipy, silo quantiles, ranks, the Pareto front."""
+"""The benchmark's statistics (``fedmtl/app/bench/stats.py``) on fixed numbers: Delta_MTL by hand,
+the confidence interval and the paired test against scipy, silo quantiles, ranks, the Pareto
+front."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from fedmtl.app.report_plots import pareto_front
-from fedmtl.app.stats import (
+from fedmtl.app.bench.report.plots import pareto_front
+from fedmtl.app.bench.stats import (
     delta_metric,
     delta_mtl,
     paired_test,

@@ -4,6 +4,7 @@ against hand computation and scipy, what is left out, a missing reference."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from fedmtl.app.report import build_report, main
+from fedmtl.app.bench.records import CELL_FILE, CellRecord, write_cell
+from fedmtl.app.bench.report import build_report, main
 from fedmtl.core.errors import ConfigError
 from tests.helpers import write_run
 
@@ -165,3 +167,35 @@ def test_no_run_found_is_an_error_naming_the_directory(tmp_path: Path) -> None:
         build_report([tmp_path], tmp_path / "out", plots=False)
     assert err.value.key == "DIR"
     assert main([str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+
+
+def test_a_bench_record_beside_the_summary_gives_label_scenario_and_stored_delta(
+    tmp_path: Path,
+) -> None:
+    """A bench's ``bench_cell.json`` (the layout since the run's summary.json stays the run's):
+    its label, scenario and Delta_MTL are used, its tuning runs left out; an unreadable one leaves
+    its run out. The old layout (the same fields inside summary.json) is the ``report`` fixture."""
+    cell = {"phase": "final", "scenario": "s", "strategy": "mgda_lr3", "seed": 0, "point": None}
+    for seed in (0, 1):
+        directory = tmp_path / "mgda" / f"seed{seed}"
+        write_run(directory, "mgda", seed, metrics(0.6, 1.0))  # its own scenario: hand
+        record = CellRecord(
+            "suite", {**cell, "seed": seed, "tuned": {"train.lr": 0.1}}, None, OTHER
+        )
+        write_cell(directory, dataclasses.replace(record, delta_mtl=4.0 + seed))
+    tune = CellRecord("suite", {**cell, "phase": "tune", "tuned": {}}, None, OTHER)
+    write_run(tmp_path / "tune", "mgda", 0, metrics(0.1, 9.0))
+    write_cell(tmp_path / "tune", tune)
+    write_run(tmp_path / "broken", "mgda", 2, metrics(0.1, 9.0))
+    (tmp_path / "broken" / CELL_FILE).write_text("{")
+    result = build_report([tmp_path], tmp_path / "out", plots=False)
+    rows = read_csv(tmp_path / "out" / "strategies.csv")
+    assert [(r["scenario"], r["strategy"], r["n_seeds"]) for r in rows] == [
+        ("other", "mgda_lr3", "2")
+    ]
+    assert float(rows[0]["delta_mtl_mean"]) == pytest.approx(4.5)  # stored by the bench
+    assert rows[0]["tuned"] == "train.lr=0.1"
+    reasons = {path.name: reason for path, reason in result.inputs.left_out}
+    assert (
+        reasons["tune"].startswith("tuning run") and reasons["broken"] == f"unreadable {CELL_FILE}"
+    )

@@ -11,8 +11,8 @@ groups and their presets.
 (:mod:`fedmtl.app.checkpoint`).
 
 ``fedmtl bench SUITE --out DIR`` and ``fedmtl report DIR... --out OUT`` take plain arguments
-(argparse; :mod:`fedmtl.app.bench`, :mod:`fedmtl.app.report`) and compose their configs with
-:func:`fedmtl.app.config.compose`.
+(argparse; :mod:`fedmtl.app.bench.runner`, :mod:`fedmtl.app.bench.report`) and compose their
+configs with :func:`fedmtl.app.config.compose`.
 
 For deployments (docs/deployment.md): ``fedmtl flwr-config [key=value ...]`` writes the same config
 as Flower run config for ``flwr run`` (:mod:`fedmtl.app.flwr_config`), and ``fedmtl deploy ...``
@@ -30,7 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedmtl.app import bench, deploy, flwr_config, report
+from fedmtl.app import deploy, flwr_config
+from fedmtl.app.bench import report, runner
 from fedmtl.app.checkpoint import resumed_raw_config
 from fedmtl.app.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
 from fedmtl.app.experiment import build_data, is_local
@@ -206,7 +207,10 @@ def _partition(config: ExperimentConfig) -> None:
 
 
 COMMANDS: dict[str, Callable[[ExperimentConfig], None]] = {"run": _run, "partition": _partition}
-PLAIN_COMMANDS: dict[str, Callable[[list[str]], int]] = {"bench": bench.main, "report": report.main}
+PLAIN_COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "bench": runner.main,
+    "report": report.main,
+}
 """Commands with plain arguments (argparse) instead of Hydra overrides; each returns its exit status."""
 
 

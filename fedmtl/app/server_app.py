@@ -259,7 +259,7 @@ def build_summary(experiment: Experiment, engine: Engine, wall_time_s: float) ->
         "dataset_info": dataset.info,
         "config": dict(cfg.raw),
         "scenario": scenario_of(cfg.raw),
-        "delta_mtl": None,  # filled by `fedmtl bench` once the scenario's single_task run is known
+        "delta_mtl": None,  # always null (schema 1): a bench writes Delta_MTL to bench_cell.json
         "provenance": provenance(),
     }
 

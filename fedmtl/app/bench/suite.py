@@ -43,6 +43,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from fedmtl.app.bench.stats import REFERENCE_STRATEGY
 from fedmtl.app.config import compose, config_dir, parse
 from fedmtl.app.experiment import check_strategy, prepare
 from fedmtl.core.errors import ConfigError
@@ -59,7 +60,6 @@ TUNABLE_TRAIN_KEYS = ("train.lr", "train.momentum", "train.weight_decay", "train
 """The ``train.*`` keys a suite may tune (the others fix the compute budget of a scenario)."""
 ANCHOR_STRATEGY = "fedavg"
 """Tuning scores every grid point against this strategy with its default hyperparameters."""
-DEFAULT_REFERENCE = "single_task"
 DEFAULT_VALIDATION_FRACTION = 0.2
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED_OVERRIDES = ("strategy", "seed", "output_dir", "hydra")
@@ -344,7 +344,7 @@ def parse_suite(data: Any, path: Path) -> Suite:
         scenarios[str(name)] = _overrides(values, f"scenarios.{name}")
     seeds = _seeds(data["seeds"], "seeds")
     strategies = _strategies(data["strategies"])
-    reference = data.get("reference", DEFAULT_REFERENCE)
+    reference = data.get("reference", REFERENCE_STRATEGY)
     if reference is not None and (not isinstance(reference, str) or not reference):
         raise ConfigError("reference", f"must be a strategy name or null, got {reference!r}.")
     tuning = _tuning(data.get("tuning"), seeds)

@@ -44,7 +44,8 @@ BASELINE_STRATEGY = "fedavg"
 """The strategy every other one is tested against."""
 DELTA_METRICS = {"binary": "accuracy", "multiclass": "accuracy", "regression": "mae"}
 """Task kind -> the metric Delta_MTL uses for it."""
-HIGHER_IS_BETTER = {"accuracy": True, "mae": False, "mse": False, "loss": False, "r2": True}
+HIGHER_IS_BETTER = {"accuracy": True, "mae": False}
+"""Whether a higher value is better, for each Delta metric."""
 
 
 def delta_metric(task_info: Mapping[str, Any]) -> tuple[str, bool]:
@@ -146,7 +147,6 @@ class PairedTest:
     statistic: float
     p_value: float
     n: int
-    test: str = "paired t-test (two-sided)"
 
 
 def paired_test(a: Sequence[float], b: Sequence[float]) -> PairedTest:

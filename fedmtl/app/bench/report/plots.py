@@ -1,11 +1,15 @@
-"""The figures of ``fedmtl report`` (:mod:`fedmtl.app.report`), one PNG each:
+"""The figures of ``fedmtl report`` (:mod:`fedmtl.app.bench.report`), one PNG each:
 
-- :func:`task_bars`: per task, each strategy's mean Delta metric with its 95% CI;
-- :func:`delta_bars`: per scenario, each strategy's mean Delta_MTL with its 95% CI;
-- :func:`curves`: per task, each strategy's Delta metric against rounds (personal test splits),
-  the mean over seeds with a band of +-1 standard deviation;
-- :func:`pareto`: two tasks' metrics per strategy (mean, +-1 std bars), with the strategies no
-  other beats on both tasks joined as the Pareto front.
+- :func:`task_bars` (``tasks_<scenario>.png``): per task, each strategy's mean Delta metric with
+  its 95% CI;
+- :func:`delta_bars` (``delta_mtl.png``): per scenario, each strategy's mean Delta_MTL with its
+  95% CI;
+- :func:`curves` (``curves_<scenario>.png``): per task, each strategy's Delta metric against rounds
+  (personal test splits), the mean over seeds with a band of +-1 standard deviation;
+- :func:`pareto` (``pareto_<scenario>.png``): two tasks' metrics per strategy (mean, +-1 std
+  bars), with the strategies no other beats on both tasks joined as the Pareto front.
+
+:func:`scenario_figures` draws a scenario's three.
 
 matplotlib is imported when a figure is drawn (it is heavy, and only the report draws).
 """
@@ -13,14 +17,17 @@ matplotlib is imported when a figure is drawn (it is heavy, and only the report 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from fedmtl.app.report import ScenarioTable
+from fedmtl.app.bench.report.tables import ScenarioTable
+
+OVERVIEW_FILE = "delta_mtl.png"
+"""The file of :func:`delta_bars` in the report's directory."""
 
 
 def _pyplot() -> Any:
@@ -187,3 +194,16 @@ def pareto(table: ScenarioTable, out: Path, tasks: Sequence[str] | None = None) 
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def scenario_figures(
+    table: ScenarioTable, out: Path, pareto_tasks: Sequence[str] | None = None
+) -> dict[str, Path]:
+    """Draw the scenario's figures into directory ``out``: title -> file, of those it has."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", table.label)  # the scenario label in file names
+    made = {
+        "per-task metric": task_bars(table, out / f"tasks_{stem}.png"),
+        "learning curves": curves(table, out / f"curves_{stem}.png"),
+        "two-task Pareto plot": pareto(table, out / f"pareto_{stem}.png", pareto_tasks),
+    }
+    return {title: path for title, path in made.items() if path is not None}

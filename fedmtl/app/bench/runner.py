@@ -1,29 +1,30 @@
 """``fedmtl bench SUITE --out DIR``: run a suite's grid of scenarios x strategies x seeds.
 
-The suite (:mod:`fedmtl.app.suite`) is parsed and every config it will run is composed, parsed and
-checked first, so a bad strategy or key stops the command before any training. Then, in this one
-process (each run calls :func:`fedmtl.app.launch.run`):
+The suite (:mod:`fedmtl.app.bench.suite`) is parsed and every config it will run is composed,
+parsed and checked first, so a bad strategy or key stops the command before any training. Then, in
+this one process (each run calls :func:`fedmtl.app.launch.run`):
 
 1. **Tuning** (when a strategy has a grid): every grid point of every such strategy, and the
    anchor (``fedavg`` with its defaults), run on the *validation partition* of each scenario
    (``partition.validation_fraction``: each silo evaluates on rows carved out of its training
    rows; test rows and the global test set are never used) for the tuning seeds. A grid point's
    score is the mean over those seeds of its Delta_MTL (%) against the anchor run of the same
-   seed (:mod:`fedmtl.app.stats`: accuracy for classification, MAE for regression); the highest
-   score wins, ties going to the point listed first; when every point failed, the defaults are
-   kept. ``DIR/tuning.json`` records the grids, every score and the choice.
+   seed (:mod:`fedmtl.app.bench.stats`: accuracy for classification, MAE for regression); the
+   highest score wins, ties going to the point listed first; when every point failed, the defaults
+   are kept. ``DIR/tuning.json`` records the grids, every score and the choice.
 2. **Final runs**: every strategy (the Delta_MTL reference first) in every scenario for every seed,
    with its chosen values, on the scenario's own partition.
 
 Each run has its own directory: ``DIR/runs/<scenario>/<strategy>/seed<k>`` (tuning:
 ``DIR/tuning/<scenario>/<strategy>/p<i>-<values>/seed<k>``, the anchor under ``_anchor``). A run
-whose ``summary.json`` says it completed, for this suite's cell and config, is skipped, so a suite
-resumes after a crash; a run that crashed (or was killed, or whose config changed) is run again
-from an empty directory. A run that raises is recorded as failed and the grid goes on. The bench
-then writes each final run's ``scenario`` (the suite's scenario name; the id leaves out the tuned
-keys), a ``bench`` block (suite, phase, scenario, strategy label, seed, tuned values) and, once the
-reference run of the same scenario and seed exists, ``delta_mtl`` into its ``summary.json``, and
-``DIR/bench.json`` (the resolved suite, provenance, every run's status).
+whose ``summary.json`` says it completed, with the same config, and whose ``bench_cell.json`` names
+this suite's cell, is skipped, so a suite resumes after a crash; a run that crashed (or was killed,
+or whose config changed) is run again from an empty directory. A run that raises is recorded as
+failed and the grid goes on. The run's ``summary.json`` is its own; the bench writes beside it
+``bench_cell.json`` (:mod:`fedmtl.app.bench.records`): the suite, the cell (phase, scenario,
+strategy label, seed, tuned values), the scenario id as the suite defines it (its tuned keys left
+out) and, once the reference run of the same scenario and seed exists, the run's Delta_MTL.
+``DIR/bench.json`` holds the resolved suite, provenance and every run's status.
 
 Runs use wandb's group = the suite's name (offline by default, ``tracking.wandb``). Runs on
 ``runtime=simulation`` go through Flower's ``run_simulation``, which starts Ray and shuts it down
@@ -36,6 +37,7 @@ connects to it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -49,12 +51,17 @@ from typing import Any, Literal
 
 from tqdm.auto import tqdm
 
-from fedmtl.app.config import parse
-from fedmtl.app.launch import run
-from fedmtl.app.provenance import provenance
-from fedmtl.app.scenario import scenario_of, without_keys
-from fedmtl.app.stats import summary_delta
-from fedmtl.app.suite import (
+from fedmtl.app.bench.records import (
+    BENCH_FILE,
+    TUNING_FILE,
+    CellRecord,
+    read_cell,
+    read_summary,
+    write_cell,
+    write_json,
+)
+from fedmtl.app.bench.stats import summary_delta
+from fedmtl.app.bench.suite import (
     ANCHOR_STRATEGY,
     Composer,
     StrategyEntry,
@@ -62,14 +69,16 @@ from fedmtl.app.suite import (
     load_suite,
     suite_names,
 )
+from fedmtl.app.config import parse
+from fedmtl.app.launch import run
+from fedmtl.app.provenance import provenance
+from fedmtl.app.scenario import scenario_of, without_keys
 from fedmtl.app.tracking import SUMMARY_FILE
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig
 
 log = logging.getLogger("fedmtl")
 
-BENCH_FILE = "bench.json"
-TUNING_FILE = "tuning.json"
 RUNS_DIR = "runs"
 TUNING_DIR = "tuning"
 ANCHOR_LABEL = "_anchor"
@@ -98,7 +107,7 @@ class Cell:
     raw: Mapping[str, Any] = field(repr=False)
 
     def key(self) -> dict[str, Any]:
-        """What identifies the cell in its summary's ``bench`` block."""
+        """What identifies the cell in its ``bench_cell.json``."""
         return {
             "phase": self.phase,
             "scenario": self.scenario,
@@ -134,22 +143,6 @@ def slug(point: Mapping[str, Any], index: int) -> str:
 def _comparable(raw: Mapping[str, Any]) -> str:
     """A run's config as compared for resuming (where results go and tracking left out)."""
     return json.dumps(without_keys(raw, ["output_dir", "tracking"]), sort_keys=True, default=str)
-
-
-def read_summary(directory: Path) -> dict[str, Any] | None:
-    """``directory/summary.json``, or None when it is missing or unreadable."""
-    try:
-        summary = json.loads((directory / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write ``value`` as indented JSON, atomically (a crash leaves the old file or the new)."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2, default=str))
-    temporary.replace(path)
 
 
 class Bench:
@@ -234,15 +227,16 @@ class Bench:
         summary = read_summary(cell.directory)
         if summary is None or summary.get("status") != "completed":
             return None
-        block = summary.get("bench")
-        if not isinstance(block, dict) or block.get("cell") != cell.key():
+        record = read_cell(cell.directory, summary)
+        if record is None or record.cell != cell.key():
             return None
         if _comparable(summary.get("config", {})) != _comparable(cell.raw):
             return None
         return summary
 
     def execute(self, cell: Cell) -> dict[str, Any] | None:
-        """Run ``cell`` unless it is complete; its annotated summary, or None when it failed."""
+        """Run ``cell`` unless it is complete (then only its ``bench_cell.json`` is written again);
+        its summary, or None when it failed."""
         done = self.completed_summary(cell)
         if done is not None:  # its scenario id as this suite defines it (tuned keys may differ)
             self._annotate(cell, done)
@@ -266,16 +260,19 @@ class Bench:
         self._status(cell, "ran")
         return summary
 
-    def _annotate(self, cell: Cell, summary: dict[str, Any]) -> None:
-        """Record the suite, the cell and its scenario id in the run's ``summary.json``."""
-        summary["bench"] = {
-            "suite": self.suite.name,
-            "cell": cell.key(),
-            "reference": self.suite.reference,
-        }
+    def _record(self, cell: Cell, summary: Mapping[str, Any]) -> CellRecord:
+        """The bench's record of ``cell`` (its Delta_MTL not yet known)."""
         name = cell.scenario + ("-validation" if cell.phase == "tune" else "")
-        summary["scenario"] = scenario_of(summary["config"], self.suite.tuned_keys(), name)
-        write_json(cell.directory / SUMMARY_FILE, summary)
+        return CellRecord(
+            suite=self.suite.name,
+            cell=cell.key(),
+            reference=self.suite.reference,
+            scenario=scenario_of(summary["config"], self.suite.tuned_keys(), name),
+        )
+
+    def _annotate(self, cell: Cell, summary: Mapping[str, Any]) -> None:
+        """Write the run's ``bench_cell.json``: the suite, the cell and its scenario id."""
+        write_cell(cell.directory, self._record(cell, summary))
 
     def _fail(self, cell: Cell, reason: str) -> None:
         self.outcome.failed.append((cell, reason))
@@ -410,8 +407,8 @@ class Bench:
     def fill_deltas(
         self, cells: Sequence[Cell], summaries: Mapping[Path, dict[str, Any] | None]
     ) -> None:
-        """Write each final run's Delta_MTL against the reference run of its scenario and seed
-        (null, with ``delta_mtl_reference`` null, when there is none)."""
+        """Write each final run's Delta_MTL against the reference run of its scenario and seed into
+        its ``bench_cell.json`` (null, with ``delta_mtl_reference`` null, when there is none)."""
         reference = self.suite.reference_entry()
         for cell in cells:
             summary = summaries.get(cell.directory)
@@ -427,14 +424,12 @@ class Bench:
                 ref_summary = summaries.get(ref_cell.directory)
                 ref_dir = str(ref_cell.directory.relative_to(self.out))
             delta = summary_delta(summary, ref_summary) if ref_summary is not None else None
-            summary["delta_mtl"] = delta.value if delta is not None else None
-            summary["delta_mtl_reference"] = ref_dir if ref_summary is not None else None
-            write_json(cell.directory / SUMMARY_FILE, summary)
-
-
-def run_suite(spec: str, out: Path, runner: Runner = run, progress: bool = True) -> Outcome:
-    """Load suite ``spec`` (a name in ``configs/bench/`` or a path) and run it into ``out``."""
-    return Bench(load_suite(spec), out, runner=runner, progress=progress).run()
+            record = dataclasses.replace(
+                self._record(cell, summary),
+                delta_mtl=delta.value if delta is not None else None,
+                delta_mtl_reference=ref_dir if ref_summary is not None else None,
+            )
+            write_cell(cell.directory, record)
 
 
 def describe_plan(bench: Bench) -> list[str]:
