@@ -875,12 +875,13 @@ class FakeRunner:
             config.partition.validation_fraction > 0
         )
         lr = config.train.lr
-        accuracy = 0.5 + lr + 0.01 * config.seed + self.bonus.get(config.strategy.name, 0.0)
+        label = config.strategy.params.label(config.strategy.name)  # as summary.json names it
+        accuracy = 0.5 + lr + 0.01 * config.seed + self.bonus.get(label, 0.0)
         final = {"a": {"accuracy": accuracy}, "r": {"mae": 1.0 - lr, "r2": 0.01}}
-        crashed = (config.strategy.name, config.seed, validation) in self.crash
+        crashed = (label, config.seed, validation) in self.crash
         summary = write_run(
             Path(config.output_dir),
-            config.strategy.name,
+            label,
             config.seed,
             final,
             config=dict(config.raw),

@@ -21,9 +21,8 @@ from fedmtl.app.bench.suite import load_suite, suite_names
 from fedmtl.app.config import parse, parse_partition, presets
 from fedmtl.app.scenario import EXCLUDED_KEYS, scenario_of
 from fedmtl.core.errors import ConfigError
-from fedmtl.core.schema import PartitionConfig, PluginConfig
+from fedmtl.core.schema import ExperimentConfig, PartitionConfig, PluginConfig
 from partitions import ASSIGNMENTS, SPLITS, build, hold_out
-from strategies import METHODS
 from tests.helpers import FakeRunner, compose_raw, make_dataset, read_jsonl
 
 TINY = ["experiment=smoke", "dataset=synthetic", "dataset.num_samples=240", "tracking=quiet"]
@@ -93,6 +92,11 @@ def test_an_unknown_suite_is_refused_with_the_shipped_ones(tmp_path: Path) -> No
     assert cli_status(["bench", "no-such-suite", "--out", str(tmp_path / "o")]) == 2
 
 
+def label(config: ExperimentConfig) -> str:
+    """The strategy as results name it (``mgda`` for ``balanced`` with weighting ``mgda``)."""
+    return str(config.strategy.params.label(config.strategy.name))
+
+
 def cli_status(argv: list[str]) -> int:
     try:
         cli.main(argv)
@@ -106,7 +110,7 @@ def test_every_shipped_suite_loads(name: str) -> None:
     """Each shipped suite parses: its strategies are registered and its presets exist."""
     data = yaml.safe_load(Path(load_path(name)).read_text())
     listed = {s if isinstance(s, str) else s["name"] for s in data["strategies"]}
-    assert listed <= set(METHODS.names())
+    assert listed <= set(presets("strategy"))
     experiments = {
         o.split("=", 1)[1]
         for overrides in [data.get("overrides") or [], *data["scenarios"].values()]
@@ -136,7 +140,7 @@ def test_tuning_runs_on_validation_rows_picks_the_best_and_a_rerun_skips_everyth
     # anchor + fedavg's 2 learning rates + mgda's 2 x 2 (lr x server lr), on tuning seed 0
     assert len(tuning) == 7 and {c.seed for c in tuning} == {0}
     assert all(c.partition.validation_fraction == 0.25 for c in tuning)
-    assert len(final) == 4 and {(c.strategy.name, c.seed) for c in final} == {
+    assert len(final) == 4 and {(label(c), c.seed) for c in final} == {
         (s, k) for s in ("fedavg", "mgda") for k in (0, 1)
     }
     # the fake's metrics improve with train.lr and ignore the server lr: a tie, the first wins
@@ -188,7 +192,7 @@ def test_a_crashed_run_is_run_again_and_completed_ones_are_skipped(tmp_path: Pat
     assert read_summary(out / "runs" / "tiny" / "mgda" / "seed1")["status"] != "completed"  # type: ignore[index]
     again = FakeRunner()
     second = Bench(load_suite(str(path)), out, again, progress=False).run()
-    assert [(c.strategy.name, c.seed) for c in again.calls] == [("mgda", 1)]
+    assert [(label(c), c.seed) for c in again.calls] == [("mgda", 1)]
     assert len(second.skipped) == 3 and second.failed == []
     rerun = read_summary(out / "runs" / "tiny" / "mgda" / "seed1")
     assert rerun is not None and rerun["status"] == "completed"

@@ -13,12 +13,12 @@ import pytest
 import torch
 
 import fedmtl.app.client_app as client_app
-import fedmtl.app.silo as silo_side
-from fedmtl.app.config import parse
+import strategies.engine.silo as silo_side
+from fedmtl.app.config import parse, presets
 from fedmtl.app.launch import run
 from fedmtl.app.runtime import client_device
+from fedmtl.app.silo import silo_rows
 from fedmtl.app.silo_data import node_settings
-from strategies import METHODS
 from strategies.balancing import WEIGHTINGS
 from tests.helpers import beats_chance, compose_raw, read_jsonl, run_fedmtl
 
@@ -100,12 +100,13 @@ FAST_STRATEGIES = {"fedavg", "mgda", "grouping"}  # the inner loop runs these; m
             ["strategy.warmup_rounds=1"] if name == "grouping" else [],
             marks=() if name in FAST_STRATEGIES else pytest.mark.slow,
         )
-        for name in METHODS.names()
+        for name in presets("strategy")
     ]
     + [("pcgrad", ["strategy.balancing=local"]), ("mgda", ["strategy.balancing=both"])],
 )
 def test_every_strategy_runs_end_to_end(tmp_path: Path, name: str, extra: list[str]) -> None:
-    """``fedmtl run strategy=<name>``, in process: result files, finite metrics, task weights."""
+    """``fedmtl run strategy=<preset>`` for every shipped preset, in process: result files,
+    finite metrics, task weights."""
     raw = compose_raw([*SMALL_SYNTHETIC, f"strategy={name}", "num_rounds=2", *extra], tmp_path)
     summary = run(parse(raw))
     check_result_files(tmp_path, summary, 2)
@@ -169,7 +170,7 @@ def test_a_failing_silo_is_rejected_and_the_run_goes_on(tmp_path: Path, monkeypa
     # Silo data is built once per process, so silo 1's training data is this very object.
     device = client_device(config.runtime.name, config.runtime.params)
     node = node_settings({"partition-id": 1, "num-partitions": 4})
-    bad_data = client_app._silo_data(config.to_json(), node, "train", device)
+    bad_data = silo_rows(config.to_json(), node, "train", device)
     original = silo_side.train_local
 
     def flaky(model, data, cfg, generator, **kwargs):

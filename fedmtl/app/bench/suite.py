@@ -44,11 +44,10 @@ from typing import Any, TypeVar
 import yaml
 
 from fedmtl.app.bench.stats import REFERENCE_STRATEGY
-from fedmtl.app.config import compose, config_dir, parse
+from fedmtl.app.config import compose, config_dir, parse, presets
 from fedmtl.app.experiment import check_strategy, prepare
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig
-from strategies import METHODS
 
 log = logging.getLogger("fedmtl")
 T = TypeVar("T")
@@ -136,7 +135,7 @@ class Suite:
         listed = [e for e in self.strategies if e.name == self.reference]
         if listed:
             return next((e for e in listed if e.label == self.reference), listed[0])
-        if self.reference in METHODS:
+        if self.reference in presets("strategy"):
             return StrategyEntry(self.reference, self.reference, where="reference")
         return None
 
@@ -215,7 +214,7 @@ class Suite:
         with each tuned value, on the test and the validation partition) and build each
         scenario's data once (first seed); the first problem is a ConfigError naming the suite
         key."""
-        if self.tunes and ANCHOR_STRATEGY not in METHODS:
+        if self.tunes and ANCHOR_STRATEGY not in presets("strategy"):
             raise ConfigError(
                 "tuning", f"needs the '{ANCHOR_STRATEGY}' strategy, which is missing."
             )
@@ -421,11 +420,11 @@ def _strategies(values: Any) -> tuple[StrategyEntry, ...]:
             raise ConfigError(key, f"must be a strategy name or {{name, ...}}, got {value!r}.")
         _known(spec, STRATEGY_KEYS, f"{key}.")
         name = spec["name"]
-        if not isinstance(name, str) or name not in METHODS:
+        if not isinstance(name, str) or name not in presets("strategy"):
             raise ConfigError(
                 f"{key}.name",
                 f"unknown strategy '{name}'.",
-                f"choose one of {METHODS.names()}.",
+                f"choose one of the strategy presets {presets('strategy')}.",
             )
         label = spec.get("label", name)
         _check_name(str(label), f"{key}.label")
