@@ -37,7 +37,11 @@ def random_j(rows: int, cols: int, seed: int, dtype: torch.dtype = torch.float64
     return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-# --- reference values (torchjd's published test values, REFERENCES.md) --------------------------
+# --- reference values --------------------------------------------------------------------------
+# What torchjd 0.18.0 (the version constraints.txt pins) returns on J_REF with its defaults (CAGrad
+# c = 0.5, FairGrad alpha = 1, NashMTL n_tasks = 2): d from its aggregators, w from its weightings
+# (on G = J J^T), to the 4 decimals of its documented examples and of its own tests
+# (tests/doc/test_aggregation.py in TorchJD/torchjd, atol 1e-4); GradVac's first call is PCGrad.
 
 REFERENCE = [
     ("mean", {}, [0.5, 0.5], [1.0, 1.0, 1.0]),

@@ -1,7 +1,8 @@
 """The task-grouping program: which tasks share a trunk, given a task-affinity matrix.
 
 The affinity A (T x T) holds A[i, k] = S_{i->k}, the gain of task k from training with task i (row
-= source, column = target; REFERENCES.md "Task grouping"). Its diagonal is ignored everywhere (it
+= source, column = target, as TAG's lookahead affinity Z_{i->k}, Fifty et al. 2021, and Wang, Pan &
+Yu's transfer gain S_{i->k}, arXiv 2402.15328, are indexed). Its diagonal is ignored everywhere (it
 may hold NaN). A grouping is a collection of non-empty, distinct groups that covers every task:
 each task in exactly one group (a partition, the default) or in at least one (``overlap=True``).
 
