@@ -4,7 +4,9 @@ Setting: ``experiment=synthetic_groups`` (6 tasks in 3 planted groups with indep
 a [32, 4] trunk; 12 silos, each holding one planted pair and one task of another group),
 ``--rounds`` rounds, each seed in ``--seeds``. For every
 strategy and seed it records each task's final personal primary metric M_t and the multi-task gain
-over FedAvg on the same seed (REFERENCES.md, with FedAvg as the reference B):
+over FedAvg on the same seed (Delta_MTL of Maninis et al. 2019, "Attentive Single-Tasking of
+Multiple Tasks", CVPR, as docs/benchmark.md defines it, with FedAvg as the reference B instead of
+single-task training):
 
     Delta_vs_fedavg = (1/T) sum_t s_t (M_t - B_t) / |B_t|  in percent, s_t = +1 (higher is better)
 

@@ -1,7 +1,8 @@
 """Helpers shared by the test modules (no test module imports another).
 
 - Config and runs: :func:`compose_raw`, :func:`run_fedmtl` (the command in a subprocess),
-  :func:`read_jsonl`, :func:`beats_chance`.
+  :func:`fedmtl_process` (the same, running while the test signals it), :func:`read_jsonl`,
+  :func:`beats_chance`.
 - Data and models: :func:`make_dataset` (the one small-dataset factory), :func:`tiny_dataset` (its
   8-row case with a hand-written label mask), :func:`tiny_view`, :func:`small_model` (always seeded).
 - Registered datasets: :func:`example_params` / :func:`example_overrides` / :func:`example_dataset`
@@ -31,7 +32,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,41 @@ def run_fedmtl(
         process.communicate()
         raise
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@contextmanager
+def fedmtl_process(args: list[str], logs: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``fedmtl ARGS`` running in a subprocess while the block runs: the offline environment, a
+    process group of its own, stdout and stderr into ``logs/stdout.txt`` and ``logs/stderr.txt``
+    (no pipe to fill and block it). When the block ends, for whatever reason, a process still
+    running is killed with its whole group (SIGKILL, by id).
+
+    SIGINT reaches it as Ctrl-C reaches a command in a terminal: when this process ignores SIGINT
+    (a background job of a non-interactive shell does), the child would inherit that, since exec
+    keeps ignored signals ignored; Python's handler is put back around the start, so that the
+    child begins with the default disposition and installs its KeyboardInterrupt handler."""
+    logs.mkdir(parents=True, exist_ok=True)
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with (logs / "stdout.txt").open("wb") as out, (logs / "stderr.txt").open("wb") as err:
+            process = subprocess.Popen(
+                [*FEDMTL, *args],
+                stdout=out,
+                stderr=err,
+                env={**os.environ, **OFFLINE_ENV},
+                start_new_session=True,
+            )
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def run_test_app(module: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

@@ -37,7 +37,11 @@ def random_j(rows: int, cols: int, seed: int, dtype: torch.dtype = torch.float64
     return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-# --- reference values (torchjd's published test values, REFERENCES.md) --------------------------
+# --- reference values --------------------------------------------------------------------------
+# What torchjd 0.18.0 (the version constraints.txt pins) returns on J_REF with its defaults (CAGrad
+# c = 0.5, FairGrad alpha = 1, NashMTL n_tasks = 2): d from its aggregators, w from its weightings
+# (on G = J J^T), to the 4 decimals of its documented examples and of its own tests
+# (tests/doc/test_aggregation.py in TorchJD/torchjd, atol 1e-4); GradVac's first call is PCGrad.
 
 REFERENCE = [
     ("mean", {}, [0.5, 0.5], [1.0, 1.0, 1.0]),
@@ -136,26 +140,30 @@ def conflicting_j(rows: int, seed: int) -> torch.Tensor:
     return J
 
 
-@pytest.mark.parametrize("rows", [3, 4, 6, 8, 10])
+@pytest.mark.parametrize("rows", range(3, 11))
 def test_mgda_solves_the_min_norm_point_exactly(rows: int) -> None:
-    """The QP solver's direction is the exact minimum-norm point: within 1e-4 relative, or 1e-6
-    of the largest row norm when that point is (near) zero; Frank-Wolfe is measurably off."""
+    """The QP solver's direction is the minimum-norm point found by enumerating supports, to
+    1e-12 relative (measured: 1e-15 to 1.1e-14 here, at most 6.7e-14 over 20 more seeds per T).
+    Frank-Wolfe at its default 250 steps is 0.1% to 7% off (measured: 0.14% at T = 3 to 6.7% at
+    T = 8) and never below the optimum."""
     J = conflicting_j(rows, seed=rows)
     exact = exact_min_norm_direction(J)
     d, w = build_weighting("mgda")(J)
     assert w.min() >= 0 and float(w.sum()) == pytest.approx(1.0, abs=1e-12)
-    error = np.linalg.norm(d.numpy() - exact)
-    largest = float(J.norm(dim=1).max())
-    assert error <= max(1e-4 * np.linalg.norm(exact), 1e-6 * largest), (error, exact)
+    error = np.linalg.norm(d.numpy() - exact) / np.linalg.norm(exact)
+    assert error <= 1e-12, (error, exact)
     d_fw, _ = build_weighting("mgda", {"solver": "frank_wolfe"})(J)
-    assert np.linalg.norm(d_fw.numpy()) >= np.linalg.norm(exact) - 1e-9  # never below the optimum
+    fw_error = np.linalg.norm(d_fw.numpy() - exact) / np.linalg.norm(exact)
+    assert 1e-3 <= fw_error <= 0.07, fw_error
+    assert np.linalg.norm(d_fw.numpy()) >= np.linalg.norm(exact) - 1e-9
 
 
 def test_mgda_zero_point_inside_the_hull() -> None:
-    """Opposite rows: the minimum-norm point is 0, reached within 1e-6 of the row norm."""
+    """Opposite rows: the minimum-norm point is 0, reached within 1e-12 of the largest row norm
+    (measured: 5.5e-16)."""
     J = torch.tensor([[1.0, 2.0, 0.5], [-1.0, -2.0, -0.5], [0.3, -0.1, 2.0], [-0.3, 0.1, -2.0]])
     d, _ = build_weighting("mgda")(J.double())
-    assert float(d.norm()) <= 1e-6 * float(J.norm(dim=1).max())
+    assert float(d.norm()) <= 1e-12 * float(J.norm(dim=1).max())
 
 
 # --- the contract every registered weighting keeps ----------------------------------------------

@@ -3,9 +3,11 @@
 One silo per task, one full-batch step of plain SGD at rate eta: silo t's per-task update is
 D_t = -eta g_t exactly, so the server's combined trunk update equals the method applied to
 J = -eta [g_1; ...; g_T] centrally, and, for the methods whose weights are invariant to a positive
-scale (REFERENCES.md), -eta times the centralized direction itself. The ClientApp, the message
-protocol and the strategy all run for real (in process); the reference uses only the model, the
-silos' data and :func:`strategies.balancing.combine`.
+scale of J (``SCALE_INVARIANT``: w unchanged by J -> sJ, s > 0, and G = J J^T by the sign; not
+Nash-MTL, whose norm clip, nor FairGrad, whose weight magnitude, depends on the scale;
+tests/test_balancing.py checks the three), -eta times the centralized direction itself. The
+ClientApp, the message protocol and the strategy all run for real (in process); the reference uses
+only the model, the silos' data and :func:`strategies.balancing.combine`.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ model of a run never stopped (CPU, in process); what the files hold; and what is
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,7 @@ from fedmtl.app.config import parse
 from fedmtl.app.launch import run
 from fedmtl.core.errors import ConfigError
 from strategies.engine import Engine
-from tests.helpers import compose_raw, read_jsonl
+from tests.helpers import compose_raw, fedmtl_process, read_jsonl, run_fedmtl
 
 SMALL = [
     "runtime=inprocess",
@@ -45,7 +49,9 @@ SMALL = [
 
 
 def stop_in_round(monkeypatch: pytest.MonkeyPatch, stop_round: int) -> None:
-    """The run is killed (KeyboardInterrupt, as for SIGTERM) as round ``stop_round`` starts."""
+    """The run is stopped as round ``stop_round`` starts by the KeyboardInterrupt that Ctrl-C
+    raises, and ``fedmtl``'s SIGTERM handler too (the real signals, sent to the command:
+    :func:`test_a_signal_stops_the_command_and_resume_completes`)."""
     original = Engine.train_round
 
     def train_round(self: Engine, grid: Any, server_round: int, *args: Any, **kwargs: Any) -> Any:
@@ -120,6 +126,64 @@ def test_a_resumed_run_ends_bit_identical_to_one_never_stopped(
     assert without_times(read_jsonl(cut / "metrics.jsonl")) == without_times(
         read_jsonl(full / "metrics.jsonl")
     )
+
+
+SIGNALLED_S = 120
+"""Hard limit on each step of a signalled run (first checkpoint, exit, resume); a healthy machine
+takes seconds."""
+
+
+def wait_for_checkpoint(process: subprocess.Popen[bytes], run_dir: Path, logs: Path) -> None:
+    """Until ``run_dir``'s first checkpoint is committed (its state.json), the process still
+    running; fails after SIGNALLED_S seconds (a deadline, not a measurement)."""
+    deadline = time.monotonic() + SIGNALLED_S
+    while not (run_dir / CHECKPOINT_DIR / STATE_FILE).is_file():
+        assert process.poll() is None, (logs / "stderr.txt").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4 * SIGNALLED_S)
+@pytest.mark.parametrize(
+    ("signum", "to_group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["SIGTERM-to-process", "SIGINT-to-group"],
+)
+def test_a_signal_stops_the_command_and_resume_completes(
+    tmp_path: Path, signum: signal.Signals, to_group: bool
+) -> None:
+    """``fedmtl run runtime=inprocess`` signalled after its first checkpoint, as ``kill PID``
+    (SIGTERM to the process) and Ctrl-C (SIGINT to the terminal's process group) do: exit 130,
+    summary.json ``interrupted``, the checkpoint loadable, and ``resume=DIR`` completes the run.
+    With a million rounds to go the run cannot end before the signal, whatever the machine's
+    speed; the signal lands wherever the round loop is (training, checkpointing, evaluating)."""
+    out = tmp_path / "run"
+    overrides = [o for o in SMALL if not o.startswith(("num_rounds=", "checkpoint_every="))]
+    args = ["run", *overrides, "num_rounds=1000000", "checkpoint_every=1", f"hydra.run.dir={out}"]
+    with fedmtl_process(args, tmp_path / "logs") as process:
+        wait_for_checkpoint(process, out, tmp_path / "logs")
+        if to_group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        assert process.wait(timeout=SIGNALLED_S) == 130
+    assert "fedmtl run: interrupted" in (tmp_path / "logs" / "stderr.txt").read_text()
+    stopped = json.loads((out / "summary.json").read_text())
+    assert stopped["status"] == "interrupted"
+    assert not (out / MODEL_FILE).exists()
+    saved = load_checkpoint(out).server_round  # intact: it loads
+    # summary.json's checkpoint_round is the last save that finished: a signal landing between
+    # the commit of state.json and the bookkeeping after it leaves it one behind the checkpoint
+    assert stopped["checkpoint_round"] in (saved - 1, saved)
+    assert stopped["rounds"] >= saved
+
+    resumed = run_fedmtl(["run", f"resume={out}", f"num_rounds={saved + 2}"], timeout=SIGNALLED_S)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from"] == [saved]
+    assert summary["rounds"] == summary["checkpoint_round"] == saved + 2
+    assert (out / MODEL_FILE).is_file()
 
 
 def test_the_checkpoint_files(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """The task-grouping program: which tasks share a trunk, given a task-affinity matrix.
 
 The affinity A (T x T) holds A[i, k] = S_{i->k}, the gain of task k from training with task i (row
-= source, column = target; REFERENCES.md "Task grouping"). Its diagonal is ignored everywhere (it
+= source, column = target, as TAG's lookahead affinity Z_{i->k}, Fifty et al. 2021, and Wang, Pan &
+Yu's transfer gain S_{i->k}, arXiv 2402.15328, are indexed). Its diagonal is ignored everywhere (it
 may hold NaN). A grouping is a collection of non-empty, distinct groups that covers every task:
 each task in exactly one group (a partition, the default) or in at least one (``overlap=True``).
 
@@ -67,8 +68,8 @@ class GroupingSolution:
     ``groups``: each group sorted, the groups sorted by (first task, size, tasks). ``objective``: the
     method's objective at ``groups`` (:func:`grouping_objective` for ``milp`` and ``enumerate``,
     :func:`tag_score` for ``tag``). ``seconds``: wall time of the solve (model building included).
-    ``optimal``: False when a time limit stopped HiGHS before it proved optimality. ``message``:
-    the solver's status in words.
+    ``optimal``: False when a time or node limit stopped HiGHS before it proved optimality.
+    ``message``: the solver's status in words.
     """
 
     groups: list[list[int]]
@@ -77,6 +78,38 @@ class GroupingSolution:
     method: str
     optimal: bool
     message: str
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """When HiGHS stops before proving optimality: ``time_limit`` seconds of wall time, or
+    ``node_limit`` branch-and-bound nodes (HiGHS's ``mip_max_nodes``); None: no such limit."""
+
+    time_limit: float | None = None
+    node_limit: int | None = None
+
+    def options(self) -> dict[str, float | int]:
+        """The limits as ``scipy.optimize.milp`` options."""
+        named = {"time_limit": self.time_limit, "node_limit": self.node_limit}
+        return {k: v for k, v in named.items() if v is not None}
+
+    def stopped(self, result: Any) -> str | None:
+        """The limit that stopped HiGHS before it proved optimality (``time_limit=3 s``,
+        ``node_limit=10``), or None when no limit did.
+
+        scipy reports HiGHS's time limit as status 1, and its node limit (model status "solution
+        limit") as status 4, which is also any failure scipy does not recognise: the node limit
+        stopped it when one was set and the node count reached it (there is no count when it
+        stopped before the root node)."""
+        if result.status == 1 and self.time_limit is not None:
+            return f"time_limit={self.time_limit:g} s"
+        if (
+            result.status == 4
+            and self.node_limit is not None
+            and (result.mip_node_count or 0) >= self.node_limit
+        ):
+            return f"node_limit={self.node_limit}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -171,6 +204,7 @@ def solve_grouping(
     costs: ArrayLike | None = None,
     method: str = "milp",
     time_limit: float | None = None,
+    node_limit: int | None = None,
     formulation: str = "auto",
 ) -> GroupingSolution:
     """The best grouping of the T tasks of ``affinity`` under the limits (module docstring).
@@ -190,9 +224,12 @@ def solve_grouping(
       same limits, an exact HiGHS program over every candidate group of up to ``max_group_size``
       tasks (at most ``TAG_MAX_CANDIDATES`` of them).
 
-    ``time_limit`` (seconds, HiGHS methods; ``enumerate`` ignores it): when it stops HiGHS after a
-    feasible grouping was found, that grouping is returned with ``optimal=False`` and a warning in
-    the ``fedmtl`` log; with none found it raises ``TimeoutError``.
+    Limits on the HiGHS methods (``enumerate`` ignores them): ``time_limit``, seconds of wall time
+    (the result then depends on the machine's speed and load), and ``node_limit``, an integer >= 0
+    of branch-and-bound nodes (HiGHS's ``mip_max_nodes``; 0 stops it after presolve, before the
+    root node; the result is the same on every machine, for the same HiGHS). When a limit stops
+    HiGHS after it found a feasible grouping, that grouping is returned with ``optimal=False`` and
+    a warning in the ``fedmtl`` log naming the limit; with none found it raises ``TimeoutError``.
 
     Raises ``ValueError`` on bad input (the message names the argument) and
     :class:`InfeasibleGroupingError` (a ``ValueError``) when no grouping meets the limits. With
@@ -205,7 +242,10 @@ def solve_grouping(
         raise ValueError(
             f"formulation must be one of {', '.join(FORMULATIONS)}; got {formulation!r}."
         )
-    limit = None if time_limit is None else _positive("time_limit", time_limit)
+    limits = _Limits(
+        time_limit=None if time_limit is None else _positive("time_limit", time_limit),
+        node_limit=None if node_limit is None else _integer("node_limit", node_limit, 0),
+    )
     problem = _problem(affinity, num_groups, max_groups, max_group_size, overlap, budget, costs)
     _check_sizes(problem)
     start = time.perf_counter()
@@ -216,9 +256,9 @@ def solve_grouping(
             formulation == "auto" and _candidate_count(problem) <= COLUMNS_MAX_CANDIDATES
         )
         solver = _solve_columns if columns else _solve_slots
-        groups, optimal, message = solver(problem, limit)
+        groups, optimal, message = solver(problem, limits)
     else:
-        groups, optimal, message = _solve_tag(problem, limit)
+        groups, optimal, message = _solve_tag(problem, limits)
     seconds = time.perf_counter() - start
     ordered = sorted((sorted(g) for g in groups), key=lambda g: (g[0], len(g), g))
     score = tag_score if method == "tag" else grouping_objective
@@ -515,8 +555,9 @@ class _Program:
             values = np.broadcast_to(np.asarray(val, dtype=np.float64), (r, w))
             self.constrain(np.repeat(np.arange(r), w), block, values, lower, upper)
 
-    def solve(self, time_limit: float | None, presolve: bool = True) -> Any:
-        """HiGHS (exact: mip_rel_gap = 0) on the program; scipy's OptimizeResult."""
+    def solve(self, limits: _Limits, presolve: bool = True) -> Any:
+        """HiGHS (exact: mip_rel_gap = 0, stopped only by ``limits``) on the program; scipy's
+        OptimizeResult."""
         from scipy.optimize import Bounds, LinearConstraint, milp  # noqa: PLC0415 - heavy (0.4 s), only when grouping solves
         from scipy.sparse import coo_array  # noqa: PLC0415 - with scipy.optimize, only when grouping solves
 
@@ -525,8 +566,7 @@ class _Program:
         matrix = coo_array((vals[keep], (rows[keep], cols[keep])), shape=(self.rows, self.size))
         lower, upper = (np.concatenate(part) for part in zip(*self._bounds, strict=True))
         options: dict[str, float | bool] = {"mip_rel_gap": 0.0, "presolve": presolve}
-        if time_limit is not None:
-            options["time_limit"] = time_limit
+        options.update(limits.options())
         return milp(
             np.concatenate(self._objective),
             integrality=np.concatenate(self._integral),
@@ -536,27 +576,27 @@ class _Program:
         )
 
 
-def _highs_result(p: _Problem, result: Any, method: str, time_limit: float | None) -> bool:
+def _highs_result(p: _Problem, result: Any, method: str, limits: _Limits) -> bool:
     """Whether HiGHS proved optimality; raise when it found no grouping."""
     if result.status == 0:
         return True
     if result.status == 2:
         raise InfeasibleGroupingError(f"no grouping meets the limits: {p.limits}.")
-    if result.status == 1 and result.x is not None:
-        log.warning(
-            "grouping (%s) stopped at time_limit=%g s before proving optimality (gap %.3g): the "
-            "groups may be suboptimal",
-            method,
-            time_limit,
-            result.mip_gap,
-        )
-        return False
-    if result.status == 1:
+    limit = limits.stopped(result)
+    if limit is None:
+        raise RuntimeError(f"HiGHS failed on the grouping program ({method}): {result.message}")
+    if result.x is None:
         raise TimeoutError(
-            f"method={method!r} found no grouping within time_limit={time_limit:g} s ({p.limits}); "
-            "raise time_limit."
+            f"method={method!r} found no grouping within {limit} ({p.limits}); raise it."
         )
-    raise RuntimeError(f"HiGHS failed on the grouping program ({method}): {result.message}")
+    log.warning(
+        "grouping (%s) stopped at %s before proving optimality (gap %.3g): the groups may be "
+        "suboptimal",
+        method,
+        limit,
+        result.mip_gap,
+    )
+    return False
 
 
 def _slot_count(p: _Problem, s: int) -> int:
@@ -597,7 +637,7 @@ def _select(
     p: _Problem,
     candidates: list[Indices],
     values: list[Matrix],
-    time_limit: float | None,
+    limits: _Limits,
     method: str,
 ) -> tuple[list[list[int]], bool, str]:
     """Choose candidate groups, a binary y_G worth values[G] each, maximising the chosen values:
@@ -613,8 +653,8 @@ def _select(
         program.entries(tasks[members.ravel()], np.repeat(y, members.shape[1]), 1.0)
         chosen.append(y)
     _count_and_budget(p, program, candidates, chosen)
-    result = program.solve(time_limit, presolve=False)
-    optimal = _highs_result(p, result, method, time_limit)
+    result = program.solve(limits, presolve=False)
+    optimal = _highs_result(p, result, method, limits)
     groups = _chosen_groups(candidates, chosen, result.x)
     return groups, optimal, str(result.message)
 
@@ -651,7 +691,7 @@ def _without_redundant_singletons(p: _Problem, groups: list[list[int]]) -> list[
     return [g for g in groups if len(g) > 1 or g[0] not in elsewhere]
 
 
-def _solve_columns(p: _Problem, time_limit: float | None) -> tuple[list[list[int]], bool, str]:
+def _solve_columns(p: _Problem, limits: _Limits) -> tuple[list[list[int]], bool, str]:
     """Wang, Pan & Yu's program over candidate groups: a binary y_G per subset G of 1..max_group_size
     tasks, worth value(G) = (1/|G|) sum_{i != k in G} A[i, k], chosen by :func:`_select` (a set
     partitioning, or covering, program). Exact; its LP relaxation is much tighter than the slot
@@ -659,11 +699,11 @@ def _solve_columns(p: _Problem, time_limit: float | None) -> tuple[list[list[int
     candidate group (65,535 at T = 16)."""
     candidates = _candidates(p, COLUMNS_MAX_CANDIDATES, "milp")
     values = [p.A[m[:, :, None], m[:, None, :]].sum(axis=(1, 2)) / m.shape[1] for m in candidates]
-    groups, optimal, message = _select(p, candidates, values, time_limit, "milp")
+    groups, optimal, message = _select(p, candidates, values, limits, "milp")
     return _without_redundant_singletons(p, groups), optimal, message
 
 
-def _solve_slots(p: _Problem, time_limit: float | None) -> tuple[list[list[int]], bool, str]:
+def _solve_slots(p: _Problem, limits: _Limits) -> tuple[list[list[int]], bool, str]:
     """Wang, Pan & Yu's program as a MILP with group slots of fixed size, solved by HiGHS.
 
     Group sizes are fixed per slot so that 1/|g| is a constant. Singletons are worth 0 and are one
@@ -742,8 +782,8 @@ def _solve_slots(p: _Problem, time_limit: float | None) -> tuple[list[list[int]]
         prices = np.concatenate([np.full(T, p.cost[1]), [p.cost[s] for s, _, _ in slots]])
         program.dense([[*alone, *used]], prices, -np.inf, p.budget)
 
-    result = program.solve(time_limit)
-    optimal = _highs_result(p, result, "milp", time_limit)
+    result = program.solve(limits)
+    optimal = _highs_result(p, result, "milp", limits)
     x = result.x > 0.5
     groups = [[i] for i in range(T) if x[alone[i]]]
     groups += [np.flatnonzero(x[X]).tolist() for _, y, X in slots if x[y]]
@@ -758,7 +798,7 @@ def _member_scores(A: Matrix, groups: Sequence[Sequence[int]]) -> list[Matrix]:
     return [A[np.ix_(g, g)].sum(axis=0) / max(len(g) - 1, 1) for g in groups]
 
 
-def _solve_tag(p: _Problem, time_limit: float | None) -> tuple[list[list[int]], bool, str]:
+def _solve_tag(p: _Problem, limits: _Limits) -> tuple[list[list[int]], bool, str]:
     """TAG's network selection (Fifty et al. 2021) as an exact program over candidate groups.
 
     Candidates: every subset G of 1..max_group_size tasks, with a binary y_G (G chosen). Partition:
@@ -778,7 +818,7 @@ def _solve_tag(p: _Problem, time_limit: float | None) -> tuple[list[list[int]], 
     ]
     if not p.overlap:
         values = [score.sum(axis=1) / T for score in scores]
-        return _select(p, candidates, values, time_limit, "tag")
+        return _select(p, candidates, values, limits, "tag")
     program = _Program()
     tasks = program.new_rows(T, 1.0, 1.0)  # each task served once
     chosen = []
@@ -789,8 +829,8 @@ def _solve_tag(p: _Problem, time_limit: float | None) -> tuple[list[list[int]], 
         program.entries(tasks[members.ravel()], x, 1.0)
         chosen.append(y)
     _count_and_budget(p, program, candidates, chosen)
-    result = program.solve(time_limit, presolve=False)
-    optimal = _highs_result(p, result, "tag", time_limit)
+    result = program.solve(limits, presolve=False)
+    optimal = _highs_result(p, result, "tag", limits)
     groups = _chosen_groups(candidates, chosen, result.x)
     if p.num_groups is None:
         groups.sort(key=lambda g: (g[0], len(g), g))
