@@ -64,7 +64,7 @@ def run_json(args: list[str], timeout: float = 3600) -> dict[str, Any]:
     ``PYTHONPATH``) and return the JSON object its last output line holds."""
     # Flower comes with it: benchmarks/gpu.py, which runs where only torch is installed, uses
     # this module too.
-    from fedmtl.app.runtime import OFFLINE_ENV  # noqa: PLC0415 - imports flwr, not for gpu.py
+    from fedmtl.app.runtimes import OFFLINE_ENV  # noqa: PLC0415 - imports flwr, not for gpu.py
 
     env = {**os.environ, **OFFLINE_ENV}
     command = [sys.executable, *args]

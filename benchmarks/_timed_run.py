@@ -28,9 +28,10 @@ from typing import Any
 
 STARTED = time.perf_counter()
 
-from fedmtl.app.config import compose, parse  # noqa: E402 - timed after the clock starts
-from fedmtl.app.launch import run  # noqa: E402
 from strategies.base import TaskAwareStrategy  # noqa: E402
+
+from fedmtl.app.launch import run  # noqa: E402
+from fedmtl.app.run.config import compose, parse  # noqa: E402 - timed after the clock starts
 
 IMPORTED = time.perf_counter()
 

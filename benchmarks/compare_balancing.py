@@ -36,9 +36,9 @@ import matplotlib
 import matplotlib.pyplot as plt
 from _common import write_results
 
-from fedmtl.app.config import compose, parse
 from fedmtl.app.launch import run
-from fedmtl.app.runtime import set_offline_env
+from fedmtl.app.run.config import compose, parse
+from fedmtl.app.runtimes import set_offline_env
 from strategies import STRATEGIES
 
 RESULTS = Path(__file__).resolve().parent / "results"

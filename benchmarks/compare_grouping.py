@@ -44,7 +44,7 @@ from _common import write_results
 from compare_balancing import gain_percent, run_one
 from sklearn.metrics import adjusted_rand_score
 
-from fedmtl.app.runtime import set_offline_env
+from fedmtl.app.runtimes import set_offline_env
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REFERENCES = ("planted", "crossed", "singletons")

@@ -42,8 +42,8 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from tqdm import tqdm
 
-from fedmtl.app.config import compose, parse
-from fedmtl.app.experiment import prepare
+from fedmtl.app.run.config import compose, parse
+from fedmtl.app.run.experiment import prepare
 from fedmtl.core import records
 
 HERE = Path(__file__).resolve().parent

@@ -1,7 +1,7 @@
 """Single-task centralized reference scores of the real datasets (the cards of docs/datasets.md).
 
 For each dataset, its experiment preset's dataset-wide split, as ``fedmtl run`` builds it
-(``fedmtl.app.experiment.build_data``: the same held-out students or people, the same feature
+(``fedmtl.app.run.experiment.build_data``: the same held-out students or people, the same feature
 schema fitted on the training rows); silos are ignored. For each task, one model of the preset's
 architecture with that task's head only is trained with the preset's optimiser settings on every
 training row (all silos pooled) for ``--epochs`` epochs, and evaluated on every test row (the
@@ -30,9 +30,9 @@ from typing import Any
 import torch
 from _common import write_results
 
-from fedmtl.app.config import compose, parse
-from fedmtl.app.experiment import build_data
-from fedmtl.app.runtime import set_offline_env
+from fedmtl.app.run.config import compose, parse
+from fedmtl.app.run.experiment import build_data
+from fedmtl.app.runtimes import set_offline_env
 from fedmtl.core.data import local_view
 from fedmtl.core.training import evaluate, train_local
 from fedmtl.trunks import build_model

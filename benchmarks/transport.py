@@ -20,8 +20,8 @@ from typing import Any
 from _common import write_results
 from tqdm import tqdm
 
-from fedmtl.app.config import compose, parse
 from fedmtl.app.launch import run
+from fedmtl.app.run.config import compose, parse
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = ("float32", "float16", "bfloat16")

@@ -12,11 +12,11 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.server import Grid, ServerApp
 
-from fedmtl.app.client_app import make_client_app
-from fedmtl.app.config import compose, parse
-from fedmtl.app.experiment import cached_experiment
-from fedmtl.app.runtime import RUNTIMES, Apps
-from fedmtl.app.server_app import run_server
+from fedmtl.app.run.config import compose, parse
+from fedmtl.app.run.experiment import cached_experiment
+from fedmtl.app.run.server import run_server
+from fedmtl.app.runtimes import RUNTIMES, Apps
+from fedmtl.app.silo.client_app import make_client_app
 
 BASELINES = (
     "local",

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from fedmtl.app.runtime import OFFLINE_ENV
+from fedmtl.app.runtimes import OFFLINE_ENV
 
 for _key, _value in OFFLINE_ENV.items():
     os.environ.setdefault(_key, _value)

@@ -12,8 +12,8 @@ from flwr.clientapp import ClientApp
 
 from fedmtl.app import launch
 from fedmtl.app.cli import main
-from fedmtl.app.client_app import make_client_app
-from fedmtl.app.runtime import Shipment
+from fedmtl.app.runtimes import Shipment
+from fedmtl.app.silo.client_app import make_client_app
 from fedmtl.core import records
 from fedmtl.core.records import TrainRequest
 

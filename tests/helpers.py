@@ -45,13 +45,13 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from PIL import Image
 
-from fedmtl.app.client_app import make_client_app
-from fedmtl.app.config import compose
 from fedmtl.app.deploy import demo_tables
-from fedmtl.app.experiment import CONFIG_KEY
-from fedmtl.app.flwr_config import run_config
-from fedmtl.app.runtime import OFFLINE_ENV, InProcessGrid
-from fedmtl.app.scenario import scenario_of
+from fedmtl.app.deploy.flwr_config import run_config
+from fedmtl.app.run.config import compose
+from fedmtl.app.run.experiment import CONFIG_KEY
+from fedmtl.app.run.scenario import scenario_of
+from fedmtl.app.runtimes import OFFLINE_ENV, InProcessGrid
+from fedmtl.app.silo.client_app import make_client_app
 from fedmtl.core import records
 from fedmtl.core.data import LocalData, MultiTaskDataset, local_view
 from fedmtl.core.models import MultiTaskModel

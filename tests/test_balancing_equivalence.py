@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.app.client_app import make_client_app
-from fedmtl.app.config import parse
-from fedmtl.app.experiment import CONFIG_KEY, Experiment, prepare
-from fedmtl.app.runtime import InProcessGrid
+from fedmtl.app.run.config import parse
+from fedmtl.app.run.experiment import CONFIG_KEY, Experiment, prepare
+from fedmtl.app.runtimes import InProcessGrid
+from fedmtl.app.silo.client_app import make_client_app
 from fedmtl.core import records
 from fedmtl.core.data import local_view
 from fedmtl.core.training import mean_task_losses

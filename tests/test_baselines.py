@@ -12,9 +12,9 @@ import pytest
 import torch
 from flwr.app import RecordDict
 
-from fedmtl.app.config import parse
-from fedmtl.app.experiment import prepare
 from fedmtl.app.launch import run
+from fedmtl.app.run.config import parse
+from fedmtl.app.run.experiment import prepare
 from fedmtl.core import records
 from fedmtl.core.records import EvaluateRequest, MethodSpec, SiloInfo, TrainRequest
 from fedmtl.core.registry import NoParams

@@ -18,8 +18,8 @@ from fedmtl.app import cli
 from fedmtl.app.bench.records import CELL_FILE, CellRecord, read_cell, read_summary
 from fedmtl.app.bench.runner import Bench
 from fedmtl.app.bench.suite import load_suite, suite_names
-from fedmtl.app.config import parse, parse_partition, presets
-from fedmtl.app.scenario import EXCLUDED_KEYS, scenario_of
+from fedmtl.app.run.config import parse, parse_partition, presets
+from fedmtl.app.run.scenario import EXCLUDED_KEYS, scenario_of
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig, PartitionConfig, PluginConfig
 from partitions import ASSIGNMENTS, SPLITS, build, hold_out

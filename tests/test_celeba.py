@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fedmtl.app.config import parse
-from fedmtl.app.experiment import build_data
 from fedmtl.app.launch import run
+from fedmtl.app.run.config import parse
+from fedmtl.app.run.experiment import build_data
 from fedmtl.core.data import MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.datasets import DATASETS, build_source

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedmtl.app.checkpoint import (
+from fedmtl.app.launch import run
+from fedmtl.app.run.checkpoint import (
     CHECKPOINT_DIR,
     MODEL_FILE,
     STATE_FILE,
@@ -28,8 +29,7 @@ from fedmtl.app.checkpoint import (
     save_silo_state,
     split_arrays,
 )
-from fedmtl.app.config import parse
-from fedmtl.app.launch import run
+from fedmtl.app.run.config import parse
 from fedmtl.core.errors import ConfigError
 from strategies.engine import Engine
 from tests.helpers import compose_raw, fedmtl_process, read_jsonl, run_fedmtl

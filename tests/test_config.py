@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from fedmtl.app.cli import discard_run_dir, help_text
-from fedmtl.app.config import GROUP_REGISTRIES, parse, presets
-from fedmtl.app.experiment import is_local, prepare
-from fedmtl.app.runtime import (
+from fedmtl.app.run.config import GROUP_REGISTRIES, parse, presets
+from fedmtl.app.run.experiment import is_local, prepare
+from fedmtl.app.runtimes import (
     RUNTIMES,
     InProcessParams,
     SimulationParams,

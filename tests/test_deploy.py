@@ -1,5 +1,5 @@
 """``fedmtl deploy``'s pieces: certificates, node keys, demo tables, node-config arguments and the
-process manager (fedmtl/app/deploy.py). The deployment itself: tests/test_deployment.py."""
+process manager (fedmtl/app/deploy/). The deployment itself: tests/test_deployment.py."""
 
 from __future__ import annotations
 

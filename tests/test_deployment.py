@@ -32,9 +32,9 @@ from fedmtl.app.deploy import (
     make_node_key,
     wait_for_port,
 )
-from fedmtl.app.experiment import CONFIG_KEY
-from fedmtl.app.flwr_config import to_toml
-from fedmtl.app.server_app import make_server_app
+from fedmtl.app.deploy.flwr_config import to_toml
+from fedmtl.app.run.experiment import CONFIG_KEY
+from fedmtl.app.run.server import make_server_app
 from tests.helpers import local_config_json, local_grid, read_jsonl, silo_tables
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import torch
 
-import fedmtl.app.client_app as client_app
+import fedmtl.app.silo.client_app as client_app
 import strategies.engine.silo as silo_side
-from fedmtl.app.config import parse, presets
 from fedmtl.app.launch import run
-from fedmtl.app.runtime import client_device
-from fedmtl.app.silo import silo_rows
-from fedmtl.app.silo_data import node_settings
+from fedmtl.app.run.config import parse, presets
+from fedmtl.app.runtimes import client_device
+from fedmtl.app.silo.node import node_settings
+from fedmtl.app.silo.toolkit import silo_rows
 from strategies.balancing import WEIGHTINGS
 from tests.helpers import beats_chance, compose_raw, read_jsonl, run_fedmtl
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 import fedmtl.app.cli as cli
-import fedmtl.app.runtime as runtime
+import fedmtl.app.runtimes.simulation as runtime
 import strategies.engine.silo as silo_side
-from fedmtl.app.config import parse
 from fedmtl.app.launch import run
-from fedmtl.app.server_app import final_status
+from fedmtl.app.run.config import parse
+from fedmtl.app.run.server import final_status
 from fedmtl.core.errors import ConfigError
 from strategies.engine import SiloMethod, round_seed
 from tests.helpers import beats_chance, compose_raw, run_fedmtl, run_test_app

@@ -17,12 +17,14 @@ from flwr.clientapp import ClientApp
 from flwr.common.config import validate_config
 from flwr.serverapp import ServerApp
 
-from fedmtl.app import cli, client_app, server_app
-from fedmtl.app.config import parse
-from fedmtl.app.experiment import CONFIG_KEY
-from fedmtl.app.flwr_config import read_run_config, run_config, to_toml
-from fedmtl.app.server_app import for_flower_run
-from fedmtl.app.tracking import Tracker
+from fedmtl.app import cli
+from fedmtl.app.deploy.flwr_config import read_run_config, run_config, to_toml
+from fedmtl.app.run import server as server_app
+from fedmtl.app.run.config import parse
+from fedmtl.app.run.experiment import CONFIG_KEY
+from fedmtl.app.run.server import for_flower_run
+from fedmtl.app.run.tracking import Tracker
+from fedmtl.app.silo import client_app
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.rounds import RoundRecord
 from fedmtl.core.schema import TrackingConfig
@@ -39,8 +41,8 @@ def test_pyproject_declares_the_flower_app() -> None:
     assert valid, errors
     app = PYPROJECT["tool"]["flwr"]["app"]
     assert app["components"] == {
-        "serverapp": "fedmtl.app.server_app:app",
-        "clientapp": "fedmtl.app.client_app:app",
+        "serverapp": "fedmtl.app.run.server:app",
+        "clientapp": "fedmtl.app.silo.client_app:app",
     }
     assert isinstance(server_app.app, ServerApp) and isinstance(client_app.app, ClientApp)
 
@@ -64,8 +66,8 @@ def test_the_fab_holds_the_code_and_configs_only() -> None:
     names = set(zipfile.ZipFile(io.BytesIO(fab)).namelist())
     for needed in (
         "pyproject.toml",
-        "fedmtl/app/client_app.py",
-        "fedmtl/app/server_app.py",
+        "fedmtl/app/silo/client_app.py",
+        "fedmtl/app/run/server.py",
         "strategies/engine/loop.py",
         "partitions/base.py",
         "configs/config.yaml",

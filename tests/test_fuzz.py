@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 
-from fedmtl.app.checkpoint import (
+from fedmtl.app.run.checkpoint import (
     CHECKPOINT_DIR,
     STATE_FILE,
     RunState,
     resumed_raw_config,
     save_checkpoint,
 )
-from fedmtl.app.config import compose, parse
-from fedmtl.app.experiment import prepare
+from fedmtl.app.run.config import compose, parse
+from fedmtl.app.run.experiment import prepare
 from fedmtl.core.errors import ConfigError
 from tests.helpers import compose_raw, example_overrides, shop_table, write_table
 

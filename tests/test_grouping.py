@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.app.config import parse
-from fedmtl.app.experiment import prepare
 from fedmtl.app.launch import run
+from fedmtl.app.run.config import parse
+from fedmtl.app.run.experiment import prepare
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import MultiTaskModel, group_trunk_key, is_trunk_key, trunk_group
 from fedmtl.core.records import SiloInfo

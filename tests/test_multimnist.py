@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.app.config import parse
-from fedmtl.app.experiment import prepare
 from fedmtl.app.launch import run
+from fedmtl.app.run.config import parse
+from fedmtl.app.run.experiment import prepare
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import build_dataclass
 from fedmtl.datasets import DATASETS, MultiTaskDataset

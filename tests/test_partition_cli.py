@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fedmtl.app.config import parse
 from fedmtl.app.launch import run
+from fedmtl.app.run.config import parse
 from partitions.base import SCHEMA_VERSION
 from tests.helpers import beats_chance, compose_raw, read_jsonl, run_fedmtl
 

@@ -18,8 +18,8 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import partitions
-from fedmtl.app.config import parse
-from fedmtl.app.experiment import prepare
+from fedmtl.app.run.config import parse
+from fedmtl.app.run.experiment import prepare
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import MissingLabelsConfig, PartitionConfig, PluginConfig
 from fedmtl.datasets import build_dataset

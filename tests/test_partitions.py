@@ -15,7 +15,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import partitions
-from fedmtl.app.config import parse_partition
+from fedmtl.app.run.config import parse_partition
 from fedmtl.core.data import MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import PartitionConfig, PluginConfig

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from fedmtl.app.config import compose, parse
 from fedmtl.app.launch import run
+from fedmtl.app.run.config import compose, parse
 
 PINS = Path(__file__).parent / "data" / "pinned_metrics.json"
 BASE = [

@@ -313,6 +313,7 @@ def test_evaluate_request_round_trip(groups: dict[str, tuple[str, ...]] | None) 
 
 FEDAVG = MethodSpec("fedavg")
 
+
 # ---------------------------------------------------------------------------------------- replies
 def assert_same_arrays(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
     assert list(a) == list(b)

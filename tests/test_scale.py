@@ -13,10 +13,10 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord
 
-from fedmtl.app import experiment as experiment_module
-from fedmtl.app.config import parse
 from fedmtl.app.launch import run
-from fedmtl.app.runtime import Shipment
+from fedmtl.app.run import experiment as experiment_module
+from fedmtl.app.run.config import parse
+from fedmtl.app.runtimes import Shipment
 from fedmtl.core import records
 from fedmtl.core.records import MethodSpec, TrainReply, TrainRequest
 from fedmtl.core.schema import TrainConfig

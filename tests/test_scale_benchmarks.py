@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fedmtl.app.runtime import OFFLINE_ENV
+from fedmtl.app.runtimes import OFFLINE_ENV
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 NOT_INSTALLED = ("flwr", "ray", "hydra", "omegaconf", "wandb")

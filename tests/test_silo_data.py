@@ -1,5 +1,5 @@
 """A silo's own side of a deployment: node config, its own table, its limits, and the ClientApp's
-checks of what the server sends with its error policy (fedmtl/app/silo_data.py, client_app.py)."""
+checks of what the server sends with its error policy (fedmtl/app/silo/node.py, client_app.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 from flwr.app import Context, Message, MessageType, RecordDict
 
-from fedmtl.app.client_app import REFUSED, UNAVAILABLE
-from fedmtl.app.config import parse
-from fedmtl.app.experiment import CONFIG_KEY, cached_experiment, prepare
 from fedmtl.app.launch import run
-from fedmtl.app.server_app import make_server_app
-from fedmtl.app.silo_data import Limits, RequestRefused, load_silo, node_settings, table_silo
+from fedmtl.app.run.config import parse
+from fedmtl.app.run.experiment import CONFIG_KEY, cached_experiment, prepare
+from fedmtl.app.run.server import make_server_app
+from fedmtl.app.silo.client_app import REFUSED, UNAVAILABLE
+from fedmtl.app.silo.node import Limits, RequestRefused, load_silo, node_settings, table_silo
 from fedmtl.core import records
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.records import EvaluateRequest, MethodSpec, SiloInfo, TrainRequest

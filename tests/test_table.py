@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedmtl.app.config import parse
-from fedmtl.app.experiment import build_data
 from fedmtl.app.launch import run
+from fedmtl.app.run.config import parse
+from fedmtl.app.run.experiment import build_data
 from fedmtl.core.errors import ConfigError
 from fedmtl.datasets.schema import FeatureSchema
 from fedmtl.datasets.table import table_source

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedmtl.app.config import parse
 from fedmtl.app.launch import run
-from fedmtl.app.vectorized import sequential_reason
+from fedmtl.app.run.config import parse
+from fedmtl.app.silo.batch import sequential_reason
 from fedmtl.core.data import LocalData, local_view
 from fedmtl.core.records import Groups, MethodSpec, TrainRequest
 from fedmtl.core.schema import ModelConfig, TrainConfig

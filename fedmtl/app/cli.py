@@ -8,14 +8,14 @@ output directory. A bad value stops either command before any work with a messag
 groups and their presets.
 
 ``fedmtl run resume=DIR`` continues the run in DIR from its last checkpoint
-(:mod:`fedmtl.app.checkpoint`).
+(:mod:`fedmtl.app.run.checkpoint`).
 
 ``fedmtl bench SUITE --out DIR`` and ``fedmtl report DIR... --out OUT`` take plain arguments
 (argparse; :mod:`fedmtl.app.bench.runner`, :mod:`fedmtl.app.bench.report`) and compose their
-configs with :func:`fedmtl.app.config.compose`.
+configs with :func:`fedmtl.app.run.config.compose`.
 
 For deployments (docs/deployment.md): ``fedmtl flwr-config [key=value ...]`` writes the same config
-as Flower run config for ``flwr run`` (:mod:`fedmtl.app.flwr_config`), and ``fedmtl deploy ...``
+as Flower run config for ``flwr run`` (:mod:`fedmtl.app.deploy.flwr_config`), and ``fedmtl deploy ...``
 makes certificates, node keys and demo tables and starts a local deployment
 (:mod:`fedmtl.app.deploy`).
 """
@@ -30,14 +30,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedmtl.app import deploy, flwr_config
 from fedmtl.app.bench import report, runner
-from fedmtl.app.checkpoint import resumed_raw_config
-from fedmtl.app.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
-from fedmtl.app.experiment import build_data, is_local
+from fedmtl.app.deploy import command as deploy
+from fedmtl.app.deploy import flwr_config
 from fedmtl.app.launch import run
-from fedmtl.app.runtime import set_offline_env
-from fedmtl.app.tracking import PARTITION_FILE
+from fedmtl.app.run.checkpoint import resumed_raw_config
+from fedmtl.app.run.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
+from fedmtl.app.run.experiment import build_data, is_local
+from fedmtl.app.run.tracking import PARTITION_FILE
+from fedmtl.app.runtimes import set_offline_env
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig
 from partitions.stats import print_table, write_report
@@ -141,7 +142,7 @@ def _hydra_command(
 def _resume(overrides: list[str]) -> None:
     """``fedmtl run resume=DIR [KEY=VALUE ...]``: the run in DIR goes on from its checkpoint with
     its own config (Hydra is not involved: no new run directory); only the keys of
-    :data:`~fedmtl.app.checkpoint.RESUMABLE_KEYS` may change."""
+    :data:`~fedmtl.app.run.checkpoint.RESUMABLE_KEYS` may change."""
     set_offline_env()
     run_dir = Path([arg for arg in overrides if arg.startswith("resume=")][-1].split("=", 1)[1])
     others = [arg for arg in overrides if not arg.startswith("resume=")]

@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedmtl.app.checkpoint import CHECKPOINT_DIR, check_resumable, load_checkpoint
-from fedmtl.app.client_app import make_client_app
-from fedmtl.app.experiment import cached_experiment, is_local
-from fedmtl.app.runtime import RUNTIMES, Apps, Shipment, set_offline_env
-from fedmtl.app.server_app import make_server_app
-from fedmtl.app.silo import Silo
-from fedmtl.app.tracking import METRICS_FILE, SUMMARY_FILE
-from fedmtl.app.vectorized import BatchTrainer
+from fedmtl.app.run.checkpoint import CHECKPOINT_DIR, check_resumable, load_checkpoint
+from fedmtl.app.run.experiment import cached_experiment, is_local
+from fedmtl.app.run.server import make_server_app
+from fedmtl.app.run.tracking import METRICS_FILE, SUMMARY_FILE
+from fedmtl.app.runtimes import RUNTIMES, Apps, Shipment, set_offline_env
+from fedmtl.app.silo.batch import BatchTrainer
+from fedmtl.app.silo.client_app import make_client_app
+from fedmtl.app.silo.toolkit import Silo
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig
 

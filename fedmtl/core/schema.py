@@ -1,6 +1,6 @@
 """The schema of an experiment's configuration: frozen dataclasses, each checking its own fields.
 
-Hydra composes ``configs/`` into a plain mapping; :func:`fedmtl.app.config.parse` turns it into an
+Hydra composes ``configs/`` into a plain mapping; :func:`fedmtl.app.run.config.parse` turns it into an
 :class:`ExperimentConfig` of these dataclasses. Plug-in groups (dataset, model, partition assignment
 and split, strategy, runtime) are ``{name, ...params}`` (:class:`PluginConfig`): ``params`` is the
 parameter dataclass that the plug-in registered. Every error is a :class:`ConfigError` naming the key.

@@ -80,7 +80,7 @@ def build_dataset(
 ) -> MultiTaskDataset:
     """Build dataset ``name`` and keep only ``tasks`` (all when None). Tables are fitted on their
     training rows, which only an experiment knows: build them with
-    :func:`fedmtl.app.experiment.build_data`."""
+    :func:`fedmtl.app.run.experiment.build_data`."""
     return materialise(build_source(name, params, seed), None, tasks)
 
 

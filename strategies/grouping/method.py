@@ -97,6 +97,7 @@ class GroupingParams(MethodParams):
     budget: float | None = None
     costs: float | list[float] | None = None
     time_limit_s: float = 60.0
+    node_limit: int | None = None
     weighting: WeightingChoice | None = None
     groups: list[list[str]] | None = None
 
@@ -113,6 +114,8 @@ class GroupingParams(MethodParams):
                 int_at_least(self, name, 1)
         if self.budget is not None:
             positive(self, "budget")
+        if self.node_limit is not None:
+            int_at_least(self, "node_limit", 0)
 
     def check_experiment(self, task_names: Sequence[str], num_rounds: int) -> None:
         if self.groups is not None:
@@ -153,6 +156,7 @@ class GroupingParams(MethodParams):
             costs=self.costs,
             method=self.solver,
             time_limit=self.time_limit_s,
+            node_limit=self.node_limit,
         )
 
 

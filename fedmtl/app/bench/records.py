@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedmtl.app.tracking import SUMMARY_FILE
+from fedmtl.app.run.tracking import SUMMARY_FILE
 
 CELL_FILE = "bench_cell.json"
 BENCH_FILE = "bench.json"

@@ -69,11 +69,11 @@ from fedmtl.app.bench.suite import (
     load_suite,
     suite_names,
 )
-from fedmtl.app.config import parse
 from fedmtl.app.launch import run
-from fedmtl.app.provenance import provenance
-from fedmtl.app.scenario import scenario_of, without_keys
-from fedmtl.app.tracking import SUMMARY_FILE
+from fedmtl.app.run.config import parse
+from fedmtl.app.run.provenance import provenance
+from fedmtl.app.run.scenario import scenario_of, without_keys
+from fedmtl.app.run.tracking import SUMMARY_FILE
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig
 

@@ -44,8 +44,8 @@ from typing import Any, TypeVar
 import yaml
 
 from fedmtl.app.bench.stats import REFERENCE_STRATEGY
-from fedmtl.app.config import compose, config_dir, parse, presets
-from fedmtl.app.experiment import check_strategy, prepare
+from fedmtl.app.run.config import compose, config_dir, parse, presets
+from fedmtl.app.run.experiment import check_strategy, prepare
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig
 

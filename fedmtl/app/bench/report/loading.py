@@ -5,7 +5,7 @@ a bench's record of it (``bench_cell.json`` beside it, or the same fields in the
 older benches: :mod:`fedmtl.app.bench.records`) gives its suite's label, phase, tuned values,
 scenario id and stored Delta_MTL. Runs are grouped by scenario (the bench's scenario, else
 ``summary.json``'s ``scenario``; computed from its config for older runs,
-:mod:`fedmtl.app.scenario`), strategy (the suite's label, else the strategy's name, with
+:mod:`fedmtl.app.run.scenario`), strategy (the suite's label, else the strategy's name, with
 ``@<hash>`` of its config when one name has several configs in a scenario) and seed. Left out, and
 listed: runs that did not complete, tuning runs (unless asked for), and duplicates of a
 (scenario, strategy, seed) (the newest is kept). The ``tuning.json`` records of benches are read
@@ -25,8 +25,8 @@ from typing import Any
 
 from fedmtl.app.bench.records import CELL_FILE, TUNING_FILE, read_cell
 from fedmtl.app.bench.stats import delta_metric, summary_delta_metrics
-from fedmtl.app.scenario import scenario_of
-from fedmtl.app.tracking import METRICS_FILE, SUMMARY_FILE, SUMMARY_SCHEMA_VERSION, read_metrics
+from fedmtl.app.run.scenario import scenario_of
+from fedmtl.app.run.tracking import METRICS_FILE, SUMMARY_FILE, SUMMARY_SCHEMA_VERSION, read_metrics
 from fedmtl.core.errors import ConfigError
 
 

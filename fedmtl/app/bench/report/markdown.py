@@ -14,7 +14,7 @@ from typing import Any
 from fedmtl.app.bench.report.loading import Inputs, Run
 from fedmtl.app.bench.report.tables import ScenarioTable
 from fedmtl.app.bench.stats import BASELINE_STRATEGY, Spread
-from fedmtl.app.provenance import provenance
+from fedmtl.app.run.provenance import provenance
 
 
 def write_markdown(

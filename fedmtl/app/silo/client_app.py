@@ -18,9 +18,9 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
-from fedmtl.app.runtime import Shipment
-from fedmtl.app.silo import Silo
-from fedmtl.app.silo_data import RequestRefused
+from fedmtl.app.runtimes import Shipment
+from fedmtl.app.silo.node import RequestRefused
+from fedmtl.app.silo.toolkit import Silo
 from fedmtl.core.records import EvaluateRequest, TrainRequest
 
 REFUSED = "refused: "
@@ -56,7 +56,7 @@ def make_client_app(
 ) -> ClientApp:
     """The ClientApp; the experiment config comes from the run config, else ``default_config_json``.
     ``shipment``: the driver's experiment for that config, adopted instead of building it again
-    (:class:`fedmtl.app.runtime.Shipment`)."""
+    (:class:`fedmtl.app.runtimes.Shipment`)."""
     app = ClientApp()
     silo = Silo(default_config_json, shipment)
 

@@ -1,7 +1,7 @@
 """The ``vectorized`` runtime's client side: a round's train messages answered together.
 
 :class:`BatchTrainer` receives the train messages of one round with each node's context (from
-:class:`fedmtl.app.runtime.VectorizedGrid`), prepares each through the same silo toolkit as the
+:class:`fedmtl.app.runtimes.VectorizedGrid`), prepares each through the same silo toolkit as the
 ClientApp (:class:`fedmtl.app.silo.Silo`: the same checks and refusals), trains every silo it can
 in batched computations (:func:`fedmtl.core.vectorized.train_vectorized`) and answers each with the
 same :class:`~fedmtl.core.records.TrainReply` the ClientApp would send
@@ -23,9 +23,9 @@ from typing import Any
 
 from flwr.app import Context, Message
 
-from fedmtl.app.experiment import cached_experiment
-from fedmtl.app.runtime import client_device
-from fedmtl.app.silo import Prepared, Silo, shared_model
+from fedmtl.app.run.experiment import cached_experiment
+from fedmtl.app.runtimes import client_device
+from fedmtl.app.silo.toolkit import Prepared, Silo, shared_model
 from fedmtl.core.records import TrainRequest
 from fedmtl.core.vectorized import Precision, SiloJob, train_vectorized, unsupported
 from strategies.engine import SiloMethod, tensors, train_reply

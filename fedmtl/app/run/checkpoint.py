@@ -43,7 +43,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from fedmtl.app.config import compose
+from fedmtl.app.run.config import compose
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.records import Arrays, Groups
 

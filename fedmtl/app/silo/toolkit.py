@@ -3,18 +3,18 @@ silo half, ready to run, and back.
 
 :class:`Silo` turns a train or evaluate message into a :class:`Prepared` job (the request, the
 received arrays, the method's silo half and its :class:`~strategies.engine.SiloTools`) after
-every check of what the server sent; the ClientApp (:mod:`fedmtl.app.client_app`) runs the job and
-the ``vectorized`` runtime (:mod:`fedmtl.app.vectorized`) trains the batchable ones together, both
+every check of what the server sent; the ClientApp (:mod:`fedmtl.app.silo.client_app`) runs the job and
+the ``vectorized`` runtime (:mod:`fedmtl.app.silo.batch`) trains the batchable ones together, both
 through here, so both refuse the same requests.
 
 What the server sends is checked before any work: the experiment config (it may name no file
 when it comes from the run config), the method (a silo refuses one it has no plug-in for), the
-request's values against the silo's limits (:class:`fedmtl.app.silo_data.Limits`), the received
+request's values against the silo's limits (:class:`fedmtl.app.silo.node.Limits`), the received
 arrays against the model (known keys, their shapes, finite values). Per-node state lives in
 ``context.state``: the silo's personal arrays (:data:`strategies.engine.silo.PERSONAL`), the rounds
 this node has trained, and the fingerprint of the rows and tasks it announced (fixed for the run).
 A silo that keeps personal arrays also saves them to files after each round it trains in, and a
-resumed run restores them from there (:mod:`fedmtl.app.checkpoint`): in simulations under the run
+resumed run restores them from there (:mod:`fedmtl.app.run.checkpoint`): in simulations under the run
 directory, on a SuperNode in the directory its node config's ``state-dir`` names (without it, a
 SuperNode keeps its state in memory only).
 """
@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from fedmtl.app.checkpoint import restore_silo_state, save_silo_state, silo_state_dir
-from fedmtl.app.config import parse
-from fedmtl.app.experiment import (
+from fedmtl.app.run.checkpoint import restore_silo_state, save_silo_state, silo_state_dir
+from fedmtl.app.run.config import parse
+from fedmtl.app.run.experiment import (
     CONFIG_KEY,
     Experiment,
     adopt,
@@ -44,8 +44,8 @@ from fedmtl.app.experiment import (
     config_json_from,
     named_files,
 )
-from fedmtl.app.runtime import Shipment, client_device
-from fedmtl.app.silo_data import NodeSettings, RequestRefused, SiloData, load_silo, node_settings
+from fedmtl.app.runtimes import Shipment, client_device
+from fedmtl.app.silo.node import NodeSettings, RequestRefused, SiloData, load_silo, node_settings
 from fedmtl.core import records
 from fedmtl.core.data import LocalData
 from fedmtl.core.models import MultiTaskModel
@@ -163,7 +163,7 @@ class Prepared:
 class Silo:
     """One process's silo side of a run. The experiment config comes from the run config, else
     ``default_config_json``; ``shipment``: the driver's experiment for that config, adopted
-    instead of building it again (:class:`fedmtl.app.runtime.Shipment`)."""
+    instead of building it again (:class:`fedmtl.app.runtimes.Shipment`)."""
 
     def __init__(self, default_config_json: str | None = None, shipment: Shipment | None = None):
         self.default_config_json = default_config_json

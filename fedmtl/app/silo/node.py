@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmtl.app.experiment import Experiment
+from fedmtl.app.run.experiment import Experiment
 from fedmtl.core.data import LocalData, local_view
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.records import SiloInfo, TrainRequest

@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from fedmtl.app.checkpoint import atomic_write_text
+from fedmtl.app.run.checkpoint import atomic_write_text
 from fedmtl.core.rounds import RoundRecord
 from fedmtl.core.schema import TrackingConfig
 from fedmtl.core.tasks import TaskSpec

@@ -1,7 +1,7 @@
 """Hydra experiments as Flower run config: what ``fedmtl flwr-config`` writes for ``flwr run``.
 
 Both apps read the experiment from one run-config entry, ``fedmtl-config``
-(:data:`fedmtl.app.experiment.CONFIG_KEY`): the composed and checked config as JSON.
+(:data:`fedmtl.app.run.experiment.CONFIG_KEY`): the composed and checked config as JSON.
 ``fedmtl flwr-config [GROUP=PRESET ...] [KEY=VALUE ...] [hydra.run.dir=DIR]`` composes it from
 ``configs/`` exactly as ``fedmtl run`` would, checks it, and prints (or writes, ``-o FILE``) a TOML
 file for ``flwr run . CONNECTION --run-config FILE``. ``pyproject.toml`` holds the one for
@@ -12,7 +12,7 @@ What changes on the way:
 - ``dataset.schema=FILE`` is read here and travels as its content: the server never sends a
   path. Any other file the config names (``dataset.path``, ``partition.path``) is refused: in a
   deployment each silo's SuperNode names its own data (``partition=local`` and node config
-  ``data-file``, :mod:`fedmtl.app.silo_data`).
+  ``data-file``, :mod:`fedmtl.app.silo.node`).
 - ``hydra.run.dir=DIR`` (default ``outputs/flwr``) becomes ``output_dir``: the ServerApp writes
   each run's results to ``DIR/<run id>/``, relative to the working directory of the process that
   runs it (the SuperLink's).
@@ -26,9 +26,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedmtl.app.checkpoint import resumed_raw_config
-from fedmtl.app.config import compose, parse
-from fedmtl.app.experiment import CONFIG_KEY, named_files, prepare
+from fedmtl.app.run.checkpoint import resumed_raw_config
+from fedmtl.app.run.config import compose, parse
+from fedmtl.app.run.experiment import CONFIG_KEY, named_files, prepare
 from fedmtl.core.errors import ConfigError
 from fedmtl.datasets.schema import FeatureSchema
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fedmtl.app.config import parse
+from fedmtl.app.run.config import parse
 from fedmtl.core.data import LocalData, MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import MultiTaskModel
@@ -169,7 +169,7 @@ def named_files(config: ExperimentConfig) -> list[str]:
     """The config keys that name a file to read (a table, a schema file, a partition manifest).
 
     A ClientApp never opens a file that the server's run config names: a silo's files come from
-    its own node config (:mod:`fedmtl.app.silo_data`)."""
+    its own node config (:mod:`fedmtl.app.silo.node`)."""
     keys = [
         f"dataset.{name}"
         for name in ("path", "schema")

@@ -18,7 +18,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from fedmtl.app.runtime import RUNTIMES
+from fedmtl.app.runtimes import RUNTIMES
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import Registry, build_dataclass
 from fedmtl.core.schema import (

@@ -20,7 +20,7 @@ from flwr.app import Context
 from flwr.common.logger import console_handler
 from flwr.serverapp import Grid, ServerApp
 
-from fedmtl.app.checkpoint import (
+from fedmtl.app.run.checkpoint import (
     RunState,
     check_resumable,
     load_checkpoint,
@@ -28,10 +28,10 @@ from fedmtl.app.checkpoint import (
     save_model,
     should_checkpoint,
 )
-from fedmtl.app.experiment import CONFIG_KEY, Experiment, cached_experiment, config_json_from
-from fedmtl.app.provenance import provenance
-from fedmtl.app.scenario import scenario_of
-from fedmtl.app.tracking import PARTITION_FILE, SUMMARY_SCHEMA_VERSION, Tracker
+from fedmtl.app.run.experiment import CONFIG_KEY, Experiment, cached_experiment, config_json_from
+from fedmtl.app.run.provenance import provenance
+from fedmtl.app.run.scenario import scenario_of
+from fedmtl.app.run.tracking import PARTITION_FILE, SUMMARY_SCHEMA_VERSION, Tracker
 from fedmtl.core import records
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import MultiTaskModel
@@ -111,7 +111,7 @@ def run_server(
 class Checkpointer:
     """Called by the engine after each round (:data:`strategies.engine.RoundEnd`): saves the
     run's state after the rounds :func:`should_checkpoint` picks, and the final model after the
-    last (:mod:`~fedmtl.app.checkpoint`)."""
+    last (:mod:`~fedmtl.app.run.checkpoint`)."""
 
     def __init__(
         self, experiment: Experiment, global_eval: GlobalEvaluator, previous: RunState | None
