@@ -20,7 +20,9 @@ from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import NoParams, Registry
 
 AssignmentFn = Callable[[list[str], int, Any, np.random.Generator], list[list[str]]]
-ASSIGNMENTS: Registry[AssignmentFn] = Registry("partition.assignment")
+ASSIGNMENTS: Registry[AssignmentFn] = Registry(
+    "partition.assignment", entry_points="fedmtl.assignments"
+)
 
 
 def in_dataset_order(task_names: list[str], chosen: set[str]) -> list[str]:

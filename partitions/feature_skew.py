@@ -29,7 +29,9 @@ from fedmtl.core.checks import positive
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import NoParams, Registry
 
-FEATURE_SKEWS: Registry[Any] = Registry("partition.feature_skew")
+FEATURE_SKEWS: Registry[Any] = Registry(
+    "partition.feature_skew", entry_points="fedmtl.feature_skews"
+)
 
 
 @FEATURE_SKEWS.register("none", params=NoParams)

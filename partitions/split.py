@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from fedmtl.core.data import MultiTaskDataset
 
 SplitFn = Callable[["MultiTaskDataset", np.ndarray, int, Any, int], list[np.ndarray]]
-SPLITS: Registry[SplitFn] = Registry("partition.split")
+SPLITS: Registry[SplitFn] = Registry("partition.split", entry_points="fedmtl.splits")
 UNLABELLED = -1
 """The class of samples whose label for the skewed task is missing."""
 

@@ -1,9 +1,9 @@
-"""Datasets: the generic contract every registered dataset meets, then each dataset's own checks."""
+"""Datasets: the generic contract every registered dataset meets (the kit's checks,
+:mod:`fedmtl.testing.data`), then each dataset's own checks."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from functools import cache
 from pathlib import Path
@@ -17,9 +17,15 @@ from hypothesis import strategies as st
 
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import build_dataclass
-from fedmtl.datasets import DATASETS, MultiTaskDataset, build_source, materialise
+from fedmtl.datasets import DATASETS, MultiTaskDataset
 from fedmtl.datasets.digits import DigitsPairParams, DigitsParams, load_raw
 from fedmtl.datasets.synthetic import SyntheticParams
+from fedmtl.testing.data import (
+    check_dataset_contract,
+    check_dataset_is_deterministic,
+    check_dataset_refuses_unknown_parameters,
+    check_dataset_selects_tasks,
+)
 from tests.helpers import example_dataset, example_params
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dataset"
@@ -54,59 +60,22 @@ def group_correlations(dataset: MultiTaskDataset) -> dict[str, list[float]]:
 
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_dataset_contract(name: str) -> None:
-    dataset = built(name)
-    n = dataset.num_samples
-    assert dataset.name == name
-    assert n >= 1 and dataset.tasks
-    assert dataset.inputs.dtype == torch.float32
-    assert torch.isfinite(dataset.inputs).all()
-    assert dataset.mask.shape == (n, len(dataset.tasks)) and dataset.mask.dtype == torch.bool
-    for t, task in enumerate(dataset.tasks):
-        labelled = dataset.targets[task.name][dataset.mask[:, t]]
-        assert labelled.shape[0] > 0, f"{task.name} has no labelled sample"
-        assert labelled.dtype == task.target_dtype
-        if task.kind == "multiclass":
-            assert int(labelled.min()) >= 0 and int(labelled.max()) < (task.num_classes or 0)
-        elif task.kind == "binary":
-            assert set(labelled.unique().tolist()) <= {0.0, 1.0}
-        else:
-            assert torch.isfinite(labelled).all()
-        if task.kind != "regression":
-            assert len(labelled.unique()) > 1, f"{task.name} uses a single class"
-    assert all(0.0 <= level <= 1.0 for level in dataset.chance_levels().values())
-    json.dumps(dataset.info)  # goes into summary.json
+    check_dataset_contract(name, example_params(name))
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_dataset_is_deterministic_for_a_seed(name: str) -> None:
-    first, second = example_dataset(name, 7), example_dataset(name, 7)
-    assert torch.equal(first.inputs, second.inputs)
-    assert torch.equal(first.mask, second.mask)
-    for task in first.task_names:
-        assert torch.equal(first.targets[task], second.targets[task])
-    assert first.info == second.info
+    check_dataset_is_deterministic(name, example_params(name))
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_build_dataset_selects_and_orders_tasks(name: str) -> None:
-    full = built(name)
-    chosen = list(reversed(full.task_names))[:2]
-    source = build_source(name, DATASETS.parse(name, example_params(name), "dataset"), 0)
-    dataset = materialise(source, np.arange(source.num_samples), tasks=chosen)
-    assert dataset.task_names == chosen
-    assert dataset.mask.shape == (full.num_samples, len(chosen))
-    for task in chosen:
-        assert torch.equal(dataset.targets[task], full.targets[task])
-    with pytest.raises(ConfigError) as err:
-        materialise(source, np.arange(source.num_samples), tasks=[chosen[0], "no_such_task"])
-    assert err.value.key == "dataset.tasks"
+    check_dataset_selects_tasks(name, example_params(name))
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_unknown_parameter_is_a_config_error(name: str) -> None:
-    with pytest.raises(ConfigError) as err:
-        DATASETS.parse(name, {"no_such_parameter": 1}, "dataset")
-    assert err.value.key == "dataset.no_such_parameter"
+    check_dataset_refuses_unknown_parameters(name)
 
 
 @pytest.mark.parametrize(

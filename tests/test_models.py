@@ -1,4 +1,5 @@
-"""Models: the contract of every registered trunk, then the multi-task model and its builder."""
+"""Models: the contract of every registered trunk (the kit's checks, :mod:`fedmtl.testing.data`),
+then the multi-task model and its builder."""
 
 from __future__ import annotations
 
@@ -7,10 +8,17 @@ import torch
 from torch import nn
 
 from fedmtl.core.errors import ConfigError
-from fedmtl.core.models import MultiTaskModel, head_task, is_trunk_key
+from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.registry import build_dataclass
 from fedmtl.core.schema import ModelConfig
 from fedmtl.core.tasks import TaskSpec
+from fedmtl.testing.data import (
+    check_trunk_contract,
+    check_trunk_forward,
+    check_trunk_heads,
+    check_trunk_is_seeded,
+    check_trunk_parameter_names,
+)
 from fedmtl.trunks import TRUNKS, CNNParams, MLPParams, ResNetParams, build_model
 from fedmtl.trunks.resnet import BasicBlock
 
@@ -29,83 +37,22 @@ def default_model(name: str, seed: int = 0, head_hidden: int = 0) -> MultiTaskMo
 
 @pytest.mark.parametrize("name", TRUNKS.names())
 def test_trunk_contract(name: str) -> None:
-    entry = TRUNKS.get(name)
-    torch.manual_seed(0)
-    trunk = entry.factory(IMAGE, entry.params())
-    assert isinstance(trunk.out_features, int) and trunk.out_features >= 1
-    x = torch.randn(5, *IMAGE)
-    features = trunk(x)
-    assert features.shape == (5, trunk.out_features)
-    assert features.dtype == torch.float32
-    assert torch.isfinite(features).all()
-    # Rows are independent: one row alone gives the same features (no batch statistics).
-    trunk.eval()
-    torch.testing.assert_close(trunk(x[2:3]), trunk(x)[2:3])
-    # Gradients reach every trunk parameter.
-    trunk.train()
-    trunk(x).sum().backward()
-    assert all(p.grad is not None for p in trunk.parameters())
+    check_trunk_contract(name)
 
 
 @pytest.mark.parametrize("name", TRUNKS.names())
 def test_parameter_names_say_what_is_shared(name: str) -> None:
-    model = default_model(name)
-    state = model.state_dict()
-    names = [n for n, _ in model.named_parameters()]
-    assert set(names) == set(state)  # no buffers besides parameters
-    task_names = {t.name for t in TASKS}
-    for key in state:
-        if key.startswith("trunk."):
-            assert is_trunk_key(key)
-            assert head_task(key) is None
-        else:
-            task = key.split(".")[1]
-            assert key.startswith(f"heads.{task}.") and task in task_names, key
-            assert not is_trunk_key(key)
-            assert head_task(key) == task
-    trunk_keys = model.trunk_keys()
-    head_keys = {t: model.head_keys(t) for t in task_names}
-    assert trunk_keys and all(head_keys.values())
-    all_keys = trunk_keys + [k for keys in head_keys.values() for k in keys]
-    assert sorted(all_keys) == sorted(state)  # a partition of the state dict
+    check_trunk_parameter_names(name)
 
 
 @pytest.mark.parametrize("name", TRUNKS.names())
 def test_forward_gives_requested_tasks(name: str) -> None:
-    model = default_model(name)
-    x = torch.randn(4, *IMAGE)
-    outputs = model(x)
-    assert list(outputs) == [t.name for t in TASKS]
-    for task in TASKS:
-        assert outputs[task.name].shape == (4, task.output_size)
-    some = model(x, ["ink", "digit"])
-    assert list(some) == ["ink", "digit"]
-    assert some["ink"].shape == (4, 1) and some["digit"].shape == (4, 10)
-    model.eval()
-    torch.testing.assert_close(model(x, ["odd"])["odd"], model(x)["odd"])
+    check_trunk_forward(name)
 
 
 @pytest.mark.parametrize("name", TRUNKS.names())
-def test_build_model_is_seeded(name: str) -> None:
-    a, b, c = default_model(name, seed=3), default_model(name, seed=3), default_model(name, seed=4)
-    for key, value in a.state_dict().items():
-        assert torch.equal(value, b.state_dict()[key]), key
-    assert any(not torch.equal(value, c.state_dict()[key]) for key, value in a.state_dict().items())
-    # Every weight matrix or kernel differs between seeds (heads as well as trunk); a norm's
-    # affine scale (a vector) starts at ones whatever the seed.
-    for key, value in a.state_dict().items():
-        if key.endswith("weight") and value.dim() >= 2:
-            assert not torch.equal(value, c.state_dict()[key]), key
-
-
-@pytest.mark.parametrize("name", TRUNKS.names())
-def test_build_model_leaves_global_rng_alone(name: str) -> None:
-    torch.manual_seed(123)
-    default_model(name, seed=9)
-    after_build = torch.rand(8)
-    torch.manual_seed(123)
-    without_build = torch.rand(8)
-    assert torch.equal(after_build, without_build)
+def test_build_model_is_seeded_and_leaves_global_rng_alone(name: str) -> None:
+    check_trunk_is_seeded(name)
 
 
 def test_build_model_ignores_global_rng() -> None:
@@ -182,17 +129,8 @@ def test_valid_params_build() -> None:
 
 @pytest.mark.parametrize("name", TRUNKS.names())
 def test_head_hidden_gives_two_layer_heads(name: str) -> None:
-    model = default_model(name, head_hidden=6)
-    features = model.trunk.out_features
-    for task in TASKS:
-        linears = [m for m in model.heads[task.name].modules() if isinstance(m, nn.Linear)]
-        assert [(m.in_features, m.out_features) for m in linears] == [
-            (features, 6),
-            (6, task.output_size),
-        ]
-        assert any(isinstance(m, nn.ReLU) for m in model.heads[task.name].modules())
-    outputs = model(torch.randn(2, *IMAGE))
-    assert {k: v.shape for k, v in outputs.items()} == {t.name: (2, t.output_size) for t in TASKS}
+    check_trunk_heads(name)
+    features = default_model(name).trunk.out_features
     flat = default_model(name, head_hidden=0)
     for task in TASKS:
         linears = [m for m in flat.heads[task.name].modules() if isinstance(m, nn.Linear)]

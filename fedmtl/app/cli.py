@@ -17,7 +17,8 @@ configs with :func:`fedmtl.app.run.config.compose`.
 For deployments (docs/deployment.md): ``fedmtl flwr-config [key=value ...]`` writes the same config
 as Flower run config for ``flwr run`` (:mod:`fedmtl.app.deploy.flwr_config`), and ``fedmtl deploy ...``
 makes certificates, node keys and demo tables and starts a local deployment
-(:mod:`fedmtl.app.deploy`).
+(:mod:`fedmtl.app.deploy`). ``fedmtl new KIND NAME --out DIR`` writes a plug-in package
+(:mod:`fedmtl.app.scaffold`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fedmtl.app import scaffold
 from fedmtl.app.bench import report, runner
 from fedmtl.app.deploy import command as deploy
 from fedmtl.app.deploy import flwr_config
@@ -37,6 +39,7 @@ from fedmtl.app.launch import run
 from fedmtl.app.run.checkpoint import resumed_raw_config
 from fedmtl.app.run.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
 from fedmtl.app.run.experiment import build_data, is_local
+from fedmtl.app.run.plugins import search_path
 from fedmtl.app.run.tracking import PARTITION_FILE
 from fedmtl.app.runtimes import set_offline_env
 from fedmtl.core.errors import ConfigError
@@ -59,6 +62,8 @@ commands:
              (e.g. experiment=flwr_tables dataset.schema=schema.json -o run.toml)
   deploy     certs | node-key | demo-data | local: TLS certificates, SuperNode keys, demo tables
              and a local deployment with TLS and node authentication (docs/deployment.md)
+  new        new method | dataset | trunk NAME --out DIR: a plug-in package to start from, with
+             its entry point, preset and a test that runs the contract kit (docs/extending.md)
 """
 
 GROUPS = ("dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment")
@@ -135,7 +140,7 @@ def _hydra_command(
             print(f"fedmtl {name}: invalid config: {err}", file=sys.stderr)
             sys.exit(2)
 
-    sys.argv = [f"fedmtl {name}", *overrides]
+    sys.argv = [f"fedmtl {name}", *overrides, *search_path(overrides)]  # plug-ins' presets too
     _main()
 
 
@@ -236,6 +241,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if command == "deploy":
         deploy.main(overrides)
+        return
+    if command == "new":
+        scaffold.main(overrides)
         return
     if command == "flwr-config":
         if any(arg in ("-h", "--help") for arg in overrides):

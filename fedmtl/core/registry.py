@@ -10,7 +10,9 @@ that group: each names a module (or an object in one) of another package that re
 members into the registry when imported. A package that fails to import, clashes with a name
 already registered, or registers a malformed member is a :class:`PluginError` naming the entry
 point and its package, raised before any work. :func:`load_plugin_modules` does the same for the
-modules and files a config names (``plugins=[my_module, path/to/file.py]``).
+modules and files a config names (``plugins=[my_module, path/to/file.py]``). A plug-in's presets
+(Hydra configs, e.g. ``strategy/my_method.yaml``) live in a ``configs/`` folder beside its module;
+:data:`PLUGIN_CONFIG_DIRS` collects those of the plug-ins loaded so far.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import importlib.util
 import sys
 import types
 import typing
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,13 +44,18 @@ class PluginError(ConfigError):
 _LOADING: list[str] = []
 """The plug-ins being loaded (innermost last): members registered meanwhile are theirs."""
 
+PLUGIN_CONFIG_DIRS: list[Path] = []
+"""The ``configs/`` folders of the plug-ins loaded so far (Hydra searches them for presets)."""
 
-def load_plugin(key: str, what: str, load: Callable[[], object]) -> None:
+
+def load_plugin(key: str, what: str, load: Callable[[], object], module: str | None = None) -> None:
     """Run ``load`` (an import that registers members), as plug-in ``what``; any failure is a
-    :class:`PluginError` naming ``key`` and ``what``."""
+    :class:`PluginError` naming ``key`` and ``what``. The ``configs/`` folder beside ``module``
+    (once loaded), if any, joins :data:`PLUGIN_CONFIG_DIRS`."""
     _LOADING.append(what)
     try:
         load()
+        _note_config_dir(module)
     except PluginError:
         raise
     except Exception as err:  # an import error, a clash or a malformed member
@@ -60,20 +68,38 @@ def load_plugin(key: str, what: str, load: Callable[[], object]) -> None:
         _LOADING.pop()
 
 
+def _note_config_dir(module: str | None) -> None:
+    loaded = sys.modules.get(module) if module else None
+    path = getattr(loaded, "__file__", None)
+    if path is not None:
+        configs = Path(path).resolve().parent / "configs"
+        if configs.is_dir() and configs not in PLUGIN_CONFIG_DIRS:
+            PLUGIN_CONFIG_DIRS.append(configs)
+
+
 def load_plugin_modules(names: Sequence[str], key: str = "plugins") -> None:
     """Import the modules (``my_package.module``) and files (``path/to/file.py``) a config names,
     once per process; each registers its members into the registries it imports."""
     for name in names:
         if name.endswith(".py"):
             path = Path(name).resolve()
-            module = f"fedmtl_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+            module = file_module_name(path)
             if module in sys.modules:
                 continue
             if not path.is_file():
                 raise PluginError(key, f"{name} is not a file.", "give the path of a .py file.")
-            load_plugin(key, f"file {name}", functools.partial(_import_file, path, module))
-        elif name not in sys.modules:
-            load_plugin(key, f"module {name}", functools.partial(importlib.import_module, name))
+            load_plugin(key, f"file {name}", functools.partial(_import_file, path, module), module)
+        elif name in sys.modules:
+            _note_config_dir(name)
+        else:
+            import_it = functools.partial(importlib.import_module, name)
+            load_plugin(key, f"module {name}", import_it, name)
+
+
+def file_module_name(path: Path) -> str:
+    """The module name a plug-in file is imported under: the same in every process on a machine
+    (pickled objects of the plug-in name it), distinct for files of the same name elsewhere."""
+    return f"fedmtl_plugin_{path.stem}_{zlib.crc32(str(path).encode()):08x}"
 
 
 def _import_file(path: Path, module: str) -> None:
@@ -142,6 +168,8 @@ class Registry(Generic[F]):
             raise TypeError(f"params of {self.kind} '{name}' must be a dataclass")
 
         def decorator(factory: F) -> F:
+            if not callable(factory):
+                raise TypeError(f"{self.kind} '{name}': {factory!r} is not callable")
             if name in self._entries:
                 raise ValueError(
                     f"{self.kind} '{name}' is registered twice (first by "
@@ -173,6 +201,7 @@ class Registry(Generic[F]):
                 self.entry_points,
                 f"entry point '{point.name}' = '{point.value}' of package {dist}",
                 point.load,
+                point.module,
             )
 
     def names(self) -> list[str]:

@@ -161,7 +161,8 @@ class TrackingConfig:
 @dataclass(frozen=True)
 class ExperimentConfig:
     """The whole validated experiment. ``checkpoint_every``: save the run's state every N rounds
-    (0: only after the last round); ``resume``: the run directory this run continues."""
+    (0: only after the last round); ``resume``: the run directory this run continues;
+    ``plugins``: modules and files loaded before the config was read (their members registered)."""
 
     seed: int
     num_rounds: int
@@ -175,6 +176,7 @@ class ExperimentConfig:
     output_dir: str = "."
     checkpoint_every: int = 5
     resume: str | None = None
+    plugins: tuple[str, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> str:

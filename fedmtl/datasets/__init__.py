@@ -29,7 +29,7 @@ from fedmtl.datasets.tv16 import TV16Params, build_tv16
 
 Source = MultiTaskDataset | TableSource
 DatasetBuilder = Callable[[Any, int], Source]
-DATASETS: Registry[DatasetBuilder] = Registry("dataset")
+DATASETS: Registry[DatasetBuilder] = Registry("dataset", entry_points="fedmtl.datasets")
 DATASETS.register("celeba", params=CelebAParams)(build_celeba)
 DATASETS.register("digits", params=DigitsParams)(build_digits)
 DATASETS.register("digits_pair", params=DigitsPairParams)(build_digits_pair)

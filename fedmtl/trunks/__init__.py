@@ -20,7 +20,7 @@ from fedmtl.trunks.cnn import CNNParams, CNNTrunk
 from fedmtl.trunks.mlp import MLPParams, MLPTrunk
 from fedmtl.trunks.resnet import ResNetParams, ResNetTrunk
 
-TRUNKS: Registry = Registry("model")
+TRUNKS: Registry = Registry("model", entry_points="fedmtl.trunks")
 TRUNKS.register("mlp", params=MLPParams)(MLPTrunk)
 TRUNKS.register("cnn", params=CNNParams)(CNNTrunk)
 TRUNKS.register("resnet", params=ResNetParams)(ResNetTrunk)

@@ -75,7 +75,8 @@ class ClientUpdate:
     ``task_deltas[t]`` holds task t's share of the trunk update (the joint one is their sum).
     ``loss_before[t]``: task t's mean training loss of the received model, before local training.
     ``method_metrics``: the numbers the method asked the silo for (e.g. measured task affinities).
-    ``sent``: the arrays the silo received (the deltas are relative to them).
+    ``sent``: the arrays the silo received (the deltas are relative to them). ``steps``: the local
+    optimizer steps it took.
     """
 
     node_id: int
@@ -88,6 +89,7 @@ class ClientUpdate:
     task_deltas: dict[str, Arrays] | None = None
     method_metrics: dict[str, float] = field(default_factory=dict)
     sent: Arrays = field(default_factory=dict)
+    steps: int = 0
 
 
 Serves = Callable[[str, str], bool]
@@ -158,6 +160,7 @@ def check_train_reply(
         task_deltas,
         dict(reply.method_metrics),
         sent,
+        reply.steps,
     )
 
 

@@ -190,7 +190,7 @@ class UpdateSimilarity(Affinity):
     needs_per_task = True
 
 
-AFFINITIES: Registry[type[Affinity]] = Registry("affinity")
+AFFINITIES: Registry[type[Affinity]] = Registry("affinity", entry_points="fedmtl.affinities")
 for _cls in (TransferGain, TAGLookahead, UpdateSimilarity):
     AFFINITIES.register(_cls.name, params=NoParams)(_cls)
 

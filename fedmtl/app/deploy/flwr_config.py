@@ -52,6 +52,14 @@ def run_config(overrides: list[str]) -> dict[str, str]:
     if isinstance(schema, str):
         raw["dataset"]["schema"] = FeatureSchema.load(schema).to_json()
     config = parse(raw)
+    if config.plugins:
+        raise ConfigError(
+            "plugins",
+            f"names {list(config.plugins)}, but a deployment's silos never load code the run config "
+            "names.",
+            "install the plug-in package on the SuperLink's and every SuperNode's machine (its "
+            "entry points register it) and drop plugins=...; see docs/extending.md.",
+        )
     files = named_files(config)
     if files:
         raise ConfigError(

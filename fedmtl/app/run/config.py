@@ -18,6 +18,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from fedmtl.app.run.plugins import (
+    GROUP_REGISTRIES,
+    PLUGINS_KEY,
+    load_plugins,
+    plugin_names,
+    preset_folders,
+    search_path,
+)
 from fedmtl.app.runtimes import RUNTIMES
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import Registry, build_dataclass
@@ -38,17 +46,6 @@ from fedmtl.trunks import TRUNKS
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS
 from strategies import METHODS
 
-GROUP_REGISTRIES: dict[str, Registry[Any]] = {
-    "dataset": DATASETS,
-    "model": TRUNKS,
-    "partition.assignment": ASSIGNMENTS,
-    "partition.split": SPLITS,
-    "partition.feature_skew": FEATURE_SKEWS,
-    "strategy": METHODS,
-    "runtime": RUNTIMES,
-}
-"""Config key of each plug-in group -> the registry whose names and parameter schemas it takes."""
-
 
 def config_dir() -> str:
     """Absolute path of the installed ``configs`` package."""
@@ -56,10 +53,11 @@ def config_dir() -> str:
 
 
 def presets(group: str) -> list[str]:
-    """The presets of a config group: ``configs/<group>/<name>.yaml`` (files starting with ``_``
-    hold values shared by presets and are not presets themselves)."""
-    folder = Path(config_dir()) / group
-    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))
+    """The presets of a config group: ``configs/<group>/<name>.yaml`` in fedmtl's configs and in
+    every plug-in's (files starting with ``_`` hold values shared by presets and are not presets
+    themselves)."""
+    folders = [folder / group for folder in preset_folders(Path(config_dir()))]
+    return sorted({p.stem for f in folders for p in f.glob("*.yaml") if not p.stem.startswith("_")})
 
 
 def compose(overrides: list[str], output_dir: str | Path = ".") -> dict[str, Any]:
@@ -89,12 +87,13 @@ def compose(overrides: list[str], output_dir: str | Path = ".") -> dict[str, Any
 
 
 def _hydra_compose(overrides: list[str]) -> Any:
-    """Hydra's composition of ``configs/`` with ``overrides`` (its own exceptions)."""
+    """Hydra's composition of ``configs/`` (and the plug-ins' presets) with ``overrides`` (its
+    own exceptions)."""
     from hydra import compose as hydra_compose  # noqa: PLC0415 - heavy, only when composing a config
     from hydra import initialize_config_dir  # noqa: PLC0415 - heavy, only when composing a config
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+        return hydra_compose(config_name="config", overrides=[*overrides, *search_path(overrides)])
 
 
 def _culprit(overrides: list[str]) -> str:
@@ -195,6 +194,11 @@ def raw_config(container: Mapping[Any, Any], output_dir: str | Path) -> dict[str
     raw.pop("hydra", None)
     raw.pop("experiment", None)
     raw["output_dir"] = str(output_dir)
+    if isinstance(raw.get(PLUGINS_KEY), list):  # a file plug-in by its absolute path: every
+        raw[PLUGINS_KEY] = [  # process of the run (whatever its working directory) finds it
+            str(Path(name).resolve()) if isinstance(name, str) and name.endswith(".py") else name
+            for name in raw[PLUGINS_KEY]
+        ]
     return raw
 
 
@@ -209,6 +213,8 @@ def _plugin(registry: Registry[Any], values: Any, key: str, extra: tuple[str, ..
 def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     """Validate a composed config mapping and build the typed :class:`ExperimentConfig`."""
     raw = json.loads(json.dumps(raw))  # plain JSON types only, detached from the caller
+    plugins = plugin_names(raw.get(PLUGINS_KEY))
+    load_plugins(plugins)  # before anything names what they register
     known = {f.name for f in dataclasses.fields(ExperimentConfig)} - {"raw"}
     for key in raw:
         if key not in known and key != "experiment":
@@ -270,6 +276,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
         output_dir=output_dir,
         checkpoint_every=raw.get("checkpoint_every", ExperimentConfig.checkpoint_every),
         resume=resume,
+        plugins=tuple(plugins),
         raw=raw,
     )
 

@@ -189,6 +189,7 @@ def prepare(config: ExperimentConfig) -> Experiment:
     experiment = Experiment(config=config, dataset=dataset, partition=partition)
     experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
     check_strategy(config, dataset.task_names, experiment.num_silos)
+    experiment.new_method()  # a method may refuse the experiment when it is built
     return experiment
 
 

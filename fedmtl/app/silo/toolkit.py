@@ -44,6 +44,7 @@ from fedmtl.app.run.experiment import (
     config_json_from,
     named_files,
 )
+from fedmtl.app.run.plugins import PLUGINS_KEY
 from fedmtl.app.runtimes import Shipment, client_device
 from fedmtl.app.silo.node import NodeSettings, RequestRefused, SiloData, load_silo, node_settings
 from fedmtl.core import records
@@ -171,11 +172,18 @@ class Silo:
 
     def experiment(self, context: Context) -> tuple[str, Experiment]:
         """The run's experiment. A config from the run config (sent by whoever started the run)
-        may name no file: a silo opens only the files of its own node config."""
+        may name no file and no plug-in: a silo opens only the files of its own node config and
+        runs only the code installed on its machine."""
         with refusing("experiment config"):
             config_json = config_json_from(context.run_config, self.default_config_json)
+            from_run_config = bool(context.run_config.get(CONFIG_KEY))
+            if from_run_config and json.loads(config_json).get(PLUGINS_KEY):
+                raise RequestRefused(
+                    "the experiment config names plug-ins to load; a silo loads only the plug-ins "
+                    "installed on its own machine"
+                )
             files = _named_files(config_json)
-        if files and context.run_config.get(CONFIG_KEY):
+        if files and from_run_config:
             raise RequestRefused(
                 f"the experiment config names files ({', '.join(files)}); a silo opens only the "
                 "files its own node config names"
