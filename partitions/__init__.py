@@ -23,9 +23,9 @@ import numpy as np
 
 from fedmtl.core.errors import ConfigError
 from partitions.assignment import ASSIGNMENTS
-from partitions.base import SCHEMA_VERSION, Partition, Silo
 from partitions.feature_skew import FEATURE_SKEWS
 from partitions.heldout import HeldOut, carve_validation, check_groups, hold_out, validation_rng
+from partitions.manifest import SCHEMA_VERSION, Partition, Silo
 from partitions.missing_labels import hide_labels
 from partitions.split import SPLITS
 

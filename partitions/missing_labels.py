@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedmtl.core.errors import ConfigError
-from partitions.base import Silo
+from partitions.manifest import Silo
 
 if TYPE_CHECKING:
     from fedmtl.core.data import MultiTaskDataset

@@ -22,7 +22,7 @@ from rich.table import Table
 from scipy.spatial.distance import jensenshannon
 
 from fedmtl.core.data import MultiTaskDataset
-from partitions.base import Partition
+from partitions.manifest import Partition
 
 STATS_FILE = "partition_stats.csv"
 TASKS_PLOT = "partition_tasks.png"

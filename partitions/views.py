@@ -11,8 +11,8 @@ import dataclasses
 from typing import Literal
 
 from fedmtl.core.data import LocalData, MultiTaskDataset, local_view
-from partitions.base import Partition
 from partitions.feature_skew import FEATURE_SKEWS
+from partitions.manifest import Partition
 
 _STREAMS = {"train": 0, "test": 1}
 

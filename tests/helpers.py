@@ -108,7 +108,11 @@ def compose_raw(overrides: list[str], output_dir: Path | None = None) -> dict[st
 
 
 def run_fedmtl(
-    args: list[str], timeout: float, command: Sequence[str] = FEDMTL, **env: str
+    args: list[str],
+    timeout: float,
+    command: Sequence[str] = FEDMTL,
+    cwd: Path | None = None,
+    **env: str,
 ) -> subprocess.CompletedProcess[str]:
     """``fedmtl ARGS`` (or ``command ARGS``) in a subprocess with the offline environment (and
     ``env``), under a hard timeout: on expiry its whole process group (Ray's processes with it) is
@@ -119,6 +123,7 @@ def run_fedmtl(
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **OFFLINE_ENV, **env},
+        cwd=cwd,
         start_new_session=True,  # its own process group, so that it can be ended as a whole
     )
     try:

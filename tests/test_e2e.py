@@ -19,7 +19,7 @@ from fedmtl.app.run.config import parse, presets
 from fedmtl.app.runtimes import client_device
 from fedmtl.app.silo.node import node_settings
 from fedmtl.app.silo.toolkit import silo_rows
-from strategies.balancing import WEIGHTINGS
+from strategies.balanced import BalancedParams
 from tests.helpers import beats_chance, compose_raw, read_jsonl, run_fedmtl
 
 FEDMTL = [sys.executable, "-m", "fedmtl.app.cli"]
@@ -108,12 +108,14 @@ def test_every_strategy_runs_end_to_end(tmp_path: Path, name: str, extra: list[s
     """``fedmtl run strategy=<preset>`` for every shipped preset, in process: result files,
     finite metrics, task weights."""
     raw = compose_raw([*SMALL_SYNTHETIC, f"strategy={name}", "num_rounds=2", *extra], tmp_path)
-    summary = run(parse(raw))
+    config = parse(raw)
+    summary = run(config)
     check_result_files(tmp_path, summary, 2)
     assert summary["strategy"] == name and summary["rejected"] == []
     assert all(math.isfinite(v) for m in summary["final"].values() for v in m.values())
     train_rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
-    weighted = name in WEIGHTINGS and "strategy.balancing=local" not in extra
+    params = config.strategy.params  # server balancing reports each task's weight
+    weighted = isinstance(params, BalancedParams) and params.balancing != "local"
     for row in train_rows:
         weights = [m["weight"] for m in row["metrics"].values() if "weight" in m]
         assert len(weights) == (len(summary["tasks"]) if weighted else 0)

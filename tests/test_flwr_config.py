@@ -69,7 +69,7 @@ def test_the_fab_holds_the_code_and_configs_only() -> None:
         "fedmtl/app/silo/client_app.py",
         "fedmtl/app/run/server.py",
         "strategies/engine/loop.py",
-        "partitions/base.py",
+        "partitions/manifest.py",
         "configs/config.yaml",
         "configs/experiment/flwr_demo.yaml",
     ):

@@ -11,7 +11,7 @@ import pytest
 
 from fedmtl.app.launch import run
 from fedmtl.app.run.config import parse
-from partitions.base import SCHEMA_VERSION
+from partitions.manifest import SCHEMA_VERSION
 from tests.helpers import beats_chance, compose_raw, read_jsonl, run_fedmtl
 
 

@@ -73,6 +73,8 @@ def compose(overrides: list[str], output_dir: str | Path = ".") -> dict[str, Any
 
     try:
         cfg = _hydra_compose(overrides)
+    except ConfigError:  # a plug-in that cannot be loaded names itself
+        raise
     except HydraException as err:
         raise _explain(str(err), overrides) from None
     except (OmegaConfBaseException, ValueError, TypeError) as err:  # e.g. a key under a list

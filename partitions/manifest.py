@@ -3,7 +3,7 @@
 A :class:`Partition` says, for one dataset and seed, which tasks each silo labels and which samples
 it holds for training and for testing, which of its training labels are withheld, how its inputs
 are transformed, and which samples form the global held-out test set. It is saved as a JSON
-manifest, a contract read by other tools; its shape (``schema_version`` 2)::
+manifest, a contract read by other tools; its shape (``schema_version`` 3)::
 
     {"schema_version": 3, "seed": int, "dataset": str, "tasks": [str, ...], "config": {...},
      "global_test_indices": [int, ...], "feature_skew": str,
