@@ -1,5 +1,5 @@
 """Shared test set-up: the offline environment, hypothesis profiles, and torch's global RNG reset
-before every test (helpers live in :mod:`tests.helpers`).
+before every test (what several test modules share lives in :mod:`tests.support`).
 
 pytest-randomly runs the tests in a random order and reseeds ``random`` and numpy before each
 test; the fixture below does the same for torch, so no test depends on what ran before it.

@@ -20,17 +20,8 @@ from fedmtl.core.registry import PluginConfig
 from strategies.balanced import Balanced, BalancedSilo
 from strategies.balancing import WEIGHTINGS
 from strategies.engine import Engine, ServerOptParams
-from tests.helpers import (
-    TRUNK_KEYS,
-    FakeSilo,
-    Federation,
-    assert_moved,
-    assert_unchanged,
-    head_keys,
-    make_engine,
-    one_round,
-    pattern,
-)
+from tests.support.engines import assert_moved, assert_unchanged, make_engine, one_round
+from tests.support.fakes import TRUNK_KEYS, FakeSilo, Federation, head_keys, pattern
 
 # Per-task counts n_{s,t}, per-task trunk shares and losses before training:
 #   silo 0 {a, b}: n_a=10, n_b=30;  shares a 1.0,  b 2.0;   loss_before a 2.0, b 1.0

@@ -28,7 +28,7 @@ from fedmtl.core.training import mean_task_losses
 from strategies.balanced import Balanced
 from strategies.balancing import WEIGHTINGS, combine
 from strategies.engine import GlobalModel, RunContext
-from tests.helpers import compose_raw
+from tests.support.runs import compose_raw
 
 ETA = 0.1
 SEED = 3

@@ -30,14 +30,8 @@ from strategies.fedper import KeptHeadsParams, KeptHeadsSilo
 from strategies.local import LocalSilo
 from strategies.matfl import MaTFL, MaTFLParams, cluster_silos
 from tests.baselines_app import BASELINES
-from tests.helpers import (
-    TINY_TASKS,
-    compose_raw,
-    read_jsonl,
-    run_test_app,
-    small_model,
-    tiny_view,
-)
+from tests.support.data import TINY_TASKS, small_model, tiny_view
+from tests.support.runs import compose_raw, read_jsonl, run_test_app
 
 SMOKE = ["experiment=smoke", "num_rounds=2"]
 CFG = TrainConfig(local_epochs=1, batch_size=4, lr=0.1, momentum=0.0)

@@ -23,7 +23,9 @@ from fedmtl.app.run.scenario import EXCLUDED_KEYS, scenario_of
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig, PartitionConfig, PluginConfig
 from partitions import ASSIGNMENTS, SPLITS, build, hold_out
-from tests.helpers import FakeRunner, compose_raw, make_dataset, read_jsonl
+from tests.support.bench import FakeRunner
+from tests.support.data import make_dataset
+from tests.support.runs import compose_raw, read_jsonl
 
 TINY = ["experiment=smoke", "dataset=synthetic", "dataset.num_samples=240", "tracking=quiet"]
 SUITE: dict[str, Any] = {

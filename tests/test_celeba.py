@@ -28,15 +28,9 @@ from fedmtl.datasets.celeba import (
     official_heldout,
     read_lists,
 )
-from tests.helpers import (
-    CELEBA_ATTRIBUTES,
-    CelebAFixture,
-    beats_chance,
-    celeba_cell,
-    celeba_example,
-    compose_raw,
-    write_celeba,
-)
+from tests.support.celeba import CELEBA_ATTRIBUTES, CelebAFixture, celeba_cell, write_celeba
+from tests.support.datasets import celeba_example
+from tests.support.runs import beats_chance, compose_raw
 
 ATTR, IDENTITY, PARTITION = "list_attr_celeba.txt", "identity_CelebA.txt", "list_eval_partition.txt"
 

@@ -32,7 +32,7 @@ from fedmtl.app.run.checkpoint import (
 from fedmtl.app.run.config import parse
 from fedmtl.core.errors import ConfigError
 from strategies.engine import Engine
-from tests.helpers import compose_raw, fedmtl_process, read_jsonl, run_fedmtl
+from tests.support.runs import compose_raw, fedmtl_process, read_jsonl, run_fedmtl
 
 SMALL = [
     "runtime=inprocess",

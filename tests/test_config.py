@@ -35,7 +35,9 @@ from fedmtl.core.schema import (
 from fedmtl.datasets import DATASETS
 from fedmtl.trunks import TRUNKS
 from strategies import METHODS
-from tests.helpers import compose_raw, example_overrides, silo_tables, unset_example_overrides
+from tests.support.datasets import example_overrides, unset_example_overrides
+from tests.support.deployments import silo_tables
+from tests.support.runs import compose_raw
 
 GROUPS = ["dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment"]
 

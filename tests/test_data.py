@@ -26,7 +26,7 @@ from fedmtl.testing.data import (
     check_dataset_refuses_unknown_parameters,
     check_dataset_selects_tasks,
 )
-from tests.helpers import example_dataset, example_params
+from tests.support.datasets import example_dataset, example_params
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dataset"
 

@@ -35,7 +35,8 @@ from fedmtl.app.deploy import (
 from fedmtl.app.deploy.flwr_config import to_toml
 from fedmtl.app.run.experiment import CONFIG_KEY
 from fedmtl.app.run.server import make_server_app
-from tests.helpers import local_config_json, local_grid, read_jsonl, silo_tables
+from tests.support.deployments import local_config_json, local_grid, silo_tables
+from tests.support.runs import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -20,7 +20,7 @@ from fedmtl.app.runtimes import client_device
 from fedmtl.app.silo.node import node_settings
 from fedmtl.app.silo.toolkit import silo_rows
 from strategies.balanced import BalancedParams
-from tests.helpers import beats_chance, compose_raw, read_jsonl, run_fedmtl
+from tests.support.runs import beats_chance, compose_raw, read_jsonl, run_fedmtl
 
 FEDMTL = [sys.executable, "-m", "fedmtl.app.cli"]
 SIMULATION_TIMEOUT_S = 240

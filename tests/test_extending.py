@@ -16,7 +16,7 @@ import yaml
 
 from fedmtl.app.scaffold import KINDS, write_package
 from fedmtl.core.errors import ConfigError
-from tests.helpers import REPO_ROOT, run_fedmtl
+from tests.support.runs import REPO_ROOT, run_fedmtl
 
 DOC = REPO_ROOT / "docs" / "extending.md"
 

@@ -20,7 +20,7 @@ from fedmtl.app.run.config import parse
 from fedmtl.app.run.server import final_status
 from fedmtl.core.errors import ConfigError
 from strategies.engine import SiloMethod, round_seed
-from tests.helpers import beats_chance, compose_raw, run_fedmtl, run_test_app
+from tests.support.runs import beats_chance, compose_raw, run_fedmtl, run_test_app
 
 SMALL = ["runtime=inprocess", "tracking=quiet", "num_rounds=2", "partition.num_silos=4"]
 

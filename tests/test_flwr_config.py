@@ -30,7 +30,7 @@ from fedmtl.core.rounds import RoundRecord
 from fedmtl.core.schema import TrackingConfig
 from fedmtl.core.tasks import TaskSpec
 from fedmtl.datasets.schema import FeatureSchema
-from tests.helpers import silo_tables
+from tests.support.deployments import silo_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

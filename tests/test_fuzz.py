@@ -22,7 +22,8 @@ from fedmtl.app.run.checkpoint import (
 from fedmtl.app.run.config import compose, parse
 from fedmtl.app.run.experiment import prepare
 from fedmtl.core.errors import ConfigError
-from tests.helpers import compose_raw, example_overrides, shop_table, write_table
+from tests.support.datasets import example_overrides, shop_table, write_table
+from tests.support.runs import compose_raw
 
 BASE = ["dataset=synthetic", "dataset.num_samples=240", "partition.num_silos=4"]
 NASTY_VALUES = [

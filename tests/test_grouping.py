@@ -25,7 +25,8 @@ from strategies import METHODS
 from strategies.engine import ClientUpdate, GlobalModel, MethodSetup, ReplyError, Round
 from strategies.grouping import AffinityAccumulator, Grouping, GroupingParams, solve
 from strategies.grouping.affinity import AFFINITIES, SiloProbe, cosine_pairs
-from tests.helpers import TINY_TASKS, compose_raw, small_model, tiny_view
+from tests.support.data import TINY_TASKS, small_model, tiny_view
+from tests.support.runs import compose_raw
 
 GROUPS = {"g0": ("a", "c"), "g1": ("b",)}
 

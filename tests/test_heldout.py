@@ -18,7 +18,7 @@ from fedmtl.core.data import MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import PartitionConfig, PluginConfig
 from partitions import ASSIGNMENTS, SPLITS, Partition, build, hold_out
-from tests.helpers import make_dataset
+from tests.support.data import make_dataset
 
 
 def grouped(num_rows: int, rows_per_group: int, seed: int = 0, **extra: Any) -> MultiTaskDataset:

@@ -19,7 +19,8 @@ from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import build_dataclass
 from fedmtl.datasets import DATASETS, MultiTaskDataset
 from fedmtl.datasets import multimnist as mm
-from tests.helpers import beats_chance, compose_raw, example_dataset
+from tests.support.datasets import example_dataset
+from tests.support.runs import beats_chance, compose_raw
 
 
 @cache

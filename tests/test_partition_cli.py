@@ -12,7 +12,7 @@ import pytest
 from fedmtl.app.launch import run
 from fedmtl.app.run.config import parse
 from partitions.manifest import SCHEMA_VERSION
-from tests.helpers import beats_chance, compose_raw, read_jsonl, run_fedmtl
+from tests.support.runs import beats_chance, compose_raw, read_jsonl, run_fedmtl
 
 
 @pytest.mark.slow

@@ -28,7 +28,8 @@ from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS, Partition, build
 from partitions.split import run_partitioner, shuffled
 from partitions.stats import mean_js, silo_stats
 from partitions.views import global_test_data, silo_data
-from tests.helpers import assignment_params, compose_raw, make_dataset
+from tests.support.data import assignment_params, make_dataset
+from tests.support.runs import compose_raw
 
 NUM_SAMPLES = 240
 NUM_TASKS = 4  # t0, t2 multiclass (3 classes), t1, t3 binary; a 'site' column with 12 ids

@@ -21,7 +21,7 @@ from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import PartitionConfig, PluginConfig
 from partitions import ASSIGNMENTS, SPLITS, Partition, Silo, build
 from partitions.assignment import RandomKParams, assign_random_k
-from tests.helpers import assignment_params, make_dataset
+from tests.support.data import assignment_params, make_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "partition"
 PROPERTY_SETTINGS = settings(max_examples=40, deadline=None)

@@ -23,7 +23,7 @@ from fedmtl.core import registry as registry_module
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import PluginError
 from strategies import METHODS
-from tests.helpers import local_config_json, local_grid, silo_tables
+from tests.support.deployments import local_config_json, local_grid, silo_tables
 
 SMALL = [
     "dataset=synthetic",

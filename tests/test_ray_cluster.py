@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import read_jsonl, run_fedmtl
+from tests.support.runs import read_jsonl, run_fedmtl
 
 pytestmark = [pytest.mark.slow, pytest.mark.simulation]
 

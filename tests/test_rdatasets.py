@@ -23,7 +23,7 @@ from fedmtl.datasets.rdata import item_names, keep_rows, load_frame
 from fedmtl.datasets.star import birth_date
 from fedmtl.datasets.table import TableSource
 from partitions import Partition
-from tests.helpers import beats_chance, compose_raw
+from tests.support.runs import beats_chance, compose_raw
 
 NAMES = ("star", "tv16", "randhie")
 # Columns that are targets, or functions of them, in the raw frames: never features.

@@ -17,7 +17,7 @@ import scipy.stats
 from fedmtl.app.bench.records import CELL_FILE, CellRecord, write_cell
 from fedmtl.app.bench.report import build_report, main
 from fedmtl.core.errors import ConfigError
-from tests.helpers import write_run
+from tests.support.bench import write_run
 
 SEEDS = (0, 1, 2)
 REFERENCE = {0: (0.80, 0.40), 1: (0.82, 0.42), 2: (0.78, 0.38)}  # single_task: accuracy, MAE

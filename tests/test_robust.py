@@ -11,18 +11,20 @@ import pytest
 from fedmtl.core.errors import ConfigError
 from strategies.engine import Engine, RunStopped
 from strategies.engine.robust import averager
-from tests.helpers import (
-    TRUNK_KEYS,
-    FakeSilo,
-    Federation,
+from tests.support.engines import (
     RoundOutcome,
     assert_moved,
     assert_unchanged,
+    make_fedavg,
+    one_round,
+)
+from tests.support.fakes import (
+    TRUNK_KEYS,
+    FakeSilo,
+    Federation,
     head_keys,
     initial_arrays,
     initial_model,
-    make_fedavg,
-    one_round,
 )
 
 

@@ -21,7 +21,7 @@ from fedmtl.core import records
 from fedmtl.core.records import MethodSpec, TrainReply, TrainRequest
 from fedmtl.core.schema import TrainConfig
 from strategies.balancing import build_weighting, linalg
-from tests.helpers import compose_raw
+from tests.support.runs import compose_raw
 
 
 def test_blockwise_gramian_matches_float64(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,7 +24,8 @@ from fedmtl.core.errors import ConfigError
 from fedmtl.core.records import EvaluateRequest, MethodSpec, SiloInfo, TrainRequest
 from fedmtl.core.schema import TrainConfig
 from strategies.fedper import KeptHeadsSilo
-from tests.helpers import compose_raw, local_config_json, local_grid, read_jsonl, silo_tables
+from tests.support.deployments import local_config_json, local_grid, silo_tables
+from tests.support.runs import compose_raw, read_jsonl
 
 NODE = 1000  # InProcessGrid's first node
 

@@ -30,19 +30,16 @@ from strategies.engine import (
     SiloMethod,
     TrunkAndHeads,
 )
-from tests.helpers import (
+from tests.support.engines import assert_moved, assert_unchanged, make_fedavg, one_round
+from tests.support.fakes import (
     SHAPES,
     TASKS,
     TRUNK_KEYS,
     FakeSilo,
     Federation,
-    assert_moved,
-    assert_unchanged,
     head_keys,
     initial_arrays,
     initial_model,
-    make_fedavg,
-    one_round,
     pattern,
 )
 

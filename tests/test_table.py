@@ -15,7 +15,8 @@ from fedmtl.app.run.experiment import build_data
 from fedmtl.core.errors import ConfigError
 from fedmtl.datasets.schema import FeatureSchema
 from fedmtl.datasets.table import table_source
-from tests.helpers import beats_chance, compose_raw, shop_table, write_table
+from tests.support.datasets import shop_table, write_table
+from tests.support.runs import beats_chance, compose_raw
 
 
 def overrides(path: Path, *extra: str) -> list[str]:

@@ -17,7 +17,7 @@ from fedmtl.core.tasks import TaskSpec
 from fedmtl.core.training import evaluate, task_losses, train_local
 from fedmtl.datasets import MultiTaskDataset, build_dataset
 from fedmtl.datasets.synthetic import SyntheticParams
-from tests.helpers import TINY_TASKS, small_model, tiny_dataset
+from tests.support.data import TINY_TASKS, small_model, tiny_dataset
 
 
 @cache

@@ -28,7 +28,8 @@ from fedmtl.core.training import mean_task_losses, train_local
 from fedmtl.core.vectorized import SiloJob, train_vectorized, unsupported
 from fedmtl.trunks import MLPParams, build_model
 from strategies import METHODS
-from tests.helpers import compose_raw, make_dataset, read_jsonl, small_model
+from tests.support.data import make_dataset, small_model
+from tests.support.runs import compose_raw, read_jsonl
 
 RTOL, ATOL = 1e-4, 1e-5
 TASKS = (TaskSpec.multiclass("a", 3), TaskSpec.binary("b"), TaskSpec.regression("c"))

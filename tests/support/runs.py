@@ -1,0 +1,123 @@
+"""Config composition and runs: :func:`compose_raw`, :func:`run_fedmtl` (the command in a
+subprocess), :func:`fedmtl_process` (the same, running while the test signals it),
+:func:`run_test_app` (an app of ``tests/`` the same way), :func:`read_jsonl`, :func:`beats_chance`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fedmtl.app.run.config import compose
+from fedmtl.app.runtimes import OFFLINE_ENV
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FEDMTL = [sys.executable, "-m", "fedmtl.app.cli"]
+
+
+def compose_raw(overrides: list[str], output_dir: Path | None = None) -> dict[str, Any]:
+    """The composed config mapping for ``overrides``, as ``fedmtl run`` would build it."""
+    return compose(overrides, output_dir or ".")
+
+
+def run_fedmtl(
+    args: list[str],
+    timeout: float,
+    command: Sequence[str] = FEDMTL,
+    cwd: Path | None = None,
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
+    """``fedmtl ARGS`` (or ``command ARGS``) in a subprocess with the offline environment (and
+    ``env``), under a hard timeout: on expiry its whole process group (Ray's processes with it) is
+    killed by id, then TimeoutExpired is raised."""
+    process = subprocess.Popen(
+        [*command, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **OFFLINE_ENV, **env},
+        cwd=cwd,
+        start_new_session=True,  # its own process group, so that it can be ended as a whole
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+@contextmanager
+def fedmtl_process(args: list[str], logs: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``fedmtl ARGS`` running in a subprocess while the block runs: the offline environment, a
+    process group of its own, stdout and stderr into ``logs/stdout.txt`` and ``logs/stderr.txt``
+    (no pipe to fill and block it). When the block ends, for whatever reason, a process still
+    running is killed with its whole group (SIGKILL, by id).
+
+    SIGINT reaches it as Ctrl-C reaches a command in a terminal: when this process ignores SIGINT
+    (a background job of a non-interactive shell does), the child would inherit that, since exec
+    keeps ignored signals ignored; Python's handler is put back around the start, so that the
+    child begins with the default disposition and installs its KeyboardInterrupt handler."""
+    logs.mkdir(parents=True, exist_ok=True)
+    ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with (logs / "stdout.txt").open("wb") as out, (logs / "stderr.txt").open("wb") as err:
+            process = subprocess.Popen(
+                [*FEDMTL, *args],
+                stdout=out,
+                stderr=err,
+                env={**os.environ, **OFFLINE_ENV},
+                start_new_session=True,
+            )
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def run_test_app(module: str, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m tests.<module> ARGS`` from the repository root (:func:`run_fedmtl`), with a
+    local Ray of its own: its own short temporary directory, removed afterwards."""
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
+    try:
+        return run_fedmtl(
+            args,
+            timeout=timeout,
+            command=[sys.executable, "-m", f"tests.{module}"],
+            PYTHONPATH=str(REPO_ROOT),
+            RAY_TMPDIR=ray_tmp,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def beats_chance(summary: dict[str, Any], margin: float) -> dict[str, tuple[float, float]]:
+    """Tasks whose final primary metric is not ``margin`` better than chance: {task: (value, chance)}."""
+    failing = {}
+    for task in summary["tasks"]:
+        info = summary["task_info"][task]
+        value = summary["final"][task][info["primary_metric"]]
+        if value < info["chance"] + margin:
+            failing[task] = (value, info["chance"])
+    return failing
