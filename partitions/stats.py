@@ -28,6 +28,14 @@ STATS_FILE = "partition_stats.csv"
 TASKS_PLOT = "partition_tasks.png"
 LABELS_PLOT = "partition_labels.png"
 REGRESSION_BINS = 10
+TABLE_WIDTH = 100
+"""``fedmtl partition`` prints tables at most this many columns wide."""
+TASKS_CELL = 24
+"""A silo's task names are printed when they fit this many characters, else their number."""
+TEXT_CELL = 24
+"""The widest cell holding a task's name beside a value (longer ones end in an ellipsis)."""
+TASK_NAME_CELL = 40
+"""The widest task name in the per-task table (longer ones end in an ellipsis)."""
 
 
 def label_codes(dataset: MultiTaskDataset, task: str) -> tuple[np.ndarray, int]:
@@ -98,20 +106,72 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def print_table(rows: list[dict[str, Any]], title: str) -> None:
-    """The rows as a rich table on the console (JS to three decimals), never truncated."""
+def print_table(rows: list[dict[str, Any]], title: str, console: Console | None = None) -> None:
+    """Summaries of the rows on the console, each table narrower than :data:`TABLE_WIDTH`
+    columns whatever the numbers of tasks and silos (the full table, one column per task, is
+    ``partition_stats.csv``): one row per silo (its tasks, train and test sizes, labelled
+    training examples over its tasks, mean and largest JS divergence over the tasks) and one row
+    per task (the silos holding it, its labelled training examples, mean and largest JS
+    divergence over the silos). JS to three decimals."""
+    tasks = [key.removeprefix("labelled_") for key in rows[0] if key.startswith("labelled_")]
+    console = console or Console()
+    silos = Table(title=title)
+    _add_column(silos, "silo")
+    _add_column(silos, "tasks", TASKS_CELL)
+    for column in ("train", "test", "labelled", "mean JS"):
+        _add_column(silos, column)
+    _add_column(silos, "max JS", TEXT_CELL)
+    for row in rows:
+        held = row["tasks"].split("+") if row["tasks"] else []
+        named = ", ".join(held)
+        if len(named) > TASKS_CELL:
+            named = (
+                f"all {len(tasks)}" if len(held) == len(tasks) else f"{len(held)} of {len(tasks)}"
+            )
+        values = {t: row[f"js_{t}"] for t in tasks if row[f"js_{t}"] is not None}
+        silos.add_row(
+            str(row["silo"]),
+            named,
+            str(row["num_train"]),
+            str(row["num_test"]),
+            str(sum(row[f"labelled_{t}"] for t in tasks)),
+            _cell(float(np.mean(list(values.values()))) if values else None),
+            _largest(values),
+        )
+    console.print(silos)
+    per_task = Table(title="per task", caption="one column per task: partition_stats.csv")
+    _add_column(per_task, "task", TASK_NAME_CELL)
+    for column in ("silos", "labelled", "mean JS"):
+        _add_column(per_task, column)
+    _add_column(per_task, "max JS", TEXT_CELL)
+    for task in tasks:
+        values = {str(r["silo"]): r[f"js_{task}"] for r in rows if r[f"js_{task}"] is not None}
+        per_task.add_row(
+            task,
+            str(sum(task in r["tasks"].split("+") for r in rows)),
+            str(sum(r[f"labelled_{task}"] for r in rows)),
+            _cell(mean_js(rows, task)) if values else "",
+            _largest(values, "silo "),
+        )
+    console.print(per_task)
 
-    cells = [[_cell(v) for v in row.values()] for row in rows]
-    table = Table(title=title)
-    widths = []
-    for position, column in enumerate(rows[0]):
-        widths.append(max(len(column), *(len(c[position]) for c in cells)))
-        table.add_column(column, justify="left" if column == "tasks" else "right", no_wrap=True)
-    for row_cells in cells:
-        table.add_row(*row_cells)
-    console = Console()
-    console.width = max(console.width, sum(widths) + 3 * len(widths) + 1)
-    console.print(table)
+
+def _add_column(table: Table, name: str, text_width: int | None = None) -> None:
+    """A column of numbers (right-aligned, never narrower than its header), or of text at most
+    ``text_width`` characters wide (left-aligned; cut with an ellipsis rather than wrapped, so
+    that each row keeps one line)."""
+    if text_width is None:
+        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
+    else:
+        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=text_width)
+
+
+def _largest(values: dict[str, float], prefix: str = "") -> str:
+    """The largest value and whose it is (``0.412 (silo 3)``); empty when none."""
+    if not values:
+        return ""
+    name = max(values, key=lambda k: values[k])  # the first of equal ones
+    return f"{values[name]:.3f} ({prefix}{name})"
 
 
 def _cell(value: Any) -> str:

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import yaml
 from fedmtl.app import cli
 from fedmtl.app.bench.records import CELL_FILE, CellRecord, read_cell, read_summary
 from fedmtl.app.bench.runner import Bench
-from fedmtl.app.bench.suite import load_suite, suite_names
+from fedmtl.app.bench.suite import Composer, load_suite, suite_names
 from fedmtl.app.run.config import parse, parse_partition, presets
 from fedmtl.app.run.scenario import EXCLUDED_KEYS, scenario_of
 from fedmtl.core.errors import ConfigError
@@ -57,6 +58,11 @@ def write_suite(tmp_path: Path, **changes: Any) -> Path:
         ),
         ({"tuning": {"grid": {"train.local_epochs": [1, 2]}}}, "tuning.grid.train.local_epochs"),
         ({"overrides": [*TINY, "strategy=mgda"]}, "overrides"),
+        (
+            {"strategies": [{"name": "mgda", "overrides": ["strategy=cagrad"]}]},
+            "strategies[0].overrides",
+        ),
+        ({"strategies": [{"name": "mgda", "overrides": ["seed=3"]}]}, "strategies[0].overrides"),
         ({"strategies": ["fedavg", {"name": "fedavg"}]}, "strategies"),
     ],
 )
@@ -86,6 +92,68 @@ def test_a_bad_key_stops_the_bench_before_anything_runs(
         bench.run()
     assert err.value.key.startswith(where) and key in err.value.key
     assert runner.calls == [] and not out.exists()
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def documented_suite() -> dict[str, Any]:
+    """The example suite of docs/benchmark.md's "Writing a suite" (its first YAML block)."""
+    section = (DOCS / "benchmark.md").read_text().split("## Writing a suite", 1)[1]
+    match = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert match is not None
+    data: dict[str, Any] = yaml.safe_load(match.group(1))
+    return data
+
+
+def test_the_documented_suite_loads_and_its_strategy_overrides_reach_the_config(
+    tmp_path: Path,
+) -> None:
+    """docs/benchmark.md's example: mgda_server3's own server learning rate is set in its runs
+    only, and every config the suite would run composes and parses."""
+    path = tmp_path / "documented.yaml"
+    path.write_text(yaml.safe_dump(documented_suite()))
+    suite = load_suite(str(path))
+    entries = {e.label: e for e in suite.entries()}
+    assert entries["mgda_server3"].overrides == ("strategy.server_optimizer.lr=3.0",)
+    composer = Composer()
+    for scenario in suite.scenarios:
+        lrs = {
+            label: composer.raw(suite, scenario, entry, {})["strategy"]["server_optimizer"]["lr"]
+            for label, entry in entries.items()
+        }
+        assert lrs == {"single_task": 1.0, "fedavg": 1.0, "mgda_server3": 3.0, "cagrad": 1.0}
+    suite.validate(composer)
+
+
+@pytest.mark.parametrize(
+    ("entry", "grid", "says"),
+    [
+        ({"overrides": ["strategy.name=fedprox"]}, {}, "which the entry's `name` decides"),
+        (
+            {
+                "overrides": ["strategy.server_optimizer.lr=3.0"],
+                "tune": {"strategy.server_optimizer.lr": [1.0, 3.0]},
+            },
+            {},
+            "which strategies[0] (mgda).tune tunes",
+        ),
+        (
+            {"overrides": ["+strategy.server_optimizer.lr=3.0"]},
+            {"strategy.server_optimizer.lr": [1.0, 2.0]},
+            "which tuning.grid tunes",
+        ),
+        ({"overrides": ["train.local_epochs=3"]}, {}, "may only set strategy.* keys"),
+    ],
+)
+def test_a_strategy_override_the_suite_decides_is_refused_with_the_reason(
+    tmp_path: Path, entry: dict[str, Any], grid: dict[str, Any], says: str
+) -> None:
+    changes = {"strategies": [{"name": "mgda", **entry}], "tuning": {"grid": grid}}
+    with pytest.raises(ConfigError) as err:
+        load_suite(str(write_suite(tmp_path, **changes)))
+    assert err.value.key.startswith("strategies[0]") and err.value.key.endswith(".overrides")
+    assert says in err.value.problem
 
 
 def test_an_unknown_suite_is_refused_with_the_shipped_ones(tmp_path: Path) -> None:

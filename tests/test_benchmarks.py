@@ -142,3 +142,23 @@ def test_reference_scores_write_rows_and_keep_other_datasets(tmp_path: Path) -> 
     for row in rows[1:]:
         assert row["train_rows"] == 12000 and row["test_rows"] == 3000
         assert row["score"] > row["chance"] + 0.3  # one epoch on 12,000 composites
+
+
+def test_preset_times_writes_cpu_and_wall_seconds_and_rounds(tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(BENCHMARKS / "preset_times.py"), "--presets", "smoke",
+        "--overrides", "num_rounds=2", "--out", str(tmp_path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=300, env={**os.environ, **OFFLINE_ENV})
+    with (tmp_path / "preset_times.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["preset"], r["rounds"]) for r in rows] == [("smoke", "2")]
+    row = rows[0]
+    assert float(row["cpu_s"]) == pytest.approx(
+        float(row["user_s"]) + float(row["sys_s"]), abs=0.11
+    )
+    assert float(row["cpu_s"]) > 0 and float(row["wall_s"]) > 0 and int(row["mb_up"]) >= 0
+    report = json.loads((tmp_path / "preset_times.json").read_text())
+    assert report["omp_num_threads"] == 1 and report["overrides"] == ["num_rounds=2"]
+    tasks = set(report["final"]["smoke"]["personal"])
+    assert tasks == {"digit", "parity", "magnitude", "loops", "ink"}

@@ -12,6 +12,7 @@ import pytest
 from fedmtl.app.launch import run
 from fedmtl.app.run.config import parse
 from partitions.manifest import SCHEMA_VERSION
+from partitions.stats import TABLE_WIDTH
 from tests.support.runs import beats_chance, compose_raw, read_jsonl, run_fedmtl
 
 
@@ -40,7 +41,8 @@ def test_partition_command_writes_the_manifest_stats_and_plots(tmp_path: Path) -
     assert [int(r["num_train"]) for r in rows] == [s["num_train"] for s in manifest["silos"]]
     pngs = sorted(out.glob("*.png"))
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
-    assert "js_digit" in result.stdout and "labelled_digit" in result.stdout  # the table
+    assert "mean JS" in result.stdout and "magnitude" in result.stdout  # the tables
+    assert max(len(line) for line in result.stdout.splitlines()) <= TABLE_WIDTH
     assert not (out / "metrics.jsonl").exists()  # nothing was trained
 
 

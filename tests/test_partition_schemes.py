@@ -6,6 +6,7 @@ errors that name the key, the manifest round trip, and what a silo's data looks 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -16,17 +17,19 @@ import pytest
 import torch
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 import partitions
 from fedmtl.app.run.config import parse
 from fedmtl.app.run.experiment import prepare
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import MissingLabelsConfig, PartitionConfig, PluginConfig
+from fedmtl.core.tasks import TaskSpec
 from fedmtl.datasets import build_dataset
 from fedmtl.datasets.digits import DigitsParams
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS, Partition, build
 from partitions.split import run_partitioner, shuffled
-from partitions.stats import mean_js, silo_stats
+from partitions.stats import TABLE_WIDTH, mean_js, print_table, silo_stats
 from partitions.views import global_test_data, silo_data
 from tests.support.data import assignment_params, make_dataset
 from tests.support.runs import compose_raw
@@ -285,6 +288,31 @@ def test_stats_rows() -> None:
             == row[f"labelled_{silo.tasks[0]}"]
         )
         assert all(0.0 <= row[f"js_{t}"] <= 1.0 for t in dataset.task_names)
+
+
+@pytest.mark.parametrize(("assignment", "values"), [("all", {}), ("random_k", {"k": 2})])
+def test_the_printed_table_fits_the_width_with_many_tasks_and_silos(
+    assignment: str, values: dict[str, Any]
+) -> None:
+    """40 tasks with long names over 60 silos: every line of the printed tables (given all the
+    room it wants) fits :data:`TABLE_WIDTH` and names every silo and every task."""
+    tasks = [TaskSpec.binary(f"attribute_{i:02d}_with_a_long_name") for i in range(40)]
+    dataset = make_dataset(1200, tasks=tasks)
+    cfg = PartitionConfig(
+        num_silos=60,
+        assignment=plugin(ASSIGNMENTS, assignment, values, "a"),
+        split=plugin(SPLITS, "iid", {}, "s"),
+    )
+    rows = silo_stats(dataset, build(dataset, cfg, seed=0))
+    out = io.StringIO()
+    print_table(rows, "many tasks", Console(file=out, width=400, color_system=None))
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= TABLE_WIDTH
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.count("│") > 2]
+    assert [c[0] for c in cells[:60]] == [str(i) for i in range(60)]  # one row per silo
+    assert [c[0] for c in cells[60:]] == dataset.task_names  # then one row per task
+    means = [float(c[3]) for c in cells[60:]]
+    assert means == [round(mean_js(rows, t), 3) for t in dataset.task_names]
 
 
 # --- errors -------------------------------------------------------------------------------------

@@ -68,16 +68,23 @@ factor: 0.5
 
 @pytest.fixture
 def isolated() -> Iterator[None]:
-    """Registries, loaded plug-in modules and preset folders as they were before the test."""
+    """Registries, loaded plug-in modules and preset folders as they were before the test.
+
+    Only the modules of packages new to the process are forgotten (the plug-ins'): the parts of
+    a library already imported that the test imported first (torch.distributed, which registers
+    C++ operators once per process; matplotlib.pyplot) stay, or importing them again would fail
+    or mix old and new classes in whichever test comes next."""
     saved = [(r, dict(r._entries), dict(r._origins), r._discovered) for r in REGISTRIES]
     folders = list(registry_module.PLUGIN_CONFIG_DIRS)
     modules = set(sys.modules)
+    packages = {name.partition(".")[0] for name in modules}
     yield
     for reg, entries, origins, discovered in saved:
         reg._entries, reg._origins, reg._discovered = entries, origins, discovered
     registry_module.PLUGIN_CONFIG_DIRS[:] = folders
     for name in set(sys.modules) - modules:
-        del sys.modules[name]
+        if name.partition(".")[0] not in packages:
+            del sys.modules[name]
 
 
 def write_plugin(directory: Path, source: str = METHOD, preset: str | None = PRESET) -> Path:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedmtl.core.tasks import TaskSpec
+from fedmtl.core.tasks import METRIC_RANGES, TaskSpec, metric_range
 
 KINDS = ("multiclass", "binary", "regression")
 
@@ -126,6 +126,21 @@ def test_metric_sums_are_additive(kind: str, n: int, data: st.DataObject, seed: 
     for key, value in final_whole.items():
         assert final_halves[key] == pytest.approx(value, rel=1e-7, abs=1e-9), key
     assert final_whole["loss"] == pytest.approx(float(spec.loss(outputs, targets)), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 30), seed=st.integers(0, 10_000), scale=st.sampled_from([0.1, 1.0, 50.0]))
+def test_every_metric_stays_in_its_range(kind: str, n: int, seed: int, scale: float) -> None:
+    """The ranges the report clips its bands to hold the metrics of any predictions."""
+    spec = spec_of(kind, num_classes=3)
+    outputs, targets = random_batch(spec, n, seed, dtype=torch.float64)
+    metrics = spec.finalize_metrics(spec.metric_sums(scale * outputs, targets))
+    assert {m.name for m in spec.metrics} <= set(METRIC_RANGES)
+    for name, value in metrics.items():
+        low, high = metric_range(name)
+        assert low <= value <= high, (name, value)
+    assert metric_range("unknown") == (-math.inf, math.inf)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -12,6 +12,7 @@ Losses by kind:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,6 +38,19 @@ _REGRESSION_METRICS = (
     MetricSpec("loss", False),
 )
 _LOSS_NAMES = {"multiclass": "cross_entropy", "binary": "binary_cross_entropy", "regression": "mse"}
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "accuracy": (0.0, 1.0),
+    "r2": (-math.inf, 1.0),
+    "mse": (0.0, math.inf),
+    "mae": (0.0, math.inf),
+    "loss": (0.0, math.inf),  # cross-entropy and MSE
+}
+"""Metric name -> (lowest, highest) value it can take (see :meth:`TaskSpec.finalize_metrics`)."""
+
+
+def metric_range(name: str) -> tuple[float, float]:
+    """The values metric ``name`` can take, (-inf, inf) for a name not in :data:`METRIC_RANGES`."""
+    return METRIC_RANGES.get(name, (-math.inf, math.inf))
 
 
 @dataclass(frozen=True)

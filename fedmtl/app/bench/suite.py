@@ -11,7 +11,7 @@ A suite file::
       - fedavg
       - name: mgda
         label: mgda_lr3                            # optional; default: the name (unique)
-        overrides: [strategy.server_optimizer.lr=3.0]   # strategy.* keys only
+        overrides: [strategy.server_optimizer.lr=3.0]   # its own strategy.* keys only
         tune: {strategy.server_optimizer.lr: [1.0, 3.0]}  # this strategy's own grid
     seeds: [0, 1]
     reference: single_task     # Delta_MTL's reference, added to every scenario when registered
@@ -21,8 +21,10 @@ A suite file::
       validation_fraction: 0.2          # each silo's validation share of its training rows
 
 Fairness rules, checked here: every strategy of a scenario runs the same config outside
-``strategy.*`` (a strategy's overrides may only set ``strategy.*`` keys); the suite's and the
-scenarios' overrides may not choose the strategy or the seed; tuned keys are ``strategy.*`` keys or
+``strategy.*`` (a strategy's overrides may only set ``strategy.*`` keys, not ``strategy.name``,
+which its ``name`` decides, nor a key its grid tunes, whose tuned value would replace it); the
+suite's and the scenarios' overrides may not choose the strategy or the seed; tuned keys are
+``strategy.*`` keys or
 one of :data:`TUNABLE_TRAIN_KEYS` (the compute budget - rounds, local epochs and steps, batch size -
 is the scenario's, never tuned). Every problem is a :class:`ConfigError` naming the suite key, found
 by :meth:`Suite.validate` before any training (it composes every strategy's config in every
@@ -62,6 +64,9 @@ ANCHOR_STRATEGY = "fedavg"
 DEFAULT_VALIDATION_FRACTION = 0.2
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED_OVERRIDES = ("strategy", "seed", "output_dir", "hydra")
+"""Top-level keys the suite's and the scenarios' overrides may not set (the suite decides them)."""
+STRATEGY_RESERVED = ("strategy", "strategy.name")
+"""Keys a strategy entry's overrides may not set: its ``name`` chooses the strategy."""
 
 
 def suite_names() -> list[str]:
@@ -364,6 +369,7 @@ def parse_suite(data: Any, path: Path) -> Suite:
     for entry in suite.entries():
         for key in suite.grid(entry):
             _check_tuned_key(key, f"{entry.where}.tune" if key in entry.tune else "tuning.grid")
+        _check_not_tuned(entry, suite.grid(entry))
     return suite
 
 
@@ -384,20 +390,69 @@ def _check_name(name: str, key: str) -> None:
         )
 
 
-def _overrides(values: Any, key: str) -> tuple[str, ...]:
+def _target(override: str) -> str:
+    """The dotted key a Hydra override sets (``+strategy.x=1`` -> ``strategy.x``)."""
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _override_list(values: Any, key: str) -> tuple[str, ...]:
+    """``values`` as overrides: a list of strings (``()`` for None)."""
     if values is None:
         return ()
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise ConfigError(key, f"must be a list of Hydra overrides, got {values!r}.")
-    for value in values:
-        target = value.lstrip("+~").split("=", 1)[0]
+    return tuple(values)
+
+
+def _overrides(values: Any, key: str) -> tuple[str, ...]:
+    """The suite's or a scenario's overrides, none of them setting a key of
+    :data:`RESERVED_OVERRIDES` or below one."""
+    overrides = _override_list(values, key)
+    for value in overrides:
+        target = _target(value)
         if target.split(".")[0] in RESERVED_OVERRIDES:
             raise ConfigError(
                 key,
                 f"sets '{target}', which the suite decides ('{value}').",
                 "choose strategies under `strategies` and seeds under `seeds`.",
             )
-    return tuple(values)
+    return overrides
+
+
+def _strategy_overrides(values: Any, key: str) -> tuple[str, ...]:
+    """A strategy entry's overrides, each setting one of the strategy's own ``strategy.*`` keys
+    (:data:`STRATEGY_RESERVED` excepted)."""
+    overrides = _override_list(values, key)
+    for value in overrides:
+        target = _target(value)
+        if target in STRATEGY_RESERVED:
+            raise ConfigError(
+                key,
+                f"sets '{target}', which the entry's `name` decides ('{value}').",
+                "list the other strategy as an entry of its own.",
+            )
+        if not target.startswith("strategy."):
+            raise ConfigError(
+                key,
+                f"sets '{target}': a strategy may only set strategy.* keys, so that every "
+                "method of a scenario gets the same data, rounds and local training.",
+                "move it to the scenario, or tune it under `tune`.",
+            )
+    return overrides
+
+
+def _check_not_tuned(entry: StrategyEntry, grid: Mapping[str, Any]) -> None:
+    """None of ``entry``'s overrides sets a key of its tuning ``grid`` (the tuned value would
+    replace the override's)."""
+    for value in entry.overrides:
+        target = _target(value)
+        if target in grid:
+            source = f"{entry.where}.tune" if target in entry.tune else "tuning.grid"
+            raise ConfigError(
+                f"{entry.where}.overrides",
+                f"sets '{target}', which {source} tunes: its tuned values would replace '{value}'.",
+                "drop it from `overrides`, or from the grid.",
+            )
 
 
 def _seeds(values: Any, key: str) -> tuple[int, ...]:
@@ -428,16 +483,7 @@ def _strategies(values: Any) -> tuple[StrategyEntry, ...]:
             )
         label = spec.get("label", name)
         _check_name(str(label), f"{key}.label")
-        overrides = _overrides(spec.get("overrides"), f"{key}.overrides")
-        for override in overrides:
-            target = override.lstrip("+~").split("=", 1)[0]
-            if not target.startswith("strategy."):
-                raise ConfigError(
-                    f"{key}.overrides",
-                    f"sets '{target}': a strategy may only set strategy.* keys, so that every "
-                    "method of a scenario gets the same data, rounds and local training.",
-                    "move it to the scenario, or tune it under `tune`.",
-                )
+        overrides = _strategy_overrides(spec.get("overrides"), f"{key}.overrides")
         tune = _grid(spec.get("tune"), f"{key}.tune")
         entries.append(StrategyEntry(str(label), name, overrides, tune, where=f"{key} ({label})"))
     labels = [e.label for e in entries]

@@ -99,6 +99,7 @@ def run_server(
         summary["runtime"] = runtime or cfg.runtime.name
         summary["global"] = global_eval.summary(experiment.dataset.tasks)
         summary["status"] = status
+        summary["completed"] = status == "completed"
         summary["resumed_from"] = checkpointer.resumed_from
         summary["checkpoint_round"] = checkpointer.saved_round
         engine.method.write_artifacts(output_dir, plots=cfg.tracking.plots)

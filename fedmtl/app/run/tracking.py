@@ -220,17 +220,26 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def plot_learning_curves(
     metrics_path: Path, tasks: list[TaskSpec], out: Path, chance: dict[str, float] | None = None
 ) -> Path:
+    """:func:`draw_learning_curves` of ``metrics_path``'s lines, saved to ``out``."""
+    fig = draw_learning_curves(read_metrics(metrics_path), tasks, chance)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return out
+
+
+def draw_learning_curves(
+    rows: list[dict[str, Any]], tasks: list[TaskSpec], chance: dict[str, float] | None = None
+) -> Any:
     """One panel per task: primary metric on the personal split and, when there is one, on the
-    global test set (with the chance level, dashed), and train loss against rounds."""
-    import matplotlib  # noqa: PLC0415 - heavy, only when plotting
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy, only when plotting
-
-    rows = read_metrics(metrics_path)
+    global test set, the chance level (dotted grey), and train loss against rounds (right axis);
+    one legend for the figure names every kind of line. Returns the matplotlib figure."""
+    plt = _pyplot()
     cols = min(3, len(tasks))
     nrows = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+    legend_rows = 1 if cols > 1 else 2  # the legend's four entries, in one row or two
+    room = 0.3 * legend_rows + 0.1  # inches below the panels for the legend
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows + room), squeeze=False)
+    legend: dict[str, Any] = {}  # label -> the first line drawn with it
     for ax, task in zip(axes.flat, tasks, strict=False):
         metric = task.primary_metric.name
         personal, global_ = (
@@ -248,29 +257,40 @@ def plot_learning_curves(
         ]
         if personal:
             rounds, values = zip(*personal, strict=True)
-            ax.plot(rounds, values, marker="o", color="tab:blue", label=f"test {metric}")
+            ax.plot(rounds, values, marker="o", color="tab:blue", label="personal test splits")
         if global_:
             rounds, values = zip(*global_, strict=True)
-            ax.plot(rounds, values, marker="s", color="tab:green", label=f"global {metric}")
-            ax.legend(loc="lower right", fontsize=7)
+            ax.plot(rounds, values, marker="s", color="tab:green", label="global test set")
         if chance and task.name in chance:
-            ax.axhline(
-                chance[task.name], color="tab:blue", linestyle="--", alpha=0.5, label="chance"
-            )
+            ax.axhline(chance[task.name], color="grey", linestyle=":", label="chance level")
         ax.set_title(f"{task.name} ({task.kind})")
         ax.set_xlabel("round")
         ax.set_ylabel(f"test {metric}", color="tab:blue")
+        lines = list(ax.get_lines())
         if train:
             twin = ax.twinx()
             rounds, losses = zip(*train, strict=True)
-            twin.plot(rounds, losses, color="tab:orange", alpha=0.7, label="train loss")
+            twin.plot(
+                rounds, losses, color="tab:orange", alpha=0.7, label="train loss (right axis)"
+            )
             twin.set_ylabel("train loss", color="tab:orange")
+            lines += twin.get_lines()
+        for line in lines:
+            legend.setdefault(line.get_label(), line)
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
-    title = "Per-task learning curves (personal test split"
-    has_global = any(r["split"] == "global" for r in rows)
-    fig.suptitle(title + ("; global test set in green)" if has_global else ")"))
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    fig.suptitle("Per-task learning curves")
+    fig.legend(
+        list(legend.values()), list(legend), loc="lower center", ncol=4 // legend_rows, fontsize=8
+    )
+    fig.tight_layout(rect=(0.0, room / fig.get_figheight(), 1.0, 1.0))
+    return fig
+
+
+def _pyplot() -> Any:
+    import matplotlib  # noqa: PLC0415 - heavy, only when plotting
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy, only when plotting
+
+    return plt
