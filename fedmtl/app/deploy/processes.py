@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from fedmtl.app.deploy.certificates import Certificates, NodeKey
 from fedmtl.app.runtimes import OFFLINE_ENV
+from fedmtl.app.runtimes.processes import alive, descendants, send
 
 CONNECTION = "fedmtl-local"
 """The name of the SuperLink connection ``fedmtl deploy local`` writes for the ``flwr`` CLI."""
@@ -230,52 +231,18 @@ class LocalDeployment:
         self.started.clear()
 
 
-def descendants(pid: int) -> list[int]:
-    """The ids of every process below ``pid`` in the process tree (Linux ``/proc``; empty
-    elsewhere). Flower starts some of its helpers in sessions of their own, out of reach of a
-    process-group signal."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = entry.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(entry.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _signal(pids: Sequence[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (a zombie does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _stop_tree(process: subprocess.Popen[bytes], grace: float) -> None:
     """SIGTERM to ``process`` and every process below it, each by its id; SIGKILL to those
     still running after ``grace`` seconds (and to what they started meanwhile)."""
     pids = [process.pid, *descendants(process.pid)]  # before the leader's children lose it
-    _signal(pids, signal.SIGTERM)
+    send(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace)
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    survivors = [pid for pid in pids if _alive(pid)]
-    _signal([*survivors, *(d for pid in survivors for d in descendants(pid))], signal.SIGKILL)
+    survivors = [pid for pid in pids if alive(pid)]
+    send([*survivors, *(d for pid in survivors for d in descendants(pid))], signal.SIGKILL)
     process.wait(timeout=grace)
 
 
