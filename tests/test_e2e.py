@@ -287,6 +287,7 @@ def test_simulation_engine_digits_beats_chance(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     check_result_files(out, summary, num_rounds)
     assert summary["runtime"] == "simulation"
+    assert summary["provenance"]["threads_per_silo"] == 1  # one CPU per client
     assert summary["rejected"] == []
     assert beats_chance(summary, margin=0.15) == {}
 

@@ -33,6 +33,7 @@ from fedmtl.app.run.experiment import CONFIG_KEY, Experiment, cached_experiment,
 from fedmtl.app.run.provenance import provenance
 from fedmtl.app.run.scenario import scenario_of
 from fedmtl.app.run.tracking import PARTITION_FILE, SUMMARY_SCHEMA_VERSION, Tracker
+from fedmtl.app.runtimes import silo_threads
 from fedmtl.core import records
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import MultiTaskModel
@@ -106,6 +107,9 @@ def run_server(
     finally:
         summary = build_summary(experiment, engine, checkpointer.wall_time_s())
         summary["runtime"] = runtime or cfg.runtime.name
+        summary["provenance"]["threads_per_silo"] = (
+            None if runtime else silo_threads(cfg.runtime.name, cfg.runtime.params)
+        )
         summary["global"] = global_eval.summary(experiment.dataset.tasks)
         summary["status"] = status
         summary["resumed_from"] = checkpointer.resumed_from

@@ -19,6 +19,8 @@ from fedmtl.app.runtimes.environment import (
     check_device,
     client_device,
     set_offline_env,
+    silo_threads,
+    using_threads,
 )
 from fedmtl.app.runtimes.inprocess import InProcessGrid, InProcessParams, run_inprocess
 from fedmtl.app.runtimes.simulation import (
@@ -53,4 +55,6 @@ __all__ = [
     "check_resources",
     "client_device",
     "set_offline_env",
+    "silo_threads",
+    "using_threads",
 ]

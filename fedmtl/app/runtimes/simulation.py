@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from fedmtl.app.runtimes.apps import Apps
+from fedmtl.app.runtimes.environment import check_threads
 from fedmtl.app.runtimes.processes import Watch
 from fedmtl.core.checks import int_at_least, non_negative, positive
 from fedmtl.core.errors import ConfigError
@@ -35,15 +36,18 @@ class SimulationParams:
     ``num_cpus`` / ``num_gpus``: resources of one ClientApp (a GPU fraction such as 0.25 packs four
     clients on a GPU). ``ray_num_cpus``: CPUs the local Ray instance may use (null: all).
     ``ray_address``: address of an existing Ray cluster (``auto`` or ``host:port``); null starts a
-    local one.
+    local one. ``num_threads``: torch's intra-op threads in each ClientApp's worker (null: its
+    CPU share ``num_cpus``, at least 1).
     """
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     ray_num_cpus: int | None = None
     ray_address: str | None = None
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
+        check_threads(self)
         positive(self, "num_cpus")
         non_negative(self, "num_gpus")
         if self.ray_num_cpus is not None:
