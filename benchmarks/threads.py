@@ -100,9 +100,7 @@ def fastest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--runtimes", nargs="+", default=["inprocess", "vectorized", "simulation"]
-    )
+    parser.add_argument("--runtimes", nargs="+", default=["inprocess", "vectorized", "simulation"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--busy", nargs="+", type=int, default=[0, os.cpu_count() or 1])
     parser.add_argument("--rounds", type=int, default=10)

@@ -243,8 +243,12 @@ def main(argv: list[str] | None = None) -> None:
         if status:
             sys.exit(status)
         return
-    if command == "deploy":
-        deploy.main(overrides)
+    if command == "deploy":  # SIGTERM and Ctrl-C stop every process it started, by id
+        try:
+            deploy.main(overrides)
+        except KeyboardInterrupt:
+            print("fedmtl deploy: interrupted", file=sys.stderr)
+            sys.exit(130)
         return
     if command == "new":
         scaffold.main(overrides)

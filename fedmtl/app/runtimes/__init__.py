@@ -16,6 +16,7 @@ from fedmtl.app.runtimes.apps import Apps, BatchTrain, Runner, Shipment
 from fedmtl.app.runtimes.environment import (
     OFFLINE_ENV,
     DeviceParams,
+    add_to_activate,
     check_device,
     client_device,
     set_offline_env,
@@ -50,6 +51,7 @@ __all__ = [
     "SimulationParams",
     "VectorizedGrid",
     "VectorizedParams",
+    "add_to_activate",
     "check_device",
     "check_ray_address",
     "check_resources",

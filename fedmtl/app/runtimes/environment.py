@@ -7,6 +7,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -29,6 +30,23 @@ def set_offline_env() -> None:
     """Offline-safe defaults; a value the user already set is kept."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+
+
+ACTIVATE_MARK = "# fedmtl: offline-safe defaults"
+
+
+def add_to_activate(script: Path) -> bool:
+    """Append :data:`OFFLINE_ENV` to a virtual environment's ``bin/activate`` (once; a value the
+    shell already has is kept), so that an activated shell has it too: ``flwr run .`` there starts
+    a local SuperLink that would otherwise install the app's dependencies again (gigabytes) into a
+    fresh environment. Whether it was added (False: already there)."""
+    text = script.read_text()
+    if ACTIVATE_MARK in text:
+        return False
+    lines = [f"\n{ACTIVATE_MARK} (added by `make install`)"]
+    lines += [f'export {key}="${{{key}:-{value}}}"' for key, value in OFFLINE_ENV.items()]
+    script.write_text(text + "\n".join(lines) + "\n")
+    return True
 
 
 DEFAULT_THREADS = 1

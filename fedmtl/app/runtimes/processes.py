@@ -86,6 +86,32 @@ class Watch:
         return left
 
 
+LISTEN = "0A"
+"""A listening socket's state in ``/proc/net/tcp``."""
+
+
+def listening(port: int) -> list[int]:
+    """The ids of the processes (of this user) with a TCP socket listening on ``port``, found
+    through ``/proc/net/tcp{,6}`` and each process's open files: a process named by what it
+    serves, not by its name."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] == LISTEN:
+                    inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return []
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                found.append(int(entry.name))
+    return found
+
+
 def send(pids: Sequence[int], sig: signal.Signals) -> None:
     """Signal each process of ``pids`` (gone ones are skipped)."""
     for pid in pids:
