@@ -7,7 +7,7 @@ imports, to the end of round 1: experiment set-up, the runtime's start (Ray's, o
 silo discovery, round 1), ``rounds_s`` (each round's ``seconds`` from ``metrics.jsonl``: train,
 aggregate and, when scheduled, evaluate), ``run_s`` (the whole call), ``import_s`` (fedmtl's
 imports), and ``peak_rss_mb`` (this process's peak resident memory; Ray's worker processes are
-not counted). Round 1's start is taken by wrapping ``TaskAwareStrategy.dispatch_train``
+not counted). Round 1's start is taken by wrapping ``Engine.dispatch_train``
 (instrumentation local to this process; the ServerApp runs in it on every runtime).
 
 :func:`startup` turns these into the benchmarks' start-up: the end of round 1 less a typical
@@ -28,23 +28,22 @@ from typing import Any
 
 STARTED = time.perf_counter()
 
-from strategies.base import TaskAwareStrategy  # noqa: E402
-
 from fedmtl.app.launch import run  # noqa: E402
 from fedmtl.app.run.config import compose, parse  # noqa: E402 - timed after the clock starts
+from strategies.engine import Engine  # noqa: E402
 
 IMPORTED = time.perf_counter()
 
 
 def timed_run(overrides: list[str]) -> dict[str, Any]:
     dispatched: list[float] = []
-    original = TaskAwareStrategy.dispatch_train
+    original = Engine.dispatch_train
 
-    def dispatch_train(self: TaskAwareStrategy, *args: Any, **kwargs: Any) -> Any:
+    def dispatch_train(self: Engine, *args: Any, **kwargs: Any) -> Any:
         dispatched.append(time.perf_counter())
         return original(self, *args, **kwargs)
 
-    TaskAwareStrategy.dispatch_train = dispatch_train  # type: ignore[method-assign]
+    Engine.dispatch_train = dispatch_train  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory() as out:
         config = parse(compose([*overrides, f"hydra.run.dir={out}"], out))
         begin = time.perf_counter()

@@ -37,9 +37,8 @@ import matplotlib.pyplot as plt
 from _common import write_results
 
 from fedmtl.app.launch import run
-from fedmtl.app.run.config import compose, parse
+from fedmtl.app.run.config import compose, parse, presets
 from fedmtl.app.runtimes import set_offline_env
-from strategies import STRATEGIES
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASELINE = "fedavg"
@@ -116,7 +115,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategies", nargs="+", default=STRATEGIES.names())
+    parser.add_argument("--strategies", nargs="+", default=presets("strategy"))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--server-lrs", nargs="+", type=float, default=[1.0])

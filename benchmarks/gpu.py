@@ -73,7 +73,7 @@ def vectorised_round(
     for first in range(0, len(jobs), args.max_silos):
         train_vectorized(
             model, jobs[first : first + args.max_silos], cfg, args.mode, args.precision
-        )  # type: ignore[arg-type]
+        )
     if next(model.parameters()).is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - began

@@ -30,6 +30,7 @@ from fedmtl.app.run.checkpoint import (
     split_arrays,
 )
 from fedmtl.app.run.config import parse
+from fedmtl.app.runtimes.processes import alive, descendants, end
 from fedmtl.core.errors import ConfigError
 from strategies.engine import Engine
 from tests.support.runs import compose_raw, fedmtl_process, read_jsonl, run_fedmtl
@@ -184,6 +185,76 @@ def test_a_signal_stops_the_command_and_resume_completes(
     assert summary["status"] == "completed" and summary["resumed_from"] == [saved]
     assert summary["rounds"] == summary["checkpoint_round"] == saved + 2
     assert (out / MODEL_FILE).is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.simulation
+@pytest.mark.timeout(4 * SIGNALLED_S)
+@pytest.mark.parametrize(
+    ("signum", "to_group"),
+    [(signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["SIGTERM-to-process", "SIGINT-to-group"],
+)
+def test_a_signal_stops_a_simulation_and_leaves_no_process_behind(
+    tmp_path: Path, signum: signal.Signals, to_group: bool
+) -> None:
+    """``fedmtl run runtime=simulation`` (Flower's engine on a Ray of its own) signalled after its
+    first checkpoint: exit 130, summary.json ``interrupted``, the checkpoint loadable, no process
+    of the run (Ray's included, whatever session they run in) alive after the command, its Ray
+    temp dir gone, and ``resume=DIR`` completes the run (in process: a resumed run may change
+    runtime)."""
+    out = tmp_path / "run"
+    overrides = [o for o in SMALL if not o.startswith(("num_rounds=", "checkpoint_every="))]
+    overrides = [o for o in overrides if not o.startswith("runtime=")]
+    args = [
+        "run",
+        *overrides,
+        "runtime=simulation",
+        "runtime.ray_num_cpus=2",
+        "num_rounds=1000000",
+        "checkpoint_every=1",
+        f"hydra.run.dir={out}",
+    ]
+    ray: list[int] = []
+    try:
+        with fedmtl_process(args, tmp_path / "logs") as process:
+            wait_for_checkpoint(process, out, tmp_path / "logs")
+            ray = descendants(process.pid)  # Ray's processes, workers included, by now
+            temp_dirs = {
+                part for pid in ray for part in command_line(pid).split() if "fedmtl-ray-" in part
+            }
+            assert ray and temp_dirs, "the run started no Ray of its own"
+            if to_group:
+                os.killpg(process.pid, signum)
+            else:
+                process.send_signal(signum)
+            assert process.wait(timeout=SIGNALLED_S) == 130
+        assert not [pid for pid in ray if alive(pid)], "Ray processes outlived the run"
+        for argument in temp_dirs:  # e.g. --temp-dir=/tmp/fedmtl-ray-x or a path below it
+            root = argument[argument.index("/") :].split("fedmtl-ray-")[0]
+            name = "fedmtl-ray-" + argument.split("fedmtl-ray-")[1].split("/")[0]
+            assert not (Path(root) / name).exists(), f"{root}{name} left behind"
+    finally:
+        end([pid for pid in ray if alive(pid)], grace=5)
+    assert "fedmtl run: interrupted" in (tmp_path / "logs" / "stderr.txt").read_text()
+    stopped = json.loads((out / "summary.json").read_text())
+    assert stopped["status"] == "interrupted"
+    saved = load_checkpoint(out).server_round
+    assert stopped["rounds"] >= saved
+
+    resumed = run_fedmtl(
+        ["run", f"resume={out}", f"num_rounds={saved + 1}", "runtime=inprocess"],
+        timeout=SIGNALLED_S,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def test_the_checkpoint_files(tmp_path: Path) -> None:

@@ -132,6 +132,8 @@ def test_default_run_is_the_documented_one() -> None:
         (["train.optimizer=rmsprop"], "train.optimizer"),
         (["train.momentum=1.0"], "train.momentum"),
         (["runtime=simulation", "runtime.num_cpus=0"], "runtime.num_cpus"),
+        (["runtime.num_threads=0"], "runtime.num_threads"),
+        (["runtime=inprocess", "runtime.num_threads=1.5"], "runtime.num_threads"),
         (["tracking.wandb_mode=sometimes"], "tracking.wandb_mode"),
     ],
 )

@@ -4,6 +4,9 @@ process manager (fedmtl/app/deploy/). The deployment itself: tests/test_deployme
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,9 +16,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key
+from flwr.cli.flower_config import read_superlink_connection
 from flwr.cli.supernode.register import try_load_public_key
 from flwr.common.config import parse_config_args
 
+import fedmtl.app.deploy.command as deploy_command
+import fedmtl.app.deploy.processes as deploy_processes
 from fedmtl.app import cli
 from fedmtl.app.deploy import (
     DEMO_SILO_TASKS,
@@ -27,6 +33,10 @@ from fedmtl.app.deploy import (
     make_node_key,
     node_config_arg,
 )
+from fedmtl.app.deploy.processes import write_connection
+from fedmtl.app.runtimes import OFFLINE_ENV, add_to_activate
+from fedmtl.app.runtimes.environment import ACTIVATE_MARK
+from fedmtl.app.runtimes.processes import listening
 from fedmtl.datasets.schema import FeatureSchema
 
 
@@ -103,3 +113,63 @@ def test_processes_are_stopped_even_when_the_block_fails(tmp_path: Path) -> None
         started = deployment.start("sleeper", ["sleep", "300"])
         raise RuntimeError("the test failed here")
     assert started.process.poll() is not None and not running(started.process.pid)
+
+
+def test_the_connection_is_what_flwr_reads_and_other_connections_stay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text(
+        '[superlink]\ndefault = "mine"\n\n[superlink.mine]\naddress = "link.example.org:9093"\n'
+    )
+    ca = tmp_path / "ca.pem"
+    written = write_connection("consortium", "127.0.0.1:4321", ca)
+    assert written == tmp_path / "config.toml"
+    connection = read_superlink_connection("consortium")
+    assert connection is not None
+    assert (connection.address, connection.root_certificates) == ("127.0.0.1:4321", str(ca))
+    assert not connection.insecure
+    mine = read_superlink_connection()  # the default one, untouched
+    assert mine is not None and (mine.name, mine.address) == ("mine", "link.example.org:9093")
+
+
+def test_an_activated_venv_has_the_offline_defaults(tmp_path: Path) -> None:
+    """What `make install` adds to .venv/bin/activate: every offline default, once, and a value the
+    shell already has wins."""
+    script = tmp_path / "activate"
+    script.write_text("# a venv's activate script\n")
+    assert add_to_activate(script) and not add_to_activate(script)
+    shell = f'source {script}; for k in {" ".join(OFFLINE_ENV)}; do echo "$k=${{!k}}"; done'
+    printed = subprocess.run(
+        ["bash", "-c", shell],
+        env={"PATH": os.environ["PATH"], "WANDB_MODE": "online"},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert dict(line.split("=", 1) for line in printed.split()) == {
+        **OFFLINE_ENV,
+        "WANDB_MODE": "online",
+    }
+    if (Path(sys.prefix) / ".installed").exists():  # this very venv, made by `make install`
+        assert ACTIVATE_MARK in (Path(sys.prefix) / "bin" / "activate").read_text()
+
+
+def test_stop_local_says_when_no_local_superlink_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by the ports it listens on, never by name: ports nothing listens on end nothing."""
+    monkeypatch.setattr(deploy_processes, "local_superlink_ports", lambda: (1, 2))
+    monkeypatch.setattr(deploy_command, "local_superlink_ports", lambda: (1, 2))
+    cli.main(["deploy", "stop-local"])
+    assert (
+        "no local SuperLink runs (nothing of yours listens on 127.0.0.1:1/2)"
+        in capsys.readouterr().out
+    )
+
+
+def test_listening_finds_the_process_by_its_port() -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        assert listening(server.getsockname()[1]) == [os.getpid()]
+        with socket.create_connection(server.getsockname()) as client:
+            assert listening(client.getsockname()[1]) == []  # connected, not listening

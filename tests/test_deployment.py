@@ -16,8 +16,13 @@ is stopped by its id in the ``finally`` of the context manager, and every wait h
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
 import sys
+import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +35,14 @@ from fedmtl.app.deploy import (
     free_port,
     make_certificates,
     make_node_key,
-    wait_for_port,
 )
 from fedmtl.app.deploy.flwr_config import to_toml
 from fedmtl.app.run.experiment import CONFIG_KEY
 from fedmtl.app.run.server import make_server_app
+from fedmtl.app.runtimes import OFFLINE_ENV
+from fedmtl.app.runtimes.processes import alive, descendants, end, listening
 from tests.support.deployments import local_config_json, local_grid, silo_tables
-from tests.support.runs import read_jsonl
+from tests.support.runs import fedmtl_process, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -113,35 +119,115 @@ def test_tls_authenticated_deployment_matches_an_in_process_run(tmp_path: Path) 
     np.testing.assert_allclose(losses, reference_losses, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.timeout(420)
-def test_flwr_run_from_the_repository_root_on_a_simulation_superlink(tmp_path: Path) -> None:
-    """`flwr run .` with pyproject.toml's own run config (experiment=flwr_demo) against a SuperLink
-    in simulation mode, Flower's local simulation (started here rather than by `flwr`, so that it
-    gets its own port and is stopped by its id)."""
-    with LocalDeployment(tmp_path, env={"PYTHONPATH": str(ROOT)}, bin_dir=BIN) as deployment:
-        port = free_port()
-        superlink = deployment.start(
-            "superlink",
-            [
-                str(BIN / "flower-superlink"),
-                "--simulation",
-                "--insecure",
-                "--disable-runtime-dependency-installation",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-        )
-        wait_for_port(port, 90, superlink.process)
-        (deployment.home("cli") / "config.toml").write_text(
-            f'[superlink.sim]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
-        )
-        output = deployment.flwr(["run", ".", "sim", "--stream"], timeout=330, cwd=ROOT)
-    run_id = re.search(r"Successfully started run (\d+)", output)
-    assert run_id and "round 5/5: 2/2 updates" in output, output
-    summary = json.loads(
-        (tmp_path / "outputs" / "flwr" / run_id.group(1) / "summary.json").read_text()
+def _local_superlink_env(home: Path) -> dict[str, str]:
+    """What a user's activated shell has, with ports and a Flower home of the test's own: the
+    local SuperLink that ``flwr run`` starts listens there (never on Flower's default ports,
+    which another run on this machine may hold)."""
+    return {
+        **os.environ,
+        **OFFLINE_ENV,
+        "FLWR_HOME": str(home),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        "PYTHONPATH": str(ROOT),
+        "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
+    }
+
+
+def _listening(env: dict[str, str]) -> list[int]:
+    """The processes listening on the local SuperLink's ports of ``env``, and those below them."""
+    ports = (env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"], env["FLWR_LOCAL_CONTROL_API_PORT"])
+    leaders = sorted({pid for port in ports for pid in listening(int(port))})
+    return [*leaders, *(child for pid in leaders for child in descendants(pid))]
+
+
+@pytest.mark.timeout(480)
+def test_flwr_run_from_the_repository_root_on_the_local_superlink(tmp_path: Path) -> None:
+    """``flwr run .`` as the README has it (pyproject's own run config, experiment=flwr_demo):
+    ``flwr`` starts its local SuperLink in the background and returns once the run is submitted;
+    the SuperLink runs on, ``flwr log`` follows the run to its end, the results land in
+    ``outputs/flwr/<run id>/`` of the directory the SuperLink was started from, and ``fedmtl
+    deploy stop-local`` ends the SuperLink and every process below it."""
+    env = _local_superlink_env(tmp_path / "home")
+    try:
+        submitted = subprocess.run(
+            [str(BIN / "flwr"), "run", str(ROOT)],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        run_id = re.search(r"Successfully started run (\d+)", submitted.stdout)
+        assert submitted.returncode == 0 and run_id, (submitted.stdout, submitted.stderr)
+        superlink = _listening(env)
+        assert superlink, "the local SuperLink should run on after `flwr run` returned"
+        followed = subprocess.run(
+            [str(BIN / "flwr"), "log", run_id.group(1)],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert "round 5/5: 2/2 updates" in followed.stdout, followed.stdout[-3000:]
+        summary_file = tmp_path / "outputs" / "flwr" / run_id.group(1) / "summary.json"
+        summary = json.loads(summary_file.read_text())
+        assert summary["rounds"] == 5 and summary["rejected"] == []
+        assert summary["dataset"] == "synthetic" and set(summary["final"]) == {
+            "t0",
+            "t1",
+            "t2",
+            "t3",
+        }
+        assert summary["runtime"] == "flwr run" and summary["status"] == "completed"
+        assert summary["provenance"]["threads_per_silo"] is None  # the nodes' own business
+
+        stopped = subprocess.run(
+            [sys.executable, "-m", "fedmtl.app.cli", "deploy", "stop-local"],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert stopped.returncode == 0 and "ended the local SuperLink" in stopped.stdout
+        assert not any(alive(pid) for pid in superlink) and _listening(env) == []
+    finally:
+        end(_listening(env), grace=5)
+
+
+@pytest.mark.timeout(600)
+def test_deploy_local_serve_writes_the_connection_that_flwr_run_uses(tmp_path: Path) -> None:
+    """``fedmtl deploy local DIR --serve`` writes the SuperLink connection ``consortium`` into the
+    user's ``flwr`` config and stays up; ``flwr run . consortium`` (as printed) runs on it over TLS
+    with node authentication; SIGTERM then stops every process the deployment started."""
+    user_home = tmp_path / "user-flwr"
+    user_home.mkdir()
+    (user_home / "config.toml").write_text(
+        '[superlink]\ndefault = "mine"\n\n[superlink.mine]\naddress = "x:1"\n'
     )
-    assert summary["rounds"] == 5 and summary["rejected"] == []
-    assert summary["dataset"] == "synthetic" and set(summary["final"]) == {"t0", "t1", "t2", "t3"}
+    directory = tmp_path / "deployment"
+    args = ["deploy", "local", str(directory), "--app", str(ROOT), "--serve", "--rounds", "1"]
+    with fedmtl_process(
+        [*args, "train.max_steps=2"], tmp_path / "logs", FLWR_HOME=str(user_home)
+    ) as serving:
+        stdout = tmp_path / "logs" / "stdout.txt"
+        deadline = time.monotonic() + 240
+        while "the deployment is up" not in stdout.read_text():
+            assert serving.poll() is None, (tmp_path / "logs" / "stderr.txt").read_text()[-3000:]
+            assert time.monotonic() < deadline, stdout.read_text()
+            time.sleep(0.5)
+        connections = tomllib.loads((user_home / "config.toml").read_text())["superlink"]
+        assert connections["mine"] == {"address": "x:1"} and connections["default"] == "mine"
+        port = connections["consortium"]["address"].rsplit(":", 1)[1]
+        assert connections["consortium"]["root-certificates"] == str(directory / "certs" / "ca.pem")
+        command = re.search(r"flwr run (.+) --stream", stdout.read_text())
+        assert command and command.group(1).split()[1] == "consortium"
+        ran = subprocess.run(
+            [str(BIN / "flwr"), "run", *command.group(1).split(), "--stream"],
+            env={**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(user_home)},
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        run_id = re.search(r"Successfully started run (\d+)", ran.stdout)
+        assert ran.returncode == 0 and run_id and "round 1/1: 3/3 updates" in ran.stdout, (
+            ran.stdout[-3000:]
+        )
+        summary = json.loads(
+            (directory / "outputs" / "flwr" / run_id.group(1) / "summary.json").read_text()
+        )
+        assert summary["status"] == "completed" and summary["silos_participated"] == [0, 1, 2]
+
+        started = descendants(serving.pid)
+        serving.send_signal(signal.SIGTERM)
+        assert serving.wait(timeout=60) == 0
+        assert not any(alive(pid) for pid in started)
+        assert listening(int(port)) == []

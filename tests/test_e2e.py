@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -264,9 +265,11 @@ def test_cli_rejects_bad_config_before_training(tmp_path: Path, override: str, k
 @pytest.mark.simulation
 @pytest.mark.timeout(SIMULATION_TIMEOUT_S + 30)
 def test_simulation_engine_digits_beats_chance(tmp_path: Path) -> None:
-    """Through Flower's simulation engine (Ray), 8 silos with different task subsets."""
+    """Through Flower's simulation engine (Ray), 8 silos with different task subsets; the run's
+    own Ray temp dir is gone afterwards."""
     out = tmp_path / "sim"
     num_rounds = 12
+    before = set(Path(tempfile.gettempdir()).glob("fedmtl-ray-*"))
     result = run_fedmtl(
         [
             "run",
@@ -280,9 +283,11 @@ def test_simulation_engine_digits_beats_chance(tmp_path: Path) -> None:
         timeout=SIMULATION_TIMEOUT_S,
     )
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    assert set(Path(tempfile.gettempdir()).glob("fedmtl-ray-*")) <= before
     summary = json.loads((out / "summary.json").read_text())
     check_result_files(out, summary, num_rounds)
     assert summary["runtime"] == "simulation"
+    assert summary["provenance"]["threads_per_silo"] == 1  # one CPU per client
     assert summary["rejected"] == []
     assert beats_chance(summary, margin=0.15) == {}
 

@@ -542,7 +542,7 @@ def test_malformed_silo_description_is_ignored(
     fed = Federation(silos)
     strategy = make_fedavg(fraction_train=1.0)
     with caplog.at_level(logging.WARNING, logger="fedmtl"):
-        strategy.roster.discover(fed.grid, 10)
+        strategy.roster.discover(fed.grid, lambda m: strategy.exchange(fed.grid, m))
     assert set(strategy.roster.silos) == {1000, 1002, 1003}
     assert any("1001" in r.getMessage() and "ignored" in r.getMessage() for r in caplog.records)
     for server_round in range(1, 4):
@@ -558,7 +558,7 @@ def test_two_nodes_claiming_one_silo_keep_the_first() -> None:
     fed = Federation([FakeSilo(("a",), 10, {"a": 10}, 1.0) for _ in range(3)])
     fed.grid.contexts[1002].node_config["partition-id"] = 0  # node 1002 also says "silo 0"
     strategy = make_fedavg()
-    strategy.roster.discover(fed.grid, 10)
+    strategy.roster.discover(fed.grid, lambda m: strategy.exchange(fed.grid, m))
     assert set(strategy.roster.silos) == {1000, 1001}
     assert strategy.roster.ignored == {1002}
 

@@ -179,6 +179,10 @@ def quiet_third_party_logs() -> None:
 
 def _run(config: ExperimentConfig) -> None:
     summary = run(config)
+    if summary["status"] == "interrupted":  # a simulation stopped by a signal ends here
+        print(f"fedmtl run: interrupted; results in {config.output_dir} (summary.json), continue "
+              f"with `fedmtl run resume={config.output_dir}`", file=sys.stderr)  # fmt: skip
+        sys.exit(130)
     if summary["status"] != "completed":
         print(f"fedmtl run: the run ended with status {summary['status']!r}; results in "
               f"{config.output_dir} (summary.json)", file=sys.stderr)  # fmt: skip
@@ -239,8 +243,12 @@ def main(argv: list[str] | None = None) -> None:
         if status:
             sys.exit(status)
         return
-    if command == "deploy":
-        deploy.main(overrides)
+    if command == "deploy":  # SIGTERM and Ctrl-C stop every process it started, by id
+        try:
+            deploy.main(overrides)
+        except KeyboardInterrupt:
+            print("fedmtl deploy: interrupted", file=sys.stderr)
+            sys.exit(130)
         return
     if command == "new":
         scaffold.main(overrides)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,15 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
     experiment = cached_experiment(config_json)
     runner = RUNTIMES.get(config.runtime.name, key="runtime.name").factory
     shipment = Shipment(experiment)
+    # Flower's simulation runs the ServerApp in a thread, which a signal cannot interrupt: the
+    # runtime sets this event on SIGINT/SIGTERM and the engine stops while it waits for replies.
+    stop = threading.Event() if config.runtime.name == "simulation" else None
     apps = Apps(
-        server=make_server_app(config_json),
+        server=make_server_app(config_json, stop),
         client=make_client_app(config_json, shipment),
         batch=BatchTrainer(config_json, Silo(config_json, shipment)),
         shipment=shipment,
+        stop=stop,
     )
     runner(apps, config.runtime.params, experiment.partition.num_silos)
     summary_path = Path(config.output_dir) / SUMMARY_FILE

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,11 @@ class RunContext:
     keep state in files are told first (a resumed run: the checkpoint it resumed from).
     ``observers`` are told each round's :class:`~fedmtl.core.rounds.RoundRecord`;
     ``evaluate_global`` evaluates the global model on a held-out set (for methods with one global
-    model); ``on_round_end`` checkpoints. ``clock`` times the rounds (seconds).
+    model); ``on_round_end`` checkpoints. ``clock`` times the rounds (seconds). ``stop``: once
+    set (e.g. by a signal handler in another thread), the engine stops while it waits for replies
+    (within :data:`~strategies.engine.loop.PULL_INTERVAL_S`) with
+    :class:`~strategies.engine.RunStopped` (``interrupted``); None: it waits with the grid's own
+    ``send_and_receive``.
     """
 
     scope: str = ""
@@ -38,6 +43,7 @@ class RunContext:
     evaluate_global: GlobalEvaluation | None = None
     on_round_end: RoundEnd | None = None
     clock: Callable[[], float] = time.perf_counter
+    stop: threading.Event | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "observers", tuple(self.observers))

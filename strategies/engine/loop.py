@@ -21,6 +21,7 @@ the method's own state; both are in :meth:`Engine.state_dict` for checkpoints.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, replace
 from typing import Any
@@ -43,6 +44,9 @@ from strategies.engine.replies import RunStopped
 from strategies.engine.roster import Roster
 
 log = logging.getLogger("fedmtl")
+
+PULL_INTERVAL_S = 0.1
+"""How often the engine looks for replies (and at its stop event) while it waits for them."""
 
 
 class Engine:
@@ -79,7 +83,7 @@ class Engine:
         params = self.params
         log.info("%s over tasks %s, sampling %s", self.name, list(self.tasks), params)
         self.roster.wait_for(grid, params.min_available_nodes, params.wait_for_nodes_s)
-        self.roster.discover(grid, params.reply_timeout_s)
+        self.roster.discover(grid, lambda messages: self.exchange(grid, messages))
         for server_round in range(first_round, num_rounds + 1):
             started = self.context.clock()
             down, up = self.bytes_down, self.bytes_up  # every attempt of the round counts
@@ -121,8 +125,7 @@ class Engine:
         attempts = self.params.round_retries + 1
         for attempt in range(attempts):
             sent = self.dispatch_train(grid, server_round, model)
-            replies = grid.send_and_receive(sent.messages, timeout=self.params.reply_timeout_s)
-            intake = self.take_updates(sent, replies)
+            intake = self.take_updates(sent, self.exchange(grid, sent.messages))
             result = self.aggregate(sent, intake)
             if result is not None:
                 return result, intake, sent
@@ -208,8 +211,29 @@ class Engine:
     def evaluate_round(self, grid: Grid, server_round: int, model: GlobalModel) -> Evaluation:
         """Sampled silos evaluate ``model`` (or what the method's silo half evaluates)."""
         sent = self.dispatch_evaluate(grid, server_round, model)
-        replies = grid.send_and_receive(sent.messages, timeout=self.params.reply_timeout_s)
-        return self.pool_evaluations(sent, replies)
+        return self.pool_evaluations(sent, self.exchange(grid, sent.messages))
+
+    def exchange(self, grid: Grid, messages: list[Message]) -> list[Message]:
+        """Send ``messages`` and return the replies that came within ``reply_timeout_s``; with a
+        stop event, :class:`RunStopped` (``interrupted``) as soon as it is set while waiting."""
+        timeout = self.params.reply_timeout_s
+        stop = self.context.stop
+        if stop is None:
+            return list(grid.send_and_receive(messages, timeout=timeout))
+        pending = set(grid.push_messages(messages))
+        replies: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            if stop.is_set():
+                raise RunStopped("interrupted", "the run was asked to stop (a signal)")
+            came = list(grid.pull_messages(pending))
+            replies += came
+            pending -= {reply.metadata.reply_to_message_id for reply in came}
+            if pending:
+                stop.wait(PULL_INTERVAL_S)
+        if stop.is_set():
+            raise RunStopped("interrupted", "the run was asked to stop (a signal)")
+        return replies
 
     def _dispatch(
         self,
@@ -221,7 +245,7 @@ class Engine:
         update_mode: UpdateMode = "joint",
     ) -> Dispatch:
         """The round's messages of one kind to the silos the roster samples for it."""
-        self.roster.discover(grid, self.params.reply_timeout_s)  # nodes that joined since
+        self.roster.discover(grid, lambda messages: self.exchange(grid, messages))  # joined since
         if purpose == "train":
             fraction, minimum = self.params.fraction_train, self.params.min_train_nodes
         else:

@@ -15,7 +15,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from flwr.app import Message, MessageType
@@ -26,6 +26,9 @@ from fedmtl.core.records import SiloInfo
 from strategies.engine.replies import REPLY_ERRORS, check_silo, client_error
 
 log = logging.getLogger("fedmtl")
+
+Exchange = Callable[[list[Message]], list[Message]]
+"""Send messages and return the replies that came (the engine's, which it can interrupt)."""
 
 
 class Roster:
@@ -49,8 +52,8 @@ class Roster:
                 )
             time.sleep(0.5)
 
-    def discover(self, grid: Grid, timeout_s: float) -> None:
-        """Query the nodes not yet known for their silo."""
+    def discover(self, grid: Grid, exchange: Exchange) -> None:
+        """Query the nodes not yet known for their silo (``exchange``: messages -> replies)."""
         unknown = [n for n in grid.get_node_ids() if n not in self.silos and n not in self.ignored]
         if not unknown:
             return
@@ -58,7 +61,7 @@ class Roster:
             Message(records.query_content(), dst_node_id=n, message_type=MessageType.QUERY)
             for n in unknown
         ]
-        for reply in grid.send_and_receive(messages, timeout=timeout_s):
+        for reply in exchange(messages):
             node = reply.metadata.src_node_id
             try:
                 if reply.has_error():

@@ -19,6 +19,7 @@ from typing import Any
 
 from fedmtl.app.run.config import compose
 from fedmtl.app.runtimes import OFFLINE_ENV
+from fedmtl.app.runtimes.processes import descendants, send
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FEDMTL = [sys.executable, "-m", "fedmtl.app.cli"]
@@ -58,11 +59,12 @@ def run_fedmtl(
 
 
 @contextmanager
-def fedmtl_process(args: list[str], logs: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``fedmtl ARGS`` running in a subprocess while the block runs: the offline environment, a
-    process group of its own, stdout and stderr into ``logs/stdout.txt`` and ``logs/stderr.txt``
-    (no pipe to fill and block it). When the block ends, for whatever reason, a process still
-    running is killed with its whole group (SIGKILL, by id).
+def fedmtl_process(args: list[str], logs: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``fedmtl ARGS`` running in a subprocess while the block runs: the offline environment (and
+    ``env``), a process group of its own, stdout and stderr into ``logs/stdout.txt`` and
+    ``logs/stderr.txt`` (no pipe to fill and block it). When the block ends, for whatever reason,
+    a process still running is killed with its whole group and every process below it (SIGKILL,
+    by id: Flower starts its processes in sessions of their own).
 
     SIGINT reaches it as Ctrl-C reaches a command in a terminal: when this process ignores SIGINT
     (a background job of a non-interactive shell does), the child would inherit that, since exec
@@ -78,7 +80,7 @@ def fedmtl_process(args: list[str], logs: Path) -> Iterator[subprocess.Popen[byt
                 [*FEDMTL, *args],
                 stdout=out,
                 stderr=err,
-                env={**os.environ, **OFFLINE_ENV},
+                env={**os.environ, **OFFLINE_ENV, **env},
                 start_new_session=True,
             )
     finally:
@@ -88,7 +90,9 @@ def fedmtl_process(args: list[str], logs: Path) -> Iterator[subprocess.Popen[byt
         yield process
     finally:
         if process.poll() is None:
+            below = descendants(process.pid)
             os.killpg(process.pid, signal.SIGKILL)
+            send(below, signal.SIGKILL)
             process.wait()
 
 

@@ -13,9 +13,12 @@ makes what they need with the ``cryptography`` package and starts them on this m
   tasks, and the feature schema they share (``schema.json``).
 - ``fedmtl deploy local DIR``: all of the above in DIR, then a SuperLink on 127.0.0.1 with TLS and
   node authentication, the three SuperNodes registered and started with their own tables, and the
-  ``flwr_tables`` experiment run to completion with ``flwr run`` (``--serve``: leave the
-  deployment up and print the ``flwr run`` command instead, until Ctrl-C). Every process gets its
-  own ``FLWR_HOME`` and log file in DIR and is stopped by its process id.
+  ``flwr_tables`` experiment run to completion with ``flwr run``. ``--serve``: leave the
+  deployment up until Ctrl-C instead, write its SuperLink connection (``--connection``, default
+  ``consortium``) into your ``flwr`` CLI's config and print the ``flwr run`` command to try. Every
+  process gets its own ``FLWR_HOME`` and log file in DIR and is stopped by its process id.
+- ``fedmtl deploy stop-local``: end the local SuperLink that a plain ``flwr run .`` starts in the
+  background and leaves running, with its ServerApps (found by the ports it listens on).
 
 :class:`LocalDeployment` is the process manager behind ``fedmtl deploy local`` (and the
 integration test).
@@ -31,7 +34,13 @@ from pathlib import Path
 from fedmtl.app.deploy.certificates import DEFAULT_HOSTS, make_certificates, make_node_key
 from fedmtl.app.deploy.demo import demo_tables
 from fedmtl.app.deploy.flwr_config import run_config, to_toml
-from fedmtl.app.deploy.processes import CONNECTION, LocalDeployment
+from fedmtl.app.deploy.processes import (
+    CONNECTION,
+    LocalDeployment,
+    local_superlink_ports,
+    stop_local_superlink,
+    write_connection,
+)
 
 
 def _local(args: argparse.Namespace) -> None:
@@ -56,23 +65,49 @@ def _local(args: argparse.Namespace) -> None:
         for i, (key, table) in enumerate(zip(keys, tables, strict=True)):
             deployment.start_supernode(f"silo{i}", key, {"data-file": str(table), "silo-id": i})
             print(f"SuperNode silo{i}: registered, data-file={table}")
+        if args.serve:
+            _serve(deployment, args.connection, app, config_file)
+            return
         command = (
             f"FLWR_HOME={deployment.home('cli')} flwr run {app} {CONNECTION} "
             f"--run-config {config_file} --stream"
         )
-        if args.serve:
-            print(f"\nthe deployment is up; try:\n  {command}\nCtrl-C stops every process.")
-            try:
-                while all(s.process.poll() is None for s in deployment.started):
-                    time.sleep(1)
-            except KeyboardInterrupt:
-                pass
-            return
         print(f"$ {command}")
         output = deployment.run(app, config_file, timeout=args.timeout)
         print(output)
         run_id = re.search(r"Successfully started run (\d+)", output)
         print(f"results: {directory / 'outputs' / 'flwr' / (run_id.group(1) if run_id else '')}")
+
+
+def _serve(deployment: LocalDeployment, connection: str, app: Path, config_file: Path) -> None:
+    """Write the deployment's SuperLink connection for the user's ``flwr`` and wait for Ctrl-C
+    (or for one of its processes to end)."""
+    assert deployment.certificates is not None
+    address = f"127.0.0.1:{deployment.superlink_port}"
+    written = write_connection(connection, address, deployment.certificates.ca_cert)
+    print(
+        f"\nwrote the SuperLink connection {connection!r} to {written}:\n"
+        f'  [superlink.{connection}]\n  address = "{address}"\n'
+        f'  root-certificates = "{deployment.certificates.ca_cert}"\n'
+        f"the deployment is up; try:\n"
+        f"  flwr run {app} {connection} --run-config {config_file} --stream\n"
+        "Ctrl-C stops every process.",
+        flush=True,
+    )
+    try:
+        while all(s.process.poll() is None for s in deployment.started):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+
+
+def _stop_local() -> None:
+    ended = stop_local_superlink()
+    ports = "/".join(str(port) for port in local_superlink_ports())
+    if ended:
+        print(f"ended the local SuperLink and its processes: {' '.join(map(str, ended))}")
+    else:
+        print(f"no local SuperLink runs (nothing of yours listens on 127.0.0.1:{ports})")
 
 
 def main(argv: list[str]) -> None:
@@ -99,8 +134,19 @@ def main(argv: list[str]) -> None:
     local.add_argument("--rounds", type=int, default=3)
     local.add_argument("--timeout", type=float, default=900.0, help="for flwr run (seconds)")
     local.add_argument("--serve", action="store_true", help="stay up until Ctrl-C")
+    local.add_argument(
+        "--connection",
+        default="consortium",
+        help="with --serve: the name of the SuperLink connection written to your flwr config "
+        "(default consortium)",
+    )
     local.add_argument("overrides", nargs="*", help="more experiment overrides (key=value)")
-    args = parser.parse_args(argv)
+    commands.add_parser("stop-local", help="end the local SuperLink `flwr run .` left running")
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "local" and all("=" in arg and not arg.startswith("-") for arg in extra):
+        args.overrides += extra  # key=value overrides after the options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "certs":
         files = make_certificates(
             Path(args.directory), tuple(args.host or DEFAULT_HOSTS), args.days
@@ -114,5 +160,7 @@ def main(argv: list[str]) -> None:
     elif args.command == "demo-data":
         tables, schema = demo_tables(Path(args.directory))
         print("\n".join([*(f"table: {t}" for t in tables), f"schema: {schema}"]))
+    elif args.command == "stop-local":
+        _stop_local()
     else:
         _local(args)

@@ -1,6 +1,9 @@
 """Flower's processes on this machine: a SuperLink with TLS and node authentication, SuperNodes
 with their own tables, ``flwr run``; each with its own ``FLWR_HOME`` and log, stopped by its
-process id (:class:`LocalDeployment`, behind ``fedmtl deploy local`` and the integration test)."""
+process id (:class:`LocalDeployment`, behind ``fedmtl deploy local`` and the integration test).
+Also the user's side of it: a SuperLink connection in the ``flwr`` CLI's own config
+(:func:`write_connection`), and the local SuperLink that a plain ``flwr run .`` leaves running
+(:func:`stop_local_superlink`)."""
 
 from __future__ import annotations
 
@@ -18,8 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from flwr.cli import constant as flwr_cli
+from flwr.cli.flower_config import write_superlink_connection
+from flwr.cli.typing import SuperLinkConnection
+from flwr.supercore.utils import get_flwr_home
+
 from fedmtl.app.deploy.certificates import Certificates, NodeKey
 from fedmtl.app.runtimes import OFFLINE_ENV
+from fedmtl.app.runtimes.processes import alive, descendants, end, listening, send
 
 CONNECTION = "fedmtl-local"
 """The name of the SuperLink connection ``fedmtl deploy local`` writes for the ``flwr`` CLI."""
@@ -230,52 +239,18 @@ class LocalDeployment:
         self.started.clear()
 
 
-def descendants(pid: int) -> list[int]:
-    """The ids of every process below ``pid`` in the process tree (Linux ``/proc``; empty
-    elsewhere). Flower starts some of its helpers in sessions of their own, out of reach of a
-    process-group signal."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = entry.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(entry.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _signal(pids: Sequence[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (a zombie does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _stop_tree(process: subprocess.Popen[bytes], grace: float) -> None:
     """SIGTERM to ``process`` and every process below it, each by its id; SIGKILL to those
     still running after ``grace`` seconds (and to what they started meanwhile)."""
     pids = [process.pid, *descendants(process.pid)]  # before the leader's children lose it
-    _signal(pids, signal.SIGTERM)
+    send(pids, signal.SIGTERM)
     deadline = time.monotonic() + grace
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace)
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    survivors = [pid for pid in pids if _alive(pid)]
-    _signal([*survivors, *(d for pid in survivors for d in descendants(pid))], signal.SIGKILL)
+    survivors = [pid for pid in pids if alive(pid)]
+    send([*survivors, *(d for pid in survivors for d in descendants(pid))], signal.SIGKILL)
     process.wait(timeout=grace)
 
 
@@ -285,3 +260,31 @@ def node_config_arg(node_config: Mapping[str, Any]) -> str:
         f"{key}={json.dumps(value) if isinstance(value, str) else value}"
         for key, value in node_config.items()
     )
+
+
+def write_connection(name: str, address: str, root_certificates: Path) -> Path:
+    """Add (or replace) the SuperLink connection ``name`` in the ``flwr`` CLI's config of this
+    user (``$FLWR_HOME/config.toml``, else ``~/.flwr/config.toml``; Flower's own writer, other
+    connections kept), so that ``flwr run . NAME`` reaches ``address`` over TLS; the file."""
+    write_superlink_connection(
+        SuperLinkConnection(name, address=address, root_certificates=str(root_certificates))
+    )
+    return get_flwr_home() / flwr_cli.FLOWER_CONFIG_FILE
+
+
+def local_superlink_ports() -> tuple[int, int]:
+    """The ports of the SuperLink that ``flwr run`` starts for its local simulation: its HTTP
+    API and its Control API (Flower's defaults, 39091 and 39093, or
+    ``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT`` / ``FLWR_LOCAL_CONTROL_API_PORT``)."""
+    return int(flwr_cli.LOCAL_SUPERLINK_HTTP_API_PORT), int(flwr_cli.LOCAL_CONTROL_API_PORT)
+
+
+def stop_local_superlink(grace: float = 10.0) -> list[int]:
+    """End the local SuperLink that a plain ``flwr run .`` started in the background (it stays
+    up after its runs) and every process below it (its ServerApps): the processes of this user
+    listening on :func:`local_superlink_ports`, found by port, ended by id (SIGTERM, SIGKILL
+    after ``grace`` seconds). The ids ended; none when no local SuperLink runs."""
+    leaders = sorted({pid for port in local_superlink_ports() for pid in listening(port)})
+    pids = [*leaders, *(child for pid in leaders for child in descendants(pid))]
+    end(pids, grace)
+    return pids

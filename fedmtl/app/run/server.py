@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from fedmtl.app.run.experiment import CONFIG_KEY, Experiment, cached_experiment,
 from fedmtl.app.run.provenance import provenance
 from fedmtl.app.run.scenario import scenario_of
 from fedmtl.app.run.tracking import PARTITION_FILE, SUMMARY_SCHEMA_VERSION, Tracker
+from fedmtl.app.runtimes import silo_threads
 from fedmtl.core import records
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import MultiTaskModel
@@ -44,12 +46,19 @@ log = logging.getLogger("fedmtl")
 
 
 def run_server(
-    grid: Grid, experiment: Experiment, runtime: str | None = None, scope: str = ""
+    grid: Grid,
+    experiment: Experiment,
+    runtime: str | None = None,
+    scope: str = "",
+    stop: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Train for ``num_rounds`` on ``grid`` (after the checkpoint of the run it resumes, if
     any), write the result files and return the summary; ``runtime``: what started the run, for
     the summary (default: the configured runtime); ``scope``: the run's name on the silos when
-    several runs share the nodes one after another (each keeps its own silo state)."""
+    several runs share the nodes one after another (each keeps its own silo state); ``stop``:
+    once set, the run ends while it waits for replies, with ``status: interrupted`` and its last
+    checkpoint intact (for a ServerApp that does not run in the main thread, which a signal
+    cannot interrupt)."""
     cfg = experiment.config
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +82,7 @@ def run_server(
         observers=[tracker],
         evaluate_global=global_eval if global_eval.num_samples else None,
         on_round_end=checkpointer,
+        stop=stop,
     )
     engine = experiment.new_engine(context)
     if previous is None:
@@ -88,15 +98,18 @@ def run_server(
     try:
         engine.run(grid, start, cfg.num_rounds, first_round=done + 1)
         status = final_status(engine, experiment.num_silos)
-    except RunStopped as stop:
-        log.error("the run stopped: %s", stop)
-        status = stop.status
+    except RunStopped as stopped:
+        log.error("the run stopped: %s", stopped)
+        status = stopped.status
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
         summary = build_summary(experiment, engine, checkpointer.wall_time_s())
         summary["runtime"] = runtime or cfg.runtime.name
+        summary["provenance"]["threads_per_silo"] = (
+            None if runtime else silo_threads(cfg.runtime.name, cfg.runtime.params)
+        )
         summary["global"] = global_eval.summary(experiment.dataset.tasks)
         summary["status"] = status
         summary["completed"] = status == "completed"
@@ -278,8 +291,11 @@ def best_per_task(
     return best
 
 
-def make_server_app(default_config_json: str | None = None) -> ServerApp:
-    """The ServerApp; the experiment config comes from the run config, else ``default_config_json``."""
+def make_server_app(
+    default_config_json: str | None = None, stop: threading.Event | None = None
+) -> ServerApp:
+    """The ServerApp; the experiment config comes from the run config, else ``default_config_json``;
+    ``stop``: see :func:`run_server`."""
     app = ServerApp()
 
     @app.main()
@@ -290,7 +306,7 @@ def make_server_app(default_config_json: str | None = None) -> ServerApp:
             log_to_flower()
             config_json = for_flower_run(config_json, context.run_id)
             runtime = FLWR_RUN
-        run_server(grid, cached_experiment(config_json), runtime)
+        run_server(grid, cached_experiment(config_json), runtime, stop=stop)
 
     return app
 

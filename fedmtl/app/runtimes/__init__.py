@@ -16,9 +16,12 @@ from fedmtl.app.runtimes.apps import Apps, BatchTrain, Runner, Shipment
 from fedmtl.app.runtimes.environment import (
     OFFLINE_ENV,
     DeviceParams,
+    add_to_activate,
     check_device,
     client_device,
     set_offline_env,
+    silo_threads,
+    using_threads,
 )
 from fedmtl.app.runtimes.inprocess import InProcessGrid, InProcessParams, run_inprocess
 from fedmtl.app.runtimes.simulation import (
@@ -48,9 +51,12 @@ __all__ = [
     "SimulationParams",
     "VectorizedGrid",
     "VectorizedParams",
+    "add_to_activate",
     "check_device",
     "check_ray_address",
     "check_resources",
     "client_device",
     "set_offline_env",
+    "silo_threads",
+    "using_threads",
 ]

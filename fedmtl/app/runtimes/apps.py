@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -57,13 +58,16 @@ a message it leaves to the ClientApp (:class:`fedmtl.app.silo.batch.BatchTrainer
 @dataclass(frozen=True)
 class Apps:
     """The ServerApp and the ClientApp of one run, the batched trainer the ``vectorized`` runtime
-    hands a round's train messages to, and what the ClientApp's processes share with the driver
-    (:class:`Shipment`)."""
+    hands a round's train messages to, what the ClientApp's processes share with the driver
+    (:class:`Shipment`), and the event that asks the ServerApp to stop (set by a runtime whose
+    ServerApp does not run in the main thread, on SIGINT or SIGTERM; the ServerApp was built
+    with it)."""
 
     server: ServerApp
     client: ClientApp
     batch: BatchTrain | None = None
     shipment: Shipment | None = None
+    stop: threading.Event | None = None
 
 
 Runner = Callable[[Apps, Any, int], None]

@@ -13,7 +13,12 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 
 from fedmtl.app.runtimes.apps import Apps
-from fedmtl.app.runtimes.environment import DeviceParams, check_device
+from fedmtl.app.runtimes.environment import (
+    DeviceParams,
+    check_device,
+    silo_threads,
+    using_threads,
+)
 
 try:  # Flower >= 1.42
     from flwr.supercore.task_identity import TaskIdentity
@@ -25,7 +30,7 @@ log = logging.getLogger("fedmtl")
 
 @dataclass(frozen=True)
 class InProcessParams(DeviceParams):
-    """``runtime=inprocess``: ``device`` only."""
+    """``runtime=inprocess``: ``device`` and ``num_threads``."""
 
 
 class InProcessGrid(Grid):
@@ -130,6 +135,7 @@ def _set_server_identity() -> None:
 def run_inprocess(apps: Apps, params: InProcessParams, num_silos: int) -> None:
     check_device(params)
     grid = InProcessGrid(apps.client, num_silos, run_config={})
-    apps.server(
-        grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    )
+    with using_threads(silo_threads("inprocess", params)):
+        apps.server(
+            grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        )

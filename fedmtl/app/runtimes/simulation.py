@@ -5,11 +5,17 @@ cluster. The driver's experiment reaches the workers through Ray's object store 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,8 @@ from typing import Any
 import torch
 
 from fedmtl.app.runtimes.apps import Apps
+from fedmtl.app.runtimes.environment import check_threads
+from fedmtl.app.runtimes.processes import Watch
 from fedmtl.core.checks import int_at_least, non_negative, positive
 from fedmtl.core.errors import ConfigError
 
@@ -28,21 +36,28 @@ class SimulationParams:
     ``num_cpus`` / ``num_gpus``: resources of one ClientApp (a GPU fraction such as 0.25 packs four
     clients on a GPU). ``ray_num_cpus``: CPUs the local Ray instance may use (null: all).
     ``ray_address``: address of an existing Ray cluster (``auto`` or ``host:port``); null starts a
-    local one.
+    local one. ``num_threads``: torch's intra-op threads in each ClientApp's worker (null: its
+    CPU share ``num_cpus``, at least 1).
     """
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     ray_num_cpus: int | None = None
     ray_address: str | None = None
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
+        check_threads(self)
         positive(self, "num_cpus")
         non_negative(self, "num_gpus")
         if self.ray_num_cpus is not None:
             int_at_least(self, "ray_num_cpus", 1)
 
 
+log = logging.getLogger("fedmtl")
+
+RAY_GRACE_S = 5.0
+"""How long the processes of a local Ray get to end after SIGTERM, before SIGKILL."""
 RAY_CONNECT_TIMEOUT_S = 5.0
 RAY_CLUSTER_FILE = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 """Where a running local Ray cluster writes its address (what ``address="auto"`` looks up)."""
@@ -97,30 +112,80 @@ def check_resources(params: SimulationParams) -> None:
 
 
 def run_simulation(apps: Apps, params: SimulationParams, num_silos: int) -> None:
+    """Run the apps on Flower's simulation engine. A local Ray gets a temporary directory of its
+    own (removed afterwards) and every process it started is ended by its id when the run ends,
+    however it ends. SIGINT or SIGTERM asks the ServerApp to stop (``apps.stop``: the engine stops
+    while it waits for replies and writes ``status: interrupted``); a second one stops at once."""
     # Ray and Flower's simulation engine take seconds to import: only simulated runs pay for it.
-    from flwr.simulation import run_simulation  # noqa: PLC0415 - heavy (Ray), only for the simulation runtime
+    from flwr.simulation import run_simulation as flower_simulation  # noqa: PLC0415 - heavy (Ray), only for the simulation runtime
 
     check_resources(params)
     init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": True}
+    temp_dir = None
     if params.ray_address is not None:
         init_args["address"] = params.ray_address
-    elif params.ray_num_cpus is not None:
-        init_args["num_cpus"] = params.ray_num_cpus
+    else:
+        temp_dir = tempfile.mkdtemp(prefix="fedmtl-ray-")  # short: Ray's sockets live in it
+        init_args["_temp_dir"] = temp_dir
+        if params.ray_num_cpus is not None:
+            init_args["num_cpus"] = params.ray_num_cpus
     backend_config = {
         "client_resources": {"num_cpus": params.num_cpus, "num_gpus": params.num_gpus},
         "init_args": init_args,
     }
-    if apps.shipment is not None:
-        _start_ray(init_args)
-        apps.shipment.put()
-    # Ray warns about a future change to GPU visibility for num_gpus=0 actors; nothing to act on.
-    warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
-    run_simulation(
-        server_app=apps.server,
-        client_app=apps.client,
-        num_supernodes=num_silos,
-        backend_config=backend_config,
-    )
+    watch = Watch() if temp_dir is not None else None  # a local Ray's processes are ours
+    try:
+        if apps.shipment is not None:
+            _start_ray(init_args)
+            apps.shipment.put()
+        # Ray warns about a future change to GPU visibility for num_gpus=0 actors.
+        warnings.filterwarnings("ignore", message=".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
+        with stopping_on_signals(apps.stop):  # after ray.init, which installs handlers of its own
+            flower_simulation(
+                server_app=apps.server,
+                client_app=apps.client,
+                num_supernodes=num_silos,
+                backend_config=backend_config,
+            )
+    finally:
+        if watch is not None and temp_dir is not None:
+            _end_local_ray(watch, temp_dir)
+
+
+@contextlib.contextmanager
+def stopping_on_signals(stop: threading.Event | None) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM set ``stop`` (the ServerApp, in Flower's thread, stops at
+    its next wait for replies); a second signal raises KeyboardInterrupt here, at once. Outside
+    the main thread (where signals cannot be handled), or without an event, nothing changes."""
+    if stop is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask_to_stop(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt(f"signal {signum} again")
+        stop.set()
+        log.warning("stopping the run after the replies in flight (signal again to stop at once)")
+
+    previous = {sig: signal.signal(sig, ask_to_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _end_local_ray(watch: Watch, temp_dir: str) -> None:
+    """Shut the local Ray down, end by id every process it started that still runs (a worker
+    busy with a task outlives ``ray.shutdown``, orphaned), then remove its temp dir."""
+    import ray  # noqa: PLC0415 - heavy, only on the simulation runtime
+
+    if ray.is_initialized():
+        ray.shutdown()
+    left = watch.stop(grace=RAY_GRACE_S)
+    if left:
+        log.debug("ended %d processes left by this run's Ray", len(left))
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _start_ray(init_args: dict[str, Any]) -> None:

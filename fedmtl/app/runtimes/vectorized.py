@@ -11,7 +11,12 @@ from typing import Any, Literal
 from flwr.app import Context, Message, MessageType, RecordDict
 
 from fedmtl.app.runtimes.apps import Apps, BatchTrain
-from fedmtl.app.runtimes.environment import DeviceParams, check_device
+from fedmtl.app.runtimes.environment import (
+    DeviceParams,
+    check_device,
+    silo_threads,
+    using_threads,
+)
 from fedmtl.app.runtimes.inprocess import InProcessGrid
 from fedmtl.core.checks import int_at_least
 
@@ -31,6 +36,7 @@ class VectorizedParams(DeviceParams):
     precision: Literal["float32", "bfloat16", "float16"] = "float32"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         int_at_least(self, "max_silos", 0)
 
 
@@ -72,6 +78,7 @@ def run_vectorized(apps: Apps, params: VectorizedParams, num_silos: int) -> None
     if apps.batch is None:
         raise ValueError("the vectorized runtime needs Apps.batch (fedmtl.app.launch builds it)")
     grid = VectorizedGrid(apps.client, num_silos, run_config={}, batch=apps.batch)
-    apps.server(
-        grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
-    )
+    with using_threads(silo_threads("vectorized", params)):
+        apps.server(
+            grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={})
+        )

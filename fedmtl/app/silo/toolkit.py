@@ -45,7 +45,7 @@ from fedmtl.app.run.experiment import (
     named_files,
 )
 from fedmtl.app.run.plugins import PLUGINS_KEY
-from fedmtl.app.runtimes import Shipment, client_device
+from fedmtl.app.runtimes import Shipment, client_device, silo_threads
 from fedmtl.app.silo.node import NodeSettings, RequestRefused, SiloData, load_silo, node_settings
 from fedmtl.core import records
 from fedmtl.core.data import LocalData
@@ -115,12 +115,13 @@ def refusing(what: str) -> Iterator[None]:
 
 
 @functools.cache
-def _use_cpu_share(runtime_name: str, params: Any) -> None:
-    """On the simulation runtime, torch's intra-op threads in this worker process = the client's
-    CPU share ``runtime.num_cpus`` (at least 1), whatever thread count the process inherited:
-    clients sharing the machine's cores do not oversubscribe them (once per process)."""
+def _use_worker_threads(runtime_name: str, params: Any) -> None:
+    """On the simulation runtime, torch's intra-op threads in this worker process =
+    :func:`silo_threads` (``runtime.num_threads``, else the client's CPU share), whatever thread
+    count the process inherited: clients sharing the machine's cores do not oversubscribe them
+    (once per process). The in-process runtimes set their own around the run."""
     if runtime_name == "simulation":
-        torch.set_num_threads(max(1, int(params.num_cpus)))
+        torch.set_num_threads(silo_threads(runtime_name, params))
 
 
 def check_arrays(model: MultiTaskModel, received: Arrays) -> None:
@@ -192,7 +193,7 @@ class Silo:
             adopt(config_json, self.shipment.get())
         with refusing("experiment config"):
             experiment = cached_experiment(config_json)
-        _use_cpu_share(experiment.config.runtime.name, experiment.config.runtime.params)
+        _use_worker_threads(experiment.config.runtime.name, experiment.config.runtime.params)
         return config_json, experiment
 
     def setup(self, context: Context) -> tuple[str, Experiment, NodeSettings, SiloData, str]:
