@@ -68,7 +68,11 @@ factor: 0.5
 
 @pytest.fixture
 def isolated() -> Iterator[None]:
-    """Registries, loaded plug-in modules and preset folders as they were before the test."""
+    """Registries, loaded plug-in modules and preset folders as they were before the test.
+
+    Only new top-level modules (the plug-ins) are forgotten: a submodule of a package already
+    loaded (torch._dynamo, imported by the first optimizer step) keeps state outside Python, and
+    importing it a second time fails."""
     saved = [(r, dict(r._entries), dict(r._origins), r._discovered) for r in REGISTRIES]
     folders = list(registry_module.PLUGIN_CONFIG_DIRS)
     modules = set(sys.modules)
@@ -77,7 +81,8 @@ def isolated() -> Iterator[None]:
         reg._entries, reg._origins, reg._discovered = entries, origins, discovered
     registry_module.PLUGIN_CONFIG_DIRS[:] = folders
     for name in set(sys.modules) - modules:
-        del sys.modules[name]
+        if name.partition(".")[0] not in modules:
+            del sys.modules[name]
 
 
 def write_plugin(directory: Path, source: str = METHOD, preset: str | None = PRESET) -> Path:
