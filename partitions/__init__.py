@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,16 +23,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fedmtl.core.errors import ConfigError
-from partitions.assignment import ASSIGNMENTS
+from partitions.assignment import ASSIGNMENTS, AssignmentFn, FromLabels, SiloTasks
 from partitions.feature_skew import FEATURE_SKEWS
 from partitions.heldout import HeldOut, carve_validation, check_groups, hold_out, validation_rng
-from partitions.manifest import SCHEMA_VERSION, Partition, Silo
+from partitions.manifest import SCHEMA_VERSION, DroppedSilo, Partition, Silo
 from partitions.missing_labels import hide_labels
 from partitions.split import SPLITS
 
 if TYPE_CHECKING:
     from fedmtl.core.data import MultiTaskDataset
-    from fedmtl.core.schema import PartitionConfig
+    from fedmtl.core.schema import PartitionConfig, PluginConfig
+
+log = logging.getLogger(__name__)
 
 _NO_ROWS = np.zeros(0, np.int64)
 _FEWER_SILOS = (
@@ -43,58 +46,61 @@ _FEWER_SILOS = (
 def build(
     dataset: MultiTaskDataset, cfg: PartitionConfig, seed: int, held_out: HeldOut | None = None
 ) -> Partition:
-    """Partition ``dataset`` over ``cfg.num_silos`` silos; deterministic for ``seed``.
+    """Partition ``dataset`` over ``cfg.num_silos`` silos (null: as many as the split finds in the
+    data); deterministic for ``seed``.
 
     Steps, each with its own child of ``SeedSequence(seed)``: the global test set
-    (``round(N * cfg.global_test_fraction)`` samples drawn uniformly) is held out first; the
-    assignment gives silo ``i`` its tasks (in dataset order) and the split its samples from the
-    rest; each silo's samples are divided into train and test by ``cfg.test_fraction`` (a seeded
-    shuffle; at least one test and one train sample when the silo has two or more); training
-    labels are hidden at the missing-label rates; the feature skew draws each silo's parameters.
-    With ``held_out`` (a dataset-wide split under a leakage rule, :mod:`partitions.heldout`), the
-    global test set and every silo's train/test cut follow it instead. With
-    ``cfg.validation_fraction`` > 0 every silo's test rows are replaced by validation rows carved
-    out of its training rows (whole units of ``held_out.validation`` under a leakage rule), before
-    labels are hidden, and the partition has no global test set.
+    (``round(N * cfg.global_test_fraction)`` samples drawn uniformly) is held out first; the split
+    gives each silo its samples from the rest; each silo's samples are divided into train and test
+    by ``cfg.test_fraction`` (a seeded shuffle; at least one test and one train sample when the
+    silo has two or more); the assignment gives each silo its tasks (in dataset order), from the
+    task names or, for an assignment decided from labels (``labelled``), from the labels the
+    silo's training rows carry; training labels are hidden at the missing-label rates; the feature
+    skew draws each silo's parameters. With ``held_out`` (a dataset-wide split under a leakage
+    rule, :mod:`partitions.heldout`), the global test set and every silo's train/test cut follow it
+    instead. With ``cfg.validation_fraction`` > 0 every silo's test rows are replaced by validation
+    rows carved out of its training rows (whole units of ``held_out.validation`` under a leakage
+    rule), before the assignment, and the partition has no global test set.
+
+    A silo that an assignment decided from labels leaves with no task is left out of the
+    federation (logged as a warning and recorded in the manifest's ``dropped_silos``); the other
+    silos are numbered in split order. A task it denies a silo is recorded in that silo's
+    ``dropped_tasks``.
 
     Guarantees: silos share no sample, and none holds a global test sample; every task is held by
-    some silo; every silo has at least ``cfg.min_train_per_task`` labelled (not hidden) training
-    examples of each of its tasks. Any violation is a :class:`ConfigError`.
+    some silo, and every silo holds a task; every silo has at least ``cfg.min_train_per_task``
+    labelled (not hidden) training examples of each of its tasks. Any violation is a
+    :class:`ConfigError`.
     """
     _check_seed(seed)  # the config's own fields are checked by PartitionConfig itself
     assign_seed, holdout_seed, global_seed, hide_seed, skew_seed = np.random.SeedSequence(
         seed
     ).spawn(5)
-    task_names = dataset.task_names
     skew = FEATURE_SKEWS.get(cfg.feature_skew.name, "partition.feature_skew.name").factory
-    skew_params = skew.draw(
-        cfg.feature_skew.params,
-        cfg.num_silos,
-        dataset.input_shape,
-        np.random.default_rng(skew_seed),
-    )
+    assign = ASSIGNMENTS.get(cfg.assignment.name, "partition.assignment.name").factory
+    split = SPLITS.get(cfg.split.name, "partition.split.name").factory
     if held_out is None:
         global_test, pool = _hold_out(dataset.num_samples, cfg.global_test_fraction, global_seed)
     else:
         global_test = held_out.global_test
         pool = np.setdiff1d(np.arange(dataset.num_samples), global_test)
-    assign = ASSIGNMENTS.get(cfg.assignment.name, "partition.assignment.name").factory
-    tasks_per_silo = assign(
-        list(task_names), cfg.num_silos, cfg.assignment.params, np.random.default_rng(assign_seed)
-    )
-    _check_assignment(tasks_per_silo, task_names, cfg.num_silos)
-    split = SPLITS.get(cfg.split.name, "partition.split.name").factory
     samples = split(dataset, pool, cfg.num_silos, cfg.split.params, seed)
     _check_split(samples, cfg.num_silos)
     holdout_rng = np.random.default_rng(holdout_seed)
     silos = [
-        _make_silo(i, tasks, indices, cfg.test_fraction, holdout_rng, held_out)
-        for i, (tasks, indices) in enumerate(zip(tasks_per_silo, samples, strict=True))
+        _make_silo(i, indices, cfg.test_fraction, holdout_rng, held_out)
+        for i, indices in enumerate(samples)
     ]
     if cfg.validation_fraction > 0:
         silos = _validation_silos(silos, cfg.validation_fraction, seed, held_out)
         global_test = _NO_ROWS
+    silos, dropped_silos = _assign(
+        dataset, silos, cfg.assignment, assign, np.random.default_rng(assign_seed)
+    )
     silos = hide_labels(dataset, silos, cfg.missing_labels, np.random.default_rng(hide_seed))
+    skew_params = skew.draw(
+        cfg.feature_skew.params, len(silos), dataset.input_shape, np.random.default_rng(skew_seed)
+    )
     silos = [
         dataclasses.replace(silo, feature_skew=params)
         for silo, params in zip(silos, skew_params, strict=True)
@@ -102,12 +108,13 @@ def build(
     partition = Partition(
         dataset.name,
         seed,
-        tuple(task_names),
+        tuple(dataset.task_names),
         tuple(silos),
         config_to_dict(cfg),
         global_test_indices=global_test,
         feature_skew=cfg.feature_skew.name,
         held_out=None if held_out is None else held_out.describe(),
+        dropped_silos=tuple(dropped_silos),
     )
     partition.validate_against(dataset, key="partition.split")
     _check_min_train(partition, dataset, cfg.min_train_per_task)
@@ -165,7 +172,6 @@ def split_train_test(
 
 def _make_silo(
     silo_id: int,
-    tasks: Sequence[str],
     indices: np.ndarray,
     test_fraction: float,
     rng: np.random.Generator,
@@ -176,7 +182,7 @@ def _make_silo(
     else:
         is_test = held_out.test[indices]
         train, test = np.sort(indices[~is_test]), np.sort(indices[is_test])
-    return Silo(id=silo_id, tasks=tuple(tasks), train_indices=train, test_indices=test)
+    return Silo(id=silo_id, tasks=(), train_indices=train, test_indices=test)
 
 
 def _validation_silos(
@@ -207,10 +213,67 @@ def _check_seed(seed: int) -> None:
         raise ConfigError("seed", f"must be an integer >= 0, got {seed!r}.", "use e.g. seed=0.")
 
 
+def _assign(
+    dataset: MultiTaskDataset,
+    silos: list[Silo],
+    chosen: PluginConfig,
+    assign: AssignmentFn | FromLabels,
+    rng: np.random.Generator,
+) -> tuple[list[Silo], list[DroppedSilo]]:
+    """The silos (cut, without tasks yet) with the tasks the assignment gives them.
+
+    An assignment decided from labels sees each silo's labelled training rows per task; the silos
+    it gives no task are taken out (returned as :class:`DroppedSilo`, logged) and the others
+    numbered in order. Any other assignment must give every silo a task."""
+    task_names = list(dataset.task_names)
+    if isinstance(assign, FromLabels):
+        mask = dataset.mask.numpy()
+        labelled = np.stack([mask[silo.train_indices].sum(axis=0) for silo in silos])
+        given = assign(task_names, labelled, chosen.params)
+    else:
+        tasks_per_silo = assign(task_names, len(silos), chosen.params, rng)
+        given = [SiloTasks(list(tasks)) for tasks in tasks_per_silo]
+    _check_assignment(
+        [g.tasks for g in given], task_names, len(silos), isinstance(assign, FromLabels)
+    )
+    kept: list[Silo] = []
+    dropped: list[DroppedSilo] = []
+    for position, (silo, choice) in enumerate(zip(silos, given, strict=True)):
+        if choice.tasks:
+            kept.append(
+                dataclasses.replace(
+                    silo, id=len(kept), tasks=tuple(choice.tasks), dropped_tasks=choice.dropped
+                )
+            )
+        else:
+            dropped.append(DroppedSilo(position, silo.num_train, silo.num_test, choice.dropped))
+    lacking = [f"silo {silo.id}: {dict(silo.dropped_tasks)}" for silo in kept if silo.dropped_tasks]
+    if lacking:
+        log.info(
+            "assignment '%s': %d of %d silos lack tasks (dropped task: its labelled training "
+            "rows there): %s",
+            chosen.name,
+            len(lacking),
+            len(kept),
+            "; ".join(lacking),
+        )
+    if dropped:
+        log.warning(
+            "assignment '%s' gave %d of the split's %d silos no task (positions %s in the split): "
+            "they are left out of the federation; partition.json's dropped_silos lists them",
+            chosen.name,
+            len(dropped),
+            len(silos),
+            [d.split_position for d in dropped],
+        )
+    return kept, dropped
+
+
 def _check_assignment(
-    tasks_per_silo: list[list[str]], task_names: Sequence[str], num_silos: int
+    tasks_per_silo: list[list[str]], task_names: Sequence[str], num_silos: int, from_labels: bool
 ) -> None:
-    """Plug-in bugs are ValueError; a silo without tasks or a task without silo is a ConfigError."""
+    """Plug-in bugs are ValueError; a task without silo is a ConfigError, and so is a silo without
+    tasks unless the assignment is decided from labels (that silo is then left out)."""
     if len(tasks_per_silo) != num_silos:
         raise ValueError(f"the assignment gave {len(tasks_per_silo)} silos, not {num_silos}")
     for silo_id, tasks in enumerate(tasks_per_silo):
@@ -219,7 +282,7 @@ def _check_assignment(
                 f"the assignment gave silo {silo_id} tasks {tasks}: unknown, repeated "
                 f"or out of dataset order {list(task_names)}"
             )
-        if not tasks:
+        if not tasks and not from_labels:
             raise ConfigError(
                 "partition.assignment",
                 f"silo {silo_id} would hold no task.",
@@ -235,9 +298,12 @@ def _check_assignment(
         )
 
 
-def _check_split(samples: list[np.ndarray], num_silos: int) -> None:
-    if len(samples) != num_silos:
+def _check_split(samples: list[np.ndarray], num_silos: int | None) -> None:
+    """``num_silos`` non-empty silos (any number, at least one, when it is null)."""
+    if num_silos is not None and len(samples) != num_silos:
         raise ValueError(f"the split gave {len(samples)} silos, not {num_silos}")
+    if not samples:
+        raise ValueError("the split gave no silo")
     for silo_id, indices in enumerate(samples):
         if len(indices) == 0:
             raise ConfigError(
@@ -264,6 +330,7 @@ __all__ = [
     "FEATURE_SKEWS",
     "SCHEMA_VERSION",
     "SPLITS",
+    "DroppedSilo",
     "HeldOut",
     "Partition",
     "Silo",

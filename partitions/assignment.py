@@ -1,10 +1,21 @@
 """Task assignment: which tasks each silo labels.
 
-A plug-in has the signature ``(task_names, num_silos, params, rng) -> tasks per silo``: a list of
-``num_silos`` lists, each holding distinct task names in the order of ``task_names``. It draws all
-its randomness from ``rng``, so it is deterministic for a seed. Register one with
-``@ASSIGNMENTS.register("name", params=ParamsDataclass)``; ``configs/partition/*.yaml`` choose it as
-``assignment: {name: ..., <params>}``.
+The assignment is decided once the split has given every silo its rows (and each silo has cut
+its train and test rows). A plug-in is one of two kinds:
+
+- a function ``(task_names, num_silos, params, rng) -> tasks per silo``: a list of ``num_silos``
+  lists, each holding distinct task names in the order of ``task_names``, decided from the task
+  names alone. It draws all its randomness from ``rng``, so it is deterministic for a seed. Every
+  silo must get a task (else a :class:`ConfigError`).
+- a function ``(task_names, labelled, params) -> [SiloTasks, ...]`` wrapped by
+  :func:`from_labels`, decided from the labels the silos' training rows carry: ``labelled[s, t]``
+  is the number of silo ``s``'s training rows labelled for task ``task_names[t]`` (before
+  ``missing_labels`` hides any). Each :class:`SiloTasks` lists the silo's tasks and the tasks it
+  was denied with their counts (recorded in the manifest as the silo's ``dropped_tasks``). A
+  silo given no task is left out of the federation (see :func:`partitions.build`).
+
+Register one with ``@ASSIGNMENTS.register("name", params=ParamsDataclass)``;
+``configs/partition/*.yaml`` choose it as ``assignment: {name: ..., <params>}``.
 """
 
 from __future__ import annotations
@@ -20,7 +31,37 @@ from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import NoParams, Registry
 
 AssignmentFn = Callable[[list[str], int, Any, np.random.Generator], list[list[str]]]
-ASSIGNMENTS: Registry[AssignmentFn] = Registry(
+
+
+@dataclass(frozen=True)
+class SiloTasks:
+    """What an assignment decided from labels gives one silo: ``tasks`` (in dataset order) and
+    ``dropped``, the tasks it was denied with its labelled training rows of each."""
+
+    tasks: list[str]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+LabelRule = Callable[[list[str], np.ndarray, Any], list[SiloTasks]]
+
+
+@dataclass(frozen=True)
+class FromLabels:
+    """An assignment decided from the labels the silos' training rows carry (made by
+    :func:`from_labels`); calling it calls ``rule(task_names, labelled, params)``."""
+
+    rule: LabelRule
+
+    def __call__(self, task_names: list[str], labelled: np.ndarray, params: Any) -> list[SiloTasks]:
+        return self.rule(task_names, labelled, params)
+
+
+def from_labels(rule: LabelRule) -> FromLabels:
+    """Mark ``rule`` as an assignment decided from the silos' labelled training rows."""
+    return FromLabels(rule)
+
+
+ASSIGNMENTS: Registry[AssignmentFn | FromLabels] = Registry(
     "partition.assignment", entry_points="fedmtl.assignments"
 )
 
@@ -278,3 +319,56 @@ def assign_mixed(
         )
     multi = deal_k(task_names, uncovered, num_multi, k, rng) if num_multi else []
     return [in_dataset_order(task_names, set(tasks)) for tasks in single] + multi
+
+
+@dataclass(frozen=True)
+class LabelledParams:
+    """``min_labelled``: the labelled training rows of a task a silo needs to hold it (below it,
+    the task is dropped for that silo and the manifest records the silo's count)."""
+
+    min_labelled: int = 1
+
+    def __post_init__(self) -> None:
+        int_at_least(self, "min_labelled", 1)
+
+
+@ASSIGNMENTS.register("labelled", params=LabelledParams)
+@from_labels
+def assign_labelled(
+    task_names: list[str], labelled: np.ndarray, params: LabelledParams
+) -> list[SiloTasks]:
+    """Each silo holds exactly the tasks it has labels for: silo s holds
+    {t : labelled[s, t] >= min_labelled}, and every other task is dropped for it, recorded with
+    labelled[s, t] (0 for a task it never labels). Draws nothing: natural silos that record
+    different outcomes (an empty target cell is unlabelled) give different task subsets.
+
+    A task that no silo holds is a :class:`ConfigError` on ``partition.assignment.min_labelled``;
+    a silo that holds no task is left out of the federation by :func:`partitions.build`.
+    """
+    counts = np.asarray(labelled, dtype=np.int64)
+    held = counts >= params.min_labelled
+    orphans = [t for j, t in enumerate(task_names) if not held[:, j].any()]
+    if orphans:
+        most = {t: int(counts[:, task_names.index(t)].max(initial=0)) for t in orphans}
+        kept = [t for t in task_names if t not in orphans]
+        leave_out = f"leave them out (dataset.tasks={kept})" if kept else ""
+        lowest = min(most.values())
+        if lowest >= 1:
+            fix = f"lower partition.assignment.min_labelled to {lowest} or less"
+            fix += f", or {leave_out}." if kept else "."
+        else:
+            fix = "no silo has a single labelled training row of some of them: "
+            fix += f"{leave_out}." if kept else "label some rows of the target columns."
+        raise ConfigError(
+            "partition.assignment.min_labelled",
+            f"is {params.min_labelled}, but no silo has that many labelled training rows of "
+            f"tasks {orphans} (the most any silo has: {most}).",
+            fix,
+        )
+    return [
+        SiloTasks(
+            tasks=[t for j, t in enumerate(task_names) if held[s, j]],
+            dropped={t: int(counts[s, j]) for j, t in enumerate(task_names) if not held[s, j]},
+        )
+        for s in range(counts.shape[0])
+    ]

@@ -3,23 +3,33 @@
 A :class:`Partition` says, for one dataset and seed, which tasks each silo labels and which samples
 it holds for training and for testing, which of its training labels are withheld, how its inputs
 are transformed, and which samples form the global held-out test set. It is saved as a JSON
-manifest, a contract read by other tools; its shape (``schema_version`` 3)::
+manifest, a contract read by other tools; its shape (``schema_version`` 4)::
 
-    {"schema_version": 3, "seed": int, "dataset": str, "tasks": [str, ...], "config": {...},
+    {"schema_version": 4, "seed": int, "dataset": str, "tasks": [str, ...], "config": {...},
      "global_test_indices": [int, ...], "feature_skew": str,
      "held_out": null | {"rule": "groups" | "fixed" | "rows", "column": str | null},
      "silos": [{"id": int, "tasks": [str, ...], "num_train": int, "num_test": int,
                 "train_indices": [int, ...], "test_indices": [int, ...],
-                "hidden_labels": {task: [int, ...]}, "feature_skew": {...}}, ...]}
+                "hidden_labels": {task: [int, ...]}, "feature_skew": {...},
+                "dropped_tasks": {task: int}}, ...],
+     "dropped_silos": [{"split_position": int, "num_train": int, "num_test": int,
+                        "dropped_tasks": {task: int}}, ...]}
 
 Indices are plain JSON integers, sorted ascending; silo ``i`` has ``id`` ``i``; a silo's tasks are
 in dataset order. ``hidden_labels[task]`` lists training samples of the silo whose label for
 ``task`` is withheld (missing at random); ``feature_skew`` names the input transformation
 (:data:`partitions.feature_skew.FEATURE_SKEWS`) and each silo's entry holds its drawn parameters.
 ``held_out`` records the leakage rule under which train and test were decided for the whole
-dataset (:mod:`partitions.heldout`; null: each silo cut its own). Version 2 manifests (without
-``held_out``) and version 1 manifests (without the global test set, hidden labels and feature
-skew either) are still read.
+dataset (:mod:`partitions.heldout`; null: each silo cut its own). ``dropped_tasks`` lists the
+tasks an assignment decided from labels (``labelled``) denied the silo, each with the silo's
+labelled training rows of it (fewer than ``min_labelled``); ``dropped_silos`` the silos of the
+split that were left with no task and so left out of the federation (``split_position``: the
+silo's place in the split's output; the remaining silos are numbered in that order).
+
+``schema_version`` is raised whenever the layout changes (a field added, renamed or removed), and
+older versions stay readable with the missing fields at their defaults: version 3 (without
+``dropped_tasks`` and ``dropped_silos``), version 2 (without ``held_out`` either) and version 1
+(without the global test set, hidden labels and feature skew either).
 """
 
 from __future__ import annotations
@@ -42,8 +52,8 @@ from partitions.heldout import check_groups
 if TYPE_CHECKING:
     from fedmtl.core.data import MultiTaskDataset
 
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 _MANIFEST_FIELDS = ("schema_version", "seed", "dataset", "tasks", "config", "silos")
 _SILO_FIELDS = ("id", "tasks", "num_train", "num_test", "train_indices", "test_indices")
 NO_SKEW = "none"
@@ -66,6 +76,46 @@ def _index_array(values: Any, what: str) -> np.ndarray:
     return array
 
 
+def _counts(values: Mapping[str, Any], what: str) -> dict[str, int]:
+    """``values`` as a plain ``{str: int >= 0}`` dict."""
+    for key, value in values.items():
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{what} must map task names to integers, got {key!r}: {value!r}")
+        if value < 0:
+            raise ValueError(f"{what}[{key!r}] is negative ({value})")
+    return dict(values)
+
+
+@dataclass(frozen=True)
+class DroppedSilo:
+    """A silo of the split that was left with no task (an assignment decided from labels denied
+    it every task) and so is not in the federation: its place in the split's output, its row
+    counts and its labelled training rows of each task."""
+
+    split_position: int
+    num_train: int
+    num_test: int
+    dropped_tasks: Mapping[str, int]
+
+    def __post_init__(self) -> None:
+        for name in ("split_position", "num_train", "num_test"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"dropped silo: {name} must be an integer >= 0, got {value!r}")
+        object.__setattr__(
+            self, "dropped_tasks", _counts(self.dropped_tasks, "dropped silo dropped_tasks")
+        )
+
+    def to_manifest(self) -> dict[str, Any]:
+        """This silo's entry of the manifest's ``dropped_silos`` list."""
+        return {
+            "split_position": self.split_position,
+            "num_train": self.num_train,
+            "num_test": self.num_test,
+            "dropped_tasks": dict(self.dropped_tasks),
+        }
+
+
 @dataclass(frozen=True, eq=False)
 class Silo:
     """One silo: the tasks it labels and the samples it holds.
@@ -74,7 +124,9 @@ class Silo:
     ``test_indices`` are read-only, sorted, 1-D int64 arrays of distinct non-negative indices;
     ``hidden`` maps some of the silo's tasks to training indices whose label for that task is
     withheld (sorted, read-only, a subset of ``train_indices``); ``feature_skew`` holds the
-    silo's drawn input-transformation parameters (JSON values).
+    silo's drawn input-transformation parameters (JSON values); ``dropped_tasks`` maps tasks the
+    silo does not hold, denied by an assignment decided from labels, to its labelled training
+    rows of each (integers >= 0).
     """
 
     id: int
@@ -83,6 +135,7 @@ class Silo:
     test_indices: np.ndarray
     hidden: Mapping[str, np.ndarray] = field(default_factory=dict)
     feature_skew: Mapping[str, Any] = field(default_factory=dict)
+    dropped_tasks: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -104,6 +157,12 @@ class Silo:
                 hidden[task] = array
         object.__setattr__(self, "hidden", hidden)
         object.__setattr__(self, "feature_skew", json.loads(json.dumps(dict(self.feature_skew))))
+        held = [t for t in self.dropped_tasks if t in self.tasks]
+        if held:
+            raise ValueError(f"silo {self.id}: dropped_tasks lists tasks it holds: {held}")
+        object.__setattr__(
+            self, "dropped_tasks", _counts(self.dropped_tasks, f"silo {self.id} dropped_tasks")
+        )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Silo):
@@ -116,6 +175,7 @@ class Silo:
             and self.hidden.keys() == other.hidden.keys()
             and all(np.array_equal(v, other.hidden[k]) for k, v in self.hidden.items())
             and self.feature_skew == other.feature_skew
+            and self.dropped_tasks == other.dropped_tasks
         )
 
     def __hash__(self) -> int:
@@ -173,6 +233,7 @@ class Silo:
             "test_indices": self.test_indices.tolist(),
             "hidden_labels": {task: indices.tolist() for task, indices in self.hidden.items()},
             "feature_skew": dict(self.feature_skew),
+            "dropped_tasks": dict(self.dropped_tasks),
         }
 
 
@@ -182,7 +243,8 @@ class Partition:
 
     Guarantees (checked on construction): silo ``i`` has ``id == i``; every silo's tasks are among
     ``task_names`` and in their order; ``global_test_indices`` (the global held-out test set) is a
-    read-only sorted index array. :meth:`validate_against` checks the rest against a dataset.
+    read-only sorted index array; ``dropped_silos`` are the split's silos left out for want of a
+    task (in split order). :meth:`validate_against` checks the rest against a dataset.
     """
 
     dataset: str
@@ -193,10 +255,12 @@ class Partition:
     global_test_indices: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     feature_skew: str = NO_SKEW
     held_out: dict[str, Any] | None = None
+    dropped_silos: tuple[DroppedSilo, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task_names", tuple(self.task_names))
         object.__setattr__(self, "silos", tuple(self.silos))
+        object.__setattr__(self, "dropped_silos", tuple(self.dropped_silos))
         object.__setattr__(self, "config", dict(self.config))
         object.__setattr__(
             self, "global_test_indices", _index_array(self.global_test_indices, "global test set")
@@ -211,6 +275,13 @@ class Partition:
                 raise ValueError(f"partition: silo {silo.id} holds unknown tasks {unknown}")
             if list(silo.tasks) != [t for t in self.task_names if t in silo.tasks]:
                 raise ValueError(f"partition: silo {silo.id} tasks are not in dataset order")
+        denied = [s.dropped_tasks for s in self.silos] + [
+            s.dropped_tasks for s in self.dropped_silos
+        ]
+        for dropped_tasks in denied:
+            unknown = [t for t in dropped_tasks if t not in self.task_names]
+            if unknown:
+                raise ValueError(f"partition: dropped_tasks names unknown tasks {unknown}")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Partition):
@@ -224,6 +295,7 @@ class Partition:
             and np.array_equal(self.global_test_indices, other.global_test_indices)
             and self.feature_skew == other.feature_skew
             and self.held_out == other.held_out
+            and self.dropped_silos == other.dropped_silos
         )
 
     def __hash__(self) -> int:
@@ -260,6 +332,7 @@ class Partition:
             "feature_skew": self.feature_skew,
             "held_out": self.held_out,
             "silos": [silo.to_manifest() for silo in self.silos],
+            "dropped_silos": [silo.to_manifest() for silo in self.dropped_silos],
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -330,6 +403,10 @@ class Partition:
             or not isinstance(held_out.get("column"), (str, type(None)))
         ):
             _bad_manifest("'held_out' must be null or {rule: groups | fixed | rows, column}")
+        dropped_raw = manifest.get("dropped_silos", [])
+        if not isinstance(dropped_raw, list):
+            _bad_manifest("'dropped_silos' must be a list")
+        dropped = tuple(_dropped_silo_from_manifest(e, i) for i, e in enumerate(dropped_raw))
         try:
             return cls(
                 dataset,
@@ -340,6 +417,7 @@ class Partition:
                 np.asarray(global_test, np.int64),
                 skew,
                 None if held_out is None else dict(held_out),
+                dropped,
             )
         except ValueError as err:
             _bad_manifest(str(err))
@@ -466,16 +544,13 @@ def _silo_from_manifest(entry: Any, position: int) -> Silo:
             _bad_manifest(f"'{where}.{name}' is {entry[name]!r} but lists {len(indices)} indices")
     silo_id = _typed(entry["id"], int, f"{where}.id")
     tasks = tuple(_string_list(entry["tasks"], f"{where}.tasks"))
-    hidden_raw = entry.get("hidden_labels", {})
-    if not isinstance(hidden_raw, Mapping):
-        _bad_manifest(f"'{where}.hidden_labels' must be an object")
+    hidden_raw = _object(entry.get("hidden_labels", {}), f"{where}.hidden_labels")
     hidden = {
         task: np.asarray(_int_list(values, f"{where}.hidden_labels.{task}"), np.int64)
         for task, values in hidden_raw.items()
     }
-    skew = entry.get("feature_skew", {})
-    if not isinstance(skew, Mapping):
-        _bad_manifest(f"'{where}.feature_skew' must be an object")
+    skew = _object(entry.get("feature_skew", {}), f"{where}.feature_skew")
+    dropped = _object(entry.get("dropped_tasks", {}), f"{where}.dropped_tasks")
     try:
         return Silo(
             silo_id,
@@ -484,6 +559,30 @@ def _silo_from_manifest(entry: Any, position: int) -> Silo:
             np.asarray(test, np.int64),
             hidden=hidden,
             feature_skew=skew,
+            dropped_tasks=dropped,
         )
     except ValueError as err:
         _bad_manifest(str(err))
+
+
+def _dropped_silo_from_manifest(entry: Any, position: int) -> DroppedSilo:
+    where = f"dropped_silos[{position}]"
+    if not isinstance(entry, Mapping):
+        _bad_manifest(f"'{where}' must be an object")
+    fields = ("split_position", "num_train", "num_test", "dropped_tasks")
+    _require(entry, fields, f"{where}.")
+    try:
+        return DroppedSilo(
+            entry["split_position"],
+            entry["num_train"],
+            entry["num_test"],
+            _object(entry["dropped_tasks"], f"{where}.dropped_tasks"),
+        )
+    except ValueError as err:
+        _bad_manifest(str(err))
+
+
+def _object(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        _bad_manifest(f"'{where}' must be an object")
+    return value

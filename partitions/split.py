@@ -3,7 +3,10 @@
 A plug-in has the signature ``(dataset, pool, num_silos, params, seed) -> indices per silo``: a list
 of ``num_silos`` 1-D int64 arrays of sample indices taken from ``pool`` (the samples not held out
 for the global test set), pairwise disjoint, each non-empty. A split may leave samples of the pool
-unused (``shards``, ``pathological``). It is deterministic for a seed. Register one with
+unused (``shards``, ``pathological``). It is deterministic for a seed. A split that finds its silos
+in the data sets ``silos_from_data = True`` (a class variable) on its parameter dataclass
+(``natural_id``): it is then also called with ``num_silos=None`` (``partition.num_silos`` null or
+absent) and decides the number itself; every other split is always given an int. Register one with
 ``@SPLITS.register("name", params=ParamsDataclass)``; ``configs/partition/*.yaml`` choose it as
 ``split: {name: ..., <params>}``.
 
@@ -24,7 +27,7 @@ import io
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
@@ -35,7 +38,8 @@ from fedmtl.core.registry import NoParams, Registry
 if TYPE_CHECKING:
     from fedmtl.core.data import MultiTaskDataset
 
-SplitFn = Callable[["MultiTaskDataset", np.ndarray, int, Any, int], list[np.ndarray]]
+# num_silos: an int, or None for a split whose parameters set silos_from_data (module docstring)
+SplitFn = Callable[["MultiTaskDataset", np.ndarray, Any, Any, int], list[np.ndarray]]
 SPLITS: Registry[SplitFn] = Registry("partition.split", entry_points="fedmtl.splits")
 UNLABELLED = -1
 """The class of samples whose label for the skewed task is missing."""
@@ -348,21 +352,26 @@ class NaturalIdParams:
     """``column``: the natural-id column of the dataset (writer, site, school, ...)."""
 
     column: str = "site"
+    silos_from_data: ClassVar[bool] = True  # partition.num_silos may be null: one silo per id
 
 
 @SPLITS.register("natural_id", params=NaturalIdParams)
 def split_natural_id(
     dataset: MultiTaskDataset,
     pool: np.ndarray,
-    num_silos: int,
+    num_silos: int | None,
     params: NaturalIdParams,
     seed: int,
 ) -> list[np.ndarray]:
-    """Silos follow a natural id: the distinct ids, in a random order drawn from ``seed``, are cut
-    into ``num_silos`` contiguous groups whose sizes differ by at most one (one id per silo when
-    there are as many ids as silos), and each group is one silo (flwr-datasets'
-    ``NaturalIdPartitioner`` on the group column; its ``GroupedNaturalIdPartitioner`` cannot make
-    exactly ``num_silos`` groups for every number of ids)."""
+    """Silos follow a natural id.
+
+    ``num_silos`` null: one silo per distinct id of the pool, in ascending id order (silo ``i``
+    holds the ``i``-th smallest id), so silo ids can be named in advance (``explicit``).
+    ``num_silos`` given: the distinct ids, in a random order drawn from ``seed``, are cut into
+    ``num_silos`` contiguous groups whose sizes differ by at most one (one id per silo when there
+    are as many ids as silos), and each group is one silo. Either way flwr-datasets'
+    ``NaturalIdPartitioner`` runs on the group column (its ``GroupedNaturalIdPartitioner`` cannot
+    make exactly ``num_silos`` groups for every number of ids)."""
     from flwr_datasets.partitioner import NaturalIdPartitioner  # noqa: PLC0415 - heavy (Hugging Face datasets), only when splitting
 
     key = "partition.split.column"
@@ -378,16 +387,20 @@ def split_natural_id(
     rows = np.asarray(pool, dtype=np.int64)
     ids = np.asarray(dataset.natural_ids[params.column])[rows]
     distinct = np.unique(ids)
-    if len(distinct) < num_silos:
+    if num_silos is None:
+        num_silos = len(distinct)
+        group_of_id = np.arange(num_silos)
+    elif len(distinct) < num_silos:
         raise ConfigError(
             "partition.num_silos",
             f"is {num_silos} but column '{params.column}' has only {len(distinct)} distinct ids.",
-            f"use at most {len(distinct)} silos.",
+            f"use at most {len(distinct)} silos, or null for one silo per id.",
         )
-    group_of_id = np.empty(len(distinct), dtype=np.int64)
-    order = np.random.default_rng(seed).permutation(len(distinct))
-    for group, members in enumerate(np.array_split(order, num_silos)):
-        group_of_id[members] = group
+    else:
+        group_of_id = np.empty(len(distinct), dtype=np.int64)
+        order = np.random.default_rng(seed).permutation(len(distinct))
+        for group, members in enumerate(np.array_split(order, num_silos)):
+            group_of_id[members] = group
     groups = group_of_id[np.searchsorted(distinct, ids)]
     return run_partitioner(
         NaturalIdPartitioner(partition_by="group"),

@@ -59,7 +59,10 @@ def preset_overrides(group: str, preset: str, tmp_path: Path) -> list[str]:
         overrides += [*example_overrides(preset), "model=mlp"]
     if group == "experiment":  # a preset of a dataset that reads files: the example files
         overrides += unset_example_overrides(compose_raw([f"{group}={preset}"])["dataset"])
-    if (group, preset) == ("partition", "natural_id"):  # needs a dataset with a 'site' column
+    if (group, preset) in (
+        ("partition", "natural_id"),
+        ("partition", "labelled"),
+    ):  # a 'site' column
         overrides += ["dataset=synthetic", "dataset.num_sites=8"]
     return overrides
 

@@ -115,12 +115,12 @@ def test_a_dataset_whose_groups_straddle_its_heldout_rows_is_refused() -> None:
         grouped(30, 3, heldout=heldout)
 
 
-def test_manifest_v3_round_trips_and_a_leaking_manifest_is_refused(tmp_path: Path) -> None:
+def test_held_out_round_trips_and_a_leaking_manifest_is_refused(tmp_path: Path) -> None:
     dataset = grouped(120, 3)
     partition = partition_of(dataset, config(3))
     path = partition.save(tmp_path / "partition.json")
     manifest = json.loads(path.read_text())
-    assert manifest["schema_version"] == 3 and manifest["held_out"]["rule"] == "groups"
+    assert manifest["schema_version"] == 4 and manifest["held_out"]["rule"] == "groups"
     loaded = Partition.load(path)
     assert loaded == partition
     loaded.validate_against(dataset)

@@ -42,6 +42,7 @@ INFEASIBLE_KEYS = {
     "partition.split.profile",  # exponential sizes that round a silo to nothing
     "partition.min_train_per_task",
     "partition.assignment.single_task_fraction",
+    "partition.assignment.min_labelled",  # a task no silo has enough labelled rows of
 }
 USES_EVERY_SAMPLE = {"iid", "dirichlet", "quantity", "natural_id"}
 
@@ -65,6 +66,8 @@ def assignment_values(draw: st.DrawFn, name: str, task_names: list[str], num_sil
         for i in range(1, covered + 1):
             tasks[i] = sorted(set(tasks[i]) | {task_names[i - 1]})
         return {"tasks": tasks}
+    if name == "labelled":
+        return {"min_labelled": draw(st.integers(1, 3))}
     if name == "mixed":
         k = draw(st.none() | st.integers(1, num_tasks))
         return {"single_task_fraction": draw(st.floats(0.05, 1.0)), "k": k}
@@ -92,10 +95,13 @@ def schemes(draw: st.DrawFn) -> dict[str, Any]:
     num_silos = draw(st.integers(1, 10))
     assignment = draw(st.sampled_from(ASSIGNMENTS.names()))
     split = draw(st.sampled_from(SPLITS.names()))
+    silos_from_data = split == "natural_id" and draw(st.booleans())
+    if silos_from_data:
+        num_silos = 12  # one silo per site (the assignment's parameters are drawn for them)
     skew = draw(st.sampled_from([n for n in FEATURE_SKEWS.names() if n != "rotation"]))
     rate = draw(st.sampled_from([0.0, 0.0, 0.3, 0.7]))
     cfg = PartitionConfig(
-        num_silos=num_silos,
+        num_silos=None if silos_from_data else num_silos,
         test_fraction=draw(st.floats(0.1, 0.5)),
         min_train_per_task=draw(st.integers(1, 2)),
         global_test_fraction=draw(st.sampled_from([0.0, 0.1, 0.25])),
@@ -138,8 +144,11 @@ def test_every_scheme_keeps_the_guarantees(scheme: dict[str, Any]) -> None:
     assert len(held_out) == round(NUM_SAMPLES * cfg.global_test_fraction)
     if cfg.split.name in USES_EVERY_SAMPLE:
         assert len(joined) == NUM_SAMPLES
-    # Coverage, minimums and missing labels.
-    assert partition.num_silos == cfg.num_silos
+    # Coverage, minimums and missing labels; silos without a task (labelled) are left out.
+    pool = np.setdiff1d(np.arange(NUM_SAMPLES), held_out)
+    sites = len(np.unique(DATASET.natural_ids["site"][pool]))
+    split_silos = sites if cfg.num_silos is None else cfg.num_silos
+    assert partition.num_silos + len(partition.dropped_silos) == split_silos
     assert all(partition.holders(t) for t in DATASET.task_names)
     for silo in partition.silos:
         assert silo.tasks and silo.num_train >= 1
@@ -337,9 +346,15 @@ def test_the_printed_table_fits_the_width_with_many_tasks_and_silos(
         ),
         (["partition=natural_id"], "partition.split.column"),
         (
-            ["partition=natural_id", "dataset=synthetic", "dataset.num_sites=3"],
+            [
+                "partition=natural_id",
+                "partition.num_silos=12",
+                "dataset=synthetic",
+                "dataset.num_sites=3",
+            ],
             "partition.num_silos",
         ),
+        (["partition=iid_all", "partition.num_silos=null"], "partition.num_silos"),
         (
             ["partition=disjoint", "partition.assignment.block_size=1", "partition.num_silos=3"],
             "partition.assignment.block_size",

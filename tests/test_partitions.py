@@ -20,7 +20,7 @@ from fedmtl.core.data import MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import PartitionConfig, PluginConfig
 from partitions import ASSIGNMENTS, SPLITS, Partition, Silo, build
-from partitions.assignment import RandomKParams, assign_random_k
+from partitions.assignment import FromLabels, RandomKParams, assign_random_k
 from tests.support.data import assignment_params, make_dataset
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "partition"
@@ -141,7 +141,11 @@ def test_all_gives_every_silo_every_task() -> None:
 # --- generic contract of every registered plug-in ----------------------------------------------
 
 
-@pytest.mark.parametrize("name", ASSIGNMENTS.names())
+def decided_from_labels(name: str) -> bool:
+    return isinstance(ASSIGNMENTS.get(name).factory, FromLabels)
+
+
+@pytest.mark.parametrize("name", [n for n in ASSIGNMENTS.names() if not decided_from_labels(n)])
 @pytest.mark.parametrize(("num_tasks", "num_silos"), [(1, 1), (4, 6), (6, 3), (5, 12)])
 def test_assignment_contract(name: str, num_tasks: int, num_silos: int) -> None:
     task_names = [f"t{i}" for i in range(num_tasks)]
@@ -153,6 +157,29 @@ def test_assignment_contract(name: str, num_tasks: int, num_silos: int) -> None:
         assert tasks and tasks == [t for t in task_names if t in tasks]
     assert {t for tasks in result for t in tasks} == set(task_names)
     assert factory(list(task_names), num_silos, params, np.random.default_rng(5)) == result
+
+
+@pytest.mark.parametrize("name", [n for n in ASSIGNMENTS.names() if decided_from_labels(n)])
+@pytest.mark.parametrize(("num_tasks", "num_silos"), [(1, 1), (4, 6), (6, 3), (5, 12)])
+def test_assignment_from_labels_contract(name: str, num_tasks: int, num_silos: int) -> None:
+    """Every silo's tasks (in dataset order) and dropped tasks (with its labelled rows) make up
+    the dataset's tasks; every task is held (each has a silo with 9 labelled rows); no draw."""
+    task_names = [f"t{i}" for i in range(num_tasks)]
+    labelled = np.random.default_rng(num_silos).integers(0, 4, size=(num_silos, num_tasks))
+    labelled[np.arange(num_tasks) % num_silos, np.arange(num_tasks)] = 9
+    factory = ASSIGNMENTS.get(name).factory
+    assert isinstance(factory, FromLabels)
+    params = ASSIGNMENTS.parse(name, {}, "partition.assignment")
+    result = factory(list(task_names), labelled, params)
+    assert len(result) == num_silos
+    for row, choice in zip(labelled, result, strict=True):
+        assert choice.tasks == [t for t in task_names if t in choice.tasks]
+        assert sorted([*choice.tasks, *choice.dropped]) == sorted(task_names)
+        assert choice.dropped == {
+            t: int(row[j]) for j, t in enumerate(task_names) if t in choice.dropped
+        }
+    assert {t for choice in result for t in choice.tasks} == set(task_names)
+    assert factory(list(task_names), labelled, params) == result
 
 
 @pytest.mark.parametrize("name", SPLITS.names())
@@ -288,8 +315,10 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
 
     manifest = json.loads(path.read_text())
     foundation = {"schema_version", "seed", "dataset", "tasks", "config", "silos"}
-    assert set(manifest) == foundation | {"global_test_indices", "feature_skew", "held_out"}
-    assert manifest["schema_version"] == partitions.SCHEMA_VERSION == 3
+    later = {"global_test_indices", "feature_skew", "held_out", "dropped_silos"}
+    assert set(manifest) == foundation | later
+    assert manifest["schema_version"] == partitions.SCHEMA_VERSION == 4
+    assert manifest["dropped_silos"] == []
     assert manifest["held_out"] is None  # digits-like rows are independent: each silo cut its own
     assert (manifest["seed"], manifest["dataset"]) == (42, "tiny")
     assert manifest["tasks"] == dataset.task_names
@@ -306,7 +335,9 @@ def test_manifest_round_trip(tmp_path: Path) -> None:
             "test_indices",
             "hidden_labels",
             "feature_skew",
+            "dropped_tasks",
         }
+        assert entry["dropped_tasks"] == {}  # random_k decides from the task names alone
         for part in ("train", "test"):
             indices = entry[f"{part}_indices"]
             assert all(type(i) is int for i in indices)

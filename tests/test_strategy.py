@@ -358,6 +358,17 @@ def test_evaluation_pools_statistics_exactly() -> None:
     assert strategy.rejections == []
 
 
+def test_a_task_without_labelled_test_rows_has_no_pooled_metrics() -> None:
+    """Sparse labels: a silo may hold a task (it has training labels) with no labelled test row;
+    when no silo has one, the round reports no metric for that task (not an empty one)."""
+    silos = [FakeSilo(("a", "b"), eval_metrics=EVAL_SILOS[0] | {"b/n": 0.0}), FakeSilo(("b",))]
+    strategy, fed = make_fedavg(), Federation(silos)
+    sent = strategy.dispatch_evaluate(fed.grid, 2, initial_model())
+    evaluation = strategy.pool_evaluations(sent, fed.grid.send_and_receive(sent.messages))
+    assert evaluation.personal == {"a": pytest.approx({"loss": 0.5, "accuracy": 0.7})}
+    assert strategy.rejections == []
+
+
 @pytest.mark.parametrize(
     ("defect", "reason"),
     [

@@ -62,9 +62,12 @@ class PartitionConfig:
 
     ``validation_fraction`` > 0 makes a validation partition for tuning: each silo's validation
     rows are carved out of its training rows and take the place of its test rows, and there is
-    no global test set, so a run on it never sees a test row (:mod:`partitions.heldout`)."""
+    no global test set, so a run on it never sees a test row (:mod:`partitions.heldout`).
 
-    num_silos: int
+    ``num_silos`` null: the split finds the silos in the data (``natural_id``: one silo per
+    distinct id); only a split whose parameters set ``silos_from_data`` accepts it."""
+
+    num_silos: int | None
     assignment: PluginConfig
     split: PluginConfig
     test_fraction: float = 0.25
@@ -75,7 +78,15 @@ class PartitionConfig:
     validation_fraction: float = 0.0
 
     def __post_init__(self) -> None:
-        int_at_least(self, "num_silos", 1)
+        if self.num_silos is not None:
+            int_at_least(self, "num_silos", 1)
+        elif not getattr(self.split.params, "silos_from_data", False):
+            raise ConfigError(
+                "num_silos",
+                f"is required with split '{self.split.name}' (only a split that finds the silos "
+                "in the data, natural_id, takes null: one silo per distinct id).",
+                "set e.g. partition.num_silos=10, or use partition.split.name=natural_id.",
+            )
         fraction(self, "test_fraction", allow_one=False)
         int_at_least(self, "min_train_per_task", 1)
         if not (

@@ -114,7 +114,8 @@ def pool_evaluations(
     silos: Mapping[int, SiloInfo],
     tasks: Mapping[str, TaskSpec],
 ) -> Evaluation:
-    """Each task's statistics summed over the silos that evaluated it, then its metrics."""
+    """Each task's statistics summed over the silos that evaluated it, then its metrics; a task
+    none of them has a labelled test row of (possible where labels are sparse) has none."""
     pooled: dict[str, dict[str, float]] = {}
     per_silo: dict[int, dict[str, dict[str, float]]] = {}
     rejected: list[dict[str, Any]] = []
@@ -144,6 +145,6 @@ def pool_evaluations(
     personal = {
         task: spec.finalize_metrics(pooled[task])
         for task, spec in tasks.items()  # in the dataset's task order
-        if task in pooled
+        if pooled.get(task, {}).get("n", 0.0) > 0
     }
     return Evaluation(personal or None, per_silo, rejected)

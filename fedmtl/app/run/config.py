@@ -306,9 +306,8 @@ def parse_partition(values: Any) -> PartitionConfig | PartitionFile | PartitionL
             raise ConfigError(
                 f"partition.{key}", "is not a partition key.", f"use one of {sorted(allowed)}."
             )
-    if "num_silos" not in values:
-        raise ConfigError("partition.num_silos", "is required but missing.", "set e.g. 10.")
     scalars = {k: v for k, v in values.items() if k not in plugins and k != "missing_labels"}
+    scalars.setdefault("num_silos", None)  # PartitionConfig: only natural_id decides it from data
     chosen: dict[str, Any] = {
         key: PluginConfig(*_plugin(registry, values.get(key), f"partition.{key}"))
         for key, registry in plugins.items()

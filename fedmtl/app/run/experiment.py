@@ -202,7 +202,7 @@ def check_strategy(config: ExperimentConfig, task_names: Sequence[str], num_silo
         raise ConfigError(
             "strategy.min_available_nodes",
             f"is {min_available} but the partition has only {num_silos} silos.",
-            "lower it or raise partition.num_silos.",
+            "lower it, or use more silos (partition.num_silos; null with natural_id: one per id).",
         )
 
 

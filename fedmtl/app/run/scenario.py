@@ -65,7 +65,8 @@ def scenario_id(raw: Mapping[str, Any], excluded: Iterable[str] = EXCLUDED_KEYS)
 
 def default_name(raw: Mapping[str, Any]) -> str:
     """A readable scenario name from the config: ``<dataset>-<assignment>-<split>-<S>silos``
-    (``<dataset>-from_file`` for a saved partition; ``-validation`` for a validation partition)."""
+    (``...-silos_per_id`` when the split finds the silos in the data, ``num_silos`` null;
+    ``<dataset>-from_file`` for a saved partition; ``-validation`` for a validation partition)."""
     dataset = _name(raw.get("dataset"))
     partition = raw.get("partition")
     if not isinstance(partition, Mapping):
@@ -76,7 +77,7 @@ def default_name(raw: Mapping[str, Any]) -> str:
         dataset,
         _name(partition.get("assignment")),
         _name(partition.get("split")),
-        f"{partition.get('num_silos')}silos",
+        "silos_per_id" if partition.get("num_silos") is None else f"{partition['num_silos']}silos",
     ]
     if partition.get("validation_fraction"):
         parts.append("validation")
