@@ -43,7 +43,7 @@ from strategies.engine.method import (
     TrunkStep,
 )
 from strategies.engine.model import GlobalModel
-from strategies.engine.params import MethodParams
+from strategies.engine.params import DEFENCES, MethodParams
 from strategies.engine.per_silo import PerSiloModels, trunk_vector
 from strategies.engine.replies import ClientUpdate, ReplyError, RunStopped
 from strategies.engine.robust import Averager, NormRule, RobustRule, weighted_mean
@@ -60,6 +60,7 @@ from strategies.engine.silo import (
 )
 
 __all__ = [
+    "DEFENCES",
     "Averager",
     "Averaging",
     "AveragingParams",

@@ -9,13 +9,16 @@
 - **Evaluate replies** (:func:`pool_evaluations`): each silo's additive statistics of its own
   tasks, summed over silos per task, then turned into metrics, so pooled ("personal") metrics are
   exact over every silo's test rows.
+
+Both note the silos whose refused reply carried non-finite numbers (``non_finite``): evidence
+that the model diverged (:mod:`strategies.engine.divergence`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import Message
@@ -31,6 +34,7 @@ from strategies.engine.replies import (
     check_evaluate_reply,
     check_train_reply,
     client_error,
+    has_non_finite,
 )
 from strategies.engine.robust import bound_norms, count_caps, fixed_counts
 
@@ -50,12 +54,14 @@ def rejection(server_round: int, node: int, silo: SiloInfo | None, reason: str) 
 
 @dataclass(frozen=True)
 class Intake:
-    """A training round's usable updates (by silo id), the replies refused and the bytes received
-    (counted for every reply with content, accepted or not)."""
+    """A training round's usable updates (by silo id), the replies refused, the bytes received
+    (counted for every reply with content, accepted or not) and the silos whose refused reply
+    carried non-finite numbers."""
 
     updates: list[ClientUpdate]
     rejected: list[dict[str, Any]]
     bytes_up: int
+    non_finite: list[SiloInfo] = field(default_factory=list)
 
 
 def take_updates(
@@ -70,6 +76,7 @@ def take_updates(
     server_round = sent.server_round
     rejected: list[dict[str, Any]] = []
     updates: list[ClientUpdate] = []
+    non_finite: list[SiloInfo] = []
     received = 0
     for reply in replies:
         node = reply.metadata.src_node_id
@@ -88,6 +95,7 @@ def take_updates(
         except REPLY_ERRORS as err:
             reason = f"train reply rejected: {err}"
             rejected.append(rejection(server_round, node, silos.get(node), reason))
+            non_finite += _non_finite(reply, silos.get(node))
     updates.sort(key=lambda u: u.silo.silo_id)
     cap, task_caps = count_caps(silos.values(), params.max_count_ratio)
     updates = [fixed_counts(u, silos[u.node_id], cap, task_caps) for u in updates]
@@ -95,17 +103,26 @@ def take_updates(
         updates, refused = bound_norms(updates, params.norm_bound, params.norm_rule)
         for update, reason in refused:
             rejected.append(rejection(server_round, update.node_id, update.silo, reason))
-    return Intake(updates, rejected, received)
+    non_finite.sort(key=lambda silo: silo.silo_id)
+    return Intake(updates, rejected, received, non_finite)
+
+
+def _non_finite(reply: Message, silo: SiloInfo | None) -> list[SiloInfo]:
+    """``[silo]`` when the refused ``reply`` of a known silo carried non-finite numbers."""
+    if silo is not None and reply.has_content() and has_non_finite(reply.content):
+        return [silo]
+    return []
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """Pooled personal metrics of one evaluation (None when no silo reported), each silo's own
-    metrics, and the replies refused."""
+    metrics, the replies refused and the silos whose refused reply carried non-finite numbers."""
 
     personal: dict[str, dict[str, float]] | None
     per_silo: dict[int, dict[str, dict[str, float]]]
     rejected: list[dict[str, Any]]
+    non_finite: list[SiloInfo] = field(default_factory=list)
 
 
 def pool_evaluations(
@@ -119,6 +136,7 @@ def pool_evaluations(
     pooled: dict[str, dict[str, float]] = {}
     per_silo: dict[int, dict[str, dict[str, float]]] = {}
     rejected: list[dict[str, Any]] = []
+    non_finite: list[SiloInfo] = []
 
     def order(reply: Message) -> int:
         silo = silos.get(reply.metadata.src_node_id)
@@ -134,6 +152,7 @@ def pool_evaluations(
         except REPLY_ERRORS as err:
             reason = f"evaluate reply rejected: {err}"
             rejected.append(rejection(sent.server_round, node, silos.get(node), reason))
+            non_finite += _non_finite(reply, silos.get(node))
             continue
         per_silo[silo.silo_id] = {
             task: tasks[task].finalize_metrics(task_stats) for task, task_stats in stats.items()
@@ -147,4 +166,4 @@ def pool_evaluations(
         for task, spec in tasks.items()  # in the dataset's task order
         if pooled.get(task, {}).get("n", 0.0) > 0
     }
-    return Evaluation(personal or None, per_silo, rejected)
+    return Evaluation(personal or None, per_silo, rejected, non_finite)

@@ -15,11 +15,14 @@ failing silo, a NaN update or a malformed reply never touches the global model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from flwr.app import RecordDict
 
+from fedmtl.core import records
 from fedmtl.core.models import is_trunk_key
 from fedmtl.core.records import (
     NUM_EXAMPLES,
@@ -168,6 +171,28 @@ def check_evaluate_reply(reply: EvaluateReply, silo: SiloInfo) -> EvaluateReply:
     """An evaluate reply with statistics for the silo's own tasks only."""
     _own_tasks("metric", reply.stats, silo)
     return reply
+
+
+def has_non_finite(content: RecordDict) -> bool:
+    """Whether a reply's content carries a non-finite number (in a metric record or a
+    floating-point array): what a silo training a model that blew up sends."""
+    for record in content.metric_records.values():
+        for value in record.values():
+            numbers = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                return True
+    for array_record in content.array_records.values():
+        try:
+            arrays = records.from_array_record(array_record)
+        except (KeyError, ValueError, TypeError):
+            continue
+        if not all(
+            bool(np.isfinite(a).all())
+            for a in arrays.values()
+            if np.issubdtype(a.dtype, np.floating)
+        ):
+            return True
+    return False
 
 
 def _count(what: str, value: float) -> int:

@@ -122,6 +122,8 @@ class Tracker:
                 "seconds": record.seconds,
             }
         ]
+        if record.suspect:  # why the round's losses suggest the model diverged
+            lines[0]["suspect"] = list(record.suspect)
         if record.personal is not None:
             lines.append(
                 {"round": record.server_round, "split": "personal", "metrics": record.personal}
