@@ -42,6 +42,7 @@ from fedmtl.core.schema import (
     TrainConfig,
 )
 from fedmtl.datasets import DATASETS
+from fedmtl.faults import FAULTS, NONE
 from fedmtl.trunks import TRUNKS
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS
 from strategies import METHODS
@@ -260,6 +261,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     partition = parse_partition(raw["partition"])
     strategy = PluginConfig(*_plugin(METHODS, raw["strategy"], "strategy"))
     runtime = PluginConfig(*_plugin(RUNTIMES, raw["runtime"], "runtime"))
+    fault = PluginConfig(*_plugin(FAULTS, raw.get("fault", {"name": NONE}), "fault"))
     train = build_dataclass(TrainConfig, raw.get("train", {}), "train")
     tracking = build_dataclass(TrackingConfig, raw.get("tracking", {}), "tracking")
     output_dir = raw.get("output_dir", ".")
@@ -279,6 +281,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
         checkpoint_every=raw.get("checkpoint_every", ExperimentConfig.checkpoint_every),
         resume=resume,
         plugins=tuple(plugins),
+        fault=fault,
         raw=raw,
     )
 

@@ -70,7 +70,7 @@ def make_client_app(
     def train(msg: Message, context: Context) -> Message:
         job = silo.prepare_train(msg, context)
         assert isinstance(job.request, TrainRequest)
-        reply = job.method.train(job.tools, job.received, job.request)
+        reply = silo.reply(job, context, job.method.train(job.tools, job.received, job.request))
         silo.trained(job, context)
         return Message(reply.to_content(), reply_to=msg)
 
