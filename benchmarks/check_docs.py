@@ -686,6 +686,10 @@ NOT_RESULTS: dict[tuple[str, str], str] = {
     ("docs/balancing.md", "name"): "each method's rule and parameters",
     ("docs/datasets.md", ""): "a data set's card: source, licence, size, silos, preprocessing",
     ("docs/datasets.md", "path"): "CelebA's files (image sizes in pixels)",
+    ("README.md", "key"): "config keys and what they do",
+    ("docs/robustness.md", "`strategy.robust`"): "the averaging rules and their weights",
+    ("docs/robustness.md", "rule"): "breakdown points, as formulas",
+    ("docs/robustness.md", "`fault=`"): "the faults, their parameters and papers",
 }
 """(doc, first header cell) -> why a table that looks like results is not one."""
 

@@ -88,8 +88,8 @@ def test_a_factor_of_null_turns_detection_off() -> None:
 def test_evidence_takes_the_worse_of_the_two_train_losses_and_inf_for_non_finite_replies() -> None:
     updates = [update(0, 1.0, 3.0), update(1, 4.0, 2.0)]
     assert train_losses(updates) == {0: {"a": 3.0}, 1: {"a": 4.0}}
-    found = evidence(train_losses(updates), [silo(7, ("a", "b"))], ["b", "a"])
-    assert found == {"b": [math.inf], "a": [3.0, 4.0, math.inf]}
+    found = evidence(train_losses(updates), {7: {"a": math.inf, "b": 2.0}}, ["b", "a"])
+    assert found == {"b": [2.0], "a": [3.0, 4.0, math.inf]}
     per_silo = {0: {"a": {"loss": 0.5, "accuracy": 0.9}}, 1: {"a": {"accuracy": 0.1}}}
     assert evaluated_losses(per_silo) == {0: {"a": 0.5}, 1: {}}
 
@@ -130,7 +130,7 @@ def fakes() -> list[FakeSilo]:
 
 def test_three_suspect_rounds_stop_the_run_without_saving_them() -> None:
     silos = fakes()
-    saves, watch = Saves(), Worsen(silos, start=3, loss=1e4)  # 1e4 > 100 x 1
+    saves, watch = Saves(), Worsen(silos, start=3, loss=1e4)  # 1e4 > 10 x 1
     engine = make_fedavg(context=RunContext(observers=[watch], on_round_end=saves))
     with pytest.raises(RunStopped, match="rounds 3 to 5 are suspect") as stop:
         engine.run(Federation(silos).grid, initial_model(), num_rounds=8)
@@ -179,7 +179,8 @@ def test_a_round_most_silos_answer_with_non_finite_values_is_a_divergence(
     factor: float | None, status: str
 ) -> None:
     silos = fakes()
-    silos[0].train_defect = silos[1].train_defect = "nan-delta"
+    for fake in silos[:2]:  # their training blew up: NaN losses and updates
+        fake.train_loss, fake.train_defect = {"a": math.nan}, "nan-delta"
     engine = make_fedavg(min_train_nodes=3, divergence_factor=factor)
     with pytest.raises(RunStopped) as stop:
         engine.train_round(Federation(silos).grid, 1, initial_model())
@@ -190,11 +191,23 @@ def test_a_round_most_silos_answer_with_non_finite_values_is_a_divergence(
 
 def test_one_silo_with_non_finite_values_is_a_rejection_not_a_divergence() -> None:
     silos = fakes()
-    silos[0].train_defect = "nan-delta"
+    silos[0].train_loss, silos[0].train_defect = {"a": math.nan}, "nan-delta"
     engine = make_fedavg(min_train_nodes=3, round_retries=0)
     with pytest.raises(RunStopped) as stop:
         engine.train_round(Federation(silos).grid, 1, initial_model())
     assert stop.value.status == "too_few_replies"
+
+
+def test_a_reply_whose_arrays_alone_are_spoiled_counts_with_the_losses_it_measured() -> None:
+    # silo 0, the only holder of b, sends a NaN array but finite losses: a malformed reply,
+    # refused, and no evidence of divergence (its b losses, 1.0 before and 0.5 during, are sound)
+    silos = fakes()
+    silos[0] = FakeSilo(("a", "b"), 10, {"a": 10, "b": 10}, 0.01, train_loss={"a": 0.5, "b": 0.5})
+    silos[0].train_defect = "nan-delta"
+    engine = make_fedavg(divergence_rounds=1)
+    engine.run(Federation(silos).grid, initial_model(), num_rounds=2)
+    assert [r.suspect for r in engine.history] == [[], []]
+    assert len(engine.rejections) == 2
 
 
 def test_the_evaluations_non_finite_replies_count_against_the_model() -> None:

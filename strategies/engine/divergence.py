@@ -8,8 +8,9 @@ and reporting success.
   its mean loss during local training;
 - the round's evaluation (every ``evaluate_every`` rounds), the model of round r itself: each
   silo's test loss of t;
-- a reply refused because it carried non-finite numbers: +inf for every task of its silo (a
-  model that has blown up makes honest silos' losses and updates overflow).
+- a reply refused because it carried non-finite numbers: the losses it reports, a non-finite
+  one as +inf (a model that has blown up makes honest silos' losses and updates overflow; a
+  reply whose arrays alone are spoiled still reports the finite losses its silo measured).
 
 **Reference** L0_t: the lower median over the silos of loss_before_{s,t} in the first round
 where t has a holder, i.e. the loss of the initial model, before any update was applied.
@@ -32,13 +33,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from fedmtl.core.records import Arrays, SiloInfo
+from fedmtl.core.records import Arrays
 from strategies.engine.replies import ClientUpdate
 
 LOSS = "loss"
@@ -57,18 +58,17 @@ Evidence = dict[str, list[float]]
 
 def evidence(
     losses: Mapping[int, Mapping[str, float]],
-    non_finite: Iterable[SiloInfo] = (),
+    refused: Mapping[int, Mapping[str, float]] | None = None,
     tasks: Sequence[str] = (),
 ) -> Evidence:
     """Per task (in the order of ``tasks``, then as found), the silos' losses (silo id -> task
-    -> loss) and +inf for each task of the silos whose replies were non-finite."""
+    -> loss), then those the ``refused`` replies with non-finite numbers reported (+inf where
+    non-finite)."""
     found: Evidence = {task: [] for task in tasks}
-    for _, per_task in sorted(losses.items()):
-        for task, loss in per_task.items():
-            found.setdefault(task, []).append(float(loss))
-    for silo in non_finite:
-        for task in silo.tasks:
-            found.setdefault(task, []).append(math.inf)
+    for source in (losses, refused or {}):
+        for _, per_task in sorted(source.items()):
+            for task, loss in per_task.items():
+                found.setdefault(task, []).append(float(loss))
     return {task: values for task, values in found.items() if values}
 
 

@@ -10,7 +10,8 @@
   tasks, summed over silos per task, then turned into metrics, so pooled ("personal") metrics are
   exact over every silo's test rows.
 
-Both note the silos whose refused reply carried non-finite numbers (``non_finite``): evidence
+Both keep, for the refused replies that carried non-finite numbers, the losses those replies
+report per task (``non_finite``: silo id -> task -> loss, a non-finite one as +inf): evidence
 that the model diverged (:mod:`strategies.engine.divergence`).
 """
 
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 
 from fedmtl.core import records
 from fedmtl.core.records import EvaluateReply, SiloInfo, TrainReply
@@ -35,6 +36,8 @@ from strategies.engine.replies import (
     check_train_reply,
     client_error,
     has_non_finite,
+    reported_test_losses,
+    reported_train_losses,
 )
 from strategies.engine.robust import bound_norms, count_caps, fixed_counts
 
@@ -55,13 +58,13 @@ def rejection(server_round: int, node: int, silo: SiloInfo | None, reason: str) 
 @dataclass(frozen=True)
 class Intake:
     """A training round's usable updates (by silo id), the replies refused, the bytes received
-    (counted for every reply with content, accepted or not) and the silos whose refused reply
-    carried non-finite numbers."""
+    (counted for every reply with content, accepted or not) and the losses reported by the
+    refused replies that carried non-finite numbers (silo id -> task -> loss)."""
 
     updates: list[ClientUpdate]
     rejected: list[dict[str, Any]]
     bytes_up: int
-    non_finite: list[SiloInfo] = field(default_factory=list)
+    non_finite: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 def take_updates(
@@ -76,7 +79,7 @@ def take_updates(
     server_round = sent.server_round
     rejected: list[dict[str, Any]] = []
     updates: list[ClientUpdate] = []
-    non_finite: list[SiloInfo] = []
+    non_finite: dict[int, dict[str, float]] = {}
     received = 0
     for reply in replies:
         node = reply.metadata.src_node_id
@@ -95,7 +98,7 @@ def take_updates(
         except REPLY_ERRORS as err:
             reason = f"train reply rejected: {err}"
             rejected.append(rejection(server_round, node, silos.get(node), reason))
-            non_finite += _non_finite(reply, silos.get(node))
+            non_finite.update(_non_finite(reply, silos.get(node), reported_train_losses))
     updates.sort(key=lambda u: u.silo.silo_id)
     cap, task_caps = count_caps(silos.values(), params.max_count_ratio)
     updates = [fixed_counts(u, silos[u.node_id], cap, task_caps) for u in updates]
@@ -103,26 +106,29 @@ def take_updates(
         updates, refused = bound_norms(updates, params.norm_bound, params.norm_rule)
         for update, reason in refused:
             rejected.append(rejection(server_round, update.node_id, update.silo, reason))
-    non_finite.sort(key=lambda silo: silo.silo_id)
     return Intake(updates, rejected, received, non_finite)
 
 
-def _non_finite(reply: Message, silo: SiloInfo | None) -> list[SiloInfo]:
-    """``[silo]`` when the refused ``reply`` of a known silo carried non-finite numbers."""
-    if silo is not None and reply.has_content() and has_non_finite(reply.content):
-        return [silo]
-    return []
+def _non_finite(
+    reply: Message, silo: SiloInfo | None, losses: Callable[[RecordDict], dict[str, float]]
+) -> dict[int, dict[str, float]]:
+    """``{silo id: the losses it reports for its tasks}`` when the refused ``reply`` of a known
+    silo carried non-finite numbers, else nothing."""
+    if silo is None or not reply.has_content() or not has_non_finite(reply.content):
+        return {}
+    return {silo.silo_id: {t: v for t, v in losses(reply.content).items() if t in silo.tasks}}
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """Pooled personal metrics of one evaluation (None when no silo reported), each silo's own
-    metrics, the replies refused and the silos whose refused reply carried non-finite numbers."""
+    metrics, the replies refused and the test losses reported by the refused replies that carried
+    non-finite numbers (silo id -> task -> loss)."""
 
     personal: dict[str, dict[str, float]] | None
     per_silo: dict[int, dict[str, dict[str, float]]]
     rejected: list[dict[str, Any]]
-    non_finite: list[SiloInfo] = field(default_factory=list)
+    non_finite: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 def pool_evaluations(
@@ -136,7 +142,7 @@ def pool_evaluations(
     pooled: dict[str, dict[str, float]] = {}
     per_silo: dict[int, dict[str, dict[str, float]]] = {}
     rejected: list[dict[str, Any]] = []
-    non_finite: list[SiloInfo] = []
+    non_finite: dict[int, dict[str, float]] = {}
 
     def order(reply: Message) -> int:
         silo = silos.get(reply.metadata.src_node_id)
@@ -152,7 +158,7 @@ def pool_evaluations(
         except REPLY_ERRORS as err:
             reason = f"evaluate reply rejected: {err}"
             rejected.append(rejection(sent.server_round, node, silos.get(node), reason))
-            non_finite += _non_finite(reply, silos.get(node))
+            non_finite.update(_non_finite(reply, silos.get(node), reported_test_losses))
             continue
         per_silo[silo.silo_id] = {
             task: tasks[task].finalize_metrics(task_stats) for task, task_stats in stats.items()

@@ -83,7 +83,7 @@ class MethodParams:
     norm_rule: NormRule = "clip"
     max_count_ratio: float | None = None
     update_dtype: UpdateDtype = "float32"
-    divergence_factor: float | None = 100.0
+    divergence_factor: float | None = 10.0
     divergence_rounds: int = 3
 
     def __post_init__(self) -> None:

@@ -195,6 +195,43 @@ def has_non_finite(content: RecordDict) -> bool:
     return False
 
 
+def _task_stats(content: RecordDict) -> dict[str, dict[str, float]]:
+    """Task -> stat -> number of a reply's metrics record, read leniently (what is no number is
+    left out; NaN becomes +inf)."""
+    found: dict[str, dict[str, float]] = {}
+    record = content.metric_records.get(records.METRICS)
+    for key, value in (record or {}).items():
+        parsed = records.split_task_key(key)
+        if parsed is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        number = float(value)
+        found.setdefault(parsed[0], {})[parsed[1]] = math.inf if math.isnan(number) else number
+    return found
+
+
+def reported_train_losses(content: RecordDict) -> dict[str, float]:
+    """Per task, the larger of the loss before training and the training loss a (refused) train
+    reply reports, non-finite ones as +inf."""
+    losses = {}
+    for task, stats in _task_stats(content).items():
+        values = [abs(stats[s]) for s in (records.TRAIN_LOSS, records.LOSS_BEFORE) if s in stats]
+        if values:
+            losses[task] = max(values)
+    return losses
+
+
+def reported_test_losses(content: RecordDict) -> dict[str, float]:
+    """Per task, the test loss a (refused) evaluate reply's statistics give, +inf where one of
+    them is non-finite."""
+    losses = {}
+    for task, stats in _task_stats(content).items():
+        if not all(math.isfinite(v) for v in stats.values()):
+            losses[task] = math.inf
+        elif stats.get("n", 0.0) > 0 and "loss_sum" in stats:
+            losses[task] = stats["loss_sum"] / stats["n"]
+    return losses
+
+
 def _count(what: str, value: float) -> int:
     """A reported example count: a finite number >= 0 (the parser already refused non-finite)."""
     if value < 0:

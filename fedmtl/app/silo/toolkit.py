@@ -172,16 +172,17 @@ def silo_method(spec: MethodSpec) -> SiloMethod:
 @dataclass
 class Prepared:
     """A checked train or evaluate message, ready to run: its request, the received arrays, the
-    method's silo half and the silo's tools; ``directory``: where the silo saves its state."""
+    method's silo half and the silo's tools; ``directory``: where the silo saves its state;
+    ``fault``: what the silo does wrong on purpose (None: honest), with the run's ``seed``."""
 
     request: TrainRequest | EvaluateRequest
     received: Arrays
     method: SiloMethod
     tools: SiloTools
     directory: Path | None
-    silo_id: int = 0
-    fault: Fault | None = None
-    seed: int = 0
+    silo_id: int
+    fault: Fault | None
+    seed: int
 
 
 class Silo:
