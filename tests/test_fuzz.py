@@ -170,7 +170,7 @@ def good_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     table = write_table(shop_table(120), root / "shop.csv")
     raw = compose_raw([*example_overrides("table"), f"dataset.path={table}"])
     prepare(parse(raw))
-    state = RunState(1, compose_raw(BASE, output_dir=root / "run"), {}, {}, {"history": []})
+    state = RunState(1, compose_raw(BASE, output_dir=root / "run"), {}, None, {}, {"history": []})
     save_checkpoint(root / "run", state)
     return {
         "partition": root / "partition.json",

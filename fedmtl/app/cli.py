@@ -39,6 +39,7 @@ from fedmtl.app.launch import run
 from fedmtl.app.run.checkpoint import resumed_raw_config
 from fedmtl.app.run.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
 from fedmtl.app.run.experiment import build_data, is_local
+from fedmtl.app.run.lock import LOCK_FILE, is_locked
 from fedmtl.app.run.plugins import search_path
 from fedmtl.app.run.tracking import PARTITION_FILE
 from fedmtl.app.runtimes import set_offline_env
@@ -102,7 +103,10 @@ def help_text(command: str) -> str:
 def discard_run_dir(run_dir: Path, cwd: Path) -> None:
     """Remove a run directory that holds nothing but Hydra's own files (a run refused for its
     config), and then its parents inside ``cwd`` that this leaves empty."""
-    if not run_dir.is_dir() or any(p.name not in HYDRA_FILES for p in run_dir.iterdir()):
+    ours = (*HYDRA_FILES, LOCK_FILE)  # the lock file of a run refused after taking it
+    if not run_dir.is_dir() or any(p.name not in ours for p in run_dir.iterdir()):
+        return
+    if is_locked(run_dir):  # another run's, just started there
         return
     shutil.rmtree(run_dir)
     parent = run_dir.resolve().parent
