@@ -414,6 +414,8 @@ def test_safetensors_files_are_byte_identical_for_the_same_content(tmp_path: Pat
         ("seed=3", "seed"),
         ("strategy.name=fedavg", "strategy.name"),
         ("num_rounds=1", "num_rounds"),
+        ("num_rounds=abc", "num_rounds"),  # was a ValueError traceback
+        ("num_rounds=[3]", "num_rounds"),
         ("nonsense", "nonsense"),
     ],
 )
@@ -464,17 +466,23 @@ def test_the_run_lock_refuses_a_second_holder_naming_the_first(tmp_path: Path) -
     assert not (tmp_path / "missing").exists()
 
 
-def test_a_run_stopped_before_its_first_checkpoint_gives_way_to_a_new_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Stopped in round 2 with checkpoints every 2 rounds: nothing to resume (the error says to
-    start a new run there), and a new run there moves the files left aside and completes."""
-    out = tmp_path / "run"
+def stopped_before_first_checkpoint(out: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A run in ``out`` stopped in round 2, checkpoints every 2 rounds: the files it left."""
     with monkeypatch.context() as patch:
         stop_in_round(patch, 2)
         with pytest.raises(KeyboardInterrupt):
             run(parse(compose_raw(SMALL, output_dir=out)))
-    left = sorted(p.name for p in out.iterdir())
+    assert not (out / CHECKPOINT_DIR / STATE_FILE).exists()
+    return sorted(p.name for p in out.iterdir())
+
+
+def test_a_run_stopped_before_its_first_checkpoint_gives_way_to_a_new_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing to resume (the error says to start a new run there), and a new run there moves
+    the files left aside and completes."""
+    out = tmp_path / "run"
+    left = stopped_before_first_checkpoint(out, monkeypatch)
     assert {"metrics.jsonl", "summary.json", "partition.json"} <= set(left)
     with pytest.raises(ConfigError, match="holds no checkpoint") as err:
         resumed_raw_config(out, [])
@@ -493,11 +501,7 @@ def test_a_refused_config_leaves_an_unfinished_run_in_place(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        stop_in_round(patch, 2)
-        with pytest.raises(KeyboardInterrupt):
-            run(parse(compose_raw(SMALL, output_dir=out)))
-    before = sorted(p.name for p in out.iterdir())
+    before = stopped_before_first_checkpoint(out, monkeypatch)
     with pytest.raises(ConfigError):  # refused when the experiment is built
         run(parse(compose_raw([*SMALL, "dataset.tasks=[nope]"], output_dir=out)))
     assert sorted(p.name for p in out.iterdir()) == before

@@ -88,10 +88,12 @@ def help_text(command: str) -> str:
         *(f"  {key:<23} {', '.join(reg.names())}" for key, reg in GROUP_REGISTRIES.items()),
         "",
         "top-level keys: seed, num_rounds, checkpoint_every, train.{local_epochs, max_steps,",
-        "  batch_size, optimizer, lr, momentum, weight_decay}",
+        "  batch_size, optimizer, lr, momentum, weight_decay}, limits.memory_check (false: run",
+        "  a config whose estimated memory exceeds what this machine has available)",
         "",
-        "resume: fedmtl run resume=DIR [num_rounds=N runtime=... tracking...=...] continues the",
-        "  run in DIR from its checkpoint (every checkpoint_every rounds and after the last).",
+        "resume: fedmtl run resume=DIR [num_rounds=N runtime=... tracking...=... limits...=...]",
+        "  continues the run in DIR from its checkpoint (every checkpoint_every rounds and after",
+        "  the last).",
         "",
         "examples:",
         "  fedmtl run dataset=synthetic strategy=upgrad runtime=inprocess num_rounds=10",
@@ -126,6 +128,7 @@ def _hydra_command(
     set_offline_env()
     cwd = Path.cwd().resolve()
     try:  # an override Hydra cannot apply fails here, before Hydra makes a run directory
+        check_run_dir(overrides)
         compose(overrides)
     except ConfigError as err:
         print(f"fedmtl {name}: invalid config: {err}", file=sys.stderr)
@@ -146,6 +149,20 @@ def _hydra_command(
 
     sys.argv = [f"fedmtl {name}", *overrides, *search_path(overrides)]  # plug-ins' presets too
     _main()
+
+
+def check_run_dir(overrides: list[str]) -> None:
+    """``hydra.run.dir=`` with no directory would make Hydra write the run's files into the
+    current directory: a ConfigError instead."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+") == "hydra.run.dir" and not value.strip().strip("'\"").strip():
+            raise ConfigError(
+                "hydra.run.dir",
+                "is empty: the run's files would be written into the current directory.",
+                "give a directory (hydra.run.dir=runs/x), or leave it out for "
+                "outputs/<date>/<time>/.",
+            )
 
 
 def _resume(overrides: list[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,14 @@ from fedmtl.app.run.checkpoint import (
     check_resumable,
     load_checkpoint,
 )
-from fedmtl.app.run.experiment import cached_experiment, is_local
+from fedmtl.app.run.experiment import Experiment, cached_experiment, is_local
 from fedmtl.app.run.lock import run_lock
 from fedmtl.app.run.server import make_server_app
 from fedmtl.app.run.tracking import CURVES_FILE, METRICS_FILE, PARTITION_FILE, SUMMARY_FILE
 from fedmtl.app.runtimes import RUNTIMES, Apps, Shipment, set_offline_env
 from fedmtl.app.silo.batch import BatchTrainer
 from fedmtl.app.silo.client_app import make_client_app
+from fedmtl.app.silo.node import MAX_BATCH_SIZE, MAX_LOCAL_EPOCHS, MAX_LOCAL_STEPS, Limits
 from fedmtl.app.silo.toolkit import Silo
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.schema import ExperimentConfig
@@ -49,6 +51,7 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
         unfinished = check_output_dir(config)
         config_json = config.to_json()
         experiment = cached_experiment(config_json)
+        check_simulated_silos(config, experiment)
         if unfinished:
             set_aside(output_dir, unfinished)
         runner = RUNTIMES.get(config.runtime.name, key="runtime.name").factory
@@ -65,6 +68,37 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
         raise RuntimeError(f"the run ended without writing {summary_path}; see the log above")
     result: dict[str, Any] = json.loads(summary_path.read_text())
     return result
+
+
+def check_simulated_silos(config: ExperimentConfig, experiment: Experiment) -> None:
+    """The local training a simulation's silos would refuse, refused before the run: they hold
+    the default limits of a node (:class:`~fedmtl.app.silo.node.Limits`), and each would refuse
+    every train message beyond them, ending the run with ``too_few_replies`` after its first
+    round. (The passes a method adds, like FedRep's head epochs, are checked by the silos.)"""
+    limits, train = Limits(), config.train
+    for key, value, most, node_key in (
+        ("train.batch_size", train.batch_size, limits.max_batch_size, MAX_BATCH_SIZE),
+        ("train.local_epochs", train.local_epochs, limits.max_local_epochs, MAX_LOCAL_EPOCHS),
+        ("train.max_steps", train.max_steps or 0, limits.max_local_steps, MAX_LOCAL_STEPS),
+    ):
+        if value > most:
+            raise ConfigError(
+                key,
+                f"is {value}, more than a simulated silo accepts ({node_key} {most}).",
+                f"use at most {most}.",
+            )
+    if not experiment.partition.silos:
+        return
+    rows = max(silo.num_train for silo in experiment.partition.silos)
+    steps = train.local_epochs * math.ceil(rows / train.batch_size)
+    if train.max_steps is None and steps > limits.max_local_steps:
+        raise ConfigError(
+            "train.local_epochs",
+            f"{train.local_epochs} epochs in batches of {train.batch_size} take {steps} steps on "
+            f"the largest silo ({rows} training rows), more than a simulated silo accepts "
+            f"({MAX_LOCAL_STEPS} {limits.max_local_steps}).",
+            "lower train.local_epochs, raise train.batch_size, or cap train.max_steps.",
+        )
 
 
 RUN_FILES = (

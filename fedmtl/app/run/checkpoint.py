@@ -69,9 +69,10 @@ SILOS_DIR = "silos"
 CHECKPOINT_SCHEMA_VERSION = 3
 """3: checksums of the files ``state.json`` names, of its config and of itself (module docstring);
 2 (no checksums) is refused."""
-RESUMABLE_KEYS = ("num_rounds", "checkpoint_every", "runtime", "tracking")
+RESUMABLE_KEYS = ("num_rounds", "checkpoint_every", "runtime", "tracking", "limits")
 """Top-level config keys a resumed run may change (``fedmtl run resume=DIR KEY=VALUE``): how long
-it runs, how often it saves, where it runs and what it reports; everything else is the run's."""
+it runs, how often it saves, where it runs, what it reports and the checks before it; everything
+else is the run's."""
 _ARRAY = "array"  # the JSON placeholder of an array: {"array": "<key in the arrays file>"}
 _SILO_FILE = re.compile(r"round-(\d+)\.safetensors")
 _ARRAYS_FILE = re.compile(r"arrays-(\d+)\.safetensors")
@@ -423,10 +424,17 @@ def resumed_raw_config(run_dir: Path, overrides: Sequence[str]) -> dict[str, Any
         node[path[-1]] = yaml.safe_load(value)
     raw["resume"] = str(run_dir)
     raw["output_dir"] = str(run_dir)
-    if int(raw.get("num_rounds", 0)) < state.server_round:
+    num_rounds = raw.get("num_rounds")
+    if isinstance(num_rounds, bool) or not isinstance(num_rounds, int):
         raise ConfigError(
             "num_rounds",
-            f"is {raw.get('num_rounds')}, but the checkpoint is after round {state.server_round}.",
+            f"expected an integer, got {num_rounds!r}.",
+            f"give num_rounds >= {state.server_round}.",
+        )
+    if num_rounds < state.server_round:
+        raise ConfigError(
+            "num_rounds",
+            f"is {num_rounds}, but the checkpoint is after round {state.server_round}.",
             f"give num_rounds >= {state.server_round}.",
         )
     return raw
