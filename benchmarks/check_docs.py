@@ -16,15 +16,15 @@ path keeps its rows with those values, and ``columns=A|B`` among them its column
 ``key: COLUMN, ...`` (the columns that match a row of the doc's table to a row of the source's;
 default: the first column).
 
-**Tables.** The source becomes the expected table: a Markdown source by default gives its table
-with the same header; a CSV source its rows, with the CSV columns as header; a named view (the
-``VIEWS`` below) renders a result file in the doc's layout (a pivot, a mean over seeds). Every
-row of the doc's table must match one row of the expected table by its key columns, and every
-other cell must equal the expected cell: the same text once each number is replaced by a
-placeholder (Markdown emphasis and surrounding whitespace ignored), and each number of the doc
-equal to the expected number rounded as the doc rounds it (0.077 stands for 0.0765 to 0.0775).
-A doc table may show fewer rows and columns than its source. Columns a view does not render are
-descriptions of the data, not results, and the view says so (``UNCHECKED``).
+**Tables.** The source becomes the expected table: a Markdown source by default gives its table with
+the doc's columns (the same header, or a table holding them all); a CSV source its rows, with the
+CSV columns as header; a named view (the ``VIEWS`` below) renders a result file in the doc's layout
+(a pivot, a mean over seeds). Every row of the doc's table must match one row of the expected table
+by its key columns, and every other cell must equal the expected cell: the same text once each
+number is replaced by a placeholder (Markdown emphasis and surrounding whitespace ignored), and each
+number of the doc equal to the expected number rounded as the doc rounds it (0.077 stands for 0.0765
+to 0.0775). A doc table may show fewer rows and columns than its source. Columns a view does not
+render are descriptions of the data, not results, and the view says so (``UNCHECKED``).
 
 **Paragraphs.** After a source comment, each figure of the next paragraph or list must be a
 number of one of the source files, as rounded in the text (a figure followed by % or "points" may
@@ -370,16 +370,24 @@ def exact(value: float) -> str:
 
 
 def markdown_table(source: Source, header: list[str]) -> Table:
+    """The source's table with the doc's ``header``: the same header, or a wider table holding
+    every column of it (its other columns left out)."""
     text = read_text(source.paths[0], source.sections[0])
-    tables = [b.table for b in blocks(text) if b.table is not None and b.table.header == header]
+    tables = [
+        b.table
+        for b in blocks(text)
+        if b.table is not None and all(c in b.table.header for c in header)
+    ]
     if not tables:
-        raise ValueError(f"{source.paths[0].name} has no table with the header {header}")
+        raise ValueError(f"{source.paths[0].name} has no table with the columns {header}")
     if len(tables) > 1:
         raise ValueError(
-            f"{source.paths[0].name} has {len(tables)} tables with this header: name a section "
+            f"{source.paths[0].name} has {len(tables)} tables with these columns: name a section "
             f"(PATH#HEADING)"
         )
-    return tables[0]
+    table = tables[0]
+    keep = [table.column(c) for c in header]
+    return Table(header, [[row[i] for i in keep] for row in table.rows], table.line)
 
 
 def csv_table(source: Source) -> Table:

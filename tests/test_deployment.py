@@ -15,6 +15,7 @@ is stopped by its id in the ``finally`` of the context manager, and every wait h
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -37,10 +38,11 @@ from fedmtl.app.deploy import (
     make_node_key,
 )
 from fedmtl.app.deploy.flwr_config import to_toml
+from fedmtl.app.deploy.processes import Started
 from fedmtl.app.run.experiment import CONFIG_KEY
 from fedmtl.app.run.server import make_server_app
 from fedmtl.app.runtimes import OFFLINE_ENV
-from fedmtl.app.runtimes.processes import alive, descendants, end, listening
+from fedmtl.app.runtimes.processes import alive, descendants, end, listening, send
 from tests.support.deployments import local_config_json, local_grid, silo_tables
 from tests.support.runs import fedmtl_process, read_jsonl
 
@@ -119,6 +121,72 @@ def test_tls_authenticated_deployment_matches_an_in_process_run(tmp_path: Path) 
     np.testing.assert_allclose(losses, reference_losses, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.timeout(900)
+def test_a_silo_killed_mid_run_rejoins_after_a_restart_and_the_run_carries_on(
+    tmp_path: Path,
+) -> None:
+    """kill -9 one SuperNode (and its ClientApp processes) right after round 1 of a FedPer run
+    that needs all three silos: the SuperLink answers for it (Node Unavailable, in `rejected`
+    under its silo), the round waits for it, and the node, restarted with its key and state-dir
+    once the SuperLink has noticed, rejoins under its node id; every round then aggregates three
+    updates, the silo's personal heads keep being saved, the SuperLink and the other silos run
+    on, and the run completes."""
+    tables, schema = silo_tables(tmp_path / "data")
+    overrides = [
+        "num_rounds=4", "strategy=fedper", "strategy.evaluate_every=4", "train.max_steps=3",
+        "strategy.wait_for_nodes_s=400", "strategy.round_retries=1",
+    ]  # fmt: skip
+    run_toml = tmp_path / "run.toml"
+    run_toml.write_text(to_toml({CONFIG_KEY: local_config_json(schema, *overrides)}))
+    deploy = tmp_path / "deployment"
+    with LocalDeployment(deploy, env={"PYTHONPATH": str(ROOT)}, bin_dir=BIN) as deployment:
+        deployment.start_superlink(make_certificates(deploy / "certs"), timeout=90)
+        keys = [make_node_key(deploy / "keys", f"silo{i}") for i in range(len(tables))]
+        deployment.register(keys, timeout=90)
+
+        def start(i: int) -> Started:
+            config = {"data-file": str(tables[i]), "silo-id": i, "state-dir": str(deploy / "state")}
+            return deployment.start_supernode(f"silo{i}", keys[i], config)
+
+        silos = [start(i) for i in range(len(tables))]
+        command = [str(BIN / "flwr"), "run", str(ROOT), CONNECTION, "--run-config", str(run_toml)]
+        run = subprocess.Popen(
+            [*command, "--stream"], env=deployment.environment("cli"), cwd=deploy,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        deployment.started.append(Started("flwr-run", run, deploy / "flwr-run.log", io.BytesIO()))
+        lines: list[str] = []
+        killed = restarted = False
+        assert run.stdout is not None
+        for line in run.stdout:  # the test's timeout bounds this loop
+            lines.append(line)
+            if not killed and "round 1/4" in line:
+                victim = silos[2].process
+                send([victim.pid, *descendants(victim.pid)], signal.SIGKILL)
+                victim.wait(timeout=30)
+                killed = True
+            if killed and not restarted and "Node Unavailable" in line:
+                silos[2] = start(2)  # the SuperLink has noticed: it may come back
+                restarted = True
+        assert run.wait(timeout=60) == 0, "".join(lines)[-4000:]
+        output = "".join(lines)
+        assert restarted, output
+        assert deployment.started[0].process.poll() is None  # the SuperLink runs on
+        assert all(silo.process.poll() is None for silo in silos)
+    run_id = re.search(r"Successfully started run (\d+)", output)
+    assert run_id, output
+    result = deploy / "outputs" / "flwr" / run_id.group(1)
+    summary = json.loads((result / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["silos_participated"] == [0, 1, 2]
+    assert any(r["silo"] == 2 and "Node Unavailable" in r["reason"] for r in summary["rejected"]), (
+        summary["rejected"]
+    )
+    rounds = [r for r in read_jsonl(result / "metrics.jsonl") if r["split"] == "train"]
+    assert [r["num_updates"] for r in rounds] == [3, 3, 3, 3]
+    saved = sorted(p.name for p in (deploy / "state" / "silo-2").glob("round-*.safetensors"))
+    assert saved == [f"round-{r}.safetensors" for r in (1, 2, 3, 4)]  # before and after
+
+
 def _local_superlink_env(home: Path) -> dict[str, str]:
     """What a user's activated shell has, with ports and a Flower home of the test's own: the
     local SuperLink that ``flwr run`` starts listens there (never on Flower's default ports,
@@ -186,10 +254,11 @@ def test_flwr_run_from_the_repository_root_on_the_local_superlink(tmp_path: Path
 
 
 @pytest.mark.timeout(600)
-def test_deploy_local_serve_writes_the_connection_that_flwr_run_uses(tmp_path: Path) -> None:
+def test_deploy_local_serve_writes_the_connection_flwr_uses(tmp_path: Path) -> None:
     """``fedmtl deploy local DIR --serve`` writes the SuperLink connection ``consortium`` into the
-    user's ``flwr`` config and stays up; ``flwr run . consortium`` (as printed) runs on it over TLS
-    with node authentication; SIGTERM then stops every process the deployment started."""
+    user's ``flwr`` config, keeping the user's own, and stays up; ``flwr`` reaches the deployment
+    through it over TLS (its three SuperNodes online; a run over such a connection is the TLS test
+    above); SIGTERM then stops every process the deployment started."""
     user_home = tmp_path / "user-flwr"
     user_home.mkdir()
     (user_home / "config.toml").write_text(
@@ -210,21 +279,17 @@ def test_deploy_local_serve_writes_the_connection_that_flwr_run_uses(tmp_path: P
         assert connections["mine"] == {"address": "x:1"} and connections["default"] == "mine"
         port = connections["consortium"]["address"].rsplit(":", 1)[1]
         assert connections["consortium"]["root-certificates"] == str(directory / "certs" / "ca.pem")
-        command = re.search(r"flwr run (.+) --stream", stdout.read_text())
-        assert command and command.group(1).split()[1] == "consortium"
-        ran = subprocess.run(
-            [str(BIN / "flwr"), "run", *command.group(1).split(), "--stream"],
+        command = re.search(r"flwr run (\S+) (\S+) --run-config (\S+) --stream", stdout.read_text())
+        assert command and command.group(2) == "consortium"
+        assert Path(command.group(3)) == directory / "run.toml"
+        listed = subprocess.run(  # the connection reaches the SuperLink over TLS, as flwr run does
+            [str(BIN / "flwr"), "supernode", "list", "consortium", "--format", "json"],
             env={**os.environ, **OFFLINE_ENV, "FLWR_HOME": str(user_home)},
-            capture_output=True, text=True, timeout=300, check=False,
+            capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
-        run_id = re.search(r"Successfully started run (\d+)", ran.stdout)
-        assert ran.returncode == 0 and run_id and "round 1/1: 3/3 updates" in ran.stdout, (
-            ran.stdout[-3000:]
-        )
-        summary = json.loads(
-            (directory / "outputs" / "flwr" / run_id.group(1) / "summary.json").read_text()
-        )
-        assert summary["status"] == "completed" and summary["silos_participated"] == [0, 1, 2]
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        nodes = json.loads(listed.stdout)["nodes"]
+        assert [node["status"] for node in nodes] == ["online"] * 3
 
         started = descendants(serving.pid)
         serving.send_signal(signal.SIGTERM)

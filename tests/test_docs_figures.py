@@ -107,3 +107,17 @@ def test_a_source_can_be_narrowed_to_rows_columns_and_sections(repo: Path) -> No
     assert problems_of(repo, "<!-- source: results/r.md#B#x -->\nIt is 0.50.\n") == []
     problems = problems_of(repo, "<!-- source: results/r.md#A#x -->\nIt is 0.50.\n")
     assert len(problems) == 1 and "not in the source" in problems[0]
+
+
+def test_a_markdown_table_may_show_some_of_its_source_tables_columns(repo: Path) -> None:
+    (repo / "results" / "r.md").write_text(
+        "| name | score | wall s |\n|---|---|---|\n| alpha | 0.25 | 3.1 |\n| beta | 0.5 | 9.9 |\n"
+    )
+    narrow = "| name | score |\n|---|---|\n| alpha | 0.25 |\n| beta | 0.50 |\n"
+    assert problems_of(repo, "<!-- source: results/r.md -->\n" + narrow) == []
+    wrong = narrow.replace("0.50", "0.60")
+    problems = problems_of(repo, "<!-- source: results/r.md -->\n" + wrong)
+    assert len(problems) == 1 and "row 'beta', column 'score'" in problems[0]
+    unknown = "| name | accuracy |\n|---|---|\n| alpha | 0.25 |\n"
+    problems = problems_of(repo, "<!-- source: results/r.md -->\n" + unknown)
+    assert len(problems) == 1 and "no table with the columns ['name', 'accuracy']" in problems[0]

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 
+import strategies.engine.loop as loop
+from fedmtl.app.runtimes import InProcessGrid
 from fedmtl.core import records
 from fedmtl.core.records import MethodSpec, SiloInfo, TrainRequest
 from fedmtl.core.registry import PluginConfig
@@ -27,6 +31,7 @@ from strategies.engine import (
     Method,
     MethodSetup,
     RunContext,
+    RunStopped,
     SiloMethod,
     TrunkAndHeads,
 )
@@ -223,6 +228,95 @@ def test_different_seeds_can_sample_differently() -> None:
     fed = Federation(six_silos())
     draws = {tuple(sampled(make_fedavg(seed=seed, fraction_train=0.5), fed)) for seed in range(10)}
     assert len(draws) > 1
+
+
+class OfflineNodes(InProcessGrid):
+    """A grid that behaves as a SuperLink does for nodes that died: it gives each message an id;
+    it answers a message to a ``dying`` node (dead, but not yet known to be: listed still) itself
+    with Flower's NODE_UNAVAILABLE error (sender: the SuperLink); ``offline`` nodes (missed their
+    heartbeats) are not listed. ``back_after``: list them again after that many listings."""
+
+    def __init__(
+        self, fed: Federation, offline: set[int], dying: frozenset[int] = frozenset()
+    ) -> None:
+        super().__init__(fed.app, len(fed.silos), run_config={})
+        self.offline, self.dying = set(offline), set(dying)
+        self.back_after: int | None = None
+        self.listings = 0
+
+    def get_node_ids(self) -> list[int]:
+        self.listings += 1
+        if self.back_after is not None and self.listings > self.back_after:
+            self.offline.clear()
+        return [node for node in self.contexts if node not in self.offline]
+
+    def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = message.object_id
+            if message.metadata.dst_node_id in self.offline | self.dying:
+                replies.append(
+                    create_message_error_unavailable_res_message(message.metadata, "node_unavail")
+                )
+            else:
+                replies.append(self._deliver(message))
+        return replies
+
+
+def test_a_node_that_died_is_named_by_its_silo_and_asked_again_when_back() -> None:
+    """The SuperLink answers for a node that stopped sending heartbeats: the rejection names
+    that node and its silo (not the SuperLink), and discovery does not ignore the node for the
+    rest of the run: it is asked again when it is back."""
+    fed = Federation(hand_silos())
+    grid = OfflineNodes(fed, offline=set(), dying={1002})
+    engine = make_fedavg()
+    sent = engine.dispatch_train(grid, 1, initial_model())
+    assert sorted(engine.roster.silos) == [1000, 1001, 1003] and not engine.roster.ignored
+    engine.roster.silos[1002] = hand_silos()[2].info(2)  # known from before it died
+    sent = engine.dispatch_train(grid, 2, initial_model())
+    intake = engine.take_updates(sent, grid.send_and_receive(sent.messages))
+    assert [u.silo.silo_id for u in intake.updates] == [0, 1, 3]
+    [rejection] = intake.rejected
+    assert (rejection["node"], rejection["silo"]) == (1002, 2)
+    assert "Node Unavailable" in rejection["reason"]
+
+    fresh = make_fedavg()
+    fresh.dispatch_train(grid, 1, initial_model())
+    grid.dying.clear()  # restarted: the next round's discovery asks it
+    fresh.dispatch_train(grid, 2, initial_model())
+    assert sorted(fresh.roster.silos) == [1000, 1001, 1002, 1003]
+
+
+@pytest.fixture
+def quick_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "WAIT_INTERVAL_S", 0.001)
+
+
+@pytest.mark.usefixtures("quick_waits")
+def test_fewer_silos_than_training_needs_are_waited_for_then_stop_the_run() -> None:
+    fed = Federation(hand_silos())
+    grid = OfflineNodes(fed, offline=set())
+    engine = make_fedavg(min_train_nodes=4, wait_for_nodes_s=0.05)
+    engine.dispatch_train(grid, 1, initial_model())  # all four known
+    grid.offline = {1002}
+    with pytest.raises(RunStopped) as stopped:
+        engine.dispatch_train(grid, 2, initial_model())
+    assert stopped.value.status == "too_few_silos"
+    assert "only 3 of the 4 silos" in str(stopped.value) and "gone: [2]" in str(stopped.value)
+
+    grid.back_after = grid.listings + 3  # it comes back while the round waits
+    engine = make_fedavg(min_train_nodes=4, wait_for_nodes_s=60.0)
+    engine.roster.silos = {1000 + i: silo.info(i) for i, silo in enumerate(hand_silos())}
+    sent = engine.dispatch_train(grid, 2, initial_model())
+    assert sorted(m.metadata.dst_node_id for m in sent.messages) == [1000, 1001, 1002, 1003]
+
+
+@pytest.mark.usefixtures("quick_waits")
+def test_a_federation_smaller_than_min_train_nodes_trains_with_all_of_it() -> None:
+    fed = Federation(hand_silos())
+    engine = make_fedavg(min_train_nodes=10, wait_for_nodes_s=0.05)
+    sent = engine.dispatch_train(fed.grid, 1, initial_model())
+    assert len(sent.messages) == 4
 
 
 # ---------------------------------------------------------------------------------------- 5. rejections

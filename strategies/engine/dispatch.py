@@ -3,10 +3,11 @@ silo receives and the round's request, with the bytes of model arrays counted.""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 
 from fedmtl.core import records
 from fedmtl.core.records import Arrays, SiloInfo
@@ -64,3 +65,32 @@ def dispatch(
             )
         )
     return Dispatch(server_round, messages, model, sent, size, update_mode)
+
+
+UNAVAILABLE = (
+    ErrorCode.NODE_UNAVAILABLE,
+    ErrorCode.REPLY_MESSAGE_UNAVAILABLE,
+    ErrorCode.MESSAGE_UNAVAILABLE,
+)
+"""Error codes of a reply the SuperLink writes itself: the node went offline (no heartbeat) or
+the message or its reply expired. Not the silo's doing: such a node is not ignored for the run."""
+
+
+def answered_nodes(messages: Iterable[Message]) -> dict[str, int]:
+    """Message id -> its destination node, for messages already sent (the grid sets their ids)."""
+    return {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+
+
+def answered_node(reply: Message, destinations: dict[str, int]) -> int:
+    """The node whose reply ``reply`` is: its sender, or, for an error the SuperLink writes in
+    place of a node's reply (sender ``SUPERLINK_NODE_ID``: the node went offline), the
+    destination of the message it answers (``destinations``: :func:`answered_nodes`)."""
+    sender = reply.metadata.src_node_id
+    if sender != SUPERLINK_NODE_ID:
+        return sender
+    return destinations.get(reply.metadata.reply_to_message_id, sender)
+
+
+def unavailable(reply: Message) -> bool:
+    """Whether ``reply`` is an error the SuperLink wrote because the node or message is gone."""
+    return reply.has_error() and reply.error.code in UNAVAILABLE

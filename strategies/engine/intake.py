@@ -27,7 +27,7 @@ from flwr.app import Message, RecordDict
 from fedmtl.core import records
 from fedmtl.core.records import EvaluateReply, SiloInfo, TrainReply
 from fedmtl.core.tasks import TaskSpec
-from strategies.engine.dispatch import Dispatch
+from strategies.engine.dispatch import Dispatch, answered_node, answered_nodes
 from strategies.engine.params import MethodParams
 from strategies.engine.replies import (
     REPLY_ERRORS,
@@ -81,8 +81,9 @@ def take_updates(
     updates: list[ClientUpdate] = []
     non_finite: dict[int, dict[str, float]] = {}
     received = 0
+    destinations = answered_nodes(sent.messages)
     for reply in replies:
-        node = reply.metadata.src_node_id
+        node = answered_node(reply, destinations)
         if reply.has_content():
             received += records.update_bytes(reply.content)
         try:
@@ -144,12 +145,14 @@ def pool_evaluations(
     rejected: list[dict[str, Any]] = []
     non_finite: dict[int, dict[str, float]] = {}
 
+    destinations = answered_nodes(sent.messages)
+
     def order(reply: Message) -> int:
-        silo = silos.get(reply.metadata.src_node_id)
+        silo = silos.get(answered_node(reply, destinations))
         return silo.silo_id if silo else -1
 
     for reply in sorted(replies, key=order):
-        node = reply.metadata.src_node_id
+        node = answered_node(reply, destinations)
         try:
             if reply.has_error():
                 raise client_error(reply.error.reason or "")

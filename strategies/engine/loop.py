@@ -63,6 +63,8 @@ log = logging.getLogger("fedmtl")
 
 PULL_INTERVAL_S = 0.1
 """How often the engine looks for replies (and at its stop event) while it waits for them."""
+WAIT_INTERVAL_S = 1.0
+"""How often the engine looks for gone silos while it waits for them to come back."""
 
 
 class Engine:
@@ -213,6 +215,7 @@ class Engine:
             checkpoint=self.silo_checkpoint,
             scope=self.context.scope,
             update_dtype=self.params.update_dtype,
+            loss_before=task.loss_before,
         )
         config = ConfigRecord({**(extra or {}), **request.to_config()})
         return self._dispatch(grid, server_round, config, model, "train", task.update_mode)
@@ -300,6 +303,47 @@ class Engine:
             raise RunStopped("interrupted", "the run was asked to stop (a signal)")
         return replies
 
+    def wait_for_silos(self, grid: Grid, server_round: int, minimum: int) -> None:
+        """Before a training round: at least ``minimum`` known silos connected (at most as many
+        as were ever known: a federation smaller than ``min_train_nodes`` trains with all of
+        it). A silo gone (its SuperNode died or lost its link) is waited for, up to
+        ``wait_for_nodes_s``, while discovery looks for it again; after that the run stops
+        with status ``too_few_silos`` (:class:`RunStopped`), its last checkpoint intact."""
+        required = min(minimum, len(self.roster.silos))
+        connected = self.roster.connected(grid)
+        if len(connected) >= required:
+            return
+        deadline = time.monotonic() + self.params.wait_for_nodes_s
+        present = {info.silo_id for info in connected}
+        gone = sorted({info.silo_id for info in self.roster.silos.values()} - present)
+        log.warning(
+            "round %d: %d of the %d silos training needs (strategy.min_train_nodes) are "
+            "connected; waiting up to %.0fs for silos %s to come back",
+            server_round, len(connected), required, self.params.wait_for_nodes_s, gone,
+        )  # fmt: skip
+        while len(connected) < required:
+            if time.monotonic() >= deadline:
+                raise RunStopped(
+                    "too_few_silos",
+                    f"round {server_round}: only {len(connected)} of the {required} silos "
+                    f"training needs (strategy.min_train_nodes) were connected after "
+                    f"{self.params.wait_for_nodes_s:.0f}s (strategy.wait_for_nodes_s); gone: "
+                    f"{gone}. Restart their nodes (they keep their state in their state-dir) "
+                    "and continue the run from its last checkpoint.",
+                )
+            self.pause(WAIT_INTERVAL_S)
+            self.roster.discover(grid, lambda messages: self.exchange(grid, messages))
+            connected = self.roster.connected(grid)
+        log.info("round %d: silos back, %d connected", server_round, len(connected))
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds``; :class:`RunStopped` (``interrupted``) as soon as the run's stop
+        event is set."""
+        if self.context.stop is None:
+            time.sleep(seconds)
+        elif self.context.stop.wait(seconds):
+            raise RunStopped("interrupted", "the run was asked to stop (a signal)")
+
     def _dispatch(
         self,
         grid: Grid,
@@ -313,6 +357,7 @@ class Engine:
         self.roster.discover(grid, lambda messages: self.exchange(grid, messages))  # joined since
         if purpose == "train":
             fraction, minimum = self.params.fraction_train, self.params.min_train_nodes
+            self.wait_for_silos(grid, server_round, minimum)
         else:
             fraction, minimum = self.params.fraction_evaluate, self.params.min_evaluate_nodes
         nodes = self.roster.sample(grid, fraction, minimum)

@@ -4,6 +4,8 @@
   silo it holds (``query`` message): its tasks and labelled example counts
   (:class:`fedmtl.core.records.SiloInfo`). A node whose answer is unusable (an error, a missing
   field, an unknown task, a silo id another node already holds) is ignored for the rest of the run.
+- **Gone silos.** A node that stops sending heartbeats is no longer listed by the grid: it is not
+  sampled until it is back (a restarted SuperNode comes back under the same node id and silo).
 - **Sampling.** Each round ``max(ceil(fraction * N), min_nodes)`` of the N known nodes (all when
   fewer), drawn with a seeded generator from the nodes ordered by silo id, so that a seed samples
   the same silos on every runtime whatever the node ids.
@@ -23,6 +25,7 @@ from flwr.serverapp import Grid
 
 from fedmtl.core import records
 from fedmtl.core.records import SiloInfo
+from strategies.engine.dispatch import answered_node, answered_nodes, unavailable
 from strategies.engine.replies import REPLY_ERRORS, check_silo, client_error
 
 log = logging.getLogger("fedmtl")
@@ -61,8 +64,12 @@ class Roster:
             Message(records.query_content(), dst_node_id=n, message_type=MessageType.QUERY)
             for n in unknown
         ]
+        destinations = answered_nodes(messages)
         for reply in exchange(messages):
-            node = reply.metadata.src_node_id
+            node = answered_node(reply, destinations)
+            if unavailable(reply):  # gone before it answered: asked again when it is back
+                log.warning("node %s did not answer the query: %s", node, reply.error.reason)
+                continue
             try:
                 if reply.has_error():
                     raise client_error(reply.error.reason or "")
@@ -87,6 +94,15 @@ class Roster:
         wanted = math.ceil(round(fraction * len(nodes), 9))  # 0.28 * 25 is 7.000000000000001
         size = min(len(nodes), max(wanted, minimum))
         return sorted(self.rng.sample(nodes, size), key=self.silo_id)
+
+    def connected(self, grid: Grid) -> list[SiloInfo]:
+        """The known silos whose nodes are connected now (Flower lists only nodes that keep
+        sending heartbeats), by silo id."""
+        online = set(grid.get_node_ids())
+        return sorted(
+            (info for node, info in self.silos.items() if node in online),
+            key=lambda info: info.silo_id,
+        )
 
     def silo_id(self, node: int) -> int:
         """The silo id of a known node (sampling and aggregation go by silo id, not node id)."""
