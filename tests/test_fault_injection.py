@@ -5,6 +5,7 @@ with an honest status (``diverged``, never ``completed`` at chance level)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ import pytest
 import torch
 from flwr.app import Message, MessageType, RecordDict
 
+from fedmtl.app import cli
 from fedmtl.app.deploy.flwr_config import run_config
 from fedmtl.app.launch import run
-from fedmtl.app.run.checkpoint import load_model_arrays, resumed_raw_config
+from fedmtl.app.run.checkpoint import load_checkpoint, load_model_arrays, resumed_raw_config
 from fedmtl.app.run.config import parse
 from fedmtl.app.run.experiment import prepare
 from fedmtl.app.run.scenario import scenario_of
@@ -344,3 +346,61 @@ def test_an_injected_fault_is_a_scenario_of_its_own_and_no_fault_changes_no_id()
     assert scenario_of(honest)["id"] == scenario_of(before_faults)["id"]
     assert scenario_of(compose_raw([*SMOKE, "fault=stale"]))["id"] != scenario_of(honest)["id"]
     assert parse(before_faults).fault.name == "none"  # configs from before faults still parse
+
+
+def test_thirty_percent_x1e6_against_the_median_warns_of_each_task_it_can_take_over(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 18's attack (3 of 10 digits silos send x1e6) against ``robust=median`` with
+    ``max_faulty=3``: every head has k <= 2f = 6 holders, so the log names each such task (and not
+    the trunk, k = 10 > 6) and ``robust_warnings`` records them; the run is not ``completed``
+    (its one round is suspect: ``diverged``)."""
+    overrides = [
+        *TEN_SILOS,
+        "num_rounds=1",
+        "train.max_steps=5",
+        "fault.fraction=0.3",
+        "strategy.robust=median",
+        "strategy.max_faulty=3",
+    ]
+    with caplog.at_level(logging.WARNING, logger="fedmtl"):
+        summary = run(parse(compose_raw(overrides, tmp_path)))
+    holders = {task: len(silos) for task, silos in summary["holders"].items()}
+    broken = {task for task, k in holders.items() if k <= 6}
+    assert broken and broken <= set(summary["robust_warnings"]) <= set(holders)  # not the trunk
+    for task in summary["robust_warnings"]:
+        warning = summary["robust_warnings"][task]
+        assert warning["max_faulty"] == 3 and warning["min_k"] <= 6
+        assert "median" in warning["reason"] and "k >= 2f + 1 = 7" in warning["reason"]
+        logged = [r.getMessage() for r in caplog.records if f"task {task!r}" in r.getMessage()]
+        assert len(logged) == 1 and "max_faulty=3" in logged[0] and "breaks down" in logged[0]
+    assert summary["status"] == "diverged"
+
+
+def test_the_command_exits_1_for_a_diverged_run_and_keeps_the_last_sound_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``fedmtl run``: rounds 1-2 honest and saved, then 2 of 4 silos send x1e6 to the plain mean;
+    the command exits 1 naming ``diverged``, and the checkpoint on disk and ``model.safetensors``
+    are round 2's (the suspect rounds 3 on are never saved)."""
+    honest_first = Scale.corrupt
+
+    def from_round_3(self: Scale, update: Update, context: FaultContext) -> Update:
+        return update if context.server_round < 3 else honest_first(self, update, context)
+
+    monkeypatch.setattr(Scale, "corrupt", from_round_3)
+    overrides = [*SMOKE, "num_rounds=8", "checkpoint_every=1", "fault=scale", "fault.fraction=0.5"]
+    with pytest.raises(SystemExit) as stop:
+        cli._run(parse(compose_raw(overrides, tmp_path)))
+    assert stop.value.code == 1
+    assert "the run ended with status 'diverged'" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["rounds"] < 8
+    assert summary["divergence"]["suspect_rounds"][0] == 3
+    assert summary["checkpoint_round"] == summary["divergence"]["last_sound_round"] == 2
+    saved = load_checkpoint(tmp_path)
+    assert saved.server_round == 2
+    arrays, meta = load_model_arrays(tmp_path / "model.safetensors")
+    assert meta == {**meta, "round": "2", "status": "diverged"}
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(value, saved.model[key])
