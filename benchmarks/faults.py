@@ -22,7 +22,7 @@ chance, and a ``diverged`` run's figure is that of its last (suspect) evaluation
 ``<name>.csv`` / ``.json`` (one row per run; the JSON also holds each run's per-task metrics,
 chance levels, divergence record and warnings) and ``<name>.png`` (a grid per setting).
 
-    python benchmarks/faults.py                                      # the committed grid (~1 h)
+    python benchmarks/faults.py     # the committed grid: 128 runs of 6 rounds, ~22 min on 1 core
     python benchmarks/faults.py --settings digits --faults scale --fractions 0.3 --rounds 4
 """
 
