@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from fedmtl.core.checks import int_at_least, non_negative, positive
-from fedmtl.core.data import MultiTaskDataset
+from fedmtl.core.data import Footprint, MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.tasks import TaskSpec
 
@@ -73,6 +73,26 @@ class MMoESyntheticParams:
         int_at_least(self, "structure_seed", 0)
         positive(self, "scale")
         non_negative(self, "noise_std")
+
+    def footprint(self) -> Footprint:
+        """N rows of d inputs and 2 tasks; while building (bytes): the float64 inputs 8 N d, the
+        sinusoids' arguments and their sines 16 N m (one task at a time), their parameters
+        alpha, beta 16 m, and the labels and noise 40 N. The key:
+        ``num_sinusoids`` when the sinusoids outweigh the inputs, else ``num_samples`` or
+        ``input_dim``, whichever is further above its default."""
+        n, d, m = self.num_samples, self.input_dim, self.num_sinusoids
+        building = 8 * n * d + 16 * n * m + 16 * m + 40 * n
+        defaults = MMoESyntheticParams()
+        if 2 * m > d:
+            key = "num_sinusoids"
+        else:
+            ratio_n = math.log(n) - math.log(defaults.num_samples)
+            key = (
+                "num_samples"
+                if ratio_n >= math.log(d) - math.log(defaults.input_dim)
+                else "input_dim"
+            )
+        return Footprint(n, d, 2, building=building, key=f"dataset.{key}")
 
 
 @dataclass(frozen=True)

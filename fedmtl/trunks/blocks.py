@@ -70,3 +70,16 @@ def check_widths(widths: list[int], key: str = "widths") -> None:
     """A non-empty list of positive widths (ConfigError naming ``key`` otherwise)."""
     if not widths or any(not isinstance(w, int) or w < 1 for w in widths):
         raise ConfigError(key, f"must list positive widths, got {widths}.", "e.g. [64, 32].")
+
+
+MAX_EXPERTS = 1024
+"""The most experts of one kind (``mmoe``'s, ``ple``'s per task or shared per level) and the
+most ``ple`` levels: each is a module object, built (on PyTorch's meta device) before the memory
+check can count its parameters; a sanity bound far above any useful size, which catches typos."""
+
+
+def at_most(params: object, name: str, most: int = MAX_EXPERTS) -> None:
+    """``params.<name>`` is at most ``most`` (a ConfigError naming ``name`` otherwise)."""
+    value = getattr(params, name)
+    if value > most:
+        raise ConfigError(name, f"is {value!r}, above {most}.", f"use at most {most}.")

@@ -33,6 +33,7 @@ from torch import nn
 from fedmtl.core.checks import int_at_least
 from fedmtl.core.models import SHARED, Role, TaskTrunk, Trunk, task_role
 from fedmtl.core.registry import PluginConfig
+from fedmtl.trunks.blocks import at_most
 from fedmtl.trunks.mlp import MLPParams
 from fedmtl.trunks.registry import TrunkChoice, make_trunk, plain_trunk_choice
 
@@ -52,6 +53,7 @@ class MMoEParams:
 
     def __post_init__(self) -> None:
         int_at_least(self, "num_experts", 1)
+        at_most(self, "num_experts")
         plain_trunk_choice(self.expert, "expert")
 
 

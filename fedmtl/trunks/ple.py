@@ -47,7 +47,7 @@ from torch import nn
 from fedmtl.core.checks import int_at_least
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import SHARED, Role, TaskTrunk, task_role
-from fedmtl.trunks.blocks import check_widths
+from fedmtl.trunks.blocks import at_most, check_widths
 from fedmtl.trunks.mlp import MLPParams, MLPTrunk
 from fedmtl.trunks.mmoe import default_expert, expert_width, make_experts, mix
 from fedmtl.trunks.registry import TrunkChoice, plain_trunk_choice
@@ -67,8 +67,11 @@ class PLEParams:
 
     def __post_init__(self) -> None:
         int_at_least(self, "levels", 1)
+        at_most(self, "levels")
         int_at_least(self, "task_experts", 0)
+        at_most(self, "task_experts")
         int_at_least(self, "shared_experts", 0)
+        at_most(self, "shared_experts")
         check_widths(self.hidden, "hidden")
         plain_trunk_choice(self.expert, "expert")
         if self.task_experts + self.shared_experts < 1:
