@@ -162,3 +162,18 @@ def test_preset_times_writes_cpu_and_wall_seconds_and_rounds(tmp_path: Path) -> 
     assert report["omp_num_threads"] == 1 and report["overrides"] == ["num_rounds=2"]
     tasks = set(report["final"]["smoke"]["personal"])
     assert tasks == {"digit", "parity", "magnitude", "loops", "ink"}
+
+
+def test_mmoe_central_writes_rows_and_a_summary(tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(BENCHMARKS / "mmoe_central.py"),
+        "--rhos", "0.5", "--seeds", "2", "--epochs", "1", "--out", str(tmp_path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=300, env={**os.environ, **OFFLINE_ENV})
+    with (tmp_path / "mmoe_central.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["model"], r["seed"]) for r in rows] == [
+        ("shared_bottom", "0"), ("shared_bottom", "1"), ("mmoe", "0"), ("mmoe", "1"),
+    ]  # fmt: skip
+    summary = json.loads((tmp_path / "mmoe_central.json").read_text())["summary"]
+    assert {(s["model"], s["n"]) for s in summary} == {("shared_bottom", 2), ("mmoe", 2)}
