@@ -25,16 +25,22 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
-PROCESS_GROUP = pytest.mark.xdist_group("processes")
-"""Tests that start Ray, a SuperLink or SuperNodes (markers ``simulation`` and ``processes``) run
-one at a time on one xdist worker (``--dist loadgroup``): two clusters at once on two cores
-would race their own timeouts."""
+GROUPS = {
+    "simulation": pytest.mark.xdist_group("ray"),
+    "processes": pytest.mark.xdist_group("flwr"),
+}
+"""Tests that start Ray (marker ``simulation``) run one at a time on one xdist worker (``--dist
+loadgroup``), and so do those that start a SuperLink and SuperNodes (``processes``): two
+clusters of a kind at once on two cores would race their own timeouts. A Ray test and a
+deployment test may run side by side (own ports, own temp and Flower directories)."""
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if item.get_closest_marker("simulation") or item.get_closest_marker("processes"):
-            item.add_marker(PROCESS_GROUP)
+        for marker, group in GROUPS.items():
+            if item.get_closest_marker(marker):
+                item.add_marker(group)
+                break
 
 
 @pytest.fixture(autouse=True)

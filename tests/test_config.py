@@ -452,3 +452,15 @@ def test_a_run_directory_with_results_is_never_discarded(tmp_path: Path) -> None
     (tmp_path / "run" / "summary.json").write_text("{}")
     discard_run_dir(tmp_path / "run", tmp_path.resolve())
     assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / ".hydra").exists()
+
+
+def test_a_configs_folder_of_the_users_project_does_not_hide_fedmtls(tmp_path: Path) -> None:
+    """A ``configs`` folder first on ``sys.path`` (here through ``PYTHONPATH``; also the current
+    directory of ``python -m`` or a script's folder) leaves fedmtl's own presets in use."""
+    (tmp_path / "configs" / "experiment").mkdir(parents=True)
+    result = run_fedmtl(
+        ["partition", "experiment=smoke", f"hydra.run.dir={tmp_path / 'run'}"],
+        timeout=120, cwd=tmp_path, PYTHONPATH=str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "run" / "partition.json").is_file()

@@ -15,7 +15,6 @@ from fedmtl.testing import check_method
 from fedmtl.testing.methods import (
     check_malformed_replies_are_refused,
     check_same_seed_same_result,
-    check_simulation,
 )
 from strategies.engine import ClientUpdate, SiloMethod, SiloTools, train_received
 
@@ -29,13 +28,6 @@ FAST = {"fedavg", "upgrad"}
 )
 def test_every_shipped_preset_passes_the_kit(preset: str, tmp_path: Path) -> None:
     check_method(preset, EXTRA.get(preset, []), directory=tmp_path, simulation=False)
-
-
-@pytest.mark.slow
-@pytest.mark.simulation
-@pytest.mark.timeout(300)
-def test_the_kit_runs_a_method_through_the_simulation_engine(tmp_path: Path) -> None:
-    check_simulation("upgrad", [], tmp_path)
 
 
 class Leaky(SiloMethod):

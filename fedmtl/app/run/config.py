@@ -14,10 +14,10 @@ import json
 import re
 import typing
 from collections.abc import Mapping
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import fedmtl
 from fedmtl.app.run.plugins import (
     GROUP_REGISTRIES,
     PLUGINS_KEY,
@@ -52,8 +52,14 @@ from strategies import METHODS
 
 
 def config_dir() -> str:
-    """Absolute path of the installed ``configs`` package."""
-    return str(files("configs"))
+    """Absolute path of fedmtl's ``configs`` package: the folder installed beside the ``fedmtl``
+    package (a wheel and an editable install alike). Not ``importlib.resources.files("configs")``:
+    a ``configs`` folder of the user's own project on ``sys.path`` (the current directory of
+    ``python -m``, a script's folder, ``PYTHONPATH``) would come first and hide it."""
+    folder = Path(fedmtl.__file__).resolve().parents[1] / "configs"
+    if not (folder / "config.yaml").is_file():
+        raise RuntimeError(f"fedmtl's configs are missing: no {folder / 'config.yaml'}; reinstall")
+    return str(folder)
 
 
 def presets(group: str) -> list[str]:
