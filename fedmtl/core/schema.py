@@ -169,6 +169,11 @@ class TrackingConfig:
     plots: bool = True
 
 
+def _no_privacy() -> PluginConfig:
+    """``privacy=none`` (its parameters are the engine's; the app fills them when parsing)."""
+    return PluginConfig("none", None)
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """The whole validated experiment. ``checkpoint_every``: save the run's state every N rounds
@@ -184,6 +189,7 @@ class ExperimentConfig:
     runtime: PluginConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    privacy: PluginConfig = field(default_factory=_no_privacy)
     output_dir: str = "."
     checkpoint_every: int = 5
     resume: str | None = None

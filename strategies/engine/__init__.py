@@ -3,7 +3,7 @@
 The engine (:class:`Engine`) does what every method needs: the roster (silo discovery, seeded
 sampling), dispatch (each silo's message: the arrays the method gives it and the round's request),
 intake (reply checks, example counts fixed at discovery, norm bounds, robust averaging, pooled
-evaluation), the round loop (retries, bytes, history, evaluation schedule, checkpoint state) and
+evaluation; under a privacy mode, task-aware sums: secure aggregation and DP noise), the round loop (retries, bytes, history, evaluation schedule, checkpoint state) and
 the adapter to Flower's ``Strategy`` (:class:`FlowerStrategy`). It imports no method.
 
 A method (one module, registered in :data:`strategies.METHODS`) is a parameter dataclass (a
@@ -45,6 +45,7 @@ from strategies.engine.method import (
 from strategies.engine.model import GlobalModel
 from strategies.engine.params import MethodParams
 from strategies.engine.per_silo import PerSiloModels, trunk_vector
+from strategies.engine.privacy import PRIVACY, PrivacyParams, refusal
 from strategies.engine.replies import ClientUpdate, ReplyError, RunStopped
 from strategies.engine.robust import Averager, NormRule, RobustRule, weighted_mean
 from strategies.engine.server_opt import ServerOptimizer, ServerOptParams
@@ -58,8 +59,10 @@ from strategies.engine.silo import (
     train_received,
     train_reply,
 )
+from strategies.engine.sums import SumRule
 
 __all__ = [
+    "PRIVACY",
     "Averager",
     "Averaging",
     "AveragingParams",
@@ -76,6 +79,7 @@ __all__ = [
     "MethodSetup",
     "NormRule",
     "PerSiloModels",
+    "PrivacyParams",
     "ProximalParams",
     "ProximalSilo",
     "Purpose",
@@ -92,12 +96,14 @@ __all__ = [
     "SiloTask",
     "SiloTools",
     "SiloWeighting",
+    "SumRule",
     "TrunkAndHeads",
     "TrunkStep",
     "aggregate_heads",
     "flatten",
     "mean_train_loss",
     "per_task_rows",
+    "refusal",
     "round_seed",
     "silo_weights",
     "tensors",

@@ -45,6 +45,7 @@ from fedmtl.datasets import DATASETS
 from fedmtl.trunks import TRUNKS
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS
 from strategies import METHODS
+from strategies.engine import PRIVACY
 
 
 def config_dir() -> str:
@@ -260,6 +261,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     partition = parse_partition(raw["partition"])
     strategy = PluginConfig(*_plugin(METHODS, raw["strategy"], "strategy"))
     runtime = PluginConfig(*_plugin(RUNTIMES, raw["runtime"], "runtime"))
+    privacy = PluginConfig(*_plugin(PRIVACY, raw.get("privacy", {"name": "none"}), "privacy"))
     train = build_dataclass(TrainConfig, raw.get("train", {}), "train")
     tracking = build_dataclass(TrackingConfig, raw.get("tracking", {}), "tracking")
     output_dir = raw.get("output_dir", ".")
@@ -275,6 +277,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
         runtime=runtime,
         train=train,
         tracking=tracking,
+        privacy=privacy,
         output_dir=output_dir,
         checkpoint_every=raw.get("checkpoint_every", ExperimentConfig.checkpoint_every),
         resume=resume,

@@ -33,7 +33,7 @@ from partitions import Partition, hold_out
 from partitions import build as build_partition
 from partitions.views import global_test_data, silo_data
 from strategies import METHODS
-from strategies.engine import Engine, Method, MethodSetup, RunContext
+from strategies.engine import Engine, Method, MethodSetup, PrivacyParams, RunContext, refusal
 
 CONFIG_KEY = "fedmtl-config"
 """The run-config key that carries the composed experiment config (JSON) to both apps."""
@@ -189,8 +189,19 @@ def prepare(config: ExperimentConfig) -> Experiment:
     experiment = Experiment(config=config, dataset=dataset, partition=partition)
     experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
     check_strategy(config, dataset.task_names, experiment.num_silos)
-    experiment.new_method()  # a method may refuse the experiment when it is built
+    method = experiment.new_method()  # a method may refuse the experiment when it is built
+    check_privacy(config, method, experiment.num_silos)
     return experiment
+
+
+def check_privacy(config: ExperimentConfig, method: Method[Any], num_silos: int) -> None:
+    """The privacy mode against the method and the federation (:func:`strategies.engine.refusal`)."""
+    privacy: PrivacyParams = config.privacy.params
+    privacy.check_silos(num_silos)
+    label = str(config.strategy.params.label(config.strategy.name))
+    refused = refusal(label, method, config.strategy.params, privacy)
+    if refused is not None:
+        raise refused
 
 
 def check_strategy(config: ExperimentConfig, task_names: Sequence[str], num_silos: int) -> None:
