@@ -59,6 +59,12 @@ from strategies.engine.silo import (
     train_received,
     train_reply,
 )
+from strategies.engine.summed import (
+    PrivateAggregation,
+    adaptive_noise,
+    private_aggregation,
+    silo_noise,
+)
 from strategies.engine.sums import SumRule
 
 __all__ = [
@@ -80,6 +86,7 @@ __all__ = [
     "NormRule",
     "PerSiloModels",
     "PrivacyParams",
+    "PrivateAggregation",
     "ProximalParams",
     "ProximalSilo",
     "Purpose",
@@ -99,12 +106,15 @@ __all__ = [
     "SumRule",
     "TrunkAndHeads",
     "TrunkStep",
+    "adaptive_noise",
     "aggregate_heads",
     "flatten",
     "mean_train_loss",
     "per_task_rows",
+    "private_aggregation",
     "refusal",
     "round_seed",
+    "silo_noise",
     "silo_weights",
     "tensors",
     "train_received",

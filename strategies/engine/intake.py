@@ -56,6 +56,13 @@ class Intake:
     updates: list[ClientUpdate]
     rejected: list[dict[str, Any]]
     bytes_up: int
+    bytes_down: int = 0
+    """Bytes sent besides the round's train messages (SecAgg+'s stages)."""
+
+    @property
+    def contributors(self) -> int:
+        """How many silos' updates the round aggregates (an aggregate update counts its own)."""
+        return sum(len(u.contributors) or 1 for u in self.updates)
 
 
 def take_updates(

@@ -42,6 +42,7 @@ from strategies.engine.model import GlobalModel
 from strategies.engine.params import MethodParams
 from strategies.engine.replies import RunStopped
 from strategies.engine.roster import Roster
+from strategies.engine.summed import PrivateAggregation
 
 log = logging.getLogger("fedmtl")
 
@@ -61,8 +62,11 @@ class Engine:
         method: Method[Any],
         params: MethodParams,
         context: RunContext | None = None,
+        private: PrivateAggregation | None = None,
     ) -> None:
         self.name = name
+        self.private = private
+        """The privacy mode's aggregation from sums (SecAgg+, silo-level DP), if any."""
         self.method = method
         self.params = params
         self.context = context or RunContext()
@@ -94,12 +98,13 @@ class Engine:
             record = RoundRecord(
                 server_round=server_round,
                 num_sampled=len(sent.messages),
-                num_updates=len(intake.updates),
+                num_updates=intake.contributors,
                 rejected=list(intake.rejected),
                 train_loss=mean_train_loss(intake.updates, list(self.tasks)),
                 task_weights=result.task_weights,
                 bytes_up=self.bytes_up - up,
                 bytes_down=self.bytes_down - down,
+                privacy=dict(self.private.report) if self.private is not None else {},
             )
             if server_round % params.evaluate_every == 0 or server_round == num_rounds:
                 evaluation = self.evaluate_round(grid, server_round, model)
@@ -127,7 +132,10 @@ class Engine:
         attempts = self.params.round_retries + 1
         for attempt in range(attempts):
             sent = self.dispatch_train(grid, server_round, model)
-            intake = self.take_updates(sent, self.exchange(grid, sent.messages))
+            if self.private is not None:
+                intake = self.take_sums(grid, sent)
+            else:
+                intake = self.take_updates(sent, self.exchange(grid, sent.messages))
             result = self.aggregate(sent, intake)
             if result is not None:
                 return result, intake, sent
@@ -169,21 +177,43 @@ class Engine:
         self.rejections += intake.rejected
         return intake
 
+    def take_sums(self, grid: Grid, sent: Dispatch) -> Intake:
+        """The round's aggregate update from sums (:mod:`strategies.engine.summed`): SecAgg+
+        sends ``sent``'s messages inside its stages, central DP as usual."""
+        assert self.private is not None
+        rule = self.method.secure_sums(sent.server_round)
+        if isinstance(rule, str):  # refused before the run (strategies.engine.refusal)
+            raise RunStopped("crashed", f"{self.name} cannot aggregate sums: {rule}")
+        intake = self.private.take(
+            sent,
+            lambda messages: self.exchange(grid, messages),
+            self.roster.silos,
+            self.params,
+            rule,
+            list(self.tasks),
+            self.method.check_update,
+        )
+        self.bytes_up += intake.bytes_up
+        self.bytes_down += intake.bytes_down
+        self.rejections += intake.rejected
+        return intake
+
     def aggregate(self, sent: Dispatch, intake: Intake) -> RoundResult | None:
         """The method's new global model from the round's updates; None (the model unchanged)
         with fewer valid updates than ``min_train_nodes`` (or than sampled, when fewer)."""
         required = min(self.params.min_train_nodes, len(sent.messages))
-        if len(intake.updates) < required:
+        if intake.contributors < required or not intake.updates:
             log.warning(
                 "round %d: %d valid updates, fewer than the %d required; the model is unchanged",
                 sent.server_round,
-                len(intake.updates),
+                intake.contributors,
                 required,
             )
             return None
         round_ = Round(sent.server_round, tuple(self.roster.known()))
         result = self.method.aggregate(round_, sent.model, intake.updates)
-        self.participants.update(u.silo.silo_id for u in intake.updates)
+        for update in intake.updates:
+            self.participants.update(update.contributors or (update.silo.silo_id,))
         return result
 
     def dispatch_evaluate(
@@ -315,6 +345,12 @@ class Engine:
             self._serialised = (model, records.to_array_record(model.arrays))
         return self._serialised[1]
 
+    def privacy_results(self) -> dict[str, Any]:
+        """``summary.json``'s ``privacy`` block: the mode, and what it spent."""
+        if self.private is not None:
+            return self.private.results()
+        return {"mode": "none"}
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """What the loop needs to go on exactly where it stopped: a tree of JSON values and numpy
@@ -327,6 +363,7 @@ class Engine:
             "participants": sorted(self.participants),
             "history": [asdict(record) for record in self.history],
             "method": self.method.state_dict(),
+            **({"privacy": self.private.state_dict()} if self.private is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -338,3 +375,5 @@ class Engine:
         self.participants = set(state["participants"])
         self.history = [RoundRecord.from_dict(record) for record in state["history"]]
         self.method.load_state_dict(state["method"])
+        if self.private is not None and "privacy" in state:
+            self.private.load_state_dict(state["privacy"])

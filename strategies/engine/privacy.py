@@ -61,8 +61,8 @@ class PrivacyParams:
     vector or ``per_task`` parts), ``adaptive_clipping`` (silo: Andrew et al.'s geometric update
     of C towards the ``target_quantile`` of the update norms with rate ``clip_lr``, the clipped
     count noised with ``clipped_count_stddev``, default rounds' silos / 20), ``noise_multiplier``
-    sigma or ``target_epsilon`` (one of the two), ``delta`` (null: 1 / N^1.1 with N the silos
-    (silo) or the smallest silo's training rows (record)), ``correct_gramian`` (subtract the
+    sigma or ``target_epsilon`` (one of the two), ``delta`` (null: min(1e-5, 1 / N^1.1) with N
+    the silos (silo) or the smallest silo's training rows (record)), ``correct_gramian`` (subtract the
     noise's d sigma_t^2 from the balancing Gramian's diagonal, :mod:`strategies.balancing`).
     """
 
@@ -153,8 +153,11 @@ class PrivacyParams:
         return 2.0 * self.clipping_range / 2**self.quantization_bits
 
     def default_delta(self, population: int) -> float:
-        """``delta`` or 1 / N^1.1 for a population of N units (silos or rows)."""
-        return self.delta if self.delta is not None else 1.0 / max(population, 2) ** 1.1
+        """``delta``, or min(1e-5, 1 / N^1.1) for a population of N units (silos or rows): below
+        1 / N, so that the guarantee does not allow one unit in N to be published outright."""
+        if self.delta is not None:
+            return self.delta
+        return min(1e-5, 1.0 / max(population, 2) ** 1.1)
 
     def check_silos(self, num_silos: int) -> None:
         """SecAgg+ needs at least 2 silos per round, and the ring must hold their sum."""

@@ -47,7 +47,11 @@ from strategies.engine.model import GlobalModel
 from strategies.engine.replies import ClientUpdate
 
 TrunkWeight = Literal["examples", "uniform", "served"]
-SlotKind = Literal["array", "share", "loss_before", "train_loss", "metric"]
+SlotKind = Literal["array", "share", "loss_before", "train_loss", "metric", "bit"]
+
+WITHIN = "dp/within"
+"""The aggregate update's method metric holding sum_s b_s, the silos whose update was within the
+clipping norm (adaptive clipping, Andrew et al. 2021)."""
 
 LOSS_SCALE = 64.0
 """Losses travel divided by this, so that losses up to 64 c (512 at c = 8) fit the range."""
@@ -155,9 +159,11 @@ def build_layout(
     rule: SumRule,
     silos: Sequence[SiloInfo],
     releases_numbers: bool = True,
+    bit: bool = False,
 ) -> Layout:
     """The round's layout: over the arrays some silo was sent (``sent_keys``), in model order.
-    ``releases_numbers``: losses and method metrics are summed too (False under DP)."""
+    ``releases_numbers``: losses and method metrics are summed too (False under DP); ``bit``: the
+    adaptive clipping's b_s (unweighted)."""
     sent = set(sent_keys)
     slots: list[Slot] = []
     for task in tasks:
@@ -183,6 +189,8 @@ def build_layout(
             weight = "min:" + ",".join(over)
             slots.append(Slot("metric", metric, (), weight))
             counts.append(weight)
+    if bit:
+        slots.append(Slot("bit", WITHIN, (), "unit"))
     held = max([1, *(len(s.tasks) for s in silos)])
     return Layout(tuple(slots), tuple(counts), tuple(tasks), max_weight(silos), held + int(joint))
 
@@ -192,7 +200,7 @@ def weight_of(expr: str, task_examples: Mapping[str, float], num_examples: float
     kind, _, arg = expr.partition(":")
     if kind == "examples":
         return float(num_examples)
-    if kind == "one":
+    if kind in ("one", "unit"):
         return 1.0
     if kind == "task":
         return float(task_examples.get(arg, 0.0))
@@ -236,6 +244,8 @@ def gather(
             value = before.get(slot.name)
         elif slot.kind == "train_loss":
             value = train.get(slot.name)
+        elif slot.kind == "bit":
+            value = 1.0
         else:
             value = (metrics or {}).get(slot.name)
         if value is None:
@@ -271,24 +281,28 @@ def clip_contribution(
     layout: Layout, contribution: Contribution, clip_norm: float, per_task: bool
 ) -> Contribution:
     """Clip the update's arrays (module docstring): ``whole``, or each block to C / sqrt(B).
-    Slots outside every block (losses, metrics) are not part of a DP release and are zeroed.
-    ``within`` reports ||x|| <= C (the adaptive clipping's bit, Andrew et al. 2021)."""
+    Slots outside every block (losses, metrics) are not part of a DP release and are zeroed;
+    the adaptive clipping's bit b_s = [||x_s|| <= C] (Andrew et al. 2021) is set."""
     values = contribution.values.copy()
     offsets = np.cumsum([0, *(s.size for s in layout.slots)])
     blocks: dict[str, list[tuple[int, int]]] = {}
+    bits = []
     for slot, start, end in zip(layout.slots, offsets[:-1], offsets[1:], strict=True):
         if slot.block:
             blocks.setdefault(slot.block if per_task else "all", []).append((start, end))
         else:
             values[start:end] = 0.0
-    total = _norm(values)
+            if slot.kind == "bit":
+                bits.append(start)
+    within = _norm(values) <= clip_norm
     bound = clip_norm / math.sqrt(layout.blocks) if per_task else clip_norm
     for ranges in blocks.values():
         index = np.concatenate([np.arange(a, b) for a, b in ranges])
         norm = _norm(values[index])
         if norm > bound:
             values[index] *= bound / norm
-    return Contribution(values, contribution.counts, total <= clip_norm)
+    values[bits] = float(within)
+    return Contribution(values, contribution.counts, within)
 
 
 def weighted(layout: Layout, contribution: Contribution) -> np.ndarray:
@@ -300,7 +314,9 @@ def weighted(layout: Layout, contribution: Contribution) -> np.ndarray:
         [
             np.full(
                 slot.size,
-                weight_of(slot.weight, task_examples, num) / layout.max_weight / slot.scale,
+                1.0
+                if slot.weight == "unit"
+                else weight_of(slot.weight, task_examples, num) / layout.max_weight / slot.scale,
             )
             for slot in layout.slots
         ]
@@ -316,7 +332,9 @@ def sum_weights(layout: Layout, counts: Mapping[str, int]) -> dict[str, float]:
     for slot in layout.slots:
         if slot.weight in weights:
             continue
-        if slot.weight.startswith(("task:", "served:")):
+        if slot.weight == "unit":
+            weights[slot.weight] = 1.0
+        elif slot.weight.startswith(("task:", "served:")):
             weights[slot.weight] = weight_of(slot.weight, task, 0)
         else:
             weights[slot.weight] = float(counts.get(slot.weight, 0))
@@ -346,6 +364,9 @@ def decode(
         raw = total[offset : offset + slot.size]
         offset += slot.size
         weight = weights[slot.weight]
+        if slot.kind == "bit":
+            metrics[slot.name] = float(raw[0])  # a sum, not a mean
+            continue
         if weight <= 0:
             continue  # no silo holds it this round
         mean = raw * (slot.scale * layout.max_weight / weight)
@@ -387,3 +408,18 @@ def decode(
         noise_variance=variance,
         contributors=tuple(s.silo_id for s in contributors),
     )
+
+
+def add_noise(
+    layout: Layout, values: np.ndarray, std: float, bit_std: float, rng: np.random.Generator
+) -> None:
+    """Gaussian noise in place: std ``std`` on every value DP releases (the update's arrays),
+    ``bit_std`` on the adaptive clipping's bit."""
+    offset = 0
+    for slot in layout.slots:
+        end = offset + slot.size
+        if slot.block and std > 0:
+            values[offset:end] += rng.normal(0.0, std, slot.size)
+        elif slot.kind == "bit" and bit_std > 0:
+            values[offset:end] += rng.normal(0.0, bit_std, slot.size)
+        offset = end

@@ -33,7 +33,17 @@ from partitions import Partition, hold_out
 from partitions import build as build_partition
 from partitions.views import global_test_data, silo_data
 from strategies import METHODS
-from strategies.engine import Engine, Method, MethodSetup, PrivacyParams, RunContext, refusal
+from strategies.engine import (
+    Engine,
+    Method,
+    MethodSetup,
+    PrivacyParams,
+    RunContext,
+    adaptive_noise,
+    private_aggregation,
+    refusal,
+    silo_noise,
+)
 
 CONFIG_KEY = "fedmtl-config"
 """The run-config key that carries the composed experiment config (JSON) to both apps."""
@@ -74,7 +84,8 @@ class Experiment:
     def new_engine(self, context: RunContext) -> Engine:
         """An engine running the configured method in ``context``."""
         cfg = self.config
-        return Engine(cfg.strategy.name, self.new_method(), cfg.strategy.params, context)
+        private = private_aggregation(cfg.privacy.params, cfg.num_rounds, self.num_silos, cfg.seed)
+        return Engine(cfg.strategy.name, self.new_method(), cfg.strategy.params, context, private)
 
     @property
     def method_label(self) -> str:
@@ -198,10 +209,25 @@ def check_privacy(config: ExperimentConfig, method: Method[Any], num_silos: int)
     """The privacy mode against the method and the federation (:func:`strategies.engine.refusal`)."""
     privacy: PrivacyParams = config.privacy.params
     privacy.check_silos(num_silos)
+    if privacy.dp == "record":
+        raise ConfigError(
+            "privacy",
+            "record-level DP (DP-SGD in local training) is not implemented yet: its parameters "
+            "and accounting are defined (strategies.engine.accounting.record_epsilon), the "
+            "silo's DP-SGD step is not, and a run must not claim a guarantee it does not give.",
+            "use privacy=dp_silo or secagg_dp_silo (the unit is then one silo).",
+        )
     label = str(config.strategy.params.label(config.strategy.name))
     refused = refusal(label, method, config.strategy.params, privacy)
     if refused is not None:
         raise refused
+    if privacy.dp == "silo":  # an impossible target or count noise fails here
+        sigma, _ = silo_noise(privacy, config.num_rounds, num_silos)
+        params = config.strategy.params
+        sampled = max(
+            min(params.min_train_nodes, num_silos), round(params.fraction_train * num_silos)
+        )
+        adaptive_noise(privacy, sigma, sampled)
 
 
 def check_strategy(config: ExperimentConfig, task_names: Sequence[str], num_silos: int) -> None:

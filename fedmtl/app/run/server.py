@@ -269,6 +269,7 @@ def build_summary(experiment: Experiment, engine: Engine, wall_time_s: float) ->
             for t in dataset.task_names
         },
         "rejected": engine.rejections,
+        "privacy": engine.privacy_results(),
         **engine.method.results(),
         "dataset_info": dataset.info,
         "config": dict(cfg.raw),

@@ -11,8 +11,8 @@ What cannot be batched with results equal to the sequential runtime's goes to th
 message at a time, with a warning (once per reason and run) saying why: a request the method's
 silo half does not call batchable (:meth:`strategies.engine.SiloMethod.batchable`: state kept on
 the silo, local balancing, affinity probes, a proximal term, ...), a model with task groups, with
-dropout (each silo's masks come from the global generator in turn) or buffers, and any message
-the toolkit refuses (the ClientApp then replies with the refusal). A batched computation that
+dropout (each silo's masks come from the global generator in turn) or buffers, a stage of
+SecAgg+ (the silo masks its own reply), and any message the toolkit refuses (the ClientApp then replies with the refusal). A batched computation that
 fails leaves its messages to the ClientApp too.
 """
 
@@ -29,6 +29,7 @@ from fedmtl.app.silo.toolkit import Prepared, Silo, shared_model
 from fedmtl.core.records import TrainRequest
 from fedmtl.core.vectorized import Precision, SiloJob, train_vectorized, unsupported
 from strategies.engine import SiloMethod, tensors, train_reply
+from strategies.engine.secagg import is_secagg
 
 log = logging.getLogger("fedmtl")
 
@@ -64,6 +65,9 @@ class BatchTrainer:
             return replies
         groups: dict[tuple[Any, ...], list[tuple[int, Prepared]]] = {}
         for i, (message, context) in enumerate(deliveries):
+            if is_secagg(message):
+                self._explain("SecAgg+ masks each silo's reply in its own ClientApp")
+                continue
             try:
                 job = self.silo.prepare_train(message, context)
             except Exception:  # the ClientApp answers with the refusal or the error

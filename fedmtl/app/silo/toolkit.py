@@ -207,6 +207,10 @@ class Silo:
         runtime = experiment.config.runtime
         return config_json, experiment, node, silo, client_device(runtime.name, runtime.params)
 
+    def seed(self, context: Context) -> int:
+        """The run's seed (SecAgg+ seeds its stochastic rounding with it)."""
+        return int(self.experiment(context)[1].config.seed)
+
     def prepare_train(self, message: Message, context: Context) -> Prepared:
         """A train message checked (module docstring) and ready to run."""
         with refusing("train request"):
