@@ -36,7 +36,7 @@ from fedmtl.app.deploy import (
 from fedmtl.app.deploy.processes import write_connection
 from fedmtl.app.runtimes import OFFLINE_ENV, add_to_activate
 from fedmtl.app.runtimes.environment import ACTIVATE_MARK
-from fedmtl.app.runtimes.processes import listening
+from fedmtl.app.runtimes.processes import Watch, command_line, listening
 from fedmtl.datasets.schema import FeatureSchema
 
 
@@ -173,3 +173,29 @@ def test_listening_finds_the_process_by_its_port() -> None:
         assert listening(server.getsockname()[1]) == [os.getpid()]
         with socket.create_connection(server.getsockname()) as client:
             assert listening(client.getsockname()[1]) == []  # connected, not listening
+
+
+def test_a_watch_ends_only_the_processes_it_claims_and_those_below_them() -> None:
+    """What a simulation's watch does at its end: Ray's processes (claimed by the run's Ray
+    directory in their command line) and their children die, orphaned or not; another child of
+    this process (wandb's service, say) lives on."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    spawner = "import subprocess, sys, time; subprocess.Popen(sys.argv[1:]); time.sleep(120)"
+    claimed = subprocess.Popen([sys.executable, "-c", spawner, *sleeper, "fedmtl-ray-marker"])
+    other = subprocess.Popen([*sleeper, "not-ours"])
+    watch = Watch(lambda pid: "fedmtl-ray-marker" in command_line(pid), every=0.05)
+    try:
+        deadline = time.monotonic() + 60
+        while len(descendants(claimed.pid)) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [grandchild] = descendants(claimed.pid)
+        watch.snapshot()
+        ended = watch.stop(grace=5)
+        assert sorted(ended) == sorted([claimed.pid, grandchild])
+        claimed.wait(timeout=10)
+        assert not running(grandchild)
+        assert other.poll() is None and not running(claimed.pid)
+    finally:
+        for process in (claimed, other):
+            process.kill()
+            process.wait(timeout=10)

@@ -3,7 +3,8 @@
 A run never ends processes by name: a machine may run other people's Ray or Flower. It ends the
 ones it can name: those below a process it started (:func:`descendants`), including those that
 were below it while it ran and have been orphaned since (:class:`Watch`: Ray's workers outlive
-their raylet, and rename themselves, so neither the tree nor their command line finds them later).
+their raylet, and rename themselves, so neither the tree nor their command line finds them later),
+and those listening on a port it names (:func:`listening`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -24,20 +25,37 @@ def _stat(pid_dir: Path) -> list[str] | None:
         return None
 
 
-def descendants(pid: int) -> list[int]:
-    """The ids of every process below ``pid`` in the process tree. Flower and Ray start some of
-    their helpers in sessions of their own, out of reach of a process-group signal."""
-    parents: dict[int, list[int]] = {}
+def process_tree() -> dict[int, list[int]]:
+    """Parent id -> the ids of its child processes, now."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         fields = _stat(entry)
         if fields is not None:
-            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int, tree: dict[int, list[int]] | None = None) -> list[int]:
+    """The ids of every process below ``pid`` in the process tree (``tree``: a
+    :func:`process_tree` already taken). Flower and Ray start some of their helpers in sessions of
+    their own, out of reach of a process-group signal."""
+    children = process_tree() if tree is None else tree
     found, todo = [], [pid]
     while todo:
-        for child in parents.get(todo.pop(), []):
+        for child in children.get(todo.pop(), []):
             found.append(child)
             todo.append(child)
     return found
+
+
+def command_line(pid: int) -> str:
+    """Process ``pid``'s command line, its arguments separated by spaces ("" when it is gone)."""
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
 
 
 def started(pid: int) -> int | None:
@@ -48,10 +66,14 @@ def started(pid: int) -> int | None:
 
 
 class Watch:
-    """Every process below this one while the watch runs, seen every ``every`` seconds from a
-    background thread (:meth:`stop` ends the watch and ends those processes that still run)."""
+    """The processes this one started that ``ours`` claims (its child processes for which
+    ``ours(pid)`` holds, e.g. those whose command line names a run's own Ray directory) and every
+    process below them, seen every ``every`` seconds from a background thread while the watch
+    runs (:meth:`stop` ends the watch and ends those processes that still run). Other children of
+    this process (a tracker's service, say) are left alone."""
 
-    def __init__(self, every: float = 1.0) -> None:
+    def __init__(self, ours: Callable[[int], bool], every: float = 1.0) -> None:
+        self.ours = ours
         self.every = every
         self.seen: dict[int, int] = {}  # pid -> start time
         self._done = threading.Event()
@@ -65,11 +87,14 @@ class Watch:
                 return
 
     def snapshot(self) -> None:
-        """Add the processes below this one now."""
-        for pid in descendants(os.getpid()):
-            start = started(pid)
-            if start is not None:
-                self.seen.setdefault(pid, start)
+        """Add the processes below this one's claimed children now."""
+        tree = process_tree()
+        for child in tree.get(os.getpid(), []):
+            if child in self.seen or self.ours(child):
+                for pid in [child, *descendants(child, tree)]:
+                    start = started(pid)
+                    if start is not None:
+                        self.seen.setdefault(pid, start)
 
     def still_running(self) -> list[int]:
         """The processes seen that run still (the same processes: same id and start time)."""

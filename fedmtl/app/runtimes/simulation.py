@@ -24,7 +24,7 @@ import torch
 
 from fedmtl.app.runtimes.apps import Apps
 from fedmtl.app.runtimes.environment import check_threads
-from fedmtl.app.runtimes.processes import Watch
+from fedmtl.app.runtimes.processes import Watch, command_line
 from fedmtl.core.checks import int_at_least, non_negative, positive
 from fedmtl.core.errors import ConfigError
 
@@ -133,7 +133,12 @@ def run_simulation(apps: Apps, params: SimulationParams, num_silos: int) -> None
         "client_resources": {"num_cpus": params.num_cpus, "num_gpus": params.num_gpus},
         "init_args": init_args,
     }
-    watch = Watch() if temp_dir is not None else None  # a local Ray's processes are ours
+    # A local Ray's processes are ours: those this process starts whose command line names the
+    # run's Ray directory (gcs_server, raylet, ...), and everything below them (the workers).
+    watch = None
+    if temp_dir is not None:
+        ray_dir = temp_dir
+        watch = Watch(lambda pid: ray_dir in command_line(pid))
     try:
         if apps.shipment is not None:
             _start_ray(init_args)
