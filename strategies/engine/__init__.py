@@ -13,6 +13,7 @@ usual trunk-plus-per-task-heads aggregation) and a silo half (a :class:`SiloMeth
 of the engine; an import-linter contract checks the shipped ones.
 """
 
+from strategies.engine.accounting import silo_dp_sgd
 from strategies.engine.aggregation import (
     aggregate_heads,
     flatten,
@@ -61,6 +62,7 @@ from strategies.engine.silo import (
 )
 from strategies.engine.summed import (
     PrivateAggregation,
+    RecordLedger,
     adaptive_noise,
     private_aggregation,
     silo_noise,
@@ -90,6 +92,7 @@ __all__ = [
     "ProximalParams",
     "ProximalSilo",
     "Purpose",
+    "RecordLedger",
     "ReplyError",
     "RobustRule",
     "Round",
@@ -114,6 +117,7 @@ __all__ = [
     "private_aggregation",
     "refusal",
     "round_seed",
+    "silo_dp_sgd",
     "silo_noise",
     "silo_weights",
     "tensors",

@@ -17,11 +17,16 @@ target epsilon needs (``dp_accounting.calibrate_dp_mechanism``).
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fedmtl.core.errors import ConfigError
+from fedmtl.core.schema import TrainConfig
+from fedmtl.core.training import RecordDP, dp_steps
+from strategies.engine.privacy import PrivacyParams
 
 if TYPE_CHECKING:
     import dp_accounting
@@ -62,6 +67,9 @@ def record_event(noise_multiplier: float, rate: float, steps: int) -> dp_account
 
 def epsilon(event: dp_accounting.DpEvent, delta: float) -> float:
     """epsilon at ``delta`` of ``event`` (inf without noise)."""
+    # dp-accounting logs (through absl) each Renyi order whose series does not converge at small
+    # sampling rates; those orders are left out of the minimum, which stays a valid bound.
+    logging.getLogger("absl").setLevel(logging.ERROR)
     accountant = _library().rdp.RdpAccountant()
     accountant.compose(event)
     return float(accountant.get_epsilon(delta))
@@ -116,3 +124,31 @@ def _impossible(target: float, delta: float, why: str) -> ConfigError:
         f"raise target_epsilon, lower num_rounds (or local steps), or raise delta; a noise "
         f"multiplier above {MAX_NOISE_MULTIPLIER:g} would drown every update.",
     )
+
+
+def record_noise(
+    privacy: PrivacyParams, rate: float, steps_per_round: int, num_rounds: int, num_rows: int
+) -> tuple[float, float]:
+    """Record-level DP's (noise multiplier, delta) for a silo of ``num_rows`` rows: the configured
+    sigma, or the smallest whose ``num_rounds`` x ``steps_per_round`` DP-SGD steps at rate q spend
+    at most ``target_epsilon`` (each silo calibrates for its own q; the server computes the same
+    from the silo's announced rows). delta defaults to min(1e-5, 1 / n^1.1)."""
+    delta = privacy.default_delta(num_rows)
+    if privacy.noise_multiplier is not None:
+        return privacy.noise_multiplier, delta
+    assert privacy.target_epsilon is not None
+    steps = steps_per_round * num_rounds
+    sigma = calibrate(privacy.target_epsilon, delta, lambda s: record_event(s, rate, steps))
+    return sigma, delta
+
+
+@functools.lru_cache(maxsize=256)
+def silo_dp_sgd(
+    privacy: PrivacyParams, train: TrainConfig, num_rounds: int, num_rows: int
+) -> RecordDP:
+    """A silo's DP-SGD settings: Poisson rate q = min(1, B / n), the round's steps
+    (:func:`fedmtl.core.training.dp_steps`), sigma from :func:`record_noise`."""
+    rate = min(1.0, train.batch_size / max(num_rows, 1))
+    steps = dp_steps(train, num_rows)
+    sigma, _ = record_noise(privacy, rate, steps, num_rounds, num_rows)
+    return RecordDP(privacy.clip_norm, sigma, rate, steps)

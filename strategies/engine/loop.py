@@ -42,7 +42,7 @@ from strategies.engine.model import GlobalModel
 from strategies.engine.params import MethodParams
 from strategies.engine.replies import RunStopped
 from strategies.engine.roster import Roster
-from strategies.engine.summed import PrivateAggregation
+from strategies.engine.summed import PrivateAggregation, RecordLedger
 
 log = logging.getLogger("fedmtl")
 
@@ -63,8 +63,11 @@ class Engine:
         params: MethodParams,
         context: RunContext | None = None,
         private: PrivateAggregation | None = None,
+        ledger: RecordLedger | None = None,
     ) -> None:
         self.name = name
+        self.ledger = ledger
+        """Record-level DP's accounting (``privacy=dp_record``), if any."""
         self.private = private
         """The privacy mode's aggregation from sums (SecAgg+, silo-level DP), if any."""
         self.method = method
@@ -104,7 +107,7 @@ class Engine:
                 task_weights=result.task_weights,
                 bytes_up=self.bytes_up - up,
                 bytes_down=self.bytes_down - down,
-                privacy=dict(self.private.report) if self.private is not None else {},
+                privacy=self.privacy_report(),
             )
             if server_round % params.evaluate_every == 0 or server_round == num_rounds:
                 evaluation = self.evaluate_round(grid, server_round, model)
@@ -136,6 +139,13 @@ class Engine:
                 intake = self.take_sums(grid, sent)
             else:
                 intake = self.take_updates(sent, self.exchange(grid, sent.messages))
+            if self.ledger is not None:  # record-level DP: every attempt's releases count
+                released = (
+                    self.private.contributors
+                    if self.private is not None
+                    else [update.silo for update in intake.updates]
+                )
+                self.ledger.observe(released)
             result = self.aggregate(sent, intake)
             if result is not None:
                 return result, intake, sent
@@ -345,11 +355,17 @@ class Engine:
             self._serialised = (model, records.to_array_record(model.arrays))
         return self._serialised[1]
 
+    def privacy_report(self) -> dict[str, Any]:
+        """The round's privacy figures (metrics.jsonl); empty without a privacy mode."""
+        report = dict(self.private.report) if self.private is not None else {}
+        return report | (self.ledger.report if self.ledger is not None else {})
+
     def privacy_results(self) -> dict[str, Any]:
         """``summary.json``'s ``privacy`` block: the mode, and what it spent."""
-        if self.private is not None:
-            return self.private.results()
-        return {"mode": "none"}
+        if self.private is None and self.ledger is None:
+            return {"mode": "none"}
+        results = self.private.results() if self.private is not None else {}
+        return results | (self.ledger.results() if self.ledger is not None else {})
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -364,6 +380,7 @@ class Engine:
             "history": [asdict(record) for record in self.history],
             "method": self.method.state_dict(),
             **({"privacy": self.private.state_dict()} if self.private is not None else {}),
+            **({"ledger": self.ledger.state_dict()} if self.ledger is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -377,3 +394,5 @@ class Engine:
         self.method.load_state_dict(state["method"])
         if self.private is not None and "privacy" in state:
             self.private.load_state_dict(state["privacy"])
+        if self.ledger is not None and "ledger" in state:
+            self.ledger.load_state_dict(state["ledger"])

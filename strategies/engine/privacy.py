@@ -285,12 +285,27 @@ def refusal(
             f"'{label}' weighs tasks by the silos' losses, which privacy={mode} does not release.",
             "use a Gramian weighting (upgrad, mgda, cagrad, ...) or mean.",
         )
+    if privacy.dp == "record" and task.params.get("weighting") is not None:
+        return ConfigError(
+            "strategy.balancing",
+            f"'{label}' balances each silo's tasks at every local step, which DP-SGD's noised "
+            "step does not do.",
+            "use balancing: server with privacy=dp_silo, or plain local steps (fedavg, ditto).",
+        )
+    if privacy.dp == "record" and task.params.get("head_epochs"):
+        return ConfigError(
+            "strategy.head_epochs",
+            f"'{label}' trains its heads alone before the trunk each round; DP-SGD here covers "
+            "one joint pass over trunk and heads per round (a non-private head phase would void "
+            "the trunk's guarantee).",
+            "use fedper (head_epochs: 0: heads and trunk trained together), or privacy=dp_silo.",
+        )
     if privacy.dp == "record" and task.update_mode == "per_task":
         return ConfigError(
             "privacy",
             f"'{label}' asks silos for per-task trunk shares; DP-SGD here clips and noises each "
             "record's whole gradient, so only joint updates are private.",
             "use privacy=dp_silo with this method, or a method with joint updates "
-            "(fedavg, fedprox, fedper, ditto, balancing: local).",
+            "(fedavg, fedprox, fedper, ditto).",
         )
     return None

@@ -38,6 +38,7 @@ from fedmtl.core.records import (
     SECAGG_DP_PER_TASK,
     SiloInfo,
 )
+from fedmtl.core.schema import TrainConfig
 from strategies.engine import accounting
 from strategies.engine.dispatch import Dispatch
 from strategies.engine.intake import Intake, rejection, take_updates
@@ -76,6 +77,8 @@ class PrivateAggregation:
     """Silo id -> rounds its update was part of the aggregate."""
     report: dict[str, Any] = field(default_factory=dict)
     """The last round's figures (metrics.jsonl's ``privacy``)."""
+    contributors: list[SiloInfo] = field(default_factory=list)
+    """The last attempt's contributors (record-level DP's ledger counts them)."""
     noise: np.random.Generator = field(default_factory=np.random.default_rng)
     """The server's DP noise: fresh OS entropy (a seeded stream would let silos subtract it)."""
 
@@ -102,6 +105,7 @@ class PrivateAggregation:
         check_update: Callable[[ClientUpdate], None],
     ) -> Intake:
         """The round's aggregate update (at most one) from the replies to ``sent``."""
+        self.contributors = []
         sent_keys = sorted({k for arrays in sent.sent.values() for k in arrays})
         layout = build_layout(
             sent.model,
@@ -206,6 +210,7 @@ class PrivateAggregation:
         bit_sigma: float,
     ) -> None:
         """The round's ledger: rounds per silo, epsilon so far, the adaptive clipping step."""
+        self.contributors = list(contributors)
         for silo in contributors:
             self.rounds[silo.silo_id] = self.rounds.get(silo.silo_id, 0) + 1
         self.report.update({"mode": self.privacy.mode, "contributors": len(contributors)})
@@ -328,3 +333,72 @@ def adaptive_noise(privacy: PrivacyParams, sigma: float, contributors: int) -> t
 def finite(value: float) -> float | None:
     """``value``, or None where it is infinite (no noise: no guarantee; JSON has no infinity)."""
     return value if math.isfinite(value) else None
+
+
+@dataclass
+class RecordLedger:
+    """Record-level DP's accounting at the server: each silo's DP-SGD settings follow from its
+    announced rows and the run's train config (:func:`~strategies.engine.accounting.silo_dp_sgd`,
+    as on the silo), and each silo's epsilon from the rounds it trained in; the run's epsilon is
+    the largest over silos, at the smallest silo's delta."""
+
+    privacy: PrivacyParams
+    train: TrainConfig
+    num_rounds: int
+    rounds: dict[int, int] = field(default_factory=dict)
+    rows: dict[int, int] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def observe(self, silos: Sequence[SiloInfo]) -> None:
+        """An attempt at a round released the updates of ``silos`` (counted even when the round
+        is then retried: their DP-SGD steps ran and their updates left them)."""
+        for info in silos:
+            self.rounds[info.silo_id] = self.rounds.get(info.silo_id, 0) + 1
+            self.rows[info.silo_id] = info.num_train
+        self.report = {"mode": self.privacy.mode, **self._spent()}
+
+    def _spent(self) -> dict[str, Any]:
+        per_silo: dict[str, float | None] = {}
+        worst, delta = 0.0, 1.0
+        for silo, rounds in sorted(self.rounds.items()):
+            rows = self.rows[silo]
+            dp = accounting.silo_dp_sgd(self.privacy, self.train, self.num_rounds, rows)
+            silo_delta = self.privacy.default_delta(rows)
+            value = accounting.record_epsilon(
+                dp.noise_multiplier, dp.sample_rate, dp.steps * rounds, silo_delta
+            )
+            per_silo[str(silo)] = finite(value)
+            worst, delta = max(worst, value), min(delta, silo_delta)
+        return {"epsilon": finite(worst), "delta": delta, "epsilon_per_silo": per_silo}
+
+    def results(self) -> dict[str, Any]:
+        sigmas = {
+            str(s): accounting.silo_dp_sgd(
+                self.privacy, self.train, self.num_rounds, n
+            ).noise_multiplier
+            for s, n in sorted(self.rows.items())
+        }
+        return {
+            "mode": self.privacy.mode,
+            "secure_aggregation": self.privacy.secure_aggregation,
+            "dp": "record",
+            "unit": "record",
+            **self._spent(),
+            "noise_multiplier": self.privacy.noise_multiplier,
+            "noise_multiplier_per_silo": sigmas,
+            "target_epsilon": self.privacy.target_epsilon,
+            "clip_norm": self.privacy.clip_norm,
+            "rounds_per_silo": {str(k): v for k, v in sorted(self.rounds.items())},
+            "sampling": "Poisson, rate batch_size / rows per silo: amplification holds",
+            "accountant": "dp_accounting RDP",
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "rounds": {str(k): v for k, v in self.rounds.items()},
+            "rows": {str(k): v for k, v in self.rows.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rounds = {int(k): int(v) for k, v in state["rounds"].items()}
+        self.rows = {int(k): int(v) for k, v in state["rows"].items()}

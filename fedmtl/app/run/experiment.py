@@ -38,10 +38,12 @@ from strategies.engine import (
     Method,
     MethodSetup,
     PrivacyParams,
+    RecordLedger,
     RunContext,
     adaptive_noise,
     private_aggregation,
     refusal,
+    silo_dp_sgd,
     silo_noise,
 )
 
@@ -84,8 +86,13 @@ class Experiment:
     def new_engine(self, context: RunContext) -> Engine:
         """An engine running the configured method in ``context``."""
         cfg = self.config
-        private = private_aggregation(cfg.privacy.params, cfg.num_rounds, self.num_silos, cfg.seed)
-        return Engine(cfg.strategy.name, self.new_method(), cfg.strategy.params, context, private)
+        privacy = cfg.privacy.params
+        private = private_aggregation(privacy, cfg.num_rounds, self.num_silos, cfg.seed)
+        ledger = (
+            RecordLedger(privacy, cfg.train, cfg.num_rounds) if privacy.dp == "record" else None
+        )
+        method = self.new_method()
+        return Engine(cfg.strategy.name, method, cfg.strategy.params, context, private, ledger)
 
     @property
     def method_label(self) -> str:
@@ -201,26 +208,25 @@ def prepare(config: ExperimentConfig) -> Experiment:
     experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
     check_strategy(config, dataset.task_names, experiment.num_silos)
     method = experiment.new_method()  # a method may refuse the experiment when it is built
-    check_privacy(config, method, experiment.num_silos)
+    rows = [silo.num_train for silo in partition.silos]
+    check_privacy(config, method, experiment.num_silos, rows)
     return experiment
 
 
-def check_privacy(config: ExperimentConfig, method: Method[Any], num_silos: int) -> None:
-    """The privacy mode against the method and the federation (:func:`strategies.engine.refusal`)."""
+def check_privacy(
+    config: ExperimentConfig, method: Method[Any], num_silos: int, silo_rows: Sequence[int] = ()
+) -> None:
+    """The privacy mode against the method and the federation (:func:`strategies.engine.refusal`);
+    with record-level DP, ``silo_rows`` (the silos' training rows) calibrate DP-SGD's noise."""
     privacy: PrivacyParams = config.privacy.params
     privacy.check_silos(num_silos)
-    if privacy.dp == "record":
-        raise ConfigError(
-            "privacy",
-            "record-level DP (DP-SGD in local training) is not implemented yet: its parameters "
-            "and accounting are defined (strategies.engine.accounting.record_epsilon), the "
-            "silo's DP-SGD step is not, and a run must not claim a guarantee it does not give.",
-            "use privacy=dp_silo or secagg_dp_silo (the unit is then one silo).",
-        )
     label = str(config.strategy.params.label(config.strategy.name))
     refused = refusal(label, method, config.strategy.params, privacy)
     if refused is not None:
         raise refused
+    rows = [count for count in silo_rows if count > 0]
+    if privacy.dp == "record" and rows:  # an impossible target fails here (the smallest silo's
+        silo_dp_sgd(privacy, config.train, config.num_rounds, min(rows))  # rate is the highest)
     if privacy.dp == "silo":  # an impossible target or count noise fails here
         sigma, _ = silo_noise(privacy, config.num_rounds, num_silos)
         params = config.strategy.params

@@ -74,6 +74,8 @@ class BatchTrainer:
                 continue
             assert isinstance(job.request, TrainRequest)
             reason = sequential_reason(job.request, job.method)
+            if job.tools.dp is not None:
+                reason = "DP-SGD clips each record's gradient (per-sample gradients per silo)"
             if reason is not None:
                 self._explain(reason)
                 continue
@@ -108,6 +110,7 @@ class BatchTrainer:
                         job.request.update_dtype,
                     )
                     message, context = deliveries[i]
+                    reply = self.silo.released(reply, context)
                     replies[i] = Message(reply.to_content(), reply_to=message)
                     self.silo.trained(job, context)
         return replies

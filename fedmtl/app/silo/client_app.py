@@ -75,7 +75,7 @@ def make_client_app(
         assert isinstance(job.request, TrainRequest)
         reply = job.method.train(job.tools, job.received, job.request)
         silo.trained(job, context)
-        return reply
+        return silo.released(reply, context)
 
     @app.train()
     @_answer
