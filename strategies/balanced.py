@@ -117,10 +117,15 @@ class Balanced(TrunkAndHeads[BalancedParams]):
         """The server's balancing method: its state lives across rounds."""
 
     def silo_task(self, server_round: int) -> SiloTask:
+        # A loss-based server weighting (DWA, FAMO, ...) weighs tasks by each holder's loss of
+        # the received model before training.
+        losses = self.params.balancing != "local" and self.weighting.needs_losses
         if self.params.balancing == "server":
-            return SiloTask("per_task")
+            return SiloTask("per_task", loss_before=losses)
         local = {"weighting": self.params.weighting.to_dict()}
-        return SiloTask("joint" if self.params.balancing == "local" else "per_task", local)
+        return SiloTask(
+            "joint" if self.params.balancing == "local" else "per_task", local, loss_before=losses
+        )
 
     def secure_sums(self, server_round: int) -> SumRule:
         """Per-task means D_t (and the n_{s,t}-weighted losses L_t where the weighting reads

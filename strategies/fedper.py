@@ -62,7 +62,7 @@ class KeptHeadsSilo(SiloMethod):
     def train(self, tools: SiloTools, received: Arrays, request: TrainRequest) -> TrainReply:
         tools.load(received)
         tools.load_personal(heads_only=True)
-        before = tools.losses_before()
+        before = tools.losses_before(request)
         if self.params.head_epochs > 0:
             with tools.seeded() as generator:
                 heads = train_local(

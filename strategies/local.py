@@ -35,7 +35,7 @@ class LocalSilo(SiloMethod):
 
     def train(self, tools: SiloTools, received: Arrays, request: TrainRequest) -> TrainReply:
         keys = tools.load_personal()
-        before = tools.losses_before()
+        before = tools.losses_before(request)
         result = tools.train(request)
         tools.keep(keys)
         return train_reply(tools.data, {}, {}, result, before, request.update_dtype)

@@ -21,7 +21,14 @@ from strategies.balanced import Balanced, BalancedSilo
 from strategies.balancing import WEIGHTINGS
 from strategies.engine import Engine, ServerOptParams
 from tests.support.engines import assert_moved, assert_unchanged, make_engine, one_round
-from tests.support.fakes import TRUNK_KEYS, FakeSilo, Federation, head_keys, pattern
+from tests.support.fakes import (
+    TRUNK_KEYS,
+    FakeSilo,
+    Federation,
+    head_keys,
+    initial_model,
+    pattern,
+)
 
 # Per-task counts n_{s,t}, per-task trunk shares and losses before training:
 #   silo 0 {a, b}: n_a=10, n_b=30;  shares a 1.0,  b 2.0;   loss_before a 2.0, b 1.0
@@ -79,6 +86,21 @@ class Spy:
 
 def request_of(message: Message) -> TrainRequest:
     return TrainRequest.from_config(message.content.config_records[records.CONFIG])
+
+
+@pytest.mark.parametrize(
+    ("name", "balancing", "asked"),
+    [("dwa", "server", True), ("famo", "both", True), ("dwa", "local", False),
+     ("mgda", "server", False), ("mean", "server", False)],
+)  # fmt: skip
+def test_only_a_loss_based_server_weighting_asks_for_the_losses_before_training(
+    name: str, balancing: str, asked: bool
+) -> None:
+    """The silos' extra pass over their rows (each task's loss of the received model) is asked
+    for only where the server weighs tasks by it."""
+    engine = make(name, balancing)
+    sent = engine.dispatch_train(Federation(three_silos()).grid, 1, initial_model())
+    assert {request_of(m).loss_before for m in sent.messages} == {asked}
 
 
 def test_rows_are_example_weighted_per_task_updates_and_losses() -> None:

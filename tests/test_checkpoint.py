@@ -3,11 +3,14 @@ model of a run never stopped (CPU, in process); what the files hold; and what is
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +23,21 @@ from fedmtl.app.run.checkpoint import (
     MODEL_FILE,
     STATE_FILE,
     RunState,
+    canonical_json,
     join_arrays,
     load_checkpoint,
     load_model_arrays,
     restore_silo_state,
     resumed_raw_config,
     save_checkpoint,
+    save_model,
     save_silo_state,
+    sha256,
     split_arrays,
 )
 from fedmtl.app.run.config import parse
+from fedmtl.app.run.lock import LOCK_FILE, is_locked, run_lock
+from fedmtl.app.run.tracking import read_metric_lines
 from fedmtl.app.runtimes.processes import alive, descendants, end
 from fedmtl.core.errors import ConfigError
 from strategies.engine import Engine
@@ -68,8 +76,13 @@ def without_times(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_stopped_and_resumed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str], stop_round: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    overrides: list[str],
+    stop_round: int,
+    damage: Callable[[Path], None] = lambda run_dir: None,
 ) -> tuple[Path, Path]:
+    """A run, and the same run stopped as ``stop_round`` starts, ``damage``-d and resumed."""
     full, cut = tmp_path / "full", tmp_path / "cut"
     run(parse(compose_raw([*SMALL, *overrides], output_dir=full)))
     with monkeypatch.context() as patch:
@@ -79,6 +92,7 @@ def run_stopped_and_resumed(
     stopped = json.loads((cut / "summary.json").read_text())
     assert stopped["status"] == "interrupted"
     assert not (cut / MODEL_FILE).exists()
+    damage(cut)
     run(parse(resumed_raw_config(cut, [])))
     return full, cut
 
@@ -127,6 +141,42 @@ def test_a_resumed_run_ends_bit_identical_to_one_never_stopped(
     assert without_times(read_jsonl(cut / "metrics.jsonl")) == without_times(
         read_jsonl(full / "metrics.jsonl")
     )
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        b'{"round": 4, "split": "personal", "metr',  # a kill during an append: a torn line
+        b"\xff\xfe\x00 not fedmtl's \x81\n\n{]\n",  # bytes appended by something else
+    ],
+    ids=["torn-line", "garbage"],
+)
+def test_resume_drops_a_torn_tail_of_metrics_jsonl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tail: bytes
+) -> None:
+    """The checkpoint is the truth: unreadable lines of metrics.jsonl are dropped on resume and
+    the file ends as that of a run never stopped."""
+
+    def append(run_dir: Path) -> None:
+        with (run_dir / "metrics.jsonl").open("ab") as handle:
+            handle.write(tail)
+
+    full, cut = run_stopped_and_resumed(tmp_path, monkeypatch, ["strategy=fedavg"], 5, append)
+    assert without_times(read_jsonl(cut / "metrics.jsonl")) == without_times(
+        read_jsonl(full / "metrics.jsonl")
+    )
+    assert json.loads((cut / "summary.json").read_text())["status"] == "completed"
+    assert read_metric_lines(cut / "metrics.jsonl")[1] == []
+
+
+def test_reading_metrics_skips_unreadable_lines(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(
+        b'{"round": 1, "split": "train"}\n\xff\n[1]\n{"round": "2"}\n{"round": 2}\n{"ro'
+    )
+    rows, dropped = read_metric_lines(path)
+    assert rows == [{"round": 1, "split": "train"}, {"round": 2}]
+    assert dropped == [2, 3, 4, 6]
 
 
 SIGNALLED_S = 120
@@ -328,28 +378,105 @@ def saved_run(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def edited(directory: Path, checksums: bool, **fields: Any) -> None:
+    """``state.json`` with ``fields`` replaced; with ``checksums``, its checksums made to match
+    again (an edit that knows the format, so that the checks behind the checksums are reached)."""
+    document = json.loads((directory / STATE_FILE).read_text())
+    document.update(fields)
+    if checksums:
+        document["config_sha256"] = sha256(canonical_json(document["config"]))
+        body = {k: v for k, v in document.items() if k != "sha256"}
+        document["sha256"] = sha256(canonical_json(body))
+    (directory / STATE_FILE).write_text(json.dumps(document))
+
+
+def flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # inside the arrays' data: the file still parses
+    path.write_bytes(bytes(data))
+
+
+def outside_file(directory: Path) -> None:
+    """The arrays file replaced by a link to a copy of it outside the checkpoint directory."""
+    arrays = directory / "arrays-2.safetensors"
+    elsewhere = directory.parent.parent / "other-arrays-2.safetensors"
+    elsewhere.write_bytes(arrays.read_bytes())
+    arrays.unlink()
+    arrays.symlink_to(elsewhere)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
         (lambda d: (d / STATE_FILE).unlink(), "holds no checkpoint"),
         (lambda d: (d / STATE_FILE).write_bytes(b"\x00\xff garbage"), "cannot be read"),
-        (lambda d: (d / STATE_FILE).write_text("[1, 2]"), "cannot be read"),
-        (lambda d: (d / "arrays-2.safetensors").write_bytes(b"PK\x03\x04"), "cannot be read"),
+        (lambda d: (d / STATE_FILE).write_text("[1, 2]"), "not a JSON object"),
+        (lambda d: (d / "arrays-2.safetensors").write_bytes(b"PK\x03\x04"), "does not match"),
         (lambda d: (d / "arrays-2.safetensors").unlink(), "cannot be read"),
+        (lambda d: edited(d, False, schema_version=9), "schema_version 9"),
+        (lambda d: edited(d, True, schema_version=2), "older fedmtl"),
+        # flipped bytes in the arrays: loaded silently before checksums
+        (lambda d: flip_last_byte(d / "arrays-2.safetensors"), "arrays-2.safetensors does not"),
+        # a hand-edited config (the run would go on with other silos than its rounds so far)
         (
-            lambda d: (d / STATE_FILE).write_text(
-                json.dumps({**json.loads((d / STATE_FILE).read_text()), "schema_version": 9})
-            ),
-            "schema_version 9",
+            lambda d: edited(d, False, config={"num_rounds": 4, "seed": 0, "silos": 5}),
+            "its config does not match the checksum",
         ),
+        (lambda d: edited(d, False, round=1), "state.json does not match the checksum"),
+        (lambda d: edited(d, False, engine=None), "state.json does not match the checksum"),
+        # edits with matching checksums meet the checks behind them
+        (lambda d: edited(d, True, engine=None), "engine is NoneType, not a mapping"),
+        (lambda d: edited(d, True, evaluator=[1]), "evaluator is list, not a mapping"),
+        (lambda d: edited(d, True, round="2"), "not a round number"),
+        (
+            lambda d: edited(d, True, arrays="../../other/arrays-2.safetensors"),
+            "not a file arrays-<round>.safetensors",
+        ),
+        (lambda d: edited(d, True, files={}), "files does not list exactly the arrays file"),
+        (lambda d: edited(d, True, extra=1), "fields fedmtl does not write: extra"),
+        (lambda d: outside_file(d), "leads outside"),
     ],
 )
-def test_a_damaged_checkpoint_gives_a_clear_error(tmp_path: Path, damage, message: str) -> None:
-    run_dir = saved_run(tmp_path)
+def test_a_damaged_or_edited_checkpoint_is_refused(tmp_path: Path, damage, message: str) -> None:
+    run_dir = saved_run(tmp_path / "run")
     damage(run_dir / CHECKPOINT_DIR)
     with pytest.raises(ConfigError, match=message) as err:
         load_checkpoint(run_dir)
     assert err.value.key == "resume"
+
+
+def test_a_checkpoint_names_the_checksums_of_its_files_and_config(tmp_path: Path) -> None:
+    run_dir = saved_run(tmp_path)
+    document = json.loads((run_dir / CHECKPOINT_DIR / STATE_FILE).read_text())
+    arrays = (run_dir / CHECKPOINT_DIR / "arrays-2.safetensors").read_bytes()
+    assert document["schema_version"] == 3
+    assert document["files"] == {"arrays-2.safetensors": hashlib.sha256(arrays).hexdigest()}
+    assert document["config_sha256"] == sha256(canonical_json({"num_rounds": 4, "seed": 0}))
+    assert load_checkpoint(run_dir).server_round == 2
+
+
+def test_a_damaged_silo_state_file_is_refused(tmp_path: Path) -> None:
+    save_silo_state(tmp_path, 1, {"heads.a.w": np.ones((4, 4), dtype=np.float32)}, saved_round=1)
+    flip_last_byte(tmp_path / "round-1.safetensors")
+    with pytest.raises(ValueError, match="does not match its checksum"):
+        restore_silo_state(tmp_path, resume_round=1)
+
+
+def test_safetensors_files_are_byte_identical_for_the_same_content(tmp_path: Path) -> None:
+    """safetensors writes its header's maps in hash order (another order in each call); fedmtl's
+    files are canonical, so identical runs write identical model files."""
+    arrays = {"trunk.w": np.arange(6, dtype=np.float32), "heads.a.b": np.zeros(2)}
+    meta = {"strategy": "fedavg", "round": "6", "zeta": "z", "alpha": "a"}
+    written = set()
+    for n in range(12):
+        path = save_model(tmp_path / str(n), arrays, {"g0": ("a",)}, meta)
+        written.add(path.read_bytes())
+    assert len(written) == 1
+    loaded, metadata = load_model_arrays(path)
+    assert metadata == {**meta, "format": "fedmtl", "groups": '{"g0": ["a"]}'}
+    assert all(np.array_equal(loaded[k], v) for k, v in arrays.items())
+    (length,) = struct.unpack("<Q", written.pop()[:8])
+    assert length % 8 == 0
 
 
 @pytest.mark.parametrize(
@@ -358,6 +485,8 @@ def test_a_damaged_checkpoint_gives_a_clear_error(tmp_path: Path, damage, messag
         ("seed=3", "seed"),
         ("strategy.name=fedavg", "strategy.name"),
         ("num_rounds=1", "num_rounds"),
+        ("num_rounds=abc", "num_rounds"),  # was a ValueError traceback
+        ("num_rounds=[3]", "num_rounds"),
         ("nonsense", "nonsense"),
     ],
 )
@@ -377,9 +506,148 @@ def test_resume_may_extend_the_run_and_change_where_it_runs(tmp_path: Path) -> N
     assert raw["resume"] == raw["output_dir"] == str(tmp_path)
 
 
-def test_a_new_run_refuses_a_directory_with_results(tmp_path: Path) -> None:
+def test_a_new_run_refuses_a_directory_with_a_checkpoint(tmp_path: Path) -> None:
     raw = compose_raw(["experiment=smoke"], output_dir=tmp_path)
-    (tmp_path / "summary.json").write_text("{}")  # a previous run's result file
+    saved_run(tmp_path)  # a previous run's checkpoint
     with pytest.raises(ConfigError, match="already holds a run's results") as err:
         run(parse(raw))
     assert err.value.key == "output_dir"
+    assert f"resume={tmp_path}" in str(err.value)
+
+
+# ------------------------------------------------------------------- one run at a time, restarts
+def test_the_run_lock_refuses_a_second_holder_naming_the_first(tmp_path: Path) -> None:
+    with run_lock(tmp_path, "resume"):
+        assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+        assert is_locked(tmp_path)
+        with (
+            pytest.raises(ConfigError, match=f"pid {os.getpid()}") as err,
+            run_lock(tmp_path, "resume"),
+        ):
+            pass
+        assert err.value.key == "resume"
+    assert not is_locked(tmp_path)
+    with run_lock(tmp_path, "output_dir"):  # free again once released
+        pass
+    with (
+        pytest.raises(ConfigError, match="not a directory"),
+        run_lock(tmp_path / "missing", "resume", create=False),
+    ):
+        pass
+    assert not (tmp_path / "missing").exists()
+
+
+def stopped_before_first_checkpoint(out: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A run in ``out`` stopped in round 2, checkpoints every 2 rounds: the files it left."""
+    with monkeypatch.context() as patch:
+        stop_in_round(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            run(parse(compose_raw(SMALL, output_dir=out)))
+    assert not (out / CHECKPOINT_DIR / STATE_FILE).exists()
+    return sorted(p.name for p in out.iterdir())
+
+
+def test_a_run_stopped_before_its_first_checkpoint_gives_way_to_a_new_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing to resume (the error says to start a new run there), and a new run there moves
+    the files left aside and completes."""
+    out = tmp_path / "run"
+    left = stopped_before_first_checkpoint(out, monkeypatch)
+    assert {"metrics.jsonl", "summary.json", "partition.json"} <= set(left)
+    with pytest.raises(ConfigError, match="holds no checkpoint") as err:
+        resumed_raw_config(out, [])
+    assert f"hydra.run.dir={out}" in str(err.value) and "a new run takes" in str(err.value)
+
+    summary = run(parse(compose_raw(SMALL, output_dir=out)))
+    assert summary["status"] == "completed" and summary["resumed_from"] == []
+    aside = out / "unfinished-1"
+    assert sorted(p.name for p in aside.iterdir()) == sorted(n for n in left if n != LOCK_FILE)
+    assert json.loads((aside / "summary.json").read_text())["status"] == "interrupted"
+    rounds = [row["round"] for row in read_jsonl(out / "metrics.jsonl") if row["split"] == "train"]
+    assert rounds == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_refused_config_leaves_an_unfinished_run_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    before = stopped_before_first_checkpoint(out, monkeypatch)
+    with pytest.raises(ConfigError):  # refused when the experiment is built
+        run(parse(compose_raw([*SMALL, "dataset.tasks=[nope]"], output_dir=out)))
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen[bytes], logs: Path) -> None:
+    """Until ``condition`` holds, the process still running; fails after SIGNALLED_S seconds (a
+    deadline, not a measurement)."""
+    deadline = time.monotonic() + SIGNALLED_S
+    while not condition():
+        assert process.poll() is None, (logs / "stderr.txt").read_text()[-3000:]
+        assert time.monotonic() < deadline, "the process did not get there in time"
+        time.sleep(0.05)
+
+
+def unique_lines(run_dir: Path) -> list[tuple[Any, ...]]:
+    """metrics.jsonl's (round, split, silo) keys, each of which must appear once."""
+    keys = [(r["round"], r["split"], r.get("silo")) for r in read_jsonl(run_dir / "metrics.jsonl")]
+    assert len(keys) == len(set(keys)), "a round was written twice"
+    return keys
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(5 * SIGNALLED_S)
+def test_two_resumes_of_one_run_the_second_is_refused_and_a_killed_holder_blocks_nothing(
+    tmp_path: Path,
+) -> None:
+    """Two real processes resume one run: the second exits 2 naming the first's pid (before the
+    lock both went on, writing every round twice). The first is then killed with SIGKILL, in the
+    middle of a round: its lock dies with it and the next resume completes, every round once."""
+    out = tmp_path / "run"
+    run(parse(compose_raw([*SMALL, "num_rounds=2"], output_dir=out)))
+    long = [f"resume={out}", "num_rounds=1000000", "checkpoint_every=1"]
+    with fedmtl_process(["run", *long], tmp_path / "first") as first:
+        wait_for(
+            lambda: (
+                (out / LOCK_FILE).read_text() == f"{first.pid}\n" and len(unique_lines(out)) > 40
+            ),  # rounds 1-2 hold 2 x 7 lines: it is training
+            first,
+            tmp_path / "first",
+        )
+        second = run_fedmtl(["run", *long], timeout=SIGNALLED_S)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f"is in use by another fedmtl run (pid {first.pid} holds" in second.stderr
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=SIGNALLED_S)
+    unique_lines(out)
+    saved = load_checkpoint(out).server_round
+    resumed = run_fedmtl(["run", f"resume={out}", f"num_rounds={saved + 1}"], timeout=SIGNALLED_S)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rounds = [key[0] for key in unique_lines(out) if key[1] == "train"]
+    assert rounds == list(range(1, saved + 2))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(5 * SIGNALLED_S)
+def test_a_run_killed_before_its_first_checkpoint_is_started_again_in_place(
+    tmp_path: Path,
+) -> None:
+    """``fedmtl run`` killed with SIGKILL after a round but before any checkpoint: ``resume=DIR``
+    says to start a new run there, and that new run takes the directory and completes."""
+    out = tmp_path / "run"
+    overrides = [o for o in SMALL if not o.startswith(("num_rounds=", "checkpoint_every="))]
+    args = ["run", *overrides, "num_rounds=1000000", "checkpoint_every=0", f"hydra.run.dir={out}"]
+    with fedmtl_process(args, tmp_path / "logs") as process:
+        wait_for(lambda: (out / "metrics.jsonl").is_file() and unique_lines(out) != [], process,
+                 tmp_path / "logs")  # fmt: skip
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=SIGNALLED_S)
+    assert not (out / "summary.json").exists()  # no chance to write it
+    resumed = run_fedmtl(["run", f"resume={out}"], timeout=SIGNALLED_S)
+    assert resumed.returncode == 2 and "holds no checkpoint" in resumed.stderr
+    assert f"new run in the same directory (hydra.run.dir={out})" in resumed.stderr
+    again = run_fedmtl(["run", *SMALL, f"hydra.run.dir={out}"], timeout=SIGNALLED_S)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stopped before its first checkpoint" in again.stdout + again.stderr  # the log
+    assert (out / "unfinished-1" / "metrics.jsonl").is_file()
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from fedmtl.app.cli import discard_run_dir, help_text
+from fedmtl.app.cli import check_run_dir, discard_run_dir, help_text
 from fedmtl.app.run.config import GROUP_REGISTRIES, parse, presets
 from fedmtl.app.run.experiment import is_local, prepare
 from fedmtl.app.runtimes import (
@@ -37,7 +37,7 @@ from fedmtl.trunks import TRUNKS
 from strategies import METHODS
 from tests.support.datasets import example_overrides, unset_example_overrides
 from tests.support.deployments import silo_tables
-from tests.support.runs import compose_raw
+from tests.support.runs import compose_raw, run_fedmtl
 
 GROUPS = ["dataset", "model", "partition", "strategy", "runtime", "tracking", "experiment"]
 
@@ -138,6 +138,19 @@ def test_default_run_is_the_documented_one() -> None:
         (["runtime.num_threads=0"], "runtime.num_threads"),
         (["runtime=inprocess", "runtime.num_threads=1.5"], "runtime.num_threads"),
         (["tracking.wandb_mode=sometimes"], "tracking.wandb_mode"),
+        # bounds (issue 18): each a clear error, never a traceback later
+        (["seed=99999999999999999999"], "seed"),
+        (["seed=-1"], "seed"),
+        (["seed=4294967296"], "seed"),
+        (["num_rounds=1000000000000"], "num_rounds"),
+        (["checkpoint_every=1000001"], "checkpoint_every"),
+        (["checkpoint_every=-1"], "checkpoint_every"),
+        (["train.lr=1e300"], "train.lr"),
+        (["train.weight_decay=1e300"], "train.weight_decay"),
+        (["train.max_steps=abc"], "train.max_steps"),
+        (["train.momentum=abc"], "train.momentum"),
+        (["limits.memory_check=maybe"], "limits.memory_check"),
+        (["+limits.nonsense=1"], "limits.nonsense"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], key: str) -> None:
@@ -156,6 +169,8 @@ def test_bad_values_name_the_key(overrides: list[str], key: str) -> None:
         (["partition.num_silos=2", "partition.assignment.k=1"], "partition.num_silos"),
         (["partition.num_silos=5000"], "partition.num_silos"),
         (["partition=iid_all", "partition.num_silos=1"], "strategy.min_available_nodes"),
+        (["strategy.min_train_nodes=100"], "strategy.min_train_nodes"),  # 12 silos
+        (["strategy.min_evaluate_nodes=13"], "strategy.min_evaluate_nodes"),
         (["model=cnn", "dataset.as_image=false"], "model.name"),
     ],
 )
@@ -165,6 +180,43 @@ def test_cross_checks_fail_before_training(overrides: list[str], key: str) -> No
     with pytest.raises(ConfigError) as info:
         prepare(config)
     assert info.value.key == key
+
+
+def test_the_largest_bounds_are_accepted() -> None:
+    config = parse(compose_raw(["seed=4294967295", "num_rounds=1000000", "train.lr=100"]))
+    assert (config.seed, config.num_rounds, config.train.lr) == (2**32 - 1, 10**6, 100)
+    assert config.limits.memory_check is True
+
+
+def test_an_empty_output_directory_is_refused() -> None:
+    """``hydra.run.dir=`` (empty) wrote every result file into the current directory."""
+    with pytest.raises(ConfigError) as err:
+        check_run_dir(["dataset=synthetic", "hydra.run.dir="])
+    assert err.value.key == "hydra.run.dir"
+    with pytest.raises(ConfigError, match="is empty"):
+        check_run_dir(["hydra.run.dir=''"])
+    check_run_dir(["hydra.run.dir=runs/x"])
+    raw = compose_raw([])
+    raw["output_dir"] = ""
+    with pytest.raises(ConfigError) as err:
+        parse(raw)
+    assert err.value.key == "output_dir"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("hydra.run.dir=", "hydra.run.dir"), ("seed=99999999999999999999", "seed")],
+)
+def test_the_command_refuses_bad_bounds_without_a_trace(
+    tmp_path: Path, override: str, key: str
+) -> None:
+    """``fedmtl run`` from a directory: exit 2, the key named, no traceback, nothing written."""
+    done = run_fedmtl(["run", "experiment=smoke", override], timeout=240, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"invalid config: {key}:" in done.stderr and "Traceback" not in done.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_error_message_names_key_and_fix() -> None:

@@ -1,11 +1,15 @@
 """Fuzzing what users hand fedmtl: 200 seeded cases of config overrides and damaged files, run in
-this process through compose, parse and the pre-run checks (``prepare``, the checkpoint reader).
-Every case must end in success or a ConfigError that names a key: no other exception, no hang."""
+this process through compose, parse and the pre-run checks (``prepare``, the checkpoint reader),
+and the bounds of every input (huge, negative and malformed sizes, among them those of issue 18)
+through all of ``fedmtl run``'s checks in a process whose memory is capped. Every case must end
+in success or a ConfigError that names a key: no other exception, no hang, no runaway
+allocation."""
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from fedmtl.app.run.config import compose, parse
 from fedmtl.app.run.experiment import prepare
 from fedmtl.core.errors import ConfigError
 from tests.support.datasets import example_overrides, shop_table, write_table
-from tests.support.runs import compose_raw
+from tests.support.runs import REPO_ROOT, compose_raw, run_fedmtl
 
 BASE = ["dataset=synthetic", "dataset.num_samples=240", "partition.num_silos=4"]
 NASTY_VALUES = [
@@ -171,7 +175,7 @@ def good_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     table = write_table(shop_table(120), root / "shop.csv")
     raw = compose_raw([*example_overrides("table"), f"dataset.path={table}"])
     prepare(parse(raw))
-    state = RunState(1, compose_raw(BASE, output_dir=root / "run"), {}, {}, {"history": []})
+    state = RunState(1, compose_raw(BASE, output_dir=root / "run"), {}, None, {}, {"history": []})
     save_checkpoint(root / "run", state)
     return {
         "partition": root / "partition.json",
@@ -212,3 +216,107 @@ def test_file_fuzz_gives_only_clear_errors(good_files: dict[str, Path], tmp_path
         except Exception as err:
             pytest.fail(f"{kind} case {case}: {type(err).__name__}: {err}")
     assert refused > FILE_CASES / 2  # most damage is caught (a dropped optional field is not)
+
+
+# ------------------------------------------------------------------------------------- bounds
+ISSUE_CASES: list[tuple[list[str], str]] = [
+    (["seed=99999999999999999999"], "seed"),
+    (["seed=-1"], "seed"),
+    (["num_rounds=1000000000000"], "num_rounds"),
+    (["checkpoint_every=1e12"], "checkpoint_every"),
+    (["train.batch_size=1e9"], "train.batch_size"),
+    (["train.local_epochs=1e6"], "train.local_epochs"),
+    (["train.max_steps=1e12"], "train.max_steps"),
+    (  # 50 epochs of about 22,000 steps on each silo: beyond a silo's 50,000 steps
+        [
+            *("dataset=synthetic", "dataset.num_samples=60000", "partition.num_silos=3"),
+            *("train.local_epochs=50", "train.batch_size=1"),
+        ],
+        "train.local_epochs",
+    ),
+    (["train.lr=1e300"], "train.lr"),
+    (["train.weight_decay=1e300"], "train.weight_decay"),
+    (["strategy.min_train_nodes=100"], "strategy.min_train_nodes"),  # 12 silos
+    (["strategy.min_evaluate_nodes=13"], "strategy.min_evaluate_nodes"),
+    (["partition.num_silos=1000000000"], "partition.num_silos"),
+    (["dataset=synthetic", "partition.num_silos=1000000000"], "partition.num_silos"),
+    (["dataset=synthetic", "dataset.num_tasks=100000"], "dataset.num_tasks"),
+    (["dataset=synthetic", "dataset.num_samples=1000000000"], "dataset.num_samples"),
+    (["dataset=synthetic", "dataset.input_dim=1000000"], "dataset.input_dim"),
+    (["dataset=synthetic", "dataset.num_sites=1000000000"], "dataset.num_sites"),
+    (["dataset=synthetic", "dataset.latent_dim=10000000"], "dataset.latent_dim"),
+    (["dataset=digits_pair", "dataset.num_samples=1e12"], "dataset.num_samples"),
+    (["model.hidden=[100000000]"], "model.hidden"),
+    (["model.hidden=[1e308]"], "model.hidden"),
+    (["model.head_hidden=100000000"], "model.head_hidden"),
+    (["model=cnn", "model.channels=[100000,100000]"], "model.channels"),
+    (["partition=iid_all", "partition.num_silos=1700", "model.hidden=[4096,4096]"], "model.hidden"),
+    (["limits.memory_check=maybe"], "limits.memory_check"),
+]
+"""Configs that must be refused, with the key each names (issue 18, section 3)."""
+VALID_CASES = [[], ["dataset=synthetic"], ["strategy=fedamp", "partition.num_silos=40"]]
+HUGE_VALUES = ["99999999999999999999", "-99999999999999999999", "1000000000000", "1e9"]
+HUGE_VALUES += ["1e300", "1e6", "100000", "[100000]", "''", "[]"]
+BOUNDS_CASES = 60
+
+
+def wide_table(path: Path, columns: int) -> Path:
+    """A CSV of ``columns`` feature columns, a target ``y`` and three rows."""
+    header = ",".join(f"c{i}" for i in range(columns)) + ",y\n"
+    path.write_text(header + "".join(",".join(["1"] * columns) + f",{r % 2}\n" for r in range(3)))
+    return path
+
+
+def bounds_case(rng: random.Random, keys: list[str]) -> list[str]:
+    """One or two numeric keys of the small synthetic run set to huge or malformed values."""
+    picked = rng.sample(keys, rng.randint(1, 2))
+    return [*BASE, *(f"{key}={rng.choice(HUGE_VALUES)}" for key in picked)]
+
+
+def numeric_keys(raw: dict[str, Any]) -> list[str]:
+    """The leaf keys of ``raw`` that hold numbers or lists of numbers."""
+    found = []
+    for key in leaf_keys(raw):
+        node: Any = raw
+        for part in key.split("."):
+            node = node[part]
+        values = node if isinstance(node, list) else [node]
+        if values and all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            found.append(key)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_bounds_fuzz_refuses_what_cannot_run_before_any_work(tmp_path: Path) -> None:
+    """Issue 18's inputs and 60 seeded draws of huge values, through every check ``fedmtl run``
+    makes before its runtime starts, in a process whose address space is capped (and that sees
+    2 GiB available, so that the outcomes are those of any machine): each case is refused with a
+    ConfigError naming its key, or is built within the cap; none raises anything else (a
+    runaway allocation hits the cap: MemoryError) or hangs (the test's timeout)."""
+    table = wide_table(tmp_path / "wide.csv", 1_000_000)  # a header of a million columns
+    table_case = ["dataset=table", f"dataset.path={table}", "+dataset.targets.y=binary"]
+    expected = [*ISSUE_CASES, (table_case, "dataset.path")]
+    rng = random.Random(181)
+    keys = [k for k in numeric_keys(compose_raw(BASE)) if k not in ("output_dir", "resume")]
+    drawn = [bounds_case(rng, keys) for _ in range(BOUNDS_CASES)]
+    cases = [case for case, _ in expected] + VALID_CASES + drawn
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    done = run_fedmtl(
+        [str(tmp_path / "cases.json")],
+        timeout=540,
+        command=[sys.executable, "-m", "tests.bounds_app"],
+        cwd=REPO_ROOT,
+        OMP_NUM_THREADS="1",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [r["case"] for r in results] == cases
+    errors = [r for r in results if r["outcome"] == "error"]
+    assert not errors, errors
+    for (case, key), result in zip(expected, results, strict=False):
+        assert (result["outcome"], result["key"]) == ("refused", key), (case, result["message"])
+    valid = results[len(expected) : len(expected) + len(VALID_CASES)]
+    assert all(r["outcome"] == "accepted" for r in valid), valid
+    outcomes = {r["outcome"] for r in results[-BOUNDS_CASES:]}
+    assert outcomes == {"accepted", "refused"}  # the draws reach both

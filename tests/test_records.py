@@ -264,6 +264,7 @@ def test_train_request_round_trips_every_field() -> None:
         checkpoint=SiloCheckpoint(saved_round=4, resume_round=4),
         scope="ditto-run.2",
         update_dtype="bfloat16",
+        loss_before=True,
     )
     assert TrainRequest.from_config(request.to_config()) == request
 

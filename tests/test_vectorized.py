@@ -78,6 +78,21 @@ CONFIGS = {
 }
 
 
+def test_losses_before_training_only_when_asked() -> None:
+    views = silo_views()
+    jobs = [SiloJob(v, 7, b) for v, b in zip(views, starts(len(views)), strict=True)]
+    cfg = CONFIGS["plain-sgd"]
+    asked = train_vectorized(small_model((5,), TASKS, seed=3), jobs, cfg, "joint")
+    skipped = train_vectorized(
+        small_model((5,), TASKS, seed=3), jobs, cfg, "joint", "float32", False
+    )
+    assert all(outcome.loss_before for outcome in asked)
+    assert all(outcome.loss_before == {} for outcome in skipped)
+    for with_losses, without in zip(asked, skipped, strict=True):  # the training is the same
+        for key, value in with_losses.params.items():
+            torch.testing.assert_close(without.params[key], value, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("mode", ["joint", "per_task"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_batched_training_equals_the_sequential_loop(name: str, mode: str) -> None:

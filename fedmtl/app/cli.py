@@ -39,6 +39,7 @@ from fedmtl.app.launch import run
 from fedmtl.app.run.checkpoint import resumed_raw_config
 from fedmtl.app.run.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
 from fedmtl.app.run.experiment import build_data, is_local
+from fedmtl.app.run.lock import LOCK_FILE, is_locked
 from fedmtl.app.run.plugins import search_path
 from fedmtl.app.run.tracking import PARTITION_FILE
 from fedmtl.app.runtimes import set_offline_env
@@ -87,10 +88,12 @@ def help_text(command: str) -> str:
         *(f"  {key:<23} {', '.join(reg.names())}" for key, reg in GROUP_REGISTRIES.items()),
         "",
         "top-level keys: seed, num_rounds, checkpoint_every, train.{local_epochs, max_steps,",
-        "  batch_size, optimizer, lr, momentum, weight_decay}",
+        "  batch_size, optimizer, lr, momentum, weight_decay}, limits.memory_check (false: run",
+        "  a config whose estimated memory exceeds what this machine has available)",
         "",
-        "resume: fedmtl run resume=DIR [num_rounds=N runtime=... tracking...=...] continues the",
-        "  run in DIR from its checkpoint (every checkpoint_every rounds and after the last).",
+        "resume: fedmtl run resume=DIR [num_rounds=N runtime=... tracking...=... limits...=...]",
+        "  continues the run in DIR from its checkpoint (every checkpoint_every rounds and after",
+        "  the last).",
         "",
         "examples:",
         "  fedmtl run dataset=synthetic strategy=upgrad runtime=inprocess num_rounds=10",
@@ -102,7 +105,10 @@ def help_text(command: str) -> str:
 def discard_run_dir(run_dir: Path, cwd: Path) -> None:
     """Remove a run directory that holds nothing but Hydra's own files (a run refused for its
     config), and then its parents inside ``cwd`` that this leaves empty."""
-    if not run_dir.is_dir() or any(p.name not in HYDRA_FILES for p in run_dir.iterdir()):
+    ours = (*HYDRA_FILES, LOCK_FILE)  # the lock file of a run refused after taking it
+    if not run_dir.is_dir() or any(p.name not in ours for p in run_dir.iterdir()):
+        return
+    if is_locked(run_dir):  # another run's, just started there
         return
     shutil.rmtree(run_dir)
     parent = run_dir.resolve().parent
@@ -122,6 +128,7 @@ def _hydra_command(
     set_offline_env()
     cwd = Path.cwd().resolve()
     try:  # an override Hydra cannot apply fails here, before Hydra makes a run directory
+        check_run_dir(overrides)
         compose(overrides)
     except ConfigError as err:
         print(f"fedmtl {name}: invalid config: {err}", file=sys.stderr)
@@ -142,6 +149,20 @@ def _hydra_command(
 
     sys.argv = [f"fedmtl {name}", *overrides, *search_path(overrides)]  # plug-ins' presets too
     _main()
+
+
+def check_run_dir(overrides: list[str]) -> None:
+    """``hydra.run.dir=`` with no directory would make Hydra write the run's files into the
+    current directory: a ConfigError instead."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+") == "hydra.run.dir" and not value.strip().strip("'\"").strip():
+            raise ConfigError(
+                "hydra.run.dir",
+                "is empty: the run's files would be written into the current directory.",
+                "give a directory (hydra.run.dir=runs/x), or leave it out for "
+                "outputs/<date>/<time>/.",
+            )
 
 
 def _resume(overrides: list[str]) -> None:

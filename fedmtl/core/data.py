@@ -12,6 +12,29 @@ import torch
 from fedmtl.core.tasks import TaskSpec
 
 
+@dataclass(frozen=True)
+class Footprint:
+    """The size of a dataset, told by its parameters before it is built, for the memory estimate
+    that runs before anything is built (:mod:`fedmtl.app.run.resources`).
+
+    A dataset's parameter dataclass declares it with a method ``footprint(self) -> Footprint``
+    (optional: a dataset without one is measured once built). ``rows``, ``input_size`` (the
+    product of the input shape) and ``num_tasks`` size the dataset's tensors (:attr:`nbytes`);
+    ``building``: the bytes its builder holds besides them while it builds (temporaries);
+    ``key``: the config key that drives the size most (what an error names)."""
+
+    rows: int
+    input_size: int
+    num_tasks: int
+    building: int = 0
+    key: str = "dataset"
+
+    @property
+    def nbytes(self) -> int:
+        """Float32 inputs, and per task a label column (8 bytes at most) and a mask column."""
+        return self.rows * (4 * self.input_size + 9 * self.num_tasks)
+
+
 @dataclass
 class MultiTaskDataset:
     """Inputs with one label column per task and a per-sample task-label mask.

@@ -94,6 +94,7 @@ _SCOPE = "scope"
 _SAVED_ROUND = "saved-round"
 _RESUME_ROUND = "resume-round"
 _UPDATE_DTYPE = "update-dtype"
+_REPORT_LOSS_BEFORE = "report-loss-before"
 _TASK_UPDATE = "per-task"
 _SILO_ID = "silo-id"
 _TASKS = "tasks"
@@ -158,6 +159,14 @@ def text(record: Mapping[str, Any], key: str) -> str:
     value = record[key]
     if not isinstance(value, str):
         raise ValueError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def flag(record: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """The boolean ``record[key]`` (``default`` when missing)."""
+    value = record.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false, got {value!r}")
     return value
 
 
@@ -355,7 +364,9 @@ class TrainRequest:
     groups (None: one shared trunk), the precision its update travels in (:data:`UpdateDtype`);
     what silos keeping state in files need to know of the server's checkpoints
     (:class:`SiloCheckpoint`); and the ``scope``: the training run the message belongs to, when
-    several share the same nodes (a silo keeps separate state per scope; empty: the only one)."""
+    several share the same nodes (a silo keeps separate state per scope; empty: the only one).
+    ``loss_before``: whether the reply reports each task's loss of the received model before
+    training (an extra pass over the silo's rows, for the methods that weigh tasks by it)."""
 
     server_round: int
     train: TrainConfig
@@ -365,6 +376,7 @@ class TrainRequest:
     checkpoint: SiloCheckpoint = SiloCheckpoint()
     scope: str = ""
     update_dtype: UpdateDtype = "float32"
+    loss_before: bool = False
 
     def to_config(self) -> ConfigRecord:
         train = self.train
@@ -383,6 +395,7 @@ class TrainRequest:
                 _SCOPE: self.scope,
                 **self.checkpoint.to_config(),
                 _UPDATE_DTYPE: self.update_dtype,
+                _REPORT_LOSS_BEFORE: self.loss_before,
                 **_groups_entry(self.groups),
             }
         )
@@ -418,6 +431,7 @@ class TrainRequest:
             checkpoint=SiloCheckpoint.from_config(record),
             scope=_scope(record),
             update_dtype=update_dtype,  # type: ignore[arg-type]
+            loss_before=flag(record, _REPORT_LOSS_BEFORE),
         )
 
 

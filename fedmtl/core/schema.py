@@ -14,9 +14,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fedmtl.core.checks import fraction, int_at_least, non_negative, positive
+from fedmtl.core.checks import booleans, fraction, int_at_least, non_negative, positive
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import NoParams, PluginConfig
+
+MAX_SEED = 2**32 - 1
+"""The largest ``seed``: every generator fedmtl seeds from it takes 32 bits (numpy's legacy
+RandomState and scikit-learn take no more; torch takes 64)."""
+MAX_ROUNDS = 1_000_000
+"""The most ``num_rounds`` (and ``checkpoint_every``): a run keeps a record per round."""
+MAX_LR = 100.0
+"""The largest ``train.lr``: a sanity bound far above any useful rate, which catches typos (1e300
+overflows the first step)."""
+MAX_WEIGHT_DECAY = 100.0
+"""The largest ``train.weight_decay``, a sanity bound like :data:`MAX_LR`."""
 
 
 @dataclass(frozen=True)
@@ -144,16 +155,27 @@ class TrainConfig:
     weight_decay: float = 0.0
 
     def __post_init__(self) -> None:
+        """Types and bounds; what a silo accepts (batch size, epochs, steps) is checked against
+        the silos' limits: a simulation's before the run (:mod:`fedmtl.app.launch`), a
+        deployment's by each silo."""
         int_at_least(self, "local_epochs", 1)
         int_at_least(self, "batch_size", 1)
         positive(self, "lr")
-        if self.max_steps is not None and self.max_steps < 1:
+        if self.max_steps is not None:
+            int_at_least(self, "max_steps", 1)
+        value = self.momentum
+        if isinstance(value, bool) or not (isinstance(value, int | float) and 0 <= value < 1):
             raise ConfigError(
-                "max_steps", "must be >= 1 or null.", "set a positive number of steps."
+                "momentum", f"must be in [0, 1), got {value!r}.", "use e.g. 0.9, or 0 for none."
             )
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError("momentum", "must be in [0, 1).", "use e.g. 0.9, or 0 for none.")
         non_negative(self, "weight_decay")
+        for name, most in (("lr", MAX_LR), ("weight_decay", MAX_WEIGHT_DECAY)):
+            if getattr(self, name) > most:
+                raise ConfigError(
+                    name,
+                    f"is {getattr(self, name)!r}, above {most:g}: no model trains at that value.",
+                    f"use at most {most:g}.",
+                )
 
 
 @dataclass(frozen=True)
@@ -175,10 +197,23 @@ def _no_privacy() -> PluginConfig:
 
 
 @dataclass(frozen=True)
+class LimitsConfig:
+    """Checks before a run: ``memory_check`` refuses a run whose memory, estimated from its config
+    (:mod:`fedmtl.app.run.resources`), does not fit what this machine has available; false runs
+    it anyway."""
+
+    memory_check: bool = True
+
+    def __post_init__(self) -> None:
+        booleans(self, "memory_check")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """The whole validated experiment. ``checkpoint_every``: save the run's state every N rounds
     (0: only after the last round); ``resume``: the run directory this run continues;
-    ``plugins``: modules and files loaded before the config was read (their members registered)."""
+    ``plugins``: modules and files loaded before the config was read (their members registered);
+    ``limits``: the checks before a run."""
 
     seed: int
     num_rounds: int
@@ -190,6 +225,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     privacy: PluginConfig = field(default_factory=_no_privacy)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     output_dir: str = "."
     checkpoint_every: int = 5
     resume: str | None = None

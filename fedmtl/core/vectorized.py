@@ -102,8 +102,10 @@ def train_vectorized(
     cfg: TrainConfig,
     update_mode: UpdateMode = "joint",
     precision: Precision = "float32",
+    loss_before: bool = True,
 ) -> list[SiloOutcome]:
-    """Train every silo of ``jobs`` for one round, together (module docstring).
+    """Train every silo of ``jobs`` for one round, together (module docstring); ``loss_before``:
+    whether to compute each silo's losses before training (else none are reported).
 
     ``model`` gives the architecture and the starting value of any parameter a job does not set;
     it is not changed. Everything runs on the model's device (the jobs' data is moved there).
@@ -114,14 +116,14 @@ def train_vectorized(
     if not jobs:
         return []
     batch = _Batch(model, jobs, precision)
-    loss_before = batch.loss_before()
+    before = batch.loss_before() if loss_before else [{} for _ in jobs]
     schedule, steps = _schedules(jobs, cfg, batch.device)
     trained = _Trainer(batch, cfg, update_mode).run(schedule, steps)
     return [
         SiloOutcome(
             params={name: value[s] for name, value in trained.params.items()},
             result=trained.result(s, steps[s]),
-            loss_before=loss_before[s],
+            loss_before=before[s],
         )
         for s in range(len(jobs))
     ]

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from fedmtl.core.checks import booleans, int_at_least
-from fedmtl.core.data import MultiTaskDataset
+from fedmtl.core.data import Footprint, MultiTaskDataset
 from fedmtl.core.tasks import TaskSpec
 
 SOURCE = "sklearn.datasets.load_digits"
@@ -64,6 +64,12 @@ class DigitsPairParams:
     def __post_init__(self) -> None:
         int_at_least(self, "num_samples", 1)
         booleans(self, "normalize", "as_image")
+
+    def footprint(self) -> Footprint:
+        """N pairs of 128 pixels; while building, the pairs (8 bytes a pixel) and two float64
+        copies of them (standardising), and the drawn indices."""
+        n = self.num_samples
+        return Footprint(n, 128, 4, building=n * (3 * 8 * 128 + 16), key="dataset.num_samples")
 
 
 @lru_cache(maxsize=1)

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from fedmtl.core.checks import booleans, fraction, int_at_least
-from fedmtl.core.data import MultiTaskDataset
+from fedmtl.core.data import Footprint, MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.tasks import TaskSpec
 
@@ -92,6 +92,17 @@ class MultiMNISTParams:
                 "resize", f"{self.resize!r} is not allowed.", "choose nearest, area or bilinear."
             )
         booleans(self, "normalize")
+
+    def footprint(self) -> Footprint:
+        """N = num_train + num_test composites of 28 x 28 pixels; while building, the canvases
+        (canvas^2 bytes each, then float32 before resizing) and a float64 copy of the training
+        inputs (standardising). The key: the larger of num_train and num_test, or the canvas."""
+        n, side = self.num_train + self.num_test, self.canvas
+        building = n * (5 * side * side + 8 * DIGIT * DIGIT + 40)
+        key = "num_train" if self.num_train >= self.num_test else "num_test"
+        if side * side > 4 * DIGIT * DIGIT and side / 36 > n / 15000:
+            key = "canvas"
+        return Footprint(n, DIGIT * DIGIT, 2, building=building, key=f"dataset.{key}")
 
 
 @lru_cache(maxsize=1)

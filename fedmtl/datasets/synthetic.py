@@ -86,6 +86,7 @@ nothing from the site stream.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -94,7 +95,7 @@ import numpy as np
 import torch
 
 from fedmtl.core.checks import int_at_least, non_negative
-from fedmtl.core.data import MultiTaskDataset
+from fedmtl.core.data import Footprint, MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.tasks import TaskSpec
 
@@ -142,6 +143,36 @@ class SyntheticParams:
         int_at_least(self, "num_sites", 0)
         if self.kinds not in KINDS:
             raise ConfigError("kinds", f"{self.kinds!r} is not allowed.", f"choose one of {KINDS}.")
+
+    def footprint(self) -> Footprint:
+        """The dataset's size before it is built. Besides its tensors, :func:`build_synthetic`
+        holds (bytes, N samples, d inputs, k latent, T tasks, G groups, K sites): 8 N d (float64
+        inputs; three times with sites), 8 K d + 8 N (the sites' offsets and ids), 24 d^2 (the QR
+        factorisation of a d x d matrix), 8 N k (G + 1) (the features), 8 N T (the label
+        noise), 16 T k and 8 d k (G + 1) (the structure). The key is that of the largest term's
+        factor furthest above its default (``num_sites`` against 1)."""
+        n, d, k, t, g = (
+            self.num_samples,
+            self.input_dim,
+            self.latent_dim,
+            self.num_tasks,
+            self.num_groups,
+        )
+        inputs = 8 * n * d * (3 if self.num_sites else 1)
+        terms = {  # bytes -> the keys whose product they grow with
+            ("num_samples", "input_dim"): inputs + 4 * n * d,
+            ("input_dim",): 24 * d * d + 8 * d * k * (g + 1),
+            ("num_samples", "latent_dim", "num_groups"): 8 * n * k * (g + 1),
+            ("num_samples", "num_tasks"): 17 * n * t + 16 * t * k,
+            ("num_sites", "input_dim"): (8 * self.num_sites * d + 8 * n) if self.num_sites else 0,
+        }
+        defaults = dataclasses.replace(SyntheticParams(), num_sites=1)
+        keys = max(terms, key=lambda keys: terms[keys])
+        key = max(  # a log ratio: the values may be huge integers
+            keys, key=lambda name: math.log(getattr(self, name)) - math.log(getattr(defaults, name))
+        )
+        building = sum(terms.values()) - 4 * n * d - 9 * n * t  # the tensors are in nbytes
+        return Footprint(n, d, t, building=building, key=f"dataset.{key}")
 
 
 def group_sizes(num_tasks: int, num_groups: int) -> list[int]:

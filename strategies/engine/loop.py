@@ -175,6 +175,7 @@ class Engine:
             checkpoint=self.silo_checkpoint,
             scope=self.context.scope,
             update_dtype=self.params.update_dtype,
+            loss_before=task.loss_before,
         )
         config = ConfigRecord({**(extra or {}), **request.to_config()})
         return self._dispatch(grid, server_round, config, model, "train", task.update_mode)

@@ -68,11 +68,14 @@ class MethodSetup:
 @dataclass(frozen=True)
 class SiloTask:
     """What every sampled silo is asked to do in a round: the layout of its trunk update
-    (``joint``, or ``per_task``: one share per task, summing to the joint update) and the
-    parameters of the method's silo half (JSON values)."""
+    (``joint``, or ``per_task``: one share per task, summing to the joint update), the
+    parameters of the method's silo half (JSON values), and whether it reports each task's loss
+    of the received model before training (``loss_before``: an extra pass over its rows, for
+    methods that weigh tasks by their losses)."""
 
     update_mode: UpdateMode = "joint"
     params: Mapping[str, Any] = field(default_factory=dict)
+    loss_before: bool = False
 
 
 @dataclass(frozen=True)

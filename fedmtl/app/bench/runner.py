@@ -141,8 +141,10 @@ def slug(point: Mapping[str, Any], index: int) -> str:
 
 
 def _comparable(raw: Mapping[str, Any]) -> str:
-    """A run's config as compared for resuming (where results go and tracking left out)."""
-    return json.dumps(without_keys(raw, ["output_dir", "tracking"]), sort_keys=True, default=str)
+    """A run's config as compared for resuming (where results go, tracking and the checks before
+    a run left out)."""
+    kept = without_keys(raw, ["output_dir", "tracking", "limits"])
+    return json.dumps(kept, sort_keys=True, default=str)
 
 
 class Bench:

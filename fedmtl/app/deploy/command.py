@@ -66,6 +66,7 @@ def _local(args: argparse.Namespace) -> None:
             deployment.start_supernode(f"silo{i}", key, {"data-file": str(table), "silo-id": i})
             print(f"SuperNode silo{i}: registered, data-file={table}")
         if args.serve:
+            deployment.wait_online(len(keys))
             _serve(deployment, args.connection, app, config_file)
             return
         command = (

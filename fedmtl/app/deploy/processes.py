@@ -124,9 +124,16 @@ class LocalDeployment:
         self.started.append(started)
         return started
 
-    def flwr(self, args: Sequence[str], timeout: float, cwd: Path | None = None) -> str:
-        """Run the ``flwr`` CLI (its ``FLWR_HOME`` holds the SuperLink connection); its output.
-        A non-zero exit is a RuntimeError with the output."""
+    def flwr(
+        self,
+        args: Sequence[str],
+        timeout: float,
+        cwd: Path | None = None,
+        stdout_only: bool = False,
+    ) -> str:
+        """Run the ``flwr`` CLI (its ``FLWR_HOME`` holds the SuperLink connection); its output
+        (``stdout_only``: without stderr, e.g. for ``--format json``). A non-zero exit is a
+        RuntimeError with the output."""
         done = subprocess.run(
             [self.command("flwr"), *args],
             env=self.environment("cli"),
@@ -141,7 +148,7 @@ class LocalDeployment:
             raise RuntimeError(
                 f"flwr {' '.join(args[:2])} exited with {done.returncode}:\n{output}"
             )
-        return output
+        return done.stdout if stdout_only else output
 
     # ------------------------------------------------------------------------------ processes
     def start_superlink(self, certificates: Certificates, timeout: float = 60.0) -> int:
@@ -223,6 +230,33 @@ class LocalDeployment:
                 *retries,
             ],
         )
+
+    def wait_online(self, count: int, timeout: float = 120.0) -> None:
+        """Wait until ``flwr supernode list`` shows ``count`` SuperNodes ``online`` (a started
+        SuperNode is ``registered`` until its first connection succeeds); a TimeoutError names
+        the statuses seen, a SuperNode that exits is a RuntimeError with its log."""
+        deadline = time.monotonic() + timeout
+        statuses: list[str] = []
+        while True:
+            listed = json.loads(
+                self.flwr(
+                    ["supernode", "list", CONNECTION, "--format", "json"], timeout, stdout_only=True
+                )
+            )
+            statuses = [str(node.get("status")) for node in listed.get("nodes", [])]
+            if statuses.count("online") >= count:
+                return
+            for started in self.started:
+                if started.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{started.name} exited with {started.process.returncode}; its log: "
+                        f"{started.log}"
+                    )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{count} SuperNodes not online after {timeout:.0f} s (statuses: {statuses})"
+                )
+            time.sleep(1.0)
 
     def run(self, app: Path, run_config_file: Path, timeout: float) -> str:
         """``flwr run APP CONNECTION --run-config FILE --stream`` to the end; its output."""

@@ -16,6 +16,13 @@ stopped (on CPU a resumed run ends with the same model, bit for bit, as one neve
 point. A crash at any moment leaves the previous checkpoint whole (older array files are removed
 only after the new ``state.json`` names its own).
 
+Integrity (schema version 3): ``state.json`` holds the SHA-256 of every file it names (``files``:
+the arrays file, by a plain name inside ``checkpoint/``), of its config (``config_sha256``) and of
+its own content (``sha256``: the canonical JSON of every other field). :func:`load_checkpoint`
+refuses a checkpoint whose bytes or config do not match, that names a file outside its directory,
+or whose fields are not what fedmtl writes, with a ConfigError on ``resume`` saying which; the
+checkpoint is never loaded in part. Checkpoints of schema version 2 (no checksums) are refused.
+
 Silos that keep state between rounds (personal heads or models) save it themselves, after each
 round they train in, as ``<silo dir>/round-<r>.safetensors`` (:func:`save_silo_state`); a resumed
 silo loads its newest file at or before the checkpoint's round (:func:`restore_silo_state`). In
@@ -24,15 +31,21 @@ the node config key ``state-dir``.
 
 After the last round the final global model is also written as ``DIR/model.safetensors``
 (safetensors: loading it runs no code; :func:`load_model_arrays`), with the strategy, the round
-and the task groups of its trunks in the file's metadata.
+and the task groups of its trunks in the file's metadata. Every safetensors file fedmtl writes
+has its header in canonical form (sorted keys, :func:`safetensors_bytes`), so that the same arrays
+and metadata give the same bytes: two identical runs (same config, seed and thread count) write
+identical files. A silo's state file carries the SHA-256 of its arrays in its metadata
+(``sha256``), checked when it is restored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
+import struct
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,12 +66,21 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.json"
 MODEL_FILE = "model.safetensors"
 SILOS_DIR = "silos"
-CHECKPOINT_SCHEMA_VERSION = 2
-RESUMABLE_KEYS = ("num_rounds", "checkpoint_every", "runtime", "tracking")
+CHECKPOINT_SCHEMA_VERSION = 3
+"""3: checksums of the files ``state.json`` names, of its config and of itself (module docstring);
+2 (no checksums) is refused."""
+RESUMABLE_KEYS = ("num_rounds", "checkpoint_every", "runtime", "tracking", "limits")
 """Top-level config keys a resumed run may change (``fedmtl run resume=DIR KEY=VALUE``): how long
-it runs, how often it saves, where it runs and what it reports; everything else is the run's."""
+it runs, how often it saves, where it runs, what it reports and the checks before it; everything
+else is the run's."""
 _ARRAY = "array"  # the JSON placeholder of an array: {"array": "<key in the arrays file>"}
 _SILO_FILE = re.compile(r"round-(\d+)\.safetensors")
+_ARRAYS_FILE = re.compile(r"arrays-(\d+)\.safetensors")
+_FIELDS = (
+    *("schema_version", "round", "arrays", "files", "config", "config_sha256", "groups"),
+    *("wall_time_s", "resumed_from", "engine", "evaluator"),
+)
+"""The fields of ``state.json`` besides its own ``sha256``."""
 
 
 # ---------------------------------------------------------------------------------- atomic files
@@ -80,6 +102,32 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(value: Any) -> bytes:
+    """``value`` as JSON with sorted keys and no spaces (NaN and infinities as Python writes
+    them): the form checksums are taken of."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
+
+
+def safetensors_bytes(
+    arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None
+) -> bytes:
+    """``arrays`` (and ``metadata``) in the safetensors format, with the header's keys sorted.
+
+    safetensors lays out the data deterministically but writes the header's maps in hash order,
+    which changes from one process to the next; the header is rewritten here in canonical JSON
+    (padded with spaces to 8 bytes, as safetensors pads it), the data offsets unchanged."""
+    tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    data = safetensors.numpy.save(tensors, metadata=dict(metadata) if metadata else None)
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.dumps(json.loads(data[8 : 8 + length]), sort_keys=True, separators=(",", ":"))
+    encoded = header.encode() + b" " * (-len(header.encode()) % 8)
+    return struct.pack("<Q", len(encoded)) + encoded + data[8 + length :]
 
 
 # ------------------------------------------------------------------------- state trees <-> files
@@ -137,17 +185,23 @@ def save_checkpoint(run_dir: Path, state: RunState) -> None:
     tree, arrays = split_arrays({"engine": state.engine, "evaluator": state.evaluator})
     arrays.update({f"model/{k}": np.ascontiguousarray(v) for k, v in state.model.items()})
     arrays_file = f"arrays-{state.server_round}.safetensors"
-    atomic_write_bytes(directory / arrays_file, safetensors.numpy.save(arrays))
-    document = {
+    data = safetensors_bytes(arrays)
+    atomic_write_bytes(directory / arrays_file, data)
+    config = json.loads(json.dumps(state.config))  # as it reads back
+    document: dict[str, Any] = {
         "schema_version": CHECKPOINT_SCHEMA_VERSION,
         "round": state.server_round,
         "arrays": arrays_file,
-        "config": state.config,
+        "files": {arrays_file: sha256(data)},
+        "config": config,
+        "config_sha256": sha256(canonical_json(config)),
         "groups": None if state.groups is None else {g: list(t) for g, t in state.groups.items()},
         "wall_time_s": state.wall_time_s,
         "resumed_from": state.resumed_from,
         **tree,
     }
+    document = json.loads(json.dumps(document, allow_nan=True))  # the checksum of what is read
+    document["sha256"] = sha256(canonical_json(document))
     atomic_write_text(directory / STATE_FILE, json.dumps(document, allow_nan=True))
     for old in directory.glob("arrays-*.safetensors"):
         if old.name != arrays_file:
@@ -155,46 +209,101 @@ def save_checkpoint(run_dir: Path, state: RunState) -> None:
 
 
 def load_checkpoint(run_dir: Path) -> RunState:
-    """The checkpoint in ``run_dir`` (a ConfigError for ``resume`` naming what is wrong with it:
-    missing, not JSON, another schema version, arrays missing or unreadable)."""
+    """The checkpoint in ``run_dir``, verified (module docstring); a ConfigError on ``resume``
+    naming what is wrong with it: missing, not JSON, another schema version, a checksum that does
+    not match, a file outside the checkpoint's directory, arrays missing or unreadable."""
     directory = checkpoint_dir(run_dir)
     path = directory / STATE_FILE
     if not path.is_file():
         raise ConfigError(
             "resume",
-            f"{run_dir} holds no checkpoint ({path} is missing).",
-            "give the directory of a run that saved one (checkpoint_every > 0, or any finished run).",
+            f"{run_dir} holds no checkpoint ({path} is missing): the run in it stopped before "
+            "its first save, or none ran there.",
+            f"start it again as a new run in the same directory (hydra.run.dir={run_dir}): a new "
+            "run takes a directory without a checkpoint, moving the files left there to "
+            "unfinished-<n>/ inside it.",
         )
     try:
-        document = json.loads(path.read_bytes())
-        version = document["schema_version"]
-        if version != CHECKPOINT_SCHEMA_VERSION:
-            raise ValueError(f"schema_version {version!r}, expected {CHECKPOINT_SCHEMA_VERSION}")
-        server_round = int(document["round"])
-        arrays = safetensors.numpy.load((directory / str(document["arrays"])).read_bytes())
-        tree = join_arrays({k: document[k] for k in ("engine", "evaluator")}, arrays)
-        model = {k.removeprefix("model/"): v for k, v in arrays.items() if k.startswith("model/")}
-        config = document["config"]
-        if not isinstance(config, dict) or server_round < 1:
-            raise ValueError("config must be a mapping and round >= 1")
-        groups = document["groups"]
-        return RunState(
-            server_round=server_round,
-            config=config,
-            model=model,
-            groups=None if groups is None else {str(g): tuple(t) for g, t in groups.items()},
-            engine=tree["engine"],
-            evaluator=tree["evaluator"],
-            wall_time_s=float(document["wall_time_s"]),
-            resumed_from=[int(r) for r in document["resumed_from"]],
-        )
+        return _verified_state(directory, json.loads(path.read_bytes()))
+    except _Refused as err:
+        raise ConfigError(
+            "resume",
+            f"the checkpoint in {directory} is refused: {err}.",
+            "it was changed or damaged after it was saved: restore it, resume another run, or "
+            "start afresh in another directory (hydra.run.dir=...).",
+        ) from None
     except (OSError, ValueError, KeyError, TypeError, safetensors.SafetensorError) as err:
         reason = f"{type(err).__name__}: {err}"
         raise ConfigError(
             "resume",
             f"the checkpoint in {directory} cannot be read ({reason}).",
-            "it is damaged or not fedmtl's: resume from another run, or start afresh.",
+            "it is damaged or not fedmtl's: resume from another run, or start afresh in another "
+            "directory (hydra.run.dir=...).",
         ) from None
+
+
+class _Refused(Exception):
+    """A checkpoint that reads but does not check out (a checksum, a path, a field)."""
+
+
+def _verified_state(directory: Path, document: Any) -> RunState:
+    """The :class:`RunState` of a parsed ``state.json``, once everything in it checks out."""
+    if not isinstance(document, dict):
+        raise _Refused("state.json is not a JSON object")
+    version = document.get("schema_version")
+    if version != CHECKPOINT_SCHEMA_VERSION:
+        raise ValueError(
+            f"schema_version {version!r}, expected {CHECKPOINT_SCHEMA_VERSION} (version 2, "
+            "without checksums, was written by an older fedmtl: finish that run with it)"
+        )
+    missing = [name for name in (*_FIELDS, "sha256") if name not in document]
+    if missing:
+        raise _Refused(f"state.json lacks {', '.join(missing)}")
+    extra = sorted(set(document) - {*_FIELDS, "sha256"})
+    if extra:
+        raise _Refused(f"state.json has fields fedmtl does not write: {', '.join(extra)}")
+    body = {k: v for k, v in document.items() if k != "sha256"}
+    if document["config_sha256"] != sha256(canonical_json(document["config"])):
+        raise _Refused("its config does not match the checksum saved with it (edited by hand?)")
+    if document["sha256"] != sha256(canonical_json(body)):
+        raise _Refused("state.json does not match the checksum saved with it (edited by hand?)")
+    server_round = document["round"]
+    if isinstance(server_round, bool) or not isinstance(server_round, int) or server_round < 1:
+        raise _Refused(f"round is {server_round!r}, not a round number")
+    arrays_file, files = document["arrays"], document["files"]
+    if not isinstance(arrays_file, str) or _ARRAYS_FILE.fullmatch(arrays_file) is None:
+        raise _Refused(f"arrays names {arrays_file!r}, not a file arrays-<round>.safetensors")
+    if not isinstance(files, dict) or set(files) != {arrays_file}:
+        raise _Refused("files does not list exactly the arrays file")
+    arrays_path = directory / arrays_file
+    if arrays_path.resolve().parent != directory.resolve():  # e.g. a symbolic link out
+        raise _Refused(f"{arrays_file} leads outside {directory}")
+    data = arrays_path.read_bytes()
+    if sha256(data) != files[arrays_file]:
+        raise _Refused(f"{arrays_file} does not match the checksum saved with it")
+    arrays = safetensors.numpy.load(data)
+    config, groups = document["config"], document["groups"]
+    if not isinstance(config, dict):
+        raise _Refused("config is not a mapping")
+    for name in ("engine", "evaluator"):
+        if not isinstance(document[name], dict):
+            raise _Refused(f"{name} is {type(document[name]).__name__}, not a mapping")
+    if groups is not None and not (
+        isinstance(groups, dict) and all(isinstance(t, list) for t in groups.values())
+    ):
+        raise _Refused("groups is neither null nor a mapping of task lists")
+    tree = join_arrays({k: document[k] for k in ("engine", "evaluator")}, arrays)
+    model = {k.removeprefix("model/"): v for k, v in arrays.items() if k.startswith("model/")}
+    return RunState(
+        server_round=server_round,
+        config=config,
+        model=model,
+        groups=None if groups is None else {str(g): tuple(t) for g, t in groups.items()},
+        engine=tree["engine"],
+        evaluator=tree["evaluator"],
+        wall_time_s=float(document["wall_time_s"]),
+        resumed_from=[int(r) for r in document["resumed_from"]],
+    )
 
 
 def should_checkpoint(server_round: int, every: int, num_rounds: int) -> bool:
@@ -209,9 +318,8 @@ def save_model(
     """``run_dir/model.safetensors``: the global model's arrays, with ``groups`` (the task groups
     of its trunks, JSON; ``null``: one shared trunk) and ``meta`` in the file's metadata."""
     metadata = {**meta, "format": "fedmtl", "groups": json.dumps(groups)}
-    tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     path = Path(run_dir) / MODEL_FILE
-    atomic_write_bytes(path, safetensors.numpy.save(tensors, metadata=metadata))
+    atomic_write_bytes(path, safetensors_bytes(arrays, metadata))
     return path
 
 
@@ -240,9 +348,9 @@ def _silo_files(directory: Path) -> dict[int, Path]:
 def save_silo_state(directory: Path, server_round: int, arrays: Arrays, saved_round: int) -> None:
     """Write a silo's state after ``server_round`` and drop the files no resume can need: those
     older than its newest file at or before ``saved_round`` (the server's last checkpoint)."""
-    tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    metadata = {"sha256": _arrays_sha256(arrays)}
     atomic_write_bytes(
-        directory / f"round-{server_round}.safetensors", safetensors.numpy.save(tensors)
+        directory / f"round-{server_round}.safetensors", safetensors_bytes(arrays, metadata)
     )
     files = _silo_files(directory)
     kept = max((r for r in files if r <= saved_round), default=None)
@@ -263,9 +371,24 @@ def restore_silo_state(directory: Path, resume_round: int) -> Arrays | None:
         return None
     path = files[max(earlier)]
     try:
-        return dict(safetensors.numpy.load(path.read_bytes()))
+        with safetensors.safe_open(str(path), framework="np") as file:
+            expected = (file.metadata() or {}).get("sha256")
+            arrays = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118
     except (OSError, safetensors.SafetensorError) as err:
         raise ValueError(f"the silo's saved state is unreadable ({type(err).__name__})") from None
+    if expected != _arrays_sha256(arrays):
+        raise ValueError("the silo's saved state does not match its checksum")
+    return arrays
+
+
+def _arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of arrays: each one's key, dtype, shape and bytes, in key order."""
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        value = np.ascontiguousarray(arrays[key])
+        digest.update(canonical_json([key, value.dtype.str, list(value.shape)]))
+        digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------------------- resume
@@ -301,10 +424,17 @@ def resumed_raw_config(run_dir: Path, overrides: Sequence[str]) -> dict[str, Any
         node[path[-1]] = yaml.safe_load(value)
     raw["resume"] = str(run_dir)
     raw["output_dir"] = str(run_dir)
-    if int(raw.get("num_rounds", 0)) < state.server_round:
+    num_rounds = raw.get("num_rounds")
+    if isinstance(num_rounds, bool) or not isinstance(num_rounds, int):
         raise ConfigError(
             "num_rounds",
-            f"is {raw.get('num_rounds')}, but the checkpoint is after round {state.server_round}.",
+            f"expected an integer, got {num_rounds!r}.",
+            f"give num_rounds >= {state.server_round}.",
+        )
+    if num_rounds < state.server_round:
+        raise ConfigError(
+            "num_rounds",
+            f"is {num_rounds}, but the checkpoint is after round {state.server_round}.",
             f"give num_rounds >= {state.server_round}.",
         )
     return raw

@@ -30,8 +30,11 @@ from fedmtl.app.runtimes import RUNTIMES
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import Registry, build_dataclass
 from fedmtl.core.schema import (
+    MAX_ROUNDS,
+    MAX_SEED,
     DatasetConfig,
     ExperimentConfig,
+    LimitsConfig,
     MissingLabelsConfig,
     ModelConfig,
     PartitionConfig,
@@ -150,7 +153,11 @@ def _explain(message: str, overrides: list[str]) -> ConfigError:
 def _known_fields(group: str, overrides: list[str]) -> tuple[str, list[str], dict[str, str]] | None:
     """What ``group`` (a plug-in group or a typed section) accepts once the other ``overrides``
     are applied: its owner's description, its keys and its renamed keys."""
-    sections: dict[str, type] = {"train": TrainConfig, "tracking": TrackingConfig}
+    sections: dict[str, type] = {
+        "train": TrainConfig,
+        "tracking": TrackingConfig,
+        "limits": LimitsConfig,
+    }
     if group in sections:
         cls = sections[group]
         return group, [f.name for f in dataclasses.fields(cls)], {}
@@ -225,22 +232,19 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     for key in ("seed", "num_rounds", "dataset", "model", "partition", "strategy", "runtime"):
         if key not in raw:
             raise ConfigError(key, "is required but missing.", "set it in the config.")
-    for key in ("seed", "num_rounds", "checkpoint_every"):
-        if key in raw and (isinstance(raw[key], bool) or not isinstance(raw[key], int)):
-            raise ConfigError(key, f"expected an integer, got {raw[key]!r}.")
-    if raw.get("checkpoint_every", 0) < 0:
-        raise ConfigError(
-            "checkpoint_every",
-            f"must be >= 0, got {raw['checkpoint_every']}.",
-            "use e.g. 5, or 0 to save only after the last round.",
-        )
+    for key, low, high, fix in (
+        ("seed", 0, MAX_SEED, "use e.g. seed=0."),
+        ("num_rounds", 1, MAX_ROUNDS, "set e.g. num_rounds=10."),
+        ("checkpoint_every", 0, MAX_ROUNDS, "use e.g. 5, or 0 to save only after the last round."),
+    ):
+        value = raw.get(key, low)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}.", fix)
+        if not low <= value <= high:
+            raise ConfigError(key, f"must be in [{low}, {high}], got {value}.", fix)
     resume = raw.get("resume")
     if resume is not None and not isinstance(resume, str):
         raise ConfigError("resume", f"expected a run directory, got {resume!r}.")
-    if raw["num_rounds"] < 1:
-        raise ConfigError(
-            "num_rounds", f"must be >= 1, got {raw['num_rounds']}.", "set num_rounds=10."
-        )
 
     dataset_raw = raw["dataset"]
     name, params = _plugin(DATASETS, dataset_raw, "dataset", extra=("tasks",))
@@ -262,11 +266,22 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     strategy = PluginConfig(*_plugin(METHODS, raw["strategy"], "strategy"))
     runtime = PluginConfig(*_plugin(RUNTIMES, raw["runtime"], "runtime"))
     privacy = PluginConfig(*_plugin(PRIVACY, raw.get("privacy", {"name": "none"}), "privacy"))
-    train = build_dataclass(TrainConfig, raw.get("train", {}), "train")
-    tracking = build_dataclass(TrackingConfig, raw.get("tracking", {}), "tracking")
+    sections = {}
+    for key in ("train", "tracking", "limits"):
+        values = raw.get(key, {})
+        if not isinstance(values, Mapping):
+            raise ConfigError(key, f"expected a mapping of its keys, got {values!r}.")
+        sections[key] = values
+    train = build_dataclass(TrainConfig, sections["train"], "train")
+    tracking = build_dataclass(TrackingConfig, sections["tracking"], "tracking")
+    limits = build_dataclass(LimitsConfig, sections["limits"], "limits")
     output_dir = raw.get("output_dir", ".")
-    if not isinstance(output_dir, str):
-        raise ConfigError("output_dir", f"expected a path, got {output_dir!r}.")
+    if not isinstance(output_dir, str) or not output_dir.strip():
+        raise ConfigError(
+            "output_dir",
+            f"expected the path of a directory, got {output_dir!r}.",
+            "give one with hydra.run.dir=DIR, or leave it out for outputs/<date>/<time>/.",
+        )
     return ExperimentConfig(
         seed=raw["seed"],
         num_rounds=raw["num_rounds"],
@@ -278,6 +293,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
         train=train,
         tracking=tracking,
         privacy=privacy,
+        limits=limits,
         output_dir=output_dir,
         checkpoint_every=raw.get("checkpoint_every", ExperimentConfig.checkpoint_every),
         resume=resume,

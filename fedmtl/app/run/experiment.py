@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from fedmtl.app.run.config import parse
+from fedmtl.app.run.resources import check_data_memory, check_run_memory, check_silos_fit_rows
 from fedmtl.core.data import LocalData, MultiTaskDataset
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.models import MultiTaskModel
@@ -128,6 +129,7 @@ def build_data(config: ExperimentConfig) -> tuple[MultiTaskDataset, Partition]:
     is fitted on training rows) train and test are decided for the whole dataset first
     (:func:`partitions.hold_out`), a table is fitted on the training rows, and then the silos are
     cut. A partition read from a manifest gives the training rows itself."""
+    check_data_memory(config)  # from the config alone, before anything is built
     source = build_source(config.dataset.name, config.dataset.params, config.seed)
     tasks = config.dataset.tasks
     part = config.partition
@@ -156,6 +158,7 @@ def build_data(config: ExperimentConfig) -> tuple[MultiTaskDataset, Partition]:
         validation_fraction=part.validation_fraction,
     )
     dataset = materialise(source, None if held_out is None else held_out.train_rows(), tasks)
+    check_silos_fit_rows(config, dataset.num_samples)
     return dataset, build_partition(dataset, part, config.seed, held_out)
 
 
@@ -205,9 +208,10 @@ def prepare(config: ExperimentConfig) -> Experiment:
     """
     dataset, partition = build_data(config)
     experiment = Experiment(config=config, dataset=dataset, partition=partition)
-    experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
     check_strategy(config, dataset.task_names, experiment.num_silos)
     method = experiment.new_method()  # a method may refuse the experiment when it is built
+    check_run_memory(config, dataset, experiment.num_silos, method.initial_groups())
+    experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
     rows = [silo.num_train for silo in partition.silos]
     check_privacy(config, method, experiment.num_silos, rows)
     return experiment
@@ -239,14 +243,18 @@ def check_privacy(
 def check_strategy(config: ExperimentConfig, task_names: Sequence[str], num_silos: int) -> None:
     """The strategy's own checks against the dataset's tasks and the number of silos."""
     config.strategy.params.check_experiment(task_names, config.num_rounds)
-    # Simulated runtimes start one node per silo: waiting for more would only time out.
-    min_available = config.strategy.params.min_available_nodes
-    if min_available > num_silos:
-        raise ConfigError(
-            "strategy.min_available_nodes",
-            f"is {min_available} but the partition has only {num_silos} silos.",
-            "lower it, or use more silos (partition.num_silos; null with natural_id: one per id).",
-        )
+    # The run has num_silos silos (a simulation starts one node per silo): waiting for more
+    # would only time out, and asking for more replies than silos is a mistake in the config.
+    params = config.strategy.params
+    for name in ("min_available_nodes", "min_train_nodes", "min_evaluate_nodes"):
+        value = getattr(params, name)
+        if value > num_silos:
+            raise ConfigError(
+                f"strategy.{name}",
+                f"is {value} but the partition has only {num_silos} silos.",
+                "lower it, or use more silos (partition.num_silos; null with natural_id: one "
+                "per id).",
+            )
 
 
 _ADOPTED: dict[str, Experiment] = {}

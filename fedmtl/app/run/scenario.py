@@ -7,7 +7,8 @@ the run's config minus the keys that name the method or do not change results. T
   ``seed`` (the repetition), ``output_dir`` (where results go), ``tracking`` (wandb, plots,
   progress), ``runtime`` (in process or on Ray: the same seed gives the same result on every
   runtime, up to floating-point differences from thread counts), ``checkpoint_every`` and
-  ``resume`` (saving and continuing a run do not change its result);
+  ``resume`` (saving and continuing a run do not change its result), ``limits`` (checks before a
+  run);
 - excluded as well when a benchmark suite tunes them (e.g. ``train.lr``): the tuned keys, so that
   a strategy run with its tuned learning rate stays in the scenario of the others;
 - everything else is part of the scenario: dataset, model, partition (with
@@ -36,6 +37,7 @@ EXCLUDED_KEYS = (
     "runtime",
     "checkpoint_every",
     "resume",
+    "limits",
 )
 """Top-level config keys that never belong to a scenario (module docstring)."""
 ID_LENGTH = 10

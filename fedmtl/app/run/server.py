@@ -30,6 +30,7 @@ from fedmtl.app.run.checkpoint import (
     should_checkpoint,
 )
 from fedmtl.app.run.experiment import CONFIG_KEY, Experiment, cached_experiment, config_json_from
+from fedmtl.app.run.lock import run_lock
 from fedmtl.app.run.provenance import provenance
 from fedmtl.app.run.scenario import scenario_of
 from fedmtl.app.run.tracking import PARTITION_FILE, SUMMARY_SCHEMA_VERSION, Tracker
@@ -302,12 +303,15 @@ def make_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         config_json = config_json_from(context.run_config, default_config_json)
-        runtime = None
-        if context.run_config.get(CONFIG_KEY):  # started by `flwr run`
-            log_to_flower()
-            config_json = for_flower_run(config_json, context.run_id)
-            runtime = FLWR_RUN
-        run_server(grid, cached_experiment(config_json), runtime, stop=stop)
+        if not context.run_config.get(CONFIG_KEY):  # started by fedmtl, which holds the lock
+            run_server(grid, cached_experiment(config_json), stop=stop)
+            return
+        log_to_flower()  # started by `flwr run`: the run directory's lock is this app's to take
+        config_json = for_flower_run(config_json, context.run_id)
+        raw = json.loads(config_json)
+        key = "resume" if raw.get("resume") else "output_dir"
+        with run_lock(Path(raw["output_dir"]), key):
+            run_server(grid, cached_experiment(config_json), FLWR_RUN, stop=stop)
 
     return app
 

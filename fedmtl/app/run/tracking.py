@@ -60,10 +60,17 @@ class Tracker:
         self.metrics_path = output_dir / METRICS_FILE
         kept = ""
         if resume_round and self.metrics_path.exists():
-            lines = self.metrics_path.read_text().splitlines()
-            kept = "".join(
-                f"{line}\n" for line in lines if json.loads(line)["round"] <= resume_round
-            )
+            rows, dropped = read_metric_lines(self.metrics_path)
+            if dropped:
+                log.warning(
+                    "%s: %d unreadable line(s) dropped (%s); the checkpoint after round %d "
+                    "decides what the run goes on from",
+                    self.metrics_path,
+                    len(dropped),
+                    ", ".join(f"line {n}" for n in dropped[:5]),
+                    resume_round,
+                )
+            kept = "".join(json.dumps(row) + "\n" for row in rows if row["round"] <= resume_round)
         atomic_write_text(self.metrics_path, kept)
         self.progress = tqdm(
             total=num_rounds,
@@ -215,7 +222,32 @@ def _json_default(value: Any) -> Any:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of a ``metrics.jsonl``, without the lines that cannot be read (a line torn by a
+    kill during an append: :func:`read_metric_lines`)."""
+    return read_metric_lines(path)[0]
+
+
+def read_metric_lines(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows of a ``metrics.jsonl`` and the numbers (from 1) of the lines left out: lines that
+    are not UTF-8 JSON objects with an integer ``round`` (a process killed while appending leaves
+    a torn last line; bytes appended by anything else are not fedmtl's). Blank lines are
+    skipped."""
+    rows: list[dict[str, Any]] = []
+    dropped: list[int] = []
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            dropped.append(number)
+            continue
+        server_round = row.get("round") if isinstance(row, dict) else None
+        if isinstance(server_round, bool) or not isinstance(server_round, int):
+            dropped.append(number)
+            continue
+        rows.append(row)
+    return rows, dropped
 
 
 def plot_learning_curves(

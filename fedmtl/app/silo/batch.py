@@ -79,8 +79,10 @@ class BatchTrainer:
             if reason is not None:
                 self._explain(reason)
                 continue
-            groups.setdefault((job.request.train, job.request.update_mode), []).append((i, job))
-        for (train, mode), items in groups.items():
+            request = job.request
+            key = (request.train, request.update_mode, request.loss_before)
+            groups.setdefault(key, []).append((i, job))
+        for (train, mode, loss_before), items in groups.items():
             for start in range(0, len(items), max_silos):
                 chunk = items[start : start + max_silos]
                 batch = [
@@ -88,7 +90,7 @@ class BatchTrainer:
                     for _, job in chunk
                 ]
                 try:
-                    outcomes = train_vectorized(model, batch, train, mode, precision)
+                    outcomes = train_vectorized(model, batch, train, mode, precision, loss_before)
                 except Exception as err:  # the ClientApp retries each silo and reports its error
                     log.warning(
                         "vectorized runtime: batched training failed (%s: %s); %d silos train "

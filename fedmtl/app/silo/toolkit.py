@@ -84,12 +84,15 @@ def shared_model(config_json: str, device: str, groups: Groups | None) -> MultiT
     return _shared_model(config_json, device, json.dumps(groups, sort_keys=True) if groups else "")
 
 
-@functools.lru_cache(maxsize=64)
+@functools.cache
 def _silo(config_json: str, node: NodeSettings) -> SiloData:
+    """The silo a node holds, built once per process and run config: an in-process runtime
+    serves every silo from one process, round after round (a bounded cache smaller than the
+    federation rebuilt every silo at every message)."""
     return load_silo(cached_experiment(config_json), node)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.cache
 def silo_rows(
     config_json: str, node: NodeSettings, split: Literal["train", "test"], device: str
 ) -> LocalData:
