@@ -143,3 +143,24 @@ def test_the_gramian_of_noisy_rows_is_debiased() -> None:
         rtol=0.1,
     )
     assert torch.allclose(mean, G, atol=0.05 * float(torch.diag(G).min()))
+
+
+def test_a_debiased_gramian_stays_positive_semi_definite() -> None:
+    """A row that is mostly noise: G - diag(d s^2) alone has a negative eigenvalue, which the
+    dual-cone QP refuses; the corrected Gramian is positive semi-definite and UPGrad solves it."""
+    from strategies.balancing.dual_cone import DualConeParams, UPGrad  # noqa: PLC0415
+
+    generator = torch.Generator().manual_seed(1)
+    d = 400
+    signal = torch.randn(3, d, generator=generator, dtype=torch.float64)
+    signal[2] *= 0.01  # task 2's update is tiny beside its noise
+    variances = [0.01, 0.01, 1.0]
+    noise_std = torch.tensor(variances, dtype=torch.float64).sqrt()[:, None]
+    noisy = signal + noise_std * torch.randn(3, d, generator=generator, dtype=torch.float64)
+    gram = noisy @ noisy.T
+    naive = gram - torch.diag(d * torch.tensor(variances, dtype=torch.float64))
+    assert float(torch.linalg.eigvalsh(naive).min()) < 0
+    corrected = debiased_gramian(gram, variances, d)
+    assert float(torch.linalg.eigvalsh(corrected).min()) >= 0
+    weights = UPGrad(DualConeParams())._from_gramian(corrected.float(), [0, 1, 2])
+    assert torch.isfinite(weights).all()

@@ -15,8 +15,8 @@ need it). A task no silo holds this round has no row, and its weighting state st
 across tasks, so the Gramian of the noisy rows is biased on its diagonal only:
 E[(D_t + n_t).(D_u + n_u)] = D_t.D_u + [t = u] d s_t^2. The aggregate update carries s_t^2
 (``ClientUpdate.noise_variance``), and the Gramian weightings then get the debiased Gramian
-G - diag(d s_t^2) (:func:`debiased_gramian`; each diagonal entry kept above zero), while the
-direction stays J^T w on the noisy rows.
+G - diag(d s_t^2) (:func:`debiased_gramian`; its negative eigenvalues, where the correction
+leaves some, clipped), while the direction stays J^T w on the noisy rows.
 """
 
 from __future__ import annotations
@@ -71,11 +71,18 @@ def balanced_update(
 
 
 def debiased_gramian(G: torch.Tensor, variances: Sequence[float], dimension: int) -> torch.Tensor:
-    """G - diag(d s_t^2): the Gramian of noisy rows made unbiased (module docstring); a diagonal
-    entry the correction would bring below 1e-12 trace(G) / T (a row that is mostly noise) is
-    kept there."""
+    """G - diag(d s_t^2): the Gramian of noisy rows made unbiased (module docstring), then made
+    positive semi-definite again: subtracting from the diagonal alone can leave negative
+    eigenvalues (a row that is mostly noise keeps its noisy inner products with the others), which
+    the weightings' QPs refuse ("matrix P is not positive definite"). The nearest such matrix in
+    Frobenius norm clips the eigenvalues at 1e-12 trace(G) / T (Higham 1988); where the
+    corrected matrix is already positive semi-definite, that changes nothing."""
     corrected = G.clone().to(torch.float64)
     floor = 1e-12 * float(torch.trace(corrected)) / max(len(variances), 1)
     for t, variance in enumerate(variances):
-        corrected[t, t] = max(float(corrected[t, t]) - dimension * variance, floor)
-    return corrected
+        corrected[t, t] = corrected[t, t] - dimension * variance
+    values, vectors = torch.linalg.eigh((corrected + corrected.T) / 2)
+    if float(values.min()) >= floor:
+        return corrected
+    clipped = (vectors * values.clamp(min=floor)) @ vectors.T
+    return (clipped + clipped.T) / 2
