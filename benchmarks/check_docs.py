@@ -597,6 +597,41 @@ def real_presets_view(source: Source) -> Table:
     return Table(["scenario", "task (metric)", *names.values()], out)
 
 
+@view("faults")
+def faults_view(source: Source) -> Table:
+    """``benchmarks/faults.py``'s result for setting ARG: per defence (rows) and fault (columns),
+    the run's mean margin over chance (completed) or its status, one per share of faulty silos
+    (``10% / 30% / 49%``); ``clean`` is the run without faults."""
+    setting = source.args[0]
+    rows = [r for r in read_csv(source.paths[0]) if r["setting"] == setting]
+    labels = {
+        "none": "weighted mean",
+        "clip": "`norm_bound=2`",
+        "median": "`robust=median`",
+        "trimmed": "`robust=trimmed_mean`, `trim_count=F`",
+    }
+    faults = list(dict.fromkeys(r["fault"] for r in rows if r["fault"] != "none"))
+
+    def cell(row: dict[str, str]) -> str:
+        if row["status"] == "completed":
+            value = float(row["mean_over_chance"])
+            return f"{'+' if value >= 0 else ''}{exact(value)}"
+        return row["status"]
+
+    out = []
+    for defence, label in labels.items():
+        mine = [r for r in rows if r["defence"] == defence]
+        if not mine:
+            continue
+        clean = [cell(r) for r in mine if r["fault"] == "none"]
+        cells = [
+            " / ".join(cell(r) for r in sorted(mine, key=lambda r: float(r["fraction"])) if r["fault"] == fault)
+            for fault in faults
+        ]  # fmt: skip
+        out.append([label, *(clean or [""]), *cells])
+    return Table(["defence", "clean", *(f"`{f}`" for f in faults)], out)
+
+
 def expected_table(source: Source, doc: Table) -> Table:
     if source.view is not None:
         return VIEWS[source.view](source)
@@ -694,6 +729,10 @@ NOT_RESULTS: dict[tuple[str, str], str] = {
     ("docs/balancing.md", "name"): "each method's rule and parameters",
     ("docs/datasets.md", ""): "a data set's card: source, licence, size, silos, preprocessing",
     ("docs/datasets.md", "path"): "CelebA's files (image sizes in pixels)",
+    ("README.md", "key"): "config keys and what they do",
+    ("docs/robustness.md", "`strategy.robust`"): "the averaging rules and their weights",
+    ("docs/robustness.md", "rule"): "breakdown points, as formulas",
+    ("docs/robustness.md", "`fault=`"): "the faults, their parameters and papers",
 }
 """(doc, first header cell) -> why a table that looks like results is not one."""
 

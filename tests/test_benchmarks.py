@@ -162,3 +162,24 @@ def test_preset_times_writes_cpu_and_wall_seconds_and_rounds(tmp_path: Path) -> 
     assert report["omp_num_threads"] == 1 and report["overrides"] == ["num_rounds=2"]
     tasks = set(report["final"]["smoke"]["personal"])
     assert tasks == {"digit", "parity", "magnitude", "loops", "ink"}
+
+
+def test_faults_writes_a_row_per_defence_fault_and_share(tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(BENCHMARKS / "faults.py"), "--settings", "digits",
+        "--defences", "none", "trimmed", "--faults", "scale", "stale", "--fractions", "0.3",
+        "--rounds", "2", "--out", str(tmp_path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=600, env={**os.environ, **OFFLINE_ENV})
+    with (tmp_path / "faults.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["defence"], r["fault"], r["fraction"]) for r in rows] == [
+        ("none", "none", "0.0"), ("none", "scale", "0.3"), ("none", "stale", "0.3"),
+        ("trimmed", "none", "0.0"), ("trimmed", "scale", "0.3"), ("trimmed", "stale", "0.3"),
+    ]  # fmt: skip
+    assert {r["faulty_silos"] for r in rows if r["fault"] != "none"} == {"0 5 8"}
+    assert rows[0]["status"] == "completed" and rows[1]["status"] == "diverged"
+    report = json.loads((tmp_path / "faults.json").read_text())
+    assert report["setting"]["silos"] == {"digits": 10} and len(report["details"]) == 6
+    assert set(report["details"][0]["final"]) == {"digit", "parity", "magnitude", "loops", "ink"}
+    assert (tmp_path / "faults.png").stat().st_size > 1000

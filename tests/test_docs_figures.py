@@ -121,3 +121,21 @@ def test_a_markdown_table_may_show_some_of_its_source_tables_columns(repo: Path)
     unknown = "| name | accuracy |\n|---|---|\n| alpha | 0.25 |\n"
     problems = problems_of(repo, "<!-- source: results/r.md -->\n" + unknown)
     assert len(problems) == 1 and "no table with the columns ['name', 'accuracy']" in problems[0]
+
+
+def test_the_faults_view_shows_a_completed_runs_margin_and_any_other_runs_status(
+    repo: Path,
+) -> None:
+    header = "setting,defence,fault,fraction,status,mean_over_chance\n"
+    rows = [
+        "digits,none,none,0.0,completed,0.4951",
+        "digits,none,scale,0.1,diverged,-9e13",
+        "digits,none,scale,0.3,completed,0.2",
+        "other,none,none,0.0,completed,0.1",
+    ]
+    (repo / "results" / "faults.csv").write_text(header + "\n".join(rows) + "\n")
+    source = "<!-- source: results/faults.csv; view: faults(digits) -->\n"
+    table = "| defence | clean | `scale` |\n|---|---|---|\n| weighted mean | +0.50 | {} |\n"
+    assert problems_of(repo, source + table.format("diverged / +0.20")) == []
+    problems = problems_of(repo, source + table.format("completed / +0.20"))
+    assert len(problems) == 1 and "column '`scale`'" in problems[0]

@@ -83,14 +83,20 @@ CASES: dict[str, list[str]] = {
     "fedavg_vectorized": ["strategy=fedavg", "runtime=vectorized"],
     "upgrad_vectorized": ["strategy=upgrad", "runtime=vectorized"],
 }
+DIVERGED = {"fairgrad"}
+"""Cases whose run genuinely diverges and stops with ``status: diverged`` after its last round
+(its metrics are still those pinned): after 4 rounds FairGrad's ink has a pooled test MSE of 37
+(R^2 -35.8); its median over the silos, 32.4, is 32 times the initial model's loss (1.01), above
+``strategy.divergence_factor`` (10)."""
 FAST = {"fedavg", "upgrad", "ditto"}
 """Cases that also run in ``make test-fast``; the others are marked slow."""
 
 
-def outcome(overrides: list[str], output_dir: Path) -> dict[str, Any]:
-    """What a case pins: final personal and global metrics, bytes, rounds and groups."""
+def outcome(overrides: list[str], output_dir: Path, status: str = "completed") -> dict[str, Any]:
+    """What a case pins: final personal and global metrics, bytes, rounds and groups (of a run
+    that ends with ``status``)."""
     summary = run(parse(compose([*BASE, *overrides], output_dir)))
-    assert summary["status"] == "completed"
+    assert summary["status"] == status
     return {
         "final": summary["final"],
         "global": summary["global"]["final"],
@@ -109,7 +115,7 @@ def _param(name: str) -> Any:
 @pytest.mark.parametrize("name", [_param(name) for name in CASES])
 def test_final_metrics_are_pinned(name: str, tmp_path: Path) -> None:
     pinned = json.loads(PINS.read_text())[name]
-    got = outcome(CASES[name], tmp_path / "run")
+    got = outcome(CASES[name], tmp_path / "run", "diverged" if name in DIVERGED else "completed")
     assert got["rounds"] == pinned["rounds"] and got["groups"] == pinned["groups"]
     assert (got["bytes_up"], got["bytes_down"]) == (pinned["bytes_up"], pinned["bytes_down"])
     for split in ("final", "global"):
@@ -125,7 +131,8 @@ def write_pins(path: Path) -> None:
     pins = {}
     for name, overrides in CASES.items():
         with tempfile.TemporaryDirectory() as directory:
-            pins[name] = outcome(overrides, Path(directory) / "run")
+            status = "diverged" if name in DIVERGED else "completed"
+            pins[name] = outcome(overrides, Path(directory) / "run", status)
         print(name, file=sys.stderr)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(pins, indent=1, sort_keys=True) + "\n")

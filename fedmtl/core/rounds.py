@@ -14,7 +14,8 @@ class RoundRecord:
     (round, node, silo, reason), each task's train loss (example-weighted over silos) and, for the
     balancing strategies, its weight w_t in the trunk update; after an evaluation, the pooled
     personal metrics (task -> metric -> value) and each silo's own; bytes of model arrays sent each
-    way and the round's wall time."""
+    way and the round's wall time; ``suspect``: why the round's losses suggest the model diverged
+    (empty: a sound round)."""
 
     server_round: int
     num_sampled: int
@@ -29,6 +30,7 @@ class RoundRecord:
     task_weights: dict[str, float] = field(default_factory=dict)
     privacy: dict[str, Any] = field(default_factory=dict)
     """A privacy mode's figures of the round (epsilon so far, noise, clipping norm, ...)."""
+    suspect: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RoundRecord:

@@ -66,6 +66,10 @@ def _no_feature_skew() -> PluginConfig:
     return PluginConfig("none", NoParams())
 
 
+def _no_fault() -> PluginConfig:
+    return PluginConfig("none", NoParams())
+
+
 @dataclass(frozen=True)
 class PartitionConfig:
     """How the dataset is spread over silos: which tasks each labels, which samples it holds,
@@ -213,6 +217,7 @@ class ExperimentConfig:
     """The whole validated experiment. ``checkpoint_every``: save the run's state every N rounds
     (0: only after the last round); ``resume``: the run directory this run continues;
     ``plugins``: modules and files loaded before the config was read (their members registered);
+    ``fault``: the fault injected into some silos (:mod:`fedmtl.faults`; ``none``: honest);
     ``limits``: the checks before a run."""
 
     seed: int
@@ -230,6 +235,7 @@ class ExperimentConfig:
     checkpoint_every: int = 5
     resume: str | None = None
     plugins: tuple[str, ...] = ()
+    fault: PluginConfig = field(default_factory=_no_fault)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> str:

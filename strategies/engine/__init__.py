@@ -44,7 +44,7 @@ from strategies.engine.method import (
     TrunkStep,
 )
 from strategies.engine.model import GlobalModel
-from strategies.engine.params import MethodParams
+from strategies.engine.params import DEFENCES, MethodParams
 from strategies.engine.per_silo import PerSiloModels, trunk_vector
 from strategies.engine.privacy import PRIVACY, PrivacyParams, refusal
 from strategies.engine.replies import ClientUpdate, ReplyError, RunStopped
@@ -70,6 +70,7 @@ from strategies.engine.summed import (
 from strategies.engine.sums import SumRule
 
 __all__ = [
+    "DEFENCES",
     "PRIVACY",
     "Averager",
     "Averaging",

@@ -15,10 +15,12 @@ from strategies.engine.model import GlobalModel
 GlobalEvaluation = Callable[[int, GlobalModel], dict[str, dict[str, float]] | None]
 """``(round, model) -> task -> metric -> value``, or None when it did not evaluate this round."""
 
-RoundEnd = Callable[[int, GlobalModel, Callable[[], dict[str, Any]]], int | None]
-"""Called once a round is over and reported: ``(round, model, state) -> the round now saved``,
-with ``state()`` the engine's :meth:`~strategies.engine.Engine.state_dict`; it returns the round
-of the checkpoint the call completed, or None when it saved none."""
+RoundEnd = Callable[[int, GlobalModel, Callable[[], dict[str, Any]], bool], int | None]
+"""Called once a round is over and reported: ``(round, model, state, sound) -> the round now
+saved``, with ``state()`` the engine's :meth:`~strategies.engine.Engine.state_dict` and ``sound``
+False when the round's losses suggest the model diverged (:mod:`strategies.engine.divergence`:
+such a round must not be saved); it returns the round of the checkpoint the call completed, or
+None when it saved none."""
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,20 @@
 - **Evaluate replies** (:func:`pool_evaluations`): each silo's additive statistics of its own
   tasks, summed over silos per task, then turned into metrics, so pooled ("personal") metrics are
   exact over every silo's test rows.
+
+Both keep, for the refused replies that carried non-finite numbers, the losses those replies
+report per task (``non_finite``: silo id -> task -> loss, a non-finite one as +inf): evidence
+that the model diverged (:mod:`strategies.engine.divergence`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 
 from fedmtl.core import records
 from fedmtl.core.records import EvaluateReply, SiloInfo, TrainReply
@@ -31,6 +35,9 @@ from strategies.engine.replies import (
     check_evaluate_reply,
     check_train_reply,
     client_error,
+    has_non_finite,
+    reported_test_losses,
+    reported_train_losses,
 )
 from strategies.engine.robust import bound_norms, count_caps, fixed_counts
 
@@ -50,14 +57,16 @@ def rejection(server_round: int, node: int, silo: SiloInfo | None, reason: str) 
 
 @dataclass(frozen=True)
 class Intake:
-    """A training round's usable updates (by silo id), the replies refused and the bytes received
-    (counted for every reply with content, accepted or not)."""
+    """A training round's usable updates (by silo id), the replies refused, the bytes received
+    (counted for every reply with content, accepted or not) and the losses reported by the
+    refused replies that carried non-finite numbers (silo id -> task -> loss)."""
 
     updates: list[ClientUpdate]
     rejected: list[dict[str, Any]]
     bytes_up: int
     bytes_down: int = 0
     """Bytes sent besides the round's train messages (SecAgg+'s stages)."""
+    non_finite: dict[int, dict[str, float]] = field(default_factory=dict)
 
     @property
     def contributors(self) -> int:
@@ -77,6 +86,7 @@ def take_updates(
     server_round = sent.server_round
     rejected: list[dict[str, Any]] = []
     updates: list[ClientUpdate] = []
+    non_finite: dict[int, dict[str, float]] = {}
     received = 0
     destinations = answered_nodes(sent.messages)
     for reply in replies:
@@ -96,6 +106,7 @@ def take_updates(
         except REPLY_ERRORS as err:
             reason = f"train reply rejected: {err}"
             rejected.append(rejection(server_round, node, silos.get(node), reason))
+            non_finite.update(_non_finite(reply, silos.get(node), reported_train_losses))
     updates.sort(key=lambda u: u.silo.silo_id)
     cap, task_caps = count_caps(silos.values(), params.max_count_ratio)
     updates = [fixed_counts(u, silos[u.node_id], cap, task_caps) for u in updates]
@@ -103,17 +114,29 @@ def take_updates(
         updates, refused = bound_norms(updates, params.norm_bound, params.norm_rule)
         for update, reason in refused:
             rejected.append(rejection(server_round, update.node_id, update.silo, reason))
-    return Intake(updates, rejected, received)
+    return Intake(updates, rejected, received, non_finite=non_finite)
+
+
+def _non_finite(
+    reply: Message, silo: SiloInfo | None, losses: Callable[[RecordDict], dict[str, float]]
+) -> dict[int, dict[str, float]]:
+    """``{silo id: the losses it reports for its tasks}`` when the refused ``reply`` of a known
+    silo carried non-finite numbers, else nothing."""
+    if silo is None or not reply.has_content() or not has_non_finite(reply.content):
+        return {}
+    return {silo.silo_id: {t: v for t, v in losses(reply.content).items() if t in silo.tasks}}
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """Pooled personal metrics of one evaluation (None when no silo reported), each silo's own
-    metrics, and the replies refused."""
+    metrics, the replies refused and the test losses reported by the refused replies that carried
+    non-finite numbers (silo id -> task -> loss)."""
 
     personal: dict[str, dict[str, float]] | None
     per_silo: dict[int, dict[str, dict[str, float]]]
     rejected: list[dict[str, Any]]
+    non_finite: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 def pool_evaluations(
@@ -127,6 +150,7 @@ def pool_evaluations(
     pooled: dict[str, dict[str, float]] = {}
     per_silo: dict[int, dict[str, dict[str, float]]] = {}
     rejected: list[dict[str, Any]] = []
+    non_finite: dict[int, dict[str, float]] = {}
 
     destinations = answered_nodes(sent.messages)
 
@@ -144,6 +168,7 @@ def pool_evaluations(
         except REPLY_ERRORS as err:
             reason = f"evaluate reply rejected: {err}"
             rejected.append(rejection(sent.server_round, node, silos.get(node), reason))
+            non_finite.update(_non_finite(reply, silos.get(node), reported_test_losses))
             continue
         per_silo[silo.silo_id] = {
             task: tasks[task].finalize_metrics(task_stats) for task, task_stats in stats.items()
@@ -157,4 +182,4 @@ def pool_evaluations(
         for task, spec in tasks.items()  # in the dataset's task order
         if pooled.get(task, {}).get("n", 0.0) > 0
     }
-    return Evaluation(personal or None, per_silo, rejected)
+    return Evaluation(personal or None, per_silo, rejected, non_finite)

@@ -11,8 +11,15 @@ Each round:
 2. **evaluate** (every ``evaluate_every`` rounds and after the last): sampled silos evaluate on
    their own test split and the statistics are pooled per task; the run's global evaluation (a
    held-out set) runs on the same schedule when the method has one global model;
-3. the round's :class:`~fedmtl.core.rounds.RoundRecord` goes to the observers and the run's
-   round-end hook (checkpoints) is called; what it saved is told to the silos from then on.
+3. the round is judged (:mod:`strategies.engine.divergence`: the median loss of every task
+   against its loss under the initial model) and its :class:`~fedmtl.core.rounds.RoundRecord`
+   goes to the observers; the run's round-end hook (checkpoints) is called, told whether the
+   round was sound; what it saved is told to the silos from then on. ``divergence_rounds``
+   suspect rounds in a row (or a suspect last round) stop the run (``diverged``).
+
+An aggregate with non-finite values is never applied (``diverged`` at once), and every
+aggregated round's groups are checked against the robust rule's breakdown point for
+``max_faulty`` faulty silos (:mod:`strategies.engine.breakdown`).
 
 What persists across rounds is the engine's (roster, bytes, rejections, participants, history) and
 the method's own state; both are in :meth:`Engine.state_dict` for checkpoints.
@@ -34,8 +41,17 @@ from fedmtl.core.records import EvaluateRequest, MethodSpec, TrainRequest
 from fedmtl.core.rounds import RoundRecord
 from fedmtl.core.training import UpdateMode
 from strategies.engine.aggregation import mean_train_loss
+from strategies.engine.breakdown import BreakdownWatch
 from strategies.engine.context import RunContext
 from strategies.engine.dispatch import Dispatch, dispatch
+from strategies.engine.divergence import (
+    DivergenceMonitor,
+    Evidence,
+    evaluated_losses,
+    evidence,
+    finite,
+    train_losses,
+)
 from strategies.engine.intake import Evaluation, Intake, pool_evaluations, take_updates
 from strategies.engine.method import Method, Purpose, Round, RoundResult
 from strategies.engine.model import GlobalModel
@@ -81,6 +97,10 @@ class Engine:
         self.rejections: list[dict[str, Any]] = []
         self.participants: set[int] = set()  # silo ids whose update was aggregated
         self.history: list[RoundRecord] = []
+        self.breakdowns = BreakdownWatch(
+            params.robust, params.trim(), params.max_faulty, params.norm_bound
+        )
+        self.divergence = DivergenceMonitor(params.divergence_factor, params.divergence_rounds)
         self._serialised: tuple[GlobalModel, ArrayRecord] | None = None
 
     # ------------------------------------------------------------------ the loop
@@ -109,22 +129,49 @@ class Engine:
                 bytes_down=self.bytes_down - down,
                 privacy=self.privacy_report(),
             )
+            tasks = list(self.tasks)
+            sources: dict[str, Evidence] = {
+                "train loss": evidence(train_losses(intake.updates), intake.non_finite, tasks)
+            }
             if server_round % params.evaluate_every == 0 or server_round == num_rounds:
                 evaluation = self.evaluate_round(grid, server_round, model)
                 record.bytes_down = self.bytes_down - down
                 record.rejected += evaluation.rejected
                 record.personal = evaluation.personal
                 record.per_silo = evaluation.per_silo
+                found = evidence(
+                    evaluated_losses(evaluation.per_silo), evaluation.non_finite, tasks
+                )
+                sources["test loss"] = found
             if self.context.evaluate_global is not None and self.method.global_model:
                 self.context.evaluate_global(server_round, model)
+            verdict = self.divergence.judge(server_round, sources)
+            record.suspect = list(verdict.reasons)
+            if not verdict.sound:
+                log.warning("round %d is suspect: %s", server_round, "; ".join(verdict.reasons))
             record.seconds = self.context.clock() - started
             self.history.append(record)
             for observer in self.context.observers:
                 observer.on_round(record)
             if self.context.on_round_end is not None:
-                saved = self.context.on_round_end(server_round, model, self.state_dict)
+                saved = self.context.on_round_end(
+                    server_round, model, self.state_dict, verdict.sound
+                )
                 if saved is not None:
                     self.silo_checkpoint = replace(self.silo_checkpoint, saved_round=saved)
+            if self.divergence.diverged:
+                raise RunStopped(
+                    "diverged",
+                    f"rounds {server_round - self.divergence.streak + 1} to {server_round} are "
+                    f"suspect ({'; '.join(verdict.reasons)}); the last sound round is "
+                    f"{self.divergence.last_sound}",
+                )
+        if self.divergence.enabled and self.divergence.streak:
+            raise RunStopped(
+                "diverged",
+                f"the last round, {num_rounds}, is suspect; the last sound round is "
+                f"{self.divergence.last_sound}",
+            )
         return model
 
     def train_round(
@@ -146,10 +193,21 @@ class Engine:
                     else [update.silo for update in intake.updates]
                 )
                 self.ledger.observe(released)
+            self.divergence.learn(intake.updates)  # a task's first holders: its reference
             result = self.aggregate(sent, intake)
             if result is not None:
                 return result, intake, sent
             log.warning("round %d: attempt %d of %d failed", server_round, attempt + 1, attempts)
+            unusable = self.divergence.unusable(
+                evidence(train_losses(intake.updates), intake.non_finite, list(self.tasks))
+            )
+            if unusable:
+                raise RunStopped(
+                    "diverged",
+                    f"round {server_round}: most silos of {unusable} replied with non-finite "
+                    "values: the model they received cannot be trained any more; the last sound "
+                    f"round is {self.divergence.last_sound}",
+                )
         raise RunStopped(
             "too_few_replies",
             f"round {server_round}: too few valid updates after {attempts} attempts "
@@ -223,8 +281,16 @@ class Engine:
             return None
         round_ = Round(sent.server_round, tuple(self.roster.known()))
         result = self.method.aggregate(round_, sent.model, intake.updates)
+        if not finite(result.model.arrays):
+            raise RunStopped(
+                "diverged",
+                f"round {sent.server_round}: the aggregated model has non-finite values; it was "
+                f"not applied (the last sound round is {self.divergence.last_sound})",
+            )
         for update in intake.updates:
             self.participants.update(update.contributors or (update.silo.silo_id,))
+        if self.private is None:  # from sums, one aggregate update: no count of holders per group
+            self.breakdowns.check(sent.server_round, intake.updates, list(self.tasks))
         return result
 
     def dispatch_evaluate(
@@ -380,6 +446,8 @@ class Engine:
             "participants": sorted(self.participants),
             "history": [asdict(record) for record in self.history],
             "method": self.method.state_dict(),
+            "breakdowns": self.breakdowns.state_dict(),
+            "divergence": self.divergence.state_dict(),
             **({"privacy": self.private.state_dict()} if self.private is not None else {}),
             **({"ledger": self.ledger.state_dict()} if self.ledger is not None else {}),
         }
@@ -393,6 +461,8 @@ class Engine:
         self.participants = set(state["participants"])
         self.history = [RoundRecord.from_dict(record) for record in state["history"]]
         self.method.load_state_dict(state["method"])
+        self.breakdowns.load_state_dict(state.get("breakdowns", {}))  # older checkpoints: none
+        self.divergence.load_state_dict(state.get("divergence", {}))
         if self.private is not None and "privacy" in state:
             self.private.load_state_dict(state["privacy"])
         if self.ledger is not None and "ledger" in state:

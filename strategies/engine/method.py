@@ -108,7 +108,8 @@ class Method(ABC, Generic[P]):
         self.tasks = {task.name: task for task in setup.tasks}
         self.train = setup.train
         self.seed = setup.seed
-        self.average: Averager = averager(params.robust, params.trim_fraction)
+        trim = params.trim()
+        self.average: Averager = averager(params.robust, trim.fraction, trim.count)
         """How one array is averaged over silos (``strategy.robust``)."""
 
     def initial_groups(self) -> Groups | None:

@@ -13,8 +13,24 @@ from dataclasses import dataclass, field
 from fedmtl.core.checks import fraction, int_at_least, positive
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.records import UpdateDtype
-from strategies.engine.robust import NormRule, RobustRule
+from strategies.engine.robust import NormRule, RobustRule, Trim
 from strategies.engine.server_opt import ServerOptParams
+
+DEFENCES = (
+    "robust",
+    "trim_fraction",
+    "trim_count",
+    "max_faulty",
+    "norm_bound",
+    "norm_rule",
+    "max_count_ratio",
+    "divergence_factor",
+    "divergence_rounds",
+)
+"""The fields of :class:`MethodParams` that defend a run against faulty silos: they change how
+updates are averaged and judged, never the state a checkpoint holds, so a run resumed from its
+checkpoint (e.g. after it diverged) may change them (``fedmtl run resume=DIR
+strategy.norm_bound=2``)."""
 
 
 @dataclass(frozen=True)
@@ -31,10 +47,19 @@ class MethodParams:
     Faults and robustness (:mod:`strategies.engine.robust`): a round with fewer valid updates than
     ``min_train_nodes`` (or the nodes sampled, when fewer) is sent again up to ``round_retries``
     times, then the run stops (``status: too_few_replies``); ``robust`` averages with the weighted
-    ``mean``, the coordinate-wise ``median`` or a ``trimmed_mean`` (cutting ``trim_fraction`` at
-    each end); ``norm_bound`` b ``clip``-s or ``reject``-s (``norm_rule``) updates whose norm
+    ``mean``, the coordinate-wise ``median`` or a ``trimmed_mean`` (cutting ``trim_count`` values,
+    else the share ``trim_fraction``, else ``max_faulty`` values, else 10% at each end:
+    :meth:`trim`); ``norm_bound`` b ``clip``-s or ``reject``-s (``norm_rule``) updates whose norm
     exceeds b times the round's median; ``max_count_ratio`` r caps the example counts a silo
-    announced at r times the median.
+    announced at r times the median. ``max_faulty`` f declares how many of a round's silos may
+    be faulty: each round the engine checks every averaged group (the trunk over all updates,
+    each task's head over its holders) against the rule's breakdown point and warns where f
+    faulty silos could take it over (:func:`strategies.engine.robust.breakdown`).
+
+    Divergence (:mod:`strategies.engine.divergence`): a round is suspect when a task's median
+    loss over its silos is non-finite or above ``divergence_factor`` times its loss under the
+    initial model; ``divergence_rounds`` suspect rounds in a row stop the run (``status:
+    diverged``); ``divergence_factor`` null turns the check off.
 
     ``update_dtype``: the precision silos send their updates in (``float16`` or ``bfloat16``
     halve the bytes up; the server reads them back as float32).
@@ -51,11 +76,15 @@ class MethodParams:
     server_optimizer: ServerOptParams = field(default_factory=ServerOptParams)
     round_retries: int = 1
     robust: RobustRule = "mean"
-    trim_fraction: float = 0.1
+    trim_fraction: float | None = None
+    trim_count: int | None = None
+    max_faulty: int | None = None
     norm_bound: float | None = None
     norm_rule: NormRule = "clip"
     max_count_ratio: float | None = None
     update_dtype: UpdateDtype = "float32"
+    divergence_factor: float | None = 10.0
+    divergence_rounds: int = 3
 
     def __post_init__(self) -> None:
         fraction(self, "fraction_train", allow_one=True)
@@ -69,15 +98,54 @@ class MethodParams:
             int_at_least(self, name, 1)
         int_at_least(self, "round_retries", 0)
         positive(self, "wait_for_nodes_s", "reply_timeout_s")
-        if not 0.0 <= self.trim_fraction < 0.5:
+        if self.trim_fraction is not None and not 0.0 <= self.trim_fraction < 0.5:
             raise ConfigError(
                 "trim_fraction",
                 f"must be in [0, 0.5), got {self.trim_fraction!r}.",
-                "use e.g. 0.1.",
+                "use e.g. 0.1, or set trim_count (values cut per side) instead.",
             )
+        for name in ("trim_count", "max_faulty"):
+            if getattr(self, name) is not None:
+                int_at_least(self, name, 0)
+        if self.trim_count is not None:
+            if self.trim_fraction is not None:
+                raise ConfigError(
+                    "trim_count",
+                    f"is {self.trim_count} but trim_fraction is set too "
+                    f"({self.trim_fraction}): the cut is one or the other.",
+                    "set trim_fraction=null to cut trim_count values per side, or drop trim_count.",
+                )
+            if self.robust != "trimmed_mean":
+                raise ConfigError(
+                    "trim_count",
+                    f"is set but robust is {self.robust!r}: only trimmed_mean cuts values.",
+                    "set robust=trimmed_mean, or drop trim_count.",
+                )
         for name in ("norm_bound", "max_count_ratio"):
             if getattr(self, name) is not None:
                 positive(self, name)
+        factor = self.divergence_factor
+        if factor is not None:
+            positive(self, "divergence_factor")
+            if factor <= 1.0:
+                raise ConfigError(
+                    "divergence_factor",
+                    f"must be > 1 (a multiple of the initial loss), got {factor!r}.",
+                    "use e.g. 100, or null to turn divergence detection off.",
+                )
+        int_at_least(self, "divergence_rounds", 1)
+
+    def trim(self) -> Trim:
+        """The cut of ``trimmed_mean``: ``trim_count`` values per side, else the share
+        ``trim_fraction``, else ``max_faulty`` values (so that the f declared faulty silos can
+        all be cut), else 10%."""
+        if self.trim_count is not None:
+            return Trim(count=self.trim_count)
+        if self.trim_fraction is not None:
+            return Trim(fraction=self.trim_fraction)
+        if self.max_faulty is not None:
+            return Trim(count=self.max_faulty)
+        return Trim()
 
     def check_experiment(self, task_names: Sequence[str], num_rounds: int) -> None:
         """Cross-check these parameters against the experiment before any training (raise

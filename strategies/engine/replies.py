@@ -15,11 +15,14 @@ failing silo, a NaN update or a malformed reply never touches the global model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+from flwr.app import RecordDict
 
+from fedmtl.core import records
 from fedmtl.core.models import is_trunk_key
 from fedmtl.core.records import (
     NUM_EXAMPLES,
@@ -175,6 +178,65 @@ def check_evaluate_reply(reply: EvaluateReply, silo: SiloInfo) -> EvaluateReply:
     """An evaluate reply with statistics for the silo's own tasks only."""
     _own_tasks("metric", reply.stats, silo)
     return reply
+
+
+def has_non_finite(content: RecordDict) -> bool:
+    """Whether a reply's content carries a non-finite number (in a metric record or a
+    floating-point array): what a silo training a model that blew up sends."""
+    for record in content.metric_records.values():
+        for value in record.values():
+            numbers = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                return True
+    for array_record in content.array_records.values():
+        try:
+            arrays = records.from_array_record(array_record)
+        except (KeyError, ValueError, TypeError):
+            continue
+        if not all(
+            bool(np.isfinite(a).all())
+            for a in arrays.values()
+            if np.issubdtype(a.dtype, np.floating)
+        ):
+            return True
+    return False
+
+
+def _task_stats(content: RecordDict) -> dict[str, dict[str, float]]:
+    """Task -> stat -> number of a reply's metrics record, read leniently (what is no number is
+    left out; NaN becomes +inf)."""
+    found: dict[str, dict[str, float]] = {}
+    record = content.metric_records.get(records.METRICS)
+    for key, value in (record or {}).items():
+        parsed = records.split_task_key(key)
+        if parsed is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        number = float(value)
+        found.setdefault(parsed[0], {})[parsed[1]] = math.inf if math.isnan(number) else number
+    return found
+
+
+def reported_train_losses(content: RecordDict) -> dict[str, float]:
+    """Per task, the larger of the loss before training and the training loss a (refused) train
+    reply reports, non-finite ones as +inf."""
+    losses = {}
+    for task, stats in _task_stats(content).items():
+        values = [abs(stats[s]) for s in (records.TRAIN_LOSS, records.LOSS_BEFORE) if s in stats]
+        if values:
+            losses[task] = max(values)
+    return losses
+
+
+def reported_test_losses(content: RecordDict) -> dict[str, float]:
+    """Per task, the test loss a (refused) evaluate reply's statistics give, +inf where one of
+    them is non-finite."""
+    losses = {}
+    for task, stats in _task_stats(content).items():
+        if not all(math.isfinite(v) for v in stats.values()):
+            losses[task] = math.inf
+        elif stats.get("n", 0.0) > 0 and "loss_sum" in stats:
+            losses[task] = stats["loss_sum"] / stats["n"]
+    return losses
 
 
 def _count(what: str, value: float) -> int:

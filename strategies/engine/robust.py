@@ -10,8 +10,12 @@ for averaging (pure functions; the engine applies them to every round's checked 
   array scaled by b median / ||Delta_s||) or ``reject``-ed.
 - **Rules** (:func:`averager`): ``mean`` is the weighted mean sum_s w_s x_s / sum_s w_s;
   ``median`` the coordinate-wise median and ``trimmed_mean`` the coordinate-wise mean after
-  cutting the ``trim_fraction`` largest and smallest values (both unweighted, Flower's
-  ``aggregate_median`` and ``trim_mean``, as its FedMedian and FedTrimmedAvg).
+  cutting the c largest and c smallest of the k values at each coordinate (both unweighted,
+  Flower's ``aggregate_median`` and ``trim_mean``, as its FedMedian and FedTrimmedAvg). The cut
+  (:class:`Trim`) is c = floor(beta k) for a ``trim_fraction`` beta, or exactly ``trim_count``
+  values per side; with k <= 2c + 1 values there is nothing left to average but the middle, and
+  the rule is the median (equal to the trimmed mean at k = 2c + 1).
+The breakdown points of the rules: :mod:`strategies.engine.breakdown`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -42,13 +47,55 @@ def weighted_mean(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.
     )
 
 
-def averager(rule: RobustRule, trim_fraction: float = 0.1) -> Averager:
-    """The averaging of one array over silos for ``rule`` (module docstring)."""
+@dataclass(frozen=True)
+class Trim:
+    """How many of k values ``trimmed_mean`` cuts at each end: exactly ``count`` when it is set,
+    else c = floor(``fraction`` k) (Flower's rule)."""
+
+    fraction: float = 0.1
+    count: int | None = None
+
+    def cut(self, k: int) -> int:
+        """c, the values cut at each end of k."""
+        return self.count if self.count is not None else int(self.fraction * k)
+
+    def falls_back(self, k: int) -> bool:
+        """Whether k values are too few to cut ``count`` at each end (k <= 2c): the median is
+        taken instead."""
+        return self.count is not None and k <= 2 * self.count
+
+
+def median(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """The coordinate-wise median of ``values`` (unweighted; Flower's ``aggregate_median``)."""
+    return np.asarray(aggregate_median([([v], 1) for v in values])[0])
+
+
+def trimmed_mean(trim: Trim) -> Averager:
+    """The coordinate-wise mean of the values left after cutting ``trim.cut(k)`` of the k values
+    at each end (Flower's ``trim_mean``); the median when k <= 2c + 1 (module docstring)."""
+
+    def average(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+        k = len(values)
+        cut = trim.cut(k)
+        if k <= 2 * cut + 1:
+            return median(values, weights)
+        # Flower cuts int(fraction * k) per side: (c + 1/2) / k gives exactly c, and stays
+        # below 1/2 because k > 2c + 1.
+        return np.asarray(trim_mean(np.stack(values), (cut + 0.5) / k))
+
+    return average
+
+
+def averager(
+    rule: RobustRule, trim_fraction: float = 0.1, trim_count: int | None = None
+) -> Averager:
+    """The averaging of one array over silos for ``rule`` (module docstring); ``trim_fraction``
+    and ``trim_count`` set the cut of ``trimmed_mean`` (:class:`Trim`)."""
     if rule == "mean":
         return weighted_mean
     if rule == "median":
-        return lambda values, weights: aggregate_median([([v], 1) for v in values])[0]
-    return lambda values, weights: np.asarray(trim_mean(np.stack(values), trim_fraction))
+        return median
+    return trimmed_mean(Trim(trim_fraction, trim_count))
 
 
 def fixed_counts(

@@ -114,7 +114,7 @@ class PrivateAggregation:
             sent.update_mode,
             rule,
             list(silos.values()),
-            releases_numbers=not self.dp,
+            releases_numbers=self.privacy.dp == "none",  # DP (silo or record) releases none
             bit=self.dp and self.privacy.adaptive_clipping,
         )
         sampled = len(sent.messages)
@@ -133,7 +133,9 @@ class PrivateAggregation:
         update = decode(layout, values, counts, contributors, noise_std if debias else 0.0)
         self._account(sent.server_round, layout, contributors, update, noise_std, bit_sigma)
         updates = [] if update is None else [update]
-        return Intake(updates, intake.rejected, intake.bytes_up, intake.bytes_down)
+        return Intake(
+            updates, intake.rejected, intake.bytes_up, intake.bytes_down, intake.non_finite
+        )
 
     def _secure(
         self,

@@ -16,6 +16,8 @@ What changes on the way:
 - ``hydra.run.dir=DIR`` (default ``outputs/flwr``) becomes ``output_dir``: the ServerApp writes
   each run's results to ``DIR/<run id>/``, relative to the working directory of the process that
   runs it (the SuperLink's).
+- ``fault=...`` (fault injection, :mod:`fedmtl.faults`) is refused: it is for simulations, and
+  a deployed silo refuses it too.
 - ``resume=RUN_DIR`` (a run directory on the SuperLink's machine, read here too) gives that run's
   own config, for a ``flwr run`` that continues it in place from its checkpoint.
 """
@@ -31,6 +33,7 @@ from fedmtl.app.run.config import compose, parse
 from fedmtl.app.run.experiment import CONFIG_KEY, named_files, prepare
 from fedmtl.core.errors import ConfigError
 from fedmtl.datasets.schema import FeatureSchema
+from fedmtl.faults import NONE
 
 DEFAULT_OUTPUT = "outputs/flwr"
 OUTPUT_OVERRIDE = "hydra.run.dir="
@@ -59,6 +62,14 @@ def run_config(overrides: list[str]) -> dict[str, str]:
             "names.",
             "install the plug-in package on the SuperLink's and every SuperNode's machine (its "
             "entry points register it) and drop plugins=...; see docs/extending.md.",
+        )
+    if config.fault.name != NONE:
+        raise ConfigError(
+            "fault",
+            f"is {config.fault.name!r}, but a deployment's silos never misbehave on request "
+            "(and refuse a run config that asks them to).",
+            "inject faults in simulations (fedmtl run, runtime=inprocess|vectorized|simulation); "
+            "drop fault=... here.",
         )
     files = named_files(config)
     if files:

@@ -59,6 +59,7 @@ import safetensors.numpy
 from fedmtl.app.run.config import compose
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.records import Arrays, Groups
+from strategies.engine import DEFENCES
 
 log = logging.getLogger("fedmtl")
 
@@ -71,8 +72,9 @@ CHECKPOINT_SCHEMA_VERSION = 3
 2 (no checksums) is refused."""
 RESUMABLE_KEYS = ("num_rounds", "checkpoint_every", "runtime", "tracking", "limits")
 """Top-level config keys a resumed run may change (``fedmtl run resume=DIR KEY=VALUE``): how long
-it runs, how often it saves, where it runs, what it reports and the checks before it; everything
-else is the run's."""
+it runs, how often it saves, where it runs, what it reports and the checks before it; besides them
+only the defences ``strategy.<key>`` of :data:`strategies.engine.DEFENCES` (a diverged run resumed
+from its last sound checkpoint with another defence); everything else is the run's."""
 _ARRAY = "array"  # the JSON placeholder of an array: {"array": "<key in the arrays file>"}
 _SILO_FILE = re.compile(r"round-(\d+)\.safetensors")
 _ARRAYS_FILE = re.compile(r"arrays-(\d+)\.safetensors")
@@ -407,11 +409,12 @@ def resumed_raw_config(run_dir: Path, overrides: Sequence[str]) -> dict[str, Any
                 key or override, "is not a KEY=VALUE override.", "write e.g. num_rounds=40."
             )
         path = key.split(".")
-        if path[0] not in RESUMABLE_KEYS:
+        if path[0] not in RESUMABLE_KEYS and not _defence(path):
             raise ConfigError(
                 key,
                 "cannot change when a run is resumed: the run keeps its own config.",
-                f"change only {', '.join(RESUMABLE_KEYS)}; start a new run for anything else.",
+                f"change only {', '.join(RESUMABLE_KEYS)} or strategy.{{{','.join(DEFENCES)}}}; "
+                "start a new run for anything else.",
             )
         if key in ("runtime", "tracking"):  # GROUP=PRESET: the preset's values
             raw[key] = compose([override])[key]
@@ -440,11 +443,24 @@ def resumed_raw_config(run_dir: Path, overrides: Sequence[str]) -> dict[str, Any
     return raw
 
 
+def _defence(path: Sequence[str]) -> bool:
+    """Whether a dotted config key is a defence of the strategy (:data:`RESUMABLE_KEYS`)."""
+    return len(path) == 2 and path[0] == "strategy" and path[1] in DEFENCES
+
+
+def _without_defences(config: Mapping[str, Any]) -> dict[str, Any]:
+    strategy = config.get("strategy")
+    if not isinstance(strategy, Mapping):
+        return dict(config)
+    return {**config, "strategy": {k: v for k, v in strategy.items() if k not in DEFENCES}}
+
+
 def check_resumable(raw: Mapping[str, Any], state: RunState) -> None:
     """A ConfigError unless ``raw`` is the checkpoint's config up to :data:`RESUMABLE_KEYS`."""
     ignored = {*RESUMABLE_KEYS, "resume", "output_dir"}
-    for key in sorted(set(raw) | set(state.config)):
-        if key not in ignored and raw.get(key) != state.config.get(key):
+    raw, saved = _without_defences(raw), _without_defences(state.config)
+    for key in sorted(set(raw) | set(saved)):
+        if key not in ignored and raw.get(key) != saved.get(key):
             raise ConfigError(
                 key,
                 f"differs from the config of the run being resumed in {raw.get('resume')}.",

@@ -45,6 +45,7 @@ from fedmtl.core.schema import (
     TrainConfig,
 )
 from fedmtl.datasets import DATASETS
+from fedmtl.faults import FAULTS, NONE
 from fedmtl.trunks import TRUNKS
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS
 from strategies import METHODS
@@ -266,6 +267,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     strategy = PluginConfig(*_plugin(METHODS, raw["strategy"], "strategy"))
     runtime = PluginConfig(*_plugin(RUNTIMES, raw["runtime"], "runtime"))
     privacy = PluginConfig(*_plugin(PRIVACY, raw.get("privacy", {"name": "none"}), "privacy"))
+    fault = PluginConfig(*_plugin(FAULTS, raw.get("fault", {"name": NONE}), "fault"))
     sections = {}
     for key in ("train", "tracking", "limits"):
         values = raw.get(key, {})
@@ -298,6 +300,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
         checkpoint_every=raw.get("checkpoint_every", ExperimentConfig.checkpoint_every),
         resume=resume,
         plugins=tuple(plugins),
+        fault=fault,
         raw=raw,
     )
 

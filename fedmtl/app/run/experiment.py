@@ -29,6 +29,7 @@ from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.records import SiloInfo
 from fedmtl.core.schema import ExperimentConfig, PartitionFile, PartitionLocal
 from fedmtl.datasets import TableSource, build_source, materialise
+from fedmtl.faults import Fault, build_fault, silos_of
 from fedmtl.trunks import build_model
 from partitions import Partition, hold_out
 from partitions import build as build_partition
@@ -99,6 +100,25 @@ class Experiment:
     def method_label(self) -> str:
         """The name results report for the configured method (``summary.json``'s ``strategy``)."""
         return str(self.config.strategy.params.label(self.config.strategy.name))
+
+    @functools.cached_property
+    def faulty_silos(self) -> tuple[int, ...]:
+        """The silos the configured fault turns faulty (:mod:`fedmtl.faults`; none when honest)."""
+        fault = self.config.fault
+        return tuple(silos_of(fault.name, fault.params, self.num_silos, self.config.seed))
+
+    def silo_fault(self, silo_id: int) -> Fault | None:
+        """The fault silo ``silo_id`` applies, or None for an honest silo."""
+        if silo_id not in self.faulty_silos:
+            return None
+        return build_fault(self.config.fault.name, self.config.fault.params)
+
+    def fault_summary(self) -> dict[str, Any] | None:
+        """``summary.json``'s ``fault``: the fault, its parameters and the faulty silos (null
+        when honest)."""
+        if not self.faulty_silos and self.config.fault.name == "none":
+            return None
+        return {**self.config.fault.to_dict(), "silos": list(self.faulty_silos)}
 
     def silo_data(self, silo_id: int, split: Literal["train", "test"]) -> LocalData:
         """Silo ``silo_id``'s rows of ``split`` as it trains or evaluates on them (its tasks, its

@@ -4,7 +4,7 @@ A plug-in registers members into these registries in one of two ways:
 
 - an installed package declares entry points (``fedmtl.methods``, ``fedmtl.weightings``,
   ``fedmtl.affinities``, ``fedmtl.datasets``, ``fedmtl.trunks``, ``fedmtl.assignments``,
-  ``fedmtl.splits``, ``fedmtl.feature_skews``), loaded the first time a registry is asked for a
+  ``fedmtl.splits``, ``fedmtl.feature_skews``, ``fedmtl.faults``), loaded the first time a registry is asked for a
   name (:mod:`fedmtl.core.registry`);
 - a config names modules or files with ``plugins=[my_package.module, path/to/file.py]``, loaded
   before the rest of the config is read (:func:`fedmtl.app.run.config.parse`), in every process
@@ -25,6 +25,7 @@ from fedmtl.app.runtimes import RUNTIMES
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import PLUGIN_CONFIG_DIRS, Registry, load_plugin_modules
 from fedmtl.datasets import DATASETS
+from fedmtl.faults import FAULTS
 from fedmtl.trunks import TRUNKS
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS
 from strategies import METHODS
@@ -41,6 +42,7 @@ GROUP_REGISTRIES: dict[str, Registry[Any]] = {
     "strategy": METHODS,
     "runtime": RUNTIMES,
     "privacy": PRIVACY,
+    "fault": FAULTS,
 }
 """Config key of each plug-in group -> the registry whose names and parameter schemas it takes."""
 

@@ -13,7 +13,9 @@ the run's config minus the keys that name the method or do not change results. T
   a strategy run with its tuned learning rate stays in the scenario of the others;
 - everything else is part of the scenario: dataset, model, partition (with
   ``partition.validation_fraction``: tuning runs on a validation partition form their own
-  scenario), ``num_rounds`` and the other ``train.*`` keys (local epochs, steps, batch size).
+  scenario), ``num_rounds``, the other ``train.*`` keys (local epochs, steps, batch size) and
+  an injected ``fault`` (``fault: none``, an honest federation, is left out: the ids of honest
+  runs are those of configs from before faults existed).
 
 The identifier is the first 10 hex digits of the SHA-256 of the remaining config as canonical JSON
 (sorted keys), with a readable name beside it (a suite's scenario name, or one derived from the
@@ -61,6 +63,8 @@ def scenario_id(raw: Mapping[str, Any], excluded: Iterable[str] = EXCLUDED_KEYS)
     """SHA-256 (first :data:`ID_LENGTH` hex digits) of ``raw`` without ``excluded``, as canonical
     JSON."""
     kept = without_keys(raw, excluded)
+    if isinstance(kept.get("fault"), Mapping) and kept["fault"].get("name") == "none":
+        del kept["fault"]
     text = json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
 

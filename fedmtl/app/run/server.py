@@ -95,6 +95,7 @@ def run_server(
         engine.load_state_dict(previous.engine)
         global_eval.load_state_dict(previous.evaluator)
         start = GlobalModel(previous.model, previous.groups)
+    checkpointer.sound = (done, start)
     status = "crashed"  # until the loop ends or stops with a reason
     try:
         engine.run(grid, start, cfg.num_rounds, first_round=done + 1)
@@ -116,6 +117,8 @@ def run_server(
         summary["completed"] = status == "completed"
         summary["resumed_from"] = checkpointer.resumed_from
         summary["checkpoint_round"] = checkpointer.saved_round
+        if status == "diverged":
+            summary["divergence"]["model_round"] = checkpointer.save_sound_model()
         engine.method.write_artifacts(output_dir, plots=cfg.tracking.plots)
         tracker.finish(summary)
     if status != "completed":
@@ -126,7 +129,13 @@ def run_server(
 class Checkpointer:
     """Called by the engine after each round (:data:`strategies.engine.RoundEnd`): saves the
     run's state after the rounds :func:`should_checkpoint` picks, and the final model after the
-    last (:mod:`~fedmtl.app.run.checkpoint`)."""
+    last (:mod:`~fedmtl.app.run.checkpoint`).
+
+    A round the engine calls unsound (its losses suggest the model diverged,
+    :mod:`strategies.engine.divergence`) is never saved: a checkpoint due then is saved after the
+    next sound round instead, so the last checkpoint on disk always holds a sound model. It keeps
+    the last sound model (``sound``: its round and model) for a run that stops as ``diverged``,
+    whose ``model.safetensors`` is that model (:meth:`save_sound_model`)."""
 
     def __init__(
         self, experiment: Experiment, global_eval: GlobalEvaluator, previous: RunState | None
@@ -138,17 +147,35 @@ class Checkpointer:
         self.earlier_s = previous.wall_time_s if previous else 0.0
         self.resumed_from = [*previous.resumed_from, previous.server_round] if previous else []
         self.saved_round = previous.server_round if previous else None
+        self.sound: tuple[int, GlobalModel] | None = None
+        self.owed = False  # a checkpoint was due in a suspect round
 
     def wall_time_s(self) -> float:
         """The run's wall time: this process's and that of the runs it resumes."""
         return self.earlier_s + time.perf_counter() - self.started
 
     def __call__(
-        self, server_round: int, model: GlobalModel, state: Callable[[], dict[str, Any]]
+        self,
+        server_round: int,
+        model: GlobalModel,
+        state: Callable[[], dict[str, Any]],
+        sound: bool = True,
     ) -> int | None:
         cfg = self.config
-        if not should_checkpoint(server_round, cfg.checkpoint_every, cfg.num_rounds):
+        due = should_checkpoint(server_round, cfg.checkpoint_every, cfg.num_rounds)
+        if not sound:
+            if due:
+                self.owed = True
+                log.warning(
+                    "round %d is suspect: no checkpoint (the last saved is round %s)",
+                    server_round,
+                    self.saved_round,
+                )
             return None
+        self.sound = (server_round, model)
+        if not (due or self.owed):
+            return None
+        self.owed = False
         run_dir = Path(cfg.output_dir)
         saved = RunState(
             server_round=server_round,
@@ -165,6 +192,16 @@ class Checkpointer:
         if server_round == cfg.num_rounds:
             meta = {"strategy": self.label, "round": str(server_round)}
             save_model(run_dir, model.arrays, model.groups, meta)
+        return server_round
+
+    def save_sound_model(self) -> int | None:
+        """A diverged run's ``model.safetensors``: its last sound model (the metadata's ``round``
+        says which; ``status`` is ``diverged``); returns that round (None: none known)."""
+        if self.sound is None:
+            return None
+        server_round, model = self.sound
+        meta = {"strategy": self.label, "round": str(server_round), "status": "diverged"}
+        save_model(Path(self.config.output_dir), model.arrays, model.groups, meta)
         return server_round
 
 
@@ -271,6 +308,9 @@ def build_summary(experiment: Experiment, engine: Engine, wall_time_s: float) ->
         },
         "rejected": engine.rejections,
         "privacy": engine.privacy_results(),
+        "fault": experiment.fault_summary(),
+        "robust_warnings": {group: dict(w) for group, w in engine.breakdowns.warnings.items()},
+        "divergence": engine.divergence.summary(),
         **engine.method.results(),
         "dataset_info": dataset.info,
         "config": dict(cfg.raw),

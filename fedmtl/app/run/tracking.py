@@ -130,6 +130,8 @@ class Tracker:
                 **({"privacy": record.privacy} if record.privacy else {}),
             }
         ]
+        if record.suspect:  # why the round's losses suggest the model diverged
+            lines[0]["suspect"] = list(record.suspect)
         if record.personal is not None:
             lines.append(
                 {"round": record.server_round, "split": "personal", "metrics": record.personal}

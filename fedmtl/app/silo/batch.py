@@ -5,7 +5,9 @@
 ClientApp (:class:`fedmtl.app.silo.Silo`: the same checks and refusals), trains every silo it can
 in batched computations (:func:`fedmtl.core.vectorized.train_vectorized`) and answers each with the
 same :class:`~fedmtl.core.records.TrainReply` the ClientApp would send
-(:func:`strategies.engine.train_reply`), from the same silo data, round seed and received arrays.
+(:func:`strategies.engine.train_reply`), from the same silo data, round seed and received arrays
+(a faulty silo's rows and reply corrupted by its fault as the ClientApp's are:
+:meth:`fedmtl.app.silo.Silo.reply`).
 
 What cannot be batched with results equal to the sequential runtime's goes to the ClientApp one
 message at a time, with a warning (once per reason and run) saying why: a request the method's
@@ -112,7 +114,7 @@ class BatchTrainer:
                         job.request.update_dtype,
                     )
                     message, context = deliveries[i]
-                    reply = self.silo.released(reply, context)
+                    reply = self.silo.released(self.silo.reply(job, context, reply), context)
                     replies[i] = Message(reply.to_content(), reply_to=message)
                     self.silo.trained(job, context)
         return replies

@@ -73,7 +73,7 @@ def make_client_app(
     def trained(msg: Message, context: Context) -> TrainReply:
         job = silo.prepare_train(msg, context)
         assert isinstance(job.request, TrainRequest)
-        reply = job.method.train(job.tools, job.received, job.request)
+        reply = silo.reply(job, context, job.method.train(job.tools, job.received, job.request))
         silo.trained(job, context)
         return silo.released(reply, context)
 

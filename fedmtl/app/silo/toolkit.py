@@ -13,6 +13,9 @@ request's values against the silo's limits (:class:`fedmtl.app.silo.node.Limits`
 arrays against the model (known keys, their shapes, finite values). Per-node state lives in
 ``context.state``: the silo's personal arrays (:data:`strategies.engine.silo.PERSONAL`), the rounds
 this node has trained, and the fingerprint of the rows and tasks it announced (fixed for the run).
+A silo the run's fault makes faulty (:mod:`fedmtl.faults`; the experiment knows which) trains on
+the fault's rows and corrupts its reply (:meth:`Silo.reply`, :mod:`fedmtl.app.silo.faulty`); a
+config from the run config (a deployment) that injects faults is refused.
 A silo that keeps personal arrays also saves them to files after each round it trains in, and a
 resumed run restores them from there (:mod:`fedmtl.app.run.checkpoint`): in simulations under the run
 directory, on a SuperNode in the directory its node config's ``state-dir`` names (without it, a
@@ -47,6 +50,7 @@ from fedmtl.app.run.experiment import (
 )
 from fedmtl.app.run.plugins import PLUGINS_KEY
 from fedmtl.app.runtimes import Shipment, client_device, silo_threads
+from fedmtl.app.silo.faulty import corrupt_reply
 from fedmtl.app.silo.node import NodeSettings, RequestRefused, SiloData, load_silo, node_settings
 from fedmtl.core import records
 from fedmtl.core.data import LocalData
@@ -59,6 +63,7 @@ from fedmtl.core.records import (
     TrainReply,
     TrainRequest,
 )
+from fedmtl.faults import NONE, Fault
 from strategies import METHODS
 from strategies.engine import SiloMethod, SiloTools, round_seed, silo_dp_sgd
 
@@ -86,10 +91,16 @@ def shared_model(config_json: str, device: str, groups: Groups | None) -> MultiT
 
 @functools.cache
 def _silo(config_json: str, node: NodeSettings) -> SiloData:
-    """The silo a node holds, built once per process and run config: an in-process runtime
-    serves every silo from one process, round after round (a bounded cache smaller than the
-    federation rebuilt every silo at every message)."""
-    return load_silo(cached_experiment(config_json), node)
+    """The silo a node holds, built once per process and run config (an in-process runtime
+    serves every silo from one process, round after round: a bounded cache smaller than the
+    federation rebuilt every silo at every message); a faulty one with the training rows its
+    fault gives it."""
+    experiment = cached_experiment(config_json)
+    silo = load_silo(experiment, node)
+    fault = experiment.silo_fault(silo.silo_id)
+    if fault is None:
+        return silo
+    return dataclasses.replace(silo, train=fault.train_data(silo.train))
 
 
 @functools.cache
@@ -164,13 +175,17 @@ def silo_method(spec: MethodSpec) -> SiloMethod:
 @dataclass
 class Prepared:
     """A checked train or evaluate message, ready to run: its request, the received arrays, the
-    method's silo half and the silo's tools; ``directory``: where the silo saves its state."""
+    method's silo half and the silo's tools; ``directory``: where the silo saves its state;
+    ``fault``: what the silo does wrong on purpose (None: honest), with the run's ``seed``."""
 
     request: TrainRequest | EvaluateRequest
     received: Arrays
     method: SiloMethod
     tools: SiloTools
     directory: Path | None
+    silo_id: int
+    fault: Fault | None
+    seed: int
 
 
 class Silo:
@@ -193,6 +208,13 @@ class Silo:
                 raise RequestRefused(
                     "the experiment config names plug-ins to load; a silo loads only the plug-ins "
                     "installed on its own machine"
+                )
+            fault = json.loads(config_json).get("fault") or {}
+            if from_run_config and fault.get("name", NONE) != NONE:
+                raise RequestRefused(
+                    f"the experiment config injects faults (fault={fault.get('name')!r}); a "
+                    "deployed silo never misbehaves on request: fault injection is for "
+                    "simulations"
                 )
             files = _named_files(config_json)
         if files and from_run_config:
@@ -281,12 +303,32 @@ class Silo:
             saved = restore_silo_state(directory, resume)
             if saved is not None and tools.personal() is None:
                 tools.set_personal(saved)
-        return Prepared(request, received, method, tools, directory)
+        fault = experiment.silo_fault(silo.silo_id)
+        return Prepared(
+            request, received, method, tools, directory, silo.silo_id, fault, experiment.config.seed
+        )
 
     def query(self, context: Context) -> RecordDict:
         """The content of the reply to ``query``: what the silo announces."""
         _, _, _, silo, _ = self.setup(context)
         return silo.info.to_content()
+
+    @staticmethod
+    def reply(prepared: Prepared, context: Context, reply: TrainReply) -> TrainReply:
+        """The reply the silo sends for its honest ``reply``: corrupted by its fault, if it is
+        faulty (:mod:`fedmtl.app.silo.faulty`)."""
+        if prepared.fault is None:
+            return reply
+        request = prepared.request
+        return corrupt_reply(
+            prepared.fault,
+            reply,
+            context.state,
+            request.scope,
+            prepared.seed,
+            prepared.silo_id,
+            request.server_round,
+        )
 
     @staticmethod
     def trained(prepared: Prepared, context: Context) -> None:
