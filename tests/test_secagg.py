@@ -195,3 +195,18 @@ def test_a_secagg_run_ends_where_the_plain_run_does_within_the_bound(tmp_path: P
         weight = sum(s.num_train if task is None else s.train_per_task.get(task, 0) for s in silos)
         bound = error_bound(PRIVACY, len(silos), 1.0, top, weight)
         assert np.max(np.abs(models["secagg"][key] - plain)) <= bound, key
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "dwa"])
+def test_the_summed_losses_give_the_divergence_check_a_true_reference(
+    tmp_path: Path, strategy: str
+) -> None:
+    """Under SecAgg+ the layout sums the losses before training only where the request asks the
+    silos for them (dwa's weighting reads them; fedavg's does not): a slot no silo fills would
+    sum to a reference loss of 0, and the divergence check would stop a sound run."""
+    overrides = ["experiment=smoke", "runtime=inprocess", "tracking=quiet", "num_rounds=2"]
+    raw = compose_raw([*overrides, "privacy=secagg", f"strategy={strategy}"], tmp_path)
+    summary = launch.run(parse(raw))
+    assert summary["status"] == "completed"
+    reference = summary["divergence"]["reference"]
+    assert reference and all(value > 0 for value in reference.values())

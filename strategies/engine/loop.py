@@ -261,6 +261,7 @@ class Engine:
             rule,
             list(self.tasks),
             self.method.check_update,
+            loss_before=self.method.silo_task(sent.server_round).loss_before,
         )
         self.bytes_up += intake.bytes_up
         self.bytes_down += intake.bytes_down

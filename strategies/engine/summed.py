@@ -103,8 +103,10 @@ class PrivateAggregation:
         rule: SumRule,
         tasks: Sequence[str],
         check_update: Callable[[ClientUpdate], None],
+        loss_before: bool = True,
     ) -> Intake:
-        """The round's aggregate update (at most one) from the replies to ``sent``."""
+        """The round's aggregate update (at most one) from the replies to ``sent``
+        (``loss_before``: the request asked the silos for their losses before training)."""
         self.contributors = []
         sent_keys = sorted({k for arrays in sent.sent.values() for k in arrays})
         layout = build_layout(
@@ -116,6 +118,7 @@ class PrivateAggregation:
             list(silos.values()),
             releases_numbers=self.privacy.dp == "none",  # DP (silo or record) releases none
             bit=self.dp and self.privacy.adaptive_clipping,
+            loss_before=loss_before,
         )
         sampled = len(sent.messages)
         update_sigma, bit_sigma = self.noise_multipliers(sampled)

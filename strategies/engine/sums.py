@@ -160,10 +160,12 @@ def build_layout(
     silos: Sequence[SiloInfo],
     releases_numbers: bool = True,
     bit: bool = False,
+    loss_before: bool = True,
 ) -> Layout:
     """The round's layout: over the arrays some silo was sent (``sent_keys``), in model order.
-    ``releases_numbers``: losses and method metrics are summed too (False under DP); ``bit``: the
-    adaptive clipping's b_s (unweighted)."""
+    ``releases_numbers``: losses and method metrics are summed too (False under DP), the losses
+    before training only with ``loss_before`` (the request asked the silos for them: a slot no
+    silo fills would sum to a loss of 0); ``bit``: the adaptive clipping's b_s (unweighted)."""
     sent = set(sent_keys)
     slots: list[Slot] = []
     for task in tasks:
@@ -183,7 +185,7 @@ def build_layout(
             slots.append(Slot("array", key, model.arrays[key].shape, weight, block="joint"))
     counts = [f"task:{t}" for t in tasks] + ["examples", "one"]
     if releases_numbers:
-        for kind in ("loss_before", "train_loss"):
+        for kind in ("loss_before", "train_loss") if loss_before else ("train_loss",):
             slots += [Slot(kind, t, (), f"task:{t}", LOSS_SCALE, task=t) for t in tasks]
         for metric, over in rule.metrics.items():
             weight = "min:" + ",".join(over)
