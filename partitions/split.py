@@ -14,10 +14,11 @@ Every split is a flwr-datasets partitioner run on an in-memory Hugging Face ``Da
 columns ``index`` (the pool's sample indices) and, where the partitioner needs one, ``label``
 (a task's labels) or the natural-id column; nothing is downloaded.
 
-Label skew on a task (``dirichlet``, ``pathological``, ``shards``): the task must be a
-classification task (a regression task is a :class:`ConfigError` on ``partition.split.task``);
-null chooses the dataset's first classification task. Samples whose label for that task is
-missing form one extra class, ``-1``, which is split like the others.
+Label skew on a task (``dirichlet``, ``pathological``, ``shards``): on a classification task
+its classes; on a regression task, named in ``partition.split.task``, the 10 bins cut at the
+global deciles of its labels (the bins of the partition statistics); null chooses the dataset's
+first classification task. Samples whose label for that task is missing form one extra class,
+``-1``, which is split like the others.
 """
 
 from __future__ import annotations
@@ -97,9 +98,26 @@ def split_iid(
     return [np.asarray(s) for s in np.array_split(shuffled(pool, seed), num_silos)]
 
 
+REGRESSION_BINS = 10
+"""A regression task's labels fall into this many bins, cut at their global quantiles."""
+
+
+def label_codes(dataset: MultiTaskDataset, task: str) -> tuple[np.ndarray, int]:
+    """Per sample, the class of ``task`` (regression: its bin among :data:`REGRESSION_BINS` cut at
+    the deciles of the labelled samples' values), and the number of classes or bins."""
+    spec = dataset.task(task)
+    values = dataset.targets[task].numpy()
+    if spec.kind != "regression":
+        return values.astype(np.int64), int(spec.num_classes or 2)
+    labelled = values[dataset.mask[:, dataset.task_names.index(task)].numpy()]
+    edges = np.quantile(labelled, np.linspace(0, 1, REGRESSION_BINS + 1)[1:-1])
+    return np.searchsorted(edges, values, side="right").astype(np.int64), REGRESSION_BINS
+
+
 def label_column(dataset: MultiTaskDataset, pool: np.ndarray, task: str | None) -> np.ndarray:
-    """The labels of ``task`` (null: the first classification task) for the samples of ``pool``,
-    with :data:`UNLABELLED` where the sample has no label for it."""
+    """The labels of ``task`` (null: the first classification task; a regression task: its decile
+    bins, :func:`label_codes`) for the samples of ``pool``, with :data:`UNLABELLED` where the
+    sample has no label for it."""
     key = "partition.split.task"
     classification = [t.name for t in dataset.tasks if t.kind != "regression"]
     if task is None:
@@ -107,19 +125,14 @@ def label_column(dataset: MultiTaskDataset, pool: np.ndarray, task: str | None) 
             raise ConfigError(
                 key,
                 f"dataset '{dataset.name}' has no classification task to skew labels by.",
-                "use a split without label skew (iid, quantity, natural_id).",
+                "name a task: a regression task is skewed by the deciles of its labels "
+                f"({dataset.task_names}).",
             )
         task = classification[0]
     if task not in dataset.task_names:
-        raise ConfigError(key, f"unknown task '{task}'.", f"choose one of {classification}.")
-    if task not in classification:
-        raise ConfigError(
-            key,
-            f"'{task}' is a regression task; label skew needs classes.",
-            f"choose a classification task: {classification}.",
-        )
+        raise ConfigError(key, f"unknown task '{task}'.", f"choose one of {dataset.task_names}.")
     rows = np.asarray(pool, dtype=np.int64)
-    labels = dataset.targets[task].numpy()[rows].astype(np.int64)
+    labels = label_codes(dataset, task)[0][rows]
     labelled = dataset.mask[:, dataset.task_names.index(task)].numpy()[rows]
     return np.where(labelled, labels, UNLABELLED)
 

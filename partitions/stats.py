@@ -23,11 +23,11 @@ from scipy.spatial.distance import jensenshannon
 
 from fedmtl.core.data import MultiTaskDataset
 from partitions.manifest import Partition
+from partitions.split import label_codes
 
 STATS_FILE = "partition_stats.csv"
 TASKS_PLOT = "partition_tasks.png"
 LABELS_PLOT = "partition_labels.png"
-REGRESSION_BINS = 10
 TABLE_WIDTH = 100
 """``fedmtl partition`` prints tables at most this many columns wide."""
 TASKS_CELL = 24
@@ -36,18 +36,6 @@ TEXT_CELL = 24
 """The widest cell holding a task's name beside a value (longer ones end in an ellipsis)."""
 TASK_NAME_CELL = 40
 """The widest task name in the per-task table (longer ones end in an ellipsis)."""
-
-
-def label_codes(dataset: MultiTaskDataset, task: str) -> tuple[np.ndarray, int]:
-    """Per sample, the class of ``task`` (regression: its global decile bin), and the number of
-    classes or bins."""
-    spec = dataset.task(task)
-    values = dataset.targets[task].numpy()
-    if spec.kind != "regression":
-        return values.astype(np.int64), int(spec.num_classes or 2)
-    labelled = values[dataset.mask[:, dataset.task_names.index(task)].numpy()]
-    edges = np.quantile(labelled, np.linspace(0, 1, REGRESSION_BINS + 1)[1:-1])
-    return np.searchsorted(edges, values, side="right").astype(np.int64), REGRESSION_BINS
 
 
 def class_counts(dataset: MultiTaskDataset, indices: np.ndarray, task: str) -> np.ndarray:

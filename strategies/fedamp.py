@@ -23,6 +23,7 @@ from fedmtl.core.errors import ConfigError
 from fedmtl.core.records import Arrays
 from strategies.engine import (
     ClientUpdate,
+    GlobalModel,
     MethodParams,
     PerSiloModels,
     ProximalSilo,
@@ -59,25 +60,27 @@ class FedAMP(PerSiloModels[FedAMPParams]):
     def silo_task(self, server_round: int) -> SiloTask:
         return SiloTask(params={"mu": self.params.lam})
 
-    def attention(self, silo_id: int) -> dict[int, float]:
-        """a_ij = exp(-||m_i - m_j||^2 / sigma) for the other silos j with a model."""
-        own = trunk_vector(self.models[silo_id])
-        others = {j: trunk_vector(m) for j, m in self.models.items() if j != silo_id}
+    def attention(self, silo_id: int, model: GlobalModel) -> dict[int, float]:
+        """a_ij = exp(-||m_i - m_j||^2 / sigma) for the other silos j with a model (their
+        trunks: the arrays ``model``'s roles call shared)."""
+        own = trunk_vector(self.models[silo_id], model)
+        others = {j: trunk_vector(m, model) for j, m in self.models.items() if j != silo_id}
         distances = {j: float(np.sum((own - v) ** 2)) for j, v in others.items()}
-        return {j: float(np.exp(-d / self.sigma())) for j, d in distances.items()}
+        sigma = self.sigma(model)
+        return {j: float(np.exp(-d / sigma)) for j, d in distances.items()}
 
-    def sigma(self) -> float:
+    def sigma(self, model: GlobalModel) -> float:
         if self.params.sigma is not None:
             return self.params.sigma
-        vectors = [trunk_vector(m) for m in self.models.values()]
+        vectors = [trunk_vector(m, model) for m in self.models.values()]
         squared = [
             float(np.sum((a - b) ** 2)) for i, a in enumerate(vectors) for b in vectors[i + 1 :]
         ]
         positive_ones = [d for d in squared if d > 0]
         return statistics.median(positive_ones) if positive_ones else 1.0
 
-    def train_payload(self, silo_id: int, own: Arrays) -> Arrays:
-        attention = self.attention(silo_id)
+    def train_payload(self, silo_id: int, own: Arrays, model: GlobalModel) -> Arrays:
+        attention = self.attention(silo_id, model)
         cloud: Arrays = {}
         for key, value in own.items():
             holders = [j for j in attention if key in self.models[j]]  # silos with this array
@@ -95,10 +98,10 @@ class FedAMP(PerSiloModels[FedAMPParams]):
     def absorb(
         self,
         server_round: int,
-        arrays: Arrays,
+        model: GlobalModel,
         updates: list[ClientUpdate],
         trained: dict[int, Arrays],
     ) -> Arrays:
-        for silo_id, model in trained.items():  # m_i = u_i + Delta_i
-            self.models[silo_id] = model
-        return arrays
+        for silo_id, arrays in trained.items():  # m_i = u_i + Delta_i
+            self.models[silo_id] = arrays
+        return dict(model.arrays)

@@ -28,11 +28,11 @@ import torch
 
 from fedmtl.core.checks import non_negative, positive
 from fedmtl.core.errors import ConfigError
-from fedmtl.core.models import head_task, is_trunk_key
 from fedmtl.core.records import Arrays
 from strategies.balancing import build_weighting
 from strategies.engine import (
     ClientUpdate,
+    GlobalModel,
     MethodParams,
     MethodSetup,
     PerSiloModels,
@@ -122,18 +122,18 @@ class FedHCA2(PerSiloModels[FedHCA2Params]):
     def absorb(
         self,
         server_round: int,
-        arrays: Arrays,
+        model: GlobalModel,
         updates: list[ClientUpdate],
         trained: dict[int, Arrays],
     ) -> Arrays:
         p = self.params
-        trunk_keys = sorted(k for k in updates[0].sent if is_trunk_key(k))
+        trunk_keys = sorted(k for k in updates[0].sent if model.is_shared(k))
         rows = {u.silo.silo_id: flatten(u.deltas, trunk_keys).to(torch.float64) for u in updates}
         for u in updates:  # learn from the deltas that followed each weight's last use
             self.hyperweight(u.silo.silo_id, "trunk").learn(
                 rows[u.silo.silo_id].numpy(), p.hyper_lr, p.hyper_momentum, p.hyper_weight_decay
             )
-            for layer, delta in head_layers(u.deltas).items():
+            for layer, delta in head_layers(u.deltas, model).items():
                 self.hyperweight(u.silo.silo_id, layer).learn(
                     delta, p.hyper_lr, p.hyper_momentum, p.hyper_weight_decay
                 )
@@ -148,17 +148,17 @@ class FedHCA2(PerSiloModels[FedHCA2Params]):
             alpha = self.hyperweight(u.silo.silo_id, "trunk")
             step = homogeneous[u.silo.silo_id] + alpha.used() * conflict_averse
             alpha.last_term = conflict_averse.numpy()
-            model = self.models[u.silo.silo_id]
+            own = self.models[u.silo.silo_id]
             for key, value in unflatten(step, like).items():
-                model[key] = (model[key] + value).astype(model[key].dtype)
-        self.cross_attend_heads(updates)
-        return arrays
+                own[key] = (own[key] + value).astype(own[key].dtype)
+        self.cross_attend_heads(updates, model)
+        return dict(model.arrays)
 
-    def cross_attend_heads(self, updates: list[ClientUpdate]) -> None:
+    def cross_attend_heads(self, updates: list[ClientUpdate], global_model: GlobalModel) -> None:
         """h_{s,t} <- h_{s,t} + Delta + clip(beta) softmax(Delta Delta_j^T / sqrt(d)) [Delta_j]."""
         layers: dict[str, dict[int, np.ndarray]] = {}
         for u in updates:
-            for layer, delta in head_layers(u.deltas).items():
+            for layer, delta in head_layers(u.deltas, global_model).items():
                 layers.setdefault(layer, {})[u.silo.silo_id] = delta
         for layer, deltas in layers.items():
             ids = sorted(deltas)
@@ -188,11 +188,12 @@ class FedHCA2(PerSiloModels[FedHCA2Params]):
         }
 
 
-def head_layers(deltas: Arrays) -> dict[str, np.ndarray]:
-    """Head layer ("heads.<task>.<module>") -> its flattened parameter deltas (weight, bias)."""
+def head_layers(deltas: Arrays, model: GlobalModel) -> dict[str, np.ndarray]:
+    """Layer of a task's own parameters (role ``task``: "heads.<task>.<module>", and a task's
+    gate or attention module) -> its flattened parameter deltas (weight, bias)."""
     layers: dict[str, list[str]] = {}
     for key in sorted(deltas):
-        if head_task(key) is not None:
+        if model.role(key).kind == "task":
             layers.setdefault(key.rsplit(".", 1)[0], []).append(key)
     return {
         layer: np.concatenate([deltas[k].reshape(-1).astype(np.float64) for k in keys])

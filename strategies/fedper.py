@@ -1,10 +1,11 @@
 """Heads kept on the silos, the trunk averaged as FedAvg: ``fedper`` and ``fedrep``.
 
 - ``fedper`` (Arivazhagan et al. 2019, "Federated Learning with Personalization Layers"): each
-  silo keeps its tasks' heads (the seeded initial heads before its first round) and receives the
-  trunk only; it trains trunk and heads jointly and sends the trunk's update, which the server
-  averages as FedAvg (weighted by n_s). Reported: each silo's trunk with its own heads on its test
-  split (there is no global model to evaluate on a global test set).
+  silo keeps its tasks' own parameters (role ``task``: heads, and the gates, attention modules or
+  task experts of a soft-sharing trunk; the seeded initial ones before its first round) and
+  receives the shared parameters (the trunk) only; it trains both jointly and sends the trunk's
+  update, which the server averages as FedAvg (weighted by n_s). Reported: each silo's trunk with
+  its own heads on its test split (there is no global model to evaluate on a global test set).
 - ``fedrep`` (Collins et al., ICML 2021, "Exploiting Shared Representations for Personalized
   Federated Learning"): as FedPer, but each round a silo first trains its heads for ``head_epochs``
   epochs with the trunk frozen, then the trunk for ``train.local_epochs`` with its heads frozen
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from fedmtl.core.checks import int_at_least
-from fedmtl.core.models import is_trunk_key
 from fedmtl.core.records import (
     Arrays,
     EvaluateReply,
@@ -97,7 +97,7 @@ class FedPer(Averaging[AveragingParams]):
     global_model: ClassVar[bool] = False
 
     def arrays_for(self, silo: SiloInfo, model: GlobalModel, purpose: Purpose) -> Arrays:
-        return {k: v for k, v in model.arrays.items() if is_trunk_key(k)}
+        return model.trunk()
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from fedmtl.core.checks import positive
-from fedmtl.core.models import is_trunk_key
 from fedmtl.core.records import Arrays, SiloInfo
 from strategies.engine import (
     ClientUpdate,
@@ -57,22 +56,22 @@ class MaTFL(PerSiloModels[MaTFLParams]):
     def arrays_for(self, silo: SiloInfo, model: GlobalModel, purpose: Purpose) -> Arrays:
         arrays = Method.arrays_for(self, silo, model, purpose)
         own = self.model_of(silo.silo_id, arrays)
-        return {k: own[k] if is_trunk_key(k) else v for k, v in arrays.items()}  # global heads
+        return {k: own[k] if model.is_shared(k) else v for k, v in arrays.items()}  # global heads
 
     def absorb(
         self,
         server_round: int,
-        arrays: Arrays,
+        model: GlobalModel,
         updates: list[ClientUpdate],
         trained: dict[int, Arrays],
     ) -> Arrays:
         labels = cluster_silos(
-            [trunk_vector(u.deltas) for u in updates], self.params.distance_threshold
+            [trunk_vector(u.deltas, model) for u in updates], self.params.distance_threshold
         )
         for label in sorted(set(labels)):
             members = [u for u, c in zip(updates, labels, strict=True) if c == label]
             total = float(sum(u.num_examples for u in members)) or float(len(members))
-            keys = [k for k in members[0].sent if is_trunk_key(k)]
+            keys = [k for k in members[0].sent if model.is_shared(k)]
             trunk = {
                 k: sum(
                     ((u.num_examples or 1) / total * trained[u.silo.silo_id][k] for u in members),
@@ -81,8 +80,8 @@ class MaTFL(PerSiloModels[MaTFLParams]):
                 for k in keys
             }
             for u in members:
-                model = self.models[u.silo.silo_id]
-                model.update({k: v.astype(model[k].dtype) for k, v in trunk.items()})
+                own = self.models[u.silo.silo_id]
+                own.update({k: v.astype(own[k].dtype) for k, v in trunk.items()})
         self.clusters.append(
             {
                 "round": server_round,
@@ -92,7 +91,8 @@ class MaTFL(PerSiloModels[MaTFLParams]):
                 ],
             }
         )
-        arrays.update(aggregate_heads(arrays, updates, list(self.tasks), self.average))
+        arrays = dict(model.arrays)
+        arrays.update(aggregate_heads(model, updates, list(self.tasks), self.average))
         return arrays
 
     def results(self) -> dict[str, Any]:

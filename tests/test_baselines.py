@@ -200,7 +200,9 @@ def test_fedamp_cloud_model_mixes_silos_by_attention() -> None:
             2: {"trunk.w": np.array([2.0, 0.0]), "heads.b.w": np.array([5.0])},
         }
     )
-    model = GlobalModel({"trunk.w": np.zeros(2), "heads.a.w": np.zeros(1)})
+    model = GlobalModel(
+        {"trunk.w": np.zeros(2), "heads.a.w": np.zeros(1), "heads.b.w": np.zeros(1)}
+    )
     cloud = strategy.arrays_for(silo(0, ("a",)), model, "train")
     # squared distances from silo 0: 2 to silo 1, 4 to silo 2; a = exp(-1), exp(-2)
     a1, a2 = np.exp(-1.0), np.exp(-2.0)
@@ -237,7 +239,10 @@ def test_matfl_clusters_silos_and_averages_the_trunk_per_cluster() -> None:
     ]
     strategy.models.update({i: {"trunk.w": np.zeros(2, np.float32)} for i in range(4)})
     strategy.absorb(
-        1, {}, updates, {u.silo.silo_id: {"trunk.w": u.deltas["trunk.w"]} for u in updates}
+        1,
+        GlobalModel({"trunk.w": np.zeros(2)}),
+        updates,
+        {u.silo.silo_id: {"trunk.w": u.deltas["trunk.w"]} for u in updates},
     )
     first = (10 * deltas[0] + 20 * deltas[1]) / 30
     second = (30 * deltas[2] + 40 * deltas[3]) / 70
@@ -265,7 +270,7 @@ def test_fedhca2_trunk_heads_and_learned_weights() -> None:
         for i in range(3)
     ]
     strategy.models.update({i: {k: v.copy() for k, v in sent.items()} for i in range(3)})
-    strategy.absorb(1, {}, updates, {})
+    strategy.absorb(1, GlobalModel(sent), updates, {})
     ca, _ = build_weighting("cagrad", {"c": 0.4, "rescale": True})(
         torch.tensor(np.stack([rows[0], rows[1], rows[2]])), None, [0, 1, 2]
     )
@@ -285,7 +290,7 @@ def test_fedhca2_trunk_heads_and_learned_weights() -> None:
         "trunk.w": ca.numpy().astype(np.float32),
         "heads.a.0.weight": np.zeros(2, np.float32),
     }
-    strategy.absorb(2, {}, [update(0, ("a",), sent, following)], {})
+    strategy.absorb(2, GlobalModel(sent), [update(0, ("a",), sent, following)], {})
     alpha = strategy.hyper[(0, "trunk")].value
     gradient = -float(ca.numpy() @ ca.numpy()) + 1e-4 * 0.1
     assert alpha == pytest.approx(0.1 - 0.01 * gradient)

@@ -183,3 +183,18 @@ def test_faults_writes_a_row_per_defence_fault_and_share(tmp_path: Path) -> None
     assert report["setting"]["silos"] == {"digits": 10} and len(report["details"]) == 6
     assert set(report["details"][0]["final"]) == {"digit", "parity", "magnitude", "loops", "ink"}
     assert (tmp_path / "faults.png").stat().st_size > 1000
+
+
+def test_mmoe_central_writes_rows_and_a_summary(tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(BENCHMARKS / "mmoe_central.py"),
+        "--rhos", "0.5", "--seeds", "2", "--epochs", "1", "--out", str(tmp_path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=300, env={**os.environ, **OFFLINE_ENV})
+    with (tmp_path / "mmoe_central.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["model"], r["seed"]) for r in rows] == [
+        ("shared_bottom", "0"), ("shared_bottom", "1"), ("mmoe", "0"), ("mmoe", "1"),
+    ]  # fmt: skip
+    summary = json.loads((tmp_path / "mmoe_central.json").read_text())["summary"]
+    assert {(s["model"], s["n"]) for s in summary} == {("shared_bottom", 2), ("mmoe", 2)}

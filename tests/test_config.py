@@ -336,6 +336,8 @@ DELIBERATE: dict[tuple[str, str], set[str]] = {
     ("partition", "natural_id"): {"assignment.k"},
     ("partition", "quantity_skew"): {"split.profile"},
     ("partition", "missing_labels"): {"missing_labels"},
+    ("model", "mmoe"): {"expert.hidden"},  # experts of 64 units (mlp's default is [128, 64])
+    ("model", "ple"): {"expert.hidden"},
 }
 PARTITION_PLUGINS = {"assignment", "split", "feature_skew"}
 

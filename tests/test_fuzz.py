@@ -252,6 +252,17 @@ ISSUE_CASES: list[tuple[list[str], str]] = [
     (["model=cnn", "model.channels=[100000,100000]"], "model.channels"),
     (["partition=iid_all", "partition.num_silos=1700", "model.hidden=[4096,4096]"], "model.hidden"),
     (["limits.memory_check=maybe"], "limits.memory_check"),
+    # issue 20's dataset and architectures
+    (["dataset=mmoe_synthetic", "dataset.num_samples=1000000000"], "dataset.num_samples"),
+    (["dataset=mmoe_synthetic", "dataset.input_dim=10000000"], "dataset.input_dim"),
+    (["dataset=mmoe_synthetic", "dataset.num_sinusoids=1000000000"], "dataset.num_sinusoids"),
+    (["dataset=mmoe_synthetic", "dataset.correlation=2"], "dataset.correlation"),
+    (["model=mmoe", "model.num_experts=100000000"], "model.num_experts"),
+    (["model=mmoe", "model.expert.hidden=[100000000]"], "model.expert.hidden"),
+    (["model=ple", "model.levels=1000000"], "model.levels"),
+    (["model=ple", "model.shared_experts=1e9"], "model.shared_experts"),
+    (["model=mtan", "model.widths=[100000000]"], "model.widths"),
+    (["model=cross_stitch", "model.widths=[100000,100000]"], "model.widths"),
 ]
 """Configs that must be refused, with the key each names (issue 18, section 3)."""
 VALID_CASES = [[], ["dataset=synthetic"], ["strategy=fedamp", "partition.num_silos=40"]]

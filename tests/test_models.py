@@ -18,6 +18,7 @@ from fedmtl.testing.data import (
     check_trunk_heads,
     check_trunk_is_seeded,
     check_trunk_parameter_names,
+    check_trunk_roles,
 )
 from fedmtl.trunks import TRUNKS, CNNParams, MLPParams, ResNetParams, build_model
 from fedmtl.trunks.resnet import BasicBlock
@@ -43,6 +44,11 @@ def test_trunk_contract(name: str) -> None:
 @pytest.mark.parametrize("name", TRUNKS.names())
 def test_parameter_names_say_what_is_shared(name: str) -> None:
     check_trunk_parameter_names(name)
+
+
+@pytest.mark.parametrize("name", TRUNKS.names())
+def test_declared_roles_match_the_forward_graph(name: str) -> None:
+    check_trunk_roles(name)
 
 
 @pytest.mark.parametrize("name", TRUNKS.names())

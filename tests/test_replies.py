@@ -21,6 +21,7 @@ from strategies.engine.aggregation import (
     unflatten,
     weighted_mean_delta,
 )
+from strategies.engine.model import GlobalModel
 from strategies.engine.replies import (
     ClientUpdate,
     ReplyError,
@@ -158,7 +159,7 @@ def test_heads_average_over_holders_by_task_examples() -> None:
     arrays = {"heads.a.w": np.array([10.0], np.float32), "heads.b.w": np.array([5.0], np.float32)}
     updates = [update(0, {"a": 1}, 2.0), update(1, {"a": 3}, -2.0), update(2, {"b": 4}, 9.0)]
     updates[2].deltas["heads.b.w"] = np.array([9.0], np.float32)
-    new = aggregate_heads(arrays, updates, ["a", "b", "c"])
+    new = aggregate_heads(GlobalModel(arrays), updates, ["a", "b", "c"])
     # a: 10 + (1 * 2 + 3 * -2) / 4 = 9; b: 5 + 9 = 14; c: no holder, left out
     assert new == {"heads.a.w": pytest.approx([9.0]), "heads.b.w": pytest.approx([14.0])}
 

@@ -213,3 +213,17 @@ def test_a_bench_record_beside_the_summary_gives_label_scenario_and_stored_delta
     assert (
         reasons["tune"].startswith("tuning run") and reasons["broken"] == f"unreadable {CELL_FILE}"
     )
+
+
+def test_the_baseline_may_be_a_label_of_a_strategy_listed_twice(tmp_path: Path) -> None:
+    """Two entries of one strategy (say FedAvg with two models): ``--baseline`` names a label."""
+    from fedmtl.app.bench.report.loading import Run  # noqa: PLC0415 - this test only
+    from fedmtl.app.bench.report.tables import _pick  # noqa: PLC0415 - this test only
+
+    def run(label: str) -> Run:
+        return Run(tmp_path, {}, "id", "s", label, "fedavg", 0, "run", {}, None, 0.0)
+
+    runs = [run("shared_bottom"), run("mmoe")]
+    assert _pick(runs, "shared_bottom") == "shared_bottom"
+    assert _pick(runs, "fedavg") == "mmoe"  # the name: its first label
+    assert _pick(runs, "upgrad") is None

@@ -210,3 +210,19 @@ def test_the_summed_losses_give_the_divergence_check_a_true_reference(
     assert summary["status"] == "completed"
     reference = summary["divergence"]["reference"]
     assert reference and all(value > 0 for value in reference.values())
+
+
+def test_secagg_lays_out_an_architectures_task_parameters_by_their_roles(tmp_path: Path) -> None:
+    """MMoE's gates are task parameters that are not heads: the layout takes every array of role
+    ``task`` into its task's slots and every shared one into the trunk's, so the run under SecAgg+
+    ends where the plain one does (to the quantization error)."""
+    overrides = ["experiment=smoke", "model=mmoe", "runtime=inprocess", "tracking=quiet"]
+    finals = {}
+    for mode in ("none", "secagg"):
+        raw = compose_raw([*overrides, "num_rounds=2", f"privacy={mode}"], tmp_path / mode)
+        summary = launch.run(parse(raw))
+        assert summary["status"] == "completed"
+        finals[mode] = summary["final"]
+    for task, metrics in finals["none"].items():
+        for name, value in metrics.items():
+            assert finals["secagg"][task][name] == pytest.approx(value, abs=1e-3), (task, name)

@@ -46,8 +46,9 @@ class Proximal:
 
 
 Parts = Literal["all", "heads", "trunk"]
-"""Which parameters a local training phase updates (the others stay fixed): FedRep trains the
-heads first with the trunk frozen, then the trunk with the heads frozen."""
+"""Which parameters a local training phase updates (the others stay fixed): ``heads`` the tasks'
+own parameters (role ``task``), ``trunk`` the shared ones. FedRep trains the heads first with the
+trunk frozen, then the trunk with the heads frozen."""
 
 
 @dataclass(frozen=True)
@@ -212,8 +213,10 @@ def train_local(
     epochs: int | None = None,
     dp: RecordDP | None = None,
 ) -> TrainResult:
-    """Train the trunk and the heads of ``data.tasks`` for ``cfg.local_epochs`` (or ``max_steps``;
-    ``epochs`` overrides the number of epochs).
+    """Train the shared parameters ``data.tasks`` use (the trunk: roles ``shared`` and ``group``)
+    and those tasks' own parameters (role ``task``: the heads, and a soft-sharing trunk's gates,
+    attention modules, ...; "heads" below) for ``cfg.local_epochs`` (or ``max_steps``; ``epochs``
+    overrides the number of epochs).
 
     Mini-batches are drawn without replacement each epoch in an order set by ``generator``. Heads
     of other tasks are neither used nor changed. The optimizer is created afresh on each call, so
@@ -237,16 +240,21 @@ def train_local(
     names = [t.name for t in data.tasks]
     shared = model.shared_parameters(names)
     trunk = list(shared.values()) if parts != "heads" else []
-    heads = {t.name: list(model.heads[t.name].parameters()) for t in data.tasks}
+    heads = {name: list(model.task_parameters(name).values()) for name in names}
     if parts == "trunk":
         heads = {name: [] for name in heads}
-    trained = trunk + [p for ps in heads.values() for p in ps]
+    local = [] if parts == "trunk" else list(model.local_parameters().values())
+    trained = trunk + [p for ps in heads.values() for p in ps] + local
     frozen = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in trained)]
     optimizer = make_optimizer(trained, cfg)
     anchors: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     if proximal is not None:
         by_id = {id(p): name for name, p in model.named_parameters()}
-        anchors = [(p, proximal.anchor[by_id[id(p)]].to(p.device)) for p in trained]
+        anchors = [  # the local parameters never travel: no anchor
+            (p, proximal.anchor[by_id[id(p)]].to(p.device))
+            for p in trained
+            if by_id[id(p)] in proximal.anchor
+        ]
     attribution = None
     if update_mode == "per_task":
         keys = list(shared)
@@ -273,6 +281,7 @@ def train_local(
                 optimizer.zero_grad(set_to_none=True)
                 if separate:
                     shares = _set_balanced_gradients(losses, trunk, heads, step_weights, names)
+                    _set_joint_gradients(losses, local)
                 else:
                     sum(losses.values()).backward()  # type: ignore[union-attr]
                 for param, anchor in anchors:  # d/dtheta (mu/2) |theta - a|^2 = mu (theta - a)
@@ -420,6 +429,17 @@ def _set_balanced_gradients(
     for i, param in enumerate(trunk):
         param.grad = sum((shares[n][i] for n in present), start=torch.zeros_like(param))
     return shares
+
+
+def _set_joint_gradients(losses: dict[str, torch.Tensor], params: list[torch.nn.Parameter]) -> None:
+    """Set ``.grad`` of ``params`` (the silo's ``local`` parameters, which belong to no task)
+    to the gradient of the summed losses."""
+    if not params:
+        return
+    total = sum(losses.values())
+    grads = torch.autograd.grad(total, params, retain_graph=True, allow_unused=True)  # type: ignore[arg-type]
+    for param, grad in zip(params, grads, strict=True):
+        param.grad = grad
 
 
 @torch.no_grad()

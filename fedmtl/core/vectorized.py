@@ -1,8 +1,8 @@
 """Vectorised local training: one round of :func:`fedmtl.core.training.train_local` for many silos
 as one batched computation, on the CPU or one GPU.
 
-The silos share one architecture (a :class:`MultiTaskModel` with one trunk, no dropout and no
-buffers: :func:`unsupported` says why a model does not qualify) and one :class:`TrainConfig`;
+The silos share one architecture (a :class:`MultiTaskModel` with one trunk, no dropout, no
+buffers and no ``local`` parameters: :func:`unsupported` says why a model does not qualify) and one :class:`TrainConfig`;
 each keeps its own parameters, data, batch order, tasks and optimizer state. Their parameters are
 stacked along a new leading axis (S x ...), and each local step runs one forward and backward for
 all of them (``torch.func``: ``functional_call`` under ``vmap``), followed by the optimizer's
@@ -88,6 +88,8 @@ def unsupported(model: nn.Module) -> str | None:
     or None when it can."""
     if isinstance(model, MultiTaskModel) and model.groups is not None:
         return "the model has one trunk per task group"
+    if isinstance(model, MultiTaskModel) and model.local_keys():
+        return "the model has parameters each silo keeps (role local)"
     for module in model.modules():
         if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
             return "dropout draws each silo's masks from the global generator in turn"
@@ -149,11 +151,10 @@ class _Batch:
             for name, value in own.items()
         }
         self.trunk_names = list(model.shared_parameters(self.names))
-        self.head_of = {
+        self.head_of = {  # a parameter of role ``task`` (a head, a gate, ...) -> its task
             name: self.names.index(task)
             for task in self.names
-            for name in own
-            if name.startswith(f"heads.{task}.")
+            for name in model.task_parameters(task)
         }
         sizes = [job.data.num_samples for job in jobs]
         self.sizes = torch.tensor(sizes, device=self.device)

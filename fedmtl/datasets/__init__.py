@@ -19,6 +19,7 @@ from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import Registry
 from fedmtl.datasets.celeba import CelebAParams, build_celeba
 from fedmtl.datasets.digits import DigitsPairParams, DigitsParams, build_digits, build_digits_pair
+from fedmtl.datasets.mmoe_synthetic import MMoESyntheticParams, build_mmoe_synthetic
 from fedmtl.datasets.multimnist import MultiMNISTParams, build_multimnist
 from fedmtl.datasets.randhie import build_randhie
 from fedmtl.datasets.rdata import MaxRowsParams
@@ -34,6 +35,7 @@ DATASETS.register("celeba", params=CelebAParams)(build_celeba)
 DATASETS.register("digits", params=DigitsParams)(build_digits)
 DATASETS.register("digits_pair", params=DigitsPairParams)(build_digits_pair)
 DATASETS.register("multimnist", params=MultiMNISTParams)(build_multimnist)
+DATASETS.register("mmoe_synthetic", params=MMoESyntheticParams)(build_mmoe_synthetic)
 DATASETS.register("synthetic", params=SyntheticParams)(build_synthetic)
 DATASETS.register("table", params=TableParams)(build_table)
 DATASETS.register("star", params=MaxRowsParams)(build_star)

@@ -13,11 +13,18 @@ import torch
 from torch import nn
 
 from fedmtl.core.errors import ConfigError
-from fedmtl.core.models import MultiTaskModel, head_task, is_trunk_key
+from fedmtl.core.models import (
+    MultiTaskModel,
+    Trunk,
+    grouped_key,
+    head_task,
+    is_trunk_key,
+    task_role,
+)
 from fedmtl.core.schema import ModelConfig
 from fedmtl.core.tasks import TaskSpec
 from fedmtl.datasets import DATASETS, MultiTaskDataset, build_source, materialise
-from fedmtl.trunks import TRUNKS, build_model
+from fedmtl.trunks import TRUNKS, build_model, make_trunk
 
 IMAGE = (1, 8, 8)
 """The input shape the trunk checks feed (a trunk for flat inputs sees it flattened by the MLP
@@ -120,40 +127,104 @@ def trunk_model(
     return build_model(config, tuple(input_shape), TASKS, seed=seed)
 
 
-def check_trunk_contract(name: str, params: Any = None, input_shape: Sequence[int] = IMAGE) -> None:
-    """Features of the declared size, float32 and finite; rows independent of each other (no
-    batch statistics); gradients reaching every trunk parameter."""
+def _trunk(name: str, params: Any, input_shape: Sequence[int]) -> Trunk:
     entry = TRUNKS.get(name)
+    chosen = entry.params() if params is None else params
+    return make_trunk(name, chosen, tuple(input_shape), [t.name for t in TASKS])
+
+
+def check_trunk_contract(name: str, params: Any = None, input_shape: Sequence[int] = IMAGE) -> None:
+    """Features of the declared size for every task, float32 and finite; rows independent of
+    each other (no batch statistics); gradients reaching every trunk parameter."""
     torch.manual_seed(0)
-    trunk = entry.factory(tuple(input_shape), entry.params() if params is None else params)
+    trunk = _trunk(name, params, input_shape)
+    names = [t.name for t in TASKS]
     assert isinstance(trunk.out_features, int) and trunk.out_features >= 1
     x = torch.randn(5, *input_shape)
-    features = trunk(x)
-    assert features.shape == (5, trunk.out_features), f"features of shape {features.shape}"
-    assert features.dtype == torch.float32 and torch.isfinite(features).all()
+    features = trunk.task_features(x, names)
+    assert list(features) == names, f"features for {list(features)}, asked for {names}"
+    for task, value in features.items():
+        assert value.shape == (5, trunk.out_features), f"{task}: features of shape {value.shape}"
+        assert value.dtype == torch.float32 and torch.isfinite(value).all(), task
     trunk.eval()
-    torch.testing.assert_close(trunk(x[2:3]), trunk(x)[2:3])
+    alone = trunk.task_features(x[2:3], names)
+    together = trunk.task_features(x, names)
+    for task in names:
+        torch.testing.assert_close(alone[task], together[task][2:3])
     trunk.train()
-    trunk(x).sum().backward()
+    sum(v.sum() for v in trunk.task_features(x, names).values()).backward()  # type: ignore[union-attr]
     assert all(p.grad is not None for p in trunk.parameters()), "a parameter gets no gradient"
 
 
 def check_trunk_parameter_names(
     name: str, params: Any = None, input_shape: Sequence[int] = IMAGE
 ) -> None:
-    """Every parameter is the trunk's (``trunk.*``) or one task's head (``heads.<task>.*``), and
-    nothing else is in the state (the roles aggregation reads)."""
+    """Every parameter is the trunk's (``trunk.*``) or one task's head (``heads.<task>.*``),
+    every state entry has a role, the heads' are their tasks', and nothing but parameters is in
+    the state."""
     model = trunk_model(name, params, input_shape=input_shape)
     state = model.state_dict()
     assert {n for n, _ in model.named_parameters()} == set(state), "buffers besides parameters"
+    roles = model.roles()
+    assert set(roles) == set(state), "roles do not cover the state"
     tasks = {t.name for t in TASKS}
     for key in state:
         if is_trunk_key(key):
             assert head_task(key) is None, key
         else:
             assert head_task(key) in tasks, f"{key} is neither the trunk's nor a head's"
-    keys = model.trunk_keys() + [k for t in tasks for k in model.head_keys(t)]
-    assert sorted(keys) == sorted(state), "trunk and head keys do not partition the state"
+            assert roles[key] == task_role(head_task(key) or ""), f"{key}: {roles[key]}"
+
+
+def _reached(model: MultiTaskModel, x: torch.Tensor) -> dict[str, set[str]]:
+    """Parameter -> the tasks whose output it is in the autograd graph of (structurally: a
+    parameter outside the graph gets None, whatever the values)."""
+    names = [n for n, p in model.named_parameters()]
+    params = [p for _, p in model.named_parameters()]
+    outputs = model(x)
+    reached: dict[str, set[str]] = {n: set() for n in names}
+    for task, output in outputs.items():
+        grads = torch.autograd.grad(output.sum(), params, retain_graph=True, allow_unused=True)
+        for n, g in zip(names, grads, strict=True):
+            if g is not None:
+                reached[n].add(task)
+    return reached
+
+
+def check_trunk_roles(name: str, params: Any = None, input_shape: Sequence[int] = IMAGE) -> None:
+    """The declared roles are those of the forward graph: a ``task`` parameter of t is in the
+    graph of t's output only, a ``shared`` one in every task's; in a grouped model (the trunk
+    restricted to each group's tasks) a ``group`` parameter in its group's tasks' only, and its
+    keys are the one-trunk model's keys moved into the groups
+    (:func:`fedmtl.core.models.grouped_key`: shared ones copied, a task's into its group)."""
+    names = [t.name for t in TASKS]
+    x = torch.randn(3, *input_shape)
+    groups = {"g0": tuple(names[:2]), "g1": tuple(names[2:])}
+    model = trunk_model(name, params, input_shape=input_shape)
+    grouped = build_model(
+        ModelConfig(name=name, params=model_params(name, params)),
+        tuple(input_shape),
+        TASKS,
+        seed=0,
+        groups=groups,
+    )
+    for network in (model, grouped):
+        roles = network.roles()
+        for key, tasks in _reached(network, x).items():
+            role = roles[key]
+            if role.kind == "local":
+                continue
+            expected = {t for t in names if role.used_by(t, network.groups)}
+            assert tasks == expected, f"{key} ({role}) is in the graph of {sorted(tasks)}"
+    moved = {new for key, role in model.roles().items() for new in grouped_key(key, role, groups)}
+    assert moved == set(grouped.state_dict()), (
+        "the grouped model's keys are not the one-trunk model's moved into the groups: "
+        f"{sorted(moved ^ set(grouped.state_dict()))[:4]}"
+    )
+
+
+def model_params(name: str, params: Any) -> Any:
+    return TRUNKS.get(name).params() if params is None else params
 
 
 def check_trunk_forward(name: str, params: Any = None, input_shape: Sequence[int] = IMAGE) -> None:
@@ -204,6 +275,7 @@ def check_trunk(name: str, params: Any = None, input_shape: Sequence[int] = IMAG
     ``input_shape``."""
     check_trunk_contract(name, params, input_shape)
     check_trunk_parameter_names(name, params, input_shape)
+    check_trunk_roles(name, params, input_shape)
     check_trunk_forward(name, params, input_shape)
     check_trunk_is_seeded(name, params, input_shape)
     check_trunk_heads(name, params, input_shape)

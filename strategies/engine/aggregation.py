@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from fedmtl.core.models import head_task
 from fedmtl.core.records import Arrays
+from strategies.engine.model import GlobalModel
 from strategies.engine.replies import ClientUpdate
 from strategies.engine.robust import Averager, weighted_mean
 
@@ -36,21 +36,23 @@ def weighted_mean_delta(
 
 
 def aggregate_heads(
-    arrays: Arrays,
+    model: GlobalModel,
     updates: Sequence[ClientUpdate],
     tasks: Sequence[str],
     average: Averager = weighted_mean,
 ) -> Arrays:
-    """New heads h_t + sum_s n_{s,t} Delta h_{s,t} / sum_s n_{s,t} (or ``average``'s robust
-    rule), over the updates whose silo holds t and has labelled examples of it; a task with no
-    such update is left out."""
+    """New task parameters (role ``task``: heads, and any other array only one task uses) of
+    ``model``: h_t + sum_s n_{s,t} Delta h_{s,t} / sum_s n_{s,t} (or ``average``'s robust rule),
+    over the updates whose silo holds t and has labelled examples of it; a task with no such
+    update is left out."""
+    arrays = model.arrays
     new: Arrays = {}
     for task in tasks:
         holders = [u for u in updates if task in u.silo.tasks and u.task_examples.get(task, 0) > 0]
         if not holders:
             continue
         weights = [float(u.task_examples[task]) for u in holders]
-        for key in (k for k in arrays if head_task(k) == task):
+        for key in model.task_keys(task):
             delta = average([u.deltas[key] for u in holders], weights)
             new[key] = (arrays[key] + delta).astype(arrays[key].dtype)
     return new

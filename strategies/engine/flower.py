@@ -16,6 +16,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedmtl.core import records
+from fedmtl.core.models import Roles
 from fedmtl.core.records import Groups
 from strategies.engine.aggregation import mean_train_loss
 from strategies.engine.dispatch import Dispatch
@@ -25,15 +26,26 @@ from strategies.engine.model import GlobalModel
 
 class FlowerStrategy(Strategy):
     """``engine`` as a Flower ``Strategy``; ``groups``: the task groups of the arrays Flower hands
-    it (those of the method's initial model by default)."""
+    it (those of the method's initial model by default); ``roles``: their roles (by default read
+    from the names of a hard-sharing model, :class:`GlobalModel`)."""
 
-    def __init__(self, engine: Engine, groups: Groups | None = None) -> None:
+    def __init__(
+        self, engine: Engine, groups: Groups | None = None, roles: Roles | None = None
+    ) -> None:
         self.engine = engine
         self.groups = groups if groups is not None else engine.method.initial_groups()
+        self.roles: Roles = dict(roles or {})
         self._in_flight: dict[tuple[str, int], Dispatch] = {}
 
     def _model(self, arrays: ArrayRecord) -> GlobalModel:
-        return GlobalModel(records.from_array_record(arrays), self.groups)
+        values = records.from_array_record(arrays)
+        roles = {k: self.roles[k] for k in values} if self.roles else {}
+        return GlobalModel(values, self.groups, roles)
+
+    def _follow(self, model: GlobalModel) -> None:
+        """Remember the structure of the model the engine returned (a method may regroup it)."""
+        self.groups = model.groups
+        self.roles = dict(model.roles)
 
     def start(
         self,
@@ -48,7 +60,7 @@ class FlowerStrategy(Strategy):
         """The engine's own loop (``timeout`` and the configs are the engine's parameters'; the
         global evaluation is the engine context's), as a Flower ``Result``."""
         final = self.engine.run(grid, self._model(initial_arrays), num_rounds)
-        self.groups = final.groups
+        self._follow(final)
         result = Result(arrays=records.to_array_record(final.arrays))
         for record in self.engine.history:
             result.train_metrics_clientapp[record.server_round] = records.round_metrics(
@@ -74,7 +86,7 @@ class FlowerStrategy(Strategy):
         intake = self.engine.take_updates(sent, replies)
         result = self.engine.aggregate(sent, intake)
         model = sent.model if result is None else result.model
-        self.groups = model.groups
+        self._follow(model)
         loss = mean_train_loss(intake.updates, list(self.engine.tasks))
         metrics = records.round_metrics(intake.contributors, len(intake.rejected), loss)
         return records.to_array_record(model.arrays), metrics

@@ -210,7 +210,8 @@ class TrunkAndHeads(Method[P]):
         else:
             arrays.update(self.server_optimizer.step(trunk, step.delta))
         if self.shares_heads:
-            arrays.update(aggregate_heads(arrays, updates, list(self.tasks), self.average))
+            heads = aggregate_heads(model, updates, list(self.tasks), self.average)
+            arrays.update(heads)
         return RoundResult(self.finish(round_, model.with_arrays(arrays)), dict(step.task_weights))
 
     def finish(self, round_: Round, model: GlobalModel) -> GlobalModel:

@@ -16,7 +16,6 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from fedmtl.core.models import is_trunk_key
 from fedmtl.core.records import Arrays, SiloInfo
 from strategies.engine.method import Method, MethodSetup, Purpose, Round, RoundResult
 from strategies.engine.model import GlobalModel
@@ -26,9 +25,10 @@ from strategies.engine.replies import ClientUpdate
 P = TypeVar("P", bound=MethodParams)
 
 
-def trunk_vector(arrays: Arrays) -> np.ndarray:
-    """The trunk arrays of a model, flattened in key order (float64)."""
-    keys = sorted(k for k in arrays if is_trunk_key(k))
+def trunk_vector(arrays: Arrays, model: GlobalModel) -> np.ndarray:
+    """The shared arrays (the trunk, by ``model``'s roles) of a silo's model ``arrays``,
+    flattened in key order (float64)."""
+    keys = sorted(k for k in arrays if model.is_shared(k))
     return np.concatenate([arrays[k].reshape(-1).astype(np.float64) for k in keys])
 
 
@@ -56,28 +56,30 @@ class PerSiloModels(Method[P]):
 
     def arrays_for(self, silo: SiloInfo, model: GlobalModel, purpose: Purpose) -> Arrays:
         own = self.model_of(silo.silo_id, super().arrays_for(silo, model, purpose))
-        return self.train_payload(silo.silo_id, own) if purpose == "train" else own
+        return self.train_payload(silo.silo_id, own, model) if purpose == "train" else own
 
-    def train_payload(self, silo_id: int, own: Arrays) -> Arrays:
-        """What silo ``silo_id`` trains from (default: its own model)."""
+    def train_payload(self, silo_id: int, own: Arrays, model: GlobalModel) -> Arrays:
+        """What silo ``silo_id`` trains from (default: its own model; ``model``: the global
+        model, whose roles say which arrays are shared)."""
         return own
 
     def aggregate(
         self, round_: Round, model: GlobalModel, updates: list[ClientUpdate]
     ) -> RoundResult:
         trained = {u.silo.silo_id: {k: u.sent[k] + u.deltas[k] for k in u.sent} for u in updates}
-        arrays = self.absorb(round_.number, dict(model.arrays), updates, trained)
+        arrays = self.absorb(round_.number, model, updates, trained)
         return RoundResult(model.with_arrays(arrays))
 
     @abstractmethod
     def absorb(
         self,
         server_round: int,
-        arrays: Arrays,
+        model: GlobalModel,
         updates: list[ClientUpdate],
         trained: dict[int, Arrays],
     ) -> Arrays:
-        """Update the silos' models from the round's ``trained`` models; return the global arrays."""
+        """Update the silos' models from the round's ``trained`` models; return the new global
+        arrays (``model``: the round's global model, with the roles of its arrays)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"models": {str(silo): dict(model) for silo, model in self.models.items()}}

@@ -6,8 +6,8 @@ failing silo, a NaN update or a malformed reply never touches the global model.
 
 - **query** (:func:`check_silo`): tasks the server knows, a silo id no other node holds.
 - **train** (:func:`check_train_reply`): exactly the expected update keys for the update mode
-  (``joint``: one delta per array sent; ``per_task``: one per head sent and one share per trunk
-  array and task that uses it), the shapes sent, finite floating-point values, finite counts >= 0
+  (``joint``: one delta per array sent; ``per_task``: one per task-specific array sent and one
+  share per shared array and task that uses it), the shapes sent, finite floating-point values, finite counts >= 0
   for the silo's training rows and for each of its tasks, losses only for its own tasks (the
   method checks the numbers it asked for itself: :meth:`strategies.engine.Method.check_update`).
 - **evaluate** (:func:`check_evaluate_reply`): statistics only for the silo's own tasks.
@@ -23,7 +23,6 @@ import numpy as np
 from flwr.app import RecordDict
 
 from fedmtl.core import records
-from fedmtl.core.models import is_trunk_key
 from fedmtl.core.records import (
     NUM_EXAMPLES,
     Arrays,
@@ -103,7 +102,9 @@ class ClientUpdate:
 
 
 Serves = Callable[[str, str], bool]
-"""``serves(key, task)``: whether array ``key`` is (part of) the trunk that ``task`` uses."""
+"""``serves(key, task)``: whether array ``key`` is a shared parameter that ``task`` uses (its
+role, :meth:`strategies.engine.GlobalModel.serves`); in ``per_task`` mode the silo sends one
+share per task of exactly those arrays, and a joint delta of the others."""
 
 
 def check_silo(info: SiloInfo, known_tasks: Collection[str], claimed: Collection[int]) -> SiloInfo:
@@ -122,7 +123,7 @@ def expected_update_shapes(
     """Key -> shape of the update a silo must send for the arrays it was ``sent``."""
     if mode == "joint":
         return {k: v.shape for k, v in sent.items()}
-    shapes = {k: v.shape for k, v in sent.items() if not is_trunk_key(k)}
+    shapes = {k: v.shape for k, v in sent.items() if not any(serves(k, t) for t in silo.tasks)}
     for task in silo.tasks:
         shapes.update(
             {task_update_key(task, k): v.shape for k, v in sent.items() if serves(k, task)}
@@ -263,7 +264,7 @@ def _split(
         for task in silo.tasks
     }
     deltas = {k: v for k, v in received.items() if k in sent}
-    for key in (k for k in sent if is_trunk_key(k)):
+    for key in (k for k in sent if any(serves(k, t) for t in silo.tasks)):
         deltas[key] = sum(
             (shares[key] for shares in task_deltas.values() if key in shares),
             start=np.zeros_like(sent[key]),

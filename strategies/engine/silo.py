@@ -31,7 +31,7 @@ from flwr.app import RecordDict
 
 from fedmtl.core import records
 from fedmtl.core.data import LocalData
-from fedmtl.core.models import MultiTaskModel, head_task, is_trunk_key
+from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.records import (
     Arrays,
     EvaluateReply,
@@ -114,14 +114,31 @@ class SiloTools:
         self.set_personal(self.arrays(keys))
 
     def own_keys(self, heads_only: bool = False) -> list[str]:
-        """The model keys of the silo's own model: its tasks' heads, and the trunk(s) they use."""
-        tasks = {t.name for t in self.data.tasks}
-        shared = set(self.model.shared_parameters(list(tasks)))
-        return [
-            key
-            for key in self.model.exchanged_keys()
-            if head_task(key) in tasks or (not heads_only and key in shared)
-        ]
+        """The model keys of the silo's own model: its tasks' own parameters (role ``task``:
+        heads, gates, ...) and, unless ``heads_only``, the shared parameters they use."""
+        tasks = [t.name for t in self.data.tasks]
+        own = {k for t in tasks for k in self.model.head_keys(t)}
+        if not heads_only:
+            own |= set(self.model.shared_parameters(tasks))
+        return [key for key in self.model.exchanged_keys() if key in own]
+
+    def load_local(self) -> None:
+        """Load the silo's own values of the model's ``local`` parameters (role ``local``: they
+        never travel), from its personal arrays, or the initial model's before it kept any. The
+        toolkit calls it before every message: the model object is shared by the silos of a
+        process."""
+        keys = self.model.local_keys()
+        if not keys:
+            return
+        stored = self.personal()
+        source = stored if stored is not None and all(k in stored for k in keys) else None
+        self.load({k: (source or self.initial())[k] for k in keys})
+
+    def keep_local(self) -> None:
+        """Store the ``local`` parameters' values with the personal arrays (after training)."""
+        keys = self.model.local_keys()
+        if keys:
+            self.set_personal({**(self.personal() or {}), **self.arrays(keys)})
 
     def load_personal(self, heads_only: bool = False, fallback: Arrays | None = None) -> list[str]:
         """Load the personal arrays (or ``fallback``, or the initial model's) of the silo's own
@@ -184,12 +201,13 @@ def train_reply(
     method_metrics: Mapping[str, float] | None = None,
 ) -> TrainReply:
     """The reply to a train message: trained minus ``received`` for every array received, except
-    the trunk's in ``per_task`` mode, where each task's share of it goes instead; the arrays travel
-    in ``update_dtype`` (every runtime answers through here)."""
+    the shared ones in ``per_task`` mode, where each task's share of them goes instead; the
+    arrays travel in ``update_dtype`` (every runtime answers through here)."""
     deltas = {k: trained[k] - received[k] for k in received}
     task_deltas = None
     if result.task_trunk_deltas is not None:  # per_task mode: each task's share of its trunk
-        deltas = {k: v for k, v in deltas.items() if not is_trunk_key(k)}
+        shared = {key for shares in result.task_trunk_deltas.values() for key in shares}
+        deltas = {k: v for k, v in deltas.items() if k not in shared}
         task_deltas = {
             task: {key: share.detach().cpu().numpy() for key, share in shares.items()}
             for task, shares in result.task_trunk_deltas.items()

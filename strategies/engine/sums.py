@@ -40,7 +40,6 @@ from typing import Literal
 
 import numpy as np
 
-from fedmtl.core.models import head_task, is_trunk_key
 from fedmtl.core.records import Arrays, SiloInfo
 from fedmtl.core.training import UpdateMode
 from strategies.engine.model import GlobalModel
@@ -169,7 +168,7 @@ def build_layout(
     sent = set(sent_keys)
     slots: list[Slot] = []
     for task in tasks:
-        for key in (k for k in model.arrays if k in sent and head_task(k) == task):
+        for key in (k for k in model.task_keys(task) if k in sent):  # role task: head, gate, ...
             shape = model.arrays[key].shape
             slots.append(Slot("array", key, shape, f"task:{task}", block=f"task:{task}", task=task))
         if mode == "per_task":
@@ -180,7 +179,7 @@ def build_layout(
                 )
     joint = mode == "joint" or rule.joint_trunk
     if joint:
-        for key in (k for k in model.arrays if k in sent and is_trunk_key(k)):
+        for key in (k for k in model.arrays if k in sent and model.is_shared(k)):
             weight = _trunk_weight(rule, key, model, tasks)
             slots.append(Slot("array", key, model.arrays[key].shape, weight, block="joint"))
     counts = [f"task:{t}" for t in tasks] + ["examples", "one"]

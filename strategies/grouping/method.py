@@ -45,7 +45,6 @@ import numpy as np
 
 from fedmtl.core.checks import int_at_least, positive
 from fedmtl.core.errors import ConfigError
-from fedmtl.core.models import group_trunk_key, is_trunk_key, trunk_group
 from fedmtl.core.records import Arrays, SiloInfo, TrainReply, TrainRequest
 from strategies.balancing import Weighting, WeightingChoice, weighting_from
 from strategies.balancing.federated import balanced_update
@@ -278,7 +277,7 @@ class Grouping(TrunkAndHeads[GroupingParams]):
         delta: Arrays = {}
         task_weights: dict[str, float] = {}
         for group, members in self.groups.items():
-            group_trunk = {k: v for k, v in trunk.items() if trunk_group(k) == group}
+            group_trunk = {k: trunk[k] for k in model.group_keys(group)}
             part = self._group_update(server_round, group, list(members), group_trunk, updates)
             delta.update(part.delta or {})
             task_weights.update(part.task_weights)
@@ -362,15 +361,10 @@ class Grouping(TrunkAndHeads[GroupingParams]):
             for n, group in enumerate(self._choose_groups(names))
         }
         self.grouped_at = server_round
-        arrays = model.arrays
-        trunk_keys = [k for k in arrays if is_trunk_key(k)]
-        copies = {k: [group_trunk_key(g, k) for g in self.groups] for k in trunk_keys}
-        grouped = {k: v for k, v in arrays.items() if not is_trunk_key(k)}
-        for key, new_keys in copies.items():
-            grouped.update({new: arrays[key].copy() for new in new_keys})
+        grouped, copies = model.grouped(self.groups)
         self.server_optimizer.split_state(copies)
         log.info("round %d: task groups %s", server_round, list(self.groups.values()))
-        return GlobalModel(grouped, dict(self.groups))
+        return grouped
 
     def _choose_groups(self, names: list[str]) -> list[list[int]]:
         if self.params.groups is not None:

@@ -88,6 +88,8 @@ def example_params(name: str) -> dict[str, Any]:
         return {"max_rows": 600}
     if name == "multimnist":
         return {"num_train": 300, "num_test": 100}
+    if name == "mmoe_synthetic":
+        return {"num_samples": 600}
     return {}
 
 

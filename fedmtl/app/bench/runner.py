@@ -269,7 +269,7 @@ class Bench:
             suite=self.suite.name,
             cell=cell.key(),
             reference=self.suite.reference,
-            scenario=scenario_of(summary["config"], self.suite.tuned_keys(), name),
+            scenario=scenario_of(summary["config"], self.suite.excluded_keys(), name),
         )
 
     def _annotate(self, cell: Cell, summary: Mapping[str, Any]) -> None:

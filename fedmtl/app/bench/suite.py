@@ -11,7 +11,7 @@ A suite file::
       - fedavg
       - name: mgda
         label: mgda_lr3                            # optional; default: the name (unique)
-        overrides: [strategy.server_optimizer.lr=3.0]   # its own strategy.* keys only
+        overrides: [strategy.server_optimizer.lr=3.0]   # its own strategy.* (and model) keys
         tune: {strategy.server_optimizer.lr: [1.0, 3.0]}  # this strategy's own grid
     seeds: [0, 1]
     reference: single_task     # Delta_MTL's reference, added to every scenario when registered
@@ -21,8 +21,10 @@ A suite file::
       validation_fraction: 0.2          # each silo's validation share of its training rows
 
 Fairness rules, checked here: every strategy of a scenario runs the same config outside
-``strategy.*`` (a strategy's overrides may only set ``strategy.*`` keys, not ``strategy.name``,
-which its ``name`` decides, nor a key its grid tunes, whose tuned value would replace it); the
+``strategy.*`` and the architecture (a strategy's overrides may only set ``strategy.*`` keys, not
+``strategy.name``, which its ``name`` decides, nor a key its grid tunes, whose tuned value would
+replace it; and ``model`` / ``model.*``, the architecture, which is then part of the compared
+method: the suite's scenario ids leave ``model`` out, :meth:`Suite.excluded_keys`); the
 suite's and the scenarios' overrides may not choose the strategy or the seed; tuned keys are
 ``strategy.*`` keys or
 one of :data:`TUNABLE_TRAIN_KEYS` (the compute budget - rounds, local epochs and steps, batch size -
@@ -67,6 +69,9 @@ RESERVED_OVERRIDES = ("strategy", "seed", "output_dir", "hydra")
 """Top-level keys the suite's and the scenarios' overrides may not set (the suite decides them)."""
 STRATEGY_RESERVED = ("strategy", "strategy.name")
 """Keys a strategy entry's overrides may not set: its ``name`` chooses the strategy."""
+ARCHITECTURE_KEY = "model"
+"""The config group a strategy entry may also choose (``model=mmoe``, ``model.num_experts=8``): an
+architecture compared like a method (hard sharing against MMoE under the same aggregation)."""
 
 
 def suite_names() -> list[str]:
@@ -173,6 +178,21 @@ class Suite:
     def tuned_keys(self) -> list[str]:
         """Every key some grid tunes, sorted: left out of the suite's scenario ids."""
         return sorted({k for e in self.entries() for k in self.grid(e)})
+
+    @property
+    def compares_architectures(self) -> bool:
+        """Whether an entry sets the architecture (``model`` or ``model.*``)."""
+        return any(
+            _target(o).split(".")[0] == ARCHITECTURE_KEY
+            for e in self.entries()
+            for o in e.overrides
+        )
+
+    def excluded_keys(self) -> list[str]:
+        """The keys left out of the suite's scenario ids besides the usual ones: the tuned keys,
+        and ``model`` when an entry chooses the architecture (it belongs to the method then)."""
+        extra = [ARCHITECTURE_KEY] if self.compares_architectures else []
+        return sorted({*self.tuned_keys(), *extra})
 
     # -------------------------------------------------------------------------------- configs
     def overrides_for(self, scenario: str, entry: StrategyEntry) -> list[str]:
@@ -421,7 +441,7 @@ def _overrides(values: Any, key: str) -> tuple[str, ...]:
 
 def _strategy_overrides(values: Any, key: str) -> tuple[str, ...]:
     """A strategy entry's overrides, each setting one of the strategy's own ``strategy.*`` keys
-    (:data:`STRATEGY_RESERVED` excepted)."""
+    (:data:`STRATEGY_RESERVED` excepted) or the architecture (``model``, ``model.*``)."""
     overrides = _override_list(values, key)
     for value in overrides:
         target = _target(value)
@@ -431,11 +451,12 @@ def _strategy_overrides(values: Any, key: str) -> tuple[str, ...]:
                 f"sets '{target}', which the entry's `name` decides ('{value}').",
                 "list the other strategy as an entry of its own.",
             )
-        if not target.startswith("strategy."):
+        if not target.startswith("strategy.") and target.split(".")[0] != ARCHITECTURE_KEY:
             raise ConfigError(
                 key,
-                f"sets '{target}': a strategy may only set strategy.* keys, so that every "
-                "method of a scenario gets the same data, rounds and local training.",
+                f"sets '{target}': a strategy may only set strategy.* keys (and choose the "
+                "architecture, model.*), so that every method of a scenario gets the same data, "
+                "rounds and local training.",
                 "move it to the scenario, or tune it under `tune`.",
             )
     return overrides

@@ -52,6 +52,7 @@ import torch
 
 from fedmtl.core.data import Footprint, MultiTaskDataset
 from fedmtl.core.errors import ConfigError
+from fedmtl.core.registry import PluginConfig
 from fedmtl.core.schema import ExperimentConfig, PartitionConfig, PartitionFile, PartitionLocal
 from fedmtl.trunks import build_model
 from strategies import METHODS
@@ -262,11 +263,34 @@ def _model_key(config: ExperimentConfig) -> str:
     except (TypeError, ConfigError):  # a trunk whose parameters have no defaults
         return "model"
     best, key = 0.0, "model"
-    for field in dataclasses.fields(params):
-        ratio = _ratio(getattr(params, field.name), getattr(defaults, field.name))
+    for name, value, default in _fields(params, defaults, "model"):
+        ratio = _ratio(value, default)
         if ratio > best:
-            best, key = ratio, f"model.{field.name}"
+            best, key = ratio, name
     return key
+
+
+def _fields(params: Any, defaults: Any, prefix: str) -> list[tuple[str, Any, Any]]:
+    """(key, value, default) of every field of ``params``, and of the parameters of a field that
+    chooses a plug-in of its own (e.g. ``model.expert``, a trunk: against its own defaults when it
+    is the default's plug-in)."""
+    found = []
+    for field in dataclasses.fields(params):
+        value, default = getattr(params, field.name), getattr(defaults, field.name)
+        key = f"{prefix}.{field.name}"
+        if isinstance(value, PluginConfig) and dataclasses.is_dataclass(value.params):
+            if isinstance(default, PluginConfig) and default.name == value.name:
+                inner = default.params
+            else:
+                factory: Any = type(value.params)
+                try:
+                    inner = factory()
+                except (TypeError, ConfigError):
+                    continue
+            found.extend(_fields(value.params, inner, key))
+        else:
+            found.append((key, value, default))
+    return found
 
 
 def _ratio(value: Any, default: Any) -> float:

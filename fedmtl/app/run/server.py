@@ -87,14 +87,12 @@ def run_server(
     )
     engine = experiment.new_engine(context)
     if previous is None:
-        groups = engine.method.initial_groups()
-        model = experiment.new_model(groups)
-        start = GlobalModel(records.state_arrays(model, model.exchanged_keys()), groups)
+        start = global_model(experiment.new_model(engine.method.initial_groups()))
     else:
         log.info("resuming %s after round %d", output_dir, done)
         engine.load_state_dict(previous.engine)
         global_eval.load_state_dict(previous.evaluator)
-        start = GlobalModel(previous.model, previous.groups)
+        start = global_model(experiment.new_model(previous.groups), previous.model)
     checkpointer.sound = (done, start)
     status = "crashed"  # until the loop ends or stops with a reason
     try:
@@ -124,6 +122,15 @@ def run_server(
     if status != "completed":
         log.error("run status: %s", status)
     return summary
+
+
+def global_model(network: MultiTaskModel, arrays: records.Arrays | None = None) -> GlobalModel:
+    """The server's global model for ``network``: its exchanged arrays (or ``arrays``, e.g. a
+    checkpoint's), its task groups and the roles it declares for them."""
+    keys = network.exchanged_keys()
+    values = records.state_arrays(network, keys) if arrays is None else dict(arrays)
+    roles = network.roles()
+    return GlobalModel(values, network.groups, {k: roles[k] for k in values})
 
 
 class Checkpointer:

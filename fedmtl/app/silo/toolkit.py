@@ -117,7 +117,7 @@ def _initial_arrays(config_json: str, groups_json: str) -> Arrays:
     """The seeded initial model's arrays (the server starts from the same)."""
     groups = json.loads(groups_json)
     model = cached_experiment(config_json).new_model(groups)
-    return records.state_arrays(model, model.exchanged_keys())
+    return records.state_arrays(model, model.exchanged_keys() + model.local_keys())
 
 
 @functools.lru_cache(maxsize=8)
@@ -303,6 +303,7 @@ class Silo:
             saved = restore_silo_state(directory, resume)
             if saved is not None and tools.personal() is None:
                 tools.set_personal(saved)
+        tools.load_local()
         fault = experiment.silo_fault(silo.silo_id)
         return Prepared(
             request, received, method, tools, directory, silo.silo_id, fault, experiment.config.seed
@@ -339,6 +340,7 @@ class Silo:
         state["rounds-trained"] = records.integer(state, "rounds-trained") + 1
         state["last-round"] = request.server_round
         context.state.config_records[NODE_STATE] = state
+        prepared.tools.keep_local()
         personal = prepared.tools.personal()
         if prepared.directory is not None and personal is not None:
             assert isinstance(request, TrainRequest)

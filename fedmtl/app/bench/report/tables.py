@@ -114,7 +114,10 @@ class ScenarioTable:
 
 
 def _pick(runs: Sequence[Run], name: str) -> str | None:
-    """The strategy label of ``name``'s runs (the label equal to the name first)."""
+    """The strategy label of ``name``'s runs (the label equal to the name first), or ``name``
+    itself when it is a label (one entry of a strategy listed twice, e.g. with two models)."""
+    if any(r.strategy == name for r in runs):
+        return name
     labels = sorted({r.strategy for r in runs if r.strategy_name == name})
     if not labels:
         return None
