@@ -180,3 +180,20 @@ def test_a_dp_record_run_reports_its_epsilon(tmp_path: Path, mode: list[str]) ->
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [line for line in lines if line["split"] == "train"]
     assert len(train) == 2 and train[-1]["privacy"]["epsilon"] == privacy["epsilon"]
+
+
+def test_dp_sgd_trains_every_parameter_a_task_owns_by_its_role() -> None:
+    """A gate in the trunk that only task ``a`` uses (role task) trains under DP-SGD as a head
+    does: parameters are chosen by role, as in plain local training."""
+    from tests.support.data import make_dataset  # noqa: PLC0415
+    from tests.test_roles import TASKS as GATED_TASKS  # noqa: PLC0415
+    from tests.test_roles import GatedTrunk  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    model = MultiTaskModel(GatedTrunk(), GATED_TASKS)
+    data = local_view(make_dataset(32, tasks=GATED_TASKS, seed=1), np.arange(32), ["a", "b"])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    dp = RecordDP(clip_norm=1.0, noise_multiplier=0.0, sample_rate=1.0, steps=2)
+    train_local(model, data, PLAIN_SGD, torch.Generator().manual_seed(0), dp=dp)
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert "trunk.gates.a" in moved and set(before) == moved

@@ -321,14 +321,17 @@ def _train_dp_sgd(
     names = [t.name for t in data.tasks]
     shared = model.shared_parameters(names)
     trunk = list(shared.values()) if parts != "heads" else []
-    heads = [] if parts == "trunk" else [p for t in names for p in model.heads[t].parameters()]
-    trained = trunk + heads
+    own = [] if parts == "trunk" else [p for t in names for p in model.task_parameters(t).values()]
+    local = [] if parts == "trunk" else list(model.local_parameters().values())
+    trained = trunk + own + local  # as train_local: roles, not names (heads, gates, ...)
     named = {n: p for n, p in model.named_parameters() if any(p is q for q in trained)}
     frozen = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in trained)]
     optimizer = make_optimizer(trained, cfg)
     anchors: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     if proximal is not None:
-        anchors = [(p, proximal.anchor[n].to(p.device)) for n, p in named.items()]
+        anchors = [  # the local parameters never travel: no anchor
+            (p, proximal.anchor[n].to(p.device)) for n, p in named.items() if n in proximal.anchor
+        ]
     device = data.inputs.device
     rest = {n: p.detach() for n, p in model.named_parameters() if n not in named}
     rest.update(dict(model.named_buffers()))
