@@ -22,7 +22,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,datasets]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,datasets,privacy]'
 	@# an activated shell gets the defaults below too (for `flwr run .`)
 	$(BIN)/python -c 'from pathlib import Path; from fedmtl.app.runtimes import add_to_activate; add_to_activate(Path("$(BIN)/activate"))'
 	touch $(STAMP)

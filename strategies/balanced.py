@@ -48,6 +48,7 @@ from strategies.engine import (
     SiloMethod,
     SiloTask,
     SiloTools,
+    SumRule,
     TrunkAndHeads,
     TrunkStep,
     train_received,
@@ -125,6 +126,13 @@ class Balanced(TrunkAndHeads[BalancedParams]):
         return SiloTask(
             "joint" if self.params.balancing == "local" else "per_task", local, loss_before=losses
         )
+
+    def secure_sums(self, server_round: int) -> SumRule:
+        """Per-task means D_t (and the n_{s,t}-weighted losses L_t where the weighting reads
+        them), or FedAvg's n_s-weighted trunk with ``balancing: local``."""
+        if self.params.balancing == "local":
+            return SumRule("examples")
+        return SumRule(needs_losses=self.weighting.needs_losses)
 
     def trunk_step(
         self, round_: Round, model: GlobalModel, updates: list[ClientUpdate]

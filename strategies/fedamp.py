@@ -55,6 +55,7 @@ class FedAMP(PerSiloModels[FedAMPParams]):
     """Attentive message passing: each silo trains from its cloud model (module docstring)."""
 
     silo = ProximalSilo
+    individual = "each silo's cloud model mixes the other silos' models by their pairwise distances"
 
     def silo_task(self, server_round: int) -> SiloTask:
         return SiloTask(params={"mu": self.params.lam})

@@ -86,6 +86,11 @@ class HyperWeight:
 class FedHCA2(PerSiloModels[FedHCA2Params]):
     """Conflict-averse trunks and cross-attentive heads with learned per-silo weights."""
 
+    individual = (
+        "it keeps per-silo server state (learned weights) and combines each silo's own delta "
+        "(conflict-averse trunks, cross-attention over the silos' heads)"
+    )
+
     def __init__(self, params: FedHCA2Params, setup: MethodSetup) -> None:
         super().__init__(params, setup)
         self.weighting = build_weighting("cagrad", {"c": params.ca_c, "rescale": True}, setup.seed)

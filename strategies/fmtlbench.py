@@ -63,6 +63,9 @@ class ClientRowsBalancing(TrunkAndHeads[P]):
     def method_params(self) -> dict[str, object]:
         return {}
 
+    def secure_sums(self, server_round: int) -> str:
+        return "its balancing weighs each silo's own joint update (one row per silo)"
+
     def trunk_step(
         self, round_: Round, model: GlobalModel, updates: list[ClientUpdate]
     ) -> TrunkStep:

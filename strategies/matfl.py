@@ -46,6 +46,8 @@ class MaTFLParams(MethodParams):
 class MaTFL(PerSiloModels[MaTFLParams]):
     """Silos clustered by their trunk deviations each round; one trunk per cluster."""
 
+    individual = "it clusters the silos by the cosine of their individual trunk updates"
+
     def __init__(self, params: MaTFLParams, setup: MethodSetup) -> None:
         super().__init__(params, setup)
         self.clusters: list[dict[str, Any]] = []

@@ -14,6 +14,7 @@ from strategies.engine import (
     GlobalModel,
     MethodParams,
     Round,
+    SumRule,
     TrunkAndHeads,
     TrunkStep,
     weighted_mean_delta,
@@ -22,6 +23,10 @@ from strategies.engine import (
 
 class SingleTask(TrunkAndHeads[MethodParams]):
     """One FedAvg federation per task: one trunk per task, averaged over the task's holders."""
+
+    def secure_sums(self, server_round: int) -> SumRule:
+        """Each task's trunk and head: means over its holders weighted by n_{s,t}."""
+        return SumRule("served")
 
     def initial_groups(self) -> Groups:
         return {task: (task,) for task in self.tasks}

@@ -77,6 +77,7 @@ def hand_runs(root: Path) -> None:
             root / "other" / "mgda" / f"s{seed}", "mgda", seed, metrics(0.6, 1.0), scenario=OTHER
         )
         stored["delta_mtl"] = 5.0 + seed
+        stored["privacy"] = {"mode": "dp_silo", "epsilon": 2.0 + seed, "delta": 1e-5}
         (root / "other" / "mgda" / f"s{seed}" / "summary.json").write_text(json.dumps(stored))
     write_run(root / "crashed", "mgda", 3, metrics(0.1, 9.0), scenario=HAND, completed=False)
     tune = {"suite": "s", "cell": {"phase": "tune", "strategy": "mgda", "tuned": {}}}
@@ -122,6 +123,19 @@ def test_strategy_table_has_delta_mtl_its_ci_and_the_paired_test(report: tuple[P
     assert float(rows[("hand", "single_task")]["delta_mtl_mean"]) == 0.0
     assert float(row["bytes_up"]) == pytest.approx(2000.0) and row["n_seeds"] == "3"
     assert rows[("hand", "fedavg")]["p_vs_baseline"] == ""  # not tested against itself
+
+
+def test_the_privacy_mode_and_the_largest_epsilon_reach_the_report(
+    report: tuple[Path, Any],
+) -> None:
+    out, _ = report
+    rows = {(r["scenario"], r["strategy"]): r for r in read_csv(out / "strategies.csv")}
+    assert rows[("other", "mgda")]["privacy"] == "dp_silo"
+    assert float(rows[("other", "mgda")]["epsilon"]) == 4.0
+    assert rows[("other", "fedavg")]["privacy"] == "none"
+    assert rows[("other", "fedavg")]["epsilon"] == ""
+    text = (out / "report.md").read_text()
+    assert "mgda `dp_silo`, epsilon 4.00" in text and text.count("**Privacy**") == 1
 
 
 def test_task_table_has_spread_silo_quantiles_and_per_task_tests(report: tuple[Path, Any]) -> None:

@@ -95,6 +95,17 @@ def test_the_updates_of_many_silos_name_the_silos(monkeypatch: pytest.MonkeyPatc
     assert err.value.key == "partition.num_silos"
 
 
+def test_dp_sgds_per_sample_gradients_name_the_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default model's gradient for each of 2,000 rows at once (record-level DP): more than
+    100 MiB; the same batch without DP fits."""
+    monkeypatch.setattr(resources, "available_memory", lambda: 100 * 1024**2)
+    large = ["train.batch_size=2000"]
+    prepare(parse(compose_raw(large)))
+    with pytest.raises(ConfigError, match="DP-SGD") as err:
+        prepare(parse(compose_raw([*large, "privacy=dp_record"])))
+    assert err.value.key == "train.batch_size"
+
+
 def test_a_wide_table_is_refused_from_its_header(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -58,6 +58,17 @@ UPDATE = "fedmtl.update"
 METRICS = "fedmtl.metrics"
 SILO = "fedmtl.silo"
 METHOD_METRICS = "fedmtl.method-metrics"
+SECAGG_MASKED = "fedmtl.masked"
+"""SecAgg+ stage 2's reply record: the masked vector (values, counts, overflow count)."""
+
+# SecAgg+ (strategies.engine.secagg): the stages travel in Flower's own config record
+# (``secaggplus_configs``, its keys); fedmtl's stage-2 keys sit beside them.
+SECAGG_LAYOUT = "fedmtl-layout"
+SECAGG_ROUND = "fedmtl-round"
+SECAGG_DP_CLIP = "fedmtl-dp-clip"
+SECAGG_DP_PER_TASK = "fedmtl-dp-per-task"
+SECAGG_DP_NOISE = "fedmtl-dp-noise"
+SECAGG_DP_BIT_NOISE = "fedmtl-dp-bit-noise"
 
 SERVER_ROUND = "server-round"
 GROUPS = "groups"

@@ -28,6 +28,8 @@ class RoundRecord:
     bytes_down: int = 0
     seconds: float = 0.0
     task_weights: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, Any] = field(default_factory=dict)
+    """A privacy mode's figures of the round (epsilon so far, noise, clipping norm, ...)."""
     suspect: list[str] = field(default_factory=list)
 
     @classmethod

@@ -195,6 +195,11 @@ class TrackingConfig:
     plots: bool = True
 
 
+def _no_privacy() -> PluginConfig:
+    """``privacy=none`` (its parameters are the engine's; the app fills them when parsing)."""
+    return PluginConfig("none", None)
+
+
 @dataclass(frozen=True)
 class LimitsConfig:
     """Checks before a run: ``memory_check`` refuses a run whose memory, estimated from its config
@@ -224,6 +229,7 @@ class ExperimentConfig:
     runtime: PluginConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    privacy: PluginConfig = field(default_factory=_no_privacy)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     output_dir: str = "."
     checkpoint_every: int = 5

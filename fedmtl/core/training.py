@@ -7,6 +7,7 @@ labelled for that task:  L(theta) = sum_{t in T_s} mean_{i in B, mask[i,t]} l_t(
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -48,6 +49,28 @@ Parts = Literal["all", "heads", "trunk"]
 """Which parameters a local training phase updates (the others stay fixed): ``heads`` the tasks'
 own parameters (role ``task``), ``trunk`` the shared ones. FedRep trains the heads first with the
 trunk frozen, then the trunk with the heads frozen."""
+
+
+@dataclass(frozen=True)
+class RecordDP:
+    """DP-SGD (Abadi et al., CCS 2016, "Deep Learning with Differential Privacy") for local
+    training: ``steps`` steps, each on a Poisson sample of the rows (each row in with probability
+    q = ``sample_rate``, independently), each row's gradient g_i clipped to ``clip_norm`` C over
+    every trained parameter together, then
+
+        g = (sum_i g_i min(1, C / ||g_i||) + N(0, sigma^2 C^2 I)) / (q n)
+
+    with sigma = ``noise_multiplier``. A row's gradient is that of its whole loss, the sum of the
+    losses of every task it is labelled for: a record that labels several tasks is one unit.
+    ``noise`` draws the noise and the Poisson samples (None: fresh OS entropy; a seeded stream
+    would let whoever knows the seed subtract the noise and know which rows each step used, which
+    voids the amplification by sampling the accountant counts on)."""
+
+    clip_norm: float
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    noise: torch.Generator | None = None
 
 
 @dataclass(frozen=True)
@@ -188,6 +211,7 @@ def train_local(
     proximal: Proximal | None = None,
     parts: Parts = "all",
     epochs: int | None = None,
+    dp: RecordDP | None = None,
 ) -> TrainResult:
     """Train the shared parameters ``data.tasks`` use (the trunk: roles ``shared`` and ``group``)
     and those tasks' own parameters (role ``task``: the heads, and a soft-sharing trunk's gates,
@@ -204,10 +228,15 @@ def train_local(
     result also holds each task's share of the trunk update (:class:`TrunkAttribution`).
     ``probe`` sees every step's batch before the step. ``proximal`` adds its term's gradient
     mu (theta - a) to every trained parameter (joint updates only: the term belongs to no task).
-    ``parts`` chooses what trains (``heads`` or ``trunk`` alone: the rest is frozen).
+    ``parts`` chooses what trains (``heads`` or ``trunk`` alone: the rest is frozen). ``dp``
+    trains with DP-SGD instead (:class:`RecordDP`: joint updates, no step weights or probe).
     """
     if proximal is not None and update_mode == "per_task":
         raise ValueError("a proximal term cannot be split per task: use joint updates")
+    if dp is not None:
+        if update_mode != "joint" or step_weights is not None or probe is not None:
+            raise ValueError("DP-SGD trains joint updates, without step weights or probes")
+        return _train_dp_sgd(model, data, cfg, dp, proximal, parts)  # secret randomness only
     names = [t.name for t in data.tasks]
     shared = model.shared_parameters(names)
     trunk = list(shared.values()) if parts != "heads" else []
@@ -275,6 +304,100 @@ def train_local(
             t: {keys[i]: delta for i, delta in attribution.deltas[t].items()} for t in names
         }
     return TrainResult(steps=steps, mean_loss=mean_loss, task_trunk_deltas=task_deltas)
+
+
+def _train_dp_sgd(
+    model: MultiTaskModel,
+    data: LocalData,
+    cfg: TrainConfig,
+    dp: RecordDP,
+    proximal: Proximal | None,
+    parts: Parts,
+) -> TrainResult:
+    """DP-SGD's local training (:class:`RecordDP`), with per-sample gradients from
+    ``torch.func`` (``vmap`` of ``grad`` over the rows of the sample, the model called with
+    ``functional_call``). The proximal term's gradient mu (theta - a) depends on no row and is
+    added after the noise; weight decay and momentum are the optimizer's, on the noised gradient."""
+    names = [t.name for t in data.tasks]
+    shared = model.shared_parameters(names)
+    trunk = list(shared.values()) if parts != "heads" else []
+    own = [] if parts == "trunk" else [p for t in names for p in model.task_parameters(t).values()]
+    local = [] if parts == "trunk" else list(model.local_parameters().values())
+    trained = trunk + own + local  # as train_local: roles, not names (heads, gates, ...)
+    named = {n: p for n, p in model.named_parameters() if any(p is q for q in trained)}
+    frozen = [p for p in model.parameters() if p.requires_grad and all(p is not q for q in trained)]
+    optimizer = make_optimizer(trained, cfg)
+    anchors: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    if proximal is not None:
+        anchors = [  # the local parameters never travel: no anchor
+            (p, proximal.anchor[n].to(p.device)) for n, p in named.items() if n in proximal.anchor
+        ]
+    device = data.inputs.device
+    rest = {n: p.detach() for n, p in model.named_parameters() if n not in named}
+    rest.update(dict(model.named_buffers()))
+
+    def row_loss(
+        values: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        targets: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        outputs = torch.func.functional_call(model, {**rest, **values}, (x[None], names))
+        total = torch.zeros((), device=device)
+        for position, task in enumerate(data.tasks):
+            loss = task.loss(outputs[task.name], targets[task.name][None])
+            total = total + torch.where(mask[position], loss, torch.zeros_like(loss))
+        return total
+
+    per_row = torch.func.vmap(
+        torch.func.grad(row_loss), in_dims=(None, 0, 0, 0), randomness="different"
+    )
+    expected = dp.sample_rate * data.num_samples
+    noise = (
+        dp.noise
+        if dp.noise is not None
+        else torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+    )
+    safe = {  # an unlabelled entry's arbitrary value must not break its (masked) loss
+        t.name: torch.where(
+            data.mask[:, i], data.targets[t.name], torch.zeros_like(data.targets[t.name])
+        )
+        for i, t in enumerate(data.tasks)
+    }
+    model.train()
+    with _frozen(frozen):
+        for _ in range(dp.steps):
+            chosen = torch.rand(data.num_samples, generator=noise) < dp.sample_rate
+            rows = torch.nonzero(chosen).reshape(-1).to(device)
+            summed = {n: torch.zeros_like(p) for n, p in named.items()}
+            if rows.numel() > 0:
+                values = {n: p.detach() for n, p in named.items()}
+                targets = {n: column[rows] for n, column in safe.items()}
+                grads = per_row(values, data.inputs[rows], targets, data.mask[rows])
+                norms = torch.sqrt(
+                    sum(g.reshape(g.shape[0], -1).pow(2).sum(1) for g in grads.values())
+                )
+                factors = torch.clamp(dp.clip_norm / (norms + 1e-12), max=1.0)
+                for n, g in grads.items():
+                    summed[n] = torch.einsum("i,i...->...", factors, g)
+            optimizer.zero_grad(set_to_none=True)
+            for n, param in named.items():
+                noised = summed[n] + dp.noise_multiplier * dp.clip_norm * torch.randn(
+                    param.shape, generator=noise
+                ).to(device)
+                param.grad = noised / expected
+            for param, anchor in anchors:
+                param.grad = param.grad + proximal.mu * (param.detach() - anchor)  # type: ignore[union-attr, operator]
+            optimizer.step()
+    return TrainResult(steps=dp.steps, mean_loss={})
+
+
+def dp_steps(cfg: TrainConfig, num_rows: int) -> int:
+    """DP-SGD's steps per round: ``max_steps``, else the epochs' worth of expected batches,
+    ``local_epochs`` x ceil(n / batch size)."""
+    per_epoch = -(-num_rows // cfg.batch_size)
+    steps = cfg.local_epochs * per_epoch
+    return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
 
 
 def _set_balanced_gradients(

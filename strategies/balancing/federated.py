@@ -10,6 +10,13 @@ round's silos:
 
 L_t is the n_{s,t}-weighted mean of the holders' ``loss-before`` reports (the loss-based methods
 need it). A task no silo holds this round has no row, and its weighting state stays as it was.
+
+**Under silo-level DP** the rows are noised, D_t + n_t with n_t ~ N(0, s_t^2 I_d) independent
+across tasks, so the Gramian of the noisy rows is biased on its diagonal only:
+E[(D_t + n_t).(D_u + n_u)] = D_t.D_u + [t = u] d s_t^2. The aggregate update carries s_t^2
+(``ClientUpdate.noise_variance``), and the Gramian weightings then get the debiased Gramian
+G - diag(d s_t^2) (:func:`debiased_gramian`; its negative eigenvalues, where the correction
+leaves some, clipped), while the direction stays J^T w on the noisy rows.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from collections.abc import Sequence
 import torch
 
 from fedmtl.core.records import Arrays
+from strategies.balancing.linalg import gramian
 from strategies.balancing.weighting import Weighting
 from strategies.engine import Averager, ClientUpdate, per_task_rows, unflatten, weighted_mean
 
@@ -48,6 +56,33 @@ def balanced_update(
             log.warning("round %d: a task has no reported loss; trunk unchanged", server_round)
             return None, {}
     ids = [list(all_tasks).index(tasks[i]) for i in present]
-    direction, weights = weighting(torch.stack(rows), loss_tensor, ids)
+    J = torch.stack(rows)
+    variances = [
+        max((u.noise_variance.get(tasks[i], 0.0) for u in updates), default=0.0) for i in present
+    ]
+    if any(v > 0 for v in variances) and weighting.uses_gramian:
+        G = debiased_gramian(gramian(J), variances, J.shape[1])
+        weights = weighting.weights_from_gramian(G, loss_tensor, ids).to(J.dtype)
+        direction = weights @ J
+    else:
+        direction, weights = weighting(J, loss_tensor, ids)
     task_weights = {tasks[i]: float(w) for i, w in zip(present, weights, strict=True)}
     return unflatten(direction, trunk), task_weights
+
+
+def debiased_gramian(G: torch.Tensor, variances: Sequence[float], dimension: int) -> torch.Tensor:
+    """G - diag(d s_t^2): the Gramian of noisy rows made unbiased (module docstring), then made
+    positive semi-definite again: subtracting from the diagonal alone can leave negative
+    eigenvalues (a row that is mostly noise keeps its noisy inner products with the others), which
+    the weightings' QPs refuse ("matrix P is not positive definite"). The nearest such matrix in
+    Frobenius norm clips the eigenvalues at 1e-12 trace(G) / T (Higham 1988); where the
+    corrected matrix is already positive semi-definite, that changes nothing."""
+    corrected = G.clone().to(torch.float64)
+    floor = 1e-12 * float(torch.trace(corrected)) / max(len(variances), 1)
+    for t, variance in enumerate(variances):
+        corrected[t, t] = corrected[t, t] - dimension * variance
+    values, vectors = torch.linalg.eigh((corrected + corrected.T) / 2)
+    if float(values.min()) >= floor:
+        return corrected
+    clipped = (vectors * values.clamp(min=floor)) @ vectors.T
+    return (clipped + clipped.T) / 2

@@ -3,7 +3,7 @@
 The engine (:class:`Engine`) does what every method needs: the roster (silo discovery, seeded
 sampling), dispatch (each silo's message: the arrays the method gives it and the round's request),
 intake (reply checks, example counts fixed at discovery, norm bounds, robust averaging, pooled
-evaluation), the round loop (retries, bytes, history, evaluation schedule, checkpoint state) and
+evaluation; under a privacy mode, task-aware sums: secure aggregation and DP noise), the round loop (retries, bytes, history, evaluation schedule, checkpoint state) and
 the adapter to Flower's ``Strategy`` (:class:`FlowerStrategy`). It imports no method.
 
 A method (one module, registered in :data:`strategies.METHODS`) is a parameter dataclass (a
@@ -13,6 +13,7 @@ usual trunk-plus-per-task-heads aggregation) and a silo half (a :class:`SiloMeth
 of the engine; an import-linter contract checks the shipped ones.
 """
 
+from strategies.engine.accounting import silo_dp_sgd
 from strategies.engine.aggregation import (
     aggregate_heads,
     flatten,
@@ -45,6 +46,7 @@ from strategies.engine.method import (
 from strategies.engine.model import GlobalModel
 from strategies.engine.params import DEFENCES, MethodParams
 from strategies.engine.per_silo import PerSiloModels, trunk_vector
+from strategies.engine.privacy import PRIVACY, PrivacyParams, refusal
 from strategies.engine.replies import ClientUpdate, ReplyError, RunStopped
 from strategies.engine.robust import Averager, NormRule, RobustRule, weighted_mean
 from strategies.engine.server_opt import ServerOptimizer, ServerOptParams
@@ -58,9 +60,18 @@ from strategies.engine.silo import (
     train_received,
     train_reply,
 )
+from strategies.engine.summed import (
+    PrivateAggregation,
+    RecordLedger,
+    adaptive_noise,
+    private_aggregation,
+    silo_noise,
+)
+from strategies.engine.sums import SumRule
 
 __all__ = [
     "DEFENCES",
+    "PRIVACY",
     "Averager",
     "Averaging",
     "AveragingParams",
@@ -77,9 +88,12 @@ __all__ = [
     "MethodSetup",
     "NormRule",
     "PerSiloModels",
+    "PrivacyParams",
+    "PrivateAggregation",
     "ProximalParams",
     "ProximalSilo",
     "Purpose",
+    "RecordLedger",
     "ReplyError",
     "RobustRule",
     "Round",
@@ -93,13 +107,19 @@ __all__ = [
     "SiloTask",
     "SiloTools",
     "SiloWeighting",
+    "SumRule",
     "TrunkAndHeads",
     "TrunkStep",
+    "adaptive_noise",
     "aggregate_heads",
     "flatten",
     "mean_train_loss",
     "per_task_rows",
+    "private_aggregation",
+    "refusal",
     "round_seed",
+    "silo_dp_sgd",
+    "silo_noise",
     "silo_weights",
     "tensors",
     "train_received",

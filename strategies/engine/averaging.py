@@ -18,6 +18,7 @@ from strategies.engine.method import Round, TrunkAndHeads, TrunkStep
 from strategies.engine.model import GlobalModel
 from strategies.engine.params import MethodParams
 from strategies.engine.replies import ClientUpdate
+from strategies.engine.sums import SumRule
 
 SiloWeighting = Literal["examples", "uniform"]
 
@@ -43,6 +44,11 @@ A = TypeVar("A", bound=AveragingParams)
 
 class Averaging(TrunkAndHeads[A]):
     """Trunk: the silos' trunk updates averaged with weights w_s; heads per task over holders."""
+
+    def secure_sums(self, server_round: int) -> SumRule:
+        """Weighted means only: the trunk by w_s, each head by n_{s,t}."""
+        uniform = self.params.silo_weighting == "uniform"
+        return SumRule("uniform" if uniform else "examples")
 
     def trunk_step(
         self, round_: Round, model: GlobalModel, updates: list[ClientUpdate]

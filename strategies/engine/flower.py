@@ -88,7 +88,7 @@ class FlowerStrategy(Strategy):
         model = sent.model if result is None else result.model
         self._follow(model)
         loss = mean_train_loss(intake.updates, list(self.engine.tasks))
-        metrics = records.round_metrics(len(intake.updates), len(intake.rejected), loss)
+        metrics = records.round_metrics(intake.contributors, len(intake.rejected), loss)
         return records.to_array_record(model.arrays), metrics
 
     def configure_evaluate(

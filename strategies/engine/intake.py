@@ -64,7 +64,14 @@ class Intake:
     updates: list[ClientUpdate]
     rejected: list[dict[str, Any]]
     bytes_up: int
+    bytes_down: int = 0
+    """Bytes sent besides the round's train messages (SecAgg+'s stages)."""
     non_finite: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def contributors(self) -> int:
+        """How many silos' updates the round aggregates (an aggregate update counts its own)."""
+        return sum(len(u.contributors) or 1 for u in self.updates)
 
 
 def take_updates(
@@ -107,7 +114,7 @@ def take_updates(
         updates, refused = bound_norms(updates, params.norm_bound, params.norm_rule)
         for update, reason in refused:
             rejected.append(rejection(server_round, update.node_id, update.silo, reason))
-    return Intake(updates, rejected, received, non_finite)
+    return Intake(updates, rejected, received, non_finite=non_finite)
 
 
 def _non_finite(

@@ -58,6 +58,7 @@ from strategies.engine.model import GlobalModel
 from strategies.engine.params import MethodParams
 from strategies.engine.replies import RunStopped
 from strategies.engine.roster import Roster
+from strategies.engine.summed import PrivateAggregation, RecordLedger
 
 log = logging.getLogger("fedmtl")
 
@@ -77,8 +78,14 @@ class Engine:
         method: Method[Any],
         params: MethodParams,
         context: RunContext | None = None,
+        private: PrivateAggregation | None = None,
+        ledger: RecordLedger | None = None,
     ) -> None:
         self.name = name
+        self.ledger = ledger
+        """Record-level DP's accounting (``privacy=dp_record``), if any."""
+        self.private = private
+        """The privacy mode's aggregation from sums (SecAgg+, silo-level DP), if any."""
         self.method = method
         self.params = params
         self.context = context or RunContext()
@@ -114,12 +121,13 @@ class Engine:
             record = RoundRecord(
                 server_round=server_round,
                 num_sampled=len(sent.messages),
-                num_updates=len(intake.updates),
+                num_updates=intake.contributors,
                 rejected=list(intake.rejected),
                 train_loss=mean_train_loss(intake.updates, list(self.tasks)),
                 task_weights=result.task_weights,
                 bytes_up=self.bytes_up - up,
                 bytes_down=self.bytes_down - down,
+                privacy=self.privacy_report(),
             )
             tasks = list(self.tasks)
             sources: dict[str, Evidence] = {
@@ -174,7 +182,17 @@ class Engine:
         attempts = self.params.round_retries + 1
         for attempt in range(attempts):
             sent = self.dispatch_train(grid, server_round, model)
-            intake = self.take_updates(sent, self.exchange(grid, sent.messages))
+            if self.private is not None:
+                intake = self.take_sums(grid, sent)
+            else:
+                intake = self.take_updates(sent, self.exchange(grid, sent.messages))
+            if self.ledger is not None:  # record-level DP: every attempt's releases count
+                released = (
+                    self.private.contributors
+                    if self.private is not None
+                    else [update.silo for update in intake.updates]
+                )
+                self.ledger.observe(released)
             self.divergence.learn(intake.updates)  # a task's first holders: its reference
             result = self.aggregate(sent, intake)
             if result is not None:
@@ -228,15 +246,37 @@ class Engine:
         self.rejections += intake.rejected
         return intake
 
+    def take_sums(self, grid: Grid, sent: Dispatch) -> Intake:
+        """The round's aggregate update from sums (:mod:`strategies.engine.summed`): SecAgg+
+        sends ``sent``'s messages inside its stages, central DP as usual."""
+        assert self.private is not None
+        rule = self.method.secure_sums(sent.server_round)
+        if isinstance(rule, str):  # refused before the run (strategies.engine.refusal)
+            raise RunStopped("crashed", f"{self.name} cannot aggregate sums: {rule}")
+        intake = self.private.take(
+            sent,
+            lambda messages: self.exchange(grid, messages),
+            self.roster.silos,
+            self.params,
+            rule,
+            list(self.tasks),
+            self.method.check_update,
+            loss_before=self.method.silo_task(sent.server_round).loss_before,
+        )
+        self.bytes_up += intake.bytes_up
+        self.bytes_down += intake.bytes_down
+        self.rejections += intake.rejected
+        return intake
+
     def aggregate(self, sent: Dispatch, intake: Intake) -> RoundResult | None:
         """The method's new global model from the round's updates; None (the model unchanged)
         with fewer valid updates than ``min_train_nodes`` (or than sampled, when fewer)."""
         required = min(self.params.min_train_nodes, len(sent.messages))
-        if len(intake.updates) < required:
+        if intake.contributors < required or not intake.updates:
             log.warning(
                 "round %d: %d valid updates, fewer than the %d required; the model is unchanged",
                 sent.server_round,
-                len(intake.updates),
+                intake.contributors,
                 required,
             )
             return None
@@ -248,8 +288,10 @@ class Engine:
                 f"round {sent.server_round}: the aggregated model has non-finite values; it was "
                 f"not applied (the last sound round is {self.divergence.last_sound})",
             )
-        self.participants.update(u.silo.silo_id for u in intake.updates)
-        self.breakdowns.check(sent.server_round, intake.updates, list(self.tasks))
+        for update in intake.updates:
+            self.participants.update(update.contributors or (update.silo.silo_id,))
+        if self.private is None:  # from sums, one aggregate update: no count of holders per group
+            self.breakdowns.check(sent.server_round, intake.updates, list(self.tasks))
         return result
 
     def dispatch_evaluate(
@@ -381,6 +423,18 @@ class Engine:
             self._serialised = (model, records.to_array_record(model.arrays))
         return self._serialised[1]
 
+    def privacy_report(self) -> dict[str, Any]:
+        """The round's privacy figures (metrics.jsonl); empty without a privacy mode."""
+        report = dict(self.private.report) if self.private is not None else {}
+        return report | (self.ledger.report if self.ledger is not None else {})
+
+    def privacy_results(self) -> dict[str, Any]:
+        """``summary.json``'s ``privacy`` block: the mode, and what it spent."""
+        if self.private is None and self.ledger is None:
+            return {"mode": "none"}
+        results = self.private.results() if self.private is not None else {}
+        return results | (self.ledger.results() if self.ledger is not None else {})
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """What the loop needs to go on exactly where it stopped: a tree of JSON values and numpy
@@ -395,6 +449,8 @@ class Engine:
             "method": self.method.state_dict(),
             "breakdowns": self.breakdowns.state_dict(),
             "divergence": self.divergence.state_dict(),
+            **({"privacy": self.private.state_dict()} if self.private is not None else {}),
+            **({"ledger": self.ledger.state_dict()} if self.ledger is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -408,3 +464,7 @@ class Engine:
         self.method.load_state_dict(state["method"])
         self.breakdowns.load_state_dict(state.get("breakdowns", {}))  # older checkpoints: none
         self.divergence.load_state_dict(state.get("divergence", {}))
+        if self.private is not None and "privacy" in state:
+            self.private.load_state_dict(state["privacy"])
+        if self.ledger is not None and "ledger" in state:
+            self.ledger.load_state_dict(state["ledger"])

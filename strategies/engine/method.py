@@ -19,6 +19,9 @@ The hooks, in the order the engine calls them in a round:
 6. :meth:`Method.results` / :meth:`Method.write_artifacts`: its own ``summary.json`` fields and
    result files, at the end.
 
+And :meth:`Method.secure_sums`: whether its aggregation follows from per-task sums alone (then it
+runs under secure aggregation and silo-level DP, on one aggregate update), or why not.
+
 And two declarations: :meth:`Method.initial_groups` (the task groups of the model it starts from)
 and :attr:`Method.global_model` (whether its global arrays form one model that a global test set
 can evaluate).
@@ -44,6 +47,7 @@ from strategies.engine.replies import ClientUpdate, ReplyError
 from strategies.engine.robust import Averager, averager
 from strategies.engine.server_opt import ServerOptimizer
 from strategies.engine.silo import SiloMethod
+from strategies.engine.sums import SumRule
 
 log = logging.getLogger("fedmtl")
 
@@ -121,6 +125,14 @@ class Method(ABC, Generic[P]):
         its tasks' heads). Return the global arrays themselves (not copies) where they are sent
         unchanged: the engine then serialises them once for every silo."""
         return {k: model.arrays[k] for k in model.keys_for(silo.tasks)}
+
+    def secure_sums(self, server_round: int) -> SumRule | str:
+        """How this round's aggregate follows from per-task sums alone (a
+        :class:`~strategies.engine.SumRule`: the server then hands :meth:`aggregate` one aggregate
+        update whose arrays are the weighted means, :mod:`strategies.engine.sums`), or the reason
+        it cannot (default: it reads each silo's own update). Privacy modes that let the server
+        see only sums refuse a method that returns a reason, before any work."""
+        return "its aggregation reads each silo's own update"
 
     def check_update(self, update: ClientUpdate) -> None:
         """Raise :class:`~strategies.engine.ReplyError` when the numbers this method asked the

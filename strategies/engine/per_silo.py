@@ -36,6 +36,11 @@ class PerSiloModels(Method[P]):
     """The server keeps a model per silo (module docstring)."""
 
     global_model: ClassVar[bool] = False
+    individual: ClassVar[str] = "the server keeps one model per silo, built from that silo's update"
+    """Why the method needs each silo's own update (its refusal under secure aggregation)."""
+
+    def secure_sums(self, server_round: int) -> str:
+        return self.individual
 
     def __init__(self, params: P, setup: MethodSetup) -> None:
         super().__init__(params, setup)

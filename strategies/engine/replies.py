@@ -79,6 +79,11 @@ class ClientUpdate:
     ``method_metrics``: the numbers the method asked the silo for (e.g. measured task affinities).
     ``sent``: the arrays the silo received (the deltas are relative to them). ``steps``: the local
     optimizer steps it took.
+
+    The aggregate update of a round whose server sees only sums (:func:`strategies.engine.sums.decode`)
+    has ``node_id`` and silo id -1, the summed counts and the weighted means as arrays;
+    ``contributors`` then lists the silo ids summed and ``noise_variance[t]`` the per-coordinate
+    variance of the DP noise in task t's mean share.
     """
 
     node_id: int
@@ -92,6 +97,8 @@ class ClientUpdate:
     method_metrics: dict[str, float] = field(default_factory=dict)
     sent: Arrays = field(default_factory=dict)
     steps: int = 0
+    noise_variance: dict[str, float] = field(default_factory=dict)
+    contributors: tuple[int, ...] = ()
 
 
 Serves = Callable[[str, str], bool]

@@ -43,6 +43,7 @@ from fedmtl.core.records import (
 from fedmtl.core.registry import NoParams, build_dataclass
 from fedmtl.core.training import (
     Proximal,
+    RecordDP,
     StepProbe,
     StepWeights,
     TrainResult,
@@ -77,6 +78,8 @@ class SiloTools:
     seed: int
     device: str
     scope: str = ""
+    dp: RecordDP | None = None
+    """DP-SGD's settings when the run has record-level DP (``privacy=dp_record``)."""
 
     # ------------------------------------------------------------------ the received model
     def load(self, arrays: Mapping[str, Any]) -> None:
@@ -184,6 +187,7 @@ class SiloTools:
                 step_weights=step_weights,
                 probe=probe,
                 proximal=proximal,
+                dp=self.dp,
             )
 
 

@@ -58,6 +58,7 @@ from strategies.engine import (
     SiloMethod,
     SiloTask,
     SiloTools,
+    SumRule,
     TrunkAndHeads,
     TrunkStep,
     per_task_rows,
@@ -232,6 +233,23 @@ class Grouping(TrunkAndHeads[GroupingParams]):
         if self.measuring and self.estimator.on_silos:
             probe = {"affinity": self.params.affinity, "every": self.params.affinity_every}
         return SiloTask("per_task" if per_task else "joint", probe)
+
+    def secure_sums(self, server_round: int) -> SumRule:
+        """Sums suffice: each group's trunk is a mean weighted by the silos' rows of its tasks
+        (``served``), or balanced over per-task means D_t; the affinities silos measure are summed
+        weighted by min(n_{s,a}, n_{s,b}), so each warm-up round adds one federation-wide report
+        per pair (the plain run adds one per silo)."""
+        names = list(self.tasks)
+        metrics: dict[str, tuple[str, ...]] = {}
+        if self.measuring and self.estimator.on_silos:
+            metrics = {affinity_key(a, b): (a, b) for a in names for b in names if a != b}
+        weighting = self.params.weighting
+        needs_losses = (
+            weighting is not None and weighting_from(weighting, seed=self.seed).needs_losses
+        )
+        return SumRule(
+            "served", joint_trunk=weighting is None, metrics=metrics, needs_losses=needs_losses
+        )
 
     def check_update(self, update: ClientUpdate) -> None:
         """Measured affinities only for ordered pairs of the silo's own tasks."""

@@ -49,6 +49,7 @@ from fedmtl.faults import FAULTS, NONE
 from fedmtl.trunks import TRUNKS
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS
 from strategies import METHODS
+from strategies.engine import PRIVACY
 
 
 def config_dir() -> str:
@@ -271,6 +272,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     partition = parse_partition(raw["partition"])
     strategy = PluginConfig(*_plugin(METHODS, raw["strategy"], "strategy"))
     runtime = PluginConfig(*_plugin(RUNTIMES, raw["runtime"], "runtime"))
+    privacy = PluginConfig(*_plugin(PRIVACY, raw.get("privacy", {"name": "none"}), "privacy"))
     fault = PluginConfig(*_plugin(FAULTS, raw.get("fault", {"name": NONE}), "fault"))
     sections = {}
     for key in ("train", "tracking", "limits"):
@@ -298,6 +300,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
         runtime=runtime,
         train=train,
         tracking=tracking,
+        privacy=privacy,
         limits=limits,
         output_dir=output_dir,
         checkpoint_every=raw.get("checkpoint_every", ExperimentConfig.checkpoint_every),

@@ -35,7 +35,19 @@ from partitions import Partition, hold_out
 from partitions import build as build_partition
 from partitions.views import global_test_data, silo_data
 from strategies import METHODS
-from strategies.engine import Engine, Method, MethodSetup, RunContext
+from strategies.engine import (
+    Engine,
+    Method,
+    MethodSetup,
+    PrivacyParams,
+    RecordLedger,
+    RunContext,
+    adaptive_noise,
+    private_aggregation,
+    refusal,
+    silo_dp_sgd,
+    silo_noise,
+)
 
 CONFIG_KEY = "fedmtl-config"
 """The run-config key that carries the composed experiment config (JSON) to both apps."""
@@ -76,7 +88,13 @@ class Experiment:
     def new_engine(self, context: RunContext) -> Engine:
         """An engine running the configured method in ``context``."""
         cfg = self.config
-        return Engine(cfg.strategy.name, self.new_method(), cfg.strategy.params, context)
+        privacy = cfg.privacy.params
+        private = private_aggregation(privacy, cfg.num_rounds, self.num_silos, cfg.seed)
+        ledger = (
+            RecordLedger(privacy, cfg.train, cfg.num_rounds) if privacy.dp == "record" else None
+        )
+        method = self.new_method()
+        return Engine(cfg.strategy.name, method, cfg.strategy.params, context, private, ledger)
 
     @property
     def method_label(self) -> str:
@@ -214,7 +232,32 @@ def prepare(config: ExperimentConfig) -> Experiment:
     method = experiment.new_method()  # a method may refuse the experiment when it is built
     check_run_memory(config, dataset, experiment.num_silos, method.initial_groups())
     experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
+    rows = [silo.num_train for silo in partition.silos]
+    check_privacy(config, method, experiment.num_silos, rows)
     return experiment
+
+
+def check_privacy(
+    config: ExperimentConfig, method: Method[Any], num_silos: int, silo_rows: Sequence[int] = ()
+) -> None:
+    """The privacy mode against the method and the federation (:func:`strategies.engine.refusal`);
+    with record-level DP, ``silo_rows`` (the silos' training rows) calibrate DP-SGD's noise."""
+    privacy: PrivacyParams = config.privacy.params
+    privacy.check_silos(num_silos)
+    label = str(config.strategy.params.label(config.strategy.name))
+    refused = refusal(label, method, config.strategy.params, privacy)
+    if refused is not None:
+        raise refused
+    rows = [count for count in silo_rows if count > 0]
+    if privacy.dp == "record" and rows:  # an impossible target fails here (the smallest silo's
+        silo_dp_sgd(privacy, config.train, config.num_rounds, min(rows))  # rate is the highest)
+    if privacy.dp == "silo":  # an impossible target or count noise fails here
+        sigma, _ = silo_noise(privacy, config.num_rounds, num_silos)
+        params = config.strategy.params
+        sampled = max(
+            min(params.min_train_nodes, num_silos), round(params.fraction_train * num_silos)
+        )
+        adaptive_noise(privacy, sigma, sampled)
 
 
 def check_strategy(config: ExperimentConfig, task_names: Sequence[str], num_silos: int) -> None:

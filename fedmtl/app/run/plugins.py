@@ -30,6 +30,7 @@ from fedmtl.trunks import TRUNKS
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS
 from strategies import METHODS
 from strategies.balancing import WEIGHTINGS
+from strategies.engine import PRIVACY
 from strategies.grouping import AFFINITIES
 
 GROUP_REGISTRIES: dict[str, Registry[Any]] = {
@@ -40,6 +41,7 @@ GROUP_REGISTRIES: dict[str, Registry[Any]] = {
     "partition.feature_skew": FEATURE_SKEWS,
     "strategy": METHODS,
     "runtime": RUNTIMES,
+    "privacy": PRIVACY,
     "fault": FAULTS,
 }
 """Config key of each plug-in group -> the registry whose names and parameter schemas it takes."""

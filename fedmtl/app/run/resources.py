@@ -22,7 +22,10 @@ silos' rows, per-task updates and the optimizers' state are left out):
   updates of the silos one round samples (``strategy.fraction_train`` of S, at least
   ``strategy.min_train_nodes``) plus S for methods whose server keeps one model per silo. With
   ``partition=local`` (a deployment, whose silos build the experiment and check it too on their
-  own machines) U is left out.
+  own machines) U is left out;
+- ``per-sample gradients`` (record-level DP only, ``privacy=dp_record``): 4 P x B, DP-SGD's
+  gradient of every row of a step's batch at once (B = ``train.batch_size``, the expected size of
+  its Poisson samples), keyed on ``train.batch_size``.
 
 Each part names the config key that drives it: the dataset's (its footprint says which),
 ``model.head_hidden`` or the trunk parameter furthest above its default for the model (else
@@ -214,7 +217,14 @@ def _model_parts(
         + (f" and {_count(kept)} silos' own models" if kept else "")
         + ")"
     )
-    return [Part("model", 4 * params * (MODEL_COPIES + held), key, detail)]
+    parts = [Part("model", 4 * params * (MODEL_COPIES + held), key, detail)]
+    if config.privacy.params is not None and config.privacy.params.dp == "record":
+        batch = config.train.batch_size
+        per_sample = f"DP-SGD: {_count(params)} parameters x 4 B x {_count(batch)} rows of a step"
+        parts.append(
+            Part("per-sample gradients", 4 * params * batch, "train.batch_size", per_sample)
+        )
+    return parts
 
 
 def _parameter_count(

@@ -314,6 +314,7 @@ def build_summary(experiment: Experiment, engine: Engine, wall_time_s: float) ->
             for t in dataset.task_names
         },
         "rejected": engine.rejections,
+        "privacy": engine.privacy_results(),
         "fault": experiment.fault_summary(),
         "robust_warnings": {group: dict(w) for group, w in engine.breakdowns.warnings.items()},
         "divergence": engine.divergence.summary(),

@@ -127,6 +127,7 @@ class Tracker:
                 "bytes_up": record.bytes_up,
                 "bytes_down": record.bytes_down,
                 "seconds": record.seconds,
+                **({"privacy": record.privacy} if record.privacy else {}),
             }
         ]
         if record.suspect:  # why the round's losses suggest the model diverged
@@ -287,7 +288,7 @@ def draw_learning_curves(
         train = [
             (r["round"], r["metrics"][task.name]["loss"])
             for r in rows
-            if r["split"] == "train" and task.name in r["metrics"]
+            if r["split"] == "train" and "loss" in r["metrics"].get(task.name, {})
         ]
         if personal:
             rounds, values = zip(*personal, strict=True)

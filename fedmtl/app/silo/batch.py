@@ -13,8 +13,8 @@ What cannot be batched with results equal to the sequential runtime's goes to th
 message at a time, with a warning (once per reason and run) saying why: a request the method's
 silo half does not call batchable (:meth:`strategies.engine.SiloMethod.batchable`: state kept on
 the silo, local balancing, affinity probes, a proximal term, ...), a model with task groups, with
-dropout (each silo's masks come from the global generator in turn) or buffers, and any message
-the toolkit refuses (the ClientApp then replies with the refusal). A batched computation that
+dropout (each silo's masks come from the global generator in turn) or buffers, a stage of
+SecAgg+ (the silo masks its own reply), and any message the toolkit refuses (the ClientApp then replies with the refusal). A batched computation that
 fails leaves its messages to the ClientApp too.
 """
 
@@ -31,6 +31,7 @@ from fedmtl.app.silo.toolkit import Prepared, Silo, shared_model
 from fedmtl.core.records import TrainRequest
 from fedmtl.core.vectorized import Precision, SiloJob, train_vectorized, unsupported
 from strategies.engine import SiloMethod, tensors, train_reply
+from strategies.engine.secagg import is_secagg
 
 log = logging.getLogger("fedmtl")
 
@@ -66,12 +67,17 @@ class BatchTrainer:
             return replies
         groups: dict[tuple[Any, ...], list[tuple[int, Prepared]]] = {}
         for i, (message, context) in enumerate(deliveries):
+            if is_secagg(message):
+                self._explain("SecAgg+ masks each silo's reply in its own ClientApp")
+                continue
             try:
                 job = self.silo.prepare_train(message, context)
             except Exception:  # the ClientApp answers with the refusal or the error
                 continue
             assert isinstance(job.request, TrainRequest)
             reason = sequential_reason(job.request, job.method)
+            if job.tools.dp is not None:
+                reason = "DP-SGD clips each record's gradient (per-sample gradients per silo)"
             if reason is not None:
                 self._explain(reason)
                 continue
@@ -108,7 +114,7 @@ class BatchTrainer:
                         job.request.update_dtype,
                     )
                     message, context = deliveries[i]
-                    reply = self.silo.reply(job, context, reply)
+                    reply = self.silo.released(self.silo.reply(job, context, reply), context)
                     replies[i] = Message(reply.to_content(), reply_to=message)
                     self.silo.trained(job, context)
         return replies

@@ -6,6 +6,10 @@ evaluates. Error replies follow one policy: a refused request says what was wron
 server sent (``refused: ...``); every other failure (the node config, the silo's files, a crash)
 gives the one reason :data:`UNAVAILABLE`, with the details only in the silo's own log, so that a
 reply never tells the server anything about the silo's files.
+
+Under SecAgg+ (``privacy=secagg``) a train message is one of the protocol's stages; the silo
+answers it through :func:`strategies.engine.secagg.silo_stage`, which trains at stage 2 and sends
+the reply masked.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from flwr.common.constant import ErrorCode
 from fedmtl.app.runtimes import Shipment
 from fedmtl.app.silo.node import RequestRefused
 from fedmtl.app.silo.toolkit import Silo
-from fedmtl.core.records import EvaluateRequest, TrainRequest
+from fedmtl.core.records import EvaluateRequest, TrainReply, TrainRequest
+from strategies.engine.secagg import is_secagg, silo_stage
 
 REFUSED = "refused: "
 UNAVAILABLE = "silo unavailable: the reason is in the silo's own log"
@@ -65,14 +70,19 @@ def make_client_app(
     def query(msg: Message, context: Context) -> Message:
         return Message(silo.query(context), reply_to=msg)
 
-    @app.train()
-    @_answer
-    def train(msg: Message, context: Context) -> Message:
+    def trained(msg: Message, context: Context) -> TrainReply:
         job = silo.prepare_train(msg, context)
         assert isinstance(job.request, TrainRequest)
         reply = silo.reply(job, context, job.method.train(job.tools, job.received, job.request))
         silo.trained(job, context)
-        return Message(reply.to_content(), reply_to=msg)
+        return silo.released(reply, context)
+
+    @app.train()
+    @_answer
+    def train(msg: Message, context: Context) -> Message:
+        if is_secagg(msg):  # a stage of SecAgg+: the reply is masked (strategies.engine.secagg)
+            return silo_stage(msg, context, trained, silo.seed(context))
+        return Message(trained(msg, context).to_content(), reply_to=msg)
 
     @app.evaluate()
     @_answer

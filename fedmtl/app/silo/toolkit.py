@@ -65,7 +65,7 @@ from fedmtl.core.records import (
 )
 from fedmtl.faults import NONE, Fault
 from strategies import METHODS
-from strategies.engine import SiloMethod, SiloTools, round_seed
+from strategies.engine import SiloMethod, SiloTools, round_seed, silo_dp_sgd
 
 NODE_STATE = "fedmtl.node"
 SILO_STATE = "fedmtl.silo"
@@ -240,6 +240,17 @@ class Silo:
         runtime = experiment.config.runtime
         return config_json, experiment, node, silo, client_device(runtime.name, runtime.params)
 
+    def released(self, reply: TrainReply, context: Context) -> TrainReply:
+        """What the silo sends of ``reply``: under differential privacy, no losses (DP covers the
+        update, not the losses measured on the rows)."""
+        if self.experiment(context)[1].config.privacy.params.dp == "none":
+            return reply
+        return dataclasses.replace(reply, train_loss={}, loss_before={})
+
+    def seed(self, context: Context) -> int:
+        """The run's seed (SecAgg+ seeds its stochastic rounding with it)."""
+        return int(self.experiment(context)[1].config.seed)
+
     def prepare_train(self, message: Message, context: Context) -> Prepared:
         """A train message checked (module docstring) and ready to run."""
         with refusing("train request"):
@@ -280,6 +291,10 @@ class Silo:
             device=device,
             scope=request.scope,
         )
+        privacy = experiment.config.privacy.params
+        if isinstance(request, TrainRequest) and privacy.dp == "record":
+            rows = tools.data.num_samples
+            tools.dp = silo_dp_sgd(privacy, request.train, experiment.config.num_rounds, rows)
         directory = _state_dir(context, experiment, node, silo.silo_id, request.scope)
         resume = request.checkpoint.resume_round
         restored = f"{RESTORED}/{request.scope}" if request.scope else RESTORED

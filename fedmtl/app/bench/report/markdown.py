@@ -183,6 +183,12 @@ def _scenario_section(table: ScenarioTable, figures: Mapping[str, str]) -> list[
     if table.baseline is None:
         lines += [f"No `{BASELINE_STRATEGY}` run: no gain or paired test against it.", ""]
     base = table.baseline or BASELINE_STRATEGY
+    private = [row for row in table.strategies if row.privacy != "none"]
+    if private:
+        spent = "; ".join(
+            f"{row.strategy} `{row.privacy}`, epsilon {_num(row.epsilon, 2)}" for row in private
+        )
+        lines += [f"**Privacy** (the largest epsilon a run spent, at its delta): {spent}.", ""]
     lines += [
         "### Strategies",
         "",

@@ -11,7 +11,8 @@ CSV files made of them.
   ``delta_mtl_mean``, ``delta_mtl_ci95``, ``bytes_up``, ``wall_time_s``, then ``scenario_id``,
   ``delta_mtl_std``, ``rank``, ``mean_task_rank``, ``gain_vs_baseline_mean`` (Delta_MTL with
   FedAvg as the reference), ``test_score``, ``mean_difference``, ``p_vs_baseline``, ``n_pairs``,
-  ``bytes_down``, ``tuned``.
+  ``bytes_down``, ``tuned``, ``privacy`` (the runs' privacy mode, ``summary.json``'s ``privacy``)
+  and ``epsilon`` (the largest the runs spent at their delta; blank without DP).
 
 The statistics (Delta_MTL, the CI, the paired test and why it is a t-test) are those of
 :mod:`fedmtl.app.bench.stats`.
@@ -50,7 +51,7 @@ STRATEGY_COLUMNS = (
     "scenario", "strategy", "n_seeds", "delta_mtl_mean", "delta_mtl_ci95", "bytes_up",
     "wall_time_s", "scenario_id", "delta_mtl_std", "rank", "mean_task_rank",
     "gain_vs_baseline_mean", "test_score", "mean_difference", "p_vs_baseline", "n_pairs",
-    "bytes_down", "tuned",
+    "bytes_down", "tuned", "privacy", "epsilon",
 )  # fmt: skip
 
 
@@ -85,6 +86,8 @@ class StrategyRow:
     bytes_down: float
     wall_time_s: float
     tuned: str
+    privacy: str = "none"
+    epsilon: float = math.nan
     rank: float = math.nan
     mean_task_rank: float = math.nan
     tasks: list[TaskRow] = field(default_factory=list)
@@ -119,6 +122,12 @@ def _pick(runs: Sequence[Run], name: str) -> str | None:
     if not labels:
         return None
     return name if name in labels else labels[0]
+
+
+def _privacy(run: Run) -> Mapping[str, Any]:
+    """A run's ``privacy`` block (``mode: none`` for runs written before it existed)."""
+    block = run.summary.get("privacy")
+    return block if isinstance(block, Mapping) else {"mode": "none"}
 
 
 def _mean(values: Iterable[float | None]) -> float:
@@ -220,6 +229,11 @@ def _strategy_row(
         bytes_down=_mean(r.summary.get("bytes_down") for r in runs),
         wall_time_s=_mean(r.summary.get("wall_time_s") for r in runs),
         tuned=_tuned_text(runs),
+        privacy=", ".join(sorted({str(_privacy(r).get("mode", "none")) for r in runs})),
+        epsilon=max(
+            (float(e) for r in runs if (e := _privacy(r).get("epsilon")) is not None),
+            default=math.nan,
+        ),
     )
     row.tasks = [_task_row(task, runs, bases, strategy != base_label) for task in tasks]
     curves: dict[str, list[dict[int, float]]] = defaultdict(list)
@@ -387,6 +401,8 @@ def strategy_records(tables: Sequence[ScenarioTable]) -> list[dict[str, Any]]:
                     "n_pairs": test.n if test else None,
                     "bytes_down": row.bytes_down,
                     "tuned": row.tuned,
+                    "privacy": row.privacy,
+                    "epsilon": row.epsilon if math.isfinite(row.epsilon) else None,
                 }
             )
     return records
