@@ -14,6 +14,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -190,7 +191,23 @@ def _end_local_ray(watch: Watch, temp_dir: str) -> None:
     left = watch.stop(grace=RAY_GRACE_S)
     if left:
         log.debug("ended %d processes left by this run's Ray", len(left))
-    shutil.rmtree(temp_dir, ignore_errors=True)
+    _remove(temp_dir, RAY_GRACE_S)
+
+
+def _remove(directory: str, grace: float) -> None:
+    """Remove ``directory``, trying again for up to ``grace`` seconds: a Ray process that is
+    ending may still write its last log lines into it while it is removed."""
+    deadline = time.monotonic() + grace
+    while True:
+        shutil.rmtree(directory, ignore_errors=True)
+        if not os.path.exists(directory):
+            return
+        if time.monotonic() > deadline:
+            log.warning(
+                "could not remove Ray's temporary directory %s; remove it by hand", directory
+            )
+            return
+        time.sleep(0.2)
 
 
 def _start_ray(init_args: dict[str, Any]) -> None:
