@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from _pytest.nodeid import coerce_node_id
 from hypothesis import settings
 
 from fedmtl.app.runtimes import OFFLINE_ENV
@@ -35,12 +36,18 @@ clusters of a kind at once on two cores would race their own timeouts. A Ray tes
 deployment test may run side by side (own ports, own temp and Flower directories)."""
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each Ray or deployment test joins its group, whose name ``--dist loadgroup`` reads from the
+    end of the test's id (``...::test@ray``). pytest-xdist 3.8 writes that suffix where pytest 9
+    no longer reads an id (``_nodeid``; pytest 9 keeps ``_id``), so it is written here: without
+    it every group's tests ran side by side."""
+    if not config.getvalue("loadgroup"):
+        return
     for item in items:
-        for marker, group in GROUPS.items():
-            if item.get_closest_marker(marker):
-                item.add_marker(group)
-                break
+        group = next((g for m, g in GROUPS.items() if item.get_closest_marker(m)), None)
+        if group is not None and "@" not in item.nodeid:
+            item._id = coerce_node_id(f"{item.nodeid}@{group.args[0]}")
 
 
 @pytest.fixture(autouse=True)
