@@ -26,10 +26,7 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
-GROUPS = {
-    "simulation": pytest.mark.xdist_group("ray"),
-    "processes": pytest.mark.xdist_group("flwr"),
-}
+GROUPS = {"simulation": "ray", "processes": "flwr"}
 """Tests that start Ray (marker ``simulation``) run one at a time on one xdist worker (``--dist
 loadgroup``), and so do those that start a SuperLink and SuperNodes (``processes``): two
 clusters of a kind at once on two cores would race their own timeouts. A Ray test and a
@@ -47,7 +44,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         group = next((g for m, g in GROUPS.items() if item.get_closest_marker(m)), None)
         if group is not None and "@" not in item.nodeid:
-            item._id = coerce_node_id(f"{item.nodeid}@{group.args[0]}")
+            item._id = coerce_node_id(f"{item.nodeid}@{group}")
 
 
 @pytest.fixture(autouse=True)
