@@ -1,8 +1,12 @@
-"""Every FMTL baseline through Flower's simulation engine in one Ray session: one ServerApp runs
-the baselines one after another over the same simulated SuperNodes, each run under its own
-``scope`` (the silos keep separate personal state per scope). For tests/test_baselines.py, run as
-``python -m tests.baselines_app OUT_DIR`` from the repository root; each run writes its result
-files to ``OUT_DIR/<strategy>``."""
+"""Many runs through Flower's simulation engine in one Ray session: one ServerApp runs them one
+after another over the same simulated SuperNodes, each under its own ``scope`` (the silos keep
+separate personal state per scope). For tests/test_baselines.py, run as
+``python -m tests.one_session_app OUT_DIR`` from the repository root; each run writes its result
+files to ``OUT_DIR/<run>``.
+
+The runs: every FMTL baseline, a balancing method with per-task trunk updates and a silo-side
+weighting (``balancing=both``), and task grouping (affinity measured on the Ray workers, then one
+trunk per group). A Ray session costs seconds to start: sharing one keeps the suite short."""
 
 from __future__ import annotations
 
@@ -29,28 +33,34 @@ BASELINES = (
     "matfl",
     "fedhca2",
 )
+RUNS: dict[str, list[str]] = {
+    **{name: [f"strategy={name}"] for name in BASELINES},
+    "upgrad_both": ["strategy=upgrad", "strategy.balancing=both"],
+    "grouping": ["strategy=grouping", "strategy.warmup_rounds=1"],
+}
+"""Each run's overrides of :data:`OVERRIDES`, by the name of its output folder."""
 OVERRIDES = ["experiment=smoke", "runtime=simulation", "runtime.ray_num_cpus=2"]
-"""The scenario every baseline runs: the in-process tests' smoke experiment (4 silos, 2 rounds)."""
+"""The scenario every run shares: the in-process tests' smoke experiment (4 silos, 2 rounds)."""
 
 
-def config_json(strategy: str, out: Path) -> str:
-    return parse(compose([*OVERRIDES, f"strategy={strategy}"], out / strategy)).to_json()
+def config_json(overrides: list[str], out: Path) -> str:
+    return parse(compose([*OVERRIDES, *overrides], out)).to_json()
 
 
-def baselines_server_app(out: Path) -> ServerApp:
+def one_session_server_app(out: Path) -> ServerApp:
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        for strategy in BASELINES:
-            run_server(grid, cached_experiment(config_json(strategy, out)), scope=strategy)
+        for name, overrides in RUNS.items():
+            run_server(grid, cached_experiment(config_json(overrides, out / name)), scope=name)
 
     return app
 
 
 def main(out: Path) -> None:
-    base = config_json("fedavg", out)  # the silos' side: dataset, partition and model
-    apps = Apps(server=baselines_server_app(out), client=make_client_app(base))
+    base = config_json(["strategy=fedavg"], out / "fedavg")  # the silos' side: data and model
+    apps = Apps(server=one_session_server_app(out), client=make_client_app(base))
     experiment = cached_experiment(base)
     simulate = RUNTIMES.get("simulation").factory
     simulate(apps, experiment.config.runtime.params, experiment.partition.num_silos)

@@ -29,7 +29,7 @@ from strategies.fedhca2 import FedHCA2, FedHCA2Params
 from strategies.fedper import KeptHeadsParams, KeptHeadsSilo
 from strategies.local import LocalSilo
 from strategies.matfl import MaTFL, MaTFLParams, cluster_silos
-from tests.baselines_app import BASELINES
+from tests.one_session_app import RUNS
 from tests.support.data import TINY_TASKS, small_model, tiny_view
 from tests.support.runs import compose_raw, read_jsonl, run_test_app
 
@@ -300,22 +300,40 @@ def test_fedhca2_trunk_heads_and_learned_weights() -> None:
 @pytest.mark.slow
 @pytest.mark.simulation
 @pytest.mark.timeout(330)
-def test_every_baseline_runs_through_the_simulation_engine_in_one_ray_session(
+def test_every_baseline_and_mode_runs_through_the_simulation_engine_in_one_ray_session(
     tmp_path: Path,
 ) -> None:
-    """tests/baselines_app.py runs the nine baselines one after another in one Flower simulation
-    (one Ray session, the same simulated silos): each run completes with every silo, and ends
-    where the same run ends in process (the silos' personal state is kept per run)."""
+    """tests/one_session_app.py runs the nine baselines, UPGrad with per-task trunk updates and a
+    silo-side weighting, and task grouping one after another in one Flower simulation (one Ray
+    session, the same simulated silos): each run completes with every silo, and ends where the
+    same run ends in process (the silos' personal state is kept per run); the per-task updates
+    and the silos' weights reach the metrics, and grouping measures its affinity on the Ray
+    workers and forms the same groups as in process."""
     out = tmp_path / "sim"
-    result = run_test_app("baselines_app", [str(out)], timeout=300)
+    result = run_test_app("one_session_app", [str(out)], timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    for strategy in BASELINES:
-        summary = json.loads((out / strategy / "summary.json").read_text())
-        assert summary["status"] == "completed", (strategy, summary["status"])
+    inprocess: dict[str, dict] = {}
+    for name, overrides in RUNS.items():
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["status"] == "completed", (name, summary["status"])
         assert summary["runtime"] == "simulation" and summary["rejected"] == []
         assert summary["silos_participated"] == [0, 1, 2, 3]
-        inprocess = final_of([f"strategy={strategy}"], tmp_path / "inprocess" / strategy)
-        for task, metrics in inprocess["final"].items():
-            for name, value in metrics.items():
-                simulated = summary["final"][task][name]
-                assert simulated == pytest.approx(value, rel=1e-4, abs=1e-5), (strategy, task, name)
+        inprocess[name] = final_of(overrides, tmp_path / "inprocess" / name)
+        for task, metrics in inprocess[name]["final"].items():
+            for name_, value in metrics.items():
+                simulated = summary["final"][task][name_]
+                assert simulated == pytest.approx(value, rel=1e-4, abs=1e-5), (name, task, name_)
+
+    train_rows = [
+        r for r in read_jsonl(out / "upgrad_both" / "metrics.jsonl") if r["split"] == "train"
+    ]
+    tasks = set(inprocess["upgrad_both"]["final"])
+    assert all(set(r["metrics"]) == tasks for r in train_rows)  # one update share per task
+    assert all("weight" in m for r in train_rows for m in r["metrics"].values())
+
+    grouping = json.loads((out / "grouping" / "summary.json").read_text())
+    assert grouping["grouping"]["round"] == 1
+    assert grouping["groups"] == inprocess["grouping"]["groups"]
+    assert (
+        json.loads((out / "grouping" / "affinity.json").read_text())["groups"] == grouping["groups"]
+    )

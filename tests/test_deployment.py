@@ -163,7 +163,7 @@ def test_a_silo_killed_mid_run_rejoins_after_a_restart_and_the_run_carries_on(
     on, and the run completes."""
     tables, schema = silo_tables(tmp_path / "data")
     overrides = [
-        "num_rounds=3", "strategy=fedper", "strategy.evaluate_every=3", "train.max_steps=3",
+        "num_rounds=2", "strategy=fedper", "strategy.evaluate_every=2", "train.max_steps=3",
         "strategy.wait_for_nodes_s=400", "strategy.round_retries=1",
     ]  # fmt: skip
     run_toml = tmp_path / "run.toml"
@@ -190,7 +190,7 @@ def test_a_silo_killed_mid_run_rejoins_after_a_restart_and_the_run_carries_on(
         assert run.stdout is not None
         for line in run.stdout:  # the test's timeout bounds this loop
             lines.append(line)
-            if not killed and "round 1/3" in line:
+            if not killed and "round 1/2" in line:
                 victim = silos[2].process
                 send([victim.pid, *descendants(victim.pid)], signal.SIGKILL)
                 victim.wait(timeout=30)
@@ -212,9 +212,9 @@ def test_a_silo_killed_mid_run_rejoins_after_a_restart_and_the_run_carries_on(
         summary["rejected"]
     )
     rounds = [r for r in read_jsonl(result / "metrics.jsonl") if r["split"] == "train"]
-    assert [r["num_updates"] for r in rounds] == [3, 3, 3]
+    assert [r["num_updates"] for r in rounds] == [3, 3]
     saved = sorted(p.name for p in (deploy / "state" / "silo-2").glob("round-*.safetensors"))
-    assert saved == [f"round-{r}.safetensors" for r in (1, 2, 3)]  # before and after
+    assert saved == [f"round-{r}.safetensors" for r in (1, 2)]  # before and after
 
 
 def _local_superlink_env(home: Path) -> dict[str, str]:
