@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     end of the test's id (``...::test@ray``). pytest-xdist 3.8 writes that suffix where pytest 9
     no longer reads an id (``_nodeid``; pytest 9 keeps ``_id``), so it is written here: without
     it every group's tests ran side by side."""
-    if not config.getvalue("loadgroup"):
+    if not config.getoption("loadgroup", default=False):
         return
     for item in items:
         group = next((g for m, g in GROUPS.items() if item.get_closest_marker(m)), None)
