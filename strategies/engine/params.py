@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from fedmtl.core.checks import fraction, int_at_least, positive
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.records import UpdateDtype
-from strategies.engine.robust import NormRule, RobustRule, Trim
+from strategies.engine.robust import SELECTION_RULES, NormRule, RobustRule, Trim
 from strategies.engine.server_opt import ServerOptParams
 
 DEFENCES = (
@@ -47,9 +47,10 @@ class MethodParams:
     Faults and robustness (:mod:`strategies.engine.robust`): a round with fewer valid updates than
     ``min_train_nodes`` (or the nodes sampled, when fewer) is sent again up to ``round_retries``
     times, then the run stops (``status: too_few_replies``); ``robust`` averages with the weighted
-    ``mean``, the coordinate-wise ``median`` or a ``trimmed_mean`` (cutting ``trim_count`` values,
+    ``mean``, the coordinate-wise ``median``, a ``trimmed_mean`` (cutting ``trim_count`` values,
     else the share ``trim_fraction``, else ``max_faulty`` values, else 10% at each end:
-    :meth:`trim`); ``norm_bound`` b ``clip``-s or ``reject``-s (``norm_rule``) updates whose norm
+    :meth:`trim`), or selects with Flower's ``krum``, ``multikrum`` or ``bulyan`` against
+    ``max_faulty`` faulty silos (which they then require); ``norm_bound`` b ``clip``-s or ``reject``-s (``norm_rule``) updates whose norm
     exceeds b times the round's median; ``max_count_ratio`` r caps the example counts a silo
     announced at r times the median. ``max_faulty`` f declares how many of a round's silos may
     be faulty: each round the engine checks every averaged group (the trunk over all updates,
@@ -121,6 +122,12 @@ class MethodParams:
                     f"is set but robust is {self.robust!r}: only trimmed_mean cuts values.",
                     "set robust=trimmed_mean, or drop trim_count.",
                 )
+        if self.robust in SELECTION_RULES and self.max_faulty is None:
+            raise ConfigError(
+                "max_faulty",
+                f"is unset but robust={self.robust} selects updates assuming f faulty silos.",
+                f"set strategy.max_faulty=f (e.g. 1) with strategy.robust={self.robust}.",
+            )
         for name in ("norm_bound", "max_count_ratio"):
             if getattr(self, name) is not None:
                 positive(self, name)

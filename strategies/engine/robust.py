@@ -15,6 +15,19 @@ for averaging (pure functions; the engine applies them to every round's checked 
   (:class:`Trim`) is c = floor(beta k) for a ``trim_fraction`` beta, or exactly ``trim_count``
   values per side; with k <= 2c + 1 values there is nothing left to average but the middle, and
   the rule is the median (equal to the trimmed mean at k = 2c + 1).
+- **Selection rules** (Flower's ``aggregate_krum`` and ``aggregate_bulyan``, as its Krum,
+  MultiKrum and Bulyan strategies; f = ``max_faulty``): ``krum`` (Blanchard, El Mhamdi, Guerraoui
+  & Stainer 2017, "Machine learning with adversaries: Byzantine tolerant gradient descent",
+  NeurIPS) scores each value x_i by sum_{j in N_i} ||x_i - x_j||^2 over its k - f - 2 nearest
+  others N_i and returns the value of least score; ``multikrum`` returns the weighted mean
+  sum_{i in S} w_i x_i / sum_{i in S} w_i of the m = k - f values of least score S (El Mhamdi,
+  Guerraoui & Rouault 2018, "The hidden vulnerability of distributed learning in Byzantium",
+  ICML); ``bulyan`` (the same paper) picks theta = k - 2f values by Krum one after another, then at
+  each coordinate averages the beta = theta - 2f of them closest to their coordinate-wise median.
+  Bulyan needs k >= 4f + 3 values; with fewer the rule is the coordinate-wise median. Each is
+  applied to what the engine averages: one array over the silos (the trunk's arrays over every
+  update, a task's head arrays over its holders) or, for a balancing method, a task's whole
+  flattened trunk share D_{s,t} over its holders.
 The breakdown points of the rules: :mod:`strategies.engine.breakdown`.
 """
 
@@ -27,13 +40,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from flwr.server.strategy.aggregate import aggregate_median
+from flwr.server.strategy.aggregate import aggregate_bulyan, aggregate_krum, aggregate_median
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
 from fedmtl.core.records import SiloInfo
 from strategies.engine.replies import ClientUpdate
 
-RobustRule = Literal["mean", "median", "trimmed_mean"]
+RobustRule = Literal["mean", "median", "trimmed_mean", "krum", "multikrum", "bulyan"]
+SELECTION_RULES = ("krum", "multikrum", "bulyan")
+"""The rules that select whole updates assuming ``max_faulty`` of them are faulty."""
 NormRule = Literal["clip", "reject"]
 Averager = Callable[[Sequence[np.ndarray], Sequence[float]], np.ndarray]
 """``(values, weights) -> average``: how one array is averaged over silos (``robust``)."""
@@ -86,15 +101,47 @@ def trimmed_mean(trim: Trim) -> Averager:
     return average
 
 
+def krum(faulty: int, keep: bool = False) -> Averager:
+    """Krum of the values, f = ``faulty``; with ``keep``, MultiKrum: the weighted mean of the
+    k - f values of least score (Flower's ``aggregate_krum``, module docstring)."""
+
+    def average(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+        results = [([v], w) for v, w in zip(values, weights, strict=True)]
+        to_keep = max(1, len(values) - faulty) if keep else 0
+        return np.asarray(aggregate_krum(results, faulty, to_keep)[0])  # type: ignore[arg-type]
+
+    return average
+
+
+def bulyan(faulty: int) -> Averager:
+    """Bulyan over Krum, f = ``faulty`` (Flower's ``aggregate_bulyan``, module docstring); the
+    median when k < 4f + 3."""
+
+    def average(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+        if len(values) < 4 * faulty + 3:
+            return median(values, weights)
+        results = [([v], w) for v, w in zip(values, weights, strict=True)]
+        return np.asarray(aggregate_bulyan(results, faulty, aggregate_krum, to_keep=0)[0])  # type: ignore[arg-type]
+
+    return average
+
+
 def averager(
-    rule: RobustRule, trim_fraction: float = 0.1, trim_count: int | None = None
+    rule: RobustRule, trim_fraction: float = 0.1, trim_count: int | None = None, faulty: int = 0
 ) -> Averager:
     """The averaging of one array over silos for ``rule`` (module docstring); ``trim_fraction``
-    and ``trim_count`` set the cut of ``trimmed_mean`` (:class:`Trim`)."""
+    and ``trim_count`` set the cut of ``trimmed_mean`` (:class:`Trim`), ``faulty`` the f of the
+    selection rules."""
     if rule == "mean":
         return weighted_mean
     if rule == "median":
         return median
+    if rule == "krum":
+        return krum(faulty)
+    if rule == "multikrum":
+        return krum(faulty, keep=True)
+    if rule == "bulyan":
+        return bulyan(faulty)
     return trimmed_mean(Trim(trim_fraction, trim_count))
 
 
