@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fedmtl.core.checks import fraction, int_at_least, positive
+from fedmtl.core.compression import MAX_LEVELS, Compression, CompressionKind
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.records import UpdateDtype
 from strategies.engine.robust import SELECTION_RULES, NormRule, RobustRule, Trim
@@ -64,6 +65,11 @@ class MethodParams:
 
     ``update_dtype``: the precision silos send their updates in (``float16`` or ``bfloat16``
     halve the bytes up; the server reads them back as float32).
+
+    ``compression`` (:mod:`fedmtl.core.compression`): how silos compress their updates, with error
+    feedback: ``topk`` sends the ceil(``compression_ratio`` d) entries of largest magnitude of
+    each array, ``qsgd`` stochastic quantisation to ``qsgd_levels`` levels; the server decodes
+    them before any check.
     """
 
     fraction_train: float = 1.0
@@ -86,6 +92,9 @@ class MethodParams:
     update_dtype: UpdateDtype = "float32"
     divergence_factor: float | None = 10.0
     divergence_rounds: int = 3
+    compression: CompressionKind = "none"
+    compression_ratio: float = 1.0
+    qsgd_levels: int = MAX_LEVELS
 
     def __post_init__(self) -> None:
         fraction(self, "fraction_train", allow_one=True)
@@ -141,6 +150,7 @@ class MethodParams:
                     "use e.g. 100, or null to turn divergence detection off.",
                 )
         int_at_least(self, "divergence_rounds", 1)
+        self.compression_spec()
 
     def trim(self) -> Trim:
         """The cut of ``trimmed_mean``: ``trim_count`` values per side, else the share
@@ -153,6 +163,10 @@ class MethodParams:
         if self.max_faulty is not None:
             return Trim(count=self.max_faulty)
         return Trim()
+
+    def compression_spec(self) -> Compression:
+        """How silos compress their updates (checked: a bad field raises ConfigError)."""
+        return Compression(self.compression, self.compression_ratio, self.qsgd_levels)
 
     def check_experiment(self, task_names: Sequence[str], num_rounds: int) -> None:
         """Cross-check these parameters against the experiment before any training (raise
