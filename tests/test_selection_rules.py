@@ -9,7 +9,7 @@ import pytest
 
 from fedmtl.core.errors import ConfigError
 from strategies.engine.breakdown import breakdown
-from strategies.engine.robust import Trim, averager
+from strategies.engine.robust import Trim, average_group, averager
 from tests.support.engines import assert_moved, make_fedavg, one_round
 from tests.support.fakes import TRUNK_KEYS, FakeSilo, Federation, head_keys
 
@@ -39,6 +39,19 @@ def test_bulyan_by_hand() -> None:
     np.testing.assert_allclose(averager("bulyan", faulty=1)(moved, [1.0] * 7), [3.0])
     # k = 5 < 4f + 3 = 7: the coordinate-wise median, 3 and 0
     np.testing.assert_allclose(averager("bulyan", faulty=1)(FIVE, [1.0] * 5), [3.0, 0.0])
+
+
+def test_selection_compares_each_silos_arrays_as_one_vector() -> None:
+    # silos A (0, 5), B (1, 0), C (5, 1), two arrays of one entry each; f = 0, each value's
+    # k - f - 2 = 1 nearest other. As one vector: |A - B|^2 = 1 + 25 = 26, |A - C|^2 = 25 + 16
+    # = 41, |B - C|^2 = 16 + 1 = 17: scores A 26, B 17, C 17, so Krum sends B's (1, 0) whole.
+    # Array by array it would pick 0 of {0, 1, 5} and 0 of {5, 0, 1}: (0, 0), which no silo sent.
+    values = [[np.array([a]), np.array([b])] for a, b in ((0.0, 5.0), (1.0, 0.0), (5.0, 1.0))]
+    chosen = average_group(averager("krum", faulty=0), values, [1.0] * 3)
+    np.testing.assert_array_equal(np.concatenate(chosen), [1.0, 0.0])
+    # the coordinate-wise rules average each array alone: medians 1 and 1
+    medians = average_group(averager("median"), values, [1.0] * 3)
+    np.testing.assert_array_equal(np.concatenate(medians), [1.0, 1.0])
 
 
 @pytest.mark.parametrize(

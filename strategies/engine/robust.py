@@ -24,10 +24,10 @@ for averaging (pure functions; the engine applies them to every round's checked 
   Guerraoui & Rouault 2018, "The hidden vulnerability of distributed learning in Byzantium",
   ICML); ``bulyan`` (the same paper) picks theta = k - 2f values by Krum one after another, then at
   each coordinate averages the beta = theta - 2f of them closest to their coordinate-wise median.
-  Bulyan needs k >= 4f + 3 values; with fewer the rule is the coordinate-wise median. Each is
-  applied to what the engine averages: one array over the silos (the trunk's arrays over every
-  update, a task's head arrays over its holders) or, for a balancing method, a task's whole
-  flattened trunk share D_{s,t} over its holders.
+  Bulyan needs k >= 4f + 3 values; with fewer the rule is the coordinate-wise median. Each
+  compares a silo's whole update in a group (:func:`average_group`): its trunk arrays over every
+  update, a task's head arrays over its holders, or, for a balancing method, a task's flattened
+  trunk share D_{s,t} over its holders.
 The breakdown points of the rules: :mod:`strategies.engine.breakdown`.
 """
 
@@ -101,29 +101,47 @@ def trimmed_mean(trim: Trim) -> Averager:
     return average
 
 
-def krum(faulty: int, keep: bool = False) -> Averager:
-    """Krum of the values, f = ``faulty``; with ``keep``, MultiKrum: the weighted mean of the
-    k - f values of least score (Flower's ``aggregate_krum``, module docstring)."""
+@dataclass(frozen=True)
+class Selection:
+    """A rule that selects whole updates (``krum``, ``multikrum`` or ``bulyan``; module
+    docstring) against f = ``faulty`` faulty silos: Flower's ``aggregate_krum`` (MultiKrum keeping
+    the k - f of least score) or ``aggregate_bulyan`` over Krum, the median when k < 4f + 3.
+    :meth:`group` compares each silo's arrays of a group as one vector (as Flower's strategies
+    compare whole models); called on one array per silo, it averages that array alone."""
 
-    def average(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-        results = [([v], w) for v, w in zip(values, weights, strict=True)]
-        to_keep = max(1, len(values) - faulty) if keep else 0
-        return np.asarray(aggregate_krum(results, faulty, to_keep)[0])  # type: ignore[arg-type]
+    rule: RobustRule
+    faulty: int
 
-    return average
+    def group(
+        self, values: Sequence[Sequence[np.ndarray]], weights: Sequence[float]
+    ) -> list[np.ndarray]:
+        """The group's arrays (``values[s]``: silo s's, in one order) chosen by the rule."""
+        results = [(list(v), w) for v, w in zip(values, weights, strict=True)]
+        faulty = self.faulty
+        if self.rule == "bulyan":
+            if len(results) < 4 * faulty + 3:
+                return [np.asarray(a) for a in aggregate_median(results)]  # type: ignore[arg-type]
+            chosen = aggregate_bulyan(results, faulty, aggregate_krum, to_keep=0)  # type: ignore[arg-type]
+        else:
+            keep = max(1, len(results) - faulty) if self.rule == "multikrum" else 0
+            chosen = aggregate_krum(results, faulty, keep)  # type: ignore[arg-type]
+        return [np.asarray(a) for a in chosen]
+
+    def __call__(self, values: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+        return self.group([[v] for v in values], weights)[0]
 
 
-def bulyan(faulty: int) -> Averager:
-    """Bulyan over Krum, f = ``faulty`` (Flower's ``aggregate_bulyan``, module docstring); the
-    median when k < 4f + 3."""
-
-    def average(values: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-        if len(values) < 4 * faulty + 3:
-            return median(values, weights)
-        results = [([v], w) for v, w in zip(values, weights, strict=True)]
-        return np.asarray(aggregate_bulyan(results, faulty, aggregate_krum, to_keep=0)[0])  # type: ignore[arg-type]
-
-    return average
+def average_group(
+    average: Averager, values: Sequence[Sequence[np.ndarray]], weights: Sequence[float]
+) -> list[np.ndarray]:
+    """The arrays of one group (``values[s]``: silo s's, in one order) averaged over silos: a
+    :class:`Selection` compares each silo's arrays as one vector; the other rules, coordinate-wise,
+    average each array on its own."""
+    if not values[0]:
+        return []
+    if isinstance(average, Selection):
+        return average.group(values, weights)
+    return [average([v[i] for v in values], weights) for i in range(len(values[0]))]
 
 
 def averager(
@@ -136,12 +154,8 @@ def averager(
         return weighted_mean
     if rule == "median":
         return median
-    if rule == "krum":
-        return krum(faulty)
-    if rule == "multikrum":
-        return krum(faulty, keep=True)
-    if rule == "bulyan":
-        return bulyan(faulty)
+    if rule in SELECTION_RULES:
+        return Selection(rule, faulty)
     return trimmed_mean(Trim(trim_fraction, trim_count))
 
 
