@@ -12,38 +12,13 @@ task's final primary metric with its difference from the float32 run of the same
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 from pathlib import Path
-from typing import Any
 
 from _common import write_results
-from tqdm import tqdm
-
-from fedmtl.app.launch import run
-from fedmtl.app.run.config import compose, parse
+from _variants import variant_rows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = ("float32", "float16", "bfloat16")
-
-
-def measure(dtype: str, seed: int, rounds: int, extra: list[str]) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as out:
-        overrides = [
-            "runtime=inprocess", "tracking=quiet", "tracking.plots=false", f"seed={seed}",
-            f"num_rounds={rounds}", f"strategy.update_dtype={dtype}", *extra,
-        ]  # fmt: skip
-        summary = run(parse(compose(overrides, out)))
-    row: dict[str, Any] = {
-        "update_dtype": dtype,
-        "seed": seed,
-        "bytes_up": summary["bytes_up"],
-        "bytes_down": summary["bytes_down"],
-    }
-    for task in summary["tasks"]:
-        metric = summary["task_info"][task]["primary_metric"]
-        row[f"{task}_{metric}"] = round(summary["final"][task][metric], 5)
-    return row
 
 
 def main() -> None:
@@ -54,16 +29,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    rows: list[dict[str, Any]] = []
-    cells = [(seed, dtype) for seed in args.seeds for dtype in DTYPES]
-    for seed, dtype in tqdm(cells, desc="runs", unit="run"):
-        row = measure(dtype, seed, args.rounds, args.overrides)
-        full = next((r for r in rows if r["seed"] == seed and r["update_dtype"] == "float32"), row)
-        metrics = [k for k in row if k not in ("update_dtype", "seed", "bytes_up", "bytes_down")]
-        row["bytes_up_vs_float32"] = round(row["bytes_up"] / full["bytes_up"], 4)
-        row["max_abs_metric_change"] = round(max(abs(row[k] - full[k]) for k in metrics), 5)
-        tqdm.write(json.dumps(row))
-        rows.append(row)
+    def base(seed: int) -> list[str]:
+        return [
+            "tracking.plots=false",
+            f"seed={seed}",
+            f"num_rounds={args.rounds}",
+            *args.overrides,
+        ]
+
+    variants = {dtype: [f"strategy.update_dtype={dtype}"] for dtype in DTYPES}
+    rows = variant_rows("update_dtype", variants, args.seeds, base)
     write_results(args.out, "transport", rows, command_args=vars(args) | {"out": None})
 
 

@@ -101,6 +101,8 @@ def run_stopped_and_resumed(
     ("overrides", "stop_round", "saved"),
     [
         (["strategy=fedavg"], 4, 2),  # killed in round 4: rounds 3 and 4 are redone
+        # the silos' error-feedback residuals of compressed updates, saved by the silos
+        (["strategy=fedavg", "strategy.compression=topk", "strategy.compression_ratio=0.1"], 4, 2),
         # FAMO's logits and previous losses carry over
         pytest.param(["strategy=famo"], 5, 4, marks=pytest.mark.slow),
         # grouping stopped inside its warm-up (the affinity so far is in the checkpoint) and

@@ -65,6 +65,8 @@ def test_methods_that_read_individual_updates_are_refused_with_secagg(
     [
         ("strategy.robust", {"robust": "median"}),
         ("strategy.robust", {"robust": "trimmed_mean"}),
+        ("strategy.robust", {"robust": "krum", "max_faulty": 1}),
+        ("strategy.compression", {"compression": "topk", "compression_ratio": 0.1}),
         ("strategy.norm_bound", {"norm_bound": 2.0}),
         ("strategy.max_count_ratio", {"max_count_ratio": 3.0}),
     ],

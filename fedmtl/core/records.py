@@ -21,7 +21,9 @@ Client -> server
                 received and, for the trunk, one per trunk array in ``joint`` mode or one per trunk
                 array and task in ``per_task`` mode, keyed :func:`task_update_key`; in the
                 request's ``update-dtype``: float32, float16, or bfloat16 sent as its 16 bits,
-                read back as float32 by the parser) and ``METRICS``
+                read back as float32 by the parser; with the request's ``compression`` each
+                array travels encoded under its key and a suffix,
+                :mod:`fedmtl.core.compression`) and ``METRICS``
                 (``num-examples``, ``steps``, per task ``<task>/num-examples``,
                 ``<task>/train-loss`` (mean over local steps) and ``<task>/loss-before`` (mean over
                 the silo's training rows, of the received model)), and ``METHOD_METRICS``: the
@@ -35,6 +37,7 @@ The server's own summary of a training round (Flower's ``aggregate_train`` metri
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -49,6 +52,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, MetricRecordValues, RecordDict
 
+from fedmtl.core.compression import UNCOMPRESSED, Compression
 from fedmtl.core.schema import TrainConfig
 from fedmtl.core.training import UpdateMode
 
@@ -95,6 +99,9 @@ _SAVED_ROUND = "saved-round"
 _RESUME_ROUND = "resume-round"
 _UPDATE_DTYPE = "update-dtype"
 _REPORT_LOSS_BEFORE = "report-loss-before"
+_COMPRESSION = "compression"
+_COMPRESSION_RATIO = "compression-ratio"
+_QSGD_LEVELS = "qsgd-levels"
 _TASK_UPDATE = "per-task"
 _SILO_ID = "silo-id"
 _TASKS = "tasks"
@@ -377,6 +384,7 @@ class TrainRequest:
     scope: str = ""
     update_dtype: UpdateDtype = "float32"
     loss_before: bool = False
+    compression: Compression = UNCOMPRESSED
 
     def to_config(self) -> ConfigRecord:
         train = self.train
@@ -396,6 +404,9 @@ class TrainRequest:
                 **self.checkpoint.to_config(),
                 _UPDATE_DTYPE: self.update_dtype,
                 _REPORT_LOSS_BEFORE: self.loss_before,
+                _COMPRESSION: self.compression.kind,
+                _COMPRESSION_RATIO: self.compression.ratio,
+                _QSGD_LEVELS: self.compression.levels,
                 **_groups_entry(self.groups),
             }
         )
@@ -432,6 +443,7 @@ class TrainRequest:
             scope=_scope(record),
             update_dtype=update_dtype,  # type: ignore[arg-type]
             loss_before=flag(record, _REPORT_LOSS_BEFORE),
+            compression=_compression(record),
         )
 
 
@@ -467,6 +479,18 @@ class EvaluateRequest:
             checkpoint=SiloCheckpoint.from_config(record),
             scope=_scope(record),
         )
+
+
+def _compression(record: Mapping[str, Any]) -> Compression:
+    """The request's compression of the reply (none when the request names none); a bad value
+    raises ValueError (:class:`~fedmtl.core.errors.ConfigError` is one)."""
+    if _COMPRESSION not in record:
+        return UNCOMPRESSED
+    return Compression(
+        text(record, _COMPRESSION),  # type: ignore[arg-type]
+        number(record, _COMPRESSION_RATIO),
+        integer(record, _QSGD_LEVELS),
+    )
 
 
 def _scope(record: Mapping[str, Any]) -> str:
@@ -547,10 +571,28 @@ class TrainReply:
     method_metrics: dict[str, float] = field(default_factory=dict)
     update_dtype: UpdateDtype = "float32"
 
-    def to_content(self) -> RecordDict:
+    def wire_arrays(self) -> Arrays:
+        """The arrays of ``UPDATE`` by their keys on the wire (a task's share under
+        :func:`task_update_key`)."""
         arrays = dict(self.deltas)
         for task, shares in (self.task_deltas or {}).items():
             arrays.update({task_update_key(task, k): v for k, v in shares.items()})
+        return arrays
+
+    def with_wire_arrays(self, arrays: Mapping[str, np.ndarray]) -> TrainReply:
+        """This reply with ``arrays`` (by their keys on the wire) as its deltas and shares."""
+        deltas: Arrays = {}
+        task_deltas: dict[str, Arrays] = {}
+        for key, value in arrays.items():
+            share = split_task_update_key(key)
+            if share is None:
+                deltas[key] = value
+            else:
+                task_deltas.setdefault(share[0], {})[share[1]] = value
+        return dataclasses.replace(self, deltas=deltas, task_deltas=task_deltas or None)
+
+    def to_content(self) -> RecordDict:
+        arrays = self.wire_arrays()
         metrics: dict[str, MetricRecordValues] = {
             NUM_EXAMPLES: self.num_examples,
             STEPS: self.steps,
@@ -575,16 +617,10 @@ class TrainReply:
 
         Values are numbers of any sign and arrays of any shape here: whether they fit what was
         sent is for the server to check."""
-        deltas: Arrays = {}
-        task_deltas: dict[str, Arrays] = {}
-        for key, value in from_array_record(content.array_records[UPDATE]).items():
-            if value.dtype == np.float16:
-                value = value.astype(np.float32)
-            share = split_task_update_key(key)
-            if share is None:
-                deltas[key] = value
-            else:
-                task_deltas.setdefault(share[0], {})[share[1]] = value
+        arrays = {
+            key: value.astype(np.float32) if value.dtype == np.float16 else value
+            for key, value in from_array_record(content.array_records[UPDATE]).items()
+        }
         metrics = content.metric_records[METRICS]
         per_task: dict[str, dict[str, float]] = {NUM_EXAMPLES: {}, TRAIN_LOSS: {}, LOSS_BEFORE: {}}
         for key in metrics:
@@ -595,16 +631,16 @@ class TrainReply:
                 per_task[parsed[1]][parsed[0]] = number(metrics, key)
             elif key not in (NUM_EXAMPLES, STEPS):
                 raise ValueError(f"unexpected metric {key!r}")
-        return cls(
-            deltas=deltas,
+        reply = cls(
+            deltas={},
             num_examples=number(metrics, NUM_EXAMPLES),
             steps=integer(metrics, STEPS),
             task_examples=per_task[NUM_EXAMPLES],
             train_loss=per_task[TRAIN_LOSS],
             loss_before=per_task[LOSS_BEFORE],
-            task_deltas=task_deltas or None,
             method_metrics=_method_metrics(content),
         )
+        return reply.with_wire_arrays(arrays)
 
 
 def _method_metrics(content: RecordDict) -> dict[str, float]:

@@ -16,7 +16,7 @@ import torch
 from fedmtl.core.records import Arrays
 from strategies.engine.model import GlobalModel
 from strategies.engine.replies import ClientUpdate
-from strategies.engine.robust import Averager, weighted_mean
+from strategies.engine.robust import Averager, average_group, weighted_mean
 
 
 def weighted_mean_delta(
@@ -29,9 +29,9 @@ def weighted_mean_delta(
     the weights sum to zero."""
     if float(sum(weights)) <= 0:
         return None
+    averaged = average_group(average, [[u.deltas[k] for k in keys] for u in updates], weights)
     return {
-        k: average([u.deltas[k] for u in updates], weights).astype(updates[0].deltas[k].dtype)
-        for k in keys
+        k: value.astype(updates[0].deltas[k].dtype) for k, value in zip(keys, averaged, strict=True)
     }
 
 
@@ -52,8 +52,9 @@ def aggregate_heads(
         if not holders:
             continue
         weights = [float(u.task_examples[task]) for u in holders]
-        for key in model.task_keys(task):
-            delta = average([u.deltas[key] for u in holders], weights)
+        keys = model.task_keys(task)
+        deltas = average_group(average, [[u.deltas[k] for k in keys] for u in holders], weights)
+        for key, delta in zip(keys, deltas, strict=True):
             new[key] = (arrays[key] + delta).astype(arrays[key].dtype)
     return new
 

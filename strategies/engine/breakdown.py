@@ -12,6 +12,11 @@ they keep:
   ``trim_fraction`` beta): holds while c >= f and k >= 2c + 1 (the f faulty values can all be
   cut); it breaks down once c < f. With k <= 2c + 1 it is the median
   (:func:`strategies.engine.robust.trimmed_mean`), judged as such.
+- **Krum and MultiKrum** (Blanchard et al. 2017): the selected update stays close to the honest
+  ones while k > 2f + 2 (each value's k - f - 2 nearest others then include honest ones only in
+  the majority); with k <= 2f + 2 the faulty updates can be selected.
+- **Bulyan** (El Mhamdi et al. 2018): holds while k >= 4f + 3; with fewer values it is the
+  coordinate-wise median (:func:`strategies.engine.robust.bulyan`), and reported as too few.
 - **weighted mean**: breakdown point 0, one faulty value moves it arbitrarily far; a norm bound
   (``norm_bound``) limits how far, so with one the mean is not reported.
 
@@ -54,6 +59,20 @@ def breakdown(
             f"the weighted mean of {k} updates has breakdown point 0: one faulty update moves it "
             "arbitrarily far"
         )
+    if rule in ("krum", "multikrum"):
+        if k > 2 * faulty + 2:
+            return None
+        return (
+            f"{rule} of {k} updates can select faulty ones with {faulty} faulty "
+            f"(it needs k > 2f + 2, k >= {2 * faulty + 3})"
+        )
+    if rule == "bulyan":
+        if k >= 4 * faulty + 3:
+            return None
+        return (
+            f"bulyan of {k} updates with {faulty} faulty needs k >= 4f + 3 = {4 * faulty + 3}: "
+            "the coordinate-wise median is taken instead"
+        )
     if rule == "median" or k <= 2 * trim.cut(k) + 1:
         if k > 2 * faulty:
             return None
@@ -86,6 +105,13 @@ def fix_for(rule: RobustRule, faulty: int) -> str:
     """What to change so that ``rule`` withstands ``faulty`` silos."""
     if rule == "mean":
         return "set strategy.robust=median or trimmed_mean, or strategy.norm_bound"
+    needed = {"krum": 2 * faulty + 3, "multikrum": 2 * faulty + 3, "bulyan": 4 * faulty + 3}
+    if rule in needed:
+        return (
+            f"give every task at least {needed[rule]} holders per round (more silos per task, "
+            "e.g. partition.assignment.k), expect fewer faulty silos (strategy.max_faulty), or "
+            "use strategy.robust=median"
+        )
     cut = f"; with trimmed_mean, cut at least {faulty} per side (strategy.trim_count)"
     return (
         f"give every task at least {2 * faulty + 1} holders per round (more silos per task, "

@@ -1,7 +1,7 @@
 """Intake: a round's replies checked, made robust and pooled, before any method sees them.
 
-- **Train replies** (:func:`take_updates`): each reply parsed and checked against what its silo
-  was sent (:func:`~strategies.engine.replies.check_train_reply`, then the method's own
+- **Train replies** (:func:`take_updates`): each reply parsed, its compressed arrays decoded
+  (:func:`fedmtl.core.compression.decode`), and checked against what its silo was sent (:func:`~strategies.engine.replies.check_train_reply`, then the method's own
   :meth:`~strategies.engine.Method.check_update`); its example counts replaced by those the silo
   announced at discovery (capped by ``max_count_ratio``); updates beyond ``norm_bound`` times the
   round's median norm clipped or rejected (:mod:`strategies.engine.robust`). A refused reply is
@@ -99,7 +99,13 @@ def take_updates(
             silo = silos[node]
             parsed = TrainReply.from_content(reply.content)
             update = check_train_reply(
-                node, parsed, sent.sent[node], silo, sent.update_mode, sent.model.serves
+                node,
+                parsed,
+                sent.sent[node],
+                silo,
+                sent.update_mode,
+                sent.model.serves,
+                params.compression_spec(),
             )
             check_update(update)
             updates.append(update)

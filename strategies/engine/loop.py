@@ -233,6 +233,7 @@ class Engine:
             checkpoint=self.silo_checkpoint,
             scope=self.context.scope,
             update_dtype=self.params.update_dtype,
+            compression=self.params.compression_spec(),
             loss_before=task.loss_before,
         )
         config = ConfigRecord({**(extra or {}), **request.to_config()})

@@ -109,7 +109,9 @@ class Method(ABC, Generic[P]):
         self.train = setup.train
         self.seed = setup.seed
         trim = params.trim()
-        self.average: Averager = averager(params.robust, trim.fraction, trim.count)
+        self.average: Averager = averager(
+            params.robust, trim.fraction, trim.count, params.max_faulty or 0
+        )
         """How one array is averaged over silos (``strategy.robust``)."""
 
     def initial_groups(self) -> Groups | None:

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fedmtl.core.checks import fraction, int_at_least, positive
+from fedmtl.core.compression import MAX_LEVELS, Compression, CompressionKind
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.records import UpdateDtype
-from strategies.engine.robust import NormRule, RobustRule, Trim
+from strategies.engine.robust import SELECTION_RULES, NormRule, RobustRule, Trim
 from strategies.engine.server_opt import ServerOptParams
 
 DEFENCES = (
@@ -47,9 +48,10 @@ class MethodParams:
     Faults and robustness (:mod:`strategies.engine.robust`): a round with fewer valid updates than
     ``min_train_nodes`` (or the nodes sampled, when fewer) is sent again up to ``round_retries``
     times, then the run stops (``status: too_few_replies``); ``robust`` averages with the weighted
-    ``mean``, the coordinate-wise ``median`` or a ``trimmed_mean`` (cutting ``trim_count`` values,
+    ``mean``, the coordinate-wise ``median``, a ``trimmed_mean`` (cutting ``trim_count`` values,
     else the share ``trim_fraction``, else ``max_faulty`` values, else 10% at each end:
-    :meth:`trim`); ``norm_bound`` b ``clip``-s or ``reject``-s (``norm_rule``) updates whose norm
+    :meth:`trim`), or selects with Flower's ``krum``, ``multikrum`` or ``bulyan`` against
+    ``max_faulty`` faulty silos (which they then require); ``norm_bound`` b ``clip``-s or ``reject``-s (``norm_rule``) updates whose norm
     exceeds b times the round's median; ``max_count_ratio`` r caps the example counts a silo
     announced at r times the median. ``max_faulty`` f declares how many of a round's silos may
     be faulty: each round the engine checks every averaged group (the trunk over all updates,
@@ -63,6 +65,11 @@ class MethodParams:
 
     ``update_dtype``: the precision silos send their updates in (``float16`` or ``bfloat16``
     halve the bytes up; the server reads them back as float32).
+
+    ``compression`` (:mod:`fedmtl.core.compression`): how silos compress their updates, with error
+    feedback: ``topk`` sends the ceil(``compression_ratio`` d) entries of largest magnitude of
+    each array, ``qsgd`` stochastic quantisation to ``qsgd_levels`` levels; the server decodes
+    them before any check.
     """
 
     fraction_train: float = 1.0
@@ -85,6 +92,9 @@ class MethodParams:
     update_dtype: UpdateDtype = "float32"
     divergence_factor: float | None = 10.0
     divergence_rounds: int = 3
+    compression: CompressionKind = "none"
+    compression_ratio: float = 1.0
+    qsgd_levels: int = MAX_LEVELS
 
     def __post_init__(self) -> None:
         fraction(self, "fraction_train", allow_one=True)
@@ -121,6 +131,12 @@ class MethodParams:
                     f"is set but robust is {self.robust!r}: only trimmed_mean cuts values.",
                     "set robust=trimmed_mean, or drop trim_count.",
                 )
+        if self.robust in SELECTION_RULES and self.max_faulty is None:
+            raise ConfigError(
+                "max_faulty",
+                f"is unset but robust={self.robust} selects updates assuming f faulty silos.",
+                f"set strategy.max_faulty=f (e.g. 1) with strategy.robust={self.robust}.",
+            )
         for name in ("norm_bound", "max_count_ratio"):
             if getattr(self, name) is not None:
                 positive(self, name)
@@ -134,6 +150,7 @@ class MethodParams:
                     "use e.g. 100, or null to turn divergence detection off.",
                 )
         int_at_least(self, "divergence_rounds", 1)
+        self.compression_spec()
 
     def trim(self) -> Trim:
         """The cut of ``trimmed_mean``: ``trim_count`` values per side, else the share
@@ -146,6 +163,10 @@ class MethodParams:
         if self.max_faulty is not None:
             return Trim(count=self.max_faulty)
         return Trim()
+
+    def compression_spec(self) -> Compression:
+        """How silos compress their updates (checked: a bad field raises ConfigError)."""
+        return Compression(self.compression, self.compression_ratio, self.qsgd_levels)
 
     def check_experiment(self, task_names: Sequence[str], num_rounds: int) -> None:
         """Cross-check these parameters against the experiment before any training (raise

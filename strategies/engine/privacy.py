@@ -22,9 +22,11 @@ defaults are the preset's:
 
 ``noise_multiplier`` fixes the noise; ``target_epsilon`` (with ``delta``) chooses it before the
 run with the accountant (:mod:`strategies.engine.accounting`). A method whose aggregation reads
-individual updates (:meth:`strategies.engine.Method.secure_sums`) and the robust rules that do
-(``robust: median | trimmed_mean``, ``norm_bound``, ``max_count_ratio``) are refused with these
-modes before any work, naming the method and why (:func:`refusal`).
+individual updates (:meth:`strategies.engine.Method.secure_sums`), the robust rules that do
+(``robust`` other than ``mean``, ``norm_bound``, ``max_count_ratio``) and compressed updates
+(``compression``: the sums are of dense updates) are refused with the modes that sum before any
+work, naming the method and why (:func:`refusal`); ``dp_record`` allows compression (it
+post-processes the DP-SGD update).
 """
 
 from __future__ import annotations
@@ -244,12 +246,21 @@ def refusal(
     if privacy.summed:
         if isinstance(rule, str):
             return _refused("strategy", label, mode, rule)
+        if params.compression != "none":
+            return _refused(
+                "strategy.compression",
+                f"{label} with compression={params.compression}",
+                mode,
+                "the server sums every silo's dense update, masked or noised as a whole, and "
+                "cannot decode one silo's compressed encoding",
+                "set strategy.compression=none, or privacy=none.",
+            )
         if params.robust != "mean":
             return _refused(
                 "strategy.robust",
                 f"{label} with robust={params.robust}",
                 mode,
-                "a coordinate-wise median or trimmed mean needs every silo's own value",
+                "a robust rule (a median, trimmed mean, Krum or Bulyan) needs every silo's own value",
                 "set strategy.robust=mean, or privacy=none.",
             )
         if params.norm_bound is not None:

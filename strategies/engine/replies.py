@@ -5,8 +5,10 @@ lists it under ``rejected`` in ``summary.json`` and leaves the reply out of the 
 failing silo, a NaN update or a malformed reply never touches the global model.
 
 - **query** (:func:`check_silo`): tasks the server knows, a silo id no other node holds.
-- **train** (:func:`check_train_reply`): exactly the expected update keys for the update mode
-  (``joint``: one delta per array sent; ``per_task``: one per task-specific array sent and one
+- **train** (:func:`check_train_reply`): a compressed update's encoding well formed (indices in
+  range and distinct, the lengths and dtypes of the encoding, finite values:
+  :func:`fedmtl.core.compression.decode`), then exactly the expected update keys for the update
+  mode (``joint``: one delta per array sent; ``per_task``: one per task-specific array sent and one
   share per shared array and task that uses it), the shapes sent, finite floating-point values, finite counts >= 0
   for the silo's training rows and for each of its tasks, losses only for its own tasks (the
   method checks the numbers it asked for itself: :meth:`strategies.engine.Method.check_update`).
@@ -23,6 +25,7 @@ import numpy as np
 from flwr.app import RecordDict
 
 from fedmtl.core import records
+from fedmtl.core.compression import UNCOMPRESSED, Compression, decode
 from fedmtl.core.records import (
     NUM_EXAMPLES,
     Arrays,
@@ -132,14 +135,22 @@ def expected_update_shapes(
 
 
 def check_train_reply(
-    node: int, reply: TrainReply, sent: Arrays, silo: SiloInfo, mode: UpdateMode, serves: Serves
+    node: int,
+    reply: TrainReply,
+    sent: Arrays,
+    silo: SiloInfo,
+    mode: UpdateMode,
+    serves: Serves,
+    compression: Compression = UNCOMPRESSED,
 ) -> ClientUpdate:
-    """The checked update of ``reply`` to the arrays ``sent`` (see the module docstring); the joint
-    trunk delta of a ``per_task`` reply is the sum of its tasks' shares."""
-    received = dict(reply.deltas)
-    for task, shares in (reply.task_deltas or {}).items():
-        received.update({task_update_key(task, k): v for k, v in shares.items()})
+    """The checked update of ``reply`` to the arrays ``sent`` (see the module docstring), its
+    arrays decoded first when they travel ``compression``-ed; the joint trunk delta of a
+    ``per_task`` reply is the sum of its tasks' shares."""
     expected = expected_update_shapes(sent, silo, mode, serves)
+    try:
+        received = decode(reply.wire_arrays(), expected, compression)
+    except ValueError as err:
+        raise ReplyError(f"malformed {compression.kind} encoding: {err}") from None
     if set(received) != set(expected):
         raise ReplyError(
             f"update keys differ from those expected in {mode} mode "

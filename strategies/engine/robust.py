@@ -15,6 +15,19 @@ for averaging (pure functions; the engine applies them to every round's checked 
   (:class:`Trim`) is c = floor(beta k) for a ``trim_fraction`` beta, or exactly ``trim_count``
   values per side; with k <= 2c + 1 values there is nothing left to average but the middle, and
   the rule is the median (equal to the trimmed mean at k = 2c + 1).
+- **Selection rules** (Flower's ``aggregate_krum`` and ``aggregate_bulyan``, as its Krum,
+  MultiKrum and Bulyan strategies; f = ``max_faulty``): ``krum`` (Blanchard, El Mhamdi, Guerraoui
+  & Stainer 2017, "Machine learning with adversaries: Byzantine tolerant gradient descent",
+  NeurIPS) scores each value x_i by sum_{j in N_i} ||x_i - x_j||^2 over its k - f - 2 nearest
+  others N_i and returns the value of least score; ``multikrum`` returns the weighted mean
+  sum_{i in S} w_i x_i / sum_{i in S} w_i of the m = k - f values of least score S (El Mhamdi,
+  Guerraoui & Rouault 2018, "The hidden vulnerability of distributed learning in Byzantium",
+  ICML); ``bulyan`` (the same paper) picks theta = k - 2f values by Krum one after another, then at
+  each coordinate averages the beta = theta - 2f of them closest to their coordinate-wise median.
+  Bulyan needs k >= 4f + 3 values; with fewer the rule is the coordinate-wise median. Each
+  compares a silo's whole update in a group (:func:`average_group`): its trunk arrays over every
+  update, a task's head arrays over its holders, or, for a balancing method, a task's flattened
+  trunk share D_{s,t} over its holders.
 The breakdown points of the rules: :mod:`strategies.engine.breakdown`.
 """
 
@@ -27,13 +40,15 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from flwr.server.strategy.aggregate import aggregate_median
+from flwr.server.strategy.aggregate import aggregate_bulyan, aggregate_krum, aggregate_median
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 
 from fedmtl.core.records import SiloInfo
 from strategies.engine.replies import ClientUpdate
 
-RobustRule = Literal["mean", "median", "trimmed_mean"]
+RobustRule = Literal["mean", "median", "trimmed_mean", "krum", "multikrum", "bulyan"]
+SELECTION_RULES = ("krum", "multikrum", "bulyan")
+"""The rules that select whole updates assuming ``max_faulty`` of them are faulty."""
 NormRule = Literal["clip", "reject"]
 Averager = Callable[[Sequence[np.ndarray], Sequence[float]], np.ndarray]
 """``(values, weights) -> average``: how one array is averaged over silos (``robust``)."""
@@ -86,15 +101,61 @@ def trimmed_mean(trim: Trim) -> Averager:
     return average
 
 
+@dataclass(frozen=True)
+class Selection:
+    """A rule that selects whole updates (``krum``, ``multikrum`` or ``bulyan``; module
+    docstring) against f = ``faulty`` faulty silos: Flower's ``aggregate_krum`` (MultiKrum keeping
+    the k - f of least score) or ``aggregate_bulyan`` over Krum, the median when k < 4f + 3.
+    :meth:`group` compares each silo's arrays of a group as one vector (as Flower's strategies
+    compare whole models); called on one array per silo, it averages that array alone."""
+
+    rule: RobustRule
+    faulty: int
+
+    def group(
+        self, values: Sequence[Sequence[np.ndarray]], weights: Sequence[float]
+    ) -> list[np.ndarray]:
+        """The group's arrays (``values[s]``: silo s's, in one order) chosen by the rule."""
+        results = [(list(v), w) for v, w in zip(values, weights, strict=True)]
+        faulty = self.faulty
+        if self.rule == "bulyan":
+            if len(results) < 4 * faulty + 3:
+                return [np.asarray(a) for a in aggregate_median(results)]  # type: ignore[arg-type]
+            chosen = aggregate_bulyan(results, faulty, aggregate_krum, to_keep=0)  # type: ignore[arg-type]
+        else:
+            keep = max(1, len(results) - faulty) if self.rule == "multikrum" else 0
+            chosen = aggregate_krum(results, faulty, keep)  # type: ignore[arg-type]
+        return [np.asarray(a) for a in chosen]
+
+    def __call__(self, values: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+        return self.group([[v] for v in values], weights)[0]
+
+
+def average_group(
+    average: Averager, values: Sequence[Sequence[np.ndarray]], weights: Sequence[float]
+) -> list[np.ndarray]:
+    """The arrays of one group (``values[s]``: silo s's, in one order) averaged over silos: a
+    :class:`Selection` compares each silo's arrays as one vector; the other rules, coordinate-wise,
+    average each array on its own."""
+    if not values[0]:
+        return []
+    if isinstance(average, Selection):
+        return average.group(values, weights)
+    return [average([v[i] for v in values], weights) for i in range(len(values[0]))]
+
+
 def averager(
-    rule: RobustRule, trim_fraction: float = 0.1, trim_count: int | None = None
+    rule: RobustRule, trim_fraction: float = 0.1, trim_count: int | None = None, faulty: int = 0
 ) -> Averager:
     """The averaging of one array over silos for ``rule`` (module docstring); ``trim_fraction``
-    and ``trim_count`` set the cut of ``trimmed_mean`` (:class:`Trim`)."""
+    and ``trim_count`` set the cut of ``trimmed_mean`` (:class:`Trim`), ``faulty`` the f of the
+    selection rules."""
     if rule == "mean":
         return weighted_mean
     if rule == "median":
         return median
+    if rule in SELECTION_RULES:
+        return Selection(rule, faulty)
     return trimmed_mean(Trim(trim_fraction, trim_count))
 
 

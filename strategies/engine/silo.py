@@ -15,7 +15,8 @@ with plain training (:meth:`SiloMethod.batchable`).
 State a silo keeps between rounds (its personal arrays) lives in the node state
 (:attr:`SiloTools.state`, Flower's ``context.state``, which survives across rounds on every
 runtime) under :data:`PERSONAL`, one record per ``scope`` (the run a message belongs to when
-several share the nodes).
+several share the nodes); the error-feedback residual of a compressed update
+(:mod:`fedmtl.core.compression`) lives beside them under :data:`RESIDUAL`.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ from fedmtl.core.training import (
 
 PERSONAL = "fedmtl.personal"
 """The node-state record of a silo's personal arrays (per scope: ``fedmtl.personal/<scope>``)."""
+RESIDUAL = "fedmtl.residual"
+"""The node-state record of a silo's error-feedback residual, by the update's wire keys (per
+scope: ``fedmtl.residual/<scope>``)."""
 
 
 def round_seed(seed: int, silo_id: int, server_round: int) -> int:
@@ -108,6 +112,16 @@ class SiloTools:
 
     def set_personal(self, arrays: Arrays) -> None:
         self.state.array_records[self.record_key] = records.to_array_record(arrays)
+
+    def residual(self) -> Arrays:
+        """The error-feedback residual of the silo's compressed updates (empty before any)."""
+        key = f"{RESIDUAL}/{self.scope}" if self.scope else RESIDUAL
+        record = self.state.array_records.get(key)
+        return {} if record is None else records.from_array_record(record)
+
+    def set_residual(self, arrays: Arrays) -> None:
+        key = f"{RESIDUAL}/{self.scope}" if self.scope else RESIDUAL
+        self.state.array_records[key] = records.to_array_record(arrays)
 
     def keep(self, keys: list[str]) -> None:
         """Store the model's ``keys`` as the silo's personal arrays."""

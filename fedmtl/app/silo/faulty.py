@@ -17,7 +17,7 @@ import dataclasses
 from flwr.app import RecordDict
 
 from fedmtl.core import records
-from fedmtl.core.records import TrainReply, task_update_key
+from fedmtl.core.records import TrainReply
 from fedmtl.faults import Fault, FaultContext, Update, round_rng, same_layout
 
 FAULT_STATE = "fedmtl.fault"
@@ -26,25 +26,14 @@ FAULT_STATE = "fedmtl.fault"
 
 def as_update(reply: TrainReply) -> Update:
     """The arrays and counts of ``reply`` as a fault sees them."""
-    arrays = dict(reply.deltas)
-    for task, shares in (reply.task_deltas or {}).items():
-        arrays.update({task_update_key(task, key): value for key, value in shares.items()})
-    return Update(arrays, reply.num_examples, dict(reply.task_examples))
+    return Update(reply.wire_arrays(), reply.num_examples, dict(reply.task_examples))
 
 
 def with_update(reply: TrainReply, update: Update) -> TrainReply:
     """``reply`` with the arrays and counts of ``update``."""
-    deltas = {key: update.arrays[key] for key in reply.deltas}
-    shares = None
-    if reply.task_deltas is not None:
-        shares = {
-            task: {key: update.arrays[task_update_key(task, key)] for key in values}
-            for task, values in reply.task_deltas.items()
-        }
+    arrays = {key: update.arrays[key] for key in reply.wire_arrays()}
     return dataclasses.replace(
-        reply,
-        deltas=deltas,
-        task_deltas=shares,
+        reply.with_wire_arrays(arrays),
         num_examples=update.num_examples,
         task_examples=dict(update.task_examples),
     )

@@ -16,10 +16,11 @@ this node has trained, and the fingerprint of the rows and tasks it announced (f
 A silo the run's fault makes faulty (:mod:`fedmtl.faults`; the experiment knows which) trains on
 the fault's rows and corrupts its reply (:meth:`Silo.reply`, :mod:`fedmtl.app.silo.faulty`); a
 config from the run config (a deployment) that injects faults is refused.
-A silo that keeps personal arrays also saves them to files after each round it trains in, and a
-resumed run restores them from there (:mod:`fedmtl.app.run.checkpoint`): in simulations under the run
-directory, on a SuperNode in the directory its node config's ``state-dir`` names (without it, a
-SuperNode keeps its state in memory only).
+A silo that keeps personal arrays (or the error-feedback residual of compressed updates) also
+saves them to files after each round it trains in, and a resumed run restores them from there
+(:mod:`fedmtl.app.run.checkpoint`): in simulations under the run directory, on a SuperNode in the
+directory its node config's ``state-dir`` names (without it, a SuperNode keeps its state in
+memory only).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from fedmtl.app.runtimes import Shipment, client_device, silo_threads
 from fedmtl.app.silo.faulty import corrupt_reply
 from fedmtl.app.silo.node import NodeSettings, RequestRefused, SiloData, load_silo, node_settings
 from fedmtl.core import records
+from fedmtl.core.compression import compress
 from fedmtl.core.data import LocalData
 from fedmtl.core.models import MultiTaskModel
 from fedmtl.core.records import (
@@ -66,6 +68,7 @@ from fedmtl.core.records import (
 from fedmtl.faults import NONE, Fault
 from strategies import METHODS
 from strategies.engine import SiloMethod, SiloTools, round_seed, silo_dp_sgd
+from strategies.engine.silo import RESIDUAL
 
 NODE_STATE = "fedmtl.node"
 SILO_STATE = "fedmtl.silo"
@@ -301,8 +304,8 @@ class Silo:
         if directory and resume and restored not in context.state.config_records:
             context.state.config_records[restored] = ConfigRecord({"resume-round": resume})
             saved = restore_silo_state(directory, resume)
-            if saved is not None and tools.personal() is None:
-                tools.set_personal(saved)
+            if saved is not None:
+                restore_state(tools, saved)
         tools.load_local()
         fault = experiment.silo_fault(silo.silo_id)
         return Prepared(
@@ -317,19 +320,28 @@ class Silo:
     @staticmethod
     def reply(prepared: Prepared, context: Context, reply: TrainReply) -> TrainReply:
         """The reply the silo sends for its honest ``reply``: corrupted by its fault, if it is
-        faulty (:mod:`fedmtl.app.silo.faulty`)."""
-        if prepared.fault is None:
-            return reply
+        faulty (:mod:`fedmtl.app.silo.faulty`), then compressed as the request asks
+        (:func:`fedmtl.core.compression.compress`, with the silo's error-feedback residual and a
+        generator seeded by (seed, silo, round))."""
         request = prepared.request
-        return corrupt_reply(
-            prepared.fault,
-            reply,
-            context.state,
-            request.scope,
-            prepared.seed,
-            prepared.silo_id,
-            request.server_round,
-        )
+        assert isinstance(request, TrainRequest)
+        if prepared.fault is not None:
+            reply = corrupt_reply(
+                prepared.fault,
+                reply,
+                context.state,
+                request.scope,
+                prepared.seed,
+                prepared.silo_id,
+                request.server_round,
+            )
+        if request.compression.kind == "none":
+            return reply
+        rng = np.random.default_rng((prepared.seed, prepared.silo_id, request.server_round))
+        tools = prepared.tools
+        wire, residual = compress(reply.wire_arrays(), request.compression, tools.residual(), rng)
+        tools.set_residual(residual)
+        return reply.with_wire_arrays(wire)
 
     @staticmethod
     def trained(prepared: Prepared, context: Context) -> None:
@@ -341,11 +353,29 @@ class Silo:
         state["last-round"] = request.server_round
         context.state.config_records[NODE_STATE] = state
         prepared.tools.keep_local()
-        personal = prepared.tools.personal()
-        if prepared.directory is not None and personal is not None:
+        kept = silo_state(prepared.tools)
+        if prepared.directory is not None and kept:
             assert isinstance(request, TrainRequest)
             saved = request.checkpoint.saved_round
-            save_silo_state(prepared.directory, request.server_round, personal, saved)
+            save_silo_state(prepared.directory, request.server_round, kept, saved)
+
+
+def silo_state(tools: SiloTools) -> Arrays:
+    """What the silo saves to its state files: its personal arrays and, under
+    :data:`~strategies.engine.silo.RESIDUAL` ``/`` + wire key, its error-feedback residual."""
+    residual = {f"{RESIDUAL}/{key}": value for key, value in tools.residual().items()}
+    return {**(tools.personal() or {}), **residual}
+
+
+def restore_state(tools: SiloTools, saved: Arrays) -> None:
+    """Put what :func:`silo_state` saved back into the node state, where it holds nothing yet."""
+    prefix = f"{RESIDUAL}/"
+    residual = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
+    personal = {k: v for k, v in saved.items() if not k.startswith(prefix)}
+    if personal and tools.personal() is None:
+        tools.set_personal(personal)
+    if residual and not tools.residual():
+        tools.set_residual(residual)
 
 
 def _fix_for_run(context: Context, silo: SiloData) -> None:
