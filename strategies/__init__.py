@@ -12,6 +12,8 @@ of other packages register through the entry-point group ``fedmtl.methods``
   method of :data:`strategies.balancing.WEIGHTINGS` (``strategy.weighting``; presets
   ``strategy=mgda``, ``strategy=upgrad``, ...);
 - ``fmtlbench_pcgrad``, ``fmtlbench_cagrad``: FMTL-Bench's baselines over per-silo updates;
+- ``fedmgda_plus`` (:mod:`strategies.fedmgda_plus`): FedMGDA+, the min-norm step over the silos'
+  updates near FedAvg's weights;
 - ``fedamp``, ``matfl``, ``fedhca2``: the server keeps one model per silo;
 - ``grouping`` (:mod:`strategies.grouping`): federated task grouping, one trunk per group.
 """
@@ -27,6 +29,7 @@ from strategies.engine import AveragingParams, Method, MethodParams, SiloMethod
 from strategies.fedamp import FedAMP, FedAMPParams
 from strategies.fedavg import FedAvg
 from strategies.fedhca2 import FedHCA2, FedHCA2Params
+from strategies.fedmgda_plus import FedMGDAPlus, FedMGDAPlusParams
 from strategies.fedper import FedPer, FedRep, FedRepParams
 from strategies.fedprox import FedProx, FedProxParams
 from strategies.fmtlbench import FmtlBenchCAGrad, FmtlBenchCAGradParams, FmtlBenchPCGrad
@@ -65,5 +68,6 @@ METHODS.register("ditto", params=DittoParams)(Ditto)
 METHODS.register("fedamp", params=FedAMPParams)(FedAMP)
 METHODS.register("matfl", params=MaTFLParams)(MaTFL)
 METHODS.register("fedhca2", params=FedHCA2Params)(FedHCA2)
+METHODS.register("fedmgda_plus", params=FedMGDAPlusParams)(FedMGDAPlus)
 
 __all__ = ["METHODS", "check_method"]
