@@ -42,7 +42,7 @@ from strategies.engine import (
     Round,
     TrunkAndHeads,
     TrunkStep,
-    flatten,
+    silo_rows,
     unflatten,
 )
 
@@ -101,8 +101,7 @@ class FedMGDAPlus(TrunkAndHeads[FedMGDAPlusParams]):
         self, round_: Round, model: GlobalModel, updates: list[ClientUpdate]
     ) -> TrunkStep:
         trunk = model.trunk()
-        keys = list(trunk)
-        rows = torch.stack([flatten(u.deltas, keys).to(torch.float64) for u in updates])
+        rows = silo_rows(updates, list(trunk))
         if self.params.normalize:
             norms = rows.norm(dim=1, keepdim=True)
             rows = torch.where(norms > 0, rows / norms.clamp(min=1e-300), rows)
