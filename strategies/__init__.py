@@ -14,6 +14,8 @@ of other packages register through the entry-point group ``fedmtl.methods``
 - ``fmtlbench_pcgrad``, ``fmtlbench_cagrad``: FMTL-Bench's baselines over per-silo updates;
 - ``fedmgda_plus`` (:mod:`strategies.fedmgda_plus`): FedMGDA+, the min-norm step over the silos'
   updates near FedAvg's weights;
+- ``fedcmoo`` (:mod:`strategies.fedcmoo`): FedCMOO, task weights from a Gramian the server
+  estimates from the silos' compressed gradient sketches (:mod:`strategies.sketch`);
 - ``fedamp``, ``matfl``, ``fedhca2``: the server keeps one model per silo;
 - ``grouping`` (:mod:`strategies.grouping`): federated task grouping, one trunk per group.
 """
@@ -28,6 +30,7 @@ from strategies.ditto import Ditto, DittoParams
 from strategies.engine import AveragingParams, Method, MethodParams, SiloMethod
 from strategies.fedamp import FedAMP, FedAMPParams
 from strategies.fedavg import FedAvg
+from strategies.fedcmoo import FedCMOO, FedCMOOParams
 from strategies.fedhca2 import FedHCA2, FedHCA2Params
 from strategies.fedmgda_plus import FedMGDAPlus, FedMGDAPlusParams
 from strategies.fedper import FedPer, FedRep, FedRepParams
@@ -69,5 +72,6 @@ METHODS.register("fedamp", params=FedAMPParams)(FedAMP)
 METHODS.register("matfl", params=MaTFLParams)(MaTFL)
 METHODS.register("fedhca2", params=FedHCA2Params)(FedHCA2)
 METHODS.register("fedmgda_plus", params=FedMGDAPlusParams)(FedMGDAPlus)
+METHODS.register("fedcmoo", params=FedCMOOParams)(FedCMOO)
 
 __all__ = ["METHODS", "check_method"]

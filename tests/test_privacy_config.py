@@ -48,6 +48,7 @@ DP_RECORD = PrivacyParams(dp="record", noise_multiplier=1.0)
         ("fmtlbench_pcgrad", "one row per silo"),
         ("fmtlbench_cagrad", "one row per silo"),
         ("fedmgda_plus", "one per silo"),
+        ("fedcmoo", "own sketch"),
         ("local", "nothing leaves the silos"),
     ],
 )
