@@ -33,6 +33,7 @@ arrays (``update_bytes``), against k x d of the per-task shares that UPGrad's si
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,9 +101,6 @@ class FedCMOOParams(AveragingParams):
                 "use mgda (the paper's), upgrad, cagrad, nash_mtl, ... (docs/balancing.md).",
             )
 
-    def label(self, name: str) -> str:
-        return name
-
 
 @dataclass(frozen=True)
 class FedCMOOSiloParams:
@@ -111,6 +109,14 @@ class FedCMOOSiloParams:
     weights: dict[str, float] = field(default_factory=dict)
     compression: str = "randsvd"
     budget: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive(self, "budget")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError("compression", f"must be one of {list(COMPRESSIONS)}.")
+        bad = {t: w for t, w in self.weights.items() if not (math.isfinite(w) and w >= 0)}
+        if bad:
+            raise ConfigError("weights", f"must be finite numbers >= 0, got {bad}.")
 
 
 class FedCMOOSilo(SiloMethod):

@@ -69,6 +69,7 @@ def sketch_shapes(
     if compression == "topk":
         K = _top(budget, k, d)
         return {"sketch.values": ((K,), "f"), "sketch.indices": ((K,), "i")}
+    _known(compression)
     return {"sketch.rows": ((k, d), "f")}
 
 
@@ -88,6 +89,7 @@ def compress(J: np.ndarray, compression: str, budget: float) -> Arrays:
         kept = np.sort(np.argpartition(-np.abs(flat), K - 1)[:K])
         index = np.int32 if k * d < 2**31 else np.int64
         return {"sketch.values": flat[kept], "sketch.indices": kept.astype(index)}
+    _known(compression)
     return {"sketch.rows": J}
 
 
@@ -100,4 +102,11 @@ def decompress(arrays: Arrays, compression: str, k: int, d: int) -> np.ndarray:
         J = np.zeros(k * d)
         J[arrays["sketch.indices"].astype(np.int64)] = arrays["sketch.values"]
         return J.reshape(k, d)
+    _known(compression)
     return arrays["sketch.rows"].astype(np.float64)
+
+
+def _known(compression: str) -> None:
+    """Past ``randsvd`` and ``topk``: ``none``, or a ValueError."""
+    if compression != "none":
+        raise ValueError(f"unknown compression {compression!r}; one of {list(COMPRESSIONS)}")

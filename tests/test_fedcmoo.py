@@ -247,3 +247,12 @@ def test_the_engine_refuses_a_non_finite_method_array() -> None:
 def test_bad_parameters_are_refused_by_name(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
         METHODS.parse("fedcmoo", {field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("budget", -1.0), ("compression", "svd"), ("weights", {"a": float("nan")})],
+)
+def test_a_silo_refuses_bad_settings_by_name(field: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=field):
+        FedCMOOSilo.from_spec({field: value})
