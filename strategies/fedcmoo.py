@@ -22,12 +22,16 @@ Gramian weighting of :data:`strategies.balancing.WEIGHTINGS`; default ``mgda``, 
 min-norm objective). A task no silo sketched keeps its weight; the others share the rest.
 w^(1) = 1/T.
 
-Two choices fedmtl makes where one round is one exchange: the paper's round has two (sketches up,
-weights down, then training); here the sketches travel with the update, so the weights a silo
-trains with in round r come from the sketches of round r - 1 (one round late; round 1 trains
-with 1/T). And the estimate is the authors' one-way ("direct") one, Ghat = D D^T of the
-decompressed sketches: their two-way correction needs a second exchange in the round (the
-compressed sum sent back to the silos). Bytes up are what travels: the update plus the sketch
+Where this differs from the authors' code: they approach the min-norm weights by projected
+gradient steps warm-started from the last round's (``scale_n_iter``, ``scale_lr``); here the
+weighting solves its problem (``mgda``: exactly). Their default also scales each head's gradient
+by w_t (``scale_decoders``); here heads keep their own task's gradient, as fedmtl's local
+balancing does. And two choices fedmtl makes where one round is one exchange: the paper's
+round has two (sketches up, weights down, then training); here the sketches travel with the
+update, so the weights a silo trains with in round r come from the sketches of round r - 1 (one
+round late; round 1 trains with 1/T). And the estimate is the authors' one-way ("direct") one,
+Ghat = D D^T of the decompressed sketches: their two-way correction needs a second exchange in
+the round (the compressed sum sent back to the silos). Bytes up are what travels: the update plus the sketch
 arrays (``update_bytes``), against k x d of the per-task shares that UPGrad's silos send.
 """
 
