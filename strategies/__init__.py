@@ -12,6 +12,10 @@ of other packages register through the entry-point group ``fedmtl.methods``
   method of :data:`strategies.balancing.WEIGHTINGS` (``strategy.weighting``; presets
   ``strategy=mgda``, ``strategy=upgrad``, ...);
 - ``fmtlbench_pcgrad``, ``fmtlbench_cagrad``: FMTL-Bench's baselines over per-silo updates;
+- ``fedmgda_plus`` (:mod:`strategies.fedmgda_plus`): FedMGDA+, the min-norm step over the silos'
+  updates near FedAvg's weights;
+- ``fedcmoo`` (:mod:`strategies.fedcmoo`): FedCMOO, task weights from a Gramian the server
+  estimates from the silos' compressed gradient sketches (:mod:`strategies.sketch`);
 - ``fedamp``, ``matfl``, ``fedhca2``: the server keeps one model per silo;
 - ``grouping`` (:mod:`strategies.grouping`): federated task grouping, one trunk per group.
 """
@@ -26,7 +30,9 @@ from strategies.ditto import Ditto, DittoParams
 from strategies.engine import AveragingParams, Method, MethodParams, SiloMethod
 from strategies.fedamp import FedAMP, FedAMPParams
 from strategies.fedavg import FedAvg
+from strategies.fedcmoo import FedCMOO, FedCMOOParams
 from strategies.fedhca2 import FedHCA2, FedHCA2Params
+from strategies.fedmgda_plus import FedMGDAPlus, FedMGDAPlusParams
 from strategies.fedper import FedPer, FedRep, FedRepParams
 from strategies.fedprox import FedProx, FedProxParams
 from strategies.fmtlbench import FmtlBenchCAGrad, FmtlBenchCAGradParams, FmtlBenchPCGrad
@@ -65,5 +71,7 @@ METHODS.register("ditto", params=DittoParams)(Ditto)
 METHODS.register("fedamp", params=FedAMPParams)(FedAMP)
 METHODS.register("matfl", params=MaTFLParams)(MaTFL)
 METHODS.register("fedhca2", params=FedHCA2Params)(FedHCA2)
+METHODS.register("fedmgda_plus", params=FedMGDAPlusParams)(FedMGDAPlus)
+METHODS.register("fedcmoo", params=FedCMOOParams)(FedCMOO)
 
 __all__ = ["METHODS", "check_method"]

@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-import torch
-
 from fedmtl.core.checks import non_negative
 from strategies.balancing import build_weighting
 from strategies.engine import (
@@ -29,7 +27,7 @@ from strategies.engine import (
     Round,
     TrunkAndHeads,
     TrunkStep,
-    flatten,
+    silo_rows,
     unflatten,
 )
 
@@ -70,8 +68,7 @@ class ClientRowsBalancing(TrunkAndHeads[P]):
         self, round_: Round, model: GlobalModel, updates: list[ClientUpdate]
     ) -> TrunkStep:
         trunk = model.trunk()
-        keys = list(trunk)
-        rows = torch.stack([flatten(u.deltas, keys).to(torch.float64) for u in updates])
+        rows = silo_rows(updates, list(trunk))
         direction, _ = self.weighting(rows, None, [u.silo.silo_id for u in updates])
         if self.mean_of_rows:
             direction = direction / len(updates)

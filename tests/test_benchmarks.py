@@ -198,3 +198,22 @@ def test_mmoe_central_writes_rows_and_a_summary(tmp_path: Path) -> None:
     ]  # fmt: skip
     summary = json.loads((tmp_path / "mmoe_central.json").read_text())["summary"]
     assert {(s["model"], s["n"]) for s in summary} == {("shared_bottom", 2), ("mmoe", 2)}
+
+
+def test_fedcmoo_writes_a_row_per_variant_and_seed_and_the_means(tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(BENCHMARKS / "fedcmoo.py"), "--seeds", "0", "--rounds", "1",
+        "--silos", "2", "--out", str(tmp_path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=300, env={**os.environ, **OFFLINE_ENV})
+    with (tmp_path / "fedcmoo.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    variants = ["fedavg", "upgrad", "fedcmoo", "fedcmoo_topk", "fedcmoo_exact", "fedmgda_plus"]
+    assert [(r["strategy"], r["seed"]) for r in rows] == [
+        *((v, "0") for v in variants),
+        *((v, "mean") for v in variants),
+    ]
+    upgrad = next(r for r in rows if r["strategy"] == "upgrad")
+    assert float(upgrad["bytes_up_vs_upgrad"]) == 1.0
+    fedcmoo = next(r for r in rows if r["strategy"] == "fedcmoo")
+    assert float(fedcmoo["bytes_up_vs_upgrad"]) < 1.0  # every silo labels all 6 tasks

@@ -21,6 +21,7 @@ from fedmtl.app.runtimes import client_device
 from fedmtl.app.silo.node import node_settings
 from fedmtl.app.silo.toolkit import silo_rows
 from strategies.balanced import BalancedParams
+from strategies.fedcmoo import FedCMOOParams
 from tests.support.runs import beats_chance, compose_raw, read_jsonl, run_fedmtl
 
 FEDMTL = [sys.executable, "-m", "fedmtl.app.cli"]
@@ -115,8 +116,10 @@ def test_every_strategy_runs_end_to_end(tmp_path: Path, name: str, extra: list[s
     assert summary["strategy"] == name and summary["rejected"] == []
     assert all(math.isfinite(v) for m in summary["final"].values() for v in m.values())
     train_rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
-    params = config.strategy.params  # server balancing reports each task's weight
-    weighted = isinstance(params, BalancedParams) and params.balancing != "local"
+    params = config.strategy.params  # server balancing (and FedCMOO) report each task's weight
+    weighted = isinstance(params, FedCMOOParams) or (
+        isinstance(params, BalancedParams) and params.balancing != "local"
+    )
     for row in train_rows:
         weights = [m["weight"] for m in row["metrics"].values() if "weight" in m]
         assert len(weights) == (len(summary["tasks"]) if weighted else 0)

@@ -47,6 +47,8 @@ DP_RECORD = PrivacyParams(dp="record", noise_multiplier=1.0)
         ("fedhca2", "per-silo server state"),
         ("fmtlbench_pcgrad", "one row per silo"),
         ("fmtlbench_cagrad", "one row per silo"),
+        ("fedmgda_plus", "one per silo"),
+        ("fedcmoo", "own sketch"),
         ("local", "nothing leaves the silos"),
     ],
 )

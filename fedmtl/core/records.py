@@ -28,7 +28,8 @@ Client -> server
                 ``<task>/train-loss`` (mean over local steps) and ``<task>/loss-before`` (mean over
                 the silo's training rows, of the received model)), and ``METHOD_METRICS``: the
                 numbers the method asked for, under keys of its own (e.g. grouping's measured
-                affinities).
+                affinities), and, when the method asks for arrays besides the update (e.g.
+                FedCMOO's sketch of the task gradients), ``METHOD_ARRAYS``, sent as they are.
   ``evaluate``: :class:`EvaluateReply`: ``METRICS`` with per task additive statistics
                 ``<task>/<stat>`` (see :meth:`fedmtl.core.tasks.TaskSpec.metric_sums`).
 The server's own summary of a training round (Flower's ``aggregate_train`` metrics) holds
@@ -62,6 +63,7 @@ UPDATE = "fedmtl.update"
 METRICS = "fedmtl.metrics"
 SILO = "fedmtl.silo"
 METHOD_METRICS = "fedmtl.method-metrics"
+METHOD_ARRAYS = "fedmtl.method-arrays"
 SECAGG_MASKED = "fedmtl.masked"
 """SecAgg+ stage 2's reply record: the masked vector (values, counts, overflow count)."""
 
@@ -557,8 +559,9 @@ class TrainReply:
     ``num_examples``: the silo's training rows; ``task_examples[t]``: its labelled rows of task t
     (counts travel as numbers: the server checks them). ``train_loss[t]`` and ``loss_before[t]``:
     task t's mean loss over the local steps, and of the received model; ``method_metrics``: the
-    numbers the method asked for (e.g. grouping's measured affinities). ``update_dtype``: the precision the arrays travel in (the parser always
-    gives float32 back).
+    numbers the method asked for (e.g. grouping's measured affinities); ``method_arrays``: the
+    arrays it asked for besides the update (sent in their own dtype, float32 or an integer one).
+    ``update_dtype``: the precision the update travels in (the parser always gives float32 back).
     """
 
     deltas: Arrays
@@ -569,6 +572,7 @@ class TrainReply:
     loss_before: dict[str, float] = field(default_factory=dict)
     task_deltas: dict[str, Arrays] | None = None
     method_metrics: dict[str, float] = field(default_factory=dict)
+    method_arrays: Arrays = field(default_factory=dict)
     update_dtype: UpdateDtype = "float32"
 
     def wire_arrays(self) -> Arrays:
@@ -603,13 +607,16 @@ class TrainReply:
             (LOSS_BEFORE, self.loss_before),
         ):
             metrics.update({task_key(task, stat): value for task, value in values.items()})
-        return RecordDict(
+        content = RecordDict(
             {
                 UPDATE: to_array_record(arrays, self.update_dtype),
                 METRICS: MetricRecord(metrics),
                 METHOD_METRICS: MetricRecord(dict(self.method_metrics)),
             }
         )
+        if self.method_arrays:
+            content.array_records[METHOD_ARRAYS] = to_array_record(self.method_arrays)
+        return content
 
     @classmethod
     def from_content(cls, content: RecordDict) -> TrainReply:
@@ -639,6 +646,11 @@ class TrainReply:
             train_loss=per_task[TRAIN_LOSS],
             loss_before=per_task[LOSS_BEFORE],
             method_metrics=_method_metrics(content),
+            method_arrays=(
+                from_array_record(content.array_records[METHOD_ARRAYS])
+                if METHOD_ARRAYS in content.array_records
+                else {}
+            ),
         )
         return reply.with_wire_arrays(arrays)
 
@@ -678,9 +690,10 @@ class EvaluateReply:
 
 
 def update_bytes(content: RecordDict) -> int:
-    """Bytes of the model arrays in a ``train`` reply (0 when it has none)."""
-    record = content.array_records.get(UPDATE)
-    return 0 if record is None else record.count_bytes()
+    """Bytes of the arrays in a ``train`` reply: its update and its method's arrays (0 when it
+    has none)."""
+    found = (content.array_records.get(name) for name in (UPDATE, METHOD_ARRAYS))
+    return sum(record.count_bytes() for record in found if record is not None)
 
 
 # ------------------------------------------------------------------------ the server's summary

@@ -19,6 +19,7 @@ from strategies.engine.aggregation import (
     flatten,
     mean_train_loss,
     per_task_rows,
+    silo_rows,
     unflatten,
     weighted_mean_delta,
 )
@@ -120,6 +121,7 @@ __all__ = [
     "round_seed",
     "silo_dp_sgd",
     "silo_noise",
+    "silo_rows",
     "silo_weights",
     "tensors",
     "train_received",

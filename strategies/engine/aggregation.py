@@ -77,6 +77,12 @@ def flatten(arrays: Arrays, keys: Sequence[str]) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([arrays[k].reshape(-1) for k in keys]))
 
 
+def silo_rows(updates: Sequence[ClientUpdate], keys: Sequence[str]) -> torch.Tensor:
+    """The silos' joint updates of ``keys`` as the rows of one float64 matrix (S x d, one row
+    per update, in order): the methods that weigh silos rather than tasks work on it."""
+    return torch.stack([flatten(u.deltas, keys).to(torch.float64) for u in updates])
+
+
 def unflatten(vector: torch.Tensor, like: Arrays) -> Arrays:
     """Split ``vector`` back into arrays shaped (and typed) like ``like``, in its key order."""
     values = vector.detach().cpu().numpy()

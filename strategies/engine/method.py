@@ -137,10 +137,13 @@ class Method(ABC, Generic[P]):
         return "its aggregation reads each silo's own update"
 
     def check_update(self, update: ClientUpdate) -> None:
-        """Raise :class:`~strategies.engine.ReplyError` when the numbers this method asked the
-        silo for (``update.method_metrics``) are malformed (default: it asks for none)."""
+        """Raise :class:`~strategies.engine.ReplyError` when the numbers or arrays this method
+        asked the silo for (``update.method_metrics``, ``update.method_arrays``) are malformed
+        (default: it asks for none)."""
         if update.method_metrics:
             raise ReplyError(f"unexpected method metrics {sorted(update.method_metrics)}")
+        if update.method_arrays:
+            raise ReplyError(f"unexpected method arrays {sorted(update.method_arrays)}")
 
     @abstractmethod
     def aggregate(

@@ -79,7 +79,9 @@ class ClientUpdate:
     ``deltas`` holds the joint trunk update and the silo's head updates; in ``per_task`` mode
     ``task_deltas[t]`` holds task t's share of the trunk update (the joint one is their sum).
     ``loss_before[t]``: task t's mean training loss of the received model, before local training.
-    ``method_metrics``: the numbers the method asked the silo for (e.g. measured task affinities).
+    ``method_metrics``: the numbers the method asked the silo for (e.g. measured task affinities);
+    ``method_arrays``: the arrays it asked for besides the update (e.g. FedCMOO's sketches; the
+    engine checks them finite, the method their keys and shapes).
     ``sent``: the arrays the silo received (the deltas are relative to them). ``steps``: the local
     optimizer steps it took.
 
@@ -102,6 +104,7 @@ class ClientUpdate:
     steps: int = 0
     noise_variance: dict[str, float] = field(default_factory=dict)
     contributors: tuple[int, ...] = ()
+    method_arrays: Arrays = field(default_factory=dict)
 
 
 Serves = Callable[[str, str], bool]
@@ -161,6 +164,10 @@ def check_train_reply(
             raise ReplyError(f"{key}: shape {delta.shape} != {expected[key]}")
         if not np.issubdtype(delta.dtype, np.floating) or not np.isfinite(delta).all():
             raise ReplyError(f"{key}: non-finite or non-float values")
+    for key, array in reply.method_arrays.items():
+        numeric = np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
+        if not numeric or not np.isfinite(array).all():
+            raise ReplyError(f"method array {key}: non-finite or non-numeric values")
     num_examples = _count(NUM_EXAMPLES, reply.num_examples)
     task_examples = {}
     for task in silo.tasks:
@@ -183,6 +190,7 @@ def check_train_reply(
         dict(reply.method_metrics),
         sent,
         reply.steps,
+        method_arrays=dict(reply.method_arrays),
     )
 
 

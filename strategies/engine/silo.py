@@ -213,10 +213,12 @@ def train_reply(
     loss_before: dict[str, float],
     update_dtype: UpdateDtype = "float32",
     method_metrics: Mapping[str, float] | None = None,
+    method_arrays: Arrays | None = None,
 ) -> TrainReply:
     """The reply to a train message: trained minus ``received`` for every array received, except
     the shared ones in ``per_task`` mode, where each task's share of them goes instead; the
-    arrays travel in ``update_dtype`` (every runtime answers through here)."""
+    update travels in ``update_dtype`` (every runtime answers through here), the method's own
+    numbers and arrays beside it."""
     deltas = {k: trained[k] - received[k] for k in received}
     task_deltas = None
     if result.task_trunk_deltas is not None:  # per_task mode: each task's share of its trunk
@@ -235,6 +237,7 @@ def train_reply(
         loss_before=loss_before,
         task_deltas=task_deltas,
         method_metrics=dict(method_metrics or {}),
+        method_arrays=dict(method_arrays or {}),
         update_dtype=update_dtype,
     )
 
