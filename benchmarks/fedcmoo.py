@@ -7,7 +7,7 @@ Setting: ``synthetic`` data (6 tasks in 3 planted groups, the default MLP), ``pa
 against ``single_task`` on the same seed (:func:`fedmtl.app.bench.stats.summary_delta`, pooled
 over the silos' test splits, in percent), the bytes sent up over the run and their ratio to
 UPGrad's and FedAvg's. Variants: ``fedcmoo`` (randomised-SVD sketch, budget 1: about one trunk's
-floats), ``fedcmoo_topk`` (top-k, budget 1) and ``fedcmoo_exact`` (``compression=none``: the
+floats), ``fedcmoo_topk`` (top-k, budget 1) and ``fedcmoo_exact`` (``sketch=none``: the
 exact per-task gradients, 6 trunks' floats, which isolates what compression costs). Writes
 ``benchmarks/results/fedcmoo.csv`` and ``.json``: one row per variant and seed, and one per
 variant with the mean over seeds (``seed: mean``).
@@ -37,8 +37,8 @@ VARIANTS: dict[str, list[str]] = {
     "fedavg": ["strategy=fedavg"],
     "upgrad": ["strategy=upgrad"],
     "fedcmoo": ["strategy=fedcmoo"],
-    "fedcmoo_topk": ["strategy=fedcmoo", "strategy.compression=topk"],
-    "fedcmoo_exact": ["strategy=fedcmoo", "strategy.compression=none"],
+    "fedcmoo_topk": ["strategy=fedcmoo", "strategy.sketch=topk"],
+    "fedcmoo_exact": ["strategy=fedcmoo", "strategy.sketch=none"],
     "fedmgda_plus": ["strategy=fedmgda_plus"],
 }
 REFERENCE = ["strategy=single_task"]

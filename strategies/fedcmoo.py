@@ -6,7 +6,7 @@ turns it into the task weights the silos train with.
 Each round r, silo s (tasks T_s, k = |T_s|) receives the model and the weights w^(r):
 
 1. the first local step's per-task trunk gradients J_s = [g_{s,t}]_{t in T_s} (k x d, at the
-   received model, on the step's batch) are compressed (``compression``, about ``budget`` x d
+   received model, on the step's batch) are compressed (``sketch``, about ``budget`` x d
    floats; :mod:`strategies.sketch`): ``randsvd``, a rank-r randomised SVD of J_s^T folded into
    a near-square matrix; ``topk``, its largest entries; ``none``, J_s itself;
 2. it trains with trunk gradient sum_{t in T_s} T w_t g_t at every step (T w = 1 for uniform w:
@@ -68,7 +68,7 @@ from strategies.engine import (
     train_reply,
     weighted_mean_delta,
 )
-from strategies.sketch import COMPRESSIONS, Compression, compress, decompress, sketch_shapes
+from strategies.sketch import SKETCHES, SketchKind, compress, decompress, sketch_shapes
 
 ROW = "sketch-row/"
 """Method metric ``sketch-row/<task>``: the row of the silo's sketch that holds task's gradient."""
@@ -81,19 +81,19 @@ def _mgda() -> PluginConfig:
 @dataclass(frozen=True)
 class FedCMOOParams(AveragingParams):
     """FedAvg's parameters, the weighting that reads the estimated Gramian (``weighting``), the
-    sketch (``compression``) and its size in floats per trunk parameter (``budget``)."""
+    sketch (``sketch``) and its size in floats per trunk parameter (``budget``)."""
 
     weighting: WeightingChoice = field(default_factory=_mgda)
-    compression: Compression = "randsvd"
+    sketch: SketchKind = "randsvd"
     budget: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         positive(self, "budget")
-        if self.compression not in COMPRESSIONS:
+        if self.sketch not in SKETCHES:
             raise ConfigError(
-                "compression",
-                f"must be one of {list(COMPRESSIONS)}, got {self.compression!r}.",
+                "sketch",
+                f"must be one of {list(SKETCHES)}, got {self.sketch!r}.",
                 "use randsvd (the paper's), topk, or none (the exact per-task gradients).",
             )
         factory = WEIGHTINGS.get(self.weighting.name).factory
@@ -111,13 +111,13 @@ class FedCMOOSiloParams:
     """The trunk multipliers T w_t by task, and the sketch the silo sends."""
 
     weights: dict[str, float] = field(default_factory=dict)
-    compression: str = "randsvd"
+    sketch: str = "randsvd"
     budget: float = 1.0
 
     def __post_init__(self) -> None:
         positive(self, "budget")
-        if self.compression not in COMPRESSIONS:
-            raise ConfigError("compression", f"must be one of {list(COMPRESSIONS)}.")
+        if self.sketch not in SKETCHES:
+            raise ConfigError("sketch", f"must be one of {list(SKETCHES)}.")
         bad = {t: w for t, w in self.weights.items() if not (math.isfinite(w) and w >= 0)}
         if bad:
             raise ConfigError("weights", f"must be finite numbers >= 0, got {bad}.")
@@ -152,7 +152,7 @@ class FedCMOOSilo(SiloMethod):
             J, tasks = first[0]
             metrics = {ROW + names[i]: float(row) for row, i in enumerate(tasks)}
             with tools.seeded():  # the randomised SVD's test matrix
-                arrays = compress(J.numpy(), self.params.compression, self.params.budget)
+                arrays = compress(J.numpy(), self.params.sketch, self.params.budget)
         return train_reply(
             tools.data, received, trained, result, before, request.update_dtype, metrics, arrays
         )
@@ -174,7 +174,7 @@ class FedCMOO(TrunkAndHeads[FedCMOOParams]):
     def silo_task(self, server_round: int) -> SiloTask:
         scale = len(self.tasks)
         weights = {t: scale * float(w) for t, w in zip(self.tasks, self.task_weights, strict=True)}
-        params = {"weights": weights, "compression": self.params.compression}
+        params = {"weights": weights, "sketch": self.params.sketch}
         return SiloTask("joint", {**params, "budget": self.params.budget})
 
     def arrays_for(self, silo: SiloInfo, model: GlobalModel, purpose: Purpose) -> Arrays:
@@ -201,7 +201,7 @@ class FedCMOO(TrunkAndHeads[FedCMOOParams]):
             raise ReplyError(f"sketch rows {rows} are not 0 to {len(rows) - 1}")
         keys = self.widths.get(update.silo.silo_id, [])
         width = sum(update.sent[k].size for k in keys if k in update.sent)
-        expected = sketch_shapes(self.params.compression, self.params.budget, len(rows), width)
+        expected = sketch_shapes(self.params.sketch, self.params.budget, len(rows), width)
         found = {k: (v.shape, v.dtype.kind) for k, v in update.method_arrays.items()}
         if rows and found != expected:
             raise ReplyError(f"sketch arrays {found} differ from those expected {expected}")
@@ -244,7 +244,7 @@ class FedCMOO(TrunkAndHeads[FedCMOOParams]):
             columns = np.concatenate(
                 [np.arange(offsets[k], offsets[k] + trunk[k].size) for k in keys]
             )
-            J = decompress(update.method_arrays, self.params.compression, len(rows), len(columns))
+            J = decompress(update.method_arrays, self.params.sketch, len(rows), len(columns))
             for task, row in rows.items():
                 n = float(update.task_examples[task])
                 full = sums.setdefault(task, np.zeros(size))

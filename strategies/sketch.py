@@ -24,8 +24,8 @@ import torch
 
 from fedmtl.core.records import Arrays
 
-Compression = Literal["randsvd", "topk", "none"]
-COMPRESSIONS: tuple[str, ...] = get_args(Compression)
+SketchKind = Literal["randsvd", "topk", "none"]
+SKETCHES: tuple[str, ...] = get_args(SketchKind)
 
 
 def _fold_shape(k: int, d: int) -> tuple[int, int]:
@@ -109,4 +109,4 @@ def decompress(arrays: Arrays, compression: str, k: int, d: int) -> np.ndarray:
 def _known(compression: str) -> None:
     """Past ``randsvd`` and ``topk``: ``none``, or a ValueError."""
     if compression != "none":
-        raise ValueError(f"unknown compression {compression!r}; one of {list(COMPRESSIONS)}")
+        raise ValueError(f"unknown compression {compression!r}; one of {list(SKETCHES)}")

@@ -98,7 +98,7 @@ def dispatched(method: FedCMOO, updates: list[ClientUpdate]) -> None:
 
 
 def test_without_compression_the_estimate_is_the_exact_gramian_and_the_weights_mgdas() -> None:
-    method = FedCMOO(FedCMOOParams(compression="none"), SETUP)
+    method = FedCMOO(FedCMOOParams(sketch="none"), SETUP)
     updates = [update(s, GRADIENTS[s]) for s in HOLDS]
     dispatched(method, updates)
     for u in updates:
@@ -125,7 +125,7 @@ def test_without_compression_the_estimate_is_the_exact_gramian_and_the_weights_m
 
 
 def test_a_task_nobody_sketched_keeps_its_weight() -> None:
-    method = FedCMOO(FedCMOOParams(compression="none"), SETUP)
+    method = FedCMOO(FedCMOOParams(sketch="none"), SETUP)
     method.task_weights = np.array([0.2, 0.5, 0.3])
     updates = [update(0, GRADIENTS[0])]  # tasks a and b only
     dispatched(method, updates)
@@ -168,7 +168,7 @@ def test_a_silos_sketch_holds_its_first_steps_task_gradients() -> None:
         row = int(reply.method_metrics[ROW + task])
         np.testing.assert_allclose(rows[row], gradients[-1], rtol=1e-4, atol=1e-6)
     # the server reads the reply's columns as the trunk arrays it sent, in order
-    method = FedCMOO(FedCMOOParams(compression="none"), SETUP)
+    method = FedCMOO(FedCMOOParams(sketch="none"), SETUP)
     model = GlobalModel(tools.initial())
     info = SiloInfo(0, ("a", "b", "c"), 8, 0, {"a": 6, "b": 5, "c": 5}, {})
     sent = method.arrays_for(info, model, "train")
@@ -203,7 +203,7 @@ def test_bytes_up_against_upgrads_per_task_upload() -> None:
 
 
 def test_malformed_sketches_are_refused() -> None:
-    method = FedCMOO(FedCMOOParams(compression="topk"), SETUP)
+    method = FedCMOO(FedCMOOParams(sketch="topk"), SETUP)
     good = update(0, GRADIENTS[0], "topk")
     dispatched(method, [good])
     method.check_update(good)
@@ -242,7 +242,7 @@ def test_the_engine_refuses_a_non_finite_method_array() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("budget", 0.0), ("compression", "svd"), ("weighting", {"name": "dwa"})],
+    [("budget", 0.0), ("sketch", "svd"), ("weighting", {"name": "dwa"})],
 )
 def test_bad_parameters_are_refused_by_name(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
@@ -251,7 +251,7 @@ def test_bad_parameters_are_refused_by_name(field: str, value: object) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("budget", -1.0), ("compression", "svd"), ("weights", {"a": float("nan")})],
+    [("budget", -1.0), ("sketch", "svd"), ("weights", {"a": float("nan")})],
 )
 def test_a_silo_refuses_bad_settings_by_name(field: str, value: object) -> None:
     with pytest.raises(ConfigError, match=field):
