@@ -49,7 +49,7 @@ from fedmtl.faults import FAULTS, NONE
 from fedmtl.trunks import TRUNKS
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS
 from strategies import METHODS
-from strategies.engine import PRIVACY
+from strategies.engine import PRIVACY, SYSTEMS
 
 
 def config_dir() -> str:
@@ -274,6 +274,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     runtime = PluginConfig(*_plugin(RUNTIMES, raw["runtime"], "runtime"))
     privacy = PluginConfig(*_plugin(PRIVACY, raw.get("privacy", {"name": "none"}), "privacy"))
     fault = PluginConfig(*_plugin(FAULTS, raw.get("fault", {"name": NONE}), "fault"))
+    system = PluginConfig(*_plugin(SYSTEMS, raw.get("system", {"name": "ideal"}), "system"))
     sections = {}
     for key in ("train", "tracking", "limits"):
         values = raw.get(key, {})
@@ -307,6 +308,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
         resume=resume,
         plugins=tuple(plugins),
         fault=fault,
+        system=system,
         raw=raw,
     )
 
