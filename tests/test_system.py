@@ -12,17 +12,20 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fedmtl.app.bench.report import build_report
 from fedmtl.app.deploy.flwr_config import run_config as flwr_run_config
 from fedmtl.app.launch import run
-from fedmtl.app.run.checkpoint import resumed_raw_config
+from fedmtl.app.run.checkpoint import MODEL_FILE, load_model_arrays, resumed_raw_config
 from fedmtl.app.run.config import parse
 from fedmtl.app.run.experiment import prepare
 from fedmtl.core import records
 from fedmtl.core.errors import ConfigError
-from strategies.engine import SYSTEMS, Engine
+from fedmtl.core.records import SiloInfo
+from strategies.engine import SYSTEMS, ClientUpdate, Engine
+from strategies.engine.buffered import Buffer, scaled
 from strategies.engine.system import (
     SystemParams,
     TraceRow,
@@ -295,16 +298,10 @@ def test_secure_aggregation_refuses_a_system_it_cannot_time() -> None:
 
 
 # ------------------------------------------------------------------------------------- resume
-def test_a_resumed_run_continues_the_clock_bit_identically(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    overrides = [
-        "system=heterogeneous",
-        "system.availability=0.6",
-        "num_rounds=4",
-        "checkpoint_every=2",
-    ]
-    _, full = run_rows(tmp_path, overrides, name="full")
+def stopped_at_round_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides: list[str]
+) -> Path:
+    """The run of ``overrides`` in ``tmp_path / "cut"``, stopped as round 3 starts."""
     original = Engine.train_round
 
     def stop_at_3(self: Engine, grid: Any, server_round: int, *args: Any) -> Any:
@@ -317,6 +314,20 @@ def test_a_resumed_run_continues_the_clock_bit_identically(
         patch.setattr(Engine, "train_round", stop_at_3)
         with pytest.raises(KeyboardInterrupt):
             run(parse(compose_raw([*SMALL, *overrides], output_dir=cut)))
+    return cut
+
+
+def test_a_resumed_run_continues_the_clock_bit_identically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overrides = [
+        "system=heterogeneous",
+        "system.availability=0.6",
+        "num_rounds=4",
+        "checkpoint_every=2",
+    ]
+    _, full = run_rows(tmp_path, overrides, name="full")
+    cut = stopped_at_round_3(tmp_path, monkeypatch, overrides)
     summary = run(parse(resumed_raw_config(cut, [])))
     resumed = [r for r in read_jsonl(cut / "metrics.jsonl") if r["split"] == "train"]
     keys = ("round", "num_sampled", "simulated_time_s", "simulated_clock_s")
@@ -364,3 +375,124 @@ def test_a_deployment_refuses_a_simulated_system(tmp_path: Path) -> None:
             ["experiment=flwr_tables", f"dataset.schema={schema}", "system=heterogeneous"]
         )
     assert error.value.key == "system"
+
+
+# ------------------------------------------------------------------------------ buffered (FedBuff)
+def test_staleness_weights_and_scaled_updates_follow_the_formula() -> None:
+    """s(tau) = (1 + tau)^(-a); a scaled update is its deltas and per-task shares times s."""
+    clock = VirtualClock(SystemParams(mode="buffered", staleness_exponent=0.5))
+    assert [clock.staleness_weight(t) for t in (0, 1, 3, 8)] == [1.0, 2**-0.5, 0.5, 1 / 3]
+    info = SiloInfo(0, ("a",), 4, 1, {"a": 4}, {"a": 1})
+    delta = {"w": np.array([2.0, -4.0], np.float32)}
+    update = ClientUpdate(0, info, delta, 4, {"a": 4}, {"a": 0.1}, task_deltas={"a": delta})
+    half = scaled(update, 0.5)
+    assert half.deltas["w"].tolist() == [1.0, -2.0] and half.deltas["w"].dtype == np.float32
+    assert half.task_deltas is not None and half.task_deltas["a"]["w"].tolist() == [1.0, -2.0]
+    assert scaled(update, 1.0) is update
+
+
+def test_the_buffer_takes_the_first_arrivals_and_counts_staleness() -> None:
+    info = {s: SiloInfo(s, ("a",), 4, 1, {"a": 4}, {"a": 1}) for s in range(3)}
+    buffer = Buffer()
+    for silo, arrival in ((2, 5.0), (1, 3.0), (0, 3.0)):
+        buffer.add(arrival, ClientUpdate(silo, info[silo], {}, 4, {"a": 4}, {}))
+    first = buffer.take(2)
+    assert [job.update.silo.silo_id for job in first] == [0, 1]  # ties by silo id
+    buffer.version += 1
+    buffer.add(4.0, ClientUpdate(0, info[0], {}, 4, {"a": 4}, {}))
+    second = buffer.take(1)
+    assert second[0].update.silo.silo_id == 0 and buffer.staleness(second[0]) == 0
+    assert buffer.staleness(buffer.in_flight[0]) == 1  # silo 2, sent before the aggregation
+
+
+def test_buffered_with_every_silo_and_no_staleness_is_synchronous_fedavg(tmp_path: Path) -> None:
+    """K = C = every silo and a = 0: each aggregation is a synchronous FedAvg round, per task
+    over its holders (each silo labels 2 of the 3 tasks)."""
+    task_aware = ["dataset.num_tasks=3", "partition=iid_random_k", "partition.num_silos=3"]
+    _, sync = run_rows(tmp_path, task_aware, name="sync")
+    buffered = [*task_aware, "system.mode=buffered", "system.staleness_exponent=0"]
+    _, fedbuff = run_rows(tmp_path, buffered, name="buffered")
+    keys = ("metrics", "num_sampled", "num_updates", "bytes_up", "bytes_down", "simulated_clock_s")
+    assert [[r[k] for k in keys] for r in fedbuff] == [[r[k] for k in keys] for r in sync]
+    expected, _ = load_model_arrays(tmp_path / "sync" / MODEL_FILE)
+    got, _ = load_model_arrays(tmp_path / "buffered" / MODEL_FILE)
+    assert sorted(got) == sorted(expected)
+    assert all(np.array_equal(got[k], expected[k]) for k in expected)
+
+
+def speeds_in_seconds(tmp_path: Path, seconds: dict[int, float]) -> str:
+    """A trace whose silos take ``seconds`` per exchange (compute only: infinite links)."""
+    work = 6 * model_values() * STEPS * BATCH
+    rows = [{"silo": s, "gflops": work / t / 1e9} for s, t in seconds.items()]
+    return write_trace(tmp_path, rows)
+
+
+def test_buffered_aggregation_weighs_each_update_by_its_staleness(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """C = 3, K = 1, silos taking 1, 1.6 and 10 s, by hand: silos 0, 1, 2 sent at 0 (version 0);
+    round 1 takes 0 (at 1, tau 0); 0 is sent again (version 1, arrives 2); round 2 takes 1 (at
+    1.6, tau 1); 1 is sent again (version 2, arrives 3.2); round 3 takes 0 (at 2, tau 1); 0 again
+    (version 3, arrives 3); round 4 takes 0 (at 3, tau 0); round 5 takes 1 (at 3.2, tau 2)."""
+    weights: list[tuple[int, float]] = []
+
+    def spy(update: ClientUpdate, weight: float) -> ClientUpdate:
+        weights.append((update.silo.silo_id, weight))
+        return scaled(update, weight)
+
+    monkeypatch.setattr("strategies.engine.loop.scaled", spy)
+    trace = speeds_in_seconds(tmp_path, {0: 1.0, 1: 1.6, 2: 10.0})
+    overrides = [f"system.trace={trace}", "system.mode=buffered", "system.concurrency=3"]
+    overrides += ["system.buffer_size=1", "system.staleness_exponent=1", "num_rounds=5"]
+    summary, rows = run_rows(tmp_path, overrides)
+    assert weights == [(0, 1.0), (1, 1 / 2), (0, 1 / 2), (0, 1.0), (1, 1 / 3)]
+    clock = [r["simulated_clock_s"] for r in rows]
+    assert clock == pytest.approx([1.0, 1.6, 2.0, 3.0, 3.2], rel=1e-9)
+    assert [r["num_sampled"] for r in rows] == [3, 1, 1, 1, 1]
+    assert summary["silos_participated"] == [0, 1]  # silo 2 is still on its way
+
+
+def test_a_resumed_buffered_run_continues_with_its_updates_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overrides = ["system=heterogeneous", "system.mode=buffered", "system.buffer_size=1"]
+    overrides += ["num_rounds=4", "checkpoint_every=2"]
+    _, full = run_rows(tmp_path, overrides, name="full")
+    cut = stopped_at_round_3(tmp_path, monkeypatch, overrides)
+    run(parse(resumed_raw_config(cut, [])))
+    resumed = [r for r in read_jsonl(cut / "metrics.jsonl") if r["split"] == "train"]
+    keys = ("round", "metrics", "num_sampled", "simulated_time_s", "simulated_clock_s")
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in full]
+    expected, _ = load_model_arrays(tmp_path / "full" / MODEL_FILE)
+    got, _ = load_model_arrays(cut / MODEL_FILE)
+    assert all(np.array_equal(got[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["system.mode=buffered", "system.deadline_s=1"], "system.deadline_s"),
+        (
+            ["system.mode=buffered", "system.concurrency=2", "system.buffer_size=3"],
+            "system.buffer_size",
+        ),
+        (["system.mode=buffered", "system.buffer_size=4"], "system.buffer_size"),
+        (["system.mode=buffered", "privacy=dp_silo"], "system.mode"),
+    ],
+)
+def test_a_bad_buffered_config_is_refused_before_work(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        prepare(parse(compose_raw([*SMALL, *overrides])))
+    assert error.value.key == key
+
+
+def test_a_buffered_update_of_an_earlier_layout_is_refused(tmp_path: Path) -> None:
+    """Grouping forms task groups after its warm-up: the updates still in flight then were
+    computed for the one-trunk model and are refused, never applied."""
+    overrides = ["system=heterogeneous", "system.mode=buffered", "system.buffer_size=1"]
+    overrides += ["strategy=grouping", "strategy.warmup_rounds=2", "num_rounds=4"]
+    summary, rows = run_rows(tmp_path, overrides)
+    assert summary["status"] == "completed"
+    refused = [r for r in summary["rejected"] if "layout" in r["reason"]]
+    assert refused and {r["round"] for r in refused} <= {3, 4}
+    assert [r["num_updates"] + r["num_rejected"] for r in rows] == [1, 1, 1, 1]

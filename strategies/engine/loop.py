@@ -47,6 +47,7 @@ from fedmtl.core.rounds import RoundRecord
 from fedmtl.core.training import UpdateMode
 from strategies.engine.aggregation import mean_train_loss
 from strategies.engine.breakdown import BreakdownWatch
+from strategies.engine.buffered import Buffer, fits, scaled
 from strategies.engine.context import RunContext
 from strategies.engine.dispatch import (
     Configure,
@@ -63,11 +64,17 @@ from strategies.engine.divergence import (
     finite,
     train_losses,
 )
-from strategies.engine.intake import Evaluation, Intake, pool_evaluations, take_updates
+from strategies.engine.intake import (
+    Evaluation,
+    Intake,
+    pool_evaluations,
+    rejection,
+    take_updates,
+)
 from strategies.engine.method import Method, Purpose, Round, RoundResult
 from strategies.engine.model import GlobalModel
 from strategies.engine.params import MethodParams
-from strategies.engine.replies import RunStopped
+from strategies.engine.replies import ClientUpdate, RunStopped
 from strategies.engine.roster import Exchange, Roster
 from strategies.engine.summed import PrivateAggregation, RecordLedger
 from strategies.engine.system import SystemParams, Transfer, VirtualClock
@@ -78,6 +85,12 @@ PULL_INTERVAL_S = 0.1
 """How often the engine looks for replies (and at its stop event) while it waits for them."""
 WAIT_INTERVAL_S = 1.0
 """How often the engine looks for gone silos while it waits for them to come back."""
+
+
+STALE_LAYOUT = (
+    "buffered update refused: the global model's layout (task groups, update mode) changed "
+    "since its silo was sent the model"
+)
 
 
 @dataclass
@@ -116,6 +129,8 @@ class Engine:
         self.timed = private is None or not private.privacy.secure
         """Whether rounds are timed: not under SecAgg+, whose stages the clock does not model."""
         self.timing = Timing()
+        self.buffer = Buffer()
+        """FedBuff's updates in flight (``system.mode: buffered``)."""
         self.roster = Roster(list(method.tasks), method.seed)
         self.silo_checkpoint = self.context.checkpoint
         self.bytes_up = 0
@@ -211,7 +226,10 @@ class Engine:
         """One training round, sent again (up to ``round_retries`` times) while it has fewer
         valid updates than required; :class:`RunStopped` (``too_few_replies``) after that. A
         round sent to no silo (none online, none fits a step before the deadline) keeps
-        ``model``."""
+        ``model``. With ``system.mode: buffered``, one aggregation of FedBuff's instead
+        (:meth:`buffered_round`)."""
+        if self.buffered:
+            return self.buffered_round(grid, server_round, model)
         attempts = self.params.round_retries + 1
         for attempt in range(attempts):
             sent = self.dispatch_train(grid, server_round, model)
@@ -314,9 +332,20 @@ class Engine:
         return exchange
 
     def clock_replies(self, sent: Dispatch, replies: list[Message]) -> list[Message]:
-        """The replies to ``sent`` that came within the round's deadline: each silo's time t_s
-        from the bytes it received and sent and the local steps it reports (unasked silos and
-        replies past the deadline are the round's stragglers); the clock moves on."""
+        """The replies to ``sent`` that came within the round's deadline (unasked silos and
+        replies past it are the round's stragglers); the clock moves on by the round's time."""
+        settled = self.system.settle(self.reply_times(sent, replies))
+        self.timing.seconds += settled.seconds
+        self.timing.stragglers |= settled.dropped | sent.unasked
+        if settled.dropped:
+            log.info("round %d: stragglers dropped %s", sent.server_round, sorted(settled.dropped))
+        late = {node for node, info in self.roster.silos.items() if info.silo_id in settled.dropped}
+        destinations = answered_nodes(sent.messages)
+        return [r for r in replies if answered_node(r, destinations) not in late]
+
+    def reply_times(self, sent: Dispatch, replies: list[Message]) -> dict[int, float]:
+        """Silo id -> t_s of each reply to ``sent``: from the bytes it received and sent and the
+        local steps it reports (:meth:`VirtualClock.duration`)."""
         destinations = answered_nodes(sent.messages)
         batch = self.method.train.batch_size
         durations: dict[int, float] = {}
@@ -334,13 +363,56 @@ class Engine:
                 rows_per_step=min(batch, info.num_train),
             )
             durations[info.silo_id] = self.system.duration(info.silo_id, transfer)
-        settled = self.system.settle(durations)
-        self.timing.seconds += settled.seconds
-        self.timing.stragglers |= settled.dropped | sent.unasked
-        if settled.dropped:
-            log.info("round %d: stragglers dropped %s", sent.server_round, sorted(settled.dropped))
-        late = {node for node, info in self.roster.silos.items() if info.silo_id in settled.dropped}
-        return [r for r in replies if answered_node(r, destinations) not in late]
+        return durations
+
+    @property
+    def buffered(self) -> bool:
+        """Whether rounds are FedBuff's aggregations (``system.mode: buffered``)."""
+        return self.system.params.mode == "buffered"
+
+    def buffered_round(
+        self, grid: Grid, server_round: int, model: GlobalModel
+    ) -> tuple[RoundResult, Intake, Dispatch]:
+        """One aggregation of FedBuff (:mod:`strategies.engine.buffered`): the idle online silos
+        are sent ``model`` until C train; their checked updates join the buffer at their
+        simulated arrival; the K first to arrive, each scaled by s(tau), are aggregated by the
+        method (an update of an earlier model layout is refused); the clock moves on to the
+        K-th arrival plus ``server_s``. Without a usable update the model is kept."""
+        started = self.system.now
+        sent = self.dispatch_train(grid, server_round, model)
+        replies = self.exchange(grid, sent.messages)
+        intake = self.take_updates(sent, replies)
+        times = self.reply_times(sent, replies)
+        for update in intake.updates:
+            self.buffer.add(started + times[update.silo.silo_id], update)
+        jobs = self.buffer.take(self.buffer_size)
+        if jobs:
+            self.system.now = max(started, jobs[-1].arrival)
+        self.system.now += self.system.params.server_s
+        self.timing.seconds = self.system.now - started
+        mode = self.method.silo_task(server_round).update_mode
+        updates, refused = [], []
+        for job in jobs:
+            if fits(job.update, model, mode):
+                weight = self.system.staleness_weight(self.buffer.staleness(job))
+                updates.append(scaled(job.update, weight))
+            else:
+                node, silo = job.update.node_id, job.update.silo
+                refused.append(rejection(server_round, node, silo, STALE_LAYOUT))
+        self.rejections += refused
+        taken = Intake(updates, intake.rejected + refused, intake.bytes_up)
+        if not updates:
+            log.warning("round %d: no usable update arrived; the model is kept", server_round)
+            return RoundResult(model), taken, sent
+        self.divergence.learn(updates)
+        self.buffer.version += 1
+        return self.apply(server_round, model, updates), taken, sent
+
+    @property
+    def buffer_size(self) -> int:
+        """K: FedBuff's updates per aggregation (default C, itself default every silo)."""
+        params = self.system.params
+        return params.buffer_size or params.concurrency or len(self.roster.silos)
 
     def take_updates(self, sent: Dispatch, replies: Iterable[Message]) -> Intake:
         """The checked updates of the replies to ``sent`` (:func:`~strategies.engine.intake.take_updates`)."""
@@ -385,18 +457,25 @@ class Engine:
                 required,
             )
             return None
-        round_ = Round(sent.server_round, tuple(self.roster.known()))
-        result = self.method.aggregate(round_, sent.model, intake.updates)
+        return self.apply(sent.server_round, sent.model, intake.updates)
+
+    def apply(
+        self, server_round: int, model: GlobalModel, updates: list[ClientUpdate]
+    ) -> RoundResult:
+        """The method's aggregate of ``updates`` into ``model``; :class:`RunStopped`
+        (``diverged``) for one with non-finite values, which is never applied."""
+        round_ = Round(server_round, tuple(self.roster.known()))
+        result = self.method.aggregate(round_, model, updates)
         if not finite(result.model.arrays):
             raise RunStopped(
                 "diverged",
-                f"round {sent.server_round}: the aggregated model has non-finite values; it was "
+                f"round {server_round}: the aggregated model has non-finite values; it was "
                 f"not applied (the last sound round is {self.divergence.last_sound})",
             )
-        for update in intake.updates:
+        for update in updates:
             self.participants.update(update.contributors or (update.silo.silo_id,))
         if self.private is None:  # from sums, one aggregate update: no count of holders per group
-            self.breakdowns.check(sent.server_round, intake.updates, list(self.tasks))
+            self.breakdowns.check(server_round, updates, list(self.tasks))
         return result
 
     def dispatch_evaluate(
@@ -504,13 +583,19 @@ class Engine:
         """The round's messages of one kind to the silos the roster samples for it (for
         training, among the silos online; ``configure``: see :func:`dispatch`)."""
         self.roster.discover(grid, lambda messages: self.exchange(grid, messages))  # joined since
-        online = None
+        online: set[int] | None = None
         if purpose == "train":
             fraction, minimum = self.params.fraction_train, self.params.min_train_nodes
             self.wait_for_silos(grid, server_round, minimum)
             if self.timed and not self.system.always_online:
                 known = [info.silo_id for info in self.roster.known()]
                 online = self.system.online(known, server_round)
+            if self.buffered:  # FedBuff: the idle online silos, until C train
+                pool = online if online is not None else {i.silo_id for i in self.roster.known()}
+                idle = pool - self.buffer.busy()
+                concurrency = self.system.params.concurrency or len(self.roster.silos)
+                online, fraction = idle, 0.0
+                minimum = max(concurrency - len(self.buffer.in_flight), 0)
         else:
             fraction, minimum = self.params.fraction_evaluate, self.params.min_evaluate_nodes
         nodes = self.roster.sample(grid, fraction, minimum, online)
@@ -567,6 +652,7 @@ class Engine:
             "breakdowns": self.breakdowns.state_dict(),
             "divergence": self.divergence.state_dict(),
             "system": self.system.state_dict(),
+            **({"buffer": self.buffer.state_dict()} if self.buffered else {}),
             **({"privacy": self.private.state_dict()} if self.private is not None else {}),
             **({"ledger": self.ledger.state_dict()} if self.ledger is not None else {}),
         }
@@ -584,6 +670,8 @@ class Engine:
         self.divergence.load_state_dict(state.get("divergence", {}))
         if "system" in state:  # older checkpoints: no clock
             self.system.load_state_dict(state["system"])
+        if "buffer" in state:
+            self.buffer.load_state_dict(state["buffer"])
         if self.private is not None and "privacy" in state:
             self.private.load_state_dict(state["privacy"])
         if self.ledger is not None and "ledger" in state:

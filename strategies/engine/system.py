@@ -31,6 +31,10 @@ A round in which no silo is online trains nothing and lasts D (0 without a deadl
 ``server_s``; with ``online`` intervals the clock first waits for the next one to open.
 Evaluation is measurement, not protocol: it costs no simulated time.
 
+**Buffered rounds** (``mode: buffered``): FedBuff's asynchronous aggregation on this clock,
+:mod:`strategies.engine.buffered` (``concurrency`` C, ``buffer_size`` K, staleness weights
+s(tau) = (1 + tau)^(-a), :meth:`VirtualClock.staleness_weight`).
+
 Everything here depends only on the seed, the trace, the silos sampled, their steps and the bytes
 sent, so a seed and a trace give the same simulated times on every runtime.
 """
@@ -48,11 +52,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fedmtl.core.checks import non_negative, positive
+from fedmtl.core.checks import int_at_least, non_negative, positive
 from fedmtl.core.errors import ConfigError
 from fedmtl.core.registry import Registry
 
 Stragglers = Literal["drop", "partial"]
+Mode = Literal["sync", "buffered"]
 
 FLOPS_PER_PARAMETER = 6.0
 """FLOPs per parameter, row and local step: 2 forward, 4 backward (the 6ND estimate)."""
@@ -71,7 +76,12 @@ class SystemParams:
     ``availability``: the probability a silo is online in a round; ``trace``: a CSV or JSON file
     of per-silo values and on/off intervals (:func:`load_trace`); ``deadline_s``: the longest a
     round waits (null: for every reply); ``stragglers``: what happens to a silo past it (``drop``
-    or ``partial``); ``server_s``: the server's own time per round.
+    or ``partial``); ``server_s``: the server's own time per round (per aggregation).
+
+    ``mode: buffered``: FedBuff's asynchronous aggregation (:mod:`strategies.engine.buffered`):
+    ``concurrency`` C silos train at once (null: every silo), the server aggregates the first
+    ``buffer_size`` K updates to arrive (null: C), each scaled by (1 + tau)^-a
+    (``staleness_exponent`` a).
     """
 
     gflops: float = 1.0
@@ -86,6 +96,10 @@ class SystemParams:
     deadline_s: float | None = None
     stragglers: Stragglers = "drop"
     server_s: float = 0.0
+    mode: Mode = "sync"
+    concurrency: int | None = None
+    buffer_size: int | None = None
+    staleness_exponent: float = 0.5
 
     def __post_init__(self) -> None:
         positive(self, "gflops")
@@ -103,6 +117,23 @@ class SystemParams:
             )
         if self.trace is not None and not self.trace.strip():
             raise ConfigError("trace", "must be a file path, got an empty string.", "or null.")
+        non_negative(self, "staleness_exponent")
+        for name in ("concurrency", "buffer_size"):
+            if getattr(self, name) is not None:
+                int_at_least(self, name, 1)
+        if self.concurrency and self.buffer_size and self.buffer_size > self.concurrency:
+            raise ConfigError(
+                "buffer_size",
+                f"is {self.buffer_size}, more updates than the {self.concurrency} silos training "
+                "at once (system.concurrency) can ever send.",
+                "use a buffer_size of at most system.concurrency.",
+            )
+        if self.mode == "buffered" and self.deadline_s is not None:
+            raise ConfigError(
+                "deadline_s",
+                "is a synchronous round's deadline; buffered aggregation waits for no round.",
+                "drop system.deadline_s, or use system.mode=sync.",
+            )
         if self.stragglers == "partial" and self.deadline_s is None:
             raise ConfigError(
                 "stragglers",
@@ -420,6 +451,10 @@ class VirtualClock:
         seconds = waited + self.params.server_s
         self.now += seconds
         return Settled(seconds, frozenset(set(durations) - late), frozenset(late))
+
+    def staleness_weight(self, staleness: int) -> float:
+        """FedBuff's s(tau) = (1 + tau)^(-a) for an update ``staleness`` aggregations old."""
+        return float((1.0 + staleness) ** -self.params.staleness_exponent)
 
     def state_dict(self) -> dict[str, Any]:
         """The clock's time so far (profiles and draws are functions of the seed and trace)."""

@@ -246,14 +246,29 @@ def prepare(config: ExperimentConfig) -> Experiment:
     experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
     rows = [silo.num_train for silo in partition.silos]
     check_privacy(config, method, experiment.num_silos, rows)
-    check_system(config)
+    check_system(config, experiment.num_silos)
     experiment.new_clock()  # a missing or malformed trace file fails here
     return experiment
 
 
-def check_system(config: ExperimentConfig) -> None:
-    """A system other than the ideal one needs rounds the clock can time: not SecAgg+'s stages."""
+def check_system(config: ExperimentConfig, num_silos: int) -> None:
+    """A system other than the ideal one needs rounds the clock can time: not SecAgg+'s stages;
+    buffered aggregation needs no privacy mode (their sums and noise are per round) and a buffer
+    the federation can fill."""
     system: SystemParams = config.system.params
+    if system.mode == "buffered" and config.privacy.params.mode != "none":
+        raise ConfigError(
+            "system.mode",
+            f"is 'buffered', which aggregates updates sent at different rounds, but "
+            f"privacy={config.privacy.name} sums and noises each round's updates together.",
+            "use system.mode=sync with a privacy mode, or privacy=none.",
+        )
+    if system.mode == "buffered" and (system.buffer_size or 0) > num_silos:
+        raise ConfigError(
+            "system.buffer_size",
+            f"is {system.buffer_size}, more updates than the run's {num_silos} silos can send.",
+            f"use at most {num_silos}.",
+        )
     if config.privacy.params.secure and system != SystemParams():
         raise ConfigError(
             "system",
