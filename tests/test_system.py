@@ -19,7 +19,7 @@ from fedmtl.app.bench.report import build_report
 from fedmtl.app.deploy.flwr_config import run_config as flwr_run_config
 from fedmtl.app.launch import run
 from fedmtl.app.run.checkpoint import MODEL_FILE, load_model_arrays, resumed_raw_config
-from fedmtl.app.run.config import parse
+from fedmtl.app.run.config import parse, raw_config
 from fedmtl.app.run.experiment import prepare
 from fedmtl.core import records
 from fedmtl.core.errors import ConfigError
@@ -496,3 +496,12 @@ def test_a_buffered_update_of_an_earlier_layout_is_refused(tmp_path: Path) -> No
     refused = [r for r in summary["rejected"] if "layout" in r["reason"]]
     assert refused and {r["round"] for r in refused} <= {3, 4}
     assert [r["num_updates"] + r["num_rejected"] for r in rows] == [1, 1, 1, 1]
+
+
+def test_a_trace_path_is_made_absolute_when_the_config_is_composed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server may read the trace from another directory (a resumed run, Ray's driver)."""
+    monkeypatch.chdir(tmp_path)
+    raw = raw_config({"system": {"name": "ideal", "trace": "silos.csv"}}, ".")
+    assert raw["system"]["trace"] == str(tmp_path.resolve() / "silos.csv")
