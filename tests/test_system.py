@@ -245,6 +245,7 @@ def test_same_seed_same_times_on_inprocess_and_vectorized(tmp_path: Path) -> Non
         ({"stragglers": "partial"}, "system.stragglers"),  # no deadline to fit steps into
         ({"stragglers": "late"}, "system.stragglers"),
         ({"speed": 1}, "system.speed"),
+        ({"concurrency": 4}, "system.concurrency"),  # a buffered-only key in sync mode
     ],
 )
 def test_a_bad_system_value_is_refused_naming_its_key(values: dict[str, Any], key: str) -> None:

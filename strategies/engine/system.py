@@ -116,11 +116,19 @@ class SystemParams:
                 "never online gets availability 0 in a trace file (system.trace).",
             )
         if self.trace is not None and not self.trace.strip():
-            raise ConfigError("trace", "must be a file path, got an empty string.", "or null.")
+            raise ConfigError(
+                "trace", "must be a file path, got an empty string.", "give a path, or null."
+            )
         non_negative(self, "staleness_exponent")
         for name in ("concurrency", "buffer_size"):
             if getattr(self, name) is not None:
                 int_at_least(self, name, 1)
+                if self.mode != "buffered":
+                    raise ConfigError(
+                        name,
+                        "sets FedBuff's buffered aggregation, but system.mode is 'sync'.",
+                        f"set system.mode=buffered, or drop system.{name}.",
+                    )
         if self.concurrency and self.buffer_size and self.buffer_size > self.concurrency:
             raise ConfigError(
                 "buffer_size",
