@@ -733,6 +733,7 @@ NOT_RESULTS: dict[tuple[str, str], str] = {
     ("docs/robustness.md", "`strategy.robust`"): "the averaging rules and their weights",
     ("docs/robustness.md", "rule"): "breakdown points, as formulas",
     ("docs/robustness.md", "`fault=`"): "the faults, their parameters and papers",
+    ("docs/systems.md", "preset"): "the system presets and the values they set",
 }
 """(doc, first header cell) -> why a table that looks like results is not one."""
 

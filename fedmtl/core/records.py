@@ -696,6 +696,13 @@ def update_bytes(content: RecordDict) -> int:
     return sum(record.count_bytes() for record in found if record is not None)
 
 
+def reported_steps(content: RecordDict) -> int:
+    """The local steps a ``train`` reply reports (0 when it reports none)."""
+    metrics = content.metric_records.get(METRICS)
+    steps = None if metrics is None else metrics.get(STEPS)
+    return int(steps) if isinstance(steps, int | float) and steps >= 0 else 0
+
+
 # ------------------------------------------------------------------------ the server's summary
 def round_metrics(
     num_updates: int, num_rejected: int, train_loss: Mapping[str, float]

@@ -15,7 +15,9 @@ class RoundRecord:
     balancing strategies, its weight w_t in the trunk update; after an evaluation, the pooled
     personal metrics (task -> metric -> value) and each silo's own; bytes of model arrays sent each
     way and the round's wall time; ``suspect``: why the round's losses suggest the model diverged
-    (empty: a sound round)."""
+    (empty: a sound round). ``simulated_time_s``: the round's simulated time and
+    ``simulated_clock_s`` the run's so far (the virtual clock, :mod:`strategies.engine.system`;
+    None: not timed), ``stragglers``: the silos whose replies came past the deadline."""
 
     server_round: int
     num_sampled: int
@@ -31,6 +33,9 @@ class RoundRecord:
     privacy: dict[str, Any] = field(default_factory=dict)
     """A privacy mode's figures of the round (epsilon so far, noise, clipping norm, ...)."""
     suspect: list[str] = field(default_factory=list)
+    simulated_time_s: float | None = None
+    simulated_clock_s: float | None = None
+    stragglers: list[int] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RoundRecord:

@@ -200,6 +200,11 @@ def _no_privacy() -> PluginConfig:
     return PluginConfig("none", None)
 
 
+def _ideal_system() -> PluginConfig:
+    """``system=ideal`` (its parameters are the engine's; the app fills them when parsing)."""
+    return PluginConfig("ideal", None)
+
+
 @dataclass(frozen=True)
 class LimitsConfig:
     """Checks before a run: ``memory_check`` refuses a run whose memory, estimated from its config
@@ -218,7 +223,8 @@ class ExperimentConfig:
     (0: only after the last round); ``resume``: the run directory this run continues;
     ``plugins``: modules and files loaded before the config was read (their members registered);
     ``fault``: the fault injected into some silos (:mod:`fedmtl.faults`; ``none``: honest);
-    ``limits``: the checks before a run."""
+    ``limits``: the checks before a run; ``system``: the silos' hardware, links, availability
+    and round deadline, the virtual clock's (``ideal``: every sampled silo answers)."""
 
     seed: int
     num_rounds: int
@@ -236,6 +242,7 @@ class ExperimentConfig:
     resume: str | None = None
     plugins: tuple[str, ...] = ()
     fault: PluginConfig = field(default_factory=_no_fault)
+    system: PluginConfig = field(default_factory=_ideal_system)
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> str:

@@ -3,7 +3,8 @@
 The engine (:class:`Engine`) does what every method needs: the roster (silo discovery, seeded
 sampling), dispatch (each silo's message: the arrays the method gives it and the round's request),
 intake (reply checks, example counts fixed at discovery, norm bounds, robust averaging, pooled
-evaluation; under a privacy mode, task-aware sums: secure aggregation and DP noise), the round loop (retries, bytes, history, evaluation schedule, checkpoint state) and
+evaluation; under a privacy mode, task-aware sums: secure aggregation and DP noise), the round loop (retries, bytes, history, evaluation schedule, checkpoint state), the virtual clock
+(:mod:`strategies.engine.system`: availability, simulated time, deadline and stragglers) and
 the adapter to Flower's ``Strategy`` (:class:`FlowerStrategy`). It imports no method.
 
 A method (one module, registered in :data:`strategies.METHODS`) is a parameter dataclass (a
@@ -69,10 +70,12 @@ from strategies.engine.summed import (
     silo_noise,
 )
 from strategies.engine.sums import SumRule
+from strategies.engine.system import SYSTEMS, SystemParams, VirtualClock
 
 __all__ = [
     "DEFENCES",
     "PRIVACY",
+    "SYSTEMS",
     "Averager",
     "Averaging",
     "AveragingParams",
@@ -109,8 +112,10 @@ __all__ = [
     "SiloTools",
     "SiloWeighting",
     "SumRule",
+    "SystemParams",
     "TrunkAndHeads",
     "TrunkStep",
+    "VirtualClock",
     "adaptive_noise",
     "aggregate_heads",
     "flatten",

@@ -4,7 +4,7 @@ silo receives and the round's request, with the bytes of model arrays counted.""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
@@ -14,12 +14,15 @@ from fedmtl.core.records import Arrays, SiloInfo
 from fedmtl.core.training import UpdateMode
 from strategies.engine.model import GlobalModel
 
+Configure = Callable[[SiloInfo, Arrays, int], ConfigRecord | None]
+"""``(silo, arrays, bytes) -> its message's config``, or None: the silo is not sent the message."""
+
 
 @dataclass(frozen=True)
 class Dispatch:
     """One round's messages of one kind and what they carried: the round's global model, the
-    arrays each node received, the bytes of model arrays sent and (train) the layout the
-    replies' trunk updates must have."""
+    arrays each node received, the bytes of model arrays sent (in all, and to each node) and
+    (train) the layout the replies' trunk updates must have."""
 
     server_round: int
     messages: list[Message]
@@ -27,6 +30,9 @@ class Dispatch:
     sent: dict[int, Arrays]
     bytes_down: int
     update_mode: UpdateMode = "joint"
+    node_bytes: dict[int, int] = field(default_factory=dict)
+    unasked: frozenset[int] = frozenset()
+    """The sampled silos (ids) that were not sent the message (their config was None)."""
 
 
 def dispatch(
@@ -39,11 +45,13 @@ def dispatch(
     config: ConfigRecord,
     message_type: str,
     update_mode: UpdateMode = "joint",
+    configure: Configure | None = None,
 ) -> Dispatch:
-    """Messages carrying to each node the arrays ``payload`` gives its silo and ``config``. A
-    global array sent unchanged (the same object) goes as its entry of ``shared``, the model
-    serialised once for every node."""
-    messages, sent, size = [], {}, 0
+    """Messages carrying to each node the arrays ``payload`` gives its silo and ``config`` (or
+    the config ``configure`` gives it; a node it gives None is not sent anything). A global array
+    sent unchanged (the same object) goes as its entry of ``shared``, the model serialised once
+    for every node."""
+    messages, sent, sizes, unasked = [], {}, {}, set()
     for node in nodes:
         arrays = payload(silos[node])
         record = ArrayRecord(
@@ -54,17 +62,25 @@ def dispatch(
                 for key, value in arrays.items()
             }
         )
+        nbytes = record.count_bytes()
+        own = config if configure is None else configure(silos[node], arrays, nbytes)
+        if own is None:
+            unasked.add(silos[node].silo_id)
+            continue
         sent[node] = arrays
-        size += record.count_bytes()
+        sizes[node] = nbytes
         messages.append(
             Message(
-                records.request_content(record, config),
+                records.request_content(record, own),
                 dst_node_id=node,
                 message_type=message_type,
                 group_id=str(server_round),
             )
         )
-    return Dispatch(server_round, messages, model, sent, size, update_mode)
+    size = sum(sizes.values())
+    return Dispatch(
+        server_round, messages, model, sent, size, update_mode, sizes, frozenset(unasked)
+    )
 
 
 UNAVAILABLE = (

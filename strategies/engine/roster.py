@@ -7,8 +7,9 @@
 - **Gone silos.** A node that stops sending heartbeats is no longer listed by the grid: it is not
   sampled until it is back (a restarted SuperNode comes back under the same node id and silo).
 - **Sampling.** Each round ``max(ceil(fraction * N), min_nodes)`` of the N known nodes (all when
-  fewer), drawn with a seeded generator from the nodes ordered by silo id, so that a seed samples
-  the same silos on every runtime whatever the node ids.
+  fewer; for training, of the silos online: :mod:`strategies.engine.system`), drawn with a seeded
+  generator from the nodes ordered by silo id, so that a seed samples the same silos on every
+  runtime whatever the node ids.
 """
 
 from __future__ import annotations
@@ -87,10 +88,19 @@ class Roster:
         if missing:
             log.warning("no connected silo holds tasks %s: their heads stay untrained", missing)
 
-    def sample(self, grid: Grid, fraction: float, minimum: int) -> list[int]:
-        """Seeded sample of the connected known nodes: max(ceil(fraction * N), minimum), at most
-        N, ordered by silo id."""
-        nodes = sorted((n for n in grid.get_node_ids() if n in self.silos), key=self.silo_id)
+    def sample(
+        self, grid: Grid, fraction: float, minimum: int, online: Collection[int] | None = None
+    ) -> list[int]:
+        """Seeded sample of the connected known nodes (of silos ``online`` only, when given):
+        max(ceil(fraction * N), minimum), at most N, ordered by silo id."""
+        nodes = sorted(
+            (
+                n
+                for n in grid.get_node_ids()
+                if n in self.silos and (online is None or self.silo_id(n) in online)
+            ),
+            key=self.silo_id,
+        )
         wanted = math.ceil(round(fraction * len(nodes), 9))  # 0.28 * 25 is 7.000000000000001
         size = min(len(nodes), max(wanted, minimum))
         return sorted(self.rng.sample(nodes, size), key=self.silo_id)

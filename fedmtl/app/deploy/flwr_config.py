@@ -18,6 +18,8 @@ What changes on the way:
   runs it (the SuperLink's).
 - ``fault=...`` (fault injection, :mod:`fedmtl.faults`) is refused: it is for simulations, and
   a deployed silo refuses it too.
+- ``system=...`` other than ``ideal`` (the virtual clock, :mod:`strategies.engine.system`) is
+  refused: a deployment's silos have real speeds, links and availability.
 - ``resume=RUN_DIR`` (a run directory on the SuperLink's machine, read here too) gives that run's
   own config, for a ``flwr run`` that continues it in place from its checkpoint.
 """
@@ -34,6 +36,7 @@ from fedmtl.app.run.experiment import CONFIG_KEY, named_files, prepare
 from fedmtl.core.errors import ConfigError
 from fedmtl.datasets.schema import FeatureSchema
 from fedmtl.faults import NONE
+from strategies.engine import SystemParams
 
 DEFAULT_OUTPUT = "outputs/flwr"
 OUTPUT_OVERRIDE = "hydra.run.dir="
@@ -70,6 +73,13 @@ def run_config(overrides: list[str]) -> dict[str, str]:
             "(and refuse a run config that asks them to).",
             "inject faults in simulations (fedmtl run, runtime=inprocess|vectorized|simulation); "
             "drop fault=... here.",
+        )
+    if config.system.params != SystemParams():
+        raise ConfigError(
+            "system",
+            f"is {config.system.name!r}, but a deployment's silos are real: their speed, links, "
+            "availability and replies are theirs, not a virtual clock's.",
+            "simulate systems in fedmtl run (docs/systems.md); drop system=... here.",
         )
     files = named_files(config)
     if files:

@@ -49,7 +49,7 @@ from fedmtl.faults import FAULTS, NONE
 from fedmtl.trunks import TRUNKS
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS
 from strategies import METHODS
-from strategies.engine import PRIVACY
+from strategies.engine import PRIVACY, SYSTEMS
 
 
 def config_dir() -> str:
@@ -206,11 +206,15 @@ def _nested_plugins(group: str, overrides: list[str]) -> dict[str, tuple[str, st
 
 def raw_config(container: Mapping[Any, Any], output_dir: str | Path) -> dict[str, Any]:
     """A composed Hydra container as the raw mapping :func:`parse` takes: string keys, without
-    Hydra's own node and the ``experiment`` preset name, with ``output_dir`` set."""
+    Hydra's own node and the ``experiment`` preset name, with ``output_dir`` set and the files
+    a run reads on the server (plug-ins, ``system.trace``) by their absolute paths."""
     raw = {str(key): value for key, value in container.items()}
     raw.pop("hydra", None)
     raw.pop("experiment", None)
     raw["output_dir"] = str(output_dir)
+    system = raw.get("system")
+    if isinstance(system, dict) and isinstance(system.get("trace"), str) and system["trace"]:
+        system["trace"] = str(Path(system["trace"]).resolve())  # the same file from any directory
     if isinstance(raw.get(PLUGINS_KEY), list):  # a file plug-in by its absolute path: every
         raw[PLUGINS_KEY] = [  # process of the run (whatever its working directory) finds it
             str(Path(name).resolve()) if isinstance(name, str) and name.endswith(".py") else name
@@ -274,6 +278,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
     runtime = PluginConfig(*_plugin(RUNTIMES, raw["runtime"], "runtime"))
     privacy = PluginConfig(*_plugin(PRIVACY, raw.get("privacy", {"name": "none"}), "privacy"))
     fault = PluginConfig(*_plugin(FAULTS, raw.get("fault", {"name": NONE}), "fault"))
+    system = PluginConfig(*_plugin(SYSTEMS, raw.get("system", {"name": "ideal"}), "system"))
     sections = {}
     for key in ("train", "tracking", "limits"):
         values = raw.get(key, {})
@@ -307,6 +312,7 @@ def parse(raw: Mapping[str, Any]) -> ExperimentConfig:
         resume=resume,
         plugins=tuple(plugins),
         fault=fault,
+        system=system,
         raw=raw,
     )
 

@@ -36,12 +36,15 @@ from partitions import build as build_partition
 from partitions.views import global_test_data, silo_data
 from strategies import METHODS
 from strategies.engine import (
+    SYSTEMS,
     Engine,
     Method,
     MethodSetup,
     PrivacyParams,
     RecordLedger,
     RunContext,
+    SystemParams,
+    VirtualClock,
     adaptive_noise,
     private_aggregation,
     refusal,
@@ -94,7 +97,16 @@ class Experiment:
             RecordLedger(privacy, cfg.train, cfg.num_rounds) if privacy.dp == "record" else None
         )
         method = self.new_method()
-        return Engine(cfg.strategy.name, method, cfg.strategy.params, context, private, ledger)
+        clock = self.new_clock()
+        params = cfg.strategy.params
+        return Engine(cfg.strategy.name, method, params, context, private, ledger, clock)
+
+    def new_clock(self) -> VirtualClock:
+        """The run's virtual clock (config group ``system``), at time 0; its trace file read."""
+        cfg = self.config
+        build = SYSTEMS.get(cfg.system.name).factory
+        clock: VirtualClock = build(cfg.system.params, cfg.seed, self.num_silos)
+        return clock
 
     @property
     def method_label(self) -> str:
@@ -234,7 +246,36 @@ def prepare(config: ExperimentConfig) -> Experiment:
     experiment.new_model()  # the model must fit the dataset's inputs (e.g. cnn needs images)
     rows = [silo.num_train for silo in partition.silos]
     check_privacy(config, method, experiment.num_silos, rows)
+    check_system(config, experiment.num_silos)
+    experiment.new_clock()  # a missing or malformed trace file fails here
     return experiment
+
+
+def check_system(config: ExperimentConfig, num_silos: int) -> None:
+    """A system other than the ideal one needs rounds the clock can time: not SecAgg+'s stages;
+    buffered aggregation needs no privacy mode (their sums and noise are per round) and a buffer
+    the federation can fill."""
+    system: SystemParams = config.system.params
+    if system.mode == "buffered" and config.privacy.params.mode != "none":
+        raise ConfigError(
+            "system.mode",
+            f"is 'buffered', which aggregates updates sent at different rounds, but "
+            f"privacy={config.privacy.name} sums and noises each round's updates together.",
+            "use system.mode=sync with a privacy mode, or privacy=none.",
+        )
+    if system.mode == "buffered" and (system.buffer_size or 0) > num_silos:
+        raise ConfigError(
+            "system.buffer_size",
+            f"is {system.buffer_size}, more updates than the run's {num_silos} silos can send.",
+            f"use at most {num_silos}.",
+        )
+    if config.privacy.params.secure and system != SystemParams():
+        raise ConfigError(
+            "system",
+            f"'{config.system.name}' needs rounds timed by the virtual clock, but SecAgg+ "
+            "(privacy.secure_aggregation) exchanges its own stages, which the clock does not time.",
+            "use system=ideal with secure aggregation, or privacy=none or dp_silo.",
+        )
 
 
 def check_privacy(

@@ -30,7 +30,7 @@ from fedmtl.trunks import TRUNKS
 from partitions import ASSIGNMENTS, FEATURE_SKEWS, SPLITS
 from strategies import METHODS
 from strategies.balancing import WEIGHTINGS
-from strategies.engine import PRIVACY
+from strategies.engine import PRIVACY, SYSTEMS
 from strategies.grouping import AFFINITIES
 
 GROUP_REGISTRIES: dict[str, Registry[Any]] = {
@@ -43,6 +43,7 @@ GROUP_REGISTRIES: dict[str, Registry[Any]] = {
     "runtime": RUNTIMES,
     "privacy": PRIVACY,
     "fault": FAULTS,
+    "system": SYSTEMS,
 }
 """Config key of each plug-in group -> the registry whose names and parameter schemas it takes."""
 

@@ -304,6 +304,7 @@ def build_summary(experiment: Experiment, engine: Engine, wall_time_s: float) ->
         "bytes_up": int(engine.bytes_up),
         "bytes_down": int(engine.bytes_down),
         "wall_time_s": float(wall_time_s),
+        "simulated_time_s": engine.simulated_time_s,
         "num_silos": experiment.num_silos,
         "silos_participated": sorted(engine.participants),
         "silos_missing": sorted(

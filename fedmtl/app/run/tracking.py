@@ -3,7 +3,9 @@
 ``metrics.jsonl`` has one JSON object per line, each with ``round`` and ``split``:
 - ``split: "train"``: ``metrics`` = task -> {"loss"} (silo train losses, example-weighted; plus
   "weight", the task's weight w_t in the trunk update, for the balancing strategies), plus
-  ``num_sampled``, ``num_updates``, ``num_rejected``, ``bytes_up``, ``bytes_down``, ``seconds``.
+  ``num_sampled``, ``num_updates``, ``num_rejected``, ``bytes_up``, ``bytes_down``, ``seconds``,
+  and (when the virtual clock times the round) ``simulated_time_s``, the round's simulated time,
+  ``simulated_clock_s``, the run's so far, and ``stragglers``, the silos past the deadline (when any).
 - ``split: "personal"``: ``metrics`` = task -> metric -> value, pooled over the silos' own test splits.
 - ``split: "silo"``: the same for one silo (``silo`` = its id), on its own tasks.
 - ``split: "global"``: task -> metric -> value of the global model on the partition's global
@@ -130,6 +132,11 @@ class Tracker:
                 **({"privacy": record.privacy} if record.privacy else {}),
             }
         ]
+        if record.simulated_time_s is not None:  # the virtual clock's (strategies.engine.system)
+            lines[0]["simulated_time_s"] = record.simulated_time_s
+            lines[0]["simulated_clock_s"] = record.simulated_clock_s
+        if record.stragglers:
+            lines[0]["stragglers"] = list(record.stragglers)
         if record.suspect:  # why the round's losses suggest the model diverged
             lines[0]["suspect"] = list(record.suspect)
         if record.personal is not None:

@@ -76,6 +76,30 @@ class Run:
                     values[task].append(float(metrics[metric]))
         return dict(values)
 
+    @functools.cached_property
+    def simulated_clock(self) -> dict[int, float]:
+        """Round -> the virtual clock's simulated seconds at its end (metrics.jsonl's
+        ``simulated_clock_s``; empty for runs not timed)."""
+        return {
+            int(line["round"]): float(line["simulated_clock_s"])
+            for line in self.lines
+            if line.get("split") == "train" and line.get("simulated_clock_s") is not None
+        }
+
+    def time_to(self, targets: Mapping[str, float]) -> float | None:
+        """The simulated seconds at the end of the first evaluated round whose Delta metric
+        reaches ``targets[task]`` for every task (None: never, or no simulated time)."""
+        curves, clock = self.curve(), self.simulated_clock
+        info = self.summary["task_info"]
+        for server_round in sorted(clock):
+            reached = [
+                _reaches(curves.get(task, {}).get(server_round), target, info[task])
+                for task, target in targets.items()
+            ]
+            if targets and all(reached):
+                return clock[server_round]
+        return None
+
     def curve(self) -> dict[str, dict[int, float]]:
         """Task -> round -> Delta metric on the personal split (metrics.jsonl)."""
         curves: dict[str, dict[int, float]] = defaultdict(dict)
@@ -87,6 +111,13 @@ class Run:
                 if metric in metrics:
                     curves[task][int(line["round"])] = float(metrics[metric])
         return dict(curves)
+
+
+def _reaches(value: float | None, target: float, task_info: Mapping[str, Any]) -> bool:
+    """Whether a Delta metric's ``value`` (None: not evaluated) is at least as good as ``target``."""
+    if value is None:
+        return False
+    return value >= target if delta_metric(task_info)[1] else value <= target
 
 
 @dataclass

@@ -205,6 +205,23 @@ def _scenario_section(table: ScenarioTable, figures: Mapping[str, str]) -> list[
             f"{_mb(row.bytes_up)} | {_mb(row.bytes_down)} | {_num(row.wall_time_s, 1)} | "
             f"{row.tuned or '-'} |"
         )
+    timed = [row for row in table.strategies if math.isfinite(row.simulated_time_s)]
+    if timed:
+        lines += [
+            "",
+            "### Simulated time",
+            "",
+            "On the virtual clock (`system=...`, docs/systems.md): the run's simulated seconds, "
+            f"and those until every task first reaches {base}'s final metric (same seed).",
+            "",
+            f"| strategy | simulated s | to {base}'s final s |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {row.strategy} | {_num(row.simulated_time_s, 2)} | "
+            f"{_num(row.time_to_target_s, 2)} |"
+            for row in timed
+        ]
     lines += [
         "",
         "### Tasks",

@@ -11,8 +11,12 @@ CSV files made of them.
   ``delta_mtl_mean``, ``delta_mtl_ci95``, ``bytes_up``, ``wall_time_s``, then ``scenario_id``,
   ``delta_mtl_std``, ``rank``, ``mean_task_rank``, ``gain_vs_baseline_mean`` (Delta_MTL with
   FedAvg as the reference), ``test_score``, ``mean_difference``, ``p_vs_baseline``, ``n_pairs``,
-  ``bytes_down``, ``tuned``, ``privacy`` (the runs' privacy mode, ``summary.json``'s ``privacy``)
-  and ``epsilon`` (the largest the runs spent at their delta; blank without DP).
+  ``bytes_down``, ``tuned``, ``privacy`` (the runs' privacy mode, ``summary.json``'s ``privacy``),
+  ``epsilon`` (the largest the runs spent at their delta; blank without DP),
+  ``simulated_time_s`` (the runs' simulated seconds on the virtual clock, ``system=...``) and
+  ``time_to_target_s`` (the simulated seconds until every task's Delta metric first reaches the
+  baseline's final one (FedAvg's run of the same seed), mean over the seeds that reach it;
+  blank when none does).
 
 The statistics (Delta_MTL, the CI, the paired test and why it is a t-test) are those of
 :mod:`fedmtl.app.bench.stats`.
@@ -51,7 +55,7 @@ STRATEGY_COLUMNS = (
     "scenario", "strategy", "n_seeds", "delta_mtl_mean", "delta_mtl_ci95", "bytes_up",
     "wall_time_s", "scenario_id", "delta_mtl_std", "rank", "mean_task_rank",
     "gain_vs_baseline_mean", "test_score", "mean_difference", "p_vs_baseline", "n_pairs",
-    "bytes_down", "tuned", "privacy", "epsilon",
+    "bytes_down", "tuned", "privacy", "epsilon", "simulated_time_s", "time_to_target_s",
 )  # fmt: skip
 
 
@@ -88,6 +92,8 @@ class StrategyRow:
     tuned: str
     privacy: str = "none"
     epsilon: float = math.nan
+    simulated_time_s: float = math.nan
+    time_to_target_s: float = math.nan
     rank: float = math.nan
     mean_task_rank: float = math.nan
     tasks: list[TaskRow] = field(default_factory=list)
@@ -234,6 +240,8 @@ def _strategy_row(
             (float(e) for r in runs if (e := _privacy(r).get("epsilon")) is not None),
             default=math.nan,
         ),
+        simulated_time_s=_mean(r.summary.get("simulated_time_s") for r in runs),
+        time_to_target_s=_mean(r.time_to(bases[r.seed].metrics) for r in runs if r.seed in bases),
     )
     row.tasks = [_task_row(task, runs, bases, strategy != base_label) for task in tasks]
     curves: dict[str, list[dict[int, float]]] = defaultdict(list)
@@ -403,6 +411,8 @@ def strategy_records(tables: Sequence[ScenarioTable]) -> list[dict[str, Any]]:
                     "tuned": row.tuned,
                     "privacy": row.privacy,
                     "epsilon": row.epsilon if math.isfinite(row.epsilon) else None,
+                    "simulated_time_s": row.simulated_time_s,
+                    "time_to_target_s": row.time_to_target_s,
                 }
             )
     return records
