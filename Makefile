@@ -32,12 +32,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/fedmtl run $(ARGS)
 
-# Three workers on two cores: the deployment tests mostly wait on Flower's fixed polling intervals and
-# heartbeats (measured: 90 CPU-seconds in 315 s of wall time for the two longest), and the third
-# worker runs other tests meanwhile. The tests that start Ray run one at a time, and so do those
-# that start Flower's processes (tests/conftest.py's groups).
+# The tests that start Ray run one at a time, and so do those that start Flower's processes
+# (tests/conftest.py's groups).
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 3 --dist loadgroup --durations=15 $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 # The inner loop: everything but the tests marked slow (subprocesses, Ray, long end-to-end runs),
 # on two workers with one torch thread each.

@@ -49,6 +49,7 @@ from tests.support.runs import fedmtl_process, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+SHORT_HEARTBEAT = ROOT / "tests" / "support" / "short_heartbeat"
 OVERRIDES = ("num_rounds=2", "strategy.evaluate_every=2", "train.max_steps=5")
 """Two rounds (the model carried across them), evaluated after the last one: four ClientApp
 processes per SuperNode (Flower 1.42 starts one per message)."""
@@ -160,7 +161,8 @@ def test_a_silo_killed_mid_run_rejoins_after_a_restart_and_the_run_carries_on(
     under its silo), the round waits for it, and the node, restarted with its key and state-dir
     once the SuperLink has noticed, rejoins under its node id; every round then aggregates three
     updates, the silo's personal heads keep being saved, the SuperLink and the other silos run
-    on, and the run completes."""
+    on, and the run completes. Flower's heartbeat runs at its shortest interval here
+    (tests/support/short_heartbeat): the SuperLink notices the dead node after about 20 s."""
     tables, schema = silo_tables(tmp_path / "data")
     overrides = [
         "num_rounds=2", "strategy=fedper", "strategy.evaluate_every=2", "train.max_steps=3",
@@ -169,7 +171,8 @@ def test_a_silo_killed_mid_run_rejoins_after_a_restart_and_the_run_carries_on(
     run_toml = tmp_path / "run.toml"
     run_toml.write_text(to_toml({CONFIG_KEY: local_config_json(schema, *overrides)}))
     deploy = tmp_path / "deployment"
-    with LocalDeployment(deploy, env={"PYTHONPATH": str(ROOT)}, bin_dir=BIN) as deployment:
+    path = os.pathsep.join([str(ROOT), str(SHORT_HEARTBEAT)])
+    with LocalDeployment(deploy, env={"PYTHONPATH": path}, bin_dir=BIN) as deployment:
         deployment.start_superlink(make_certificates(deploy / "certs"), timeout=90)
         keys = [make_node_key(deploy / "keys", f"silo{i}") for i in range(len(tables))]
         deployment.register(keys, timeout=90)

@@ -17,6 +17,9 @@ unless it says otherwise) and raises ``AssertionError`` saying what broke:
   metrics (to 1e-4 relative where silos are trained in a batch; exactly where they are not);
 - :func:`check_simulation`: one run through Flower's simulation engine (Ray) ends with the
   in-process metrics.
+
+Most checks compare against one plain run of the experiment; :func:`check_method` makes it once
+(:func:`reference_run`) and hands it to each (``reference=``), which otherwise runs its own.
 """
 
 from __future__ import annotations
@@ -87,6 +90,28 @@ def run_small(
     return summary, arrays
 
 
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """A completed small run of the checked method (:func:`run_small`): its summary, final model
+    arrays and run directory (checkpoint, ``metrics.jsonl``)."""
+
+    summary: Summary
+    arrays: Arrays
+    directory: Path
+
+
+def reference_run(preset: str, overrides: Sequence[str], directory: Path) -> Reference:
+    """The plain small run the checks compare against, in ``directory``."""
+    summary, arrays = run_small(preset, overrides, directory)
+    return Reference(summary, arrays, directory)
+
+
+def _reference(
+    reference: Reference | None, preset: str, overrides: Sequence[str], directory: Path
+) -> Reference:
+    return reference if reference is not None else reference_run(preset, overrides, directory)
+
+
 def _same_arrays(a: Arrays, b: Arrays, what: str) -> None:
     assert sorted(a) == sorted(b), f"{what}: the models hold different arrays"
     for key in a:
@@ -115,18 +140,21 @@ def check_registration(preset: str, overrides: Sequence[str] = ()) -> None:
     assert isinstance(label, str) and label, "its label is not a name"
 
 
-def check_same_seed_same_result(preset: str, overrides: Sequence[str], directory: Path) -> None:
+def check_same_seed_same_result(
+    preset: str, overrides: Sequence[str], directory: Path, reference: Reference | None = None
+) -> None:
     """Two runs with the same seed end with the same model and metrics, bit for bit."""
-    first, model = run_small(preset, overrides, directory / "first")
+    first = _reference(reference, preset, overrides, directory / "first")
     second, again = run_small(preset, overrides, directory / "second")
-    _same_arrays(model, again, "two runs of one seed")
-    _close_metrics(first, second, "two runs of one seed")
+    _same_arrays(first.arrays, again, "two runs of one seed")
+    _close_metrics(first.summary, second, "two runs of one seed")
 
 
-def check_checkpoint_round_trip(preset: str, overrides: Sequence[str], directory: Path) -> None:
+def check_checkpoint_round_trip(
+    preset: str, overrides: Sequence[str], directory: Path, reference: Reference | None = None
+) -> None:
     """The engine state in a checkpoint loads into a fresh engine, which saves it back equal."""
-    run_small(preset, overrides, directory / "saved")
-    state = load_checkpoint(directory / "saved")
+    state = load_checkpoint(_reference(reference, preset, overrides, directory / "saved").directory)
     config = parse(compose(_overrides(preset, overrides), directory / "fresh"))
     engine = prepare(config).new_engine(RunContext())
     engine.load_state_dict(state.engine)
@@ -136,17 +164,19 @@ def check_checkpoint_round_trip(preset: str, overrides: Sequence[str], directory
     _same_arrays(arrays_before, arrays_after, "the state's arrays after a round trip")
 
 
-def check_resume_is_bit_identical(preset: str, overrides: Sequence[str], directory: Path) -> None:
+def check_resume_is_bit_identical(
+    preset: str, overrides: Sequence[str], directory: Path, reference: Reference | None = None
+) -> None:
     """A run stopped after round 2 and resumed to round 3 ends with the never-stopped model."""
-    _, full = run_small(preset, overrides, directory / "full")
+    full = _reference(reference, preset, overrides, directory / "full")
     stopped = directory / "stopped"
     run_small(preset, overrides, stopped, "num_rounds=2")
     summary = run(parse(resumed_raw_config(stopped, ["num_rounds=3"])))
     assert summary["status"] == "completed" and summary["resumed_from"] == [2]
     resumed, _ = load_model_arrays(stopped / MODEL_FILE)
-    _same_arrays(full, resumed, "a resumed run against one never stopped")
+    _same_arrays(full.arrays, resumed, "a resumed run against one never stopped")
     rows = [_without_times(r) for r in _lines(stopped / METRICS_FILE)]
-    assert rows == [_without_times(r) for r in _lines(directory / "full" / METRICS_FILE)], (
+    assert rows == [_without_times(r) for r in _lines(full.directory / METRICS_FILE)], (
         "a resumed run's metrics.jsonl differs from one never stopped"
     )
 
@@ -218,18 +248,20 @@ def check_malformed_replies_are_refused(
 
 
 def check_vectorized_equals_inprocess(
-    preset: str, overrides: Sequence[str], directory: Path
+    preset: str, overrides: Sequence[str], directory: Path, reference: Reference | None = None
 ) -> None:
     """The ``vectorized`` runtime ends with the in-process metrics (silos it trains in a batch:
     to 1e-4 relative, 1e-5 absolute; silos it leaves to the ClientApp: exactly)."""
-    inprocess, _ = run_small(preset, overrides, directory / "inprocess")
+    inprocess = _reference(reference, preset, overrides, directory / "inprocess").summary
     vectorized, _ = run_small(preset, overrides, directory / "vectorized", "runtime=vectorized")
     _close_metrics(vectorized, inprocess, "vectorized against inprocess", rel=1e-4, abs_=1e-5)
 
 
-def check_simulation(preset: str, overrides: Sequence[str], directory: Path) -> None:
+def check_simulation(
+    preset: str, overrides: Sequence[str], directory: Path, reference: Reference | None = None
+) -> None:
     """One run through Flower's simulation engine (Ray) ends with the in-process metrics."""
-    inprocess, _ = run_small(preset, overrides, directory / "inprocess")
+    inprocess = _reference(reference, preset, overrides, directory / "inprocess").summary
     simulated, _ = run_small(
         preset,
         overrides,
@@ -251,10 +283,11 @@ def check_method(
     the Ray run (seconds to start)."""
     check_registration(preset, overrides)
     with _directory(directory) as root:
-        check_same_seed_same_result(preset, overrides, root / "seed")
-        check_checkpoint_round_trip(preset, overrides, root / "checkpoint")
-        check_resume_is_bit_identical(preset, overrides, root / "resume")
+        reference = reference_run(preset, overrides, root / "reference")
+        check_same_seed_same_result(preset, overrides, root / "seed", reference)
+        check_checkpoint_round_trip(preset, overrides, root / "checkpoint", reference)
+        check_resume_is_bit_identical(preset, overrides, root / "resume", reference)
         check_malformed_replies_are_refused(preset, overrides, root / "malformed")
-        check_vectorized_equals_inprocess(preset, overrides, root / "vectorized")
+        check_vectorized_equals_inprocess(preset, overrides, root / "vectorized", reference)
         if simulation:
-            check_simulation(preset, overrides, root / "simulation")
+            check_simulation(preset, overrides, root / "simulation", reference)
