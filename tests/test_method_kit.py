@@ -1,25 +1,31 @@
 """Every shipped strategy preset passes the method contract kit (:mod:`fedmtl.testing.methods`),
-the checks a plug-in author runs on their own method; and the kit catches what it is meant to."""
+the checks a plug-in author runs on their own method, and its reference run writes the result
+files; and the kit catches what it is meant to."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 
 import pytest
 
 import strategies.engine.intake as intake
-from fedmtl.app.run.config import presets
+from fedmtl.app.run.config import parse, presets
 from fedmtl.core.records import Arrays, TrainReply, TrainRequest
 from fedmtl.testing import check_method
 from fedmtl.testing.methods import (
     check_malformed_replies_are_refused,
     check_same_seed_same_result,
 )
+from strategies.balanced import BalancedParams
 from strategies.engine import ClientUpdate, SiloMethod, SiloTools, train_received
+from strategies.fedcmoo import FedCMOOParams
+from tests.support.runs import check_result_files, read_jsonl
 
 EXTRA = {"grouping": ["strategy.warmup_rounds=1"]}
-FAST = {"fedavg", "upgrad"}
+FAST = {"fedavg", "upgrad", "mgda", "grouping"}  # the inner loop runs these; make test, all
 
 
 @pytest.mark.parametrize(
@@ -27,7 +33,21 @@ FAST = {"fedavg", "upgrad"}
     [p if p in FAST else pytest.param(p, marks=pytest.mark.slow) for p in presets("strategy")],
 )
 def test_every_shipped_preset_passes_the_kit(preset: str, tmp_path: Path) -> None:
+    """The kit, then its reference run (``fedmtl run strategy=<preset>``, in process): result
+    files, finite metrics, each task's weight exactly where the server weighs the tasks."""
     check_method(preset, EXTRA.get(preset, []), directory=tmp_path, simulation=False)
+    out = tmp_path / "reference"
+    summary = json.loads((out / "summary.json").read_text())
+    check_result_files(out, summary, 3, plots=False)
+    assert summary["strategy"] == preset and summary["rejected"] == []
+    assert all(math.isfinite(v) for m in summary["final"].values() for v in m.values())
+    params = parse(summary["config"]).strategy.params
+    weighted = isinstance(params, FedCMOOParams) or (
+        isinstance(params, BalancedParams) and params.balancing != "local"
+    )
+    for row in (r for r in read_jsonl(out / "metrics.jsonl") if r["split"] == "train"):
+        weights = [m["weight"] for m in row["metrics"].values() if "weight" in m]
+        assert len(weights) == (len(summary["tasks"]) if weighted else 0)
 
 
 class Leaky(SiloMethod):

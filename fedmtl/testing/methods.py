@@ -279,8 +279,9 @@ def check_method(
     simulation: bool = True,
 ) -> None:
     """Every check of this module on ``strategy=preset`` (with ``overrides``, e.g.
-    ``plugins=[...]``), in ``directory`` (default: a temporary one); ``simulation=False`` skips
-    the Ray run (seconds to start)."""
+    ``plugins=[...]``), in ``directory`` (default: a temporary one; the reference run the checks
+    compare against is ``directory / "reference"``); ``simulation=False`` skips the Ray run
+    (seconds to start)."""
     check_registration(preset, overrides)
     with _directory(directory) as root:
         reference = reference_run(preset, overrides, root / "reference")

@@ -1,6 +1,7 @@
 """Config composition and runs: :func:`compose_raw`, :func:`run_fedmtl` (the command in a
 subprocess), :func:`fedmtl_process` (the same, running while the test signals it),
-:func:`run_test_app` (an app of ``tests/`` the same way), :func:`read_jsonl`, :func:`beats_chance`.
+:func:`run_test_app` (an app of ``tests/`` the same way), :func:`read_jsonl`, :func:`beats_chance`,
+:func:`check_result_files`.
 """
 
 from __future__ import annotations
@@ -125,3 +126,34 @@ def beats_chance(summary: dict[str, Any], margin: float) -> dict[str, tuple[floa
         if value < info["chance"] + margin:
             failing[task] = (value, info["chance"])
     return failing
+
+
+def check_result_files(
+    out: Path, summary: dict[str, Any], num_rounds: int, plots: bool = True
+) -> None:
+    """The foundation contract for summary.json, metrics.jsonl and partition.json (and the
+    learning curves, unless the run had ``tracking.plots=false``)."""
+    for key in ("tasks", "task_info", "final", "rounds", "strategy", "dataset", "dataset_info"):
+        assert key in summary
+    # `local` exchanges no model: silos train alone, and only requests and metrics travel
+    for direction in ("bytes_up", "bytes_down"):
+        assert isinstance(summary[direction], int)
+        assert (summary[direction] == 0) == (summary["strategy"] == "local")
+    assert isinstance(summary["wall_time_s"], float)
+    assert summary["rounds"] == num_rounds
+    for task in summary["tasks"]:
+        info = summary["task_info"][task]
+        assert set(info) >= {"kind", "num_classes", "primary_metric", "higher_is_better"}
+        assert info["primary_metric"] in summary["final"][task]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert {r["split"] for r in rows} >= {"train", "personal", "silo"}
+    assert all("round" in r and "split" in r and "metrics" in r for r in rows)
+    assert max(r["round"] for r in rows) == num_rounds
+    manifest = json.loads((out / "partition.json").read_text())
+    assert {"schema_version", "seed", "dataset", "silos"} <= set(manifest)
+    for silo in manifest["silos"]:
+        assert {"id", "tasks", "num_train", "num_test", "train_indices", "test_indices"} <= set(
+            silo
+        )
+    if plots:
+        assert (out / "learning_curves.png").stat().st_size > 1000
