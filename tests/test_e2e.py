@@ -234,7 +234,7 @@ def test_simulation_engine_digits_beats_chance(tmp_path: Path) -> None:
     """Through Flower's simulation engine (Ray), 8 silos with different task subsets; the run's
     own Ray temp dir is gone afterwards."""
     out = tmp_path / "sim"
-    num_rounds = 12
+    num_rounds = 8  # in process, every task beats chance by 0.31 or more at 8 rounds
     before = set(Path(tempfile.gettempdir()).glob("fedmtl-ray-*"))
     result = run_fedmtl(
         [
