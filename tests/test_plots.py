@@ -6,6 +6,7 @@ never overprint; a run's ``learning_curves.png`` names its chance line."""
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from matplotlib.text import Text
 from fedmtl.app.bench.report.loading import load_runs
 from fedmtl.app.bench.report.plots import (
     clipped,
+    draw_bytes_pareto,
     draw_curves,
     draw_pareto,
     draw_task_bars,
@@ -177,3 +179,31 @@ def test_learning_curves_legend_names_the_chance_line() -> None:
     (chance,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "chance level"]
     assert list(chance.get_ydata()) == [0.34, 0.34]
     close(fig)
+
+
+def test_bytes_pareto_rings_the_strategies_no_other_beats_on_bytes_and_delta_mtl(
+    tmp_path: Path,
+) -> None:
+    megabytes = {"single_task": 3.0, "fedavg": 1.0, "mgda": 2.0, "cagrad": 0.5, "pcgrad": 2.5}
+    hand_table(tmp_path, {k: RESULTS[k] for k in megabytes})
+    for path in tmp_path.glob("*/seed*/summary.json"):
+        summary = json.loads(path.read_text())
+        summary["bytes_up"] = int(megabytes[summary["strategy"]] * 1e6)
+        path.write_text(json.dumps(summary))
+    (table,) = scenario_tables(load_runs([tmp_path]).runs)
+    fig = draw_bytes_pareto(table)
+    (ax,) = fig.axes
+    points = {row.strategy: (row.bytes_up / 1e6, row.delta.mean) for row in table.strategies}
+    assert {name: x for name, (x, _) in points.items()} == megabytes
+    undominated = sorted(
+        (x, y)
+        for name, (x, y) in points.items()
+        if not any(ox <= x and oy >= y and (ox, oy) != (x, y) for ox, oy in points.values())
+    )
+    (line,) = [ln for ln in ax.get_lines() if ln.get_gid() == "pareto front"]
+    assert list(zip(line.get_xdata(), line.get_ydata(), strict=True)) == undominated
+    assert points["cagrad"] in undominated and points["single_task"] not in undominated
+    assert sorted(t.get_text() for t in ax.texts if t.get_text()) == sorted(megabytes)
+    close(fig)
+    (no_reference,) = scenario_tables(load_runs([tmp_path / "fedavg"]).runs)
+    assert draw_bytes_pareto(no_reference) is None

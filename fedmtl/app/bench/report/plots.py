@@ -7,7 +7,10 @@
 - :func:`curves` (``curves_<scenario>.png``): per task, each strategy's Delta metric against rounds
   (personal test splits), the mean over seeds with a band of +-1 standard deviation;
 - :func:`pareto` (``pareto_<scenario>.png``): two tasks' metrics per strategy (mean, +-1 std
-  bars), the strategies no other beats on both tasks ringed and joined as the Pareto front.
+  bars), the strategies no other beats on both tasks ringed and joined as the Pareto front;
+- :func:`bytes_pareto` (``bytes_<scenario>.png``): bytes sent up against Delta_MTL per strategy
+  (mean, 95% CI bars), the strategies no other beats on both (fewer bytes, higher Delta_MTL) ringed
+  and joined as the Pareto front.
 
 Intervals (CIs, bands, std bars) are clipped to the range of their metric
 (:func:`fedmtl.core.tasks.metric_range`: accuracy in [0, 1], MAE >= 0), and a panel says when it
@@ -17,7 +20,7 @@ with equal results stay visible (a curve identical to an earlier one is named so
 the Pareto plot's labels sit in a column beside the axes, joined to their points, so they never
 overprint.
 
-:func:`scenario_figures` draws a scenario's three. Each ``draw_*`` function returns the
+:func:`scenario_figures` draws a scenario's four. Each ``draw_*`` function returns the
 matplotlib figure (its artists are what the tests check); the function named after it saves the
 figure to a PNG and closes it.
 
@@ -340,22 +343,7 @@ def draw_pareto(table: ScenarioTable, tasks: Sequence[str] | None = None) -> Any
             label=row.strategy,
         )
     front = pareto_front(points, (cells[0].higher_is_better, cells[1].higher_is_better))
-    if front:
-        ax.plot(
-            x[front],
-            y[front],
-            "k--",
-            linewidth=0.8,
-            marker="o",
-            markersize=14,
-            markerfacecolor="none",
-            markeredgewidth=0.8,
-            gid="pareto front",
-            label=f"Pareto front ({len(front)}): no other strategy better on both tasks",
-        )
-        fig.legend(  # below the axis label
-            handles=[ax.get_lines()[-1]], fontsize=7, loc="lower left", bbox_to_anchor=(0.1, 0.0)
-        )
+    _front_line(fig, ax, points, front, "no other strategy better on both tasks")
     for setter, cell in ((ax.set_xlabel, cells[0]), (ax.set_ylabel, cells[1])):
         setter(
             f"{cell.task} {cell.metric} ({'higher' if cell.higher_is_better else 'lower'} is better)"
@@ -373,6 +361,68 @@ def draw_pareto(table: ScenarioTable, tasks: Sequence[str] | None = None) -> Any
         labels.append(row.strategy if twin == row.strategy else f"{row.strategy} (= {twin})")
     label_column(ax, points, labels, [style[r.strategy].color for r in rows])
     return fig
+
+
+def _front_line(
+    fig: Any, ax: Any, points: Sequence[tuple[float, float]], front: list[int], what: str
+) -> None:
+    """Ring the ``front`` points and join them (gid ``pareto front``), named in a legend below
+    the axis label: ``Pareto front (n): {what}``."""
+    if not front:
+        return
+    ax.plot(
+        [points[i][0] for i in front],
+        [points[i][1] for i in front],
+        "k--",
+        linewidth=0.8,
+        marker="o",
+        markersize=14,
+        markerfacecolor="none",
+        markeredgewidth=0.8,
+        gid="pareto front",
+        label=f"Pareto front ({len(front)}): {what}",
+    )
+    fig.legend(
+        handles=[ax.get_lines()[-1]], fontsize=7, loc="lower left", bbox_to_anchor=(0.1, 0.0)
+    )
+
+
+def draw_bytes_pareto(table: ScenarioTable) -> Any | None:
+    """Each strategy's mean MB sent up over the run against its mean Delta_MTL (95% CI bars),
+    the strategies no other beats on both (fewer bytes and a higher Delta_MTL) ringed and joined
+    as the Pareto front, each name in a column right of the axes joined to its point (None when
+    no strategy has a Delta_MTL: no reference run)."""
+    rows = [
+        r for r in table.strategies if math.isfinite(r.delta.mean) and math.isfinite(r.bytes_up)
+    ]
+    if not rows:
+        return None
+    height = max(4.5, LABEL_GAP_IN * len(rows) + 1.8)
+    fig, ax = _pyplot().subplots(figsize=(7.5, height))
+    fig.subplots_adjust(left=0.12, right=0.7, bottom=0.8 / height, top=1 - 0.6 / height)
+    style = styles([r.strategy for r in table.strategies])
+    points = [(r.bytes_up / 1e6, r.delta.mean) for r in rows]
+    for (x, y), row in zip(points, rows, strict=True):
+        look = style[row.strategy]
+        ax.errorbar(
+            x, y, yerr=_finite(row.delta.ci95), fmt=look.marker, color=look.color, capsize=3,
+            label=row.strategy,
+        )  # fmt: skip
+    front = pareto_front(points, (False, True))
+    _front_line(fig, ax, points, front, "no other strategy sends fewer bytes for more Delta_MTL")
+    ax.set_xlabel("MB sent up by the silos over the run (fewer is better)")
+    ax.set_ylabel(f"Delta_MTL (%) vs {table.reference} (higher is better)")
+    fig.suptitle(
+        f"{table.label}: bytes up against Delta_MTL per strategy (mean, 95% CI over seeds)",
+        fontsize=9,
+    )
+    label_column(ax, points, [r.strategy for r in rows], [style[r.strategy].color for r in rows])
+    return fig
+
+
+def bytes_pareto(table: ScenarioTable, out: Path) -> Path | None:
+    """:func:`draw_bytes_pareto` saved to ``out``."""
+    return _save(draw_bytes_pareto(table), out)
 
 
 def label_column(
@@ -430,5 +480,6 @@ def scenario_figures(
         "per-task metric": task_bars(table, out / f"tasks_{stem}.png"),
         "learning curves": curves(table, out / f"curves_{stem}.png"),
         "two-task Pareto plot": pareto(table, out / f"pareto_{stem}.png", pareto_tasks),
+        "bytes vs Delta_MTL Pareto plot": bytes_pareto(table, out / f"bytes_{stem}.png"),
     }
     return {title: path for title, path in made.items() if path is not None}
