@@ -102,7 +102,12 @@ def run_stopped_and_resumed(
     [
         (["strategy=fedavg"], 4, 2),  # killed in round 4: rounds 3 and 4 are redone
         # the silos' error-feedback residuals of compressed updates, saved by the silos
-        (["strategy=fedavg", "strategy.compression=topk", "strategy.compression_ratio=0.1"], 4, 2),
+        pytest.param(
+            ["strategy=fedavg", "strategy.compression=topk", "strategy.compression_ratio=0.1"],
+            4,
+            2,
+            marks=pytest.mark.slow,
+        ),
         # FAMO's logits and previous losses carry over
         pytest.param(["strategy=famo"], 5, 4, marks=pytest.mark.slow),
         # grouping stopped inside its warm-up (the affinity so far is in the checkpoint) and
@@ -149,7 +154,9 @@ def test_a_resumed_run_ends_bit_identical_to_one_never_stopped(
     "tail",
     [
         b'{"round": 4, "split": "personal", "metr',  # a kill during an append: a torn line
-        b"\xff\xfe\x00 not fedmtl's \x81\n\n{]\n",  # bytes appended by something else
+        pytest.param(  # bytes appended by something else
+            b"\xff\xfe\x00 not fedmtl's \x81\n\n{]\n", marks=pytest.mark.slow
+        ),
     ],
     ids=["torn-line", "garbage"],
 )

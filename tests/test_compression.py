@@ -196,6 +196,7 @@ def run_dir(path: Path, overrides: list[str]) -> Path:
     return path
 
 
+@pytest.mark.slow  # two runs of UPGrad
 def test_ratio_one_runs_bit_for_bit_as_uncompressed(tmp_path: Path) -> None:
     # upgrad: per-task trunk shares, each compressed on its own
     plain = run_dir(tmp_path / "plain", ["strategy=upgrad"])

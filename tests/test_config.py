@@ -454,6 +454,7 @@ def test_a_run_directory_with_results_is_never_discarded(tmp_path: Path) -> None
     assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / ".hydra").exists()
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_configs_folder_of_the_users_project_does_not_hide_fedmtls(tmp_path: Path) -> None:
     """A ``configs`` folder first on ``sys.path`` (here through ``PYTHONPATH``; also the current
     directory of ``python -m`` or a script's folder) leaves fedmtl's own presets in use."""

@@ -351,6 +351,7 @@ def test_solve_signature_is_the_contract() -> None:
     assert all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in parameters.values())
 
 
+@pytest.mark.slow  # HiGHS to optimality on both formulations (about 2 s)
 def test_column_formulation_proves_what_slots_cannot_within_a_node_limit() -> None:
     """Random affinities, T = 12 in 2 groups: the candidate-group program (picked by ``auto``)
     proves the optimum at the root node, where the slot program needs 21 nodes (measured without

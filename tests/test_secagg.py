@@ -197,7 +197,7 @@ def test_a_secagg_run_ends_where_the_plain_run_does_within_the_bound(tmp_path: P
         assert np.max(np.abs(models["secagg"][key] - plain)) <= bound, key
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "dwa"])
+@pytest.mark.parametrize("strategy", ["fedavg", pytest.param("dwa", marks=pytest.mark.slow)])
 def test_the_summed_losses_give_the_divergence_check_a_true_reference(
     tmp_path: Path, strategy: str
 ) -> None:
@@ -212,6 +212,7 @@ def test_the_summed_losses_give_the_divergence_check_a_true_reference(
     assert reference and all(value > 0 for value in reference.values())
 
 
+@pytest.mark.slow  # an end-to-end run
 def test_secagg_lays_out_an_architectures_task_parameters_by_their_roles(tmp_path: Path) -> None:
     """MMoE's gates are task parameters that are not heads: the layout takes every array of role
     ``task`` into its task's slots and every shared one into the trunk's, so the run under SecAgg+

@@ -32,7 +32,7 @@ def overrides(path: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize("suffix", [".csv", pytest.param(".parquet", marks=pytest.mark.slow)])
 def test_a_users_table_runs_end_to_end(tmp_path: Path, suffix: str) -> None:
     path = write_table(shop_table(), tmp_path / f"shop{suffix}")
     raw = compose_raw(

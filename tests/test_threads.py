@@ -71,7 +71,9 @@ def test_a_simulation_worker_trains_with_its_threads() -> None:
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("runtime", ["inprocess", "vectorized"])
+@pytest.mark.parametrize(
+    "runtime", ["inprocess", pytest.param("vectorized", marks=pytest.mark.slow)]
+)
 def test_in_process_silos_train_with_the_configured_threads(
     runtime: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
