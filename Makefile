@@ -14,6 +14,10 @@ export HF_DATASETS_OFFLINE ?= 1
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export RAY_USAGE_STATS_ENABLED ?= 0
+# Python caches compiled modules (and pytest its rewritten test modules) even where the shell
+# says not to: every process the suite and a run start (CLI runs, Ray workers, Flower's ClientApp
+# per message) then imports fedmtl without compiling it again.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: run test test-fast lint install clean
 

@@ -180,6 +180,7 @@ def test_single_task_is_one_fedavg_federation_per_task(tmp_path: Path) -> None:
     assert single["bytes_up"] > alone["bytes_up"]  # two trunks travel instead of one
 
 
+@pytest.mark.slow  # two runs
 def test_fedprox_with_mu_zero_is_fedavg(tmp_path: Path) -> None:
     prox = final_of(["strategy=fedprox", "strategy.mu=0"], tmp_path / "p")
     fedavg = final_of(["strategy=fedavg"], tmp_path / "f")

@@ -150,13 +150,12 @@ def test_a_resumed_run_ends_bit_identical_to_one_never_stopped(
     )
 
 
+@pytest.mark.slow  # two runs each
 @pytest.mark.parametrize(
     "tail",
     [
         b'{"round": 4, "split": "personal", "metr',  # a kill during an append: a torn line
-        pytest.param(  # bytes appended by something else
-            b"\xff\xfe\x00 not fedmtl's \x81\n\n{]\n", marks=pytest.mark.slow
-        ),
+        b"\xff\xfe\x00 not fedmtl's \x81\n\n{]\n",  # bytes appended by something else
     ],
     ids=["torn-line", "garbage"],
 )
@@ -293,11 +292,9 @@ def test_a_signal_stops_a_simulation_and_leaves_no_process_behind(tmp_path: Path
     saved = load_checkpoint(out).server_round
     assert stopped["rounds"] >= saved
 
-    resumed = run_fedmtl(
-        ["run", f"resume={out}", f"num_rounds={saved + 1}", "runtime=inprocess"],
-        timeout=SIGNALLED_S,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # in process: the command's resume is tested above (a signalled in-process run)
+    resumed = run(parse(resumed_raw_config(out, [f"num_rounds={saved + 1}", "runtime=inprocess"])))
+    assert resumed["status"] == "completed"
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
 
 

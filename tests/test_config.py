@@ -67,6 +67,7 @@ def preset_overrides(group: str, preset: str, tmp_path: Path) -> list[str]:
     return overrides
 
 
+@pytest.mark.slow  # every preset of every group (about 17 s)
 @pytest.mark.parametrize(
     ("group", "preset"), [(g, p) for g in GROUPS for p in presets(g) if g != "model"]
 )
@@ -410,6 +411,7 @@ PARTITION_DEFAULTS = {
 }
 
 
+@pytest.mark.slow  # composes every preset (about 10 s)
 @pytest.mark.parametrize(
     ("group", "preset"),
     [(g, p) for g in GROUPS if g not in ("experiment", "tracking") for p in presets(g)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from fedmtl.faults import (
 )
 from fedmtl.faults.attacks import NoiseParams, Scale, ScaleParams, SignFlipParams
 from tests.support.deployments import local_config_json, local_grid, silo_tables
-from tests.support.runs import beats_chance, compose_raw, run_fedmtl
+from tests.support.runs import beats_chance, check_result_files, compose_raw, run_fedmtl
 
 UPDATE = Update(
     {
@@ -322,16 +323,24 @@ def test_the_vectorized_runtime_injects_the_same_faults(tmp_path: Path) -> None:
 @pytest.mark.simulation
 @pytest.mark.timeout(400)
 def test_flowers_simulation_engine_injects_the_same_faults(tmp_path: Path) -> None:
-    """Through Ray, a stale silo keeps its first update in its node state across rounds: the
-    final metrics equal the in-process run's bit for bit."""
+    """``fedmtl run runtime=simulation`` on digits (Flower's engine on a Ray of its own): the
+    run's result files, one thread per simulated silo, and its Ray temp dir gone afterwards;
+    through Ray, a stale silo keeps its first update in its node state across rounds, and the
+    final metrics equal the in-process run's bit for bit (same seeds per silo and round, every
+    silo on the CPU, replies aggregated in silo order: no difference of any size is rounding)."""
     overrides = [*SMOKE, "num_rounds=3", "fault=stale", "fault.fraction=0.5"]
     out = tmp_path / "sim"
+    before = set(Path(tempfile.gettempdir()).glob("fedmtl-ray-*"))
     result = run_fedmtl(
         ["run", *overrides, "runtime=simulation", "runtime.ray_num_cpus=2", f"hydra.run.dir={out}"],
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert set(Path(tempfile.gettempdir()).glob("fedmtl-ray-*")) <= before
     simulated = json.loads((out / "summary.json").read_text())
+    check_result_files(out, simulated, 3, plots=False)
+    assert simulated["runtime"] == "simulation" and simulated["rejected"] == []
+    assert simulated["provenance"]["threads_per_silo"] == 1  # one CPU per client
     inprocess = run(
         parse(compose_raw([*overrides, "runtime=inprocess", "runtime.device=cpu"], tmp_path / "ip"))
     )

@@ -88,7 +88,7 @@ DIVERGED = {"fairgrad"}
 (its metrics are still those pinned): after 4 rounds FairGrad's ink has a pooled test MSE of 37
 (R^2 -35.8); its median over the silos, 32.4, is 32 times the initial model's loss (1.01), above
 ``strategy.divergence_factor`` (10)."""
-FAST = {"fedavg", "upgrad", "ditto"}
+FAST = {"fedavg", "upgrad"}
 """Cases that also run in ``make test-fast``; the others are marked slow."""
 
 

@@ -34,15 +34,13 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.timeout(600)
 def test_scale_writes_csv_and_json(tmp_path: Path) -> None:
-    args = [str(BENCHMARKS / "scale.py"), "--silos", "6", "12", "--sampled", "3", "--rows", "8"]
+    args = [str(BENCHMARKS / "scale.py"), "--silos", "6", "--sampled", "3", "--rows", "8"]
     run_script([*args, "--rounds", "2", "--out", str(tmp_path)])
     rows = read_csv(tmp_path / "scale.csv")
-    assert [(r["runtime"], r["silos"]) for r in rows] == [
-        ("inprocess", "6"), ("inprocess", "12"), ("vectorized", "6"), ("vectorized", "12")
-    ]  # fmt: skip
+    assert [(r["runtime"], r["silos"]) for r in rows] == [("inprocess", "6"), ("vectorized", "6")]
     assert all(float(r["peak_rss_mb"]) > 0 and float(r["first_round_s"]) > 0 for r in rows)
     report = json.loads((tmp_path / "scale.json").read_text())
-    assert "load_avg_start" in report and len(report["rows"]) == 4
+    assert "load_avg_start" in report and len(report["rows"]) == 2
 
 
 @pytest.mark.timeout(600)
