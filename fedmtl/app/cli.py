@@ -23,6 +23,7 @@ makes certificates, node keys and demo tables and starts a local deployment
 
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import signal
@@ -31,10 +32,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedmtl.app import scaffold
-from fedmtl.app.bench import report, runner
-from fedmtl.app.deploy import command as deploy
-from fedmtl.app.deploy import flwr_config
 from fedmtl.app.launch import run
 from fedmtl.app.run.checkpoint import resumed_raw_config
 from fedmtl.app.run.config import GROUP_REGISTRIES, compose, config_dir, parse, presets, raw_config
@@ -238,11 +235,16 @@ def _partition(config: ExperimentConfig) -> None:
 
 
 COMMANDS: dict[str, Callable[[ExperimentConfig], None]] = {"run": _run, "partition": _partition}
-PLAIN_COMMANDS: dict[str, Callable[[list[str]], int]] = {
-    "bench": runner.main,
-    "report": report.main,
-}
-"""Commands with plain arguments (argparse) instead of Hydra overrides; each returns its exit status."""
+PLAIN_COMMANDS = {"bench": "fedmtl.app.bench.runner", "report": "fedmtl.app.bench.report"}
+"""Commands with plain arguments (argparse) instead of Hydra overrides: the module whose
+``main(args)`` returns the exit status."""
+
+
+def command_main(module: str) -> Callable[[list[str]], Any]:
+    """``module.main``, imported when its command runs: ``fedmtl run`` does not load what only
+    ``report`` needs (scipy's statistics, the plots), nor ``bench``, ``deploy`` or ``new``."""
+    main_function: Callable[[list[str]], Any] = importlib.import_module(module).main
+    return main_function
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -260,26 +262,26 @@ def main(argv: list[str] | None = None) -> None:
     if command in PLAIN_COMMANDS:
         set_offline_env()
         quiet_third_party_logs()
-        status = PLAIN_COMMANDS[command](overrides)
+        status = command_main(PLAIN_COMMANDS[command])(overrides)
         if status:
             sys.exit(status)
         return
     if command == "deploy":  # SIGTERM and Ctrl-C stop every process it started, by id
         try:
-            deploy.main(overrides)
+            command_main("fedmtl.app.deploy.command")(overrides)
         except KeyboardInterrupt:
             print("fedmtl deploy: interrupted", file=sys.stderr)
             sys.exit(130)
         return
     if command == "new":
-        scaffold.main(overrides)
+        command_main("fedmtl.app.scaffold")(overrides)
         return
     if command == "flwr-config":
         if any(arg in ("-h", "--help") for arg in overrides):
             print(help_text(command))
             return
         try:
-            flwr_config.main(overrides)
+            command_main("fedmtl.app.deploy.flwr_config")(overrides)
         except ConfigError as err:
             print(f"fedmtl flwr-config: invalid config: {err}", file=sys.stderr)
             sys.exit(2)
