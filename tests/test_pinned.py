@@ -82,6 +82,17 @@ CASES: dict[str, list[str]] = {
     "fedavg_bfloat16": ["strategy=fedavg", "strategy.update_dtype=bfloat16"],
     "fedavg_vectorized": ["strategy=fedavg", "runtime=vectorized"],
     "upgrad_vectorized": ["strategy=upgrad", "runtime=vectorized"],
+    "fedmgda_plus": ["strategy=fedmgda_plus"],
+    "fedcmoo": ["strategy=fedcmoo"],
+    "fedavg_krum": ["strategy=fedavg", "strategy.robust=krum", "strategy.max_faulty=2"],
+    "upgrad_topk": [
+        "strategy=upgrad",
+        "strategy.compression=topk",
+        "strategy.compression_ratio=0.1",
+    ],
+    "fedavg_qsgd": ["strategy=fedavg", "strategy.compression=qsgd"],
+    "fedavg_heterogeneous": ["strategy=fedavg", "system=heterogeneous"],
+    "fedavg_buffered": ["strategy=fedavg", "system=heterogeneous", "system.mode=buffered"],
 }
 DIVERGED = {"fairgrad"}
 """Cases whose run genuinely diverges and stops with ``status: diverged`` after its last round
