@@ -23,12 +23,19 @@ pytestmark = [pytest.mark.slow, pytest.mark.simulation]
 
 @pytest.mark.timeout(300)
 @pytest.mark.filterwarnings("ignore:.*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*:FutureWarning")
-def test_simulation_runs_clients_on_both_nodes_of_a_ray_cluster(tmp_path: Path) -> None:
+def test_simulation_runs_clients_on_both_nodes_of_a_ray_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Ray is heavy to import; only this test (and simulated runs) need it.
     import ray  # noqa: PLC0415 - heavy, only for the cluster test
     from ray._private import state  # noqa: PLC0415 - the GCS actor table (no dashboard needed)
     from ray.cluster_utils import Cluster  # noqa: PLC0415 - heavy, only for the cluster test
 
+    # Ray's Cluster writes its head's address to /tmp/ray/ray_current_cluster, where any
+    # ray.init() without an address or temp dir on this machine finds it and joins this cluster:
+    # Flower's local SuperLink of the `flwr run .` test did, in another xdist worker, and found
+    # no free CPU ("ActorPool is empty"). The address is passed explicitly here instead.
+    monkeypatch.setattr(ray._private.utils, "write_ray_address", lambda *args, **kwargs: None)
     # A short path of its own: Ray's socket paths must stay under 107 characters.
     temp_dir = tempfile.mkdtemp(prefix="fedmtl-ray-", dir="/tmp")
     head = {"num_cpus": 1, "temp_dir": temp_dir, "include_dashboard": False}
