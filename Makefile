@@ -38,7 +38,7 @@ run: $(STAMP)
 
 # The tests that start Ray run one at a time, and so do those that start Flower's processes
 # (tests/conftest.py's groups). Both groups mostly wait (Ray's start, Flower's polls), so a third
-# worker keeps the two cores busy meanwhile: 712 s against 805 s with two workers (same tree).
+# worker keeps the two cores busy meanwhile.
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 3 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
